@@ -1,0 +1,41 @@
+# One entry point for set-up, the demo, tests and benchmarks. Each target installs what it needs.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+export TOKENIZERS_PARALLELISM=false
+export PYTHONUNBUFFERED=1
+
+.PHONY: setup demo test lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# The CPU build of PyTorch first, so nothing below can pull a multi-GB accelerator build.
+	$(BIN)/python -m pip install -q "torch==2.13.0" || $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dualpath demo
+
+test: $(STAMP)
+	bash scripts/test-deps.sh
+	$(BIN)/python -m ruff check src tests bench examples
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/python -m ruff check src tests bench examples
+
+bench-quick: $(STAMP)
+	$(BIN)/dualpath bench --quick --out bench-results
+
+bench: $(STAMP)
+	$(BIN)/dualpath bench --out bench-results
+
+clean:
+	rm -rf $(VENV) .pytest_cache bench-results

@@ -1,0 +1,1 @@
+"""The `dualpath` command. The only layer that prints."""

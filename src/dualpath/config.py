@@ -1,0 +1,151 @@
+"""The one configuration object. Loaded from YAML, validated by pydantic, passed down whole.
+
+Each part reads its own section (`cfg.lvm`, `cfg.tower`, ...). Every field has a default, so an
+empty YAML file (or none) is a valid configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from dualpath.errors import ConfigError
+
+DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EncoderConfig(_Section):
+    name: str = DEFAULT_ENCODER  # a known name or a local sentence-transformers model path
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+    max_seq_length: int | None = None
+
+
+class SegmentConfig(_Section):
+    min_chars: int = Field(25, ge=1)  # shorter sentences are merged into a neighbour
+    max_chars: int = Field(400, ge=20)  # longer ones are split at clause boundaries
+
+
+class BankConfig(_Section):
+    index: str = "auto"  # auto | flat | ivf | hnsw | any FAISS factory string
+    dtype: Literal["float16", "float32"] = "float16"
+    backend: Literal["faiss", "milvus"] = "faiss"
+    milvus_uri: str | None = None
+    nprobe: int = Field(16, ge=1)
+    ef_search: int = Field(128, ge=1)
+
+
+class SplitConfig(_Section):
+    heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = 0
+    context: int = Field(5, ge=1)  # C: previous concepts per pair
+
+
+class LVMConfig(_Section):
+    arch: Literal["gru", "lstm", "transformer"] = "gru"
+    hidden: int = Field(512, ge=8)
+    layers: int = Field(1, ge=1)
+    heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    residual: Literal["none", "last", "mean"] = "last"
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    cosine_weight: float = Field(1.0, ge=0)
+    infonce_weight: float = Field(0.5, ge=0)
+    temperature: float = Field(0.05, gt=0)
+    seed: int = 0
+
+
+class TowerConfig(_Section):
+    tower: Literal["gru", "bigru", "lstm", "mlp", "attn"] = "gru"
+    doc_tower: Literal["identity", "mlp"] = "identity"
+    hidden: int = Field(512, ge=8)
+    residual: Literal["none", "last", "mean"] = "mean"
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    temperature: float = Field(0.05, gt=0)
+    queue_size: int = Field(0, ge=0)  # memory queue of recent targets as extra negatives
+    hard_negatives: bool = False
+    hard_per_query: int = Field(4, ge=1)
+    refresh_every: int = Field(1, ge=1)  # epochs between re-mining (ANCE-style)
+    warmup_epochs: int = Field(1, ge=0)  # in-batch only before the first mining
+    mine_depth: int = Field(100, ge=1)  # top-k searched per query when mining
+    band: tuple[float, float] = (0.3, 0.9)  # cosine band to the positive a negative must fall in
+    near_dup: float = Field(0.95, gt=0, le=1)  # cosine to the positive above which a hit is a duplicate
+    watchdog_seconds: float = Field(300.0, gt=0)
+    seed: int = 0
+
+
+class DeciderConfig(_Section):
+    lanes_file: Path | None = None  # user lanes, merged over the shipped lanes.yaml
+    default_lane: str = "neutral"
+    schedule: str = "continuous"  # continuous | reference
+    dup_threshold: float = 0.98
+    dup_window: int = 8
+    memory_cap: int = 64
+    retrieval_timeout_s: float = Field(0.5, gt=0)
+
+
+class GenerationConfig(_Section):
+    steps: int = Field(5, ge=1)
+    max_steps: int = Field(64, ge=1)
+
+
+class ServiceConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: str | None = None
+    max_prompt_chars: int = Field(4000, ge=1)
+    max_k: int = Field(1000, ge=1)
+
+
+class DualPathConfig(_Section):
+    encoder: EncoderConfig = EncoderConfig()
+    segment: SegmentConfig = SegmentConfig()
+    bank: BankConfig = BankConfig()
+    split: SplitConfig = SplitConfig()
+    lvm: LVMConfig = LVMConfig()
+    tower: TowerConfig = TowerConfig()
+    decider: DeciderConfig = DeciderConfig()
+    generation: GenerationConfig = GenerationConfig()
+    service: ServiceConfig = ServiceConfig()
+
+    @classmethod
+    def from_yaml(cls, path: str | Path | None) -> DualPathConfig:
+        """Load a config file; `None` gives the defaults. Errors name the file and the field."""
+        if path is None:
+            return cls()
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        return cls.from_dict(data, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> DualPathConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{source}: {field}: {first['msg']}") from None
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")

@@ -1,0 +1,21 @@
+"""The one exception type users see: a clear, one-line message about bad input or state."""
+
+
+class DualPathError(Exception):
+    """A user-facing error. The CLI prints `str(err)` on one line and exits non-zero."""
+
+
+class BankError(DualPathError):
+    """A bank directory is missing, corrupt, misaligned or incompatible."""
+
+
+class CorpusError(DualPathError):
+    """A corpus source is empty, malformed or unreadable."""
+
+
+class CheckpointError(DualPathError):
+    """A model checkpoint is missing, corrupt or does not fit the bank."""
+
+
+class ConfigError(DualPathError):
+    """A configuration or lane profile is invalid."""
