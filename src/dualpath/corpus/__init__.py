@@ -1,0 +1,1 @@
+"""Corpus sources, concept segmentation, and the document-sequence pairs models train on."""
