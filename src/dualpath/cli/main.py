@@ -11,11 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import typer  # noqa: E402
-from rich.console import Console  # noqa: E402
+import typer
+from rich.console import Console
 
-from dualpath.errors import DualPathError  # noqa: E402
-from dualpath.logs import configure_logging  # noqa: E402
+from dualpath.errors import DualPathError
+from dualpath.logs import configure_logging
 
 app = typer.Typer(
     name="dualpath",
