@@ -92,9 +92,8 @@ class DeciderConfig(_Section):
     lanes_file: Path | None = None  # user lanes, merged over the shipped lanes.yaml
     default_lane: str = "neutral"
     schedule: str = "continuous"  # continuous | reference
-    dup_threshold: float = 0.98
-    dup_window: int = 8
-    memory_cap: int = 64
+    dup_threshold: float = Field(0.98, gt=-1, le=1)  # near-duplicate cosine; the window is per lane
+    memory_cap: int = Field(64, ge=1)  # steps of picked ids a decoder remembers
     retrieval_timeout_s: float = Field(0.5, gt=0)
 
 

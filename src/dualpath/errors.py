@@ -19,3 +19,7 @@ class CheckpointError(DualPathError):
 
 class ConfigError(DualPathError):
     """A configuration or lane profile is invalid."""
+
+
+class DeciderError(DualPathError, ValueError):
+    """Vectors or shortlists given to the decider are malformed (shape, NaN/inf, zero norm)."""

@@ -1,0 +1,454 @@
+"""The dual-path decision, its batched form, the blend schedules and the stateful decoder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from dualpath.config import DeciderConfig
+from dualpath.decider import (
+    Decision,
+    DualPathDecoder,
+    Lane,
+    Shortlist,
+    ShortlistBatch,
+    choose_next_vector,
+    choose_next_vectors,
+    continuous_alpha,
+    get_schedule,
+    load_lanes,
+    reference_alpha,
+)
+from dualpath.errors import ConfigError, DeciderError, DualPathError
+
+LANES = load_lanes()
+NEUTRAL = LANES["neutral"]
+RANK = {Decision.NOVEL: 0, Decision.BLEND: 1, Decision.SNAP: 2}
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def at_cosine(v: np.ndarray, c: float, rng: np.random.Generator) -> np.ndarray:
+    """A unit vector whose cosine to the unit vector v is c (to float32 precision)."""
+    w = rng.normal(size=v.shape)
+    w -= (w @ v) * v
+    w /= np.linalg.norm(w)
+    return (c * v + np.sqrt(max(0.0, 1.0 - c * c)) * w).astype(np.float32)
+
+
+def shortlist_with_best(v: np.ndarray, c: float, rng: np.random.Generator, k: int = 20) -> Shortlist:
+    """k neighbours of v, the best (id 100 + its row) at cosine c and the rest well below it."""
+    rows = [at_cosine(v, min(c, 0.0) - 0.2 * rng.random(), rng) for _ in range(k)]
+    best = int(rng.integers(k))
+    rows[best] = at_cosine(v, c, rng)
+    return Shortlist(np.arange(100, 100 + k, dtype=np.int64), np.stack(rows))
+
+
+def lane(tau_snap: float, tau_novel: float, dup_window: int = 8) -> Lane:
+    return Lane(name="test", tau_snap=tau_snap, tau_novel=tau_novel, dup_window=dup_window)
+
+
+# ---- the rules at each threshold ---------------------------------------------------------------
+
+
+def test_exactly_at_each_threshold() -> None:
+    rng = np.random.default_rng(0)
+    v = unit(rng.normal(size=32))
+    shortlist = shortlist_with_best(v, 0.8, rng)
+    c = choose_next_vector(v, shortlist, lane(0.9, 0.5))[1].c_max
+    assert c == pytest.approx(0.8, abs=1e-6)
+
+    # c == τ_snap snaps; the next float above it does not.
+    assert choose_next_vector(v, shortlist, lane(c, 0.5))[1].decision is Decision.SNAP
+    assert choose_next_vector(v, shortlist, lane(np.nextafter(c, 2), 0.5))[1].decision is Decision.BLEND
+    # c == τ_novel stays NOVEL; the next float below it blends.
+    assert choose_next_vector(v, shortlist, lane(0.9, c))[1].decision is Decision.NOVEL
+    assert choose_next_vector(v, shortlist, lane(0.9, np.nextafter(c, -2)))[1].decision is Decision.BLEND
+
+
+def test_snap_outputs_the_bank_vector_bit_for_bit() -> None:
+    # Basis vectors have a float32 norm of exactly 1, so nothing may perturb them on the way out.
+    d = 16
+    vectors = np.eye(d, dtype=np.float32)[:5]
+    v = unit(np.eye(d)[2] + 0.05 * np.eye(d)[7])
+    out, record = choose_next_vector(v, Shortlist(np.arange(5), vectors), NEUTRAL)
+    assert record.decision is Decision.SNAP and record.neighbour_id == 2 and record.alpha == 1.0
+    assert np.array_equal(out, vectors[2])
+
+
+def test_record_fields_and_json() -> None:
+    rng = np.random.default_rng(1)
+    v = unit(rng.normal(size=24))
+    _, record = choose_next_vector(v, shortlist_with_best(v, 0.72, rng), NEUTRAL)
+    assert record.decision is Decision.BLEND
+    assert 0.0 < record.alpha < 1.0
+    assert record.lane == "neutral" and record.fallback_reason is None and not record.near_dup
+    assert record.latency_ms > 0
+    data = json.loads(json.dumps(record.to_dict()))
+    assert data["decision"] == "BLEND" and data["neighbour_id"] == record.neighbour_id
+    assert type(record).from_dict(data) == record
+
+
+# ---- fallbacks: retrieval never blocks a step --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shortlist", "reason"),
+    [
+        (Shortlist.failed("timeout", 8), "timeout"),
+        (Shortlist.failed("error: index exploded", 8), "error: index exploded"),
+        (Shortlist(np.zeros(0, np.int64), np.zeros((0, 8), np.float32)), "empty"),
+        (Shortlist(np.full(3, -1), np.zeros((3, 8), np.float32)), "empty"),
+        # A failed shortlist is NOVEL whatever it holds (even a perfect match).
+        (Shortlist(np.arange(1), np.ones((1, 8), np.float32), fallback="timeout"), "timeout"),
+    ],
+)
+def test_fallback_is_novel_with_its_reason(shortlist: Shortlist, reason: str) -> None:
+    v = np.ones(8, np.float32) * 3.0
+    out, record = choose_next_vector(v, shortlist, NEUTRAL)
+    assert record.decision is Decision.NOVEL and record.fallback_reason == reason
+    assert record.c_max is None and record.neighbour_id is None and record.picked_id == -1
+    assert np.allclose(out, unit(v), atol=1e-7)
+
+
+def test_padding_rows_are_ignored_even_if_garbage() -> None:
+    rng = np.random.default_rng(2)
+    v = unit(rng.normal(size=8))
+    vectors = np.stack([at_cosine(v, 0.5, rng), np.full(8, np.nan, np.float32), np.zeros(8, np.float32)])
+    _, record = choose_next_vector(v, Shortlist(np.array([4, -1, -1]), vectors), NEUTRAL)
+    assert record.neighbour_id == 4 and record.c_max == pytest.approx(0.5, abs=1e-6)
+
+
+# ---- input validation --------------------------------------------------------------------------
+
+
+def _good() -> tuple[np.ndarray, Shortlist]:
+    rng = np.random.default_rng(3)
+    return unit(rng.normal(size=8)), Shortlist(np.arange(4), unit(rng.normal(size=(4, 8))))
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("wrong_dim", "shape"),
+        ("v_nan", "NaN"),
+        ("v_inf", "NaN/inf"),
+        ("v_zero", "zero"),
+        ("v_2d", "1-d"),
+        ("v_int", "floating"),
+        ("row_nan", "vector 1"),
+        ("row_zero", "vector 2"),
+        ("ids_mismatch", "shape"),
+        ("ids_bad", "-1"),
+        ("ids_float", "integer"),
+    ],
+)
+def test_bad_input_is_a_clear_error(case: str, message: str) -> None:
+    v, s = _good()
+    vectors, ids = s.vectors.copy(), s.ids.copy()
+    if case == "wrong_dim":
+        v = np.ones(9, np.float32)
+    elif case == "v_nan":
+        v = v.copy()
+        v[0] = np.nan
+    elif case == "v_inf":
+        v = v.copy()
+        v[0] = np.inf
+    elif case == "v_zero":
+        v = np.zeros(8, np.float32)
+    elif case == "v_2d":
+        v = v[None, :]
+    elif case == "v_int":
+        v = np.ones(8, np.int64)
+    elif case == "row_nan":
+        vectors[1, 3] = np.nan
+    elif case == "row_zero":
+        vectors[2] = 0.0
+    elif case == "ids_mismatch":
+        ids = np.arange(5)
+    elif case == "ids_bad":
+        ids = np.array([0, 1, -2, 3])
+    elif case == "ids_float":
+        ids = ids.astype(np.float64)
+    with pytest.raises(DeciderError, match=message) as info:
+        choose_next_vector(v, Shortlist(ids, vectors), NEUTRAL)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, DualPathError)
+    assert "\n" not in str(info.value)
+
+
+def test_batched_shape_errors() -> None:
+    v, s = _good()
+    batch = ShortlistBatch.stack([s, s], dim=8)
+    with pytest.raises(DeciderError, match=r"\(3, 4, 8\)"):
+        three = ShortlistBatch(np.stack([s.ids] * 3), batch.vectors, (None,) * 3)
+        choose_next_vectors(np.stack([v, v, v]), three, NEUTRAL)
+    with pytest.raises(DeciderError, match="memory"):
+        choose_next_vectors(np.stack([v, v]), batch, NEUTRAL, recent_ids=[()])
+    with pytest.raises(DeciderError, match="fallback"):
+        choose_next_vectors(np.stack([v, v]), ShortlistBatch(batch.ids, batch.vectors, (None,)), NEUTRAL)
+
+
+# ---- properties --------------------------------------------------------------------------------
+
+# (τ_snap, τ_novel) with a band of at least 0.005 (or down to -1).
+thresholds = st.tuples(st.floats(-0.9, 0.99), st.floats(0.005, 0.5)).map(
+    lambda t: (t[0], max(-1.0, t[0] - t[1]))
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    c=st.floats(-1.0, 1.0),
+    taus=thresholds,
+    schedule=st.sampled_from(["continuous", "reference"]),
+    scale=st.floats(1e-3, 1e3),
+)
+def test_decision_properties(
+    seed: int, c: float, taus: tuple[float, float], schedule: str, scale: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(2, 40))
+    v = unit(rng.normal(size=d))
+    shortlist = shortlist_with_best(v, c, rng, k=int(rng.integers(1, 10)))
+    # Inputs of any length are normalised first: scaling v̂ or the shortlist changes nothing but rounding.
+    scaled = Shortlist(shortlist.ids, shortlist.vectors * np.float32(scale))
+    out, record = choose_next_vector(v * np.float32(scale), scaled, lane(*taus), schedule=schedule)
+
+    assert out.dtype == np.float32 and out.shape == (d,)
+    assert abs(float(np.linalg.norm(out)) - 1.0) < 1e-5
+    j = int(np.flatnonzero(shortlist.ids == record.neighbour_id)[0])
+    n_star = unit(shortlist.vectors[j].astype(np.float64))
+    if record.decision is Decision.SNAP:
+        assert np.allclose(out, n_star, atol=1e-6)
+    elif record.decision is Decision.NOVEL:
+        assert np.allclose(out, v, atol=1e-6)
+    else:
+        assert record.decision is Decision.BLEND
+        cos_v, cos_out = float(v @ n_star), float(out @ n_star)
+        assert cos_v - 1e-5 <= cos_out <= 1.0 + 1e-5
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), c1=st.floats(-1.0, 1.0), c2=st.floats(-1.0, 1.0), taus=thresholds)
+def test_decision_is_monotone_in_c(seed: int, c1: float, c2: float, taus: tuple[float, float]) -> None:
+    rng = np.random.default_rng(seed)
+    v = unit(rng.normal(size=16))
+    low, high = sorted([c1, c2])
+    r_low = choose_next_vector(v, shortlist_with_best(v, low, rng), lane(*taus))[1]
+    r_high = choose_next_vector(v, shortlist_with_best(v, high, rng), lane(*taus))[1]
+    if r_low.c_max <= r_high.c_max:  # the constructed cosines are exact only to float32 precision
+        assert RANK[r_low.decision] <= RANK[r_high.decision]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    b=st.integers(1, 9),
+    k=st.integers(0, 12),
+    d=st.integers(1, 48),
+    schedule=st.sampled_from(["continuous", "reference"]),
+)
+def test_batched_equals_single_step_bit_for_bit(seed: int, b: int, k: int, d: int, schedule: str) -> None:
+    rng = np.random.default_rng(seed)
+    v_hat = rng.normal(size=(b, d)).astype(np.float32) * rng.uniform(0.1, 10, size=(b, 1)).astype(np.float32)
+    shortlists, memories = [], []
+    for i in range(b):
+        k_i = int(rng.integers(0, k + 1))
+        ids = rng.choice(50, size=k_i, replace=False).astype(np.int64)
+        ids[rng.random(k_i) < 0.2] = -1
+        vectors = rng.normal(size=(k_i, d)).astype(np.float32)
+        if k_i and rng.random() < 0.5:  # a near-exact match, to reach SNAP and the dup guard
+            vectors[0] = v_hat[i] + 1e-3 * rng.normal(size=d).astype(np.float32)
+        fallback = "timeout" if rng.random() < 0.1 else None
+        shortlists.append(Shortlist(ids, vectors, fallback))
+        memories.append(list(rng.choice(np.append(ids[ids >= 0], -1), size=int(rng.integers(0, 12)))))
+    window = int(rng.integers(0, 10))
+    test_lane = lane(float(rng.uniform(0.1, 0.9)), float(rng.uniform(-0.5, 0.05)), dup_window=window)
+
+    batch = ShortlistBatch.stack(shortlists, d)
+    out, records = choose_next_vectors(v_hat, batch, test_lane, memories, schedule)
+    for i in range(b):
+        single, record = choose_next_vector(v_hat[i], shortlists[i], test_lane, memories[i], schedule)
+        assert np.array_equal(out[i], single)
+        assert {**records[i].to_dict(), "latency_ms": 0} == {**record.to_dict(), "latency_ms": 0}
+
+
+# ---- schedules ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), taus=thresholds)
+def test_default_schedule_is_continuous_at_both_boundaries(seed: int, taus: tuple[float, float]) -> None:
+    tau_snap, tau_novel = taus
+    rng = np.random.default_rng(seed)
+    v = unit(rng.normal(size=32))
+    band = tau_snap - tau_novel
+    for eps in (1e-2 * band, 1e-3 * band):
+        near_novel = shortlist_with_best(v, tau_novel + eps, rng, k=1)
+        out, record = choose_next_vector(v, near_novel, lane(tau_snap, tau_novel))
+        assert record.decision is Decision.BLEND
+        # α ≈ ε / band, so the output is within ~2α of v̂ (plus float32 slack in constructing c).
+        assert np.linalg.norm(out - v) <= 2.5 * eps / band + 1e-4
+
+        near_snap = shortlist_with_best(v, tau_snap - eps, rng, k=1)
+        out, record = choose_next_vector(v, near_snap, lane(tau_snap, tau_novel))
+        assert record.decision is Decision.BLEND
+        n_star = unit(near_snap.vectors[0])
+        assert np.linalg.norm(out - n_star) <= 2.5 * eps / band + 1e-4
+
+
+def test_reference_schedule_is_not_continuous() -> None:
+    # Why it is not the default: just above τ_novel it already moves the output 30 % of the way.
+    rng = np.random.default_rng(4)
+    v = unit(rng.normal(size=32))
+    reference_lane = LANES["reference-neutral"]
+    just_above = shortlist_with_best(v, reference_lane.tau_novel + 1e-4, rng, k=1)
+    out, record = choose_next_vector(v, just_above, reference_lane, schedule="reference")
+    assert record.decision is Decision.BLEND and record.alpha == pytest.approx(0.3)
+    assert np.linalg.norm(out - v) > 0.1
+
+
+def test_schedule_values() -> None:
+    c = np.array([0.5, 0.86, 0.885, 0.91, 0.93, 0.95, 0.99])
+    assert np.allclose(reference_alpha(c, 0.9, 0.8), [0.3, 0.3, 0.5, 0.7, 0.8, 0.9, 0.9])
+    a = continuous_alpha(np.array([0.6, 0.7, 0.75, 0.8, 0.9]), 0.8, 0.7)
+    assert np.allclose(a, [0.0, 0.0, 0.5, 1.0, 1.0])
+    grid = np.linspace(-1, 1, 401)
+    for schedule in ("continuous", "reference"):
+        assert np.all(np.diff(get_schedule(schedule)(grid, 0.8, 0.7)) >= 0)  # α rises with c
+    with pytest.raises(ConfigError, match=r"unknown blend schedule 'cubic'.*continuous, reference"):
+        get_schedule("cubic")
+
+
+# ---- the lanes move the mix the intended way ---------------------------------------------------
+
+
+def _mix(lane_: Lane, c_values: np.ndarray) -> dict[Decision, float]:
+    rng = np.random.default_rng(5)
+    d = 32
+    v_hat = unit(rng.normal(size=(len(c_values), d)))
+    rows = [at_cosine(v, float(c), rng) for v, c in zip(v_hat, c_values, strict=True)]
+    vectors = np.stack(rows)[:, None, :]
+    ids = np.arange(len(c_values))[:, None]
+    _, records = choose_next_vectors(v_hat, ShortlistBatch(ids, vectors, (None,) * len(c_values)), lane_)
+    counts = {dec: 0 for dec in Decision}
+    for record in records:
+        counts[record.decision] += 1
+    return {dec: n / len(records) for dec, n in counts.items()}
+
+
+def test_shipped_lanes_move_the_mix_as_intended() -> None:
+    # c_max as DESIGN.md measured it for MiniLM: quantiles 5 % 0.60, 50 % 0.70, 95 % 0.80.
+    c_values = np.random.default_rng(6).normal(0.70, 0.0608, size=4000).clip(-1, 1)
+    mix = {name: _mix(LANES[name], c_values) for name in ("conservative", "legal", "neutral", "creative")}
+
+    def grounded(name: str) -> float:
+        return mix[name][Decision.SNAP] + mix[name][Decision.BLEND]
+
+    for grounding in ("conservative", "legal"):
+        assert grounded(grounding) > grounded("neutral") > grounded("creative")
+        assert mix[grounding][Decision.SNAP] > mix["neutral"][Decision.SNAP] > mix["creative"][Decision.SNAP]
+    # The uncalibrated defaults deliver their own target shares on the distribution they were set for.
+    for name, m in mix.items():
+        shares = LANES[name].shares
+        assert m[Decision.SNAP] == pytest.approx(shares.snap, abs=0.04)
+        assert m[Decision.NOVEL] == pytest.approx(shares.novel, abs=0.04)
+
+    # The reference's numbers do the opposite of its intent, and on MiniLM leave nearly all steps NOVEL.
+    ref = {name: _mix(LANES[f"reference-{name}"], c_values) for name in ("conservative", "creative")}
+    assert ref["conservative"][Decision.NOVEL] > ref["creative"][Decision.NOVEL] > 0.9
+
+
+# ---- the decoder: memory of picked ids, the dup window, the cap ---------------------------------
+
+
+def _repeat_scenario(decoder: DualPathDecoder, gap: int) -> tuple[Decision, bool]:
+    """Pick concept 7 (c = 0.99), take `gap - 1` NOVEL steps, then meet concept 7 again at c = 0.99."""
+    rng = np.random.default_rng(7)
+    v = unit(rng.normal(size=16))
+    match = Shortlist(np.array([7]), at_cosine(v, 0.99, rng)[None, :])
+    far = Shortlist(np.array([9]), at_cosine(v, 0.1, rng)[None, :])
+    assert decoder.step(v, match)[1].decision is Decision.SNAP
+    for _ in range(gap - 1):
+        assert decoder.step(v, far)[1].decision is Decision.NOVEL
+    out, record = decoder.step(v, match)
+    if record.decision is Decision.NOVEL_DUP_DROP:
+        assert np.allclose(out, v, atol=1e-6) and record.alpha == 0.0 and record.picked_id == -1
+    return record.decision, record.near_dup
+
+
+def test_dup_window_eight_steps_ago_drops_nine_does_not() -> None:
+    assert _repeat_scenario(DualPathDecoder(NEUTRAL), gap=1) == (Decision.NOVEL_DUP_DROP, True)
+    assert _repeat_scenario(DualPathDecoder(NEUTRAL), gap=8) == (Decision.NOVEL_DUP_DROP, True)
+    # Nine steps ago: outside the window, still remembered (near_dup says so), so it snaps.
+    assert _repeat_scenario(DualPathDecoder(NEUTRAL), gap=9) == (Decision.SNAP, True)
+
+
+def test_legal_never_drops_duplicates() -> None:
+    assert LANES["legal"].dup_window == 0
+    for gap in (1, 2, 8):
+        assert _repeat_scenario(DualPathDecoder(LANES["legal"]), gap=gap) == (Decision.SNAP, True)
+
+
+def test_memory_is_capped_at_64_steps() -> None:
+    wide = lane(0.73, 0.65, dup_window=64)
+    assert _repeat_scenario(DualPathDecoder(wide), gap=64) == (Decision.NOVEL_DUP_DROP, True)
+    # 65 steps ago the pick has left the 64-step memory: no longer even a near-duplicate.
+    assert _repeat_scenario(DualPathDecoder(wide), gap=65) == (Decision.SNAP, False)
+    decoder = DualPathDecoder(NEUTRAL)
+    _repeat_scenario(decoder, gap=100)
+    assert len(decoder.recent_ids) == 64 and decoder.steps == 101
+    with pytest.raises(ConfigError, match="dup_window"):
+        DualPathDecoder(lane(0.73, 0.65, dup_window=65))
+
+
+def test_blend_neighbours_count_as_picked() -> None:
+    rng = np.random.default_rng(8)
+    v = unit(rng.normal(size=16))
+    decoder = DualPathDecoder(NEUTRAL)
+    _, blend = decoder.step(v, Shortlist(np.array([3]), at_cosine(v, 0.72, rng)[None, :]))
+    _, novel = decoder.step(v, Shortlist(np.array([4]), at_cosine(v, 0.1, rng)[None, :]))
+    _, failed = decoder.step(v, Shortlist.failed("timeout", 16))
+    decisions = [blend.decision, novel.decision, failed.decision]
+    assert decisions == [Decision.BLEND, Decision.NOVEL, Decision.NOVEL]
+    assert decoder.recent_ids == (3, -1, -1)
+    assert [r.step for r in (blend, novel, failed)] == [0, 1, 2]
+
+
+def test_decoder_reset_and_config() -> None:
+    decoder = DualPathDecoder.from_config(DeciderConfig())
+    assert decoder.lane.name == "neutral"
+    _repeat_scenario(decoder, gap=3)
+    decoder.reset()
+    assert decoder.steps == 0 and decoder.recent_ids == ()
+    # After a reset the old pick is forgotten: meeting it again snaps.
+    assert _repeat_scenario(decoder, gap=1) == (Decision.NOVEL_DUP_DROP, True)
+    assert DualPathDecoder.from_config(DeciderConfig(schedule="reference"), lane="creative").lane.k == 300
+    with pytest.raises(ConfigError, match="unknown lane 'bold'"):
+        DualPathDecoder.from_config(DeciderConfig(), lane="bold")
+    with pytest.raises(ConfigError, match="unknown blend schedule"):
+        DualPathDecoder.from_config(DeciderConfig(schedule="cubic"))
+
+
+finite32 = st.floats(-1e3, 1e3, width=32).filter(lambda x: x == 0 or abs(x) > 1e-6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(v=hnp.arrays(np.float32, 6, elements=finite32), n=hnp.arrays(np.float32, (3, 6), elements=finite32))
+def test_any_finite_input_decides_or_names_the_zero_vector(v: np.ndarray, n: np.ndarray) -> None:
+    # Hypothesis' own vectors (many zeros, wild scales), not normal samples.
+    shortlist = Shortlist(np.arange(3), n)
+    if not v.any() or not n.any(axis=1).all():
+        with pytest.raises(DeciderError, match="zero"):
+            choose_next_vector(v, shortlist, NEUTRAL)
+        return
+    out, _ = choose_next_vector(v, shortlist, NEUTRAL)
+    assert abs(float(np.linalg.norm(out)) - 1.0) < 1e-5
