@@ -1,7 +1,7 @@
 """The dual-path decider: per step, SNAP to a bank concept, BLEND with it, or keep the NOVEL vector.
 
-Pure numpy: lanes (thresholds, from YAML), the decision and its batched form, and the stateful
-per-stream decoder.
+Pure numpy: lanes (thresholds, from YAML), the decision and its batched form, the stateful
+per-stream decoder, telemetry, and the miners that fetch shortlists from any index.
 """
 
 from dualpath.decider.decision import (
@@ -23,7 +23,9 @@ from dualpath.decider.lanes import (
     make_lane,
     thresholds_from_shares,
 )
+from dualpath.decider.miners import MinerResult, SearchIndex, SyncMiner, ThreadedMiner, to_shortlists
 from dualpath.decider.schedules import SCHEDULES, continuous_alpha, get_schedule, reference_alpha
+from dualpath.decider.telemetry import RecentRecords, TelemetrySink, read_records, summarize
 
 __all__ = [
     "NEAR_DUP_COSINE",
@@ -32,9 +34,15 @@ __all__ = [
     "DecisionRecord",
     "DualPathDecoder",
     "Lane",
+    "MinerResult",
+    "RecentRecords",
+    "SearchIndex",
     "Shares",
     "Shortlist",
     "ShortlistBatch",
+    "SyncMiner",
+    "TelemetrySink",
+    "ThreadedMiner",
     "calibrate_lane",
     "choose_next_vector",
     "choose_next_vectors",
@@ -43,6 +51,9 @@ __all__ = [
     "get_schedule",
     "load_lanes",
     "make_lane",
+    "read_records",
     "reference_alpha",
+    "summarize",
     "thresholds_from_shares",
+    "to_shortlists",
 ]

@@ -1,0 +1,249 @@
+"""Shortlist providers over any index with `search(queries, k) -> (ids, scores)`.
+
+Retrieval is advisory: a miner never raises for a failed or slow search. It returns a
+`MinerResult` whose status says what happened, and `to_shortlists` turns a result that did not
+deliver into shortlists the decider reads as NOVEL with the reason.
+
+`ThreadedMiner` runs searches on worker threads (FAISS releases the GIL, so a search overlaps
+the caller's own work) behind a bounded queue. Each request carries its own id and its own
+future, so a result can only ever reach the caller that asked for it; a caller that stops
+waiting cancels its request, and a worker skips requests whose caller has gone. Threads only,
+never processes: the reference's FAISS + multiprocessing runs are what crashed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import numpy as np
+
+from dualpath.decider.decision import FALLBACK_EMPTY, FALLBACK_TIMEOUT, Shortlist, fallback_error
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ok", "timeout", "error"]
+
+
+class SearchIndex(Protocol):
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class MinerResult:
+    """ids (n, k) int64 and scores (n, k) float32 when status is "ok"; empty (n, 0) arrays otherwise."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    status: Status = "ok"
+    error: str | None = None
+    request_id: int = 0
+    latency_ms: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _failed(n: int, status: Status, error: str, request_id: int, start: float) -> MinerResult:
+    return MinerResult(
+        np.zeros((n, 0), np.int64),
+        np.zeros((n, 0), np.float32),
+        status,
+        error,
+        request_id,
+        (time.perf_counter() - start) * 1000.0,
+    )
+
+
+def _run_search(
+    index: SearchIndex, queries: np.ndarray, k: int, request_id: int, start: float
+) -> MinerResult:
+    n = queries.shape[0]
+    try:
+        ids, scores = index.search(queries, k)
+        ids = np.asarray(ids, dtype=np.int64)
+        scores = np.asarray(scores, dtype=np.float32)
+        if ids.shape != scores.shape or ids.ndim != 2 or ids.shape[0] != n:
+            raise ValueError(f"index returned ids {ids.shape} and scores {scores.shape} for {n} queries")
+    except Exception as err:  # retrieval is advisory: any failure becomes a result, never a raise
+        log.warning("search request %d failed: %s: %s", request_id, type(err).__name__, err)
+        return _failed(n, "error", f"{type(err).__name__}: {err}", request_id, start)
+    return MinerResult(ids, scores, "ok", None, request_id, (time.perf_counter() - start) * 1000.0)
+
+
+def _as_queries(queries: np.ndarray) -> np.ndarray:
+    q = np.asarray(queries, dtype=np.float32)
+    return q[None, :] if q.ndim == 1 else q
+
+
+class SyncMiner:
+    """Searches in the caller's thread. A sync call cannot be abandoned, so `timeout` is not enforced."""
+
+    def __init__(self, index: SearchIndex) -> None:
+        self.index = index
+        self._ids = itertools.count(1)
+
+    def search(self, queries: np.ndarray, k: int, timeout: float | None = None) -> MinerResult:
+        start = time.perf_counter()
+        return _run_search(self.index, _as_queries(queries), k, next(self._ids), start)
+
+    def close(self) -> None:
+        """Nothing to release; here so both miners can be used the same way."""
+
+    def __enter__(self) -> SyncMiner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class _Request:
+    request_id: int
+    queries: np.ndarray
+    k: int
+    start: float
+    future: Future
+
+
+_STOP = None  # queue sentinel: one per worker at close()
+
+
+class ThreadedMiner:
+    """Searches on `workers` daemon threads behind a queue of at most `queue_size` waiting requests."""
+
+    def __init__(self, index: SearchIndex, workers: int = 2, queue_size: int = 64) -> None:
+        if workers < 1 or queue_size < 1:
+            raise ValueError("workers and queue_size must be ≥ 1")
+        self.index = index
+        self._queue: queue.Queue[_Request | None] = queue.Queue(maxsize=queue_size)
+        self._ids = itertools.count(1)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        # Daemon threads: a search stuck inside the index can never hold the interpreter at exit.
+        self._workers = [
+            threading.Thread(target=self._work, name=f"dualpath-miner-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    def _work(self) -> None:
+        while True:
+            request = self._queue.get()
+            if request is _STOP:
+                return
+            # A request whose caller gave up (timeout, close) is cancelled: skip it unsearched.
+            if not request.future.set_running_or_notify_cancel():
+                continue
+            request.future.set_result(
+                _run_search(self.index, request.queries, request.k, request.request_id, request.start)
+            )
+
+    def _submit(self, queries: np.ndarray, k: int, timeout: float | None) -> _Request:
+        start = time.perf_counter()
+        request = _Request(next(self._ids), _as_queries(queries), k, start, Future())
+        n = request.queries.shape[0]
+        if self._closed:
+            request.future.set_result(_failed(n, "error", "miner is closed", request.request_id, start))
+            return request
+        try:
+            self._queue.put(request, timeout=timeout)
+        except queue.Full:
+            request.future.set_result(
+                _failed(n, "timeout", f"queue full for {timeout:g} s", request.request_id, start)
+            )
+            return request
+        if self._closed:
+            # close() ran while this request was being queued, perhaps after the workers' stop
+            # signals: cancel it so no caller waits on a request no worker will take.
+            request.future.cancel()
+        return request
+
+    def submit(self, queries: np.ndarray, k: int, timeout: float | None = None) -> Future:
+        """Queue a search; the future yields a MinerResult. Waits at most `timeout` for queue space."""
+        return self._submit(queries, k, timeout).future
+
+    def search(self, queries: np.ndarray, k: int, timeout: float | None = None) -> MinerResult:
+        """Search and wait at most `timeout` seconds in all (None: no limit); never raises for the index."""
+        request = self._submit(queries, k, timeout)
+        n, rid, start = request.queries.shape[0], request.request_id, request.start
+        remaining = None if timeout is None else max(0.0, timeout - (time.perf_counter() - start))
+        try:
+            return request.future.result(timeout=remaining)
+        except FutureTimeout:
+            request.future.cancel()  # succeeds only if no worker started it; a running search is discarded
+            return _failed(n, "timeout", f"no result within {timeout:g} s", rid, start)
+        except CancelledError:
+            return _failed(n, "error", "miner closed before the search ran", rid, start)
+
+    def close(self, join_timeout: float = 5.0) -> None:
+        """Cancel waiting requests, stop the workers and join them (at most `join_timeout` s). Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._cancel_waiting()
+        deadline = time.monotonic() + join_timeout
+        for _ in self._workers:
+            try:
+                self._queue.put(_STOP, timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Full:
+                break
+        for worker in self._workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.is_alive():
+                log.warning("miner worker %s still inside a search after %.1f s", worker.name, join_timeout)
+        if not self.alive_workers:  # otherwise a late worker still needs its stop signal
+            self._cancel_waiting()
+
+    def _cancel_waiting(self) -> None:
+        while True:
+            try:
+                request = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if request is not _STOP:
+                request.future.cancel()
+
+    @property
+    def alive_workers(self) -> int:
+        return sum(w.is_alive() for w in self._workers)
+
+    def __enter__(self) -> ThreadedMiner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def to_shortlists(
+    result: MinerResult, gather: Callable[[np.ndarray], np.ndarray], dim: int
+) -> list[Shortlist]:
+    """One Shortlist per query row; `gather(ids) -> (m, d)` looks up vectors (e.g. `bank.vectors`).
+
+    A row without any result (all ids -1) or a result that did not deliver becomes a fallback
+    shortlist, so the decider records NOVEL with "empty", "timeout" or "error: ...".
+    """
+    n = result.ids.shape[0]
+    if result.status == "timeout":
+        return [Shortlist.failed(FALLBACK_TIMEOUT, dim) for _ in range(n)]
+    if result.status == "error":
+        return [Shortlist.failed(fallback_error(result.error or "unknown"), dim) for _ in range(n)]
+    shortlists = []
+    for row in result.ids:
+        present = row[row >= 0]
+        if present.size == 0:
+            shortlists.append(Shortlist.failed(FALLBACK_EMPTY, dim))
+        else:
+            shortlists.append(Shortlist(present, np.asarray(gather(present), dtype=np.float32)))
+    return shortlists
