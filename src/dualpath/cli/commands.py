@@ -10,6 +10,8 @@ import typer
 # Each module defines `register(app: typer.Typer) -> None`.
 AREAS: list[str] = [
     "dualpath.cli.groups",
+    "dualpath.cli.generate",
+    "dualpath.cli.lvm",
 ]
 
 

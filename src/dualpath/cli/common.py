@@ -1,0 +1,48 @@
+"""Options and helpers every command shares: the config file, opening a bank, printing JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from dualpath.config import DualPathConfig
+
+CONFIG_OPTION = typer.Option(None, "--config", help="YAML configuration file (see docs/quickstart.md).")
+BANK_OPTION = typer.Option(..., "--bank", help="Bank directory.")
+
+
+def make_console(stderr: bool = False) -> Console:
+    """Rich console; wide when output is not a terminal, so tables in logs and CI don't wrap to 80 columns."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 160)
+
+
+def load_config(config: Path | None, **sections: dict[str, Any]) -> DualPathConfig:
+    """The config file with command-line values (None = not given) laid over the named sections."""
+    cfg = DualPathConfig.from_yaml(config)
+    data = cfg.to_dict()
+    for section, values in sections.items():
+        data[section].update({k: v for k, v in values.items() if v is not None})
+    return DualPathConfig.from_dict(data, source="command line")
+
+
+def open_bank(path: Path, cfg: DualPathConfig) -> Any:
+    from dualpath.bank import ConceptBank
+
+    return ConceptBank.open(path, cfg)
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=_plain) + "\n")
+    sys.stdout.flush()
+
+
+def _plain(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)

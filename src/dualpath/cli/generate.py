@@ -1,0 +1,148 @@
+"""`dualpath generate`, `dualpath calibrate` and `dualpath eval generation`: the dual path end to end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from dualpath.cli.common import BANK_OPTION, CONFIG_OPTION, load_config, make_console, open_bank, print_json
+from dualpath.cli.groups import eval_app
+
+console = make_console()
+DECISION_STYLE = {"SNAP": "green", "BLEND": "cyan", "NOVEL": "yellow", "NOVEL_DUP_DROP": "magenta"}
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_command)
+    app.command("calibrate")(calibrate_command)
+
+
+def generate_command(
+    prompt: str = typer.Argument(..., help="Prompt text (one or more sentences)."),
+    bank: Path = BANK_OPTION,
+    steps: int | None = typer.Option(None, "--steps", "-n", help="Concepts to generate."),
+    lane: str | None = typer.Option(None, "--lane", "-l", help="Lane (conservative, neutral, creative, legal, ...)."),
+    lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML, merged over the shipped lanes."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON record per step (telemetry + text)."),
+    config: Path | None = CONFIG_OPTION,
+) -> None:
+    """Generate from a prompt: each step SNAPs, BLENDs or stays NOVEL, and says why."""
+    from dualpath.pipeline.generator import Generator
+
+    cfg = load_config(config, generation={"steps": steps}, decider={"lanes_file": lanes_file})
+    generator = Generator.from_bank(open_bank(bank, cfg), cfg)
+    try:
+        if as_json:
+            for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane):
+                print_json(step.to_dict())
+            return
+        chosen = generator.lane(lane)
+        state = "calibrated" if chosen.calibrated else "UNCALIBRATED"
+        table = Table(
+            title=f"lane {chosen.name} ({state}: τ_snap {chosen.tau_snap:.3f}, τ_novel {chosen.tau_novel:.3f}, "
+            f"K {chosen.k}); query from {'tower' if generator.tower else 'LVM'}",
+            title_justify="left",
+        )
+        for column, justify in [("#", "right"), ("decision", "left"), ("c_max", "right"), ("α", "right"),
+                                ("text", "left"), ("ms", "right")]:
+            table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane):
+            r = step.record
+            decision = r.decision.value
+            text = step.text if not step.approximate else f"≈ {step.text} [dim](cos {step.text_cosine:.2f})[/]"
+            if r.fallback_reason:
+                text += f" [red](retrieval: {r.fallback_reason})[/]"
+            table.add_row(
+                str(r.step),
+                f"[{DECISION_STYLE.get(decision, 'white')}]{decision}[/]",
+                "-" if r.c_max is None else f"{r.c_max:.3f}",
+                f"{r.alpha:.2f}",
+                text,
+                f"{step.latency_ms['total']:.0f}",
+            )
+        console.print(table)
+    finally:
+        generator.close()
+
+
+def calibrate_command(
+    bank: Path = BANK_OPTION,
+    max_pairs: int = typer.Option(3000, "--max-pairs", help="Held-out pairs to measure c_max on."),
+    lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML (lanes with target shares)."),
+    as_json: bool = typer.Option(False, "--json"),
+    config: Path | None = CONFIG_OPTION,
+) -> None:
+    """Set each lane's τ_snap / τ_novel from its target shares, measured on held-out documents."""
+    from dualpath.pipeline.calibrate import calibrate_bank
+    from dualpath.pipeline.generator import Generator
+
+    cfg = load_config(config, decider={"lanes_file": lanes_file})
+    generator = Generator.from_bank(open_bank(bank, cfg), cfg)
+    result = calibrate_bank(generator.bank, generator.lvm, generator.tower, cfg, max_pairs=max_pairs)
+    if as_json:
+        print_json(result)
+        return
+    table = Table(title=f"calibrated on {result['pairs']} held-out pairs ({bank})", title_justify="left")
+    for column in ("lane", "τ_snap", "τ_novel", "c_max p5/p50/p95"):
+        table.add_column(column)
+    for name, lane in result["lanes"].items():
+        q = result["c_max_quantiles"][name]
+        spread = f"{q[0]:.3f} / {q[2]:.3f} / {q[4]:.3f}"
+        table.add_row(name, f"{lane['tau_snap']:.4f}", f"{lane['tau_novel']:.4f}", spread)
+    console.print(table)
+
+
+@eval_app.command("generation")
+def eval_generation_command(
+    bank: Path = BANK_OPTION,
+    lanes: list[str] | None = typer.Option(None, "--lanes", help="Lanes to evaluate (default: all)."),
+    max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs (teacher-forced)."),
+    free_docs: int = typer.Option(100, "--free-docs", help="Held-out documents for the free-running test."),
+    as_json: bool = typer.Option(False, "--json"),
+    config: Path | None = CONFIG_OPTION,
+) -> None:
+    """Decision mix and output quality per lane, against LVM-only and bank-only, on held-out documents."""
+    from dualpath.decider import get_lane
+    from dualpath.pipeline.evaluate import evaluate_generation
+    from dualpath.pipeline.generator import Generator
+
+    cfg = load_config(config)
+    generator = Generator.from_bank(open_bank(bank, cfg), cfg)
+    names = lanes or [n for n in generator.lanes if not n.startswith("reference-")]
+    chosen = {name: get_lane(generator.lanes, name) for name in names}
+    result = evaluate_generation(
+        generator.bank, generator.lvm, generator.tower, chosen, cfg, max_pairs=max_pairs, free_docs=free_docs,
+        generator=generator,
+    )
+    if as_json:
+        print_json(result)
+        return
+    console.print(generation_table(result))
+
+
+def generation_table(result: dict) -> Table:
+    table = Table(
+        title=f"teacher-forced on {result['pairs']} held-out pairs (query from {result['query_source']})",
+        title_justify="left",
+    )
+    for column in ("lane", "τ_snap", "τ_novel", "SNAP", "BLEND", "NOVEL", "DUP", "mean cos", "hit@5", "free cos"):
+        table.add_column(column, justify="left" if column == "lane" else "right")
+    for name, row in result["lanes"].items():
+        shares = {d: v["share"] for d, v in row["by_decision"].items()}
+        free = result.get("free_running", {}).get(name, {}).get("mean_cos")
+        table.add_row(
+            name,
+            f"{row['tau_snap']:.3f}",
+            f"{row['tau_novel']:.3f}",
+            f"{shares['SNAP']:.1%}",
+            f"{shares['BLEND']:.1%}",
+            f"{shares['NOVEL']:.1%}",
+            f"{shares['NOVEL_DUP_DROP']:.1%}",
+            f"{row['mean_cos']:.4f}",
+            f"{row['hit@5']:.3f}",
+            "-" if free is None else f"{free:.4f}",
+            style="dim" if name in ("lvm-only", "bank-only") else None,
+        )
+    return table

@@ -1,0 +1,238 @@
+"""Dual-path behaviour on held-out documents: the decision mix per lane and the quality it buys.
+
+Teacher-forced: each held-out pair's true context → v̂ (LVM), q (tower, else v̂), a shortlist from
+the bank with the context removed, one decision per lane. Reported against two extreme lanes run
+through the very same code: LVM-only (never snaps) and bank-only (always snaps to n*).
+
+Free-running: from the first concepts of held-out documents, generate a few steps feeding each
+output back, and compare step t with the document's true concept t.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dualpath.bank import ConceptBank
+from dualpath.config import DualPathConfig
+from dualpath.corpus.pairs import ContextPairs, gather_context, split_pairs
+from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, make_lane
+from dualpath.decider.decision import Shortlist
+from dualpath.evaluation.ranking import target_ranks
+from dualpath.models.lvm import LatentVectorModel
+from dualpath.models.towers import QueryTower
+
+if TYPE_CHECKING:
+    from dualpath.pipeline.generator import Generator
+
+log = logging.getLogger(__name__)
+
+DECISIONS = [d.value for d in Decision]
+HIT_K = 5
+FREE_PROMPT = 2  # concepts of a held-out document given as the prompt in the free-running test
+FREE_STEPS = 3  # concepts generated and compared with the document's own continuation
+_CHUNK = 128  # rows per decision chunk: (rows, K, d) float32 shortlist vectors stay ~100 MB at K=500
+
+
+def extreme_lanes(k: int) -> dict[str, Lane]:
+    """LVM-only (never snaps) and bank-only (always snaps to n*), as lanes so they share every code path."""
+    return {
+        "lvm-only": make_lane("lvm-only", {"tau_snap": 1.0, "tau_novel": 1 - 1e-9, "k": k, "dup_window": 0}),
+        "bank-only": make_lane("bank-only", {"tau_snap": -1 + 1e-9, "tau_novel": -1.0, "k": k, "dup_window": 0}),
+    }
+
+
+@dataclass
+class TeacherForced:
+    """One row per held-out pair: v̂, the query, the shortlist (context removed) and the true target."""
+
+    pairs: ContextPairs
+    v_hat: np.ndarray  # (n, d)
+    targets: np.ndarray  # (n, d) true next vectors
+    shortlist_ids: np.ndarray  # (n, depth) int64, -1 padded, ranked by the query
+    similarity: np.ndarray  # (n, depth) float32 cos(v̂, shortlist), -inf at padding
+    query_source: str
+
+    def c_max(self, k: int) -> np.ndarray:
+        """Best cosine of v̂ to its top-k shortlist, per pair (-inf where the shortlist is empty)."""
+        return self.similarity[:, :k].max(axis=1)
+
+
+def heldout_pairs(
+    bank: ConceptBank, cfg: DualPathConfig, context: int, max_pairs: int | None
+) -> ContextPairs:
+    split = split_pairs(bank.documents(), context, cfg.split.heldout_fraction, cfg.split.seed)
+    pairs = split.heldout
+    if max_pairs is not None and len(pairs) > max_pairs:
+        rng = np.random.default_rng(cfg.split.seed)
+        pairs = pairs.subset(np.sort(rng.choice(len(pairs), max_pairs, replace=False)))
+    return pairs
+
+
+def teacher_forced(
+    bank: ConceptBank,
+    lvm: LatentVectorModel,
+    tower: QueryTower | None,
+    pairs: ContextPairs,
+    depth: int,
+) -> TeacherForced:
+    """Predict, query and search for every pair (context removed from each shortlist)."""
+    vectors = bank.all_vectors()
+    ctx, mask = gather_context(vectors, pairs.context)
+    v_hat = lvm.predict(ctx, mask)
+    queries = tower.encode_queries(ctx, mask) if tower is not None else v_hat
+    exclude = pairs.context_sets()
+    extra = max((len(e) for e in exclude), default=0)
+    ids = np.full((len(pairs), depth), -1, dtype=np.int64)
+    for start in range(0, len(pairs), 1024):
+        found, _ = bank.search(queries[start : start + 1024], depth + extra)
+        for row, i in enumerate(range(start, min(len(pairs), start + 1024))):
+            kept = found[row][(found[row] >= 0) & ~np.isin(found[row], exclude[i])][:depth]
+            ids[i, : len(kept)] = kept
+    c = np.full(ids.shape, -np.inf, dtype=np.float32)
+    for start in range(0, len(pairs), _CHUNK):
+        block = ids[start : start + _CHUNK]
+        valid = block >= 0
+        cand = bank.vectors(np.where(valid, block, 0))
+        sims = np.einsum("bkd,bd->bk", cand, v_hat[start : start + _CHUNK])
+        c[start : start + _CHUNK] = np.where(valid, sims, -np.inf)
+    targets = bank.vectors(pairs.target)
+    return TeacherForced(pairs, v_hat, targets, ids, c, "tower" if tower is not None else "lvm")
+
+
+def decide_lane(
+    bank: ConceptBank, rows: TeacherForced, lane: Lane, schedule: str
+) -> tuple[np.ndarray, list[str]]:
+    """Outputs (n, d) and decisions for every teacher-forced row in one lane (no stream memory)."""
+    n, d = rows.v_hat.shape
+    k = min(lane.k, rows.shortlist_ids.shape[1])
+    outputs = np.empty((n, d), dtype=np.float32)
+    decisions: list[str] = []
+    for start in range(0, n, _CHUNK):
+        block = rows.shortlist_ids[start : start + _CHUNK, :k]
+        shortlists = []
+        for row in block:
+            present = row[row >= 0]
+            shortlists.append(
+                Shortlist(present, bank.vectors(present)) if present.size else Shortlist.failed("empty", d)
+            )
+        batch = ShortlistBatch.stack(shortlists, d)
+        out, records = choose_next_vectors(
+            rows.v_hat[start : start + _CHUNK], batch, lane, [()] * len(shortlists), schedule
+        )
+        outputs[start : start + len(shortlists)] = out
+        decisions.extend(r.decision.value for r in records)
+    return outputs, decisions
+
+
+def hit_at(bank: ConceptBank, outputs: np.ndarray, pairs: ContextPairs, k: int = HIT_K) -> float:
+    ranks = target_ranks(bank.search, outputs, pairs.target, pairs.context_sets(), k)
+    return float(np.mean(ranks <= k)) if len(ranks) else 0.0
+
+
+def summarize_lane(
+    bank: ConceptBank, rows: TeacherForced, lane: Lane, outputs: np.ndarray, decisions: Sequence[str]
+) -> dict[str, Any]:
+    cos = np.einsum("nd,nd->n", outputs, rows.targets)
+    decided = np.asarray(decisions)
+    by_decision = {
+        d: {"share": float(np.mean(decided == d)), "mean_cos": float(cos[decided == d].mean())}
+        if np.any(decided == d)
+        else {"share": 0.0, "mean_cos": None}
+        for d in DECISIONS
+    }
+    return {
+        "lane": lane.name,
+        "tau_snap": lane.tau_snap,
+        "tau_novel": lane.tau_novel,
+        "k": lane.k,
+        "calibrated": lane.calibrated,
+        "n": len(decided),
+        "mean_cos": float(cos.mean()),
+        f"hit@{HIT_K}": hit_at(bank, outputs, rows.pairs),
+        "by_decision": by_decision,
+    }
+
+
+def evaluate_generation(
+    bank: ConceptBank,
+    lvm: LatentVectorModel,
+    tower: QueryTower | None,
+    lanes: dict[str, Lane],
+    cfg: DualPathConfig,
+    max_pairs: int | None = 2000,
+    free_docs: int = 0,
+    generator: Generator | None = None,
+) -> dict[str, Any]:
+    """Teacher-forced decision mix and output quality per lane, with LVM-only and bank-only beside them.
+
+    With `free_docs` > 0 and a `generator`, also the free-running test on that many held-out documents.
+    """
+    depth = max(lane.k for lane in lanes.values())
+    pairs = heldout_pairs(bank, cfg, lvm.context, max_pairs)
+    if len(pairs) == 0:
+        raise ValueError("no held-out pairs: the bank needs more documents with at least two concepts")
+    rows = teacher_forced(bank, lvm, tower, pairs, depth)
+    everything = {**lanes, **extreme_lanes(depth)}
+    results = {}
+    for name, lane in everything.items():
+        outputs, decisions = decide_lane(bank, rows, lane, cfg.decider.schedule)
+        results[name] = summarize_lane(bank, rows, lane, outputs, decisions)
+        log.info("lane %s: mean cos %.4f, hit@5 %.4f", name, results[name]["mean_cos"], results[name]["hit@5"])
+    c_max = rows.c_max(default_k(lanes, cfg))
+    c_max = c_max[np.isfinite(c_max)]
+    out: dict[str, Any] = {
+        "pairs": len(pairs),
+        "query_source": rows.query_source,
+        "c_max_quantiles": {f"{q}%": float(np.quantile(c_max, q / 100)) for q in (5, 25, 50, 75, 95)},
+        "c_max_sample": [float(x) for x in c_max[:2000]],
+        "lanes": results,
+    }
+    if free_docs > 0 and generator is not None:
+        out["free_running"] = free_running(bank, generator, everything, cfg, free_docs)
+    return out
+
+
+def free_running(
+    bank: ConceptBank,
+    generator: Generator,
+    lanes: dict[str, Lane],
+    cfg: DualPathConfig,
+    docs: int,
+    prompt_len: int = FREE_PROMPT,
+    steps: int = FREE_STEPS,
+) -> dict[str, Any]:
+    """From each held-out document's first `prompt_len` concepts, generate `steps` and compare with the truth."""
+    split = split_pairs(bank.documents(), 1, cfg.split.heldout_fraction, cfg.split.seed)
+    documents = bank.documents()
+    chosen = [documents[d] for d in sorted(split.heldout_docs) if len(documents[d]) >= prompt_len + steps][:docs]
+    if not chosen:
+        return {}
+    results: dict[str, Any] = {}
+    for name, lane in lanes.items():
+        cos = np.zeros((len(chosen), steps))
+        decisions: list[str] = []
+        for i, ids in enumerate(chosen):
+            prompt_ids = ids[:prompt_len]
+            truth = bank.vectors(ids[prompt_len : prompt_len + steps])
+            run = list(generator.generate(bank.vectors(prompt_ids), steps, lane, prompt_ids, render=False))
+            cos[i] = [float(step.vector @ t) for step, t in zip(run, truth, strict=True)]
+            decisions.extend(step.record.decision.value for step in run)
+        decided = np.asarray(decisions)
+        results[name] = {
+            "docs": len(chosen),
+            "mean_cos": float(cos.mean()),
+            "mean_cos_by_step": cos.mean(axis=0).tolist(),
+            "shares": {d: float(np.mean(decided == d)) for d in DECISIONS},
+        }
+    return results
+
+
+def default_k(lanes: dict[str, Lane], cfg: DualPathConfig) -> int:
+    """K of the default lane: the shortlist depth the c_max distribution is reported at."""
+    default = lanes.get(cfg.decider.default_lane)
+    return default.k if default is not None else max(lane.k for lane in lanes.values())
