@@ -12,8 +12,9 @@ of n* when the step SNAPped or BLENDed (the output was pulled to that concept), 
 "picked within the last 8 steps" is exactly the last 8 entries, whatever the steps decided.
 
 The single-step form runs the batched form on a batch of one, and every per-stream quantity is
-computed by elementwise operations and last-axis reductions (no BLAS, whose summation order can
-depend on shape and alignment): a stream's result is bit-for-bit the same alone or in a batch.
+computed per stream or elementwise, never by BLAS (whose kernels may choose their summation order
+by shape, alignment or thread count): a stream's result is bit-for-bit the same alone or in a
+batch.
 """
 
 from __future__ import annotations
@@ -31,8 +32,6 @@ from dualpath.errors import DeciderError
 
 NEAR_DUP_COSINE = 0.98
 NO_ID = -1
-# Streams per chunk of the similarity computation, sized so its temporaries stay near 16 MB.
-_CHUNK_ELEMENTS = 4_000_000
 
 
 class Decision(StrEnum):
@@ -81,6 +80,10 @@ class ShortlistBatch:
     @classmethod
     def stack(cls, shortlists: Sequence[Shortlist], dim: int) -> ShortlistBatch:
         """Pad shortlists of different lengths to one array (padding ids -1, vectors 0)."""
+        if len(shortlists) == 1 and shortlists[0].fallback is None:
+            # One stream (every single step): a view, not a copy of its (k, d) vectors.
+            ids, vectors = _check_shortlist(shortlists[0], dim)
+            return cls(ids[None, :], vectors[None, :, :], (None,))
         k = max((len(s) for s in shortlists), default=0)
         ids = np.full((len(shortlists), k), NO_ID, np.int64)
         vectors = np.zeros((len(shortlists), k, dim), np.float32)
@@ -158,21 +161,22 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
 
 
 def _similarities(queries: np.ndarray, vectors: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Cosines (b, k) of unit queries to the valid shortlist rows (-inf elsewhere), and row norms."""
-    b, k, d = vectors.shape
+    """Cosines (b, k) of unit queries to the valid shortlist rows (-inf elsewhere), and the rows' norms.
+
+    One stream at a time through the same einsum calls, so a stream's numbers never depend on the
+    batch around it: einsum's kernels add in an order fixed by the code, and need no (k, d)
+    temporaries (which made large batches slower per stream than single steps).
+    """
+    b, k, _ = vectors.shape
     norms = np.ones((b, k), np.float32)
     dots = np.zeros((b, k), np.float32)
-    step = max(1, _CHUNK_ELEMENTS // max(1, k * d))
-    for lo in range(0, b, step):
-        chunk = vectors[lo : lo + step]
-        norms[lo : lo + step] = _row_norms(chunk)
-        dots[lo : lo + step] = (chunk * queries[lo : lo + step, None, :]).sum(axis=-1)
+    for i in np.flatnonzero(valid.any(axis=1)):
+        norms[i] = np.sqrt(np.einsum("kd,kd->k", vectors[i], vectors[i]))
+        dots[i] = np.einsum("kd,d->k", vectors[i], queries[i])
     bad = valid & ~(np.isfinite(norms) & (norms > 0))
     if bad.any():
         stream, row = map(int, np.argwhere(bad)[0])
-        raise DeciderError(
-            f"shortlist vector {row} of stream {stream} is zero, NaN/inf or overflows float32"
-        )
+        raise DeciderError(f"shortlist vector {row} of stream {stream} is zero, NaN/inf or overflows float32")
     with np.errstate(divide="ignore", invalid="ignore"):
         cos = np.where(valid, dots / np.where(valid, norms, 1.0), -np.inf).astype(np.float32)
     return cos, norms
