@@ -147,7 +147,7 @@ def test_shipped_yaml_is_package_data() -> None:
 # ---- shares → thresholds -----------------------------------------------------------------------
 
 shares_strategy = st.tuples(st.integers(0, 20), st.integers(0, 20), st.integers(0, 20)).filter(sum).map(
-    lambda t: Shares(snap=t[0] / sum(t), blend=t[1] / sum(t), novel=1.0 - t[0] / sum(t) - t[1] / sum(t))
+    lambda t: Shares(snap=t[0] / sum(t), blend=t[1] / sum(t), novel=t[2] / sum(t))
 )
 
 
