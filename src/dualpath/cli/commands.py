@@ -11,6 +11,7 @@ import typer
 AREAS: list[str] = [
     "dualpath.cli.groups",
     "dualpath.cli.generate",
+    "dualpath.cli.report",
     "dualpath.cli.lvm",
 ]
 

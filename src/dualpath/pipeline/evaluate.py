@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dualpath.bank import ConceptBank
-from dualpath.config import DualPathConfig
+from dualpath.config import DualPathConfig, SplitConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_pairs
 from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, make_lane
 from dualpath.decider.decision import Shortlist
@@ -62,13 +62,20 @@ class TeacherForced:
         return self.similarity[:, :k].max(axis=1)
 
 
+def model_split(lvm: LatentVectorModel, cfg: DualPathConfig) -> SplitConfig:
+    """The split the LVM was trained with (saved in its checkpoint), so held-out stays unseen; else cfg's."""
+    saved = lvm.config.get("split")
+    split = SplitConfig(**saved) if isinstance(saved, dict) else cfg.split
+    return split.model_copy(update={"context": lvm.context})
+
+
 def heldout_pairs(
-    bank: ConceptBank, cfg: DualPathConfig, context: int, max_pairs: int | None
+    bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None
 ) -> ContextPairs:
-    split = split_pairs(bank.documents(), context, cfg.split.heldout_fraction, cfg.split.seed)
+    split = split_pairs(bank.documents(), split_cfg.context, split_cfg.heldout_fraction, split_cfg.seed)
     pairs = split.heldout
     if max_pairs is not None and len(pairs) > max_pairs:
-        rng = np.random.default_rng(cfg.split.seed)
+        rng = np.random.default_rng(split_cfg.seed)
         pairs = pairs.subset(np.sort(rng.choice(len(pairs), max_pairs, replace=False)))
     return pairs
 
@@ -173,7 +180,7 @@ def evaluate_generation(
     With `free_docs` > 0 and a `generator`, also the free-running test on that many held-out documents.
     """
     depth = max(lane.k for lane in lanes.values())
-    pairs = heldout_pairs(bank, cfg, lvm.context, max_pairs)
+    pairs = heldout_pairs(bank, model_split(lvm, cfg), max_pairs)
     if len(pairs) == 0:
         raise ValueError("no held-out pairs: the bank needs more documents with at least two concepts")
     rows = teacher_forced(bank, lvm, tower, pairs, depth)
@@ -207,7 +214,8 @@ def free_running(
     steps: int = FREE_STEPS,
 ) -> dict[str, Any]:
     """From each held-out document's first `prompt_len` concepts, generate `steps` and compare with the truth."""
-    split = split_pairs(bank.documents(), 1, cfg.split.heldout_fraction, cfg.split.seed)
+    split_cfg = model_split(generator.lvm, cfg)
+    split = split_pairs(bank.documents(), 1, split_cfg.heldout_fraction, split_cfg.seed)
     documents = bank.documents()
     chosen = [documents[d] for d in sorted(split.heldout_docs) if len(documents[d]) >= prompt_len + steps][:docs]
     if not chosen:
