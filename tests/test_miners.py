@@ -184,6 +184,33 @@ def test_close_does_not_hang_on_a_stuck_search() -> None:
         time.sleep(0.01)
 
 
+class ThreadCountIndex:
+    """Records how many OpenMP threads a FAISS search on the calling thread may use."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        self.seen.append(faiss.omp_get_max_threads())
+        return np.zeros((queries.shape[0], k), np.int64), np.zeros((queries.shape[0], k), np.float32)
+
+
+def test_workers_cap_faiss_threads() -> None:
+    index = ThreadCountIndex()
+    with ThreadedMiner(index, workers=2) as miner:
+        for _ in range(4):
+            assert miner.search(query(1.0), k=1, timeout=5).ok
+    assert index.seen == [1] * 4
+    fresh: list[int] = []
+    probe = threading.Thread(target=lambda: fresh.append(faiss.omp_get_max_threads()))
+    probe.start()
+    probe.join()
+    index = ThreadCountIndex()
+    with ThreadedMiner(index, workers=1, search_threads=None) as miner:
+        miner.search(query(1.0), k=1, timeout=5)
+    assert index.seen == fresh  # FAISS's own default for a new thread
+
+
 def test_faiss_index_and_shortlists_feed_the_decoder() -> None:
     # A real FAISS flat index: the miner's results become shortlists the decoder decides on.
     rng = np.random.default_rng(0)
