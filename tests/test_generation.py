@@ -1,0 +1,227 @@
+"""End-to-end generation on a small real bank with briefly trained models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualpath.bank import ConceptBank
+from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane
+from dualpath.pipeline.calibrate import calibrate_bank
+from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, teacher_forced
+from dualpath.pipeline.generator import Generator
+from dualpath.pipeline.lanes import CALIBRATION_FILE
+from trained_models import tiny_config
+
+PROMPT = "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of 384,400 km."
+MAIN_LANES = ("conservative", "neutral", "creative", "legal")
+
+
+@pytest.fixture(scope="module")
+def generator(trained_bank_path):
+    gen = Generator.from_bank(trained_bank_path, tiny_config())
+    yield gen
+    gen.close()
+
+
+@pytest.mark.parametrize("lane", MAIN_LANES)
+def test_generation_yields_well_formed_steps_in_every_lane(generator, lane):
+    steps = list(generator.generate(PROMPT, steps=5, lane=lane))
+    assert [s.record.step for s in steps] == list(range(5))
+    for s in steps:
+        assert s.record.lane == lane
+        assert s.record.decision in set(Decision)
+        assert s.query_source == "tower"
+        assert abs(float(np.linalg.norm(s.vector)) - 1.0) < 1e-5
+        assert s.vector.shape == (generator.bank.dim,)
+        assert s.text  # every step renders to some bank text
+        assert s.record.c_max is not None and -1.0 <= s.record.c_max <= 1.0 + 1e-6
+        assert 0.0 <= s.record.alpha <= 1.0
+        assert {"lvm", "query", "search", "decide", "render", "total"} <= set(s.latency_ms)
+        if s.record.decision is Decision.SNAP:
+            # SNAP outputs the bank vector exactly and renders its text, not an approximation.
+            assert not s.approximate
+            assert s.text == s.neighbour_text
+            np.testing.assert_allclose(s.vector, generator.bank.vectors([s.record.neighbour_id])[0], atol=1e-6)
+        else:
+            assert s.approximate
+        json.dumps(s.to_dict())  # the record plus text is JSON-serialisable
+
+
+def test_prompt_concepts_never_come_back_as_shortlist_or_text(generator):
+    """DESIGN.md: the context must not find itself. A prompt made of bank sentences is excluded."""
+    bank = generator.bank
+    doc_ids = next(ids for ids in bank.documents().values() if len(ids) >= 3)
+    prompt = " ".join(bank.texts(doc_ids[:2]))
+    for s in generator.generate(prompt, steps=3, lane="conservative"):
+        assert s.record.neighbour_id not in set(doc_ids[:2].tolist())
+        assert s.text_concept_id not in set(doc_ids[:2].tolist())
+
+
+class FailingIndex:
+    """An index whose every search raises: retrieval is down."""
+
+    def search(self, queries, k):
+        raise RuntimeError("index unavailable")
+
+
+class SlowIndex:
+    """An index that answers long after any reasonable timeout."""
+
+    def __init__(self, bank, delay: float) -> None:
+        self.bank, self.delay = bank, delay
+
+    def search(self, queries, k):
+        time.sleep(self.delay)
+        return self.bank.search(queries, k)
+
+
+def _with_miner(generator: Generator, miner) -> Generator:
+    return Generator(generator.bank, generator.lvm, generator.tower, generator.lanes, generator.cfg, miner=miner)
+
+
+def test_failing_index_makes_every_step_novel_and_generation_completes(generator):
+    gen = _with_miner(generator, SyncMiner(FailingIndex()))
+    steps = list(gen.generate(PROMPT, steps=4, lane="conservative"))
+    assert len(steps) == 4
+    for s in steps:
+        assert s.record.decision is Decision.NOVEL
+        assert s.record.fallback_reason is not None and "index unavailable" in s.record.fallback_reason
+        assert s.text  # rendering has its own path to the bank and still works
+
+
+def test_slow_index_times_out_to_novel(generator):
+    cfg = generator.cfg.model_copy(
+        update={"decider": generator.cfg.decider.model_copy(update={"retrieval_timeout_s": 0.05})}
+    )
+    miner = ThreadedMiner(SlowIndex(generator.bank, delay=0.5), workers=1)
+    gen = Generator(generator.bank, generator.lvm, generator.tower, generator.lanes, cfg, miner=miner)
+    try:
+        started = time.perf_counter()
+        steps = list(gen.generate(PROMPT, steps=2, lane="neutral"))
+        assert [s.record.fallback_reason for s in steps] == ["timeout", "timeout"]
+        assert all(s.record.decision is Decision.NOVEL for s in steps)
+        assert time.perf_counter() - started < 2 * 0.5 + 5  # never waited for the slow index to finish each step
+    finally:
+        gen.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("miner")]
+
+
+def test_lane_thresholds_move_the_decision_mix(generator):
+    """Lower thresholds ground more: conservative/legal ≥ neutral ≥ creative in SNAP + BLEND share."""
+    rows = teacher_forced(generator.bank, generator.lvm, generator.tower, _heldout(generator), depth=500)
+    grounded = {}
+    for name in MAIN_LANES:
+        _, decisions = decide_lane(generator.bank, rows, generator.lanes[name], "continuous")
+        d = np.asarray(decisions)
+        grounded[name] = float(np.mean((d == "SNAP") | (d == "BLEND")))
+    assert grounded["conservative"] >= grounded["neutral"] >= grounded["creative"]
+    assert grounded["legal"] >= grounded["neutral"]
+    assert grounded["conservative"] > grounded["creative"]
+    # And a lane that snaps on anything snaps everywhere; one that never snaps never does.
+    always = make_lane("always", {"tau_snap": -0.99, "tau_novel": -1.0, "dup_window": 0})
+    never = make_lane("never", {"tau_snap": 1.0, "tau_novel": 0.9999, "dup_window": 0})
+    assert set(decide_lane(generator.bank, rows, always, "continuous")[1]) == {"SNAP"}
+    assert set(decide_lane(generator.bank, rows, never, "continuous")[1]) == {"NOVEL"}
+
+
+def _heldout(generator):
+    from dualpath.pipeline.evaluate import heldout_pairs, model_split
+
+    return heldout_pairs(generator.bank, model_split(generator.lvm, generator.cfg), None)
+
+
+def test_calibration_gives_a_real_mix_and_generation_uses_it(trained_bank_path, tmp_path, caplog):
+    bank_dir = tmp_path / "bank"
+    shutil.copytree(trained_bank_path, bank_dir)
+    cfg = tiny_config()
+    with caplog.at_level("WARNING"):
+        uncalibrated = Generator.from_bank(bank_dir, cfg)
+    assert any("uncalibrated" in r.message for r in caplog.records)
+    assert not uncalibrated.lane("neutral").calibrated
+    result = calibrate_bank(uncalibrated.bank, uncalibrated.lvm, uncalibrated.tower, cfg)
+    uncalibrated.close()
+    assert (bank_dir / CALIBRATION_FILE).is_file()
+    lanes = result["lanes"]
+    # Intent: conservative and legal ground more, so their thresholds sit below creative's.
+    assert lanes["conservative"]["tau_snap"] < lanes["neutral"]["tau_snap"] < lanes["creative"]["tau_snap"]
+    assert lanes["conservative"]["tau_novel"] < lanes["creative"]["tau_novel"]
+
+    calibrated = Generator.from_bank(bank_dir, cfg)
+    try:
+        neutral = calibrated.lane("neutral")
+        assert neutral.calibrated and neutral.tau_snap == pytest.approx(lanes["neutral"]["tau_snap"])
+        report = evaluate_generation(
+            calibrated.bank, calibrated.lvm, calibrated.tower, {"neutral": neutral}, cfg, max_pairs=None
+        )
+    finally:
+        calibrated.close()
+    shares = {d: report["lanes"]["neutral"]["by_decision"][d]["share"] for d in DECISIONS}
+    # Calibrated on the same held-out pairs, the mix matches the lane's target shares (15/50/35) closely.
+    assert shares["SNAP"] == pytest.approx(0.15, abs=0.05)
+    assert shares["NOVEL"] == pytest.approx(0.35, abs=0.05)
+    assert report["lanes"]["bank-only"]["by_decision"]["SNAP"]["share"] == 1.0
+    assert report["lanes"]["lvm-only"]["by_decision"]["NOVEL"]["share"] == 1.0
+
+
+def test_generator_without_tower_queries_with_the_lvm_vector(trained_bank_path, tmp_path, caplog):
+    bank_dir = tmp_path / "bank"
+    shutil.copytree(trained_bank_path, bank_dir, ignore=shutil.ignore_patterns("tower"))
+    with caplog.at_level("WARNING"):
+        gen = Generator.from_bank(bank_dir, tiny_config())
+    try:
+        assert any("no trained query tower" in r.message for r in caplog.records)
+        steps = list(gen.generate(PROMPT, steps=2))
+        assert {s.query_source for s in steps} == {"lvm"}
+    finally:
+        gen.close()
+
+
+def test_generation_from_vectors_and_bad_inputs(generator):
+    bank: ConceptBank = generator.bank
+    ids = next(iter(bank.documents().values()))[:2]
+    steps = list(generator.generate(bank.vectors(ids), steps=2, lane="creative", context_ids=ids))
+    assert len(steps) == 2
+    from dualpath.errors import DualPathError
+
+    with pytest.raises(DualPathError, match="dimension"):
+        list(generator.generate(np.ones((2, bank.dim + 1), np.float32), steps=1))
+    with pytest.raises(DualPathError, match="unknown lane"):
+        list(generator.generate(PROMPT, steps=1, lane="no-such-lane"))
+    with pytest.raises(DualPathError, match="steps"):
+        list(generator.generate(PROMPT, steps=0))
+    with pytest.raises(DualPathError, match="no text"):
+        list(generator.generate("   ", steps=1))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dualpath.cli.main", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_generate_json_and_errors(trained_bank_path):
+    done = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "3", "--lane", "legal", "--json")
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2]
+    assert all(r["lane"] == "legal" and r["decision"] in DECISIONS and r["text"] for r in records)
+
+    table = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "2")
+    assert table.returncode == 0 and "lane neutral" in table.stdout
+
+    bad_lane = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--lane", "nope")
+    assert bad_lane.returncode == 2
+    assert "unknown lane" in bad_lane.stderr and "Traceback" not in bad_lane.stderr
+
+    missing = _cli("generate", "--bank", str(Path(trained_bank_path).parent / "missing"), PROMPT)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
