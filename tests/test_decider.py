@@ -432,6 +432,8 @@ def test_decoder_reset_and_config() -> None:
     # After a reset the old pick is forgotten: meeting it again snaps.
     assert _repeat_scenario(decoder, gap=1) == (Decision.NOVEL_DUP_DROP, True)
     assert DualPathDecoder.from_config(DeciderConfig(schedule="reference"), lane="creative").lane.k == 300
+    custom = lane(0.5, 0.4)
+    assert DualPathDecoder.from_config(DeciderConfig(memory_cap=16), lane=custom).lane is custom
     with pytest.raises(ConfigError, match="unknown lane 'bold'"):
         DualPathDecoder.from_config(DeciderConfig(), lane="bold")
     with pytest.raises(ConfigError, match="unknown blend schedule"):

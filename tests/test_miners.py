@@ -237,3 +237,11 @@ def test_faiss_index_and_shortlists_feed_the_decoder() -> None:
         padded = MinerResult(np.array([[3, -1], [-1, -1]]), np.zeros((2, 2), np.float32))
         shortlists = to_shortlists(padded, lambda ids: bank[ids], dim=16)
         assert list(shortlists[0].ids) == [3] and shortlists[1].fallback == "empty"
+
+        # The context's own ids are removed and k survivors kept.
+        result = miner.search(bank[[5]], k=6, timeout=5.0)
+        (trimmed,) = to_shortlists(result, lambda ids: bank[ids], 16, exclude=[result.ids[0, :2]], k=3)
+        assert list(trimmed.ids) == list(result.ids[0, 2:5])
+        assert np.array_equal(trimmed.vectors, bank[result.ids[0, 2:5]])
+        (gone,) = to_shortlists(result, lambda ids: bank[ids], 16, exclude=[result.ids[0]])
+        assert gone.fallback == "empty"

@@ -45,11 +45,14 @@ class DualPathDecoder:
         self._step = 0
 
     @classmethod
-    def from_config(cls, cfg: DeciderConfig, lane: str | None = None) -> DualPathDecoder:
-        """A decoder for `lane` (default: cfg.default_lane) from the shipped and the user's lanes."""
-        lanes = load_lanes(cfg.lanes_file)
+    def from_config(cls, cfg: DeciderConfig, lane: str | Lane | None = None) -> DualPathDecoder:
+        """A decoder with cfg's schedule, memory and dup threshold for `lane`: a Lane (e.g. one
+        calibrated for a bank), or a name looked up in the shipped and the user's lanes (default:
+        cfg.default_lane)."""
+        if not isinstance(lane, Lane):
+            lane = get_lane(load_lanes(cfg.lanes_file), lane or cfg.default_lane)
         return cls(
-            get_lane(lanes, lane or cfg.default_lane),
+            lane,
             schedule=cfg.schedule,
             memory_cap=cfg.memory_cap,
             dup_threshold=cfg.dup_threshold,

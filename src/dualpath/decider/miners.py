@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -245,21 +245,32 @@ class ThreadedMiner:
 
 
 def to_shortlists(
-    result: MinerResult, gather: Callable[[np.ndarray], np.ndarray], dim: int
+    result: MinerResult,
+    gather: Callable[[np.ndarray], np.ndarray],
+    dim: int,
+    exclude: Sequence[np.ndarray] | None = None,
+    k: int | None = None,
 ) -> list[Shortlist]:
     """One Shortlist per query row; `gather(ids) -> (m, d)` looks up vectors (e.g. `bank.vectors`).
 
-    A row without any result (all ids -1) or a result that did not deliver becomes a fallback
-    shortlist, so the decider records NOVEL with "empty", "timeout" or "error: ...".
+    `exclude[i]` are ids removed from row i (a context must not find itself); `k` keeps at most
+    the first k survivors (so a caller can ask the miner for k + len(exclude) and still get k). A
+    row left without results, or a result that did not deliver, becomes a fallback shortlist, so
+    the decider records NOVEL with "empty", "timeout" or "error: ...".
     """
     n = result.ids.shape[0]
+    if exclude is not None and len(exclude) != n:
+        raise ValueError(f"exclude has {len(exclude)} rows for {n} queries")
     if result.status == "timeout":
         return [Shortlist.failed(FALLBACK_TIMEOUT, dim) for _ in range(n)]
     if result.status == "error":
         return [Shortlist.failed(fallback_error(result.error or "unknown"), dim) for _ in range(n)]
     shortlists = []
-    for row in result.ids:
-        present = row[row >= 0]
+    for i, row in enumerate(result.ids):
+        keep = row >= 0
+        if exclude is not None:
+            keep &= ~np.isin(row, exclude[i])
+        present = row[keep][:k]
         if present.size == 0:
             shortlists.append(Shortlist.failed(FALLBACK_EMPTY, dim))
         else:
