@@ -13,8 +13,10 @@ the torch/NumPy/Python RNG states saved with `last/` are restored before the nex
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -101,8 +103,10 @@ def run_training(
         _check_same_task(state, task.checkpoint_config(), out_dir / LAST)
         load_weights(out_dir / LAST, task.model)
         load_training_state(out_dir / LAST, task.optimizer)
-        history = [EpochReport(**h) for h in _read_history(out_dir)]
         resumed_from = int(state["epoch"])
+        # history.json is written just before last/, so after a kill between the two it may hold
+        # the epoch that is about to be redone: keep only what last/ contains.
+        history = [EpochReport(**h) for h in _read_history(out_dir) if h["epoch"] <= resumed_from]
         start = resumed_from + 1
         log.info("resuming from epoch %d in %s", resumed_from, out_dir)
     elif resume:
@@ -126,12 +130,12 @@ def run_training(
             value = metrics[task.select_metric]
             report = EpochReport(epoch, float(loss), metrics, seconds, rss, best=value > best_value)
             config = {**task.checkpoint_config(), "epoch": epoch, "metrics": metrics}
+            history.append(report)
+            write_json_atomic(out_dir / HISTORY, [asdict(h) for h in history])
             if report.best:
                 best_value = value
                 save_checkpoint(out_dir / BEST, task.model, config)
             save_checkpoint(out_dir / LAST, task.model, config, task.optimizer, with_rng=True)
-            history.append(report)
-            write_json_atomic(out_dir / HISTORY, [asdict(h) for h in history])
             log.info(
                 "epoch %d/%d loss %.4f %s %.1fs rss %.0f MiB%s",
                 epoch, epochs, loss, _fmt(metrics), seconds, rss, " (best)" if report.best else "",
@@ -139,6 +143,17 @@ def run_training(
             if on_epoch is not None:
                 on_epoch(report)
     return TrainingResult(out_dir, history, resumed_from)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with `threads` torch intra-op threads (0: one per core), then restore the setting."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def model_dir(path: str | Path) -> Path:

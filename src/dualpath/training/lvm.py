@@ -1,0 +1,173 @@
+"""Training the LVM on a bank's document sequences.
+
+The core, `LVMTrainingTask`, works on plain arrays: the bank's vector matrix, a `PairSplit` of its
+documents, and (optionally) a search function for held-out Hit@K. `train_lvm(bank, cfg)` is the
+thin layer that draws those from a `ConceptBank` and runs the shared epoch loop
+(`training.loop.run_training`: checkpoint every epoch, keep the best, resume after a kill).
+
+Loss on unit-norm prediction p and true next vector t, over a batch of B pairs:
+
+    cosine_weight · mean(1 - cos(p_i, t_i))
+  + infonce_weight · cross-entropy over cos(p_i, t_j) / temperature with j = i the positive
+
+The InfoNCE term uses the other targets of the batch as negatives: it pulls predictions toward the
+region of *this* next concept rather than the safe average of plausible ones, which the cosine
+term alone rewards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dualpath.config import DualPathConfig
+from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, split_pairs
+from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
+from dualpath.evaluation.ranking import SearchFn
+from dualpath.models.lvm import LatentVectorModel
+from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
+
+if TYPE_CHECKING:
+    from dualpath.bank import ConceptBank
+
+log = logging.getLogger(__name__)
+
+# Held-out selection metric: mean cos(prediction, true next). See docs/lvm.md for why not Hit@K.
+SELECT_METRIC = "heldout_cos"
+
+
+def lvm_loss(
+    pred: torch.Tensor, target: torch.Tensor, cosine_weight: float, infonce_weight: float, temperature: float
+) -> torch.Tensor:
+    """The training loss for unit-norm predictions and targets `(B, d)` (see the module docstring)."""
+    loss = pred.new_zeros(())
+    if cosine_weight > 0:
+        loss = loss + cosine_weight * (1.0 - (pred * target).sum(dim=-1)).mean()
+    if infonce_weight > 0:
+        logits = pred @ target.T / temperature
+        labels = torch.arange(pred.shape[0], device=pred.device)
+        loss = loss + infonce_weight * F.cross_entropy(logits, labels)
+    return loss
+
+
+class LVMTrainingTask:
+    """A `training.loop.TrainingTask` for the LVM on plain arrays.
+
+    `vectors` is the bank's `(N, d)` matrix (row = concept id; float16 memmaps are fine), `split`
+    the document split of its pairs; `search` (the bank's) adds held-out Hit@10 to each epoch's
+    metrics. The held-out pairs are only ever evaluated on, never trained on.
+    """
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        split: PairSplit,
+        cfg: DualPathConfig,
+        encoder_name: str,
+        search: SearchFn | None = None,
+    ) -> None:
+        if len(split.train) == 0:
+            raise ValueError("no training pairs: the bank's documents are all single concepts or held out")
+        self.vectors = vectors
+        self.split = split
+        self.cfg = cfg
+        self.search = search
+        torch.manual_seed(cfg.lvm.seed)  # weight initialisation is part of a repeatable run
+        self.lvm = LatentVectorModel.build(vectors.shape[1], cfg.lvm, cfg.split.context, encoder_name)
+        self.model = self.lvm.net
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lvm.lr, weight_decay=cfg.lvm.weight_decay)
+        self.select_metric = SELECT_METRIC
+
+    def _batch(self, pairs: ContextPairs, index: np.ndarray) -> tuple[torch.Tensor, ...]:
+        ctx, mask = gather_context(self.vectors, pairs.context[index])
+        target = np.asarray(self.vectors[pairs.target[index]], dtype=np.float32)
+        return torch.from_numpy(ctx), torch.from_numpy(mask), torch.from_numpy(target)
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        lvm = self.cfg.lvm
+        return lvm_loss(pred, target, lvm.cosine_weight, lvm.infonce_weight, lvm.temperature)
+
+    def train_epoch(self, epoch: int, beat: Callable[[], None]) -> float:
+        lvm = self.cfg.lvm
+        train = self.split.train
+        # The order depends on (seed, epoch) only, so a resumed run sees the same batches.
+        order = np.random.default_rng([lvm.seed, epoch]).permutation(len(train))
+        # A last batch of one has no in-batch negatives; drop a remainder that small.
+        starts = [s for s in range(0, len(order), lvm.batch_size) if len(order) - s >= 2]
+        total, steps = 0.0, 0
+        for start in batch_progress(starts, len(starts), f"epoch {epoch}"):
+            ctx, mask, target = self._batch(train, order[start : start + lvm.batch_size])
+            loss = self._loss(self.model(ctx, mask), target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), lvm.grad_clip)
+            self.optimizer.step()
+            total += loss.item()
+            steps += 1
+            beat()
+        return total / max(steps, 1)
+
+    def evaluate(self) -> dict[str, float]:
+        held = self.split.heldout
+        if len(held) == 0:
+            return {SELECT_METRIC: float("nan")}
+        ctx, mask = gather_context(self.vectors, held.context)
+        target = np.asarray(self.vectors[held.target], dtype=np.float32)
+        pred = self.lvm.predict(ctx, mask)
+        # Held-out loss over fixed consecutive batches of the training size: comparable across epochs.
+        size = self.cfg.lvm.batch_size
+        losses = [
+            float(self._loss(torch.from_numpy(pred[s : s + size]), torch.from_numpy(target[s : s + size])))
+            for s in range(0, len(held), size)
+            if len(held) - s >= 2
+        ]
+        metrics = {
+            "heldout_loss": float(np.mean(losses)) if losses else float("nan"),
+            SELECT_METRIC: mean_cosine(pred, target),
+            "heldout_contrastive": contrastive_accuracy(pred, target, pairs=held)[0],
+        }
+        if self.search is not None:
+            metrics["heldout_hit10"] = hit_rates(self.search, pred, held, ks=(10,))["hit@10"]
+        return metrics
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {
+            **self.lvm.config,
+            "training": self.cfg.lvm.model_dump(mode="json"),
+            "split": self.cfg.split.model_dump(mode="json"),
+            "pairs": {"train": len(self.split.train), "heldout": len(self.split.heldout)},
+        }
+
+
+def default_out_dir(bank: ConceptBank) -> Path:
+    return Path(bank.path) / "models" / "lvm"
+
+
+def train_lvm(
+    bank: ConceptBank,
+    cfg: DualPathConfig,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+) -> TrainingResult:
+    """Train an LVM on `bank`'s documents (held-out split from `cfg.split`); default out `bank/models/lvm`."""
+    split = split_pairs(bank.documents(), cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+    log.info(
+        "LVM %s on %s: %d training pairs, %d held-out pairs (%d held-out documents), context %d",
+        cfg.lvm.arch,
+        bank.path,
+        len(split.train),
+        len(split.heldout),
+        len(split.heldout_docs),
+        cfg.split.context,
+    )
+    out = Path(out_dir) if out_dir is not None else default_out_dir(bank)
+    with torch_threads(cfg.lvm.threads):
+        task = LVMTrainingTask(bank.all_vectors(), split, cfg, bank.encoder_name, bank.search)
+        return run_training(task, out, cfg.lvm.epochs, resume, cfg.lvm.watchdog_seconds, on_epoch)
