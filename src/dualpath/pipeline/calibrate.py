@@ -25,16 +25,18 @@ from dualpath.pipeline.lanes import write_calibration
 
 log = logging.getLogger(__name__)
 
+QUANTILES = (5, 25, 50, 75, 95)
 
-def calibrate_bank(
+
+def calibrate_lanes(
     bank: ConceptBank,
     lvm: LatentVectorModel,
     tower: QueryTower | None,
+    lanes: dict[str, Lane],
     cfg: DualPathConfig,
     max_pairs: int | None = 3000,
-) -> dict[str, Any]:
-    """Measure c_max on held-out pairs and store calibrated thresholds for every lane with target shares."""
-    lanes = load_lanes(cfg.decider.lanes_file)
+) -> tuple[dict[str, Lane], dict[str, Any]]:
+    """Calibrated copies of `lanes` (those stating target shares) and what was measured."""
     targets = {name: lane for name, lane in lanes.items() if lane.shares is not None}
     if not targets:
         raise ValueError("no lane states target shares; nothing to calibrate")
@@ -45,7 +47,7 @@ def calibrate_bank(
     rows = teacher_forced(bank, lvm, tower, pairs, depth)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     calibrated: dict[str, Lane] = {}
-    samples: dict[str, list[float]] = {}
+    quantiles: dict[str, list[float]] = {}
     for name, lane in targets.items():
         c_max = rows.c_max(lane.k)
         c_max = c_max[np.isfinite(c_max)]
@@ -54,17 +56,32 @@ def calibrate_bank(
             f"(LVM {lvm.arch}, query from {rows.query_source}, K={lane.k})"
         )
         calibrated[name] = calibrate_lane(lane, c_max, provenance)
-        samples[name] = [float(np.quantile(c_max, q / 100)) for q in (5, 25, 50, 75, 95)]
+        quantiles[name] = [float(np.quantile(c_max, q / 100)) for q in QUANTILES]
         log.info(
             "lane %s: tau_snap %.4f tau_novel %.4f (shares %s)",
             name, calibrated[name].tau_snap, calibrated[name].tau_novel, lane.shares,
         )
-    calibration = {
+    measured = {
         "created": when,
         "pairs": len(pairs),
         "query_source": rows.query_source,
         "lvm": lvm.arch,
-        "c_max_quantiles": {"levels": [5, 25, 50, 75, 95], **samples},
+        "c_max_quantiles": {"levels": list(QUANTILES), **quantiles},
+    }
+    return calibrated, measured
+
+
+def calibrate_bank(
+    bank: ConceptBank,
+    lvm: LatentVectorModel,
+    tower: QueryTower | None,
+    cfg: DualPathConfig,
+    max_pairs: int | None = 3000,
+) -> dict[str, Any]:
+    """Calibrate every lane with target shares (shipped + cfg's lanes file) and store them in the bank."""
+    calibrated, measured = calibrate_lanes(bank, lvm, tower, load_lanes(cfg.decider.lanes_file), cfg, max_pairs)
+    calibration = {
+        **measured,
         "lanes": {
             name: {
                 "tau_snap": lane.tau_snap,
