@@ -30,13 +30,12 @@ from dualpath.decider import (
     DecisionRecord,
     DualPathDecoder,
     Lane,
-    MinerResult,
     Shortlist,
     SyncMiner,
     ThreadedMiner,
     get_lane,
+    to_shortlists,
 )
-from dualpath.decider.decision import FALLBACK_EMPTY, FALLBACK_TIMEOUT, fallback_error
 from dualpath.errors import CheckpointError, DualPathError
 from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
@@ -132,20 +131,8 @@ def search_shortlists(
     an error gives fallback shortlists (the decider turns them into NOVEL with the reason).
     """
     extra = max((len(e) for e in exclude), default=0)
-    result: MinerResult = miner.search(queries, k + extra, timeout=timeout)
-    dim = bank.dim
-    if result.status == "timeout":
-        return [Shortlist.failed(FALLBACK_TIMEOUT, dim) for _ in exclude]
-    if result.status == "error":
-        return [Shortlist.failed(fallback_error(result.error or "unknown"), dim) for _ in exclude]
-    shortlists = []
-    for row, skip in zip(result.ids, exclude, strict=True):
-        ids = row[(row >= 0) & ~np.isin(row, skip)][:k]
-        if ids.size == 0:
-            shortlists.append(Shortlist.failed(FALLBACK_EMPTY, dim))
-        else:
-            shortlists.append(Shortlist(ids, bank.vectors(ids)))
-    return shortlists
+    result = miner.search(queries, k + extra, timeout=timeout)
+    return to_shortlists(result, bank.vectors, bank.dim, exclude=exclude, k=k)
 
 
 class Generator:
