@@ -193,9 +193,8 @@ class Generator:
         return get_lane(self.lanes, name or self.cfg.decider.default_lane)
 
     def decoder(self, lane: str | Lane | None = None) -> DualPathDecoder:
-        d = self.cfg.decider
-        profile = lane if isinstance(lane, Lane) else self.lane(lane)
-        return DualPathDecoder(profile, schedule=d.schedule, memory_cap=d.memory_cap, dup_threshold=d.dup_threshold)
+        # Lanes are resolved here, not by the decoder: this generator's lanes carry the bank's calibration.
+        return DualPathDecoder.from_config(self.cfg.decider, lane if isinstance(lane, Lane) else self.lane(lane))
 
     def encode_prompt(self, prompt: str) -> tuple[list[str], np.ndarray]:
         """Segment a prompt into concepts and encode them: (texts, (t, d) vectors)."""
