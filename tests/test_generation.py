@@ -225,3 +225,22 @@ def test_cli_generate_json_and_errors(trained_bank_path):
     missing = _cli("generate", "--bank", str(Path(trained_bank_path).parent / "missing"), PROMPT)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_quality_thresholds_closed_form_matches_the_decider(generator):
+    """The calibration's closed-form score equals what the decider actually outputs at those thresholds."""
+    from dualpath.pipeline.evaluate import quality_thresholds, summarize_lane
+
+    rows = teacher_forced(generator.bank, generator.lvm, generator.tower, _heldout(generator), depth=100)
+    best = quality_thresholds(rows, k=100, grid=11)
+    lane = make_lane("best", {"tau_snap": best["tau_snap"], "tau_novel": best["tau_novel"], "k": 100})
+    outputs, decisions = decide_lane(generator.bank, rows, lane, "continuous")
+    measured = summarize_lane(generator.bank, rows, lane, outputs, decisions)["mean_cos"]
+    assert measured == pytest.approx(best["mean_cos"], abs=1e-5)
+    # It is a maximum over a grid that includes both single paths, so it is at least as good as either.
+    for extreme in ("lvm-only", "bank-only"):
+        from dualpath.pipeline.evaluate import extreme_lanes
+
+        x = extreme_lanes(100)[extreme]
+        out_x, dec_x = decide_lane(generator.bank, rows, x, "continuous")
+        assert best["mean_cos"] >= summarize_lane(generator.bank, rows, x, out_x, dec_x)["mean_cos"] - 1e-6

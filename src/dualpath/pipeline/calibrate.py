@@ -94,3 +94,4 @@ def calibrate_bank(
     }
     write_calibration(bank.path, calibration)
     return calibration
+

@@ -11,7 +11,7 @@ output back, and compare step t with the document's true concept t.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ import numpy as np
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig, SplitConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_pairs
-from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, make_lane
+from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, get_schedule, make_lane
 from dualpath.decider.decision import Shortlist
 from dualpath.evaluation.ranking import target_ranks
 from dualpath.models.lvm import LatentVectorModel
@@ -56,6 +56,8 @@ class TeacherForced:
     shortlist_ids: np.ndarray  # (n, depth) int64, -1 padded, ranked by the query
     similarity: np.ndarray  # (n, depth) float32 cos(v̂, shortlist), -inf at padding
     query_source: str
+
+    bank_vectors: Callable[[np.ndarray], np.ndarray]  # ids → (n, d) float32: the bank's `vectors`
 
     def c_max(self, k: int) -> np.ndarray:
         """Best cosine of v̂ to its top-k shortlist, per pair (-inf where the shortlist is empty)."""
@@ -108,7 +110,7 @@ def teacher_forced(
         sims = np.einsum("bkd,bd->bk", cand, v_hat[start : start + _CHUNK])
         c[start : start + _CHUNK] = np.where(valid, sims, -np.inf)
     targets = bank.vectors(pairs.target)
-    return TeacherForced(pairs, v_hat, targets, ids, c, "tower" if tower is not None else "lvm")
+    return TeacherForced(pairs, v_hat, targets, ids, c, "tower" if tower is not None else "lvm", bank.vectors)
 
 
 def decide_lane(
@@ -199,6 +201,8 @@ def evaluate_generation(
         "c_max_sample": [float(x) for x in c_max[:2000]],
         "lanes": results,
     }
+    # What the best thresholds for this schedule would give: the ceiling a lane can reach on these pairs.
+    out["quality_optimum"] = quality_thresholds(rows, default_k(lanes, cfg), cfg.decider.schedule)
     if free_docs > 0 and generator is not None:
         out["free_running"] = free_running(bank, generator, everything, cfg, free_docs)
     return out
@@ -244,3 +248,37 @@ def default_k(lanes: dict[str, Lane], cfg: DualPathConfig) -> int:
     """K of the default lane: the shortlist depth the c_max distribution is reported at."""
     default = lanes.get(cfg.decider.default_lane)
     return default.k if default is not None else max(lane.k for lane in lanes.values())
+
+
+def quality_thresholds(
+    rows: TeacherForced, k: int, schedule: str = "continuous", grid: int = 41
+) -> dict[str, float]:
+    """The (τ_snap, τ_novel) that maximise held-out mean cos(output, true next) for this schedule.
+
+    Teacher-forced outputs have a closed form per row from a = v̂·t, b = n*·t and c = v̂·n*:
+    NOVEL gives a, SNAP gives b, BLEND gives ((1-α)a + αb) / ‖(1-α)v̂ + αn*‖ with
+    ‖·‖² = (1-α)² + α² + 2α(1-α)c. So every pair of thresholds on a quantile grid of c is scored
+    exactly without re-running the decider (no stream memory: duplicates play no part here).
+    """
+    sims = rows.similarity[:, :k]
+    best = np.argmax(sims, axis=1)
+    c = sims[np.arange(len(sims)), best].astype(np.float64)
+    valid = np.isfinite(c)
+    c = c[valid]
+    neighbours = rows.shortlist_ids[:, :k][np.arange(len(sims)), best][valid]
+    targets = rows.targets[valid].astype(np.float64)
+    a = np.einsum("nd,nd->n", rows.v_hat[valid].astype(np.float64), targets)
+    b = np.einsum("nd,nd->n", rows.bank_vectors(neighbours).astype(np.float64), targets)
+    alpha_of = get_schedule(schedule)
+    levels = np.unique(np.quantile(c, np.linspace(0, 1, grid)))
+    levels = np.concatenate([[-1.0], levels, [1.0]])
+    result = {"tau_snap": 1.0, "tau_novel": float(np.nextafter(1.0, 0)), "mean_cos": float(a.mean())}
+    for i, tau_novel in enumerate(levels[:-1]):
+        for tau_snap in levels[i + 1 :]:
+            alpha = alpha_of(c, float(tau_snap), float(tau_novel))
+            alpha = np.where(c >= tau_snap, 1.0, np.where(c <= tau_novel, 0.0, alpha))
+            norm = np.sqrt((1 - alpha) ** 2 + alpha**2 + 2 * alpha * (1 - alpha) * c)
+            score = float((((1 - alpha) * a + alpha * b) / norm).mean())
+            if score > result["mean_cos"]:
+                result = {"tau_snap": float(tau_snap), "tau_novel": float(tau_novel), "mean_cos": score}
+    return result

@@ -141,6 +141,13 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
             cells.append("-" if v is None else f"{v:.4f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     verdict = _verdict(gen)
+    best = gen.get("quality_optimum")
+    if best:
+        verdict += (
+            f"\n\nThe thresholds that maximise mean cosine on these pairs (exact search over a quantile grid of "
+            f"c_max, `{results['settings']['decider']['schedule']}` schedule): τ_snap {best['tau_snap']:.3f}, "
+            f"τ_novel {best['tau_novel']:.3f} → mean cos {best['mean_cos']:.4f}."
+        )
     q = gen["c_max_quantiles"]
     lines += [
         "",
