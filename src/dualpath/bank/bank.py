@@ -1,0 +1,525 @@
+"""ConceptBank: a directory of concepts, their vectors and an index over them.
+
+```
+bank/
+  manifest.json      format version, dim, count, encoder, dtype, backend + index spec, checksums
+  vectors.npy        (count, dim) float16 or float32, row = concept id, memory-mapped on open
+  metadata.sqlite    concept id → document id, position, text, domain, title
+  index.faiss, ...   the backend's files (see bank/backend.py)
+  models/            trained models (written by other parts, never checksummed here)
+```
+
+Memory: the index is the one copy of the vectors held in RAM. `vectors.npy` is memory-mapped and
+read only for the rows asked for (`vectors(ids)`), so it costs page cache, not resident heap. A
+flat index stores the vectors at the bank's precision (fp16 codes for a float16 bank), so an
+opened flat float16 bank holds about half the raw float32 size. The price is disk: a flat
+index file repeats what vectors.npy holds.
+
+Writes are atomic. `build` writes a fresh directory beside the target and swaps it in at the
+end; `add` does the same copy-on-write: it copies the bank into a temporary directory, appends
+there and swaps. Copying costs O(bank) disk I/O, but re-encoding (what `add` avoids) costs far
+more, and a reader or an interruption only ever sees the old bank or the new one, never files
+from both.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from dualpath import __version__
+from dualpath.bank.backend import IndexBackend, create_backend, open_backend
+from dualpath.bank.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    check_hashes,
+    check_sizes,
+    file_checksum,
+    read_manifest,
+)
+from dualpath.bank.metadata import METADATA_FILE, Concept, Metadata
+from dualpath.config import DualPathConfig, SegmentConfig
+from dualpath.corpus import Document, load_documents, segment_sentences
+from dualpath.encoding import Encoder, load_encoder
+from dualpath.errors import BankError, CorpusError
+from dualpath.fileio import atomic_directory, write_json_atomic
+from dualpath.logs import progress_enabled
+
+log = logging.getLogger(__name__)
+
+VECTORS_FILE = "vectors.npy"
+# Concepts encoded per step while building: one encoder call, one metadata insert, one log line.
+BUILD_BATCH = 1024
+COPY_BLOCK = 65_536  # rows copied at a time when `add` extends vectors.npy
+
+Source = str | Path | Iterable[Document]
+
+
+class ConceptBank:
+    """An opened bank. Create with `build`/`from_vectors`, reopen with `open`."""
+
+    def __init__(
+        self,
+        path: Path,
+        manifest: dict[str, Any],
+        vectors: np.ndarray,
+        metadata: Metadata,
+        backend: IndexBackend,
+        cfg: DualPathConfig,
+    ) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.cfg = cfg
+        self._vectors = vectors
+        self._metadata = metadata
+        self._backend = backend
+        self._encoder: Encoder | None = None
+        self._documents: dict[str, np.ndarray] | None = None
+        self._domains: dict[str | None, int] | None = None
+
+    # -- opening ---------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        cfg: DualPathConfig | None = None,
+        verify: Literal["quick", "full"] = "quick",
+        encoder: Encoder | None = None,
+    ) -> ConceptBank:
+        """Open and verify a bank: files present, sizes and checksums, every count aligned.
+
+        `verify="quick"` hashes the head and tail of each file; `"full"` hashes everything.
+        `encoder` reuses an already loaded encoder; it must be the one the bank was built with.
+        """
+        path = Path(path)
+        cfg = cfg or DualPathConfig()
+        manifest = read_manifest(path)
+        checksums = manifest["checksums"]
+        for required in (VECTORS_FILE, METADATA_FILE):
+            if required not in checksums:
+                raise BankError(f"{path / MANIFEST_FILE} is corrupt: it does not list {required}")
+        check_sizes(path, checksums)
+        count, dim = int(manifest["count"]), int(manifest["dim"])
+        vectors = _open_vectors(path / VECTORS_FILE, count, dim, manifest["dtype"])
+        metadata = Metadata(path / METADATA_FILE)
+        try:
+            rows = metadata.count()
+            if rows != count:
+                raise BankError(f"bank {path} is misaligned: metadata has {rows} concepts, the manifest {count}")
+            if rows and metadata.id_range() != (0, count - 1):
+                raise BankError(f"bank {path} is misaligned: concept ids are not 0..{count - 1}")
+            check_hashes(path, checksums, full=verify == "full")
+            backend = open_backend(manifest["backend"], path, dim, cfg.bank, manifest["index"])
+            indexed = backend.count()
+            if indexed != count:
+                backend.close()
+                raise BankError(f"bank {path} is misaligned: the index holds {indexed} vectors, the manifest {count}")
+        except BaseException:
+            metadata.close()
+            raise
+        bank = cls(path, manifest, vectors, metadata, backend, cfg)
+        if encoder is not None:
+            if encoder.name != bank.encoder_name or encoder.dim != bank.dim:
+                bank.close()
+                raise BankError(f"bank {path} was built with {bank.encoder_name}, not {encoder.name}")
+            bank._encoder = encoder
+        return bank
+
+    # -- building --------------------------------------------------------------------------------
+
+    @classmethod
+    def build(
+        cls,
+        source: Source,
+        out: str | Path,
+        cfg: DualPathConfig | None = None,
+        *,
+        skip_bad: bool = False,
+        limit_docs: int | None = None,
+        encoder: Encoder | None = None,
+    ) -> ConceptBank:
+        """Segment, encode and index a corpus into a new bank at `out` (replacing a bank there)."""
+        cfg = cfg or DualPathConfig()
+        out = Path(out)
+        _refuse_to_replace_non_bank(out)
+        documents = _documents(source, skip_bad, limit_docs)
+        encoder = encoder or load_encoder(cfg.encoder)
+        started = time.perf_counter()
+        with atomic_directory(out) as tmp:
+            metadata = Metadata.create(tmp / METADATA_FILE)
+            try:
+                vectors, domains, n_docs = _encode_documents(
+                    documents, encoder, cfg.segment, metadata, cfg.bank.dtype, first_id=0, taken=set()
+                )
+                metadata.commit()
+            finally:
+                metadata.close()
+            backend = create_backend(encoder.dim, cfg.bank)
+            _write_vectors_and_index(tmp, vectors, backend, domains, first_id=0)
+            _write_manifest(
+                tmp,
+                backend,
+                dim=encoder.dim,
+                count=len(vectors),
+                documents=n_docs,
+                encoder_name=encoder.name,
+                dtype=cfg.bank.dtype,
+                segment=cfg.segment,
+            )
+            backend.close()
+        seconds = time.perf_counter() - started
+        log.info(
+            "built bank %s: %d concepts from %d documents in %.1f s (%.0f concepts/s)",
+            out,
+            len(vectors),
+            n_docs,
+            seconds,
+            len(vectors) / max(seconds, 1e-9),
+        )
+        return cls.open(out, cfg, encoder=encoder)
+
+    @classmethod
+    def from_vectors(
+        cls,
+        out: str | Path,
+        vectors: np.ndarray,
+        concepts: Sequence[Concept],
+        encoder_name: str,
+        cfg: DualPathConfig | None = None,
+    ) -> ConceptBank:
+        """A bank from precomputed unit-norm vectors (row i is `concepts[i]`, whose id must be i)."""
+        cfg = cfg or DualPathConfig()
+        out = Path(out)
+        _refuse_to_replace_non_bank(out)
+        if vectors.ndim != 2 or len(vectors) != len(concepts) or len(concepts) == 0:
+            raise BankError("from_vectors needs a non-empty (n, dim) array and n concepts")
+        if any(c.id != i for i, c in enumerate(concepts)):
+            raise BankError("from_vectors: concept ids must be 0..n-1 in row order")
+        with atomic_directory(out) as tmp:
+            metadata = Metadata.create(tmp / METADATA_FILE)
+            try:
+                metadata.insert(concepts)
+                metadata.commit()
+            finally:
+                metadata.close()
+            backend = create_backend(vectors.shape[1], cfg.bank)
+            stored = np.asarray(vectors, dtype=cfg.bank.dtype)
+            _write_vectors_and_index(tmp, stored, backend, [c.domain for c in concepts], first_id=0)
+            _write_manifest(
+                tmp,
+                backend,
+                dim=vectors.shape[1],
+                count=len(concepts),
+                documents=len({c.doc_id for c in concepts}),
+                encoder_name=encoder_name,
+                dtype=cfg.bank.dtype,
+                segment=cfg.segment,
+            )
+            backend.close()
+        return cls.open(out, cfg)
+
+    def add(self, source: Source, *, skip_bad: bool = False, limit_docs: int | None = None) -> int:
+        """Append documents (segmented and encoded as the bank was); returns the concepts added."""
+        documents = _documents(source, skip_bad, limit_docs)
+        encoder = self.encoder()
+        segment = SegmentConfig(**self.manifest.get("segment", {}))
+        first_id, dtype = len(self), self.dtype
+        with atomic_directory(self.path) as tmp:
+            own = {MANIFEST_FILE, *self.manifest["checksums"]}
+            _copy_other_entries(self.path, tmp, skip=own)
+            shutil.copy2(self.path / METADATA_FILE, tmp / METADATA_FILE)
+            metadata = Metadata(tmp / METADATA_FILE, writable=True)
+            try:
+                new, domains, n_docs = _encode_documents(
+                    documents, encoder, segment, metadata, dtype, first_id=first_id, taken=set(self.documents())
+                )
+                metadata.commit()
+            finally:
+                metadata.close()
+            # A fresh copy of the index from disk: the open bank keeps serving the old one meanwhile.
+            backend = open_backend(self.manifest["backend"], self.path, self.dim, self.cfg.bank, self.manifest["index"])
+            _write_vectors_and_index(tmp, new, backend, domains, first_id=first_id, existing=self._vectors)
+            _write_manifest(
+                tmp,
+                backend,
+                dim=self.dim,
+                count=first_id + len(new),
+                documents=int(self.manifest.get("documents", 0)) + n_docs,
+                encoder_name=self.encoder_name,
+                dtype=dtype,
+                segment=segment,
+                created=self.manifest.get("created"),
+            )
+            backend.close()
+        self._reload()
+        log.info("added %d concepts from %d documents to %s (now %d)", len(new), n_docs, self.path, len(self))
+        return len(new)
+
+    def _reload(self) -> None:
+        encoder = self._encoder
+        self.close()
+        fresh = ConceptBank.open(self.path, self.cfg)
+        self.__dict__.update(fresh.__dict__)
+        self._encoder = encoder
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.manifest["dtype"])
+
+    @property
+    def encoder_name(self) -> str:
+        return str(self.manifest["encoder"])
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+    def __repr__(self) -> str:
+        return f"ConceptBank({str(self.path)!r}, concepts={len(self)}, dim={self.dim}, index={self.index_spec!r})"
+
+    @property
+    def index_spec(self) -> str:
+        return str(self.manifest["index"].get("factory") or self.manifest["index"].get("requested"))
+
+    def search(self, queries: np.ndarray, k: int, domain: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k concepts by inner product (= cosine for unit vectors).
+
+        `queries` is (n, dim) (or one (dim,) vector, treated as n = 1). Returns ids (n, k) int64
+        and scores (n, k) float32; where fewer than k concepts match, id -1 and score -inf.
+        """
+        queries = np.asarray(queries, dtype=np.float32)
+        if queries.ndim == 1:
+            queries = queries[None, :]
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise BankError(f"dimension mismatch: queries of shape {queries.shape}, the bank's dim is {self.dim}")
+        if k < 1:
+            raise BankError(f"k must be at least 1, got {k}")
+        if domain is not None and domain not in self.domains():
+            known = ", ".join(sorted(d for d in self.domains() if d is not None)) or "none"
+            raise BankError(f"unknown domain {domain!r}; this bank has: {known}")
+        return self._backend.search(np.ascontiguousarray(queries), k, domain)
+
+    def vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Float32 copies of the given concepts' vectors, shape ids.shape + (dim,)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size and (ids.min() < 0 or ids.max() >= len(self)):
+            bad = int(ids.min() if ids.min() < 0 else ids.max())
+            raise BankError(f"no concept with id {bad} in this bank (ids are 0..{len(self) - 1})")
+        return np.asarray(self._vectors[ids], dtype=np.float32)
+
+    def all_vectors(self) -> np.ndarray:
+        """The memory-mapped (count, dim) matrix at the bank's dtype; row = concept id. Read-only."""
+        return self._vectors
+
+    def texts(self, ids: Sequence[int] | np.ndarray) -> list[str]:
+        return [c.text for c in self.concepts(ids)]
+
+    def concepts(self, ids: Sequence[int] | np.ndarray) -> list[Concept]:
+        return self._metadata.concepts([int(i) for i in np.asarray(ids).reshape(-1)])
+
+    def documents(self) -> dict[str, np.ndarray]:
+        """Concept ids of each document in order (documents in the order they were added)."""
+        if self._documents is None:
+            self._documents = self._metadata.documents()
+        return self._documents
+
+    def domains(self) -> dict[str | None, int]:
+        """Concepts per domain (None: concepts without a domain)."""
+        if self._domains is None:
+            self._domains = self._metadata.domains()
+        return self._domains
+
+    def encoder(self) -> Encoder:
+        """The encoder this bank was built with (loaded on first use; `cfg.encoder` sets batch/device)."""
+        if self._encoder is None:
+            settings = self.cfg.encoder.model_copy(update={"name": self.encoder_name})
+            encoder = load_encoder(settings)
+            if encoder.dim != self.dim:
+                raise BankError(f"dimension mismatch: encoder {self.encoder_name} gives {encoder.dim}, bank {self.dim}")
+            self._encoder = encoder
+        return self._encoder
+
+    def close(self) -> None:
+        self._backend.close()
+        self._metadata.close()
+
+    def __enter__(self) -> ConceptBank:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- helpers: one step of a build each ---------------------------------------------------------------
+
+
+def _documents(source: Source, skip_bad: bool, limit_docs: int | None) -> Iterator[Document]:
+    """The documents to add, with the first one read already: a bad source fails before the encoder loads."""
+    if isinstance(source, str | Path):
+        documents = load_documents(source, skip_bad=skip_bad, limit=limit_docs)
+    else:
+        documents = iter(source) if limit_docs is None else itertools.islice(source, limit_docs)
+    first = next(documents, None)
+    if first is None:
+        raise CorpusError("the corpus has no documents")
+    return itertools.chain([first], documents)
+
+
+def _refuse_to_replace_non_bank(out: Path) -> None:
+    # `atomic_directory` replaces whatever is at `out`; only ever let it replace a bank.
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST_FILE).is_file())):
+        raise BankError(f"refusing to write a bank to {out}: it exists and is not a bank")
+
+
+def _encode_documents(
+    documents: Iterable[Document],
+    encoder: Encoder,
+    segment: SegmentConfig,
+    metadata: Metadata,
+    dtype: str,
+    first_id: int,
+    taken: set[str],
+) -> tuple[np.ndarray, list[str | None], int]:
+    """Segment and encode documents; concept rows go to `metadata`, vectors (at `dtype`) are returned."""
+    chunks: list[np.ndarray] = []
+    domains: list[str | None] = []
+    pending: list[Concept] = []
+    next_id, n_docs, started = first_id, 0, time.perf_counter()
+    progress = None
+    if progress_enabled():
+        from tqdm.auto import tqdm
+
+        progress = tqdm(desc="building", unit="concept")
+
+    def flush() -> None:
+        vectors = encoder.encode([c.text for c in pending])
+        metadata.insert(pending)
+        chunks.append(vectors.astype(dtype))
+        domains.extend(c.domain for c in pending)
+        done = next_id - first_id
+        if progress is not None:
+            progress.update(len(pending))
+        else:
+            log.info(
+                "encoded %d concepts from %d documents (%.0f concepts/s)",
+                done,
+                n_docs,
+                done / max(time.perf_counter() - started, 1e-9),
+            )
+        pending.clear()
+
+    for doc in documents:
+        if doc.id in taken:
+            raise CorpusError(f"duplicate document id {doc.id!r}")
+        taken.add(doc.id)
+        texts = segment_sentences(doc.text, segment)
+        if not texts:
+            log.warning("skipping document %r: no concepts in its text", doc.id)
+            continue
+        n_docs += 1
+        pending.extend(Concept(next_id + i, doc.id, i, text, doc.domain, doc.title) for i, text in enumerate(texts))
+        next_id += len(texts)
+        if len(pending) >= BUILD_BATCH:
+            flush()
+    if pending:
+        flush()
+    if progress is not None:
+        progress.close()
+    if not chunks:
+        raise CorpusError("the corpus produced no concepts")
+    return np.concatenate(chunks), domains, n_docs
+
+
+def _write_vectors_and_index(
+    directory: Path,
+    new: np.ndarray,
+    backend: IndexBackend,
+    domains: list[str | None],
+    first_id: int,
+    existing: np.ndarray | None = None,
+) -> None:
+    """vectors.npy = existing rows + new rows; the backend indexes the new rows as stored on disk."""
+    total = first_id + len(new)
+    out = np.lib.format.open_memmap(directory / VECTORS_FILE, mode="w+", dtype=new.dtype, shape=(total, new.shape[1]))
+    if existing is not None:
+        for start in range(0, first_id, COPY_BLOCK):
+            end = min(start + COPY_BLOCK, first_id)
+            out[start:end] = existing[start:end]
+    out[first_id:] = new
+    out.flush()
+    del out
+    stored = np.load(directory / VECTORS_FILE, mmap_mode="r")
+    backend.add(np.arange(first_id, total, dtype=np.int64), stored[first_id:], domains)
+    backend.save(directory)
+
+
+def _write_manifest(
+    directory: Path,
+    backend: IndexBackend,
+    *,
+    dim: int,
+    count: int,
+    documents: int,
+    encoder_name: str,
+    dtype: str,
+    segment: SegmentConfig,
+    created: str | None = None,
+) -> None:
+    index = backend.describe()
+    files = [VECTORS_FILE, METADATA_FILE, *index.get("files", [])]
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dim": dim,
+        "count": count,
+        "documents": documents,
+        "encoder": encoder_name,
+        "dtype": dtype,
+        "backend": backend.name,
+        "index": index,
+        "segment": segment.model_dump(),
+        "checksums": {name: file_checksum(directory / name) for name in files},
+        "created": created or now,
+        "updated": now,
+        "dualpath_version": __version__,
+    }
+    write_json_atomic(directory / MANIFEST_FILE, manifest)
+
+
+def _open_vectors(path: Path, count: int, dim: int, dtype: str) -> np.ndarray:
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise BankError(f"cannot read {path}: {err}".splitlines()[0]) from None
+    if vectors.ndim != 2 or vectors.shape[1] != dim:
+        raise BankError(f"dimension mismatch: {path} has shape {vectors.shape}, the manifest says dim {dim}")
+    if vectors.shape[0] != count:
+        raise BankError(f"bank is misaligned: {path} has {vectors.shape[0]} rows, the manifest {count}")
+    if vectors.dtype != np.dtype(dtype):
+        raise BankError(f"{path} holds {vectors.dtype}, the manifest says {dtype}")
+    return vectors
+
+
+def _copy_other_entries(source: Path, target: Path, skip: set[str]) -> None:
+    """Carry over what other parts keep in the bank (trained models, calibration)."""
+    for entry in source.iterdir():
+        if entry.name in skip:
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, target / entry.name)
+        else:
+            shutil.copy2(entry, target / entry.name)

@@ -1,0 +1,274 @@
+"""The FAISS backend: an inner-product index keyed by concept id, with per-domain filters.
+
+The index is `IndexIDMap(<factory index>)`, so search returns concept ids directly and
+`delete` works for the kinds that support removal. A domain filter is an `IDSelectorBitmap`
+over concept ids (one bit per concept per domain), passed as a search parameter, so the
+filter runs inside FAISS instead of over-fetching and discarding.
+
+The index stores vectors at the bank's precision: a float16 bank uses FAISS's fp16 scalar
+quantizer (`SQfp16`), which decodes to exactly the float16 values in vectors.npy. Exact
+search then agrees with the bank's own vectors and takes half the memory of float32.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from dualpath.config import BankConfig
+from dualpath.errors import BankError
+from dualpath.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.faiss"
+DOMAINS_FILE = "index_domains.npz"
+KINDS = ("auto", "flat", "ivf", "hnsw")
+# `auto`: exact search up to this many vectors. A flat scan of 50k × 384 is ~20 M multiply-adds
+# per query (~2-5 ms on one core) and needs no tuning; past that, approximate search pays off.
+AUTO_FLAT_MAX = 50_000
+# `auto` above AUTO_FLAT_MAX: HNSW up to this size. HNSW has the best recall-per-millisecond on
+# CPU at this scale, needs no training (so `bank add` never works against stale centroids) and
+# costs ~256 bytes of graph per vector. Beyond it the graph's memory and build time dominate and
+# IVF (trained once on a sample, cheap adds, memory ≈ the codes) is the better trade.
+AUTO_HNSW_MAX = 2_000_000
+HNSW_M = 32
+ADD_BLOCK = 65_536  # vectors converted to float32 at a time while adding
+_FAISS_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: ")
+
+
+def factory_string(requested: str, n: int, dtype: str) -> str:
+    """The FAISS factory string for an index kind (`auto`/`flat`/`ivf`/`hnsw`) or a factory string."""
+    storage = "SQfp16" if dtype == "float16" else "Flat"
+    kind = requested.strip().lower()
+    if kind == "auto":
+        kind = "flat" if n < AUTO_FLAT_MAX else "hnsw" if n < AUTO_HNSW_MAX else "ivf"
+    if kind == "flat":
+        return storage
+    if kind == "hnsw":
+        return f"HNSW{HNSW_M}" + ("" if storage == "Flat" else f",{storage}")
+    if kind == "ivf":
+        return f"IVF{ivf_nlist(n)},{storage}"
+    return requested.strip()
+
+
+def ivf_nlist(n: int) -> int:
+    """~4·√n lists (FAISS's guidance is 4-16·√n), but ≥ 39 training points per list."""
+    return max(1, min(int(4 * math.sqrt(n)), n // 39))
+
+
+class FaissBackend:
+    name = "faiss"
+
+    def __init__(
+        self,
+        dim: int,
+        cfg: BankConfig,
+        requested: str,
+        index: faiss.IndexIDMap | None = None,
+        domains: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        self.dim = dim
+        self.cfg = cfg
+        self.requested = requested
+        self.index = index  # built on the first `add`, when `auto` can see the size
+        self.factory = "" if index is None else _factory_of(index)
+        # domain → sorted concept ids; concepts without a domain are in no filter.
+        self.domain_ids: dict[str, np.ndarray] = domains or {}
+        self._selectors: dict[str, tuple[faiss.IDSelector, np.ndarray]] = {}
+
+    # -- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, dim: int, cfg: BankConfig) -> FaissBackend:
+        return cls(dim, cfg, requested=cfg.index)
+
+    @classmethod
+    def load(cls, directory: Path, dim: int, cfg: BankConfig, description: dict) -> FaissBackend:
+        path = Path(directory) / INDEX_FILE
+        try:
+            # read_index returns the concrete type; downcasting its result would drop ownership.
+            index = faiss.read_index(str(path))
+        except RuntimeError as err:
+            raise BankError(f"cannot read FAISS index {path}: {_first_line(err)}") from None
+        if not isinstance(index, faiss.IndexIDMap):
+            raise BankError(f"{path} is not a dualpath index (expected an IndexIDMap)")
+        if index.d != dim:
+            raise BankError(f"dimension mismatch: index {path} has dim {index.d}, the bank {dim}")
+        backend = cls(
+            dim,
+            cfg,
+            requested=description.get("requested", "auto"),
+            index=index,
+            domains=_load_domains(Path(directory) / DOMAINS_FILE),
+        )
+        backend.factory = description.get("factory", backend.factory)
+        return backend
+
+    def _new_index(self, n: int, dtype: str) -> faiss.IndexIDMap:
+        factory = factory_string(self.requested, n, dtype)
+        if "IDMap" in factory:
+            raise BankError(f"index spec {factory!r}: leave out IDMap, the bank adds its own")
+        try:
+            inner = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as err:
+            raise BankError(
+                f"invalid index spec {self.requested!r} (expected {'/'.join(KINDS)} or a FAISS factory "
+                f"string): {_first_line(err)}"
+            ) from None
+        self.factory = factory
+        log.info("index %s (requested %s) for %d vectors", factory, self.requested, n)
+        return faiss.IndexIDMap(inner)
+
+    # -- IndexBackend ----------------------------------------------------------------------------
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray, domains: Sequence[str | None]) -> None:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
+            raise BankError(f"dimension mismatch: adding vectors of shape {vectors.shape} to a {self.dim}-d index")
+        if not (len(ids) == vectors.shape[0] == len(domains)):
+            raise BankError("ids, vectors and domains must have the same length")
+        if len(ids) == 0:
+            return
+        if self.index is None:
+            dtype = "float16" if vectors.dtype == np.float16 else "float32"
+            self.index = self._new_index(len(ids), dtype)
+        if not self.index.is_trained:
+            self._train(vectors)
+        for start in range(0, len(ids), ADD_BLOCK):
+            block = np.ascontiguousarray(vectors[start : start + ADD_BLOCK], dtype=np.float32)
+            self.index.add_with_ids(block, ids[start : start + ADD_BLOCK])
+        self._add_domains(ids, domains)
+
+    def _train(self, vectors: np.ndarray) -> None:
+        # k-means needs a few dozen points per centroid, not the whole corpus.
+        n = vectors.shape[0]
+        ivf = faiss.try_extract_index_ivf(self.index.index)
+        want = n if ivf is None else min(n, max(256 * ivf.nlist, 10_000), 500_000)
+        rows = np.sort(np.random.default_rng(0).choice(n, size=want, replace=False)) if want < n else slice(None)
+        sample = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+        log.info("training %s on %d vectors", self.factory, sample.shape[0])
+        try:
+            self.index.train(sample)
+        except RuntimeError as err:
+            raise BankError(f"cannot train index {self.factory!r} on {n} vectors: {_first_line(err)}") from None
+
+    def _add_domains(self, ids: np.ndarray, domains: Sequence[str | None]) -> None:
+        by_domain: dict[str, list[int]] = {}
+        for concept_id, domain in zip(ids.tolist(), domains, strict=True):
+            if domain is not None:
+                by_domain.setdefault(domain, []).append(concept_id)
+        for domain, new in by_domain.items():
+            old = self.domain_ids.get(domain, np.zeros(0, dtype=np.int64))
+            self.domain_ids[domain] = np.union1d(old, np.asarray(new, dtype=np.int64))
+        self._selectors.clear()
+
+    def search(self, queries: np.ndarray, k: int, domain: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        n = queries.shape[0]
+        if self.index is None or self.index.ntotal == 0:
+            return np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32)
+        selector, share = None, 1.0
+        if domain is not None:
+            if domain not in self.domain_ids:
+                return np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32)
+            selector = self._selector(domain)
+            share = len(self.domain_ids[domain]) / max(1, self.index.ntotal)
+        params = self._search_params(self.index.index, selector, k, share)
+        scores, ids = self.index.search(queries, k, params=params)
+        scores = scores.astype(np.float32, copy=False)
+        scores[ids < 0] = -np.inf
+        return ids.astype(np.int64, copy=False), scores
+
+    def _selector(self, domain: str) -> faiss.IDSelector:
+        if domain not in self._selectors:
+            ids = self.domain_ids[domain]
+            bits = np.zeros(int(ids[-1]) + 1 if len(ids) else 0, dtype=bool)
+            bits[ids] = True
+            bitmap = np.packbits(bits, bitorder="little")
+            # IDSelectorBitmap takes the bitmap's length in bytes and keeps a pointer into it, so the
+            # array is stored beside the selector.
+            self._selectors[domain] = (faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap)), bitmap)
+        return self._selectors[domain][0]
+
+    def _search_params(
+        self, index: faiss.Index, selector: faiss.IDSelector | None, k: int, share: float
+    ) -> faiss.SearchParameters:
+        index = faiss.downcast_index(index)
+        if isinstance(index, faiss.IndexPreTransform):
+            inner = self._search_params(index.index, selector, k, share)
+            return faiss.SearchParametersPreTransform(index_params=inner)
+        if isinstance(index, faiss.IndexHNSW):
+            # A filter hides part of the graph; widen the beam in proportion so k hits survive.
+            ef = max(self.cfg.ef_search, k)
+            if selector is not None:
+                ef = min(max(ef, int(ef / max(share, 1e-3))), 16_384)
+            return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
+        if faiss.try_extract_index_ivf(index) is not None:
+            nlist = faiss.try_extract_index_ivf(index).nlist
+            return faiss.SearchParametersIVF(sel=selector, nprobe=min(self.cfg.nprobe, nlist))
+        return faiss.SearchParameters(sel=selector)
+
+    def delete(self, ids: np.ndarray) -> None:
+        if self.index is None:
+            return
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        try:
+            self.index.remove_ids(faiss.IDSelectorBatch(ids))
+        except RuntimeError as err:
+            raise BankError(f"index {self.factory!r} does not support deletion: {_first_line(err)}") from None
+        for domain, members in list(self.domain_ids.items()):
+            self.domain_ids[domain] = np.setdiff1d(members, ids)
+        self._selectors.clear()
+
+    def count(self) -> int:
+        return 0 if self.index is None else int(self.index.ntotal)
+
+    def describe(self) -> dict[str, Any]:
+        return {"requested": self.requested, "factory": self.factory, "files": [INDEX_FILE, DOMAINS_FILE]}
+
+    def save(self, directory: Path) -> None:
+        if self.index is None:
+            raise BankError("cannot save an empty index")
+        with atomic_path(Path(directory) / INDEX_FILE) as tmp:
+            faiss.write_index(self.index, str(tmp))
+        names = sorted(self.domain_ids)
+        with atomic_path(Path(directory) / DOMAINS_FILE) as tmp, open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                names=np.asarray(names, dtype=str),
+                sizes=np.asarray([len(self.domain_ids[d]) for d in names], dtype=np.int64),
+                ids=np.concatenate([self.domain_ids[d] for d in names]) if names else np.zeros(0, np.int64),
+            )
+
+    def close(self) -> None:
+        self._selectors.clear()
+        self.index = None
+
+
+def _load_domains(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names, sizes, ids = data["names"].tolist(), data["sizes"], data["ids"]
+    except (OSError, ValueError, KeyError) as err:
+        raise BankError(f"cannot read domain filters {path}: {_first_line(err)}") from None
+    bounds = np.concatenate([[0], np.cumsum(sizes)])
+    return {name: ids[bounds[i] : bounds[i + 1]] for i, name in enumerate(names)}
+
+
+def _factory_of(index: faiss.IndexIDMap) -> str:
+    return type(faiss.downcast_index(index.index)).__name__
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    # FAISS prefixes messages with the C++ function and location; keep only the human part.
+    return _FAISS_LOCATION.sub("", line)
