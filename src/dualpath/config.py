@@ -111,6 +111,10 @@ class ServiceConfig(_Section):
     api_key: str | None = None
     max_prompt_chars: int = Field(4000, ge=1)
     max_k: int = Field(1000, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
+    generation_workers: int = Field(2, ge=1)  # generations computed at once; more wait their turn
+    search_workers: int = Field(4, ge=1)  # searches computed at once
+    telemetry_records: int = Field(1000, ge=1)  # recent steps kept for /telemetry and the dashboard
 
 
 class DualPathConfig(_Section):

@@ -1,0 +1,256 @@
+"""What the service does, without HTTP: search, generate, telemetry, with every request limit checked.
+
+`DualPathService` wraps one loaded `Generator`. Its methods are plain, blocking Python (the HTTP
+layer runs them in worker threads) and safe to call from many threads at once: each generation
+has its own decoder, the bank and the models are only read, and the shared telemetry ring and
+metrics are thread-safe. The load test's in-process baseline calls these same methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dualpath.config import DualPathConfig
+from dualpath.decider import Decision, Lane, RecentRecords, summarize
+from dualpath.errors import DualPathError
+from dualpath.pipeline.generator import Generator
+from dualpath.service.metrics import ServiceMetrics
+from dualpath.service.schemas import GenerateRequest, SearchRequest
+
+log = logging.getLogger(__name__)
+
+HISTOGRAM_BINS = 50  # c_max histogram over [0, 1]: bins of 0.02
+WARM_UP_TEXT = "The service is warming up its encoder."
+
+
+class InputError(DualPathError):
+    """A request that breaks a limit or does not fit the bank; the HTTP layer answers 422."""
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with NaN/inf floats as None and numpy scalars as Python numbers (strict JSON)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def lane_info(lane: Lane) -> dict[str, Any]:
+    return {
+        "name": lane.name,
+        "tau_snap": lane.tau_snap,
+        "tau_novel": lane.tau_novel,
+        "k": lane.k,
+        "dup_window": lane.dup_window,
+        "calibrated": lane.calibrated,
+        "description": lane.description,
+    }
+
+
+class DualPathService:
+    def __init__(self, generator: Generator, cfg: DualPathConfig, metrics: ServiceMetrics | None = None) -> None:
+        self.generator = generator
+        self.cfg = cfg
+        self.metrics = metrics or ServiceMetrics()
+        self.recent = RecentRecords(cfg.service.telemetry_records)
+        self._recorded_total = 0
+        self._count_lock = threading.Lock()
+        self.ready = True
+
+    @classmethod
+    def load(cls, bank: str | Path, cfg: DualPathConfig) -> DualPathService:
+        """Open the bank and its models and warm the encoder, so the first request is not the slow one."""
+        start = time.perf_counter()
+        generator = Generator.from_bank(bank, cfg)
+        try:
+            generator.bank.encoder().encode([WARM_UP_TEXT])
+        except BaseException:
+            generator.close()
+            raise
+        log.info(
+            "service ready in %.1f s: %s, LVM %s, query from %s",
+            time.perf_counter() - start,
+            generator.bank,
+            generator.lvm.arch,
+            "tower" if generator.tower is not None else "LVM",
+        )
+        return cls(generator, cfg)
+
+    def close(self) -> None:
+        self.ready = False
+        self.generator.close()
+        self.generator.bank.close()
+
+    # -- read-only views ----------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        g = self.generator
+        bank = g.bank
+        s = self.cfg.service
+        return {
+            "bank": {
+                "concepts": len(bank),
+                "dim": bank.dim,
+                "encoder": bank.encoder_name,
+                "index": bank.index_spec,
+                "documents": len(bank.documents()),
+                "domains": sorted(d for d in bank.domains() if d is not None),
+            },
+            "models": {
+                "lvm": g.lvm.arch,
+                "context": g.context_size,
+                "query_source": "tower" if g.tower is not None else "lvm",
+            },
+            "lanes": {name: lane_info(lane) for name, lane in g.lanes.items()},
+            "default_lane": self.cfg.decider.default_lane,
+            "limits": {
+                "max_prompt_chars": s.max_prompt_chars,
+                "max_k": s.max_k,
+                "max_steps": self.cfg.generation.max_steps,
+                "default_steps": self.cfg.generation.steps,
+                "max_body_bytes": s.max_body_bytes,
+            },
+        }
+
+    # -- search -------------------------------------------------------------------------------------
+
+    def search(self, request: SearchRequest) -> dict[str, Any]:
+        bank = self.generator.bank
+        limit = self.cfg.service.max_k
+        if request.k > limit:
+            raise InputError(f"k must be at most {limit}, got {request.k}")
+        start = time.perf_counter()
+        if request.text is not None:
+            self._check_text("text", request.text)
+            query = bank.encoder().encode([request.text])
+        else:
+            query = self._query_vector(request.vector or [])
+        ids, scores = bank.search(query, request.k, domain=request.domain)
+        keep = ids[0] >= 0
+        hits = ids[0][keep]
+        results = [
+            {
+                "id": c.id,
+                "score": float(score),
+                "text": c.text,
+                "doc_id": c.doc_id,
+                "position": c.position,
+                "domain": c.domain,
+                "title": c.title,
+            }
+            for c, score in zip(bank.concepts(hits), scores[0][keep], strict=True)
+        ]
+        return {"k": request.k, "results": results, "latency_ms": (time.perf_counter() - start) * 1000.0}
+
+    def _query_vector(self, vector: list[float]) -> np.ndarray:
+        dim = self.generator.bank.dim
+        query = np.asarray(vector, dtype=np.float64)
+        if query.shape != (dim,):
+            raise InputError(f"vector has {query.size} dimensions, the bank's concepts have {dim}")
+        if not np.isfinite(query).all():
+            raise InputError("vector holds NaN or infinite values")
+        norm = float(np.linalg.norm(query))
+        if norm == 0.0:
+            raise InputError("vector is all zeros")
+        return (query / norm).astype(np.float32)[None, :]
+
+    def _check_text(self, field: str, text: str) -> None:
+        limit = self.cfg.service.max_prompt_chars
+        if len(text) > limit:
+            raise InputError(f"{field} is {len(text)} characters long, the limit is {limit}")
+        if not text.strip():
+            raise InputError(f"{field} is empty")
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    def check_generation(self, request: GenerateRequest) -> tuple[Lane, int]:
+        """The lane and step count a request will run with; an InputError if it breaks a limit."""
+        self._check_text("prompt", request.prompt)
+        steps = request.steps if request.steps is not None else self.cfg.generation.steps
+        limit = self.cfg.generation.max_steps
+        if steps > limit:
+            raise InputError(f"steps must be at most {limit}, got {steps}")
+        try:
+            lane = self.generator.lane(request.lane)
+        except DualPathError as err:
+            raise InputError(str(err)) from None
+        return lane, steps
+
+    def start_generation(self, request: GenerateRequest) -> tuple[Lane, Iterator[dict[str, Any]]]:
+        """Check the request, then return its lane and an iterator of JSON-safe step dicts.
+
+        The checks run here, not at the first `next`, so a bad request fails before any work is
+        done. Every step is recorded in telemetry and metrics as it is produced.
+        """
+        lane, steps = self.check_generation(request)
+        self.metrics.generations.labels(lane.name).inc()
+        return lane, self._run(request, lane, steps)
+
+    def _run(self, request: GenerateRequest, lane: Lane, steps: int) -> Iterator[dict[str, Any]]:
+        for step in self.generator.generate(request.prompt, steps=steps, lane=lane):
+            self.recent.write(step.record)
+            with self._count_lock:
+                self._recorded_total += 1
+            self.metrics.observe_step(step)
+            yield json_safe(step.to_dict(with_vector=request.with_vectors))
+
+    def generate(self, request: GenerateRequest) -> dict[str, Any]:
+        """The whole generation at once: every step, the generated text and the lane it ran under."""
+        start = time.perf_counter()
+        lane, iterator = self.start_generation(request)
+        steps = list(iterator)
+        return {
+            "lane": lane_info(lane),
+            "steps": steps,
+            "text": " ".join(s["text"] for s in steps if s["text"]),
+            "latency_ms": (time.perf_counter() - start) * 1000.0,
+        }
+
+    # -- telemetry ----------------------------------------------------------------------------------
+
+    def telemetry(self, limit: int = 100) -> dict[str, Any]:
+        """The last `limit` records (newest last, with n*'s text), the per-lane summary of all recent
+        records and each lane's c_max histogram."""
+        records = self.recent.snapshot()
+        shown = records[-limit:] if limit > 0 else []
+        neighbour_ids = sorted({r.neighbour_id for r in shown if r.neighbour_id is not None})
+        texts = dict(zip(neighbour_ids, self.generator.bank.texts(neighbour_ids), strict=True))
+        rows = [
+            {**r.to_dict(), "neighbour_text": texts.get(r.neighbour_id) if r.neighbour_id is not None else None}
+            for r in shown
+        ]
+        return json_safe(
+            {
+                "recorded": self._recorded_total,
+                "kept": len(records),
+                "records": rows,
+                "summary": summarize(records),
+                "c_max_histogram": c_max_histogram(records),
+            }
+        )
+
+
+def c_max_histogram(records: list) -> dict[str, Any]:
+    """Counts of c_max per lane and decision over [0, 1] (values outside are clipped into the end bins)."""
+    edges = np.linspace(0.0, 1.0, HISTOGRAM_BINS + 1)
+    lanes: dict[str, dict[str, list[int]]] = {}
+    for lane in sorted({r.lane for r in records}):
+        lanes[lane] = {}
+        for decision in Decision:
+            values = [r.c_max for r in records if r.lane == lane and r.decision is decision and r.c_max is not None]
+            counts, _ = np.histogram(np.clip(values, 0.0, 1.0), bins=edges)
+            lanes[lane][decision.value] = counts.tolist()
+    return {"edges": edges.round(4).tolist(), "lanes": lanes}

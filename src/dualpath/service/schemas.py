@@ -1,0 +1,37 @@
+"""Request bodies of the HTTP API. Unknown fields are refused so that a typo is an error, not a default.
+
+Static bounds live here (they appear in the OpenAPI docs); bounds that depend on the configuration
+or the bank (prompt length, steps, k, vector dimension, lane names) are checked by DualPathService.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchRequest(_Request):
+    """Nearest bank concepts to a text (encoded by the bank's encoder) or to a vector in the bank's space."""
+
+    text: str | None = Field(None, description="Text to encode and search for (≤ service.max_prompt_chars).")
+    vector: list[float] | None = Field(None, description="A query vector of the bank's dimension (normalised).")
+    k: int = Field(10, ge=1, description="Results wanted (≤ service.max_k).")
+    domain: str | None = Field(None, description="Only concepts of this domain (e.g. a wiki topic).")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if (self.text is None) == (self.vector is None):
+            raise ValueError("give exactly one of 'text' or 'vector'")
+        return self
+
+
+class GenerateRequest(_Request):
+    """A prompt to continue, concept by concept, under one lane."""
+
+    prompt: str = Field(..., description="One or more sentences (≤ service.max_prompt_chars).")
+    steps: int | None = Field(None, ge=1, description="Concepts to generate (default generation.steps).")
+    lane: str | None = Field(None, description="Lane name (default decider.default_lane); see GET /info.")
+    with_vectors: bool = Field(False, description="Include each step's output vector.")
