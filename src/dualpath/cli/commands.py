@@ -13,6 +13,7 @@ AREAS: list[str] = [
     "dualpath.cli.generate",
     "dualpath.cli.report",
     "dualpath.cli.lvm",
+    "dualpath.cli.serve",
 ]
 
 
