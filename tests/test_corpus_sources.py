@@ -1,0 +1,116 @@
+"""Corpus sources: JSONL, folders and the wiki sample, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from dualpath.corpus import WIKI_SAMPLE, Document, load_documents
+from dualpath.errors import CorpusError
+
+
+def write_jsonl(path, records) -> None:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
+
+
+def test_jsonl_documents_in_file_order(tmp_path):
+    path = tmp_path / "c.jsonl"
+    write_jsonl(
+        path,
+        [
+            {"id": "a", "title": "Alpha", "text": "First text.", "domain": "Arts"},
+            "",
+            {"id": 7, "text": "Second text."},
+        ],
+    )
+    assert list(load_documents(path)) == [
+        Document("a", "Alpha", "First text.", "Arts"),
+        Document("7", "7", "Second text.", None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "message"),
+    [
+        ('{"id": "b", "text": "unterminated', "invalid JSON"),
+        ('["a list"]', "expected a JSON object"),
+        ('{"id": "b"}', 'missing or non-string "text"'),
+        ('{"text": "no id"}', 'missing "id"'),
+        ('{"id": "a", "text": "again"}', "duplicate document id 'a'"),
+        ('{"id": "b", "text": "x", "domain": 3}', '"title" and "domain" must be strings'),
+    ],
+)
+def test_a_bad_jsonl_line_is_named_or_skipped(tmp_path, caplog, bad_line, message):
+    path = tmp_path / "c.jsonl"
+    write_jsonl(path, [{"id": "a", "text": "Good."}, {"id": "z", "text": "Good too."}, bad_line])
+    with pytest.raises(CorpusError, match=f"c.jsonl line 3: {message}") as err:
+        list(load_documents(path))
+    assert "--skip-bad" in str(err.value) and "\n" not in str(err.value)
+    with caplog.at_level(logging.WARNING):
+        assert [d.id for d in load_documents(path, skip_bad=True)] == ["a", "z"]
+    assert "line 3" in caplog.text
+
+
+def test_non_utf8_is_a_clear_error(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'{"id": "a", "text": "fine"}\n{"id": "b", "text": "caf\xe9"}\n')
+    with pytest.raises(CorpusError, match="line 2: not valid UTF-8"):
+        list(load_documents(path))
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "latin1.txt").write_bytes(b"Ol\xe9 Mundo.")
+    (folder / "ok.txt").write_text("Fine text.")
+    with pytest.raises(CorpusError, match=r"latin1\.txt is not valid UTF-8"):
+        list(load_documents(folder))
+    assert [d.id for d in load_documents(folder, skip_bad=True)] == ["ok.txt"]
+
+
+def test_empty_documents_are_skipped_and_an_empty_corpus_is_an_error(tmp_path, caplog):
+    path = tmp_path / "c.jsonl"
+    write_jsonl(path, [{"id": "blank", "text": "  \n "}, {"id": "real", "text": "Some text."}])
+    with caplog.at_level(logging.WARNING):
+        assert [d.id for d in load_documents(path)] == ["real"]
+    assert "skipping document 'blank'" in caplog.text
+    write_jsonl(path, [{"id": "blank", "text": ""}])
+    with pytest.raises(CorpusError, match="has no documents with text"):
+        list(load_documents(path))
+    path.write_text("")
+    with pytest.raises(CorpusError, match="has no documents"):
+        list(load_documents(path))
+
+
+def test_folder_of_text_and_markdown(tmp_path):
+    (tmp_path / "b.md").write_text("# Bees\n\nBees make honey.\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_text("Ants dig tunnels.")
+    (tmp_path / "skip.csv").write_text("not,a,document")
+    (tmp_path / ".hidden.txt").write_text("Hidden.")
+    docs = list(load_documents(tmp_path))
+    assert [(d.id, d.title) for d in docs] == [("b.md", "Bees"), ("sub/a.txt", "a")]
+    assert docs[0].text.startswith("# Bees")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CorpusError, match=r"holds no \.txt or \.md files"):
+        list(load_documents(empty))
+
+
+def test_missing_and_unsupported_sources(tmp_path):
+    with pytest.raises(CorpusError, match="corpus source not found"):
+        list(load_documents(tmp_path / "nope.jsonl"))
+    (tmp_path / "data.csv").write_text("a,b")
+    with pytest.raises(CorpusError, match="unsupported corpus source"):
+        list(load_documents(tmp_path / "data.csv"))
+    with pytest.raises(CorpusError, match="--limit-docs must be at least 1"):
+        list(load_documents(tmp_path, limit=0))
+
+
+def test_wiki_sample_maps_topic_to_domain():
+    docs = list(load_documents(WIKI_SAMPLE))
+    assert len(docs) > 9000
+    assert len({d.id for d in docs}) == len(docs)
+    assert {d.domain for d in docs} >= {"Arts", "History", "Mathematics", "People", "Geography"}
+    first = docs[0]
+    assert first.title == first.id and len(first.text) > 100
+    assert [d.id for d in load_documents(WIKI_SAMPLE, limit=3)] == [d.id for d in docs[:3]]
