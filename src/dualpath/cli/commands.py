@@ -9,6 +9,7 @@ import typer
 
 # Each module defines `register(app: typer.Typer) -> None`.
 AREAS: list[str] = [
+    "dualpath.cli.bank",
     "dualpath.cli.groups",
     "dualpath.cli.generate",
     "dualpath.cli.report",

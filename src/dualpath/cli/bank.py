@@ -1,0 +1,153 @@
+"""`dualpath bank build | info | search | add`: make, inspect and query a concept bank."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from dualpath.cli.common import CONFIG_OPTION, load_config, make_console, print_json
+
+bank_app = typer.Typer(help="Build, inspect and search a concept bank.", no_args_is_help=True)
+console = make_console()
+
+SOURCE_HELP = "A .jsonl file ({id, title, text, domain?} per line), a folder of .txt/.md files, or wiki-sample."
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(bank_app, name="bank")
+
+
+@bank_app.command("build")
+def build_command(
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    out: Path = typer.Option(..., "--out", "-o", help="Bank directory to write (an existing bank there is replaced)."),
+    encoder: str | None = typer.Option(None, "--encoder", help="Encoder name or local sentence-transformers path."),
+    index: str | None = typer.Option(None, "--index", help="auto | flat | ivf | hnsw | a FAISS factory string."),
+    dtype: str | None = typer.Option(None, "--dtype", help="Stored vector precision: float16 | float32."),
+    limit_docs: int | None = typer.Option(None, "--limit-docs", help="Use only the first N documents."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed lines/files instead of stopping."),
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Segment a corpus into concepts, encode them and index them into a new bank."""
+    from dualpath.bank import ConceptBank
+
+    cfg = load_config(config, encoder={"name": encoder}, bank={"index": index, "dtype": dtype})
+    started = time.perf_counter()
+    bank = ConceptBank.build(source, out, cfg, skip_bad=skip_bad, limit_docs=limit_docs)
+    seconds = time.perf_counter() - started
+    summary = {**_summary(bank), "seconds": round(seconds, 2), "concepts_per_s": round(len(bank) / seconds, 1)}
+    bank.close()
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"built [bold]{out}[/]: {summary['concepts']} concepts from {summary['documents']} documents "
+        f"in {seconds:.1f} s ({summary['concepts_per_s']:.0f} concepts/s), index {summary['index']}",
+        highlight=False,
+    )
+
+
+@bank_app.command("add")
+def add_command(
+    bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
+    source: str = typer.Argument(..., help=SOURCE_HELP),
+    limit_docs: int | None = typer.Option(None, "--limit-docs", help="Use only the first N documents."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed lines/files instead of stopping."),
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Append documents to a bank without re-encoding it (atomic: the old bank stays until the new one is whole)."""
+    from dualpath.bank import ConceptBank
+
+    with ConceptBank.open(bank_dir, load_config(config)) as bank:
+        added = bank.add(source, skip_bad=skip_bad, limit_docs=limit_docs)
+        summary = {**_summary(bank), "added": added}
+    if as_json:
+        print_json(summary)
+        return
+    console.print(f"added {added} concepts to [bold]{bank_dir}[/] (now {summary['concepts']})", highlight=False)
+
+
+@bank_app.command("info")
+def info_command(
+    bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
+    full_check: bool = typer.Option(False, "--full-check", help="Hash every file in full, not just head and tail."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest and counts as JSON."),
+) -> None:
+    """Verify a bank and show what it holds."""
+    from dualpath.bank import ConceptBank
+
+    with ConceptBank.open(bank_dir, verify="full" if full_check else "quick") as bank:
+        summary = {**_summary(bank), "domains": {str(k): v for k, v in bank.domains().items()}}
+        manifest = bank.manifest
+    if as_json:
+        print_json({**summary, "manifest": manifest})
+        return
+    table = Table(title=f"bank {bank_dir} (verified{', full' if full_check else ''})", title_justify="left")
+    table.add_column("field")
+    table.add_column("value")
+    for key in ("concepts", "documents", "dim", "encoder", "dtype", "backend", "index"):
+        table.add_row(key, str(summary[key]))
+    table.add_row("created / updated", f"{manifest.get('created')} / {manifest.get('updated')}")
+    table.add_row("domains", ", ".join(f"{d} {n}" for d, n in summary["domains"].items()))
+    console.print(table)
+
+
+@bank_app.command("search")
+def search_command(
+    bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
+    text: str = typer.Argument(..., help="Query text (encoded with the bank's own encoder)."),
+    k: int = typer.Option(5, "-k", "--k", help="How many concepts to return."),
+    domain: str | None = typer.Option(None, "--domain", help="Only concepts of this domain."),
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+) -> None:
+    """Nearest concepts to a text, by cosine similarity."""
+    from dualpath.bank import ConceptBank
+    from dualpath.errors import DualPathError
+
+    if not text.strip():
+        raise DualPathError("the query text is empty")
+    with ConceptBank.open(bank_dir, load_config(config)) as bank:
+        ids, scores = bank.search(bank.encoder().encode([text]), k, domain=domain)
+        found = ids[0] >= 0
+        hits = [
+            {
+                "rank": rank,
+                "id": c.id,
+                "score": round(float(s), 4),
+                "doc_id": c.doc_id,
+                "position": c.position,
+                "domain": c.domain,
+                "title": c.title,
+                "text": c.text,
+            }
+            for rank, (c, s) in enumerate(zip(bank.concepts(ids[0][found]), scores[0][found], strict=True), start=1)
+        ]
+    if as_json:
+        print_json({"query": text, "k": k, "domain": domain, "results": hits})
+        return
+    table = Table(title=f"{text!r} in {bank_dir}" + (f" (domain {domain})" if domain else ""), title_justify="left")
+    for column, justify in (("#", "right"), ("score", "right"), ("id", "right"), ("title", "left"), ("text", "left")):
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for hit in hits:
+        table.add_row(str(hit["rank"]), f"{hit['score']:.3f}", str(hit["id"]), hit["title"], hit["text"])
+    console.print(table)
+
+
+def _summary(bank: Any) -> dict[str, Any]:
+    return {
+        "path": str(bank.path),
+        "concepts": len(bank),
+        "documents": int(bank.manifest.get("documents", len(bank.documents()))),
+        "dim": bank.dim,
+        "encoder": bank.encoder_name,
+        "dtype": bank.dtype,
+        "backend": bank.manifest["backend"],
+        "index": bank.index_spec,
+    }
