@@ -22,6 +22,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from dualpath.bank.backend import checked_ids
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.fileio import atomic_path
@@ -130,11 +131,7 @@ class FaissBackend:
     # -- IndexBackend ----------------------------------------------------------------------------
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, domains: Sequence[str | None]) -> None:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dim:
-            raise BankError(f"dimension mismatch: adding vectors of shape {vectors.shape} to a {self.dim}-d index")
-        if not (len(ids) == vectors.shape[0] == len(domains)):
-            raise BankError("ids, vectors and domains must have the same length")
+        ids = checked_ids(self.dim, ids, vectors, domains)
         if len(ids) == 0:
             return
         if self.index is None:
