@@ -115,6 +115,7 @@ class ServiceConfig(_Section):
     generation_workers: int = Field(2, ge=1)  # generations computed at once; more wait their turn
     search_workers: int = Field(4, ge=1)  # searches computed at once
     telemetry_records: int = Field(1000, ge=1)  # recent steps kept for /telemetry and the dashboard
+    threads_per_request: int = Field(1, ge=1)  # torch and FAISS threads of one request (requests run in parallel)
 
 
 class DualPathConfig(_Section):

@@ -32,6 +32,7 @@ def serve_command(
     import uvicorn
 
     from dualpath.service import DualPathService, check_bind, create_app
+    from dualpath.training.loop import torch_threads
 
     cfg = load_config(
         config, service={"host": host, "port": port, "api_key": api_key}, decider={"lanes_file": lanes_file}
@@ -39,22 +40,24 @@ def serve_command(
     settings = cfg.service
     check_bind(settings.host, settings.api_key)  # before the slow load: a refused bind fails at once
     _route_uvicorn_logs()
-    service = DualPathService.load(bank, cfg)
-    try:
-        shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        url = f"http://{shown_host}:{settings.port}"
-        key_note = "API key required" if settings.api_key else "no API key (localhost only)"
-        console.print(f"dashboard {url}/  ·  API docs {url}/docs  ·  {key_note}  ·  Ctrl-C stops", highlight=False)
-        uvicorn.run(
-            create_app(service),
-            host=settings.host,
-            port=settings.port,
-            log_config=None,  # our handlers (below), not uvicorn's own format
-            access_log=access_log,
-            timeout_graceful_shutdown=5,
-        )
-    finally:
-        service.close()
+    # Requests run in parallel worker threads; more intra-op threads per request only oversubscribe the cores.
+    with torch_threads(settings.threads_per_request):
+        service = DualPathService.load(bank, cfg)
+        try:
+            shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            url = f"http://{shown_host}:{settings.port}"
+            key_note = "API key required" if settings.api_key else "no API key (localhost only)"
+            console.print(f"dashboard {url}/  ·  API docs {url}/docs  ·  {key_note}  ·  Ctrl-C stops", highlight=False)
+            uvicorn.run(
+                create_app(service),
+                host=settings.host,
+                port=settings.port,
+                log_config=None,  # our handlers (below), not uvicorn's own format
+                access_log=access_log,
+                timeout_graceful_shutdown=5,
+            )
+        finally:
+            service.close()
 
 
 def _route_uvicorn_logs() -> None:

@@ -81,11 +81,15 @@ def create_app(service: DualPathService) -> FastAPI:
         yield
         state["shutting_down"] = True
 
+    def limited(fn: Callable[..., T], *args: Any) -> T:
+        service.limit_threads()  # cheap, and worker threads come and go
+        return fn(*args)
+
     async def in_worker(kind: str, fn: Callable[..., T], *args: Any) -> T:
         # Limiters belong to the running event loop, so they are made on first use, not with the app.
         if kind not in limiters:
             limiters[kind] = anyio.CapacityLimiter(workers[kind])
-        return await anyio.to_thread.run_sync(fn, *args, limiter=limiters[kind])
+        return await anyio.to_thread.run_sync(limited, fn, *args, limiter=limiters[kind])
 
     app = FastAPI(
         title="dualpath",

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from dualpath.config import DualPathConfig
@@ -74,7 +75,8 @@ class DualPathService:
     def load(cls, bank: str | Path, cfg: DualPathConfig) -> DualPathService:
         """Open the bank and its models and warm the encoder, so the first request is not the slow one."""
         start = time.perf_counter()
-        generator = Generator.from_bank(bank, cfg)
+        # The threaded miner enforces decider.retrieval_timeout_s: a slow search makes a NOVEL step, not a stall.
+        generator = Generator.from_bank(bank, cfg, threaded=True)
         try:
             generator.bank.encoder().encode([WARM_UP_TEXT])
         except BaseException:
@@ -88,6 +90,15 @@ class DualPathService:
             "tower" if generator.tower is not None else "LVM",
         )
         return cls(generator, cfg)
+
+    def limit_threads(self) -> None:
+        """Hold FAISS searches made on the calling thread to `service.threads_per_request` threads.
+
+        OpenMP sizes its team per calling thread, and a fresh worker thread gets one thread per
+        core: with requests in parallel, those teams spin against each other and a one-query search
+        gets many times slower (decider/miners.py measured it). Call it on each worker thread.
+        """
+        faiss.omp_set_num_threads(self.cfg.service.threads_per_request)
 
     def close(self) -> None:
         self.ready = False
