@@ -7,7 +7,10 @@ copied in: anything that differs from the FAISS bank is the backend's doing.
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +154,36 @@ def test_a_moved_lite_database_is_found_with_milvus_uri(wiki_bank, lite_db, tmp_
         ConceptBank.open(path)
     with ConceptBank.open(path, milvus_config(tmp_path / "moved.db")) as bank:
         assert len(bank) == len(wiki_bank)
+
+
+def test_cli_builds_opens_and_searches_a_milvus_bank(tmp_path, capsys):
+    from test_bank_cli import run_cli, write_wiki_jsonl
+
+    corpus = write_wiki_jsonl(tmp_path / "wiki.jsonl", 12)
+    bank_dir, db = tmp_path / "bank", tmp_path / "lite" / "concepts.db"
+    build = ["bank", "build", str(corpus), "--out", str(bank_dir), "--backend", "milvus", "--milvus-uri", str(db)]
+    code, out, err = run_cli(capsys, *build, "--json")
+    assert code == 0, err
+    built = json.loads(out)
+    assert built["backend"] == "milvus" and built["index"] == "FLAT" and built["concepts"] > 30
+
+    # Another process opens it (this one released the embedded Milvus) and prints nothing but the result.
+    info = [sys.executable, "-m", "dualpath.cli.main", "--quiet", "bank", "info", str(bank_dir), "--json"]
+    done = subprocess.run(info, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    manifest = json.loads(done.stdout)["manifest"]
+    assert manifest["index"]["uri"] == str(db) and manifest["index"]["rows"] == built["concepts"]
+
+    with ConceptBank.open(bank_dir) as bank:
+        text, domain = bank.texts([7])[0], bank.concepts([7])[0].domain
+    code, out, _ = run_cli(capsys, "bank", "search", str(bank_dir), text, "-k", "3", "--domain", domain, "--json")
+    results = json.loads(out)["results"]
+    assert code == 0 and results[0]["text"] == text and results[0]["score"] > 0.99
+    assert {r["domain"] for r in results} == {domain}
+
+    # A moved database: the recorded path fails in one line; --milvus-uri finds it.
+    db.rename(tmp_path / "moved.db")
+    code, _, err = run_cli(capsys, "bank", "info", str(bank_dir))
+    assert code == 2 and "Traceback" not in err and "not found" in err.strip().splitlines()[-1]
+    code, out, _ = run_cli(capsys, "bank", "info", str(bank_dir), "--json", "--milvus-uri", str(tmp_path / "moved.db"))
+    assert code == 0 and json.loads(out)["concepts"] == built["concepts"]

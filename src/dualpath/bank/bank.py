@@ -153,6 +153,8 @@ class ConceptBank:
         _refuse_to_replace_non_bank(out)
         documents = _documents(source, skip_bad, limit_docs)
         encoder = encoder or load_encoder(cfg.encoder)
+        # Before encoding, which can take hours: a bad backend setting or an unreachable Milvus fails at once.
+        backend = create_backend(encoder.dim, cfg.bank)
         started = time.perf_counter()
         with atomic_directory(out) as tmp:
             metadata = Metadata.create(tmp / METADATA_FILE)
@@ -163,7 +165,6 @@ class ConceptBank:
                 metadata.commit()
             finally:
                 metadata.close()
-            backend = create_backend(encoder.dim, cfg.bank)
             _write_vectors_and_index(tmp, vectors, backend, domains, first_id=0)
             _write_manifest(
                 tmp,

@@ -9,7 +9,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dualpath.cli.common import CONFIG_OPTION, load_config, make_console, print_json
+from dualpath.cli.common import (
+    BACKEND_OPTION,
+    CONFIG_OPTION,
+    MILVUS_URI_OPTION,
+    load_config,
+    make_console,
+    print_json,
+)
 
 bank_app = typer.Typer(help="Build, inspect and search a concept bank.", no_args_is_help=True)
 console = make_console()
@@ -26,17 +33,25 @@ def build_command(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     out: Path = typer.Option(..., "--out", "-o", help="Bank directory to write (an existing bank there is replaced)."),
     encoder: str | None = typer.Option(None, "--encoder", help="Encoder name or local sentence-transformers path."),
-    index: str | None = typer.Option(None, "--index", help="auto | flat | ivf | hnsw | a FAISS factory string."),
+    index: str | None = typer.Option(
+        None, "--index", help="auto | flat | ivf | hnsw | a FAISS factory string (faiss) or Milvus index type (milvus)."
+    ),
     dtype: str | None = typer.Option(None, "--dtype", help="Stored vector precision: float16 | float32."),
     limit_docs: int | None = typer.Option(None, "--limit-docs", help="Use only the first N documents."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed lines/files instead of stopping."),
+    backend: str | None = BACKEND_OPTION,
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Segment a corpus into concepts, encode them and index them into a new bank."""
     from dualpath.bank import ConceptBank
 
-    cfg = load_config(config, encoder={"name": encoder}, bank={"index": index, "dtype": dtype})
+    cfg = load_config(
+        config,
+        encoder={"name": encoder},
+        bank={"index": index, "dtype": dtype, "backend": backend, "milvus_uri": milvus_uri},
+    )
     started = time.perf_counter()
     bank = ConceptBank.build(source, out, cfg, skip_bad=skip_bad, limit_docs=limit_docs)
     seconds = time.perf_counter() - started
@@ -58,13 +73,14 @@ def add_command(
     source: str = typer.Argument(..., help=SOURCE_HELP),
     limit_docs: int | None = typer.Option(None, "--limit-docs", help="Use only the first N documents."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed lines/files instead of stopping."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Append documents to a bank without re-encoding it (atomic: the old bank stays until the new one is whole)."""
     from dualpath.bank import ConceptBank
 
-    with ConceptBank.open(bank_dir, load_config(config)) as bank:
+    with ConceptBank.open(bank_dir, load_config(config, bank={"milvus_uri": milvus_uri})) as bank:
         added = bank.add(source, skip_bad=skip_bad, limit_docs=limit_docs)
         summary = {**_summary(bank), "added": added}
     if as_json:
@@ -77,12 +93,14 @@ def add_command(
 def info_command(
     bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
     full_check: bool = typer.Option(False, "--full-check", help="Hash every file in full, not just head and tail."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and counts as JSON."),
 ) -> None:
     """Verify a bank and show what it holds."""
     from dualpath.bank import ConceptBank
 
-    with ConceptBank.open(bank_dir, verify="full" if full_check else "quick") as bank:
+    cfg = load_config(None, bank={"milvus_uri": milvus_uri})
+    with ConceptBank.open(bank_dir, cfg, verify="full" if full_check else "quick") as bank:
         summary = {**_summary(bank), "domains": {str(k): v for k, v in bank.domains().items()}}
         manifest = bank.manifest
     if as_json:
@@ -104,6 +122,7 @@ def search_command(
     text: str = typer.Argument(..., help="Query text (encoded with the bank's own encoder)."),
     k: int = typer.Option(5, "-k", "--k", help="How many concepts to return."),
     domain: str | None = typer.Option(None, "--domain", help="Only concepts of this domain."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
@@ -113,7 +132,7 @@ def search_command(
 
     if not text.strip():
         raise DualPathError("the query text is empty")
-    with ConceptBank.open(bank_dir, load_config(config)) as bank:
+    with ConceptBank.open(bank_dir, load_config(config, bank={"milvus_uri": milvus_uri})) as bank:
         ids, scores = bank.search(bank.encoder().encode([text]), k, domain=domain)
         found = ids[0] >= 0
         hits = [

@@ -14,6 +14,13 @@ from dualpath.config import DualPathConfig
 
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML configuration file (see docs/quickstart.md).")
 BANK_OPTION = typer.Option(..., "--bank", help="Bank directory.")
+BACKEND_OPTION = typer.Option(None, "--backend", help="Index backend: faiss (embedded, default) | milvus.")
+MILVUS_URI_OPTION = typer.Option(
+    None,
+    "--milvus-uri",
+    help="Milvus for a Milvus-backed bank: PATH.db (Milvus Lite, embedded) or http://host:19530 (server/cluster). "
+    "Opening a bank defaults to where it was built.",
+)
 
 
 def make_console(stderr: bool = False) -> Console:

@@ -7,7 +7,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from dualpath.cli.common import BANK_OPTION, CONFIG_OPTION, load_config, make_console, open_bank, print_json
+from dualpath.cli.common import (
+    BANK_OPTION,
+    CONFIG_OPTION,
+    MILVUS_URI_OPTION,
+    load_config,
+    make_console,
+    open_bank,
+    print_json,
+)
 from dualpath.cli.groups import eval_app
 
 console = make_console()
@@ -26,12 +34,15 @@ def generate_command(
     lane: str | None = typer.Option(None, "--lane", "-l", help="Lane (conservative, neutral, creative, legal, ...)."),
     lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML, merged over the shipped lanes."),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per step (telemetry + text)."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Generate from a prompt: each step SNAPs, BLENDs or stays NOVEL, and says why."""
     from dualpath.pipeline.generator import Generator
 
-    cfg = load_config(config, generation={"steps": steps}, decider={"lanes_file": lanes_file})
+    cfg = load_config(
+        config, generation={"steps": steps}, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri}
+    )
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
     try:
         if as_json:
@@ -72,13 +83,14 @@ def calibrate_command(
     max_pairs: int = typer.Option(3000, "--max-pairs", help="Held-out pairs to measure c_max on."),
     lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML (lanes with target shares)."),
     as_json: bool = typer.Option(False, "--json"),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Set each lane's τ_snap / τ_novel from its target shares, measured on held-out documents."""
     from dualpath.pipeline.calibrate import calibrate_bank
     from dualpath.pipeline.generator import Generator
 
-    cfg = load_config(config, decider={"lanes_file": lanes_file})
+    cfg = load_config(config, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
     result = calibrate_bank(generator.bank, generator.lvm, generator.tower, cfg, max_pairs=max_pairs)
     if as_json:
@@ -101,6 +113,7 @@ def eval_generation_command(
     max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs (teacher-forced)."),
     free_docs: int = typer.Option(100, "--free-docs", help="Held-out documents for the free-running test."),
     as_json: bool = typer.Option(False, "--json"),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Decision mix and output quality per lane, against LVM-only and bank-only, on held-out documents."""
@@ -108,7 +121,7 @@ def eval_generation_command(
     from dualpath.pipeline.evaluate import evaluate_generation
     from dualpath.pipeline.generator import Generator
 
-    cfg = load_config(config)
+    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
     names = lanes or [n for n in generator.lanes if not n.startswith("reference-")]
     chosen = {name: get_lane(generator.lanes, name) for name in names}

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from dualpath.cli.common import BANK_OPTION, CONFIG_OPTION, load_config, make_console, open_bank
+from dualpath.cli.common import BANK_OPTION, CONFIG_OPTION, MILVUS_URI_OPTION, load_config, make_console, open_bank
 from dualpath.cli.generate import DECISION_STYLE
 
 console = make_console()
@@ -23,13 +23,14 @@ def report_command(
     out: Path = typer.Option(Path("report"), "--out", help="Directory for report.md, results.json and plots."),
     max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs for the dual-path evaluation."),
     free_docs: int = typer.Option(50, "--free-docs", help="Held-out documents for the free-running test."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Write one Markdown page with plots: retrieval, LVM, decision mix, c_max, settings."""
     from dualpath.pipeline.generator import Generator
     from dualpath.pipeline.report import measure, write_report
 
-    cfg = load_config(config)
+    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
     try:
         path = write_report(measure(generator, cfg, max_pairs=max_pairs, free_docs=free_docs), out)
