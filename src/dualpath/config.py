@@ -63,7 +63,7 @@ class LVMConfig(_Section):
     infonce_weight: float = Field(0.5, ge=0)
     temperature: float = Field(0.05, gt=0)
     grad_clip: float = Field(1.0, gt=0)
-    threads: int = Field(0, ge=0)  # torch intra-op threads while training; 0 = one per core
+    threads: int = Field(0, ge=0)  # torch intra-op threads while training; 0 = half the cores
     watchdog_seconds: float = Field(300.0, gt=0)
     seed: int = 0
 

@@ -147,9 +147,14 @@ def run_training(
 
 @contextlib.contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
-    """Run a block with `threads` torch intra-op threads (0: one per core), then restore the setting."""
+    """Run a block with `threads` torch intra-op threads, then restore the setting.
+
+    `threads=0` picks half the cores (at least one). The models trained here are small: a second
+    thread gains little, while oversubscribed OpenMP threads spin against each other; on a busy
+    2-core machine two threads made an LVM training step 10x slower than one.
+    """
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads if threads > 0 else max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 2) // 2))
     try:
         yield
     finally:

@@ -1,0 +1,115 @@
+"""`dualpath train lvm` and `dualpath eval lvm`: the next-vector generator."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dualpath.cli.groups import eval_app, train_app
+
+console = Console()
+
+COLUMN_TITLES = {
+    "cos": "cos",
+    "contrastive": "contrastive",
+    "hit@1": "Hit@1",
+    "hit@10": "Hit@10",
+    "hit@100": "Hit@100",
+    "context_cos": "ctx cos ↓",
+}
+
+
+def register(app: typer.Typer) -> None:
+    """The commands attach to the shared `train` / `eval` groups when this module is imported."""
+
+
+def _config(config: Path | None, lvm: dict[str, Any], split: dict[str, Any]) -> Any:
+    from dualpath.config import DualPathConfig
+
+    data = DualPathConfig.from_yaml(config).to_dict()
+    data["lvm"].update({k: v for k, v in lvm.items() if v is not None})
+    data["split"].update({k: v for k, v in split.items() if v is not None})
+    return DualPathConfig.from_dict(data, source="command line")
+
+
+def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    columns = [c for c in COLUMN_TITLES if c in next(iter(rows.values()))]
+    view = Table(title=title, title_justify="left")
+    view.add_column("query", no_wrap=True)
+    for column in columns:
+        view.add_column(COLUMN_TITLES[column], justify="right")
+    for name, row in rows.items():
+        style = "bold" if name == "lvm" else "dim" if name == "oracle" else None
+        view.add_row(name, *(f"{row[c]:.3f}" for c in columns), style=style)
+    return view
+
+
+@train_app.command("lvm")
+def train_lvm_command(
+    bank: Path = typer.Option(..., "--bank", help="Bank directory."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default: BANK/models/lvm)."),
+    arch: str | None = typer.Option(None, "--arch", help="gru | lstm | transformer."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs to train (in all, counting resumed ones)."),
+    context: int | None = typer.Option(None, "--context", help="Previous concepts per pair (C)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last after a kill."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for weights and shuffling."),
+    log_file: Path | None = typer.Option(None, "--log-file", help="Append timestamped log lines to this file."),
+    config: Path | None = typer.Option(None, "--config", help="YAML configuration (lvm and split sections)."),
+) -> None:
+    """Train an LVM on a bank's documents; held-out metrics every epoch, checkpoint every epoch."""
+    from dualpath.bank import ConceptBank
+    from dualpath.logs import configure_logging
+    from dualpath.training.lvm import SELECT_METRIC, default_out_dir, train_lvm
+
+    configure_logging(logging.getLogger("dualpath").level or logging.INFO, log_file)
+    cfg = _config(config, {"arch": arch, "epochs": epochs, "seed": seed}, {"context": context})
+    concept_bank = ConceptBank.open(bank)
+    out_dir = out if out is not None else default_out_dir(concept_bank)
+
+    def show(report: Any) -> None:
+        metrics = "  ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
+        best = " [bold green](best)[/]" if report.best else ""
+        console.print(
+            f"epoch {report.epoch}/{cfg.lvm.epochs}  loss {report.train_loss:.4f}  {metrics}  "
+            f"{report.seconds:.0f} s{best}"
+        )
+
+    result = train_lvm(concept_bank, cfg, out_dir, resume=resume, on_epoch=show)
+    best = result.best
+    where = f"best epoch {best.epoch}, {SELECT_METRIC} {best.metrics[SELECT_METRIC]:.4f}" if best else "no best epoch"
+    console.print(f"LVM ({cfg.lvm.arch}) saved to {out_dir} ({where})")
+
+
+@eval_app.command("lvm")
+def eval_lvm_command(
+    bank: Path = typer.Option(..., "--bank", help="Bank directory."),
+    model: Path | None = typer.Option(
+        None, "--model", help="Trained LVM (a training output or checkpoint) (default: BANK/models/lvm)."
+    ),
+    config: Path | None = typer.Option(None, "--config", help="YAML configuration (the split section)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+) -> None:
+    """Held-out LVM quality beside the copy-last and mean-of-context baselines (DESIGN.md protocol)."""
+    from dualpath.bank import ConceptBank
+    from dualpath.evaluation.lvm import evaluate_bank
+
+    cfg = _config(config, {}, {})
+    concept_bank = ConceptBank.open(bank)
+    report = evaluate_bank(concept_bank, cfg, model)
+    if as_json:
+        console.print_json(data=report.to_dict())
+        return
+    title = (
+        f"held-out LVM: {report.pairs} pairs, context excluded from Hit@K, contrastive batch {report.contrastive_batch}"
+    )
+    console.print(_table(title, report.rows))
+    if "lvm" in report.rows:
+        beaten = report.beats_baselines()
+        lost = [COLUMN_TITLES[c] for c, ok in beaten.items() if not ok]
+        verdict = "beats both baselines on every metric" if not lost else f"does not beat both on: {', '.join(lost)}"
+        console.print(f"{report.model.get('arch', 'lvm')} LVM from {report.model.get('path')}: {verdict}")
