@@ -2,7 +2,8 @@
 
 `cfg.bank.milvus_uri` picks the deployment: a local path ending in `.db` runs Milvus Lite inside
 this process (pymilvus starts it on demand; one process at a time may hold a `.db`), and
-`http://host:19530` (optionally `/<database>`, `user:password@`) reaches a Milvus server or cluster.
+`http://host:19530` (optionally `/<database>`) reaches a Milvus server or cluster, with the token
+(`user:password` or an API key) from the environment variable MILVUS_TOKEN.
 
 One collection per bank: `id` INT64 primary key (= concept id), `vector` FLOAT_VECTOR (dim) with an
 inner-product index, `domain` VARCHAR ("" for no domain). `domain` is the collection's partition
@@ -28,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -55,6 +57,7 @@ SEARCH_RESULTS_PER_CALL = 65_536  # queries per search RPC = this // k, to bound
 MAX_TOP_K = 16_384  # Milvus's limit on k
 HNSW_EF_CONSTRUCTION = 40  # FAISS's default, so Milvus and FAISS HNSW indexes are built alike
 SERVER_SCHEMES = ("http", "https", "tcp", "unix")
+TOKEN_VARIABLE = "MILVUS_TOKEN"  # "user:password" or an API key, for servers with authentication
 # Milvus Lite runs its server in this process: no keep-alive pings (its gRPC server answers
 # frequent idle pings with GOAWAY "too_many_pings", which grpc prints to stderr).
 LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 3_600_000, "grpc.keepalive_permit_without_calls": 0}
@@ -436,7 +439,8 @@ class MilvusConnection:
             if lite_path is not None:
                 client = MilvusClient(lite_path, grpc_options=LITE_GRPC_OPTIONS)
             else:
-                client = MilvusClient(uri, timeout=30)
+                # A secret belongs in the environment, not in a flag (`ps`) or the manifest.
+                client = MilvusClient(uri, token=os.environ.get(TOKEN_VARIABLE, ""), timeout=30)
         except MilvusException as err:
             cls._release_lite(lite_path)
             where = lite_path or _without_credentials(uri)

@@ -1,0 +1,193 @@
+"""Milvus Lite against FAISS, same vectors, same run: build time, search latency and recall@10.
+
+100k synthetic clustered unit vectors (d = 384, like sentence embeddings: a few thousand topics
+with spread around each), 12 domains, held-out queries from the same distribution. Both go
+through the bank's own backends (`FaissBackend`, `MilvusBackend`), so this is what a bank pays.
+For each index kind (flat = exact, hnsw with the same M / efConstruction / efSearch) it reports
+single-query latency p50/p99 with and without a domain filter, batched throughput, recall@10
+against exact search, and the Milvus/FAISS ratios. FAISS runs one OpenMP thread (Milvus Lite's
+FAISS indexes too, same process): the right setting for single-query latency, and on a shared
+2-core machine a 2-thread team spins while the other core is busy.
+
+    .venv/bin/python bench/bench_milvus.py [--n 100000] [--queries 200] [--quick] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from dualpath.bank.faiss_backend import FaissBackend
+from dualpath.bank.milvus_backend import MilvusBackend
+from dualpath.config import BankConfig
+from dualpath.fileio import write_json_atomic
+
+K = 10
+DOMAINS = [f"domain_{i:02d}" for i in range(12)]
+
+
+def clustered_unit_vectors(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Points around unit-norm centres with noise of norm ~0.7: a point's cosine to others of its
+    cluster is ~0.67 and to the rest ~0, like sentence embeddings of one topic and of others."""
+    noise = rng.standard_normal((n, dim)).astype(np.float32) * (0.7 / np.sqrt(dim))
+    x = centres[rng.integers(0, len(centres), n)] + noise
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, members: np.ndarray | None = None) -> np.ndarray:
+    pool = vectors if members is None else vectors[members]
+    top = np.argsort(-(queries @ pool.T), axis=1)[:, :k]
+    return top if members is None else members[top]
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / truth.shape[1] for f, t in zip(found, truth, strict=True)]))
+
+
+def latencies_ms(search: Callable[[np.ndarray], object], queries: np.ndarray, warmup: int = 3) -> np.ndarray:
+    for q in queries[:warmup]:
+        search(q[None, :])
+    out = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        start = time.perf_counter()
+        search(q[None, :])
+        out[i] = (time.perf_counter() - start) * 1000.0
+    return out
+
+
+def wait_for_milvus_index(backend: MilvusBackend, timeout_s: float = 1800.0) -> None:
+    """Milvus builds indexes in the background after a flush; measure the finished index."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        info = backend.connection.client.describe_index(backend.collection, "vector")
+        if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= backend.rows:
+            return
+        time.sleep(0.5)
+    raise TimeoutError("Milvus index build did not finish")
+
+
+def measure(
+    name: str,
+    build: Callable[[], object],
+    queries: np.ndarray,
+    truth: np.ndarray,
+    filtered_truth: np.ndarray,
+    domain: str,
+    single: int,
+) -> dict[str, float]:
+    start = time.perf_counter()
+    backend = build()
+    build_s = time.perf_counter() - start
+    plain = latencies_ms(lambda q: backend.search(q, K), queries[:single])
+    filtered = latencies_ms(lambda q: backend.search(q, K, domain=domain), queries[:single])
+    start = time.perf_counter()
+    ids, _ = backend.search(queries, K)
+    batch_s = time.perf_counter() - start
+    filtered_ids, _ = backend.search(queries, K, domain=domain)
+    backend.close()
+    row = {
+        "build_s": build_s,
+        "p50_ms": float(np.median(plain)),
+        "p99_ms": float(np.percentile(plain, 99)),
+        "filtered_p50_ms": float(np.median(filtered)),
+        "filtered_p99_ms": float(np.percentile(filtered, 99)),
+        "batch_qps": len(queries) / batch_s,
+        "recall_at_10": recall(ids, truth),
+        "filtered_recall_at_10": recall(filtered_ids, filtered_truth),
+    }
+    print(
+        f"{name:<14} build {row['build_s']:7.1f} s   p50 {row['p50_ms']:8.2f} ms   p99 {row['p99_ms']:8.2f} ms   "
+        f"domain p50 {row['filtered_p50_ms']:8.2f} ms   batch {row['batch_qps']:8.0f} q/s   "
+        f"R@10 {row['recall_at_10']:.3f} (domain {row['filtered_recall_at_10']:.3f})",
+        flush=True,
+    )
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=200, help="held-out queries (recall, batch)")
+    parser.add_argument("--single", type=int, default=100, help="of them, searched one at a time (latency)")
+    parser.add_argument("--quick", action="store_true", help="20k vectors, 50 queries: a smoke run")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.n, args.queries, args.single = 20_000, 50, 30
+    logging.basicConfig(level=logging.WARNING)
+    faiss.omp_set_num_threads(1)
+
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((max(1, args.n // 30), args.dim)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vectors = clustered_unit_vectors(args.n, args.dim, centres, rng)
+    queries = clustered_unit_vectors(args.queries, args.dim, centres, rng)
+    domains = [DOMAINS[i] for i in rng.integers(0, len(DOMAINS), args.n)]
+    domain = DOMAINS[0]
+    members = np.flatnonzero(np.asarray(domains) == domain)
+    truth = exact_top_k(queries, vectors, K)
+    filtered_truth = exact_top_k(queries, vectors, K, members)
+    ids = np.arange(args.n, dtype=np.int64)
+    print(
+        f"{args.n} vectors, d={args.dim}, {len(DOMAINS)} domains ({len(members)} in {domain}), "
+        f"{args.queries} queries ({args.single} timed one at a time), k={K}",
+        flush=True,
+    )
+
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("flat", "hnsw"):
+            faiss_cfg = BankConfig(index=kind, dtype="float32")
+            milvus_cfg = BankConfig(backend="milvus", index=kind, dtype="float32", milvus_uri=f"{tmp}/bench.db")
+
+            def build_faiss(cfg: BankConfig = faiss_cfg) -> FaissBackend:
+                backend = FaissBackend.create(args.dim, cfg)
+                backend.add(ids, vectors, domains)
+                return backend
+
+            def build_milvus(cfg: BankConfig = milvus_cfg) -> MilvusBackend:
+                backend = MilvusBackend.create(args.dim, cfg)
+                backend.add(ids, vectors, domains)
+                backend.save(Path(tmp))
+                wait_for_milvus_index(backend)
+                return backend
+
+            results[f"faiss_{kind}"] = measure(
+                f"FAISS {kind}", build_faiss, queries, truth, filtered_truth, domain, args.single
+            )
+            results[f"milvus_{kind}"] = measure(
+                f"Milvus Lite {kind}", build_milvus, queries, truth, filtered_truth, domain, args.single
+            )
+
+    print("\nMilvus Lite / FAISS (same index kind, same run):")
+    ratios: dict[str, dict[str, float]] = {}
+    for kind in ("flat", "hnsw"):
+        f, m = results[f"faiss_{kind}"], results[f"milvus_{kind}"]
+        ratios[kind] = {
+            "build": m["build_s"] / f["build_s"],
+            "p50": m["p50_ms"] / f["p50_ms"],
+            "p99": m["p99_ms"] / f["p99_ms"],
+            "filtered_p50": m["filtered_p50_ms"] / f["filtered_p50_ms"],
+            "batch_qps": m["batch_qps"] / f["batch_qps"],
+            "recall_at_10_diff": m["recall_at_10"] - f["recall_at_10"],
+        }
+        r = ratios[kind]
+        print(
+            f"  {kind:<5} build ×{r['build']:.1f}   p50 ×{r['p50']:.1f}   p99 ×{r['p99']:.1f}   "
+            f"domain p50 ×{r['filtered_p50']:.1f}   batch throughput ×{r['batch_qps']:.3f}   "
+            f"R@10 {r['recall_at_10_diff']:+.3f}"
+        )
+    if args.json:
+        write_json_atomic(args.json, {"args": vars(args), "results": results, "ratios": ratios})
+
+
+if __name__ == "__main__":
+    main()
