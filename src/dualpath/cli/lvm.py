@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dualpath.cli.common import MILVUS_URI_OPTION
 from dualpath.cli.groups import eval_app, train_app
 
 console = Console()
@@ -60,6 +61,7 @@ def train_lvm_command(
     seed: int | None = typer.Option(None, "--seed", help="Seed for weights and shuffling."),
     log_file: Path | None = typer.Option(None, "--log-file", help="Append timestamped log lines to this file."),
     config: Path | None = typer.Option(None, "--config", help="YAML configuration (lvm and split sections)."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
 ) -> None:
     """Train an LVM on a bank's documents; held-out metrics every epoch, checkpoint every epoch."""
     from dualpath.bank import ConceptBank
@@ -68,7 +70,8 @@ def train_lvm_command(
 
     configure_logging(logging.getLogger("dualpath").level or logging.INFO, log_file)
     cfg = _config(config, {"arch": arch, "epochs": epochs, "seed": seed}, {"context": context})
-    concept_bank = ConceptBank.open(bank)
+    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
+    concept_bank = ConceptBank.open(bank, cfg)
     out_dir = out if out is not None else default_out_dir(concept_bank)
 
     def show(report: Any) -> None:
@@ -92,6 +95,7 @@ def eval_lvm_command(
         None, "--model", help="Trained LVM (a training output or checkpoint) (default: BANK/models/lvm)."
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML configuration (the split section)."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Held-out LVM quality beside the copy-last and mean-of-context baselines (DESIGN.md protocol)."""
@@ -99,7 +103,8 @@ def eval_lvm_command(
     from dualpath.evaluation.lvm import evaluate_bank
 
     cfg = _config(config, {}, {})
-    concept_bank = ConceptBank.open(bank)
+    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
+    concept_bank = ConceptBank.open(bank, cfg)
     report = evaluate_bank(concept_bank, cfg, model)
     if as_json:
         console.print_json(data=report.to_dict())

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from dualpath.cli.common import BANK_OPTION, CONFIG_OPTION, load_config, make_console
+from dualpath.cli.common import BANK_OPTION, CONFIG_OPTION, MILVUS_URI_OPTION, load_config, make_console
 
 console = make_console(stderr=True)
 
@@ -26,6 +26,7 @@ def serve_command(
     ),
     lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML, merged over the shipped lanes."),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log one line per request."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Serve search, generation (whole or streamed), telemetry, metrics and the dashboard at /."""
@@ -35,7 +36,10 @@ def serve_command(
     from dualpath.training.loop import torch_threads
 
     cfg = load_config(
-        config, service={"host": host, "port": port, "api_key": api_key}, decider={"lanes_file": lanes_file}
+        config,
+        service={"host": host, "port": port, "api_key": api_key},
+        decider={"lanes_file": lanes_file},
+        bank={"milvus_uri": milvus_uri},
     )
     settings = cfg.service
     check_bind(settings.host, settings.api_key)  # before the slow load: a refused bind fails at once
