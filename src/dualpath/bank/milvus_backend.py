@@ -429,9 +429,14 @@ class MilvusConnection:
                 raise BankError(f"Milvus Lite database {path} not found (moved? pass its new path with --milvus-uri)")
             path.parent.mkdir(parents=True, exist_ok=True)
             lite_path = str(path)
-        from pymilvus import MilvusClient
-        from pymilvus.exceptions import MilvusException
+        try:
+            from pymilvus import MilvusClient
+            from pymilvus.exceptions import MilvusException
 
+            if lite_path is not None:
+                import milvus_lite  # noqa: F401  (pymilvus starts it for .db paths)
+        except ImportError as err:
+            raise BankError(f"the Milvus backend needs {err.name}: pip install 'dualpath[milvus]'") from None
         if lite_path is not None:
             with cls._lite_lock:
                 cls._lite_users[lite_path] = cls._lite_users.get(lite_path, 0) + 1
