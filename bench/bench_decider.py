@@ -2,7 +2,8 @@
 
 Decisions: per-step latency at K = 500 for d = 384 and 768, single stream (`choose_next_vector`,
 `DualPathDecoder.step`) and batched (`choose_next_vectors`), against the bare minimum any decider
-does (one BLAS mat-vec + argmax) and against the reference system's 5 ms budget per decision.
+does (one BLAS mat-vec + argmax) and against the reference system's 5 ms budget per decision
+(`dualpath.benchmarks.decider`, which `dualpath bench` runs too).
 Miners: FAISS flat search over random unit vectors through SyncMiner and ThreadedMiner against
 calling the index directly; the threaded miner single-caller (its overhead) and with concurrent
 callers (its throughput).
@@ -16,95 +17,17 @@ import argparse
 import os
 import threading
 import time
-from collections.abc import Callable
 
 import faiss
 import numpy as np
 
-from dualpath.decider import (
-    DualPathDecoder,
-    Shortlist,
-    ShortlistBatch,
-    SyncMiner,
-    ThreadedMiner,
-    choose_next_vector,
-    choose_next_vectors,
-    load_lanes,
-)
+from dualpath.benchmarks.decider import BASELINE, K, bench_decisions
+from dualpath.benchmarks.timing import stats, timings_ms
+from dualpath.decider import SyncMiner, ThreadedMiner
 from dualpath.fileio import write_json_atomic
+from dualpath.models.heuristics import normalize_rows
 
 REFERENCE_BUDGET_MS = 5.0
-K = 500
-
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
-
-
-def timings_ms(fn: Callable[[int], object], n: int, warmup: int = 5) -> np.ndarray:
-    for i in range(warmup):
-        fn(i % n)
-    out = np.empty(n)
-    for i in range(n):
-        start = time.perf_counter()
-        fn(i)
-        out[i] = (time.perf_counter() - start) * 1000.0
-    return out
-
-
-def stats(ms: np.ndarray, per_call: int = 1) -> dict[str, float]:
-    """Median and p99 per item (a call covering `per_call` items), and items per second over the whole run.
-
-    Throughput comes from the mean, not the median: on a busy machine a long batched call is
-    almost always preempted somewhere while most short single calls are not, so medians would
-    flatter the single path.
-    """
-    per_item = ms / per_call
-    return {
-        "median_ms": float(np.median(per_item)),
-        "p99_ms": float(np.percentile(per_item, 99)),
-        "per_s": float(1000.0 / np.mean(per_item)),
-    }
-
-
-def bench_decisions(d: int, steps: int, batch: int) -> dict[str, dict[str, float]]:
-    """Per-step figures over `steps` steps cycling through `batch` distinct shortlists (K × d each)."""
-    rng = np.random.default_rng(d)
-    lane = load_lanes()["neutral"]
-    v_hat = unit_rows(rng.normal(size=(batch, d)))
-    vectors = unit_rows(rng.normal(size=(batch, K, d)))
-    # One neighbour per stream at a cosine spread over the lane's range, so all decisions occur.
-    c = rng.uniform(0.5, 0.9, size=batch)[:, None]
-    noise = unit_rows(rng.normal(size=(batch, d)))
-    vectors[:, 0] = unit_rows(c * v_hat + np.sqrt(1 - c**2) * noise)
-    ids = np.arange(K, dtype=np.int64)
-    shortlists = [Shortlist(ids, vectors[i]) for i in range(batch)]
-
-    def bare(i: int) -> None:  # what any decider must do: K cosines and the best
-        j = i % batch
-        int(np.argmax(vectors[j] @ v_hat[j]))
-
-    def single(i: int) -> None:
-        choose_next_vector(v_hat[i % batch], shortlists[i % batch], lane)
-
-    decoder = DualPathDecoder(lane)
-
-    def stateful(i: int) -> None:
-        decoder.step(v_hat[i % batch], shortlists[i % batch])
-
-    all_streams = ShortlistBatch(np.tile(ids, (batch, 1)), vectors, (None,) * batch)
-
-    def batched(i: int) -> None:
-        choose_next_vectors(v_hat, all_streams, lane)
-
-    return {
-        "bare matvec + argmax (baseline)": stats(timings_ms(bare, steps)),
-        "choose_next_vector": stats(timings_ms(single, steps)),
-        "DualPathDecoder.step": stats(timings_ms(stateful, steps)),
-        f"choose_next_vectors, batch {batch}": stats(
-            timings_ms(batched, max(5, steps // batch), warmup=1), per_call=batch
-        ),
-    }
 
 
 class FlatIndex:
@@ -125,8 +48,8 @@ def bench_miners(n_bank: int, d: int, n_queries: int, callers: int = 2) -> dict[
     # with two on a loaded 2-core box). The miners' parallelism is their worker threads.
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(0)
-    index = FlatIndex(unit_rows(rng.normal(size=(n_bank, d))))
-    queries = unit_rows(rng.normal(size=(n_queries, d)))
+    index = FlatIndex(normalize_rows(rng.normal(size=(n_bank, d))))
+    queries = normalize_rows(rng.normal(size=(n_queries, d)))
     sync = SyncMiner(index)
     out = {
         "index.search direct (baseline)": stats(timings_ms(lambda i: index.search(queries[i : i + 1], K), n_queries)),
@@ -218,7 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     results = run(args.quick)
     for d, rows in results["decision"].items():
-        print(table(f"Decision, K={K}, {d}", rows, "bare matvec + argmax (baseline)", budget=True), end="\n\n")
+        print(table(f"Decision, K={K}, {d}", rows, BASELINE, budget=True), end="\n\n")
     miner_title = f"Miner, FAISS flat, {results['setup']['bank']:,} × 384, K={K}, one query per request"
     print(table(miner_title, results["miner"], "index.search direct (baseline)", budget=False), end="\n\n")
     print(table("Miner overhead alone (an index that answers instantly)", results["miner_overhead"],

@@ -15,6 +15,7 @@ AREAS: list[str] = [
     "dualpath.cli.report",
     "dualpath.cli.lvm",
     "dualpath.cli.serve",
+    "dualpath.cli.bench",
 ]
 
 

@@ -1,0 +1,65 @@
+"""Decision latency at K candidates, single stream and batched, against the bare minimum any decider does.
+
+The baseline is one BLAS mat-vec over the K shortlist vectors and an argmax: the cosines a decision
+cannot avoid. Shortlists are random unit vectors with one neighbour per stream planted at a cosine
+spread over the lane's range, so SNAP, BLEND and NOVEL all occur. `bench/bench_decider.py` prints
+these figures on their own, beside its miner measurements.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dualpath.benchmarks.timing import stats, timings_ms
+from dualpath.decider import (
+    DualPathDecoder,
+    Shortlist,
+    ShortlistBatch,
+    choose_next_vector,
+    choose_next_vectors,
+    load_lanes,
+)
+from dualpath.models.heuristics import normalize_rows
+
+K = 500  # the shipped lanes' shortlist depth
+BASELINE = "bare matvec + argmax (baseline)"
+
+
+def bench_decisions(d: int, steps: int, batch: int, k: int = K) -> dict[str, dict[str, float]]:
+    """Per-step figures over `steps` steps cycling through `batch` distinct shortlists (k × d each)."""
+    rng = np.random.default_rng(d)
+    lane = load_lanes()["neutral"]
+    v_hat = normalize_rows(rng.normal(size=(batch, d)))
+    vectors = normalize_rows(rng.normal(size=(batch, k, d)))
+    # One neighbour per stream at a cosine spread over the lane's range, so all decisions occur.
+    c = rng.uniform(0.5, 0.9, size=batch)[:, None]
+    noise = normalize_rows(rng.normal(size=(batch, d)))
+    vectors[:, 0] = normalize_rows(c * v_hat + np.sqrt(1 - c**2) * noise)
+    ids = np.arange(k, dtype=np.int64)
+    shortlists = [Shortlist(ids, vectors[i]) for i in range(batch)]
+
+    def bare(i: int) -> None:  # what any decider must do: k cosines and the best
+        j = i % batch
+        int(np.argmax(vectors[j] @ v_hat[j]))
+
+    def single(i: int) -> None:
+        choose_next_vector(v_hat[i % batch], shortlists[i % batch], lane)
+
+    decoder = DualPathDecoder(lane)
+
+    def stateful(i: int) -> None:
+        decoder.step(v_hat[i % batch], shortlists[i % batch])
+
+    all_streams = ShortlistBatch(np.tile(ids, (batch, 1)), vectors, (None,) * batch)
+
+    def batched(i: int) -> None:
+        choose_next_vectors(v_hat, all_streams, lane)
+
+    return {
+        BASELINE: stats(timings_ms(bare, steps)),
+        "choose_next_vector": stats(timings_ms(single, steps)),
+        "DualPathDecoder.step": stats(timings_ms(stateful, steps)),
+        f"choose_next_vectors, batch {batch}": stats(
+            timings_ms(batched, max(5, steps // batch), warmup=1), per_call=batch
+        ),
+    }

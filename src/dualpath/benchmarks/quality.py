@@ -1,0 +1,71 @@
+"""Quality on the bank's held-out documents with the DESIGN.md protocol, as three tables.
+
+The numbers come from `pipeline.report.measure` (what `dualpath report` shows), so the suite and
+the report can never disagree: retrieval R@K / MRR of the query tower against the last / mean /
+exponentially weighted context vector and the oracle; the LVM against copy-last and mean of
+context; the dual path's decision mix and output quality per lane against LVM-only and bank-only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dualpath.evaluation.lvm import COLUMNS as LVM_METRICS
+from dualpath.evaluation.retrieval import KS
+from dualpath.models.heuristics import HEURISTICS
+from dualpath.pipeline.evaluate import DECISIONS, HIT_K
+
+
+def retrieval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the retrieval table, with each row's R@10 and MRR over the best heuristic's."""
+    table: dict[str, dict[str, float]] = results["retrieval"]["table"]
+    best = {m: max(table[h][m] for h in HEURISTICS) for m in ("R@10", "MRR")}
+    return [
+        {"name": name, **row,
+         "x_r10": row["R@10"] / best["R@10"] if best["R@10"] > 0 else None,
+         "x_mrr": row["MRR"] / best["MRR"] if best["MRR"] > 0 else None}
+        for name, row in table.items()
+    ]
+
+
+def lvm_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of the LVM table, with each row's mean cosine over copy-last's."""
+    rows: dict[str, dict[str, float]] = results["lvm"]["rows"]
+    base = rows["copy-last"]["cos"]
+    return [{"name": name, **row, "x_cos": row["cos"] / base if base > 0 else None} for name, row in rows.items()]
+
+
+def dual_path_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per lane (LVM-only and bank-only included): thresholds, decision mix, output quality."""
+    gen = results["generation"]
+    lanes: dict[str, dict[str, Any]] = gen["lanes"]
+    free = gen.get("free_running", {})
+    lvm_only, bank_only = lanes["lvm-only"]["mean_cos"], lanes["bank-only"]["mean_cos"]
+    rows = []
+    for name, lane in lanes.items():
+        rows.append({
+            "name": name,
+            "tau_snap": lane["tau_snap"],
+            "tau_novel": lane["tau_novel"],
+            "calibrated": lane["calibrated"],
+            **{f"{d.lower()}_share": lane["by_decision"][d]["share"] for d in DECISIONS},
+            "mean_cos": lane["mean_cos"],
+            "hit": lane[f"hit@{HIT_K}"],
+            "free_cos": free.get(name, {}).get("mean_cos"),
+            "x_lvm_only": lane["mean_cos"] / lvm_only if lvm_only > 0 else None,
+            "x_bank_only": lane["mean_cos"] / bank_only if bank_only > 0 else None,
+        })
+    return rows
+
+
+RETRIEVAL_COLUMNS = {
+    "name": "query", **{f"R@{k}": f"R@{k}" for k in KS}, "MRR": "MRR",
+    "x_r10": "R@10 × best heuristic", "x_mrr": "MRR × best heuristic",
+}
+LVM_COLUMNS = {"name": "prediction", **{m: m for m in LVM_METRICS}, "x_cos": "cos × copy-last"}
+DUAL_PATH_COLUMNS = {
+    "name": "lane", "tau_snap": "τ_snap", "tau_novel": "τ_novel", "calibrated": "calibrated",
+    **{f"{d.lower()}_share": d for d in DECISIONS},
+    "mean_cos": "mean cos", "hit": f"hit@{HIT_K}", "free_cos": "free-running cos",
+    "x_lvm_only": "cos × LVM-only", "x_bank_only": "cos × bank-only",
+}

@@ -1,0 +1,318 @@
+"""The suite: every section on one bank, written as results.json, results.md and machine.md.
+
+    run_suite(out, quick=True)            builds (or reuses) the cached demo-size bank under out/
+    run_suite(out, bank=path)             runs on an existing bank with trained models
+    run_suite(out, sizes=SuiteSizes(...)) any sizes (the tests use tiny ones)
+
+Without a bank, the suite makes one with `pipeline.demo.run_demo` in `out/bank-cache/<quick|full>`:
+the demo-size subset of the Wikipedia sample (quick) or all of it (full), briefly trained and
+calibrated, each stage cached by a digest of its settings, so only the first run pays for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dualpath.bank import ConceptBank
+from dualpath.benchmarks import quality, search, stages, training
+from dualpath.benchmarks.decider import BASELINE as DECISION_BASELINE
+from dualpath.benchmarks.decider import bench_decisions
+from dualpath.benchmarks.machine import describe_machine, machine_markdown
+from dualpath.benchmarks.synthetic import synthetic_set
+from dualpath.benchmarks.tables import Section, finite_or_none, render_markdown
+from dualpath.benchmarks.timing import with_ratio
+from dualpath.config import DualPathConfig
+from dualpath.fileio import write_json_atomic, write_text_atomic
+from dualpath.pipeline.demo import DEMO_DOCS, DEMO_PROMPTS, run_demo
+from dualpath.pipeline.generator import Generator
+from dualpath.pipeline.report import measure
+
+log = logging.getLogger(__name__)
+
+RESULTS_JSON = "results.json"
+RESULTS_MD = "results.md"
+MACHINE_MD = "machine.md"
+CACHE = "bank-cache"
+
+
+@dataclass(frozen=True)
+class SuiteSizes:
+    """How much of everything a run measures."""
+
+    name: str
+    demo_docs: int | None  # articles of the cached bank; None = the whole Wikipedia sample
+    synthetic: tuple[int, ...]  # sizes of the synthetic clustered vector sets
+    queries: int  # held-out queries per vector set (recall, batched search)
+    single_queries: int  # of them, searched one at a time (latency)
+    single_calls: int  # one-item calls timed per stage (encode, LVM, tower)
+    batch_sizes: tuple[int, ...]  # batched LVM / tower calls
+    encode_batch: int
+    encode_calls: int
+    decision_steps: int
+    decision_batch: int
+    generation_prompts: int
+    generation_steps: int
+    generation_batch: int
+    training_pairs: int  # per architecture, for the training-speed epoch
+    quality_pairs: int  # held-out pairs of the dual-path evaluation
+    free_docs: int  # held-out documents of the free-running test
+
+
+QUICK = SuiteSizes(
+    name="quick", demo_docs=DEMO_DOCS, synthetic=(10_000, 100_000), queries=256, single_queries=100,
+    single_calls=60, batch_sizes=(32, 256), encode_batch=64, encode_calls=4, decision_steps=300,
+    decision_batch=32, generation_prompts=12, generation_steps=4, generation_batch=32, training_pairs=2_000,
+    quality_pairs=1_000, free_docs=20,
+)
+FULL = SuiteSizes(
+    name="full", demo_docs=None, synthetic=(10_000, 100_000, 1_000_000), queries=1_024, single_queries=500,
+    single_calls=300, batch_sizes=(32, 256), encode_batch=64, encode_calls=16, decision_steps=1_000,
+    decision_batch=64, generation_prompts=50, generation_steps=8, generation_batch=64, training_pairs=10**9,
+    quality_pairs=4_000, free_docs=50,
+)
+
+
+@dataclass
+class SuiteResult:
+    out: Path
+    bank: Path
+    results: dict[str, Any]
+
+
+def prepare_bank(cache: Path, sizes: SuiteSizes, cfg: DualPathConfig) -> Path:
+    """The cached demo bank with trained, calibrated models (built on the first run, reused after)."""
+    def on_stage(name: str, status: str) -> None:
+        log.info("bench bank: %s %s", name, status)
+
+    result = run_demo(
+        cache, full=sizes.demo_docs is None, cfg=cfg, steps=1, prompts=DEMO_PROMPTS[:1],
+        limit_docs=sizes.demo_docs, on_stage=on_stage,
+    )
+    return result.bank
+
+
+def run_suite(
+    out: str | Path,
+    quick: bool = False,
+    bank: str | Path | ConceptBank | None = None,
+    cfg: DualPathConfig | None = None,
+    sizes: SuiteSizes | None = None,
+    on_section: Callable[[str, float], None] | None = None,
+) -> SuiteResult:
+    """Run every section and write out/results.json, out/results.md and out/machine.md.
+
+    `bank` is a bank directory (or an opened ConceptBank, kept open) with trained models in
+    models/; without one the cached Wikipedia-sample bank under `out` is built or reused.
+    """
+    cfg = cfg or DualPathConfig()
+    sizes = sizes or (QUICK if quick else FULL)
+    out = Path(out)
+    started = time.perf_counter()
+    machine_start = describe_machine()
+    seconds: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    if bank is None:
+        bank = prepare_bank(out / CACHE / sizes.name, sizes, cfg)
+    generator = Generator.from_bank(bank, cfg)  # a missing bank or model fails here, before anything is written
+    bank_path = generator.bank.path
+    seconds["bank"] = time.perf_counter() - t0
+    workdir = out / ".work"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    try:
+        runner = _Sections(generator, cfg, sizes, workdir)
+        sections: dict[str, Section] = {}
+        for name, make in runner.plan():
+            t0 = time.perf_counter()
+            log.info("bench: %s", name)
+            sections.update(make())
+            seconds[name] = time.perf_counter() - t0
+            if on_section is not None:
+                on_section(name, seconds[name])
+        quality_raw = runner.quality_results
+    finally:
+        generator.close()
+        if not isinstance(bank, ConceptBank):
+            generator.bank.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    total = time.perf_counter() - started
+    machine_end = describe_machine()
+    results = finite_or_none({
+        "suite": {"sizes": asdict(sizes), "bank": str(bank_path), "seconds": total, "section_seconds": seconds},
+        "machine": {"start": machine_start, "end": machine_end},
+        "sections": {key: s.to_dict() for key, s in sections.items()},
+        "quality": {k: v for k, v in quality_raw.items() if k not in ("settings",)},
+    })
+    results["quality"].get("generation", {}).pop("c_max_sample", None)
+    write_json_atomic(out / RESULTS_JSON, results)
+    write_text_atomic(out / RESULTS_MD, render_markdown(results["sections"], _header(results, sizes)))
+    write_text_atomic(out / MACHINE_MD, machine_markdown(machine_start, machine_end, total, sizes.name == "quick"))
+    return SuiteResult(out, bank_path, results)
+
+
+def _header(results: dict[str, Any], sizes: SuiteSizes) -> str:
+    m = results["machine"]["start"]
+    load = " / ".join(f"{x:.1f}" for x in m["load_average"])
+    return "\n".join([
+        f"# dualpath benchmarks ({sizes.name})",
+        "",
+        f"Bank `{results['suite']['bank']}`; {m['logical_cores']} cores ({m['cpu_model']}), load average {load} "
+        f"at the start (machine.md). Every ratio is against a baseline measured in this run: × below 1 is faster "
+        f"(or smaller) than the baseline.",
+        "",
+    ])
+
+
+class _Sections:
+    """Each section as a method returning {key: Section}; `plan()` lists them in the order they run."""
+
+    def __init__(self, generator: Generator, cfg: DualPathConfig, sizes: SuiteSizes, workdir: Path) -> None:
+        self.generator = generator
+        self.bank = generator.bank
+        self.cfg = cfg
+        self.sizes = sizes
+        self.workdir = workdir
+        self.lane = generator.lane(None)
+        n_ctx = max(sizes.queries, *sizes.batch_sizes)
+        self.pairs, self.ctx, self.mask = stages.heldout_contexts(generator, cfg, n_ctx)
+        self.quality_results: dict[str, Any] = {}
+
+    def plan(self) -> list[tuple[str, Callable[[], dict[str, Section]]]]:
+        return [
+            ("encode", self.encode),
+            ("lvm_step", self.lvm_step),
+            ("tower", self.tower),
+            ("decision", self.decision),
+            ("generation", self.generation),
+            ("search", self.search),
+            ("training", self.training),
+            ("quality", self.quality),
+        ]
+
+    def encode(self) -> dict[str, Section]:
+        s = self.sizes
+        rng = np.random.default_rng(0)
+        ids = rng.choice(len(self.bank), size=min(len(self.bank), max(s.single_calls, s.encode_batch * s.encode_calls)),
+                         replace=False)
+        encoder = self.bank.encoder()
+        encoder.encode(self.bank.texts(ids[:8]))  # load and warm the model outside the timings
+        rows = stages.bench_encode(encoder, self.bank.texts(ids), s.single_calls, s.encode_batch, s.encode_calls)
+        note = (f"`{self.bank.encoder_name}` on {len(ids)} sentences of the bank; batched rows are per sentence. "
+                "Baseline: one sentence per call.")
+        return {"encode": Section("Encode (sentences → vectors)", note, stages.TIMING_COLUMNS, rows)}
+
+    def lvm_step(self) -> dict[str, Section]:
+        lvm = self.generator.lvm
+        rows = stages.bench_lvm(self.generator, self.ctx, self.mask, self.sizes.single_calls, self.sizes.batch_sizes)
+        note = (f"`LatentVectorModel.predict`, {lvm.arch}, context {lvm.context}, on held-out contexts; batched rows "
+                "are per context. Baseline: one context per call.")
+        return {"lvm_step": Section("LVM step", note, stages.TIMING_COLUMNS, rows)}
+
+    def tower(self) -> dict[str, Section]:
+        rows = stages.bench_tower(self.generator, self.ctx, self.mask, self.sizes.single_calls, self.sizes.batch_sizes)
+        tower = self.generator.tower
+        note = ("The bank has no trained query tower." if tower is None else
+                f"`QueryTower.encode_queries`, {tower.cfg.tower}, on held-out contexts; batched rows are per "
+                "context. Baseline: one context per call.")
+        return {"tower": Section("Query tower", note, stages.TIMING_COLUMNS, rows)}
+
+    def decision(self) -> dict[str, Section]:
+        s = self.sizes
+        k = self.lane.k
+        rows = with_ratio(bench_decisions(self.bank.dim, s.decision_steps, s.decision_batch, k), DECISION_BASELINE)
+        note = (f"K = {k} candidates (lane `{self.lane.name}`), d = {self.bank.dim}, random shortlists with one "
+                "planted neighbour per stream; the batched row is per stream. Baseline: the K cosines and argmax any "
+                "decision needs (one BLAS mat-vec).")
+        return {"decision": Section("Decision", note, stages.TIMING_COLUMNS, rows)}
+
+    def generation(self) -> dict[str, Section]:
+        s = self.sizes
+        prompts = stages.generation_prompts(self.generator, self.cfg, s.generation_prompts)
+        rows, counts = stages.bench_generation(self.generator, self.lane, prompts, s.generation_steps,
+                                               s.generation_batch)
+        source = "tower" if self.generator.tower is not None else "LVM vector"
+        note = (f"`Generator.generate` in lane `{self.lane.name}` (K = {self.lane.k}, query from the {source}): "
+                f"{counts['steps']} steps from {counts['prompts']} two-concept prompts of held-out documents; the "
+                "parts are the step's own stage latencies. The batched step runs the same parts for "
+                f"{s.generation_batch} streams per call (time per stream). Baseline: the whole single step. "
+                f"Retrieval fallbacks: {counts['fallbacks_single']} single, {counts['fallbacks_batched']} batched.")
+        return {"generation": Section("Generation step", note, stages.TIMING_COLUMNS, rows)}
+
+    def search(self) -> dict[str, Section]:
+        s = self.sizes
+        search_rows, memory_rows = [], []
+        for data in self._vector_sets():
+            found, memory = search.bench_vector_set(data, self.workdir, s.single_queries, self.cfg)
+            search_rows += found
+            memory_rows += memory
+        search.add_marginal_memory([r for r in memory_rows if r["vectors"].startswith("synthetic")], self.bank.dim)
+        note = (f"k = {search.K} through `ConceptBank.search` on banks built from the vectors (dtype "
+                f"{self.cfg.bank.dtype}); real queries are the query tower's for held-out contexts, synthetic "
+                "ones come from the same clusters as the vectors. One query per call on one FAISS thread; batches "
+                f"of up to {search.BATCH} on all cores. Recall@10 against exact float32 search. Baseline: `flat`.")
+        mem_note = ("Resident memory an opened bank adds to a fresh process (index + metadata; vectors.npy is "
+                    "memory-mapped), per million vectors, against the raw float32 matrix. Small banks are dominated "
+                    "by fixed costs; the marginal columns take the difference between two synthetic sizes.")
+        return {
+            "search": Section("Search", note, search.SEARCH_COLUMNS, search_rows),
+            "memory_bank": Section("Memory: opened bank", mem_note, search.MEMORY_COLUMNS, memory_rows),
+        }
+
+    def _vector_sets(self) -> Iterator[search.VectorSet]:
+        """The bank's own vectors with real queries, then each synthetic size (made one at a time)."""
+        n = self.sizes.queries
+        ctx, mask = stages.repeat_rows(self.ctx, n), stages.repeat_rows(self.mask, n)
+        tower = self.generator.tower
+        queries = tower.encode_queries(ctx, mask) if tower is not None else self.generator.lvm.predict(ctx, mask)
+        yield search.VectorSet(f"wiki bank {len(self.bank):,}", self.bank.all_vectors(), queries)
+        for size in self.sizes.synthetic:
+            vectors, synthetic_queries = synthetic_set(size, n, self.bank.dim)
+            yield search.VectorSet(f"synthetic {_size_name(size)}", vectors, synthetic_queries)
+
+    def training(self) -> dict[str, Section]:
+        rows = training.bench_training(self.bank, self.cfg, self.sizes.training_pairs, self.workdir)
+        note = (f"One epoch of each architecture through its trainer's `train_epoch` on the same {rows[0]['pairs']:,} "
+                "training pairs; s/epoch projected to the bank's whole training split. Baseline: the configured "
+                f"architecture (LVM {self.cfg.lvm.arch}, tower {self.cfg.tower.tower}).")
+        memory_rows = training.training_memory(self.bank.path)
+        mem_note = ("Resident memory of the training process after each epoch, as the training loop recorded it in "
+                    "the bank's models/*/history.json (the whole process: bank, data and model). Baseline: epoch 1.")
+        return {
+            "training": Section("Training speed", note, training.SPEED_COLUMNS, rows),
+            "memory_training": Section("Memory: training", mem_note, training.MEMORY_COLUMNS, memory_rows),
+        }
+
+    def quality(self) -> dict[str, Section]:
+        s = self.sizes
+        self.quality_results = measure(self.generator, self.cfg, max_pairs=s.quality_pairs, free_docs=s.free_docs)
+        r = self.quality_results
+        gen = r["generation"]
+        return {
+            "retrieval_quality": Section(
+                "Quality: retrieval", f"{r['retrieval']['pairs']:,} held-out pairs, context excluded from every "
+                "result list (DESIGN.md protocol). Baseline: the best heuristic query.",
+                quality.RETRIEVAL_COLUMNS, quality.retrieval_rows(r)),
+            "lvm_quality": Section(
+                "Quality: LVM", f"{r['lvm']['pairs']:,} held-out pairs; contrastive accuracy within batches of "
+                f"{r['lvm']['contrastive_batch']}. Baseline: copy-last.", quality.LVM_COLUMNS, quality.lvm_rows(r)),
+            "dual_path_quality": Section(
+                "Quality: dual path", f"Teacher-forced on {gen['pairs']:,} held-out pairs (retrieval query from the "
+                f"{gen['query_source']}); mean cos of the output to the true next concept, hit@5 of the true next "
+                "concept around the output; free-running: mean cos over generated steps of held-out documents. "
+                "Baselines: LVM-only and bank-only (the same code with extreme thresholds).",
+                quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
+        }
+
+
+def _size_name(n: int) -> str:
+    return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1_000}k" if n % 1_000 == 0 else f"{n:,}"

@@ -1,0 +1,175 @@
+"""The benchmark suite: a tiny end-to-end run on the trained test bank, and its measurement helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualpath.benchmarks.search import add_marginal_memory
+from dualpath.benchmarks.suite import QUICK, run_suite
+from dualpath.benchmarks.synthetic import exact_top_k, recall_at_k, synthetic_set
+from dualpath.benchmarks.tables import finite_or_none, format_value
+from dualpath.benchmarks.timing import stats, with_ratio
+
+TINY = replace(
+    QUICK, name="tiny", synthetic=(2_000,), queries=48, single_queries=15, single_calls=8, batch_sizes=(8,),
+    encode_batch=8, encode_calls=2, decision_steps=20, decision_batch=8, generation_prompts=3, generation_steps=2,
+    generation_batch=4, training_pairs=150, quality_pairs=150, free_docs=2,
+)
+SECTIONS = {
+    "encode", "lvm_step", "tower", "decision", "generation", "search", "memory_bank", "training",
+    "memory_training", "retrieval_quality", "lvm_quality", "dual_path_quality",
+}
+
+
+@pytest.fixture(scope="module")
+def suite_run(trained_bank_path: Path, text_encoder, tmp_path_factory) -> tuple[Path, dict]:
+    from dualpath.bank import ConceptBank
+
+    out = tmp_path_factory.mktemp("bench")
+    with ConceptBank.open(trained_bank_path, encoder=text_encoder) as bank:
+        result = run_suite(out, bank=bank, sizes=TINY)
+    return out, result.results
+
+
+def _strict_json(path: Path) -> dict:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{path} holds {name}: not strict JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_suite_writes_every_section(suite_run: tuple[Path, dict]) -> None:
+    out, results = suite_run
+    on_disk = _strict_json(out / "results.json")
+    assert on_disk["sections"].keys() == SECTIONS
+    for key, section in on_disk["sections"].items():
+        assert section["rows"], f"section {key} measured nothing"
+    assert not (out / ".work").exists()  # the synthetic banks are removed after measuring
+    markdown = (out / "results.md").read_text()
+    assert markdown.count("\n### ") == len(SECTIONS)
+    for section in on_disk["sections"].values():
+        header = "| " + " | ".join(header for _, header in section["columns"]) + " |"
+        assert header in markdown
+    machine = (out / "machine.md").read_text()
+    assert "load average" in machine and "cores" in machine and "faiss-cpu" in machine
+    assert results["machine"]["start"]["logical_cores"] >= 1
+
+
+def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:
+    _, results = suite_run
+    for key, section in results["sections"].items():
+        for row in section["rows"]:
+            for column, value in row.items():
+                if isinstance(value, float):
+                    assert math.isfinite(value), (key, row["name"], column)
+                if column.startswith("x_") and value is not None:
+                    assert value > 0, (key, row["name"], column, value)
+                if column.endswith("_ms") or column in ("per_s", "build_s", "pairs_per_s", "epoch_s"):
+                    assert value > 0, (key, row["name"], column, value)
+            if "median_ms" in row and "p99_ms" in row:
+                assert row["median_ms"] <= row["p99_ms"] + 1e-9
+    sections = results["sections"]
+    for row in sections["search"]["rows"]:
+        assert 0.0 <= row["recall_at_10"] <= 1.0
+        if row["name"] == "flat":  # fp16 codes against exact float32: near-exact, ties aside
+            assert row["recall_at_10"] >= 0.95 and row["x_flat"] == pytest.approx(1.0)
+    sets = sorted({r["vectors"] for r in sections["search"]["rows"]})
+    assert len(sets) == 2 and sets[0] == "synthetic 2k" and sets[1].startswith("wiki bank")
+    for row in sections["memory_bank"]["rows"]:
+        assert row["bank_mib"] > 0 and row["raw_float32_mib"] > 0
+    for row in sections["retrieval_quality"]["rows"]:
+        recalls = [row[f"R@{k}"] for k in (1, 10, 100, 500, 1000)]
+        assert all(0.0 <= r <= 1.0 for r in recalls) and recalls == sorted(recalls)
+        assert 0.0 <= row["MRR"] <= 1.0
+    for row in sections["dual_path_quality"]["rows"]:
+        shares = [row[k] for k in ("snap_share", "blend_share", "novel_share", "novel_dup_drop_share")]
+        assert sum(shares) == pytest.approx(1.0)
+        assert -1.0 <= row["mean_cos"] <= 1.0
+    lanes = {r["name"]: r for r in sections["dual_path_quality"]["rows"]}
+    assert lanes["lvm-only"]["novel_share"] == 1.0 and lanes["bank-only"]["snap_share"] == 1.0
+    archs = {(r["model"], r["name"].split()[0]) for r in sections["training"]["rows"]}
+    assert ("LVM", "transformer") in archs and ("tower", "attn") in archs
+    epochs = [r for r in sections["memory_training"]["rows"] if r["model"] == "lvm"]
+    assert len(epochs) == 2 and epochs[0]["x_epoch_1"] == pytest.approx(1.0)
+
+
+def test_cli_refuses_a_missing_bank(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dualpath.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--quick", "--bank", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+# -- measurement helpers ----------------------------------------------------------------------------
+
+
+def test_recall_of_exact_search_is_one_and_of_wrong_ids_zero() -> None:
+    vectors, queries = synthetic_set(3_000, 20, 32, seed=1)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    truth = exact_top_k(queries, vectors, 10)
+    brute = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    assert np.array_equal(truth, brute)
+    assert recall_at_k(truth, truth) == 1.0
+    assert recall_at_k(np.full_like(truth, -1), truth) == 0.0
+    half = truth.copy()
+    half[:, 5:] = -1
+    assert recall_at_k(half, truth) == pytest.approx(0.5)
+
+
+def test_clustered_queries_find_their_cluster() -> None:
+    # Same-cluster cosine ≈ 0.67, other clusters ≈ 0: a query's nearest neighbour is far above chance.
+    vectors, queries = synthetic_set(3_000, 50, 128, seed=2)
+    best = (queries @ vectors.T).max(axis=1)
+    assert np.median(best) > 0.5
+
+
+def test_marginal_memory_removes_the_fixed_part() -> None:
+    fixed, per_vector = 30.0, 0.001  # MiB
+    rows = [{"name": "flat", "n": n, "bank_mib": fixed + per_vector * n} for n in (10_000, 100_000)]
+    add_marginal_memory(rows, dim=384)
+    assert "marginal_per_million_mib" not in rows[0]
+    assert rows[1]["marginal_per_million_mib"] == pytest.approx(per_vector * 1e6)
+    assert rows[1]["x_raw_marginal"] == pytest.approx(per_vector * 1e6 / (384 * 4 * 1e6 / 2**20))
+
+
+def test_stats_and_ratios() -> None:
+    ms = np.array([1.0, 2.0, 3.0, 4.0, 100.0])
+    s = stats(ms, per_call=2)
+    assert s["median_ms"] == 1.5 and s["p99_ms"] <= 50.0
+    assert s["per_s"] == pytest.approx(1000 / (ms.mean() / 2))
+    rows = with_ratio({"base": {"median_ms": 2.0}, "fast": {"median_ms": 1.0}}, "base")
+    assert [r["name"] for r in rows] == ["base", "fast"] and [r["x_baseline"] for r in rows] == [1.0, 0.5]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    key=st.sampled_from(["median_ms", "x_baseline", "snap_share", "rss_mib", "build_s", "per_s", "R@10", "name"]),
+    value=st.one_of(st.none(), st.booleans(), st.integers(-(10**9), 10**9), st.floats(), st.text(max_size=5)),
+)
+def test_every_value_formats_to_one_cell(key: str, value: object) -> None:
+    cell = format_value(key, value)
+    if isinstance(value, str):  # strings (row names) pass through as they are
+        assert cell == value
+    else:  # anything else is one non-empty cell that cannot break a table row
+        assert cell and "\n" not in cell and "|" not in cell
+    if isinstance(value, float) and not math.isfinite(value):
+        assert cell == "–"
+
+
+def test_finite_or_none_makes_strict_json() -> None:
+    data = {"a": [1.0, float("nan")], "b": {"c": float("inf"), "d": "x"}, "e": (float("-inf"),)}
+    clean = finite_or_none(data)
+    assert clean == {"a": [1.0, None], "b": {"c": None, "d": "x"}, "e": [None]}
+    json.dumps(clean, allow_nan=False)
