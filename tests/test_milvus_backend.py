@@ -225,7 +225,7 @@ def test_other_content_gets_its_own_collection(lite_uri):
     a = clustered_unit_vectors(50, DIM, seed=7)
     first, da = built(lite_uri, a, domains_for(50))
     second, db = built(lite_uri, a[::-1].copy(), domains_for(50))
-    third, dc = built(lite_uri, a, domains_for(50), index="ivf")
+    third, dc = built(lite_uri, a, domains_for(50), index="hnsw")
     assert len({da["collection"], db["collection"], dc["collection"]}) == 3
     assert first.count() == second.count() == third.count() == 50
     for backend in (first, second, third):
