@@ -72,6 +72,8 @@ class TowerConfig(_Section):
     tower: Literal["gru", "bigru", "lstm", "mlp", "attn"] = "gru"
     doc_tower: Literal["identity", "mlp"] = "identity"
     hidden: int = Field(512, ge=8)
+    layers: int = Field(2, ge=1)  # attn tower only
+    heads: int = Field(4, ge=1)  # attn tower only
     residual: Literal["none", "last", "mean"] = "mean"
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     epochs: int = Field(6, ge=1)
@@ -80,13 +82,19 @@ class TowerConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(0.05, gt=0)
     queue_size: int = Field(0, ge=0)  # memory queue of recent targets as extra negatives
+    document_negatives: int = Field(0, ge=0)  # other concepts of the pair's own document as negatives
     hard_negatives: bool = False
     hard_per_query: int = Field(4, ge=1)
     refresh_every: int = Field(1, ge=1)  # epochs between re-mining (ANCE-style)
     warmup_epochs: int = Field(1, ge=0)  # in-batch only before the first mining
     mine_depth: int = Field(100, ge=1)  # top-k searched per query when mining
-    band: tuple[float, float] = (0.3, 0.9)  # cosine band to the positive a negative must fall in
+    band: tuple[float, float] = (0.3, 0.9)  # cosine of query to negative must fall in [lo, hi]
     near_dup: float = Field(0.95, gt=0, le=1)  # cosine to the positive above which a hit is a duplicate
+    exclude_same_document: bool = True  # other concepts of the positive's document are no negatives
+    mine_sample: Literal["top", "random"] = "top"  # hardest survivors first, or uniform among them
+    miner: Literal["sync", "threaded"] = "sync"  # threaded: each mining search gets a deadline
+    mine_timeout_s: float = Field(120.0, gt=0)  # deadline of one mining search (threaded miner)
+    threads: int = Field(0, ge=0)  # torch intra-op threads while training; 0 = half the cores
     watchdog_seconds: float = Field(300.0, gt=0)
     seed: int = 0
 

@@ -14,6 +14,7 @@ AREAS: list[str] = [
     "dualpath.cli.generate",
     "dualpath.cli.report",
     "dualpath.cli.lvm",
+    "dualpath.cli.retriever",
     "dualpath.cli.serve",
     "dualpath.cli.bench",
 ]

@@ -1,0 +1,257 @@
+"""Training the query tower: InfoNCE against the true next concept, optional mined hard negatives.
+
+The reference trainer used the retrieved top-1 as a pseudo-positive and took its loss from a
+detached query, so it could not learn. Here the positive is always the pair's true next concept
+and the gradient flows through the query. Each row of a batch scores its query against
+
+    the batch's targets                 in-batch negatives (its own target is the positive)
+    the batch's mined hard negatives    from `training.mining`, refreshed every `refresh_every`
+                                        epochs after `warmup_epochs` of in-batch-only training
+    a memory queue of recent targets    `queue_size` extra negatives from the previous batches
+
+and a column that is not a true negative for that row (its own target id again, one of its context
+concepts, or — with `exclude_same_document` — a concept of its own document) is masked out.
+
+Everything an epoch does follows from (seed, epoch) and the state `run_training` checkpoints:
+the shuffle, the learning rate (a function of the step), the queue (emptied each epoch), and
+the mined negatives (saved beside the checkpoints, since a later epoch reuses them). So a run
+killed at any point and resumed continues exactly. No multiprocessing, no fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from dualpath.config import DualPathConfig
+from dualpath.corpus.pairs import gather_context, split_pairs
+from dualpath.decider.miners import SearchIndex
+from dualpath.errors import CheckpointError, ConfigError
+from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_queries, relative_gain
+from dualpath.fileio import atomic_path, write_json_atomic
+from dualpath.models.towers import QueryTower
+from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
+from dualpath.training.mining import NONE, concept_documents, document_negatives, mine_hard_negatives
+
+log = logging.getLogger(__name__)
+
+NEGATIVES_FILE = "negatives.npz"  # the latest mined negatives, reused by later epochs (and resumes)
+TABLE_FILE = "retrieval.json"  # the held-out protocol table of the latest epoch
+DOC_TOWER_REFUSAL = (
+    "--doc-tower mlp is not supported: the bank index and the decider use the encoder's vectors, "
+    "so only the query side may learn (see docs/retriever.md)"
+)
+
+
+class Bank(SearchIndex, Protocol):
+    """What the trainer needs of a ConceptBank."""
+
+    dim: int
+    encoder_name: str
+
+    def all_vectors(self) -> np.ndarray: ...
+
+    def documents(self) -> dict[str, np.ndarray]: ...
+
+
+class RetrieverTask:
+    """A `TrainingTask` for `run_training`: one query tower, its optimizer, its pairs, its negatives."""
+
+    select_metric = "MRR"
+
+    def __init__(
+        self,
+        vectors: np.ndarray,
+        documents: Mapping[str, np.ndarray],
+        index: SearchIndex,
+        cfg: DualPathConfig,
+        encoder_name: str,
+        state_dir: str | Path,
+    ) -> None:
+        tc = cfg.tower
+        if tc.doc_tower != "identity":
+            raise ConfigError(DOC_TOWER_REFUSAL)
+        self.cfg = cfg
+        self.vectors = vectors
+        self.index = index
+        self.state_dir = Path(state_dir)
+        split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+        if len(split.train) < 2 or len(split.heldout) < 1:
+            raise ConfigError(
+                f"too few pairs to train a query tower: {len(split.train)} training, {len(split.heldout)} held-out "
+                "(documents need at least two concepts)"
+            )
+        self.train = split.train
+        self.heldout = EvalPairs.from_pairs(vectors, split.heldout)
+        self.concept_doc = concept_documents(documents, vectors.shape[0])
+        self.doc_negatives = (
+            document_negatives(documents, self.train, tc.document_negatives) if tc.document_negatives else None
+        )
+        torch.manual_seed(tc.seed)  # the initial weights follow from the seed
+        self.tower = QueryTower(tc, vectors.shape[1], encoder_name)
+        self.model = self.tower.net
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        self.negatives: np.ndarray | None = None
+        self.steps_per_epoch = math.ceil(len(self.train) / tc.batch_size)
+        log.info(
+            "query tower %s: %d training pairs, %d held-out pairs, %d parameters",
+            tc.tower, len(self.train), len(self.heldout), sum(p.numel() for p in self.model.parameters()),
+        )
+
+    @classmethod
+    def from_bank(cls, bank: Bank, cfg: DualPathConfig, state_dir: str | Path) -> RetrieverTask:
+        return cls(bank.all_vectors(), bank.documents(), bank, cfg, bank.encoder_name, state_dir)
+
+    # -- TrainingTask ----------------------------------------------------------------------------
+
+    def train_epoch(self, epoch: int, beat: Callable[[], None]) -> float:
+        tc = self.cfg.tower
+        rng = np.random.default_rng([tc.seed, epoch])
+        self.negatives = self._negatives_for(epoch, rng, beat)
+        order = rng.permutation(len(self.train))
+        queue = np.zeros(0, dtype=np.int64)
+        total, count = 0.0, 0
+        batches = [order[i : i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
+        for step, batch in enumerate(batch_progress(batches, len(batches), f"epoch {epoch}")):
+            self._set_lr((epoch - 1) * self.steps_per_epoch + step)
+            loss = self._step(batch, queue)
+            total += loss * len(batch)
+            count += len(batch)
+            if tc.queue_size:
+                queue = np.concatenate([self.train.target[batch], queue])[: tc.queue_size]
+            beat()
+        return total / max(count, 1)
+
+    def evaluate(self) -> dict[str, float]:
+        queries = self.tower.encode_queries(self.heldout.ctx, self.heldout.mask)
+        return evaluate_queries(self.index.search, queries, self.heldout)
+
+    def checkpoint_config(self) -> dict[str, Any]:
+        return {**self.tower.checkpoint_config(), "split": self.cfg.split.model_dump(mode="json")}
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def _step(self, batch: np.ndarray, queue: np.ndarray) -> float:
+        tc = self.cfg.tower
+        context = self.train.context[batch]
+        targets = self.train.target[batch]
+        ctx, mask = gather_context(self.vectors, context)
+        columns = [targets]
+        for extra in (self.doc_negatives, self.negatives):
+            if extra is not None:
+                ids = extra[batch].reshape(-1)
+                columns.append(ids[ids != NONE])
+        columns.append(queue)
+        column_ids = np.concatenate(columns)
+        invalid = self._false_negatives(column_ids, targets, context)
+
+        query = self.model(torch.from_numpy(ctx), torch.from_numpy(mask))
+        keys = torch.from_numpy(np.asarray(self.vectors[column_ids], dtype=np.float32))
+        logits = (query @ keys.T) / tc.temperature
+        logits = logits.masked_fill(torch.from_numpy(invalid), float("-inf"))
+        loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def _false_negatives(self, column_ids: np.ndarray, targets: np.ndarray, context: np.ndarray) -> np.ndarray:
+        """(b, columns) True where a column must not count as a negative of the row."""
+        invalid = column_ids[None, :] == targets[:, None]
+        invalid |= (column_ids[None, :, None] == context[:, None, :]).any(axis=2)
+        if not self.cfg.tower.document_negatives:
+            # Without document negatives, the pair's own document counts as likely false negatives.
+            invalid |= self.concept_doc[column_ids][None, :] == self.concept_doc[targets][:, None]
+        diagonal = np.arange(len(targets))
+        invalid[diagonal, diagonal] = False  # the positive (column i of row i) always stays
+        return invalid
+
+    def _set_lr(self, step: int) -> None:
+        # A pure function of the global step (linear warm-up, cosine decay to 10 %): nothing to checkpoint.
+        tc = self.cfg.tower
+        total = max(1, tc.epochs * self.steps_per_epoch)
+        warm = min(100, total // 10)
+        if step < warm:
+            scale = (step + 1) / warm
+        else:
+            progress = min(1.0, (step - warm) / max(1, total - warm))
+            scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in self.optimizer.param_groups:
+            group["lr"] = tc.lr * scale
+
+    # -- hard negatives --------------------------------------------------------------------------
+
+    def mining_due(self, epoch: int) -> bool:
+        tc = self.cfg.tower
+        return tc.hard_negatives and epoch > tc.warmup_epochs and (epoch - tc.warmup_epochs - 1) % tc.refresh_every == 0
+
+    def _negatives_for(self, epoch: int, rng: np.random.Generator, beat: Callable[[], None]) -> np.ndarray | None:
+        tc = self.cfg.tower
+        if not tc.hard_negatives or epoch <= tc.warmup_epochs:
+            return None
+        if self.mining_due(epoch):
+            return self._mine(epoch, rng, beat)
+        if self.negatives is not None:
+            return self.negatives
+        saved = self._load_negatives()  # resumed between two refreshes: reuse what was mined
+        return saved if saved is not None else self._mine(epoch, rng, beat)
+
+    def _mine(self, epoch: int, rng: np.random.Generator, beat: Callable[[], None]) -> np.ndarray | None:
+        t0 = time.perf_counter()
+        ctx, mask = gather_context(self.vectors, self.train.context)
+        queries = self.tower.encode_queries(ctx, mask)
+        beat()
+        negatives, stats = mine_hard_negatives(
+            queries, self.train.target, self.train.context, self.vectors, self.concept_doc,
+            self.index, self.cfg.tower, rng,
+        )
+        beat()
+        log.info("epoch %d: mined hard negatives in %.1fs: %s", epoch, time.perf_counter() - t0, asdict(stats))
+        with atomic_path(self.state_dir / NEGATIVES_FILE) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, negatives=negatives, epoch=np.int64(epoch))
+        return negatives
+
+    def _load_negatives(self) -> np.ndarray | None:
+        path = self.state_dir / NEGATIVES_FILE
+        if not path.is_file():
+            log.warning("no saved hard negatives in %s; mining again (the resume is not exact)", self.state_dir)
+            return None
+        with np.load(path, allow_pickle=False) as data:
+            negatives = data["negatives"]
+        if negatives.shape != (len(self.train), self.cfg.tower.hard_per_query):
+            raise CheckpointError(f"{path} does not fit this training run (shape {negatives.shape})")
+        return negatives
+
+
+def train_retriever(
+    bank: Bank,
+    cfg: DualPathConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    on_epoch: Callable[[EpochReport, dict[str, dict[str, float]]], None] | None = None,
+) -> TrainingResult:
+    """Train a query tower on a bank; after every epoch write `out_dir/retrieval.json` (the held-out table)."""
+    out_dir = Path(out_dir)
+    task = RetrieverTask.from_bank(bank, cfg, out_dir)
+    baselines = baseline_table(bank.search, task.heldout)
+
+    def after_epoch(report: EpochReport) -> None:
+        table = {"tower": report.metrics, **baselines}
+        write_json_atomic(
+            out_dir / TABLE_FILE,
+            {"epoch": report.epoch, "pairs": len(task.heldout), "table": table, "gain": relative_gain(table)},
+        )
+        if on_epoch is not None:
+            on_epoch(report, table)
+
+    with torch_threads(cfg.tower.threads):
+        return run_training(task, out_dir, cfg.tower.epochs, resume, cfg.tower.watchdog_seconds, after_epoch)
