@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from dualpath.cli.common import MILVUS_URI_OPTION
 from dualpath.cli.groups import eval_app, train_app
 
 console = Console()
@@ -63,6 +64,7 @@ def train_retriever_command(
     seed: int | None = typer.Option(None, "--seed", help="Seed for weights, shuffling and mining."),
     log_file: Path | None = typer.Option(None, "--log-file", help="Append timestamped log lines to this file."),
     config: Path | None = typer.Option(None, "--config", help="YAML configuration (the tower section)."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the final held-out table as JSON."),
 ) -> None:
     """Train a query tower on a bank; the held-out table is printed every epoch and saved as JSON."""
@@ -75,7 +77,8 @@ def train_retriever_command(
         "tower": tower, "doc_tower": doc_tower, "epochs": epochs, "hard_negatives": hard_negatives, "seed": seed,
     }
     cfg = _config(config, overrides)
-    concept_bank = ConceptBank.open(bank)
+    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
+    concept_bank = ConceptBank.open(bank, cfg)
     out_dir = out if out is not None else concept_bank.path / "models" / "tower"
 
     def show(report: Any, table: dict[str, dict[str, float]]) -> None:
@@ -101,6 +104,7 @@ def eval_retriever_command(
         None, "--tower", help="Trained tower (a training output or checkpoint) [default: BANK/models/tower if present]."
     ),
     config: Path | None = typer.Option(None, "--config", help="YAML configuration (the split section)."),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
     """Held-out retrieval: the tower beside last / mean / EWM / oracle queries (DESIGN.md protocol)."""
@@ -109,7 +113,8 @@ def eval_retriever_command(
     from dualpath.models.towers import QueryTower
 
     cfg = _config(config, {})
-    concept_bank = ConceptBank.open(bank)
+    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
+    concept_bank = ConceptBank.open(bank, cfg)
     default = concept_bank.path / "models" / "tower"
     if tower is None and default.is_dir():
         tower = default
