@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -191,6 +191,9 @@ def test_malformed_json_missing_body_and_oversized_body(client, path):
     assert_error(client.post(path, content="", headers=headers), 422, "JSON body is required")
     assert_error(client.post(path, content="[1, 2]", headers=headers), 422, "body:")
     assert_error(client.post(path, json={"text": "x" * 20_000}), 413, "larger than 16384 bytes")
+    # Chunked, with no Content-Length: refused as the body arrives.
+    chunks = iter([b'{"text": "', b"x" * 10_000, b"x" * 10_000, b'"}'])
+    assert_error(client.post(path, content=chunks, headers=headers), 413, "larger than 16384 bytes")
 
 
 # -- generation ---------------------------------------------------------------------------------------
@@ -434,7 +437,7 @@ JSON_VALUES = st.recursive(
 FIELDS = st.sampled_from(["text", "vector", "k", "domain", "prompt", "steps", "lane", "with_vectors", "x"])
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None)
 @given(path=st.sampled_from(["/search", "/generate"]), body=st.dictionaries(FIELDS, JSON_VALUES, max_size=4))
 def test_any_json_body_gets_success_or_a_one_line_4xx(client, path, body):
     if isinstance(body.get("steps"), int) and not isinstance(body.get("steps"), bool):
