@@ -49,8 +49,9 @@ def service_bank(trained_bank_path, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def service(service_bank):
-    svc = DualPathService.load(service_bank, service_config(max_prompt_chars=500, max_k=50, max_body_bytes=16_384))
+def service(service_bank, text_encoder):
+    cfg = service_config(max_prompt_chars=500, max_k=50, max_body_bytes=16_384)
+    svc = DualPathService.load(service_bank, cfg, encoder=text_encoder)
     yield svc
     svc.close()
 
@@ -66,6 +67,18 @@ def keyed_client(service):
     keyed = DualPathService(service.generator, service_config(api_key=KEY), metrics=None)
     with TestClient(create_app(keyed)) as c:
         yield c
+
+
+class SlowRenderer(NearestConceptDecoder):
+    """The real renderer, 50 ms slower per step: a slow decoder (e.g. an inversion model) holding a worker."""
+
+    def render(self, vectors, exclude):
+        time.sleep(0.05)
+        return super().render(vectors, exclude)
+
+
+def slow_generator(g: Generator) -> Generator:
+    return Generator(g.bank, g.lvm, g.tower, g.lanes, g.cfg, renderer=SlowRenderer(g.bank))
 
 
 def strict_json(text: str):
@@ -282,14 +295,7 @@ def test_concurrent_generations_match_sequential_ones(client):
 def test_event_loop_answers_while_generations_compute(service):
     """Generation runs in worker threads: health checks answer while slow generations are in flight."""
 
-    class SlowRenderer(NearestConceptDecoder):
-        def render(self, vectors, exclude):
-            time.sleep(0.05)  # a slow decoder (e.g. a real inversion model) holding a worker thread
-            return super().render(vectors, exclude)
-
-    g = service.generator
-    slow = Generator(g.bank, g.lvm, g.tower, g.lanes, g.cfg, renderer=SlowRenderer(g.bank))
-    app = create_app(DualPathService(slow, service.cfg))
+    app = create_app(DualPathService(slow_generator(service.generator), service.cfg))
     with TestClient(app) as c, ThreadPoolExecutor(2) as pool:
         running = [pool.submit(c.post, "/generate", json={"prompt": PROMPT, "steps": 20, "lane": "creative"})]
         running.append(pool.submit(c.post, "/generate", json={"prompt": PROMPT, "steps": 20}))

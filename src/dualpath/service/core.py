@@ -19,8 +19,10 @@ from typing import Any
 import faiss
 import numpy as np
 
+from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
 from dualpath.decider import Decision, Lane, RecentRecords, summarize
+from dualpath.encoding import Encoder
 from dualpath.errors import DualPathError
 from dualpath.pipeline.generator import Generator
 from dualpath.service.metrics import ServiceMetrics
@@ -72,11 +74,19 @@ class DualPathService:
         self.ready = True
 
     @classmethod
-    def load(cls, bank: str | Path, cfg: DualPathConfig) -> DualPathService:
-        """Open the bank and its models and warm the encoder, so the first request is not the slow one."""
+    def load(cls, bank: str | Path, cfg: DualPathConfig, encoder: Encoder | None = None) -> DualPathService:
+        """Open the bank and its models and warm the encoder, so the first request is not the slow one.
+
+        `encoder` reuses one already loaded (it must be the bank's own).
+        """
         start = time.perf_counter()
+        opened = ConceptBank.open(bank, cfg, encoder=encoder)
         # The threaded miner enforces decider.retrieval_timeout_s: a slow search makes a NOVEL step, not a stall.
-        generator = Generator.from_bank(bank, cfg, threaded=True)
+        try:
+            generator = Generator.from_bank(opened, cfg, threaded=True)
+        except BaseException:
+            opened.close()
+            raise
         try:
             generator.bank.encoder().encode([WARM_UP_TEXT])
         except BaseException:
