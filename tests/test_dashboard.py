@@ -1,4 +1,5 @@
-"""The dashboard and the docs page: served offline, and working in a real headless Chromium.
+"""The dashboard and the docs page: served offline, and working in a real headless Chromium; and
+what only a real server shows (a client leaving a stream early).
 
 The browser test starts uvicorn on a free loopback port in a thread, opens the dashboard in
 Debian's chromium (driven by Playwright's Python package, never a downloaded browser), submits a
@@ -18,15 +19,14 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from dualpath.bank import ConceptBank
-from dualpath.pipeline.generator import Generator
 from dualpath.service import DualPathService, create_app
 from dualpath.service.app import STATIC_DIR
-from trained_models import tiny_config
+from test_service import service_config, slow_generator
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -41,9 +41,7 @@ SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # an XML namespace name, never fet
 
 @pytest.fixture(scope="module")
 def service(trained_bank_path, text_encoder):
-    cfg = tiny_config()
-    bank = ConceptBank.open(trained_bank_path, cfg, encoder=text_encoder)
-    svc = DualPathService(Generator.from_bank(bank, cfg), cfg)
+    svc = DualPathService.load(trained_bank_path, service_config(), encoder=text_encoder)
     yield svc
     svc.close()
 
@@ -204,9 +202,7 @@ def test_docs_render_offline(service, browser):
 
 
 def test_dashboard_behind_an_api_key_in_a_browser(service, browser):
-    keyed = DualPathService(service.generator, tiny_config().model_copy(
-        update={"service": tiny_config().service.model_copy(update={"api_key": KEY})}
-    ))
+    keyed = DualPathService(service.generator, service_config(api_key=KEY))
     with serving(keyed) as url:
         with offline_page(browser, http_credentials={"username": "me", "password": KEY}) as page:
             page.goto(url + "/")
@@ -221,3 +217,26 @@ def test_dashboard_behind_an_api_key_in_a_browser(service, browser):
                 context.new_page().goto(url + "/")
         finally:
             context.close()
+
+
+# -- a real server without a browser ------------------------------------------------------------------
+
+
+def test_a_stream_left_early_stops_computing(service):
+    """A 64-step stream (50 ms a step) that the client leaves after its first step stops at once:
+    no more steps are recorded, and the request is no longer in flight."""
+    slow = DualPathService(slow_generator(service.generator), service_config(generation_workers=1))
+    with serving(slow) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with client.stream("POST", "/generate/stream", json={"prompt": PROMPT, "steps": 64}) as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == "event: start"
+            while next(lines) != "event: step":
+                pass
+        time.sleep(0.3)  # the server notices the disconnect; the step being computed may finish
+        recorded = slow.telemetry(0)["recorded"]
+        time.sleep(0.5)  # ten more steps' time, were it still going
+        assert slow.telemetry(0)["recorded"] == recorded < 10
+        in_flight = [line for line in client.get("/metrics").text.splitlines()
+                     if line.startswith("dualpath_http_requests_in_flight ")]
+        assert in_flight == ["dualpath_http_requests_in_flight 1.0"]  # the /metrics request itself
+        assert client.post("/generate", json={"prompt": PROMPT, "steps": 1}).status_code == 200
