@@ -12,8 +12,11 @@ MLP document tower is refused). Every tower maps a left-padded context `(n, C, d
     attn   a small pre-norm transformer encoder with positions counted from the most recent concept
 
 With `residual = "mean"` (or `"last"`) the tower predicts a correction to that heuristic query,
-and its output layer starts at zero: an untrained tower *is* the heuristic, so training can
-only start from the baseline, never below it.
+scaled by a learned gate that starts at zero (ReZero): an untrained tower *is* the heuristic.
+A zero-initialised output layer would start there too, but Adam's first steps move every one of
+its weights by about the learning rate at once, and the correction swamped the unit-norm
+heuristic (held-out MRR on the 300-article bank fell from 0.66 to 0.34 in the first epoch; with
+the gate it stays at 0.66 while the correction grows only as fast as the one scalar can).
 """
 
 from __future__ import annotations
@@ -134,15 +137,13 @@ class TowerNet(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
         self.proj = nn.Linear(self.encoder.width, dim)
         if self.residual != "none":
-            # Start exactly at the heuristic query; the tower learns the correction.
-            nn.init.zeros_(self.proj.weight)
-            nn.init.zeros_(self.proj.bias)
+            self.gate = nn.Parameter(torch.zeros(()))  # start exactly at the heuristic query
 
     def forward(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.bool()
         out = self.proj(self.dropout(self.encoder(ctx, mask)))
         if self.residual != "none":
-            out = out + heuristic_query(ctx, mask, self.residual)
+            out = self.gate * out + heuristic_query(ctx, mask, self.residual)
         return nn.functional.normalize(out, dim=-1)
 
 
