@@ -12,10 +12,11 @@ search then agrees with the bank's own vectors and takes half the memory of floa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +180,11 @@ class FaissBackend:
             selector = self._selector(domain)
             share = len(self.domain_ids[domain]) / max(1, self.index.ntotal)
         params = self._search_params(self.index.index, selector, k, share)
-        scores, ids = self.index.search(queries, k, params=params)
+        if n == 1:
+            with _one_thread():
+                scores, ids = self.index.search(queries, k, params=params)
+        else:
+            scores, ids = self.index.search(queries, k, params=params)
         scores = scores.astype(np.float32, copy=False)
         scores[ids < 0] = -np.inf
         return ids.astype(np.int64, copy=False), scores
@@ -248,6 +253,23 @@ class FaissBackend:
     def close(self) -> None:
         self._selectors.clear()
         self.index = None
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run FAISS single-threaded in this thread for the duration.
+
+    FAISS parallelises flat, HNSW and IVF search over queries, so one query gains nothing from more
+    threads, yet still pays for waking them: on a busy 2-core machine that was 10-30 ms per search
+    against ~1 ms single-threaded (bench_bank.py). OpenMP's thread count is per calling thread, so
+    concurrent callers are not affected.
+    """
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
 
 
 def _load_domains(path: Path) -> dict[str, np.ndarray]:
