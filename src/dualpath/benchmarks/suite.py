@@ -75,7 +75,7 @@ QUICK = SuiteSizes(
 FULL = SuiteSizes(
     name="full", demo_docs=None, synthetic=(10_000, 100_000, 1_000_000), queries=1_024, single_queries=500,
     single_calls=300, batch_sizes=(32, 256), encode_batch=64, encode_calls=16, decision_steps=1_000,
-    decision_batch=64, generation_prompts=50, generation_steps=8, generation_batch=64, training_pairs=10**9,
+    decision_batch=64, generation_prompts=50, generation_steps=8, generation_batch=64, training_pairs=10_000,
     quality_pairs=4_000, free_docs=50,
 )
 
@@ -274,7 +274,7 @@ class _Sections:
         ctx, mask = stages.repeat_rows(self.ctx, n), stages.repeat_rows(self.mask, n)
         tower = self.generator.tower
         queries = tower.encode_queries(ctx, mask) if tower is not None else self.generator.lvm.predict(ctx, mask)
-        yield search.VectorSet(f"wiki bank {len(self.bank):,}", self.bank.all_vectors(), queries)
+        yield search.VectorSet(f"bank {len(self.bank):,} (real)", self.bank.all_vectors(), queries)
         for size in self.sizes.synthetic:
             vectors, synthetic_queries = synthetic_set(size, n, self.bank.dim)
             yield search.VectorSet(f"synthetic {_size_name(size)}", vectors, synthetic_queries)
