@@ -26,6 +26,7 @@ import numpy as np
 
 from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.bank.milvus_backend import MilvusBackend
+from dualpath.benchmarks.synthetic import clustered_unit_vectors, recall_at_k
 from dualpath.config import BankConfig
 from dualpath.fileio import write_json_atomic
 
@@ -33,22 +34,10 @@ K = 10
 DOMAINS = [f"domain_{i:02d}" for i in range(12)]
 
 
-def clustered_unit_vectors(n: int, dim: int, centres: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Points around unit-norm centres with noise of norm ~0.7: a point's cosine to others of its
-    cluster is ~0.67 and to the rest ~0, like sentence embeddings of one topic and of others."""
-    noise = rng.standard_normal((n, dim)).astype(np.float32) * (0.7 / np.sqrt(dim))
-    x = centres[rng.integers(0, len(centres), n)] + noise
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int, members: np.ndarray | None = None) -> np.ndarray:
     pool = vectors if members is None else vectors[members]
     top = np.argsort(-(queries @ pool.T), axis=1)[:, :k]
     return top if members is None else members[top]
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(set(f) & set(t)) / truth.shape[1] for f, t in zip(found, truth, strict=True)]))
 
 
 def latencies_ms(search: Callable[[np.ndarray], object], queries: np.ndarray, warmup: int = 3) -> np.ndarray:
@@ -99,8 +88,8 @@ def measure(
         "filtered_p50_ms": float(np.median(filtered)),
         "filtered_p99_ms": float(np.percentile(filtered, 99)),
         "batch_qps": len(queries) / batch_s,
-        "recall_at_10": recall(ids, truth),
-        "filtered_recall_at_10": recall(filtered_ids, filtered_truth),
+        "recall_at_10": recall_at_k(ids, truth),
+        "filtered_recall_at_10": recall_at_k(filtered_ids, filtered_truth),
     }
     print(
         f"{name:<14} build {row['build_s']:7.1f} s   p50 {row['p50_ms']:8.2f} ms   p99 {row['p99_ms']:8.2f} ms   "
