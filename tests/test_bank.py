@@ -260,23 +260,29 @@ def interrupted(docs: list[Document], after: int):
         yield doc
 
 
-def test_an_interrupted_build_leaves_the_previous_bank(tmp_path, text_encoder):
+@pytest.fixture
+def small_batches(monkeypatch):
+    """Encode 16 concepts per build step, so an interruption comes after several steps were written."""
+    monkeypatch.setattr("dualpath.bank.bank.BUILD_BATCH", 16)
+
+
+def test_an_interrupted_build_leaves_the_previous_bank(tmp_path, text_encoder, small_batches):
     out = tmp_path / "bank"
     ConceptBank.build(documents(6), out, encoder=text_encoder).close()
     with pytest.raises(KeyboardInterrupt):
-        ConceptBank.build(interrupted(documents(1000), after=350), out, encoder=text_encoder)
+        ConceptBank.build(interrupted(documents(100), after=30), out, encoder=text_encoder)
     assert [p.name for p in tmp_path.iterdir()] == ["bank"], "no half-written directory is left behind"
     with ConceptBank.open(out) as bank:
         assert len(bank.documents()) == 6
 
 
-def test_an_interrupted_first_build_leaves_no_bank(tmp_path, text_encoder):
+def test_an_interrupted_first_build_leaves_no_bank(tmp_path, text_encoder, small_batches):
     with pytest.raises(KeyboardInterrupt):
         ConceptBank.build(interrupted(documents(50), after=40), tmp_path / "bank", encoder=text_encoder)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_add_appends_documents_atomically(tmp_path, text_encoder):
+def test_add_appends_documents_atomically(tmp_path, text_encoder, small_batches):
     bank = ConceptBank.build(documents(8), tmp_path / "bank", encoder=text_encoder)
     (bank.path / "models").mkdir()
     (bank.path / "models" / "note.txt").write_text("a trained model lives here")
@@ -295,7 +301,7 @@ def test_add_appends_documents_atomically(tmp_path, text_encoder):
     with pytest.raises(CorpusError, match="duplicate document id 'doc3'"):
         bank.add(documents(2, start=3))
     with pytest.raises(KeyboardInterrupt):
-        bank.add(interrupted(documents(1000, prefix="more"), after=350))
+        bank.add(interrupted(documents(100, prefix="more"), after=30))
     bank.close()
     with ConceptBank.open(tmp_path / "bank", verify="full") as again:
         assert len(again) == before + added and len(again.documents()) == 12

@@ -33,8 +33,9 @@ def test_paraphrases_are_closer_than_unrelated_sentences(text_encoder):
     assert sim[0, 1] > sim[0, 2] + 0.3 and sim[2, 3] > sim[2, 4] + 0.3
 
 
-def test_batching_does_not_change_the_vectors(text_encoder):
-    texts = [f"topic {i}" for i in range(1100)]  # more than one chunk (short, so it is quick)
+def test_batching_does_not_change_the_vectors(text_encoder, monkeypatch):
+    monkeypatch.setattr("dualpath.encoding.encoder.CHUNK", 8)  # several chunks without encoding thousands
+    texts = [f"Sentence {i} is about topic {i % 7}." for i in range(50)]
     together = text_encoder.encode(texts)
     apart = np.concatenate([text_encoder.encode(texts[:3]), text_encoder.encode(texts[3:])])
     assert np.allclose(together, apart, atol=1e-5)

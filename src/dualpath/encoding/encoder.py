@@ -97,8 +97,10 @@ class SentenceTransformerEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         chunks = range(0, len(texts), CHUNK)
+        # Report progress only for long calls; a bank build reports its own, per call.
+        report = len(texts) > 4 * CHUNK
         progress = None
-        if progress_enabled() and len(texts) > CHUNK:
+        if progress_enabled() and report:
             from tqdm.auto import tqdm
 
             progress = tqdm(total=len(texts), desc="encoding", unit="concept", leave=False)
@@ -110,7 +112,7 @@ class SentenceTransformerEncoder:
             )
             if progress is not None:
                 progress.update(len(batch))
-            elif len(texts) > CHUNK:
+            elif report:
                 log.info("encoded %d/%d concepts", start + len(batch), len(texts))
         if progress is not None:
             progress.close()
