@@ -84,6 +84,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         (["bank", "build", str(tmp_path / "nope.jsonl"), "--out", out], "corpus source not found"),
         (["bank", "build", str(good), "--out", out, "--encoder", "no-such-model"], "unknown encoder 'no-such-model'"),
         (["bank", "build", str(good), "--out", out, "--dtype", "int8"], "bank.dtype"),
+        (["bank", "build", str(good), "--out", out, "--index", "IVF9,Nope"], "invalid index spec 'IVF9,Nope'"),
         (["bank", "build", str(good), "--out", str(tmp_path)], "is not a bank"),
         (["bank", "info", str(tmp_path / "missing")], "bank not found"),
         (["bank", "search", str(tmp_path / "missing"), "text"], "bank not found"),

@@ -90,7 +90,10 @@ class FaissBackend:
 
     @classmethod
     def create(cls, dim: int, cfg: BankConfig) -> FaissBackend:
-        return cls(dim, cfg, requested=cfg.index)
+        backend = cls(dim, cfg, requested=cfg.index)
+        # A mistyped factory string fails now, not after hours of encoding. (`auto` is sized at `add`.)
+        backend._factory_index(factory_string(cfg.index, AUTO_FLAT_MAX, cfg.dtype))
+        return backend
 
     @classmethod
     def load(cls, directory: Path, dim: int, cfg: BankConfig, description: dict) -> FaissBackend:
@@ -116,18 +119,21 @@ class FaissBackend:
 
     def _new_index(self, n: int, dtype: str) -> faiss.IndexIDMap:
         factory = factory_string(self.requested, n, dtype)
+        inner = self._factory_index(factory)
+        self.factory = factory
+        log.info("index %s (requested %s) for %d vectors", factory, self.requested, n)
+        return faiss.IndexIDMap(inner)
+
+    def _factory_index(self, factory: str) -> faiss.Index:
         if "IDMap" in factory:
             raise BankError(f"index spec {factory!r}: leave out IDMap, the bank adds its own")
         try:
-            inner = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+            return faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
             raise BankError(
                 f"invalid index spec {self.requested!r} (expected {'/'.join(KINDS)} or a FAISS factory "
                 f"string): {_first_line(err)}"
             ) from None
-        self.factory = factory
-        log.info("index %s (requested %s) for %d vectors", factory, self.requested, n)
-        return faiss.IndexIDMap(inner)
 
     # -- IndexBackend ----------------------------------------------------------------------------
 
