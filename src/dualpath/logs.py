@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TextIO
 
 FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-7s %(name)s: %(message)s"
 DATEFMT = "%Y-%m-%d %H:%M:%S"
@@ -18,7 +19,7 @@ def configure_logging(level: int | str = logging.INFO, log_file: str | Path | No
         root.removeHandler(handler)
         handler.close()
     formatter = logging.Formatter(FORMAT, DATEFMT)
-    stream = logging.StreamHandler(sys.stderr)
+    stream = _CurrentStderrHandler()
     stream.setFormatter(formatter)
     root.addHandler(stream)
     if log_file is not None:
@@ -28,6 +29,22 @@ def configure_logging(level: int | str = logging.INFO, log_file: str | Path | No
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
     root.propagate = False
+
+
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at each record, not the one at set-up: a test harness or
+    a caller that swaps stderr (and closes the old one) never gets "I/O operation on closed file"."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
 
 
 def progress_enabled() -> bool:
