@@ -8,7 +8,7 @@
    on the same concepts in the same run (the ratio is what segmentation, SQLite, the index and the
    atomic write cost on top of encoding).
 2. On synthetic clustered unit vectors (dim 384): for each index kind, a bank is written with
-   `ConceptBank.from_vectors`, then opened in a fresh process that measures resident memory after
+   `ConceptBank.from_vectors` (via `dualpath.benchmarks.synthetic`), then opened in a fresh process that measures resident memory after
    opening and searching, single-query latency p50/p99, batched throughput, and recall@10 against
    exact float32 search. The baseline is the exact float32 flat index measured in the same run.
 """
@@ -29,7 +29,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np
 
-from dualpath.bank import Concept, ConceptBank
+from dualpath.bank import ConceptBank
+from dualpath.benchmarks.synthetic import exact_top_k, recall_at_k, synthetic_set, vector_bank
 from dualpath.config import DualPathConfig
 
 KINDS = {  # name → (index, dtype); the first is the baseline
@@ -39,27 +40,6 @@ KINDS = {  # name → (index, dtype); the first is the baseline
     "hnsw": ("hnsw", "float16"),
 }
 K = 10
-
-
-def clustered_unit_vectors(n: int, dim: int, clusters: int, rng: np.random.Generator) -> np.ndarray:
-    """A mixture of Gaussians on the sphere: neighbours are meaningful, unlike uniform noise."""
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32)
-    out = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, 100_000):
-        m = min(100_000, n - start)
-        x = centres[rng.integers(0, clusters, m)] + 0.6 * rng.standard_normal((m, dim), dtype=np.float32)
-        out[start : start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
-
-
-def exact_top_k(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    best = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), 256):
-        scores = queries[start : start + 256] @ base.T
-        top = np.argpartition(-scores, k, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-        best[start : start + 256] = np.take_along_axis(top, order, axis=1)
-    return best
 
 
 def rss_bytes() -> int:
@@ -111,7 +91,7 @@ def measure_opened_bank(bank_dir: str, queries_file: str, truth_file: str) -> di
     started = time.perf_counter()
     ids, _ = bank.search(queries, K)
     batch_s = time.perf_counter() - started
-    recall = float(np.mean([len(set(a) & set(b)) / K for a, b in zip(ids, truth, strict=True)]))
+    recall = recall_at_k(ids, truth)
     return {
         "factory": bank.index_spec,
         "rss_open": opened - before,
@@ -124,20 +104,16 @@ def measure_opened_bank(bank_dir: str, queries_file: str, truth_file: str) -> di
 
 
 def bench_search(workdir: Path, n: int, dim: int, n_queries: int, kinds: list[str], seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    clusters = max(10, int(np.sqrt(n)))
-    base = clustered_unit_vectors(n + n_queries, dim, clusters, rng)
-    queries, base = base[n:], base[:n]  # queries from the same mixture, not in the bank
-    truth = exact_top_k(base, queries, K)
+    base, queries = synthetic_set(n, n_queries, dim, seed)  # queries: same clusters, not in the bank
+    truth = exact_top_k(queries, base, K)
     np.save(workdir / "queries.npy", queries)
     np.save(workdir / "truth.npy", truth)
-    concepts = [Concept(i, f"d{i // 8}", i % 8, f"synthetic concept {i}", None, f"d{i // 8}") for i in range(n)]
     results = {}
     for name in kinds:
         index, dtype = KINDS[name]
-        cfg = DualPathConfig.from_dict({"bank": {"index": index, "dtype": dtype}})
+        cfg = DualPathConfig.from_dict({"bank": {"dtype": dtype}})
         started = time.perf_counter()
-        ConceptBank.from_vectors(workdir / name.replace("/", "_"), base, concepts, "synthetic", cfg).close()
+        vector_bank(workdir / name.replace("/", "_"), base, index, cfg).close()
         build_s = time.perf_counter() - started
         child = subprocess.run(
             [
