@@ -7,10 +7,11 @@
 1. Build throughput on the wiki sample: concepts/s of `ConceptBank.build`, against the encoder alone
    on the same concepts in the same run (the ratio is what segmentation, SQLite, the index and the
    atomic write cost on top of encoding).
-2. On synthetic clustered unit vectors (dim 384): for each index kind, a bank is written with
-   `ConceptBank.from_vectors` (via `dualpath.benchmarks.synthetic`), then opened in a fresh process that measures resident memory after
-   opening and searching, single-query latency p50/p99, batched throughput, and recall@10 against
-   exact float32 search. The baseline is the exact float32 flat index measured in the same run.
+2. On synthetic clustered unit vectors (dim 384, from `dualpath.benchmarks.synthetic`): for each
+   index kind, a bank is written with `ConceptBank.from_vectors`, then opened in a fresh process
+   that measures resident memory after opening and searching, single-query latency p50/p99,
+   batched throughput, and recall@10 against exact float32 search. The baseline is the exact
+   float32 flat index measured in the same run.
 """
 
 from __future__ import annotations
