@@ -155,8 +155,11 @@ def test_calibration_gives_a_real_mix_and_generation_uses_it(trained_bank_path, 
     assert lanes["conservative"]["tau_snap"] < lanes["neutral"]["tau_snap"] < lanes["creative"]["tau_snap"]
     assert lanes["conservative"]["tau_novel"] < lanes["creative"]["tau_novel"]
 
+    # The near-duplicate cosine is measured in this space too, never above the configured 0.98.
+    assert 0.0 < result["dup_threshold"] <= cfg.decider.dup_threshold
     calibrated = Generator.from_bank(bank_dir, cfg)
     try:
+        assert calibrated.cfg.decider.dup_threshold == pytest.approx(result["dup_threshold"])
         neutral = calibrated.lane("neutral")
         assert neutral.calibrated and neutral.tau_snap == pytest.approx(lanes["neutral"]["tau_snap"])
         report = evaluate_generation(

@@ -26,6 +26,21 @@ from dualpath.pipeline.lanes import write_calibration
 log = logging.getLogger(__name__)
 
 QUANTILES = (5, 25, 50, 75, 95)
+DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the same concept again"
+
+
+def dup_threshold(c_max: np.ndarray, ceiling: float) -> float:
+    """The near-duplicate cosine for this embedding space: c_max's 99th percentile on held-out steps.
+
+    DESIGN.md's 0.98 was set for GTR-T5; with MiniLM c_max rarely exceeds 0.9, so 0.98 never fires and
+    a stream can SNAP to the same concept step after step. A true next concept is this close to v̂ in
+    only 1 % of held-out steps, so above it a repeat of a recent pick is a loop, not a finding. Never
+    above the configured threshold (`ceiling`), so a space where 0.98 is reachable keeps it.
+    """
+    finite = c_max[np.isfinite(c_max)]
+    if finite.size == 0:
+        return ceiling
+    return float(min(ceiling, np.quantile(finite, DUP_QUANTILE)))
 
 
 def calibrate_lanes(
@@ -62,6 +77,7 @@ def calibrate_lanes(
             name, calibrated[name].tau_snap, calibrated[name].tau_novel, lane.shares,
         )
     measured = {
+        "dup_threshold": dup_threshold(rows.c_max(depth), cfg.decider.dup_threshold),
         "created": when,
         "pairs": len(pairs),
         "query_source": rows.query_source,

@@ -135,10 +135,7 @@ STAGES = ["bank", "lvm", "tower", "calibrate", "report"]
 
 def _calibrate(generator: Generator, cfg: DualPathConfig) -> None:
     calibrate_bank(generator.bank, generator.lvm, generator.tower, cfg)
-    # The generator was built before calibration: reload the lanes so generation uses the new thresholds.
-    from dualpath.pipeline.lanes import bank_lanes
-
-    generator.lanes = bank_lanes(generator.bank, cfg.decider.lanes_file)
+    generator.apply_calibration()  # it was opened before calibration existed
 
 
 def _digest(key: dict[str, Any]) -> str:

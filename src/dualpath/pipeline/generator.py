@@ -40,7 +40,7 @@ from dualpath.errors import CheckpointError, DualPathError
 from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.lanes import bank_lanes
+from dualpath.pipeline.lanes import bank_lanes, read_calibration
 from dualpath.training.loop import torch_threads
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,19 @@ class Generator:
             tower = QueryTower.load(tower_path, dim=bank.dim, encoder_name=bank.encoder_name)
         else:
             log.warning("no trained query tower at %s: retrieval uses the LVM's vector as the query", tower_path)
-        lanes = bank_lanes(bank, cfg.decider.lanes_file)
         miner = ThreadedMiner(bank) if threaded else SyncMiner(bank)
-        return cls(bank, lvm, tower, lanes, cfg, miner=miner)
+        generator = cls(bank, lvm, tower, {}, cfg, miner=miner)
+        generator.apply_calibration()
+        return generator
+
+    def apply_calibration(self) -> None:
+        """(Re)read the bank's calibration: each lane's thresholds and the near-duplicate cosine."""
+        self.lanes = bank_lanes(self.bank, self.cfg.decider.lanes_file)
+        calibration = read_calibration(self.bank.path) or {}
+        if "dup_threshold" in calibration:
+            # Measured where "the same concept again" begins in this bank's embedding space.
+            decider = self.cfg.decider.model_copy(update={"dup_threshold": calibration["dup_threshold"]})
+            self.cfg = self.cfg.model_copy(update={"decider": decider})
 
     def close(self) -> None:
         self.miner.close()
@@ -275,7 +285,11 @@ class Generator:
                 assert record.neighbour_id is not None and neighbour_text is not None
                 rendered = RenderedText(neighbour_text, record.neighbour_id, 1.0, False)
             else:
-                rendered = self.renderer.render(v_out[None], [exclude])[0]
+                skip = exclude
+                if record.decision is Decision.NOVEL_DUP_DROP and record.neighbour_id is not None:
+                    # The step refused n* as a repeat; rendering it as n*'s text would repeat it anyway.
+                    skip = np.append(exclude, record.neighbour_id)
+                rendered = self.renderer.render(v_out[None], [skip])[0]
             lat["render"] = (time.perf_counter() - t0) * 1000
             lat["total"] = (time.perf_counter() - t_step) * 1000 + lat.get("encode", 0.0)
             context = np.concatenate([context, v_out[None].astype(np.float32)])
