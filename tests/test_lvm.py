@@ -30,7 +30,7 @@ from dualpath.evaluation.lvm import (
 from dualpath.models.heuristics import mean_vector, normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.training.loop import BEST, LAST, run_training, torch_threads
-from dualpath.training.lvm import LVMTrainingTask, train_lvm
+from dualpath.training.lvm import LVMTrainingTask, learning_rate, train_lvm
 
 TINY = {"hidden": 32, "batch_size": 64, "lr": 3e-3, "dropout": 0.1, "threads": 1}
 
@@ -68,10 +68,24 @@ def test_heldout_documents_are_never_trained_on(wiki_bank) -> None:
 
 
 def test_resume_after_an_interruption_gives_the_same_weights(wiki_bank, tmp_path: Path) -> None:
-    """2 epochs, then --resume to 3, equals 3 epochs straight (dropout on: the RNG state must carry over)."""
-    straight = train_lvm(wiki_bank, tiny_config(epochs=3), tmp_path / "straight")
-    train_lvm(wiki_bank, tiny_config(epochs=2), tmp_path / "resumed")
-    resumed = train_lvm(wiki_bank, tiny_config(epochs=3), tmp_path / "resumed", resume=True)
+    """A 3-epoch run stopped after epoch 2 and resumed equals 3 epochs straight.
+
+    Dropout is on (the torch RNG state must carry over) and the learning rate follows the cosine
+    schedule (it must be recomputed, not restarted).
+    """
+
+    class Killed(Exception):
+        pass
+
+    def stop_after_two(report) -> None:
+        if report.epoch == 2:
+            raise Killed
+
+    cfg = tiny_config(epochs=3, schedule="cosine")
+    straight = train_lvm(wiki_bank, cfg, tmp_path / "straight")
+    with pytest.raises(Killed):
+        train_lvm(wiki_bank, cfg, tmp_path / "resumed", on_epoch=stop_after_two)
+    resumed = train_lvm(wiki_bank, cfg, tmp_path / "resumed", resume=True)
     assert resumed.resumed_from == 2
     a, b = (
         load_file(str(tmp_path / "straight" / LAST / "model.safetensors")),
@@ -225,3 +239,13 @@ def test_cli_bad_input_is_one_line_and_exit_2(
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "\n" not in err and "Traceback" not in err
+
+
+@settings(max_examples=30, deadline=None)
+@given(a=st.floats(0.0, 1.0), b=st.floats(0.0, 1.0))
+def test_cosine_schedule_decays_from_peak_to_a_tenth(a: float, b: float) -> None:
+    assert learning_rate(1e-3, 0.0, "cosine") == pytest.approx(1e-3)
+    assert learning_rate(1e-3, 1.0, "cosine") == pytest.approx(1e-4)
+    low, high = sorted((a, b))
+    assert learning_rate(1e-3, high, "cosine") <= learning_rate(1e-3, low, "cosine") + 1e-15
+    assert learning_rate(1e-3, a, "constant") == 1e-3

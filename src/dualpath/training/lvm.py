@@ -18,6 +18,7 @@ term alone rewards.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,14 @@ def lvm_loss(
         labels = torch.arange(pred.shape[0], device=pred.device)
         loss = loss + infonce_weight * F.cross_entropy(logits, labels)
     return loss
+
+
+def learning_rate(peak: float, progress: float, schedule: str) -> float:
+    """`constant`, or `cosine`: from `peak` down to a tenth of it over the run (`progress` 0 → 1)."""
+    if schedule == "constant":
+        return peak
+    floor = 0.1 * peak
+    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 class LVMTrainingTask:
@@ -101,7 +110,11 @@ class LVMTrainingTask:
         # A last batch of one has no in-batch negatives; drop a remainder that small.
         starts = [s for s in range(0, len(order), lvm.batch_size) if len(order) - s >= 2]
         total, steps = 0.0, 0
-        for start in batch_progress(starts, len(starts), f"epoch {epoch}"):
+        for step, start in enumerate(batch_progress(starts, len(starts), f"epoch {epoch}")):
+            # The learning rate is a function of (epoch, step): nothing to save for an exact resume.
+            progress = (epoch - 1 + step / len(starts)) / lvm.epochs
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(lvm.lr, progress, lvm.schedule)
             ctx, mask, target = self._batch(train, order[start : start + lvm.batch_size])
             loss = self._loss(self.model(ctx, mask), target)
             self.optimizer.zero_grad(set_to_none=True)
