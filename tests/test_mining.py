@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dualpath.config import TowerConfig
 from dualpath.corpus.pairs import PAD, split_pairs
-from dualpath.training.mining import NONE, concept_documents, mine_hard_negatives
+from dualpath.training.mining import NONE, ExactIndex, concept_documents, mine_hard_negatives, mining_index
 
 
 class FlatIndex:
@@ -149,3 +149,16 @@ def test_a_failed_or_hung_search_leaves_pairs_without_negatives(miner: str, hang
     assert stats.failed_searches == -(-len(pairs) // 2)
     if hang_s:
         assert time.perf_counter() - t0 < hang_s * stats.failed_searches  # deadlines, not the hangs, set the pace
+
+
+def test_mining_index_is_exact_when_it_fits(wiki_bank) -> None:
+    vectors = wiki_bank.all_vectors()
+    assert mining_index(wiki_bank, vectors, exact_mb=0) is wiki_bank  # too big: the bank's own index
+    exact = mining_index(wiki_bank, vectors, exact_mb=1024)
+    assert isinstance(exact, ExactIndex)
+    queries = np.asarray(vectors[:50], dtype=np.float32)
+    ids, scores = exact.search(queries, 5)
+    bank_ids, _ = wiki_bank.search(queries, 5)
+    best = -np.sort(-(queries @ np.asarray(vectors, np.float32).T), axis=1)[:, :5]
+    np.testing.assert_allclose(scores, best, atol=1e-5)
+    assert (ids[:, 0] == bank_ids[:, 0]).mean() > 0.95  # float16 codes in the bank, same neighbours

@@ -95,6 +95,7 @@ class TowerConfig(_Section):
     exclude_same_document: bool = True  # other concepts of the positive's document are no negatives
     mine_sample: Literal["top", "random"] = "top"  # hardest survivors first, or uniform among them
     miner: Literal["sync", "threaded"] = "sync"  # threaded: each mining search gets a deadline
+    mine_exact_mb: float = Field(1024.0, ge=0)  # mine on an exact float32 copy of the bank up to this size
     mine_timeout_s: float = Field(120.0, gt=0)  # deadline of one mining search (threaded miner)
     threads: int = Field(0, ge=0)  # torch intra-op threads while training; 0 = half the cores
     watchdog_seconds: float = Field(300.0, gt=0)

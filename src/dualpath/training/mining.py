@@ -19,9 +19,10 @@ training goes on; mining never raises for the index.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
 from dualpath.config import TowerConfig
@@ -44,6 +45,32 @@ class MiningStats:
     dropped_band: int
     kept_per_pair: float  # mean number of negatives filled per pair
     failed_searches: int  # batches whose search failed or timed out (their pairs got no negatives)
+
+
+class ExactIndex:
+    """Exact inner-product search over a float32 copy of the bank's vectors, for mining.
+
+    The bank's own index stores float16 codes (SQfp16) that FAISS decodes one distance at a time;
+    a float32 flat index runs as a matrix product, about 5x faster for the ~24k queries of one
+    mining round on the wiki sample. Built only when the copy fits in `mine_exact_mb`.
+    """
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        self.index = faiss.IndexFlatIP(vectors.shape[1])
+        for start in range(0, vectors.shape[0], 65_536):  # convert a block at a time
+            self.index.add(np.ascontiguousarray(vectors[start : start + 65_536], dtype=np.float32))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return ids.astype(np.int64), scores
+
+
+def mining_index(bank_index: SearchIndex, vectors: np.ndarray, exact_mb: float) -> SearchIndex:
+    """An ExactIndex over `vectors` when its float32 copy fits in `exact_mb` MiB, else the bank's index."""
+    if vectors.shape[0] * vectors.shape[1] * 4 <= exact_mb * 2**20:
+        return ExactIndex(vectors)
+    log.info("mining on the bank's own index (a float32 copy would exceed %.0f MiB)", exact_mb)
+    return bank_index
 
 
 def concept_documents(documents: Mapping[str, np.ndarray], n_concepts: int) -> np.ndarray:
@@ -138,11 +165,13 @@ def mine_hard_negatives(
     cfg: TowerConfig,
     rng: np.random.Generator,
     batch_size: int = 1024,
+    on_batch: Callable[[], None] | None = None,
 ) -> tuple[np.ndarray, MiningStats]:
     """Hard negatives `(n, hard_per_query)` (NONE-padded) for pairs with these queries.
 
     `context` is the pairs' `(n, C)` left-padded context ids (PAD never matches a concept id);
-    `index` is anything with `search(queries, k)`: the bank, or a FAISS index.
+    `index` is anything with `search(queries, k)`: the bank, or a FAISS index. `on_batch` is
+    called after every searched batch (the trainer's watchdog beat: a mining round is many steps).
     """
     n = len(targets)
     negatives = np.full((n, cfg.hard_per_query), NONE, dtype=np.int64)
@@ -154,6 +183,8 @@ def mine_hard_negatives(
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
             result = miner.search(np.ascontiguousarray(queries[start:stop], dtype=np.float32), cfg.mine_depth, timeout)
+            if on_batch is not None:
+                on_batch()
             if not result.ok:
                 failed += 1
                 log.warning("mining search of pairs %d-%d failed (%s): no hard negatives", start, stop, result.error)

@@ -39,7 +39,13 @@ from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_qu
 from dualpath.fileio import atomic_path, write_json_atomic
 from dualpath.models.towers import QueryTower
 from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
-from dualpath.training.mining import NONE, concept_documents, document_negatives, mine_hard_negatives
+from dualpath.training.mining import (
+    NONE,
+    concept_documents,
+    document_negatives,
+    mine_hard_negatives,
+    mining_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ class RetrieverTask:
         self.cfg = cfg
         self.vectors = vectors
         self.index = index
+        self.mining_index: SearchIndex | None = None  # built at the first mining round
         self.state_dir = Path(state_dir)
         split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
         if len(split.train) < 2 or len(split.heldout) < 1:
@@ -205,16 +212,17 @@ class RetrieverTask:
         saved = self._load_negatives()  # resumed between two refreshes: reuse what was mined
         return saved if saved is not None else self._mine(epoch, rng, beat)
 
-    def _mine(self, epoch: int, rng: np.random.Generator, beat: Callable[[], None]) -> np.ndarray | None:
+    def _mine(self, epoch: int, rng: np.random.Generator, beat: Callable[[], None]) -> np.ndarray:
+        if self.mining_index is None:
+            self.mining_index = mining_index(self.index, self.vectors, self.cfg.tower.mine_exact_mb)
         t0 = time.perf_counter()
         ctx, mask = gather_context(self.vectors, self.train.context)
         queries = self.tower.encode_queries(ctx, mask)
         beat()
         negatives, stats = mine_hard_negatives(
             queries, self.train.target, self.train.context, self.vectors, self.concept_doc,
-            self.index, self.cfg.tower, rng,
+            self.mining_index, self.cfg.tower, rng, on_batch=beat,
         )
-        beat()
         log.info("epoch %d: mined hard negatives in %.1fs: %s", epoch, time.perf_counter() - t0, asdict(stats))
         with atomic_path(self.state_dir / NEGATIVES_FILE) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, negatives=negatives, epoch=np.int64(epoch))
