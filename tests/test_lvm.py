@@ -7,6 +7,7 @@ exact, errors are clear), not quality. Quality is measured in bench/bench_lvm.py
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -209,6 +210,17 @@ def test_cli_trains_and_evaluates(wiki_bank, tmp_path: Path, capsys: pytest.Capt
     main(["eval", "lvm", "--bank", str(wiki_bank.path), "--model", str(out)])
     table = capsys.readouterr().out
     assert "copy-last" in table and "mean-of-context" in table and "Hit@10" in table
+
+
+def test_cli_eval_without_a_trained_model_shows_the_baselines(
+    wiki_bank, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bank = tmp_path / "bank"
+    shutil.copytree(wiki_bank.path, bank)  # the shared bank stays untouched; this copy has no models/
+    main(["eval", "lvm", "--bank", str(bank), "--json"])
+    assert set(json.loads(capsys.readouterr().out)["rows"]) == {"copy-last", "mean-of-context", "oracle"}
+    main(["eval", "lvm", "--bank", str(bank)])
+    assert "no trained LVM" in capsys.readouterr().out
 
 
 def test_cli_resume_continues_a_run(wiki_bank, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

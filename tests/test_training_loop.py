@@ -43,7 +43,13 @@ class RegressionTask:
 
     select_metric = "neg_mse"
 
-    def __init__(self, seed: int = 0, crash_at: tuple[int, int] | None = None, stall_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        seed: int = 0,
+        crash_at: tuple[int, int] | None = None,
+        stall_s: float = 0.0,
+        stall_every_step: bool = False,
+    ) -> None:
         # A repeatable run seeds every RNG it uses before building anything.
         torch.manual_seed(seed)
         np.random.seed(seed)
@@ -57,7 +63,8 @@ class RegressionTask:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-2)
         self.seed = seed
         self.crash_at = crash_at  # (epoch, step): die with SIGKILL there, as a killed run would
-        self.stall_s = stall_s
+        self.stall_s = stall_s  # sleep this long in the first step (or every step) without a beat
+        self.stall_every_step = stall_every_step
 
     def train_epoch(self, epoch: int, beat: Callable[[], None]) -> float:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
@@ -66,7 +73,7 @@ class RegressionTask:
         for step in range(steps):
             if self.crash_at == (epoch, step):
                 os.kill(os.getpid(), signal.SIGKILL)
-            if self.stall_s:
+            if self.stall_s and (step == 0 or self.stall_every_step):
                 time.sleep(self.stall_s)
             index = torch.from_numpy(order[(step * 16 + np.arange(16)) % len(order)])
             noise = torch.from_numpy(np.random.normal(scale=0.01, size=(len(index), 8)).astype(np.float32))
@@ -228,7 +235,7 @@ def test_watchdog_fires_on_a_stalled_step_and_training_still_finishes(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dualpath")
-    task = RegressionTask(stall_s=0.4)
+    task = RegressionTask(stall_s=0.5)
     result = run_training(task, tmp_path, epochs=1, watchdog_seconds=0.2)
     stalls = [r for r in caplog.records if "no step finished" in r.getMessage()]
     assert stalls, "the watchdog did not report the stall"
@@ -238,7 +245,7 @@ def test_watchdog_fires_on_a_stalled_step_and_training_still_finishes(
 
 def test_watchdog_stays_quiet_when_steps_keep_coming(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="dualpath")
-    run_training(RegressionTask(stall_s=0.01), tmp_path, epochs=1, watchdog_seconds=1.0)
+    run_training(RegressionTask(stall_s=0.05, stall_every_step=True), tmp_path, epochs=1, watchdog_seconds=1.0)
     assert not [r for r in caplog.records if "no step finished" in r.getMessage()]
 
 

@@ -113,7 +113,12 @@ def eval_lvm_command(
         f"held-out LVM: {report.pairs} pairs, context excluded from Hit@K, contrastive batch {report.contrastive_batch}"
     )
     console.print(_table(title, report.rows))
-    if "lvm" in report.rows:
+    if "lvm" not in report.rows:
+        console.print(
+            f"no trained LVM in {concept_bank.path / 'models' / 'lvm'}: baseline rows only "
+            f"(train one with `dualpath train lvm --bank {concept_bank.path}`)"
+        )
+    else:
         beaten = report.beats_baselines()
         lost = [COLUMN_TITLES[c] for c, ok in beaten.items() if not ok]
         verdict = "beats both baselines on every metric" if not lost else f"does not beat both on: {', '.join(lost)}"
