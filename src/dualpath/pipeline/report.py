@@ -208,6 +208,13 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
 def _plot_decision_mix(results: dict[str, Any], path: Path) -> str:
     plt = _pyplot()
     lanes = results["generation"]["lanes"]
@@ -223,10 +230,7 @@ def _plot_decision_mix(results: dict[str, Any], path: Path) -> str:
     ax.set_xlabel("share of steps")
     ax.set_title("Decision mix per lane (held-out, teacher-forced)")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(plt, fig, path)
 
 
 def _plot_c_max(results: dict[str, Any], path: Path) -> str:
@@ -244,10 +248,7 @@ def _plot_c_max(results: dict[str, Any], path: Path) -> str:
     ax.set_ylabel("held-out steps")
     ax.set_title("c_max with each lane's thresholds (solid: snap, dashed: novel)")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(plt, fig, path)
 
 
 def _plot_recall(results: dict[str, Any], path: Path) -> str:
@@ -263,10 +264,7 @@ def _plot_recall(results: dict[str, Any], path: Path) -> str:
     ax.set_title("Retrieval on held-out documents")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(plt, fig, path)
 
 
 def _plot_lvm(results: dict[str, Any], path: Path) -> str:
@@ -282,10 +280,7 @@ def _plot_lvm(results: dict[str, Any], path: Path) -> str:
     ax.set_ylim(0, 1)
     ax.set_title("LVM vs copy-last and mean-of-context (held-out)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return _save(plt, fig, path)
 
 
 def _plain(obj: Any) -> Any:
