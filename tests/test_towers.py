@@ -119,6 +119,8 @@ def test_load_refuses_non_tower_and_corrupt_checkpoints(tmp_path) -> None:
     config_path.write_text(json.dumps({**config, "tower": {**config["tower"], "tower": "cnn"}}))
     with pytest.raises(CheckpointError, match="invalid"):
         QueryTower.load(tmp_path / "tower")
+    config_path.write_text(json.dumps({**config, "tower": {**config["tower"], "retired_training_option": 1}}))
+    QueryTower.load(tmp_path / "tower")  # training-only settings of other versions are ignored
     config_path.write_text(json.dumps({**config, "tower": {**config["tower"], "hidden": 64}}))
     with pytest.raises(CheckpointError, match="does not fit"):
         QueryTower.load(tmp_path / "tower")

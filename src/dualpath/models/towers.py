@@ -195,9 +195,11 @@ class QueryTower:
         if config.get("kind") != KIND:
             raise CheckpointError(f"{directory} holds a {config.get('kind')!r} checkpoint, not a query tower")
         try:
-            cfg = TowerConfig.model_validate(config["tower"])
+            # Training-only settings come and go between versions; they never change the weights' shapes.
+            saved = {k: v for k, v in config["tower"].items() if k in TowerConfig.model_fields}
+            cfg = TowerConfig.model_validate(saved)
             saved_dim = int(config["dim"])
-        except (KeyError, TypeError, ValueError, ValidationError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as err:
             raise CheckpointError(f"query tower config in {directory} is invalid: {err}".splitlines()[0]) from None
         if dim is not None and saved_dim != dim:
             raise CheckpointError(f"query tower {directory} was trained for dimension {saved_dim}, the bank has {dim}")

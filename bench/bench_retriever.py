@@ -1,0 +1,137 @@
+"""Query-tower benchmark: the trained tower against the heuristic queries on held-out articles.
+
+    python bench/bench_retriever.py                          # the default tower on /work/banks/wiki
+    python bench/bench_retriever.py --variants ablation      # every setting docs/retriever.md reports
+    python bench/bench_retriever.py --variants default,hard-negatives --json out.json
+
+DESIGN.md's protocol: the full wiki-sample bank, 10 % of the articles held out (by a stable hash),
+a 5-concept context, the whole bank as the search space, the context removed from each result
+list. The baselines (last / mean / EWM context vector, oracle) are measured on the same pairs in the
+same run; the target is the best tower beating the best heuristic by ≥ 15 % relative on both
+R@10 and MRR. Each variant trains from scratch into its own directory with the default config plus
+the variant's overrides, and is reported at its best epoch by held-out MRR (what `train retriever`
+keeps) and at its last epoch (no selection on the held-out set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from dualpath.bank import ConceptBank
+from dualpath.config import DualPathConfig
+from dualpath.evaluation.retrieval import HEADLINE, best_heuristic
+from dualpath.logs import configure_logging
+from dualpath.training.retriever import TABLE_FILE, train_retriever
+
+TARGET = 0.15  # relative gain over the best heuristic, on both headline metrics
+
+# Variant name → overrides of the config's tower section (the defaults are the chosen settings).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # Negatives: where the gain comes from.
+    "in-batch-only": {"queue_size": 0, "hard_negatives": False},
+    "no-hard-negatives": {"hard_negatives": False},
+    "no-queue": {"queue_size": 0},
+    "mined-hardest-first": {"mine_sample": "top"},
+    "mined-naive": {  # the top hits of the current model from epoch 1, only the positive and context removed
+        "mine_sample": "top", "warmup_epochs": 0, "band": (-1.0, 1.0), "near_dup": 1.0,
+        "exclude_same_document": False,
+    },
+    "mined-same-document": {"exclude_same_document": False},
+    "mined-no-warmup": {"warmup_epochs": 0},
+    "document-negatives": {"document_negatives": 4},
+    # Model and loss.
+    "no-residual": {"residual": "none"},
+    "temperature-0.03": {"temperature": 0.03},
+    "temperature-0.1": {"temperature": 0.1},
+    "batch-1024": {"batch_size": 1024},
+    "hidden-512": {"hidden": 512},
+    "mlp": {"tower": "mlp"},
+    "attn": {"tower": "attn"},
+    "lstm": {"tower": "lstm"},
+    "bigru": {"tower": "bigru"},
+}
+ABLATION = list(VARIANTS)
+
+
+def run_variant(bank: ConceptBank, name: str, overrides: dict[str, Any], workdir: Path) -> dict[str, Any]:
+    base = DualPathConfig().to_dict()
+    base["tower"].update(overrides)
+    cfg = DualPathConfig.from_dict(base, source=f"variant {name}")
+    out = workdir / name
+    started = time.perf_counter()
+    result = train_retriever(bank, cfg, out)
+    seconds = time.perf_counter() - started
+    table = json.loads((out / TABLE_FILE).read_text())["table"]
+    best = result.best
+    row: dict[str, Any] = {
+        "variant": name,
+        "overrides": overrides,
+        "epochs": len(result.history),
+        "best_epoch": best.epoch if best else None,
+        "train_s": round(seconds, 1),
+        "best": best.metrics if best else None,
+        "last": result.history[-1].metrics,
+        "baselines": {k: v for k, v in table.items() if k != "tower"},
+    }
+    for which in ("best", "last"):
+        row[f"gain_{which}"] = {
+            m: row[which][m] / best_heuristic(table, m)[1] - 1.0 for m in HEADLINE
+        }
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--bank", type=Path, default=Path("/work/banks/wiki"))
+    parser.add_argument("--variants", default="default", help="comma-separated names, or 'ablation' for all")
+    parser.add_argument("--out", type=Path, default=None, help="keep the trained towers here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    args = parser.parse_args()
+    configure_logging(logging.INFO)
+
+    names = ABLATION if args.variants == "ablation" else [v.strip() for v in args.variants.split(",")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    bank = ConceptBank.open(args.bank)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-retriever-") as tmp:
+        workdir = args.out or Path(tmp)
+        for name in names:
+            rows.append(run_variant(bank, name, VARIANTS[name], workdir))
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+    baselines = rows[0]["baselines"]
+    print(f"\nheld-out retrieval on {args.bank} ({len(bank)} concepts), context excluded")
+    print(f"{'query':24s} {'R@1':>6s} {'R@10':>6s} {'R@100':>6s} {'MRR':>6s}   gain R@10 / MRR vs best heuristic")
+    for name, row in baselines.items():
+        print(f"{name:24s} {row['R@1']:6.3f} {row['R@10']:6.3f} {row['R@100']:6.3f} {row['MRR']:6.3f}")
+    for row in rows:
+        for which in ("best", "last"):
+            m, g = row[which], row[f"gain_{which}"]
+            label = f"{row['variant']} ({which} ep {row['best_epoch'] if which == 'best' else row['epochs']})"
+            print(
+                f"{label:24s} {m['R@1']:6.3f} {m['R@10']:6.3f} {m['R@100']:6.3f} {m['MRR']:6.3f}"
+                f"   {g['R@10']:+.1%} / {g['MRR']:+.1%}   {row['train_s']:.0f} s"
+            )
+    winner = max(rows, key=lambda r: min(r["gain_best"].values()))
+    reached = all(v >= TARGET for v in winner["gain_best"].values())
+    gains = " / ".join(f"{m} {winner['gain_best'][m]:+.1%}" for m in HEADLINE)
+    verdict = "REACHED" if reached else "NOT reached"
+    print(f"\nbest tower: {winner['variant']}: {gains}: target +{TARGET:.0%} on both {verdict}")
+
+
+if __name__ == "__main__":
+    main()
