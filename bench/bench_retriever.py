@@ -2,7 +2,8 @@
 
     python bench/bench_retriever.py                          # the default tower on /work/banks/wiki
     python bench/bench_retriever.py --variants ablation      # every setting docs/retriever.md reports
-    python bench/bench_retriever.py --variants default,hard-negatives --json out.json
+    python bench/bench_retriever.py --variants default,no-hard-negatives --json out.json
+    python bench/bench_retriever.py --variants ablation --split-seed 1   # other held-out articles
 
 DESIGN.md's protocol: the full wiki-sample bank, 10 % of the articles held out (by a stable hash),
 a 5-concept context, the whole bank as the search space, the context removed from each result
@@ -64,9 +65,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
 ABLATION = list(VARIANTS)
 
 
-def run_variant(bank: ConceptBank, name: str, overrides: dict[str, Any], workdir: Path) -> dict[str, Any]:
+def run_variant(
+    bank: ConceptBank, name: str, overrides: dict[str, Any], workdir: Path, split_seed: int
+) -> dict[str, Any]:
     base = DualPathConfig().to_dict()
     base["tower"].update(overrides)
+    base["split"]["seed"] = split_seed
     cfg = DualPathConfig.from_dict(base, source=f"variant {name}")
     out = workdir / name
     started = time.perf_counter()
@@ -97,6 +101,10 @@ def main() -> None:
     parser.add_argument("--variants", default="default", help="comma-separated names, or 'ablation' for all")
     parser.add_argument("--out", type=Path, default=None, help="keep the trained towers here")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument(
+        "--split-seed", type=int, default=0,
+        help="another seed holds out other articles: a check of settings chosen on the default split",
+    )
     args = parser.parse_args()
     configure_logging(logging.INFO)
 
@@ -109,12 +117,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-retriever-") as tmp:
         workdir = args.out or Path(tmp)
         for name in names:
-            rows.append(run_variant(bank, name, VARIANTS[name], workdir))
+            rows.append(run_variant(bank, name, VARIANTS[name], workdir, args.split_seed))
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
     baselines = rows[0]["baselines"]
-    print(f"\nheld-out retrieval on {args.bank} ({len(bank)} concepts), context excluded")
+    print(f"\nheld-out retrieval on {args.bank} ({len(bank)} concepts, split seed {args.split_seed}), context excluded")
     print(f"{'query':24s} {'R@1':>6s} {'R@10':>6s} {'R@100':>6s} {'MRR':>6s}   gain R@10 / MRR vs best heuristic")
     for name, row in baselines.items():
         print(f"{name:24s} {row['R@1']:6.3f} {row['R@10']:6.3f} {row['R@100']:6.3f} {row['MRR']:6.3f}")
