@@ -21,6 +21,7 @@ import time
 import faiss
 import numpy as np
 
+from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.benchmarks.decider import BASELINE, K, bench_decisions
 from dualpath.benchmarks.timing import stats, timings_ms
 from dualpath.decider import SyncMiner, ThreadedMiner
@@ -30,25 +31,13 @@ from dualpath.models.heuristics import normalize_rows
 REFERENCE_BUDGET_MS = 5.0
 
 
-class FlatIndex:
-    """FAISS exact inner-product search behind the bank's contract: (ids, scores)."""
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.index = faiss.IndexFlatIP(vectors.shape[1])
-        self.index.add(vectors)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self.index.search(queries, k)
-        return ids, scores
-
-
 def bench_miners(n_bank: int, d: int, n_queries: int, callers: int = 2) -> dict[str, dict[str, float]]:
     # One OpenMP thread per search: a one-query search gains nothing from a team, and on a busy
     # machine the team's spin-waits cost tens of ms (measured: 1.3 ms with one thread, 30-40 ms
     # with two on a loaded 2-core box). The miners' parallelism is their worker threads.
     faiss.omp_set_num_threads(1)
     rng = np.random.default_rng(0)
-    index = FlatIndex(normalize_rows(rng.normal(size=(n_bank, d))))
+    index = FaissBackend.exact(normalize_rows(rng.normal(size=(n_bank, d))))
     queries = normalize_rows(rng.normal(size=(n_queries, d)))
     sync = SyncMiner(index)
     out = {

@@ -10,6 +10,7 @@ import faiss
 import numpy as np
 import pytest
 
+from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.decider import (
     Decision,
     DualPathDecoder,
@@ -47,18 +48,6 @@ class FailingIndex:
 class BadShapeIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((1, k), np.int64), np.zeros((2, k), np.float32)
-
-
-class FlatIndex:
-    """A FAISS flat inner-product index behind the bank's contract: (ids, scores), not FAISS' (D, I)."""
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.index = faiss.IndexFlatIP(vectors.shape[1])
-        self.index.add(vectors)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self.index.search(queries, k)
-        return ids, scores
 
 
 def miner_threads() -> list[threading.Thread]:
@@ -216,7 +205,7 @@ def test_faiss_index_and_shortlists_feed_the_decoder() -> None:
     rng = np.random.default_rng(0)
     bank = rng.normal(size=(300, 16)).astype(np.float32)
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
-    index = FlatIndex(bank)
+    index = FaissBackend.exact(bank)
     decoder = DualPathDecoder(load_lanes()["neutral"])
     with ThreadedMiner(index, workers=2, queue_size=4) as miner:
         result = miner.search(bank[[5, 17]], k=10, timeout=5.0)

@@ -96,6 +96,15 @@ class FaissBackend:
         return backend
 
     @classmethod
+    def exact(cls, vectors: np.ndarray) -> FaissBackend:
+        """An exact float32 inner-product index over `vectors` (ids 0..n-1, no domains): what tests and
+        benchmarks search when they need the bank's (ids, scores) contract without a bank on disk."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        backend = cls.create(vectors.shape[1], BankConfig(index="flat", dtype="float32"))
+        backend.add(np.arange(len(vectors), dtype=np.int64), vectors, [None] * len(vectors))
+        return backend
+
+    @classmethod
     def load(cls, directory: Path, dim: int, cfg: BankConfig, description: dict) -> FaissBackend:
         path = Path(directory) / INDEX_FILE
         try:
