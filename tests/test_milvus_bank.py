@@ -119,10 +119,20 @@ def test_add_appends_to_the_collection_and_an_interrupted_add_leaves_the_bank_as
     def killed(self, directory):
         raise KeyboardInterrupt("simulated kill before flush")
 
+    closed: list[MilvusBackend] = []
+    close = MilvusBackend.close
+
+    def recording_close(self):
+        closed.append(self)
+        close(self)
+
     with ConceptBank.open(path, encoder=text_encoder) as bank, monkeypatch.context() as patch:
         patch.setattr(MilvusBackend, "save", killed)
+        patch.setattr(MilvusBackend, "close", recording_close)
         with pytest.raises(KeyboardInterrupt):
             bank.add(new_docs)
+        # The add's own connection was released (a leaked Lite client keeps its server running).
+        assert len(closed) == 1 and closed[0] is not bank._backend and closed[0].connection.client is None
     with ConceptBank.open(path, encoder=text_encoder) as bank:
         assert len(bank) == before
         new_vectors = text_encoder.encode([new_docs[0].text.split(". ")[0]])

@@ -29,6 +29,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -156,7 +157,8 @@ class ConceptBank:
         # Before encoding, which can take hours: a bad backend setting or an unreachable Milvus fails at once.
         backend = create_backend(encoder.dim, cfg.bank)
         started = time.perf_counter()
-        with atomic_directory(out) as tmp:
+        # The backend is closed whatever happens: a Milvus Lite client left open keeps its server running.
+        with closing(backend), atomic_directory(out) as tmp:
             metadata = Metadata.create(tmp / METADATA_FILE)
             try:
                 vectors, domains, n_docs = _encode_documents(
@@ -176,7 +178,6 @@ class ConceptBank:
                 dtype=cfg.bank.dtype,
                 segment=cfg.segment,
             )
-            backend.close()
         seconds = time.perf_counter() - started
         log.info(
             "built bank %s: %d concepts from %d documents in %.1f s (%.0f concepts/s)",
@@ -212,20 +213,19 @@ class ConceptBank:
                 metadata.commit()
             finally:
                 metadata.close()
-            backend = create_backend(vectors.shape[1], cfg.bank)
             stored = np.asarray(vectors, dtype=cfg.bank.dtype)
-            _write_vectors_and_index(tmp, stored, backend, [c.domain for c in concepts], first_id=0)
-            _write_manifest(
-                tmp,
-                backend,
-                dim=vectors.shape[1],
-                count=len(concepts),
-                documents=len({c.doc_id for c in concepts}),
-                encoder_name=encoder_name,
-                dtype=cfg.bank.dtype,
-                segment=cfg.segment,
-            )
-            backend.close()
+            with closing(create_backend(vectors.shape[1], cfg.bank)) as backend:
+                _write_vectors_and_index(tmp, stored, backend, [c.domain for c in concepts], first_id=0)
+                _write_manifest(
+                    tmp,
+                    backend,
+                    dim=vectors.shape[1],
+                    count=len(concepts),
+                    documents=len({c.doc_id for c in concepts}),
+                    encoder_name=encoder_name,
+                    dtype=cfg.bank.dtype,
+                    segment=cfg.segment,
+                )
         return cls.open(out, cfg)
 
     def add(self, source: Source, *, skip_bad: bool = False, limit_docs: int | None = None) -> int:
@@ -248,19 +248,19 @@ class ConceptBank:
                 metadata.close()
             # A fresh copy of the index from disk: the open bank keeps serving the old one meanwhile.
             backend = open_backend(self.manifest["backend"], self.path, self.dim, self.cfg.bank, self.manifest["index"])
-            _write_vectors_and_index(tmp, new, backend, domains, first_id=first_id, existing=self._vectors)
-            _write_manifest(
-                tmp,
-                backend,
-                dim=self.dim,
-                count=first_id + len(new),
-                documents=int(self.manifest.get("documents", 0)) + n_docs,
-                encoder_name=self.encoder_name,
-                dtype=dtype,
-                segment=segment,
-                created=self.manifest.get("created"),
-            )
-            backend.close()
+            with closing(backend):
+                _write_vectors_and_index(tmp, new, backend, domains, first_id=first_id, existing=self._vectors)
+                _write_manifest(
+                    tmp,
+                    backend,
+                    dim=self.dim,
+                    count=first_id + len(new),
+                    documents=int(self.manifest.get("documents", 0)) + n_docs,
+                    encoder_name=self.encoder_name,
+                    dtype=dtype,
+                    segment=segment,
+                    created=self.manifest.get("created"),
+                )
         self._reload()
         log.info("added %d concepts from %d documents to %s (now %d)", len(new), n_docs, self.path, len(self))
         return len(new)
