@@ -51,12 +51,23 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mined-same-document": {"exclude_same_document": False},
     "mined-no-warmup": {"warmup_epochs": 0},
     "document-negatives": {"document_negatives": 4},
+    "bank-negatives": {"bank_negatives": True},  # the exact softmax over the whole bank
+    "bank-negatives-same-document": {"bank_negatives": True, "exclude_same_document": False},
+    "bank-negatives-t0.03": {"bank_negatives": True, "temperature": 0.03},
+    "bank-negatives-t0.1": {"bank_negatives": True, "temperature": 0.1},
     # Model and loss.
     "no-residual": {"residual": "none"},
     "temperature-0.03": {"temperature": 0.03},
     "temperature-0.1": {"temperature": 0.1},
     "batch-1024": {"batch_size": 1024},
     "hidden-512": {"hidden": 512},
+    "hidden-128": {"hidden": 128},
+    "dropout-0.3": {"dropout": 0.3},
+    "weight-decay-0.1": {"weight_decay": 0.1},
+    "lr-3e-4": {"lr": 3e-4},
+    "epochs-12": {"epochs": 12},
+    "context-dropout-0.3": {"context_dropout": 0.3},
+    "context-dropout-0.5": {"context_dropout": 0.5},
     "mlp": {"tower": "mlp"},
     "attn": {"tower": "attn"},
     "lstm": {"tower": "lstm"},
@@ -105,9 +116,17 @@ def main() -> None:
         "--split-seed", type=int, default=0,
         help="another seed holds out other articles: a check of settings chosen on the default split",
     )
+    parser.add_argument(
+        "--table", type=Path, nargs="+", default=None,
+        help="train nothing: print the table of rows saved by earlier --json runs (same bank and split)",
+    )
     args = parser.parse_args()
     configure_logging(logging.INFO)
 
+    if args.table:
+        rows = [row for path in args.table for row in json.loads(path.read_text())]
+        print_table(rows, f"{len(args.table)} saved run(s)")
+        return
     names = ABLATION if args.variants == "ablation" else [v.strip() for v in args.variants.split(",")]
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -120,18 +139,24 @@ def main() -> None:
             rows.append(run_variant(bank, name, VARIANTS[name], workdir, args.split_seed))
             if args.json:
                 args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(rows, f"{args.bank} ({len(bank)} concepts, split seed {args.split_seed})")
 
+
+def print_table(rows: list[dict[str, Any]], where: str) -> None:
     baselines = rows[0]["baselines"]
-    print(f"\nheld-out retrieval on {args.bank} ({len(bank)} concepts, split seed {args.split_seed}), context excluded")
-    print(f"{'query':24s} {'R@1':>6s} {'R@10':>6s} {'R@100':>6s} {'MRR':>6s}   gain R@10 / MRR vs best heuristic")
+    if any(row["baselines"] != baselines for row in rows):
+        raise SystemExit("the rows were measured on different held-out pairs (bank or split seed differ)")
+    print(f"\nheld-out retrieval on {where}, context excluded")
+    print(f"{'query':34s} {'R@1':>6s} {'R@10':>6s} {'R@100':>6s} {'R@500':>6s} {'MRR':>6s}   "
+          "gain R@10 / MRR vs best heuristic")
     for name, row in baselines.items():
-        print(f"{name:24s} {row['R@1']:6.3f} {row['R@10']:6.3f} {row['R@100']:6.3f} {row['MRR']:6.3f}")
+        print(f"{name:34s} " + " ".join(f"{row[m]:6.3f}" for m in ("R@1", "R@10", "R@100", "R@500", "MRR")))
     for row in rows:
         for which in ("best", "last"):
             m, g = row[which], row[f"gain_{which}"]
             label = f"{row['variant']} ({which} ep {row['best_epoch'] if which == 'best' else row['epochs']})"
             print(
-                f"{label:24s} {m['R@1']:6.3f} {m['R@10']:6.3f} {m['R@100']:6.3f} {m['MRR']:6.3f}"
+                f"{label:34s} {m['R@1']:6.3f} {m['R@10']:6.3f} {m['R@100']:6.3f} {m['R@500']:6.3f} {m['MRR']:6.3f}"
                 f"   {g['R@10']:+.1%} / {g['MRR']:+.1%}   {row['train_s']:.0f} s"
             )
     winner = max(rows, key=lambda r: min(r["gain_best"].values()))

@@ -10,14 +10,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dualpath.cli.main import main
 from dualpath.config import DualPathConfig
+from dualpath.corpus.pairs import PAD
 from dualpath.errors import ConfigError
 from dualpath.evaluation.retrieval import heldout_eval_pairs, retrieval_table
 from dualpath.models.towers import QueryTower
 from dualpath.training.loop import model_dir, run_training, torch_threads
-from dualpath.training.retriever import NEGATIVES_FILE, TABLE_FILE, RetrieverTask, train_retriever
+from dualpath.training.retriever import (
+    NEGATIVES_FILE,
+    TABLE_FILE,
+    RetrieverTask,
+    shorten_contexts,
+    train_retriever,
+)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,8 +68,9 @@ class StalledTask(RetrieverTask):
         return super().train_epoch(epoch, beat)
 
 
-def test_briefly_trained_tower_beats_the_last_vector(wiki_bank, tmp_path: Path) -> None:
-    cfg = tiny(epochs=2)
+@pytest.mark.parametrize("negatives", [{}, {"bank_negatives": True}], ids=["in-batch+queue+mined", "whole-bank"])
+def test_briefly_trained_tower_beats_the_last_vector(wiki_bank, tmp_path: Path, negatives) -> None:
+    cfg = tiny(epochs=2, **negatives)
     result = train_retriever(wiki_bank, cfg, tmp_path / "tower")
     table = json.loads((tmp_path / "tower" / TABLE_FILE).read_text())["table"]
     best = result.best.metrics
@@ -118,6 +128,50 @@ def test_watchdog_dumps_stacks_of_a_stalled_step(wiki_bank, tmp_path: Path) -> N
         watchdog_log.removeHandler(handler)
     stalls = [r.getMessage() for r in records if "no step finished" in r.getMessage()]
     assert stalls and "train_epoch" in stalls[0] and "time.sleep" in stalls[0]
+
+
+def test_whole_bank_negatives_mask_exactly_the_likely_false_negatives(wiki_bank, tmp_path: Path) -> None:
+    task = RetrieverTask.from_bank(wiki_bank, tiny(bank_negatives=True, near_dup=0.9), tmp_path)
+    vectors = wiki_bank.all_vectors().astype(np.float32)
+    batch = np.random.default_rng(0).choice(len(task.train), 64, replace=False)
+    targets, context = task.train.target[batch], task.train.context[batch]
+    invalid = task._bank_false_negatives(targets, context).numpy()
+    assert invalid.shape == (64, len(wiki_bank))
+    for row, target, ctx in zip(invalid, targets, context, strict=True):
+        expected = vectors @ vectors[target] > 0.9
+        expected[ctx[ctx != PAD]] = True
+        expected |= task.concept_doc == task.concept_doc[target]
+        expected[target] = False  # the positive is never masked, not even as its own duplicate
+        assert np.array_equal(row, expected)
+
+
+def test_whole_bank_negatives_refuse_a_bank_too_large(wiki_bank, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr("dualpath.training.retriever.BANK_NEGATIVES_MAX", len(wiki_bank) - 1)
+    with pytest.raises(ConfigError, match="mined hard negatives instead"):
+        RetrieverTask.from_bank(wiki_bank, tiny(bank_negatives=True), tmp_path)
+
+
+@given(
+    lengths=st.lists(st.integers(0, 6), min_size=1, max_size=40),
+    share=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_shortened_contexts_keep_a_recent_suffix(lengths, share, seed) -> None:
+    width = 6
+    context = np.full((len(lengths), width), PAD, dtype=np.int64)
+    for row, n in enumerate(lengths):
+        context[row, width - n :] = np.arange(n) + 100 * row
+    short = shorten_contexts(context, share, np.random.default_rng(seed))
+    for before, after, n in zip(context, short, lengths, strict=True):
+        kept = int((after != PAD).sum())
+        assert min(n, 1) <= kept <= n  # never empties a context, never lengthens one
+        assert np.array_equal(after[width - kept :], before[width - kept :])  # the most recent concepts
+        assert (after[: width - kept] == PAD).all()
+    if share == 0.0:
+        assert np.array_equal(short, context)
+    if share == 1.0:
+        cut = [int((a != PAD).sum()) < n for a, n in zip(short, lengths, strict=True) if n > 1]
+        assert all(cut)
 
 
 def test_mlp_document_tower_is_refused_with_a_reason(wiki_bank, tmp_path: Path) -> None:

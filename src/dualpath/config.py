@@ -83,9 +83,13 @@ class TowerConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(0.05, gt=0)
+    context_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of pairs whose context is cut shorter per step
     queue_size: int = Field(4096, ge=0)  # memory queue of recent targets as extra negatives
     document_negatives: int = Field(0, ge=0)  # other concepts of the pair's own document as negatives
     hard_negatives: bool = True
+    # Every bank concept is a negative (the exact softmax over the bank, false negatives masked):
+    # the ranking evaluation measures, optimised directly. Supersedes the queue and mining; small banks only.
+    bank_negatives: bool = False
     hard_per_query: int = Field(4, ge=1)
     refresh_every: int = Field(1, ge=1)  # epochs between re-mining (ANCE-style)
     warmup_epochs: int = Field(1, ge=0)  # in-batch only before the first mining

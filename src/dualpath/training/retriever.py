@@ -9,8 +9,12 @@ and the gradient flows through the query. Each row of a batch scores its query a
                                         epochs after `warmup_epochs` of in-batch-only training
     a memory queue of recent targets    `queue_size` extra negatives from the previous batches
 
-and a column that is not a true negative for that row (its own target id again, one of its context
-concepts, or — with `exclude_same_document` — a concept of its own document) is masked out.
+or, with `bank_negatives`, against every concept of the bank: the exact softmax over the search
+space the evaluation ranks in (it supersedes the queue and the mining, whose negatives are all
+bank concepts; affordable up to `BANK_NEGATIVES_MAX` concepts). In both cases a column that is not
+a true negative for that row (its own target id again, one of its context concepts, a near
+duplicate of the positive for the bank softmax, or — with `exclude_same_document` — a concept of
+its own document) is masked out.
 
 Everything an epoch does follows from (seed, epoch) and the state `run_training` checkpoints:
 the shuffle, the learning rate (a function of the step), the queue (emptied each epoch), and
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import gather_context, split_pairs
+from dualpath.corpus.pairs import PAD, gather_context, split_pairs
 from dualpath.decider.miners import SearchIndex
 from dualpath.errors import CheckpointError, ConfigError
 from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_queries, relative_gain
@@ -55,6 +59,8 @@ DOC_TOWER_REFUSAL = (
     "--doc-tower mlp is not supported: the bank index and the decider use the encoder's vectors, "
     "so only the query side may learn (see docs/retriever.md)"
 )
+# A batch's (batch, bank) logits must stay small: 256 x 250k float32 is 256 MB, with its gradient twice that.
+BANK_NEGATIVES_MAX = 250_000
 
 
 class Bank(SearchIndex, Protocol):
@@ -102,6 +108,14 @@ class RetrieverTask:
         self.doc_negatives = (
             document_negatives(documents, self.train, tc.document_negatives) if tc.document_negatives else None
         )
+        self.bank_keys: torch.Tensor | None = None
+        if tc.bank_negatives:
+            if vectors.shape[0] > BANK_NEGATIVES_MAX:
+                raise ConfigError(
+                    f"bank_negatives scores every concept in each step and the bank has {vectors.shape[0]:,} "
+                    f"(at most {BANK_NEGATIVES_MAX:,}); train with mined hard negatives instead"
+                )
+            self.bank_keys = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
         torch.manual_seed(tc.seed)  # the initial weights follow from the seed
         self.tower = QueryTower(tc, vectors.shape[1], encoder_name)
         self.model = self.tower.net
@@ -129,10 +143,10 @@ class RetrieverTask:
         batches = [order[i : i + tc.batch_size] for i in range(0, len(order), tc.batch_size)]
         for step, batch in enumerate(batch_progress(batches, len(batches), f"epoch {epoch}")):
             self._set_lr((epoch - 1) * self.steps_per_epoch + step)
-            loss = self._step(batch, queue)
+            loss = self._step(batch, queue, np.random.default_rng([tc.seed, epoch, step]))
             total += loss * len(batch)
             count += len(batch)
-            if tc.queue_size:
+            if tc.queue_size and not tc.bank_negatives:
                 queue = np.concatenate([self.train.target[batch], queue])[: tc.queue_size]
             beat()
         return total / max(count, 1)
@@ -146,11 +160,16 @@ class RetrieverTask:
 
     # -- one step --------------------------------------------------------------------------------
 
-    def _step(self, batch: np.ndarray, queue: np.ndarray) -> float:
+    def _step(self, batch: np.ndarray, queue: np.ndarray, rng: np.random.Generator) -> float:
         tc = self.cfg.tower
-        context = self.train.context[batch]
+        context = shorten_contexts(self.train.context[batch], tc.context_dropout, rng)
         targets = self.train.target[batch]
         ctx, mask = gather_context(self.vectors, context)
+        query = self.model(torch.from_numpy(ctx), torch.from_numpy(mask))
+        if self.bank_keys is not None:
+            logits = (query @ self.bank_keys.T) / tc.temperature
+            logits = logits.masked_fill(self._bank_false_negatives(targets, context), float("-inf"))
+            return self._descend(torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets)))
         columns = [targets]
         for extra in (self.doc_negatives, self.negatives):
             if extra is not None:
@@ -159,12 +178,12 @@ class RetrieverTask:
         columns.append(queue)
         column_ids = np.concatenate(columns)
         invalid = self._false_negatives(column_ids, targets, context)
-
-        query = self.model(torch.from_numpy(ctx), torch.from_numpy(mask))
         keys = torch.from_numpy(np.asarray(self.vectors[column_ids], dtype=np.float32))
         logits = (query @ keys.T) / tc.temperature
         logits = logits.masked_fill(torch.from_numpy(invalid), float("-inf"))
-        loss = torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
+        return self._descend(torch.nn.functional.cross_entropy(logits, torch.arange(len(batch))))
+
+    def _descend(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -180,6 +199,26 @@ class RetrieverTask:
             invalid |= self.concept_doc[column_ids][None, :] == self.concept_doc[targets][:, None]
         diagonal = np.arange(len(targets))
         invalid[diagonal, diagonal] = False  # the positive (column i of row i) always stays
+        return invalid
+
+    @torch.no_grad()
+    def _bank_false_negatives(self, targets: np.ndarray, context: np.ndarray) -> torch.Tensor:
+        """(b, bank) True where a bank concept must not count as a negative of the row.
+
+        The same filters as mining: near duplicates of the positive, the context, and (with
+        `exclude_same_document`) the positive's own document; the positive itself always stays.
+        """
+        assert self.bank_keys is not None
+        tc = self.cfg.tower
+        rows = torch.arange(len(targets))
+        positives = torch.from_numpy(targets)
+        invalid = (self.bank_keys[positives] @ self.bank_keys.T) > tc.near_dup
+        real = context != PAD
+        invalid[torch.from_numpy(np.nonzero(real)[0]), torch.from_numpy(context[real])] = True
+        if tc.exclude_same_document:
+            owner = torch.from_numpy(self.concept_doc)
+            invalid |= (owner[None, :] == owner[positives][:, None]) & (owner[None, :] >= 0)
+        invalid[rows, positives] = False
         return invalid
 
     def _set_lr(self, step: int) -> None:
@@ -199,11 +238,12 @@ class RetrieverTask:
 
     def mining_due(self, epoch: int) -> bool:
         tc = self.cfg.tower
-        return tc.hard_negatives and epoch > tc.warmup_epochs and (epoch - tc.warmup_epochs - 1) % tc.refresh_every == 0
+        mining = tc.hard_negatives and not tc.bank_negatives
+        return mining and epoch > tc.warmup_epochs and (epoch - tc.warmup_epochs - 1) % tc.refresh_every == 0
 
     def _negatives_for(self, epoch: int, rng: np.random.Generator, beat: Callable[[], None]) -> np.ndarray | None:
         tc = self.cfg.tower
-        if not tc.hard_negatives or epoch <= tc.warmup_epochs:
+        if not tc.hard_negatives or tc.bank_negatives or epoch <= tc.warmup_epochs:
             return None
         if self.mining_due(epoch):
             return self._mine(epoch, rng, beat)
@@ -238,6 +278,21 @@ class RetrieverTask:
         if negatives.shape != (len(self.train), self.cfg.tower.hard_per_query):
             raise CheckpointError(f"{path} does not fit this training run (shape {negatives.shape})")
         return negatives
+
+
+def shorten_contexts(context: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    """Cut `share` of the left-padded contexts to their most recent 1..length-1 concepts (augmentation).
+
+    Generation meets every context length, and a model that sees each training context at
+    several lengths cannot lean on the oldest concept alone.
+    """
+    if share <= 0:
+        return context
+    lengths = (context != PAD).sum(axis=1)
+    chosen = (rng.random(len(context)) < share) & (lengths > 1)
+    keep = np.where(chosen, rng.integers(1, np.maximum(lengths, 2)), lengths)
+    columns = np.arange(context.shape[1])[None, :]
+    return np.where(columns >= context.shape[1] - keep[:, None], context, PAD)
 
 
 def train_retriever(
