@@ -68,6 +68,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "epochs-12": {"epochs": 12},
     "context-dropout-0.3": {"context_dropout": 0.3},
     "context-dropout-0.5": {"context_dropout": 0.5},
+    # The defaults again from other initial weights and shuffles: how much of a difference is noise.
+    "seed-1": {"seed": 1},
+    "seed-2": {"seed": 2},
     "mlp": {"tower": "mlp"},
     "attn": {"tower": "attn"},
     "lstm": {"tower": "lstm"},

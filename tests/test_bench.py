@@ -25,7 +25,7 @@ TINY = replace(
 )
 SECTIONS = {
     "encode", "lvm_step", "tower", "decision", "generation", "search", "memory_bank", "training",
-    "memory_training", "retrieval_quality", "lvm_quality", "dual_path_quality",
+    "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality",
 }
 
 
@@ -85,7 +85,11 @@ def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:
     assert len(sets) == 2 and sets[0].startswith("bank ") and sets[1] == "synthetic 2k"
     for row in sections["memory_bank"]["rows"]:
         assert row["bank_mib"] > 0 and row["raw_float32_mib"] > 0
-    for row in sections["retrieval_quality"]["rows"]:
+    kinds = {r["name"] for r in sections["tower_kinds"]["rows"]}
+    assert kinds == {f"{k} tower" for k in ("gru", "bigru", "lstm", "mlp", "attn")} | {"last", "mean", "ewm", "oracle"}
+    oracle = next(r for r in sections["tower_kinds"]["rows"] if r["name"] == "oracle")
+    assert oracle["R@1"] > 0.95  # the true target finds itself: the table ranks what it claims to
+    for row in sections["retrieval_quality"]["rows"] + sections["tower_kinds"]["rows"]:
         recalls = [row[f"R@{k}"] for k in (1, 10, 100, 500, 1000)]
         assert all(0.0 <= r <= 1.0 for r in recalls) and recalls == sorted(recalls)
         assert 0.0 <= row["MRR"] <= 1.0

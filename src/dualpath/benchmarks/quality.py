@@ -18,7 +18,11 @@ from dualpath.pipeline.evaluate import DECISIONS, HIT_K
 
 def retrieval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows of the retrieval table, with each row's R@10 and MRR over the best heuristic's."""
-    table: dict[str, dict[str, float]] = results["retrieval"]["table"]
+    return retrieval_table_rows(results["retrieval"]["table"])
+
+
+def retrieval_table_rows(table: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Rows of any table holding the heuristic queries, with each row's R@10 and MRR over the best heuristic's."""
     best = {m: max(table[h][m] for h in HEURISTICS) for m in ("R@10", "MRR")}
     return [
         {"name": name, **row,

@@ -280,15 +280,22 @@ class _Sections:
             yield search.VectorSet(f"synthetic {_size_name(size)}", vectors, synthetic_queries)
 
     def training(self) -> dict[str, Section]:
-        rows = training.bench_training(self.bank, self.cfg, self.sizes.training_pairs, self.workdir)
+        rows, towers, heldout = training.bench_training(self.bank, self.cfg, self.sizes.training_pairs, self.workdir)
         note = (f"One epoch of each architecture through its trainer's `train_epoch` on the same {rows[0]['pairs']:,} "
                 "training pairs; s/epoch projected to the bank's whole training split. Baseline: the configured "
                 f"architecture (LVM {self.cfg.lvm.arch}, tower {self.cfg.tower.tower}).")
         memory_rows = training.training_memory(self.bank.path)
         mem_note = ("Resident memory of the training process after each epoch, as the training loop recorded it in "
                     "the bank's models/*/history.json (the whole process: bank, data and model). Baseline: epoch 1.")
+        pairs = rows[0]["pairs"]
+        tower_note = (f"Every tower kind after the one timed epoch above (in-batch negatives, the same {pairs:,} "
+                      f"pairs), evaluated on the {heldout:,} held-out pairs of those documents with the whole bank "
+                      "searched and the context excluded: the kinds compared after identical brief training (the "
+                      "fully trained tower is in Quality: retrieval). Baseline: the best heuristic query.")
         return {
             "training": Section("Training speed", note, training.SPEED_COLUMNS, rows),
+            "tower_kinds": Section("Quality: each tower kind after one epoch", tower_note, quality.RETRIEVAL_COLUMNS,
+                                   quality.retrieval_table_rows(towers)),
             "memory_training": Section("Memory: training", mem_note, training.MEMORY_COLUMNS, memory_rows),
         }
 

@@ -1,9 +1,14 @@
-"""Training speed of the LVM and of each query tower, and training memory per epoch.
+"""Training speed of the LVM and of each query tower, each tower's retrieval after that epoch, and training memory.
 
 Speed: one epoch of each architecture on the same documents of the bank (at most `max_pairs`
 training pairs, so every architecture sees identical data), through the trainers' own
 `train_epoch`; the configured architecture of each family is the baseline. s/epoch is projected to
 the bank's whole training split from the measured pairs/s.
+
+Each tower kind, after its timed epoch, is also evaluated with the DESIGN.md protocol on the
+held-out documents of the same subset (the whole bank searched), beside the heuristic queries on
+the same pairs: a like-for-like comparison of the kinds after identical brief training, not the
+quality of a fully trained tower (that is the bank's own tower, in the quality section).
 
 Memory: the resident set size the training loop recorded after each epoch (`history.json` of
 the bank's trained models), against the first epoch's.
@@ -23,6 +28,7 @@ import numpy as np
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import split_pairs
+from dualpath.evaluation.retrieval import baseline_table
 from dualpath.training.loop import HISTORY, torch_threads
 from dualpath.training.lvm import LVMTrainingTask
 from dualpath.training.retriever import RetrieverTask
@@ -52,12 +58,17 @@ def time_epoch(train_epoch: Callable[[int, Callable[[], None]], float]) -> float
     return time.perf_counter() - start
 
 
-def bench_training(bank: ConceptBank, cfg: DualPathConfig, max_pairs: int, workdir: Path) -> list[dict[str, Any]]:
+def bench_training(
+    bank: ConceptBank, cfg: DualPathConfig, max_pairs: int, workdir: Path
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], int]:
+    """(speed rows, retrieval table of each tower kind and the heuristics, held-out pairs of that table)."""
     documents = document_subset(bank.documents(), max_pairs)
     full = split_pairs(bank.documents(), cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
     split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
     vectors = bank.all_vectors()
     rows: list[dict[str, Any]] = []
+    towers: dict[str, dict[str, float]] = {}
+    heldout_pairs = 0
     with torch_threads(cfg.lvm.threads):
         for arch in LVM_ARCHS:
             run_cfg = cfg.model_copy(update={"lvm": cfg.lvm.model_copy(update={"arch": arch})})
@@ -75,12 +86,15 @@ def bench_training(bank: ConceptBank, cfg: DualPathConfig, max_pairs: int, workd
             seconds = time_epoch(task.train_epoch)
             rows.append(_row("tower", kind, kind == cfg.tower.tower, len(task.train), seconds, len(full.train)))
             log.info("training speed: tower %s %.0f pairs/s", kind, rows[-1]["pairs_per_s"])
+            towers[f"{kind} tower"] = task.evaluate()
+            heldout_pairs = len(task.heldout)
+        towers.update(baseline_table(bank.search, task.heldout))
     for family in ("LVM", "tower"):
         base = next((r for r in rows if r["model"] == family and r["baseline"]), None)
         for r in rows:
             if r["model"] == family:
                 r["x_baseline"] = r["epoch_s"] / base["epoch_s"] if base else None
-    return rows
+    return rows, towers, heldout_pairs
 
 
 def _row(model: str, arch: str, baseline: bool, pairs: int, seconds: float, full_pairs: int) -> dict[str, Any]:
