@@ -28,10 +28,15 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import numpy as np
+
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
-from dualpath.evaluation.retrieval import HEADLINE, best_heuristic
+from dualpath.evaluation.ranking import MISSING, target_ranks
+from dualpath.evaluation.retrieval import HEADLINE, best_heuristic, heldout_eval_pairs
 from dualpath.logs import configure_logging
+from dualpath.models.heuristics import HEURISTICS
+from dualpath.models.towers import QueryTower
 from dualpath.training.retriever import TABLE_FILE, train_retriever
 
 TARGET = 0.15  # relative gain over the best heuristic, on both headline metrics
@@ -106,7 +111,35 @@ def run_variant(
         row[f"gain_{which}"] = {
             m: row[which][m] / best_heuristic(table, m)[1] - 1.0 for m in HEADLINE
         }
+    row["gain_best_interval"] = gain_interval(bank, cfg, out, table)
     return row
+
+
+def gain_interval(
+    bank: ConceptBank, cfg: DualPathConfig, tower_dir: Path, table: dict[str, Any], resamples: int = 2000
+) -> dict[str, list[float]]:
+    """95 % paired-bootstrap interval of the tower's relative gain over the best heuristic, per headline metric.
+
+    The pairs are resampled together for the tower and the heuristic, so the interval is the
+    sampling noise of the held-out set on the *difference*, not on each number alone.
+    """
+    pairs = heldout_eval_pairs(bank.all_vectors(), bank.documents(), cfg)
+    tower = QueryTower.load(tower_dir, bank.dim, bank.encoder_name)
+
+    def per_pair(queries: np.ndarray) -> dict[str, np.ndarray]:
+        ranks = target_ranks(bank.search, queries, pairs.targets, pairs.exclude, depth=1000)
+        return {"R@10": (ranks <= 10).astype(float), "MRR": np.where(ranks == MISSING, 0.0, 1.0 / ranks)}
+
+    tower_scores = per_pair(tower.encode_queries(pairs.ctx, pairs.mask))
+    rng = np.random.default_rng(0)
+    samples = rng.integers(0, len(pairs.targets), size=(resamples, len(pairs.targets)))
+    interval = {}
+    for metric in HEADLINE:
+        name, _ = best_heuristic(table, metric)
+        heuristic_scores = per_pair(HEURISTICS[name](pairs.ctx, pairs.mask))[metric]
+        gains = tower_scores[metric][samples].mean(axis=1) / heuristic_scores[samples].mean(axis=1) - 1.0
+        interval[metric] = [float(g) for g in np.percentile(gains, [2.5, 97.5])]
+    return interval
 
 
 def main() -> None:
@@ -164,7 +197,12 @@ def print_table(rows: list[dict[str, Any]], where: str) -> None:
             )
     winner = max(rows, key=lambda r: min(r["gain_best"].values()))
     reached = all(v >= TARGET for v in winner["gain_best"].values())
-    gains = " / ".join(f"{m} {winner['gain_best'][m]:+.1%}" for m in HEADLINE)
+    interval = winner.get("gain_best_interval", {})
+    gains = " / ".join(
+        f"{m} {winner['gain_best'][m]:+.1%}"
+        + (f" (95 % interval {interval[m][0]:+.1%} … {interval[m][1]:+.1%})" if m in interval else "")
+        for m in HEADLINE
+    )
     verdict = "REACHED" if reached else "NOT reached"
     print(f"\nbest tower: {winner['variant']}: {gains}: target +{TARGET:.0%} on both {verdict}")
 
