@@ -73,6 +73,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "epochs-12": {"epochs": 12},
     "context-dropout-0.3": {"context_dropout": 0.3},
     "context-dropout-0.5": {"context_dropout": 0.5},
+    # The settings that each helped a little on split 0, together (to be confirmed on another split).
+    "same-document+no-warmup": {"exclude_same_document": False, "warmup_epochs": 0},
+    "same-document+no-warmup+hardest": {"exclude_same_document": False, "warmup_epochs": 0, "mine_sample": "top"},
     # The defaults again from other initial weights and shuffles: how much of a difference is noise.
     "seed-1": {"seed": 1},
     "seed-2": {"seed": 2},
