@@ -5,10 +5,11 @@ training pairs, so every architecture sees identical data), through the trainers
 `train_epoch`; the configured architecture of each family is the baseline. s/epoch is projected to
 the bank's whole training split from the measured pairs/s.
 
-Each tower kind, after its timed epoch, is also evaluated with the DESIGN.md protocol on the
-held-out documents of the same subset (the whole bank searched), beside the heuristic queries on
-the same pairs: a like-for-like comparison of the kinds after identical brief training, not the
-quality of a fully trained tower (that is the bank's own tower, in the quality section).
+Each tower kind then trains on for `tower_epochs` in all (untimed) and is evaluated with the
+DESIGN.md protocol on the held-out documents of the same subset (the whole bank searched), beside
+the heuristic queries on the same pairs: a like-for-like comparison of the kinds after identical
+brief training (in-batch negatives and the queue, no mining), not the quality of a fully trained
+tower (that is the bank's own tower, in the quality section).
 
 Memory: the resident set size the training loop recorded after each epoch (`history.json` of
 the bank's trained models), against the first epoch's.
@@ -59,7 +60,7 @@ def time_epoch(train_epoch: Callable[[int, Callable[[], None]], float]) -> float
 
 
 def bench_training(
-    bank: ConceptBank, cfg: DualPathConfig, max_pairs: int, workdir: Path
+    bank: ConceptBank, cfg: DualPathConfig, max_pairs: int, workdir: Path, tower_epochs: int = 1
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], int]:
     """(speed rows, retrieval table of each tower kind and the heuristics, held-out pairs of that table)."""
     documents = document_subset(bank.documents(), max_pairs)
@@ -78,14 +79,15 @@ def bench_training(
             rows.append(_row("LVM", arch, arch == cfg.lvm.arch, len(split.train), seconds, len(full.train)))
             log.info("training speed: LVM %s %.0f pairs/s", arch, rows[-1]["pairs_per_s"])
         for kind in TOWER_KINDS:
-            run_cfg = cfg.model_copy(
-                update={"tower": cfg.tower.model_copy(update={"tower": kind, "hard_negatives": False})}
-            )
+            settings = {"tower": kind, "hard_negatives": False, "epochs": tower_epochs}
+            run_cfg = cfg.model_copy(update={"tower": cfg.tower.model_copy(update=settings)})
             task = RetrieverTask(vectors, documents, bank, run_cfg, bank.encoder_name, workdir / f"tower-{kind}")
             task.model.train()
             seconds = time_epoch(task.train_epoch)
             rows.append(_row("tower", kind, kind == cfg.tower.tower, len(task.train), seconds, len(full.train)))
             log.info("training speed: tower %s %.0f pairs/s", kind, rows[-1]["pairs_per_s"])
+            for epoch in range(2, tower_epochs + 1):
+                task.train_epoch(epoch, lambda: None)
             towers[f"{kind} tower"] = task.evaluate()
             heldout_pairs = len(task.heldout)
         towers.update(baseline_table(bank.search, task.heldout))
