@@ -42,6 +42,11 @@ AUTO_FLAT_MAX = 50_000
 # IVF (trained once on a sample, cheap adds, memory ≈ the codes) is the better trade.
 AUTO_HNSW_MAX = 2_000_000
 HNSW_M = 32
+# The graph's build beam. FAISS's default, 40, is fine at 100k vectors (recall@10 0.998 at
+# efSearch 128) but not at 1M: 0.908 at efSearch 128 and 0.968 even at 1024 on the benchmark's
+# clustered vectors. Built with 100 the same graph gives 0.999 at efSearch 128 (0.994 at 64),
+# for 2.6x the build time (575 s against 220 s on two cores).
+HNSW_EF_CONSTRUCTION = 100
 ADD_BLOCK = 65_536  # vectors converted to float32 at a time while adding
 _FAISS_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: ")
 
@@ -137,12 +142,15 @@ class FaissBackend:
         if "IDMap" in factory:
             raise BankError(f"index spec {factory!r}: leave out IDMap, the bank adds its own")
         try:
-            return faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as err:
             raise BankError(
                 f"invalid index spec {self.requested!r} (expected {'/'.join(KINDS)} or a FAISS factory "
                 f"string): {_first_line(err)}"
             ) from None
+        if isinstance(index, faiss.IndexHNSW):
+            index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        return index
 
     # -- IndexBackend ----------------------------------------------------------------------------
 

@@ -42,7 +42,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from dualpath.bank.backend import checked_ids
-from dualpath.bank.faiss_backend import AUTO_FLAT_MAX, HNSW_M, ivf_nlist
+from dualpath.bank.faiss_backend import AUTO_FLAT_MAX, HNSW_EF_CONSTRUCTION, HNSW_M, ivf_nlist
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.logs import progress_enabled
@@ -55,7 +55,6 @@ DOMAIN_MAX_BYTES = 512
 INSERT_BATCH_BYTES = 8 << 20  # vectors per insert RPC: well under gRPC's 64 MiB default message cap
 SEARCH_RESULTS_PER_CALL = 65_536  # queries per search RPC = this // k, to bound the reply's size
 MAX_TOP_K = 16_384  # Milvus's limit on k
-HNSW_EF_CONSTRUCTION = 40  # FAISS's default, so Milvus and FAISS HNSW indexes are built alike
 SERVER_SCHEMES = ("http", "https", "tcp", "unix")
 TOKEN_VARIABLE = "MILVUS_TOKEN"  # "user:password" or an API key, for servers with authentication
 # Milvus Lite runs its server in this process: no keep-alive pings (its gRPC server answers
