@@ -4,27 +4,15 @@ from __future__ import annotations
 
 import time
 
-import faiss
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.config import TowerConfig
 from dualpath.corpus.pairs import PAD, split_pairs
 from dualpath.training.mining import NONE, ExactIndex, concept_documents, mine_hard_negatives, mining_index
-
-
-class FlatIndex:
-    """An exact FAISS inner-product index over a few vectors (what a small bank uses)."""
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.index = faiss.IndexFlatIP(vectors.shape[1])
-        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return ids.astype(np.int64), scores
 
 
 def assert_negatives_are_true_negatives(negatives, pairs, vectors, concept_doc, queries, cfg) -> None:
@@ -76,7 +64,7 @@ def test_mined_negatives_exclude_positive_duplicates_document_and_context(
     )
     concept_doc = concept_documents(documents, n)
     negatives, stats = mine_hard_negatives(
-        queries, pairs.target, pairs.context, vectors, concept_doc, FlatIndex(vectors), cfg, rng, batch_size=4
+        queries, pairs.target, pairs.context, vectors, concept_doc, FaissBackend.exact(vectors), cfg, rng, batch_size=4
     )
     assert negatives.shape == (len(pairs), 3)
     assert_negatives_are_true_negatives(negatives, pairs, vectors, concept_doc, queries, cfg)
@@ -93,7 +81,7 @@ def test_top_sampling_keeps_the_hardest_survivors() -> None:
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     documents = {f"d{d}": np.arange(d * 4, d * 4 + 4) for d in range(50)}
     pairs = split_pairs(documents, context=3, fraction=0.2).train
-    index = FlatIndex(vectors)
+    index = FaissBackend.exact(vectors)
     cfg = TowerConfig(
         hard_per_query=2, mine_depth=50, band=(-1.0, 1.0), near_dup=1.0, exclude_same_document=True, mine_sample="top"
     )
