@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.config import TowerConfig
 from dualpath.corpus.pairs import PAD, split_pairs
-from dualpath.training.mining import NONE, ExactIndex, concept_documents, mine_hard_negatives, mining_index
+from dualpath.training.mining import NONE, concept_documents, mine_hard_negatives, mining_index
 
 
 def assert_negatives_are_true_negatives(negatives, pairs, vectors, concept_doc, queries, cfg) -> None:
@@ -145,7 +145,7 @@ def test_mining_index_is_exact_when_it_fits(wiki_bank) -> None:
     vectors = wiki_bank.all_vectors()
     assert mining_index(wiki_bank, vectors, exact_mb=0) is wiki_bank  # too big: the bank's own index
     exact = mining_index(wiki_bank, vectors, exact_mb=1024)
-    assert isinstance(exact, ExactIndex)
+    assert isinstance(exact, FaissBackend) and exact.factory == "Flat"  # float32, exact
     queries = np.asarray(vectors[:50], dtype=np.float32)
     ids, scores = exact.search(queries, 5)
     bank_ids, _ = wiki_bank.search(queries, 5)

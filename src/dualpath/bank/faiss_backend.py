@@ -102,10 +102,11 @@ class FaissBackend:
 
     @classmethod
     def exact(cls, vectors: np.ndarray) -> FaissBackend:
-        """An exact float32 inner-product index over `vectors` (ids 0..n-1, no domains): what tests and
-        benchmarks search when they need the bank's (ids, scores) contract without a bank on disk."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        """An exact float32 inner-product index over `vectors` (ids 0..n-1, no domains): what mining, tests
+        and benchmarks search when they need the bank's (ids, scores) contract without a bank on disk."""
         backend = cls.create(vectors.shape[1], BankConfig(index="flat", dtype="float32"))
+        # Float32 storage whatever `vectors` hold; `add` converts a block at a time (one copy, the index's).
+        backend.index = backend._new_index(len(vectors), "float32")
         backend.add(np.arange(len(vectors), dtype=np.int64), vectors, [None] * len(vectors))
         return backend
 

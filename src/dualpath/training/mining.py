@@ -22,9 +22,9 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import faiss
 import numpy as np
 
+from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.config import TowerConfig
 from dualpath.corpus.pairs import PAD, ContextPairs
 from dualpath.decider.miners import SearchIndex, SyncMiner, ThreadedMiner
@@ -47,28 +47,15 @@ class MiningStats:
     failed_searches: int  # batches whose search failed or timed out (their pairs got no negatives)
 
 
-class ExactIndex:
-    """Exact inner-product search over a float32 copy of the bank's vectors, for mining.
+def mining_index(bank_index: SearchIndex, vectors: np.ndarray, exact_mb: float) -> SearchIndex:
+    """An exact float32 index over `vectors` when that copy fits in `exact_mb` MiB, else the bank's index.
 
     The bank's own index stores float16 codes (SQfp16) that FAISS decodes one distance at a time;
     a float32 flat index runs as a matrix product, about 5x faster for the ~24k queries of one
-    mining round on the wiki sample. Built only when the copy fits in `mine_exact_mb`.
+    mining round on the wiki sample.
     """
-
-    def __init__(self, vectors: np.ndarray) -> None:
-        self.index = faiss.IndexFlatIP(vectors.shape[1])
-        for start in range(0, vectors.shape[0], 65_536):  # convert a block at a time
-            self.index.add(np.ascontiguousarray(vectors[start : start + 65_536], dtype=np.float32))
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        scores, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return ids.astype(np.int64), scores
-
-
-def mining_index(bank_index: SearchIndex, vectors: np.ndarray, exact_mb: float) -> SearchIndex:
-    """An ExactIndex over `vectors` when its float32 copy fits in `exact_mb` MiB, else the bank's index."""
     if vectors.shape[0] * vectors.shape[1] * 4 <= exact_mb * 2**20:
-        return ExactIndex(vectors)
+        return FaissBackend.exact(vectors)
     log.info("mining on the bank's own index (a float32 copy would exceed %.0f MiB)", exact_mb)
     return bank_index
 
