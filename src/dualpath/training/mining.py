@@ -51,7 +51,7 @@ def mining_index(bank_index: SearchIndex, vectors: np.ndarray, exact_mb: float) 
     """An exact float32 index over `vectors` when that copy fits in `exact_mb` MiB, else the bank's index.
 
     The bank's own index stores float16 codes (SQfp16) that FAISS decodes one distance at a time;
-    a float32 flat index runs as a matrix product, about 5x faster for the ~24k queries of one
+    a float32 flat index runs as a matrix product, about 3x faster for the ~24k queries of one
     mining round on the wiki sample.
     """
     if vectors.shape[0] * vectors.shape[1] * 4 <= exact_mb * 2**20:
