@@ -15,6 +15,7 @@ from dualpath.decider import (
     Decision,
     DualPathDecoder,
     Lane,
+    Sampling,
     Shortlist,
     ShortlistBatch,
     choose_next_vector,
@@ -272,13 +273,50 @@ def test_batched_equals_single_step_bit_for_bit(seed: int, b: int, k: int, d: in
         memories.append(list(rng.choice(np.append(ids[ids >= 0], -1), size=int(rng.integers(0, 12)))))
     window = int(rng.integers(0, 10))
     test_lane = lane(float(rng.uniform(0.1, 0.9)), float(rng.uniform(-0.5, 0.05)), dup_window=window)
+    used = [list(rng.choice(60, size=int(rng.integers(0, 6)))) for _ in range(b)]
+    sampling = Sampling(float(rng.choice([0.0, 0.05, 1.0])), int(rng.integers(0, 4)), float(rng.uniform(0.3, 1)))
+    draws = rng.random(b)
 
     batch = ShortlistBatch.stack(shortlists, d)
-    out, records = choose_next_vectors(v_hat, batch, test_lane, memories, schedule)
+    out, records = choose_next_vectors(
+        v_hat, batch, test_lane, memories, schedule, used_ids=used, sampling=sampling, draws=draws
+    )
     for i in range(b):
-        single, record = choose_next_vector(v_hat[i], shortlists[i], test_lane, memories[i], schedule)
+        single, record = choose_next_vector(
+            v_hat[i], shortlists[i], test_lane, memories[i], schedule,
+            used_ids=used[i], sampling=sampling, draw=float(draws[i]),
+        )
         assert np.array_equal(out[i], single)
+        assert record.neighbour_id is None or record.neighbour_id not in used[i]
         assert {**records[i].to_dict(), "latency_ms": 0} == {**record.to_dict(), "latency_ms": 0}
+
+
+def test_sampling_draws_among_the_top_candidates_and_repeats_with_its_seed() -> None:
+    rng = np.random.default_rng(11)
+    v = unit(rng.normal(size=32))
+    cosines = [0.9, 0.85, 0.8, 0.3, 0.1]
+    shortlist = Shortlist(np.arange(5), np.stack([at_cosine(v, c, rng) for c in cosines]))
+    wide = lane(0.5, 0.2)
+    picks = {
+        choose_next_vector(v, shortlist, wide, sampling=Sampling(1.0, top_k=3), draw=u)[1].neighbour_id
+        for u in np.linspace(0, 0.999, 50)
+    }
+    assert picks == {0, 1, 2}  # top-k 3: never the 4th or 5th, and each of the three is reachable
+    # top-p: the best candidate alone holds well over 30 % of the weight at a low temperature.
+    low = {choose_next_vector(v, shortlist, wide, sampling=Sampling(0.01, top_p=0.3), draw=u)[1].neighbour_id
+           for u in np.linspace(0, 0.999, 20)}
+    assert low == {0}
+    _, sampled = choose_next_vector(v, shortlist, wide, sampling=Sampling(1.0, top_k=3), draw=0.999)
+    assert sampled.c_max == pytest.approx(0.9, abs=1e-5) and sampled.c_pick == pytest.approx(0.8, abs=1e-5)
+    # A seeded decoder repeats its draws exactly; another seed gives another sequence.
+    def run(seed: int) -> list[int]:
+        decoder = DualPathDecoder(wide.model_copy(update={"repeat_window": 0}), sampling=Sampling(1.0), seed=seed)
+        return [decoder.step(v, shortlist)[1].neighbour_id for _ in range(30)]
+    assert run(5) == run(5) and run(5) != run(6)
+    with pytest.raises(DeciderError, match="one draw"):
+        choose_next_vector(v, shortlist, wide, sampling=Sampling(1.0))
+    with pytest.raises(DeciderError, match="top_p"):
+        Sampling(1.0, top_p=0)
 
 
 # ---- schedules ---------------------------------------------------------------------------------
@@ -385,21 +423,49 @@ def _repeat_scenario(decoder: DualPathDecoder, gap: int) -> tuple[Decision, bool
     return record.decision, record.near_dup
 
 
+# The near-duplicate guard alone: with the no-repeat rule on, a shown concept never reaches the guard.
+GUARD_ONLY = NEUTRAL.model_copy(update={"repeat_window": 0})
+
+
 def test_dup_window_eight_steps_ago_drops_nine_does_not() -> None:
-    assert _repeat_scenario(DualPathDecoder(NEUTRAL), gap=1) == (Decision.NOVEL_DUP_DROP, True)
-    assert _repeat_scenario(DualPathDecoder(NEUTRAL), gap=8) == (Decision.NOVEL_DUP_DROP, True)
+    assert _repeat_scenario(DualPathDecoder(GUARD_ONLY), gap=1) == (Decision.NOVEL_DUP_DROP, True)
+    assert _repeat_scenario(DualPathDecoder(GUARD_ONLY), gap=8) == (Decision.NOVEL_DUP_DROP, True)
     # Nine steps ago: outside the window, still remembered (near_dup says so), so it snaps.
-    assert _repeat_scenario(DualPathDecoder(NEUTRAL), gap=9) == (Decision.SNAP, True)
+    assert _repeat_scenario(DualPathDecoder(GUARD_ONLY), gap=9) == (Decision.SNAP, True)
 
 
-def test_legal_never_drops_duplicates() -> None:
-    assert LANES["legal"].dup_window == 0
-    for gap in (1, 2, 8):
-        assert _repeat_scenario(DualPathDecoder(LANES["legal"]), gap=gap) == (Decision.SNAP, True)
+def test_a_shown_concept_is_not_shown_again_within_the_window() -> None:
+    # Default lanes: the concept shown 1, 8 or 63 steps ago is out of the shortlist, so a shortlist
+    # holding only it is empty (NOVEL, reason "empty") and the record counts the skip.
+    for gap in (1, 8, 63):
+        decision, near_dup = _repeat_scenario(DualPathDecoder(NEUTRAL), gap=gap)
+        assert (decision, near_dup) == (Decision.NOVEL, False)
+    decoder = DualPathDecoder(NEUTRAL)
+    rng = np.random.default_rng(3)
+    v = unit(rng.normal(size=16))
+    first = at_cosine(v, 0.99, rng)
+    second = at_cosine(v, 0.95, rng)
+    both = Shortlist(np.array([7, 8]), np.stack([first, second]))
+    assert decoder.step(v, both)[1].neighbour_id == 7
+    _, again = decoder.step(v, both)
+    assert again.neighbour_id == 8 and again.decision is Decision.SNAP and again.skipped_used == 1
+    # What the step was rendered as counts too: after showing 8 instead of 7, 7 is free once more.
+    decoder = DualPathDecoder(NEUTRAL)
+    decoder.step(v, both)
+    decoder.shown(8)
+    assert decoder.step(v, both)[1].neighbour_id == 7
+
+
+def test_legal_repeats_but_never_at_consecutive_steps() -> None:
+    legal = LANES["legal"]
+    assert legal.dup_window == 0 and legal.repeat_window == 1
+    assert _repeat_scenario(DualPathDecoder(legal), gap=1) == (Decision.NOVEL, False)
+    for gap in (2, 8):
+        assert _repeat_scenario(DualPathDecoder(legal), gap=gap) == (Decision.SNAP, True)
 
 
 def test_memory_is_capped_at_64_steps() -> None:
-    wide = lane(0.73, 0.65, dup_window=64)
+    wide = lane(0.73, 0.65, dup_window=64).model_copy(update={"repeat_window": 0})
     assert _repeat_scenario(DualPathDecoder(wide), gap=64) == (Decision.NOVEL_DUP_DROP, True)
     # 65 steps ago the pick has left the 64-step memory: no longer even a near-duplicate.
     assert _repeat_scenario(DualPathDecoder(wide), gap=65) == (Decision.SNAP, False)
@@ -429,8 +495,9 @@ def test_decoder_reset_and_config() -> None:
     _repeat_scenario(decoder, gap=3)
     decoder.reset()
     assert decoder.steps == 0 and decoder.recent_ids == ()
-    # After a reset the old pick is forgotten: meeting it again snaps.
-    assert _repeat_scenario(decoder, gap=1) == (Decision.NOVEL_DUP_DROP, True)
+    # After a reset the old pick is forgotten: meeting it again snaps (the scenario's first step), and
+    # the stream then refuses to show it twice in a row.
+    assert _repeat_scenario(decoder, gap=1) == (Decision.NOVEL, False)
     assert DualPathDecoder.from_config(DeciderConfig(schedule="reference"), lane="creative").lane.k == 300
     custom = lane(0.5, 0.4)
     assert DualPathDecoder.from_config(DeciderConfig(memory_cap=16), lane=custom).lane is custom

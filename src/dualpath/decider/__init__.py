@@ -5,9 +5,11 @@ per-stream decoder, telemetry, and the miners that fetch shortlists from any ind
 """
 
 from dualpath.decider.decision import (
+    GREEDY,
     NEAR_DUP_COSINE,
     Decision,
     DecisionRecord,
+    Sampling,
     Shortlist,
     ShortlistBatch,
     choose_next_vector,
@@ -28,6 +30,7 @@ from dualpath.decider.schedules import SCHEDULES, continuous_alpha, get_schedule
 from dualpath.decider.telemetry import RecentRecords, TelemetrySink, read_records, summarize
 
 __all__ = [
+    "GREEDY",
     "NEAR_DUP_COSINE",
     "SCHEDULES",
     "Decision",
@@ -36,6 +39,7 @@ __all__ = [
     "Lane",
     "MinerResult",
     "RecentRecords",
+    "Sampling",
     "SearchIndex",
     "Shares",
     "Shortlist",

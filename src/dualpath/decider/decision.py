@@ -1,6 +1,10 @@
 """One dual-path decision: SNAP, BLEND, NOVEL or NOVEL_DUP_DROP, from v̂ and a shortlist.
 
-c = max_i cos(v̂, n_i) over the shortlist and n* its argmax (first on ties). In order:
+Candidates the stream has already shown (`used_ids`: its last `lane.repeat_window` shown concepts)
+are removed from the shortlist first, so SNAP and BLEND take the best concept the stream has not
+used. c = max_i cos(v̂, n_i) over what is left and n* its argmax (first on ties); with sampling
+(`Sampling`: temperature, top-k, top-p over the shortlist's cosines) n* is drawn instead and c is
+its cosine. In order:
   c > 0.98 and n* picked within the lane's last `dup_window` steps → NOVEL_DUP_DROP (keep v̂)
   c ≥ τ_snap → SNAP (output n*)
   c ≤ τ_novel → NOVEL (output v̂)
@@ -47,6 +51,36 @@ FALLBACK_TIMEOUT = "timeout"
 
 def fallback_error(message: str) -> str:
     return f"error: {message}"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How n* is chosen among the shortlist: greedy (temperature 0, the default) or drawn.
+
+    With temperature T > 0, candidate i gets weight exp((c_i - c_max) / T) among the `top_k` best
+    (0 = all) and the smallest prefix of them holding `top_p` of the weight, as text-generation
+    libraries sample tokens. The draw itself comes from the caller (one uniform number per stream),
+    so the decision stays a pure function and a seeded run repeats exactly.
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.temperature) and self.temperature >= 0):
+            raise DeciderError(f"temperature must be ≥ 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise DeciderError(f"top_k must be ≥ 0 (0 = every candidate), got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise DeciderError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+
+GREEDY = Sampling()
 
 
 @dataclass(frozen=True)
@@ -116,6 +150,8 @@ class DecisionRecord:
     near_dup: bool
     fallback_reason: str | None
     latency_ms: float
+    c_pick: float | None = None  # cos(v̂, n*): the c the thresholds saw (= c_max unless sampled)
+    skipped_used: int = 0  # shortlist candidates removed because the stream already showed them
 
     @property
     def picked_id(self) -> int:
@@ -189,9 +225,14 @@ def choose_next_vectors(
     recent_ids: Sequence[Sequence[int]] | None = None,
     schedule: str | AlphaSchedule = "continuous",
     dup_threshold: float = NEAR_DUP_COSINE,
+    used_ids: Sequence[Sequence[int]] | None = None,
+    sampling: Sampling = GREEDY,
+    draws: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """Decide b streams at once: v̂ (b, d), their shortlists, per-stream memories of picked ids.
 
+    `used_ids[i]`: concepts stream i may not show again (removed from its shortlist). `draws`:
+    one uniform number in [0, 1) per stream, needed when `sampling` is not greedy.
     Returns the outputs (b, d) float32, unit-norm, and one record per stream (step 0; latency is
     the call's time divided by b). Each stream's result equals `choose_next_vector` on it alone.
     """
@@ -213,6 +254,13 @@ def choose_next_vectors(
     memories = [()] * b if recent_ids is None else list(recent_ids)
     if len(memories) != b:
         raise DeciderError(f"need one memory of picked ids per stream ({b}), got {len(memories)}")
+    used = [()] * b if used_ids is None else list(used_ids)
+    if len(used) != b:
+        raise DeciderError(f"need one set of used ids per stream ({b}), got {len(used)}")
+    if not sampling.greedy:
+        draws = np.asarray(draws, dtype=np.float64) if draws is not None else None
+        if draws is None or draws.shape != (b,) or not ((draws >= 0) & (draws < 1)).all():
+            raise DeciderError(f"sampling needs one draw in [0, 1) per stream ({b})")
 
     q_norms = _row_norms(queries)
     if not (np.isfinite(q_norms) & (q_norms > 0)).all():
@@ -222,11 +270,21 @@ def choose_next_vectors(
 
     failed = np.array([f is not None for f in batch.fallbacks], dtype=bool)
     valid = (ids >= 0) & ~failed[:, None]
+    skipped = np.zeros(b, np.int64)
+    for i in range(b):
+        if len(used[i]) and k:
+            seen = valid[i] & np.isin(ids[i], np.asarray(used[i], dtype=np.int64))
+            skipped[i] = int(seen.sum())
+            valid[i] &= ~seen
     empty = ~valid.any(axis=1)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     cos, norms = _similarities(queries, vectors, valid)
-    best = np.argmax(cos, axis=1) if k else np.zeros(b, np.int64)
     rows = np.arange(b)
+    c_best = cos.max(axis=1).astype(np.float64) if k else np.full(b, -np.inf)
+    if k and not sampling.greedy:
+        best = _sample(cos, sampling, np.asarray(draws))
+    else:
+        best = np.argmax(cos, axis=1) if k else np.zeros(b, np.int64)
     c_max = cos[rows, best].astype(np.float64) if k else np.full(b, -np.inf)
     neighbour_ids = ids[rows, best] if k else np.full(b, NO_ID, np.int64)
     neighbours = vectors[rows, best] / np.where(empty, 1.0, norms[rows, best])[:, None] if k else queries
@@ -271,7 +329,7 @@ def choose_next_vectors(
         records.append(
             DecisionRecord(
                 step=0,
-                c_max=None if empty[i] else float(c_max[i]),
+                c_max=None if empty[i] else float(c_best[i]),
                 decision=decisions[i],
                 neighbour_id=None if empty[i] else int(neighbour_ids[i]),
                 alpha=float(alpha[i]),
@@ -279,9 +337,39 @@ def choose_next_vectors(
                 near_dup=near_dups[i],
                 fallback_reason=reason,
                 latency_ms=latency_ms,
+                c_pick=None if empty[i] else float(c_max[i]),
+                skipped_used=int(skipped[i]),
             )
         )
     return out, records
+
+
+def _sample(cos: np.ndarray, sampling: Sampling, draws: np.ndarray) -> np.ndarray:
+    """Per stream, the index of a candidate drawn from softmax(cos / T) within top-k and top-p.
+
+    Row by row in sorted order with cumulative sums (sequential per row), so a stream's draw never
+    depends on the batch around it. Streams with no valid candidate get index 0 (they are empty).
+    """
+    b, k = cos.shape
+    order = np.argsort(-cos, axis=1, kind="stable")
+    ranked = np.take_along_axis(cos, order, axis=1).astype(np.float64)
+    finite = np.isfinite(ranked)
+    if sampling.top_k:
+        finite &= np.arange(k)[None, :] < sampling.top_k
+    top = np.where(finite[:, :1], ranked[:, :1], 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        weights = np.where(finite, np.exp((ranked - top) / sampling.temperature), 0.0)
+    cum = np.cumsum(weights, axis=1)
+    total = cum[:, -1:]
+    if sampling.top_p < 1:
+        # Keep the smallest prefix whose weight reaches top_p (always at least the best candidate).
+        keep = (cum - weights) < sampling.top_p * total
+        weights = np.where(keep, weights, 0.0)
+        cum = np.cumsum(weights, axis=1)
+        total = cum[:, -1:]
+    pick = (cum <= draws[:, None] * total).sum(axis=1)
+    pick = np.minimum(pick, np.maximum(finite.sum(axis=1) - 1, 0))
+    return order[np.arange(b), pick]
 
 
 def choose_next_vector(
@@ -291,11 +379,18 @@ def choose_next_vector(
     recent_ids: Sequence[int] = (),
     schedule: str | AlphaSchedule = "continuous",
     dup_threshold: float = NEAR_DUP_COSINE,
+    used_ids: Sequence[int] = (),
+    sampling: Sampling = GREEDY,
+    draw: float | None = None,
 ) -> tuple[np.ndarray, DecisionRecord]:
-    """Decide one step: v̂ (d,), its shortlist, the memory of picked ids (one entry per past step)."""
+    """Decide one step: v̂ (d,), its shortlist, the memory of picked ids (one entry per past step),
+    the concepts the stream may not show again, and (when sampling) one uniform draw in [0, 1)."""
     v = np.asarray(v_hat)
     if v.ndim != 1:
         raise DeciderError(f"v̂ must be a 1-d vector, got shape {v.shape}")
     batch = ShortlistBatch.stack([shortlist], dim=v.shape[0])
-    out, records = choose_next_vectors(v[None, :], batch, lane, [recent_ids], schedule, dup_threshold)
+    draws = None if draw is None else np.array([draw], dtype=np.float64)
+    out, records = choose_next_vectors(
+        v[None, :], batch, lane, [recent_ids], schedule, dup_threshold, [used_ids], sampling, draws
+    )
     return out[0], records[0]

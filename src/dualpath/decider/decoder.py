@@ -9,7 +9,15 @@ from collections import deque
 import numpy as np
 
 from dualpath.config import DeciderConfig
-from dualpath.decider.decision import NEAR_DUP_COSINE, DecisionRecord, Shortlist, choose_next_vector
+from dualpath.decider.decision import (
+    GREEDY,
+    NEAR_DUP_COSINE,
+    NO_ID,
+    DecisionRecord,
+    Sampling,
+    Shortlist,
+    choose_next_vector,
+)
 from dualpath.decider.lanes import Lane, get_lane, load_lanes
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
 from dualpath.errors import ConfigError
@@ -18,10 +26,14 @@ DEFAULT_MEMORY_CAP = 64
 
 
 class DualPathDecoder:
-    """Decides the steps of one stream, remembering which bank concepts it picked.
+    """Decides the steps of one stream, remembering which bank concepts it picked and showed.
 
-    The memory holds one entry per step (the picked id, or -1 when the step picked nothing; see
-    `decision.py`), capped at `memory_cap` steps. Not thread-safe: one decoder per stream.
+    Two memories of one entry per step, capped at `memory_cap` steps: the picked id (n* of a SNAP
+    or BLEND, else -1; the near-duplicate guard reads it, see `decision.py`) and the shown id (the
+    concept the step was rendered as, told by `shown()`; else the picked id). The lane's last
+    `repeat_window` shown ids (at most the whole memory) are taken out of every shortlist, so a
+    stream does not say the same thing twice. With sampling, draws come from this decoder's own generator seeded by `seed`.
+    Not thread-safe: one decoder per stream.
     """
 
     def __init__(
@@ -30,6 +42,8 @@ class DualPathDecoder:
         schedule: str | AlphaSchedule = "continuous",
         memory_cap: int = DEFAULT_MEMORY_CAP,
         dup_threshold: float = NEAR_DUP_COSINE,
+        sampling: Sampling = GREEDY,
+        seed: int | None = 0,
     ) -> None:
         if memory_cap < 1:
             raise ConfigError(f"memory_cap must be ≥ 1, got {memory_cap}")
@@ -41,11 +55,17 @@ class DualPathDecoder:
         self.lane = lane
         self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
         self.dup_threshold = dup_threshold
+        self.sampling = sampling
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
         self._recent: deque[int] = deque(maxlen=memory_cap)
+        self._shown: deque[int] = deque(maxlen=memory_cap)
         self._step = 0
 
     @classmethod
-    def from_config(cls, cfg: DeciderConfig, lane: str | Lane | None = None) -> DualPathDecoder:
+    def from_config(
+        cls, cfg: DeciderConfig, lane: str | Lane | None = None, sampling: Sampling = GREEDY, seed: int | None = 0
+    ) -> DualPathDecoder:
         """A decoder with cfg's schedule, memory and dup threshold for `lane`: a Lane (e.g. one
         calibrated for a bank), or a name looked up in the shipped and the user's lanes (default:
         cfg.default_lane)."""
@@ -56,6 +76,8 @@ class DualPathDecoder:
             schedule=cfg.schedule,
             memory_cap=cfg.memory_cap,
             dup_threshold=cfg.dup_threshold,
+            sampling=sampling,
+            seed=seed,
         )
 
     @property
@@ -64,22 +86,42 @@ class DualPathDecoder:
         return tuple(self._recent)
 
     @property
+    def used_ids(self) -> tuple[int, ...]:
+        """The concepts this stream may not show at its next step: its last `repeat_window` shown ids."""
+        if self.lane.repeat_window == 0:
+            return ()
+        window = list(self._shown)[-self.lane.repeat_window :]
+        return tuple(i for i in window if i != NO_ID)
+
+    @property
     def steps(self) -> int:
         return self._step
 
     def step(self, v_hat: np.ndarray, shortlist: Shortlist) -> tuple[np.ndarray, DecisionRecord]:
+        """Decide the next step. Until `shown()` says otherwise, the step shows its picked id."""
         start = time.perf_counter()
+        draw = None if self.sampling.greedy else float(self._rng.random())
         v_out, record = choose_next_vector(
-            v_hat, shortlist, self.lane, self._recent, self.schedule, self.dup_threshold
+            v_hat, shortlist, self.lane, self._recent, self.schedule, self.dup_threshold,
+            self.used_ids, self.sampling, draw,
         )
         self._recent.append(record.picked_id)
+        self._shown.append(record.picked_id)
         record = dataclasses.replace(
             record, step=self._step, latency_ms=(time.perf_counter() - start) * 1000.0
         )
         self._step += 1
         return v_out, record
 
+    def shown(self, concept_id: int) -> None:
+        """The concept the last step was rendered as (-1: none): the stream may not show it again."""
+        if not self._shown:
+            raise ConfigError("shown() comes after a step")
+        self._shown[-1] = int(concept_id)
+
     def reset(self) -> None:
-        """Forget the stream: a new generation starts at step 0 with an empty memory."""
+        """Forget the stream: a new generation starts at step 0 with an empty memory and a fresh seed."""
         self._recent.clear()
+        self._shown.clear()
+        self._rng = np.random.default_rng(self.seed)
         self._step = 0

@@ -52,6 +52,9 @@ class Lane(BaseModel):
     tau_novel: float = Field(ge=-1.0, le=1.0)
     k: int = Field(500, ge=1)  # shortlist size asked of the retriever
     dup_window: int = Field(8, ge=0)  # past steps a near-duplicate may not repeat; 0 = never drop
+    # Past steps whose shown concepts this stream may not show again (SNAP, BLEND and rendering take the
+    # best unused candidate). 1 = a concept may come back, but never at two consecutive steps; 0 = off.
+    repeat_window: int = Field(64, ge=0)
     shares: Shares | None = None
     calibrated: bool = False
     provenance: str = ""
