@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from dualpath.corpus import WIKI_SAMPLE, Document, load_documents
+from dualpath.corpus import PYTHON_DOCS, WIKI_SAMPLE, Document, load_documents
 from dualpath.errors import CorpusError
 
 
@@ -203,3 +203,93 @@ def test_folder_ids_drop_the_suffix_and_domains_come_from_sub_folders(tmp_path):
     assert (docs["space/mars.md"].title, docs["space/deep/pluto"].title) == ("Red planet", "pluto")
     (single,) = load_documents(tmp_path / "history" / "rome.md")
     assert (single.id, single.title, single.text) == ("rome", "Rome", "Rome was not built in a day.")
+
+
+@pytest.fixture(scope="module")
+def python_docs_corpus() -> list[Document]:
+    return list(load_documents(PYTHON_DOCS))
+
+
+def test_python_docs_is_a_corpus_of_long_prose_documents(python_docs_corpus):
+    from dualpath.corpus import segment_sentences
+
+    docs = python_docs_corpus
+    assert len(docs) >= 300
+    counts = sorted(len(segment_sentences(d.text)) for d in docs)
+    assert counts[0] >= 15  # every document is long, unlike the wiki sample's 3.7 sentences
+    assert counts[len(counts) // 2] >= 20
+    assert len({d.id for d in docs}) == len(docs)
+    assert all(d.domain and d.title for d in docs)
+    assert {"language", "library", "asyncio", "email"} <= {d.domain for d in docs}
+    by_id = {d.id: d for d in docs}
+    assert by_id["reference/assignment"].title == "Assignment statements"
+    assert by_id["reference/assignment"].domain == "language"
+    assert by_id["library/heapq"].title == "heapq"
+
+
+def test_python_docs_text_has_no_markup_or_code(python_docs_corpus):
+    for doc in python_docs_corpus:
+        for paragraph in doc.text.split("\n\n"):
+            assert paragraph.strip() == paragraph and paragraph, doc.id
+            assert "\n" not in paragraph, doc.id
+            assert paragraph.endswith((".", "!", "?", ":", ")", '"', "”")), (doc.id, paragraph)
+        for marker in ("::=", ":func:`", ":class:`", "``", "*****", "=====", "+----", "-[ Footnotes ]-", "def __"):
+            assert marker not in doc.text, (doc.id, marker)
+        # ">>>" only inside prose that talks about the prompt, never as a line of a doctest
+        assert not any(p.startswith((">>>", "...")) for p in doc.text.split("\n\n")), doc.id
+
+
+def test_python_docs_has_no_paragraph_twice(python_docs_corpus):
+    """Overlapping topics ("class" in "compound") must not put one text in two documents."""
+    paragraphs = [p for d in python_docs_corpus for p in d.text.split("\n\n")]
+    assert len(set(paragraphs)) == len(paragraphs)
+
+
+def test_python_docs_is_stable_and_limitable(python_docs_corpus):
+    again = list(load_documents(PYTHON_DOCS, limit=5))
+    assert again == python_docs_corpus[:5]
+    # "assert" is too short for a document; "assignment" is cut into chapters at its headings
+    assert [(d.id, d.title) for d in python_docs_corpus[:2]] == [
+        ("reference/assignment", "Assignment statements"),
+        (
+            "reference/assignment/augmented-assignment-statements",
+            "Assignment statements: Augmented assignment statements",
+        ),
+    ]
+
+
+def test_prose_keeps_sentences_and_drops_code_and_markup():
+    from dualpath.corpus.python_docs import prose
+
+    text = """Title
+*****
+
+The :func:`len` function returns the *number* of ``items`` [1].
+
+   >>> len([1, 2])
+   2
+
+   expr_stmt ::= starred_expression
+
+   def f(x):
+       return x
+
+* A bullet item that is a full sentence.
+
+object.__len__(self)
+
+   Called to implement the built-in function len().
+
++-----+-----+
+| a   | b   |
++-----+-----+
+
+-[ Footnotes ]-
+
+[1] A footnote.
+"""
+    assert prose(text).split("\n\n") == [
+        "The len function returns the number of items.",
+        "A bullet item that is a full sentence.",
+        "Called to implement the built-in function len().",
+    ]

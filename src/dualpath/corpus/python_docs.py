@@ -37,7 +37,9 @@ _TABLE_LINE = re.compile(r"^\s*(\+[-=+]+\+?|\|.*\||[=\-]{2,}(\s+[=\-]{2,})+)\s*$
 _BULLET = re.compile(r"^(\s*)(?:[*\-+•]|\d+[.)]|\([a-z0-9]\))\s+")
 _FIELD = re.compile(r"^\s*:(param|type|returns?|rtype|raises?|var|ivar|cvar|keyword|arg)\b")
 _ROLE = re.compile(r":[\w:.+-]+:`~?([^`<]*?)(?:\s*<[^`>]*>)?`")
-_LITERAL = re.compile(r"``([^`]+)``|`([^`]+)`_{0,2}")
+_DOUBLE_LITERAL = re.compile(r"``([^`]+?)``")
+_TEX_QUOTE = re.compile(r"``([^`'\n]{1,80})''")  # old docstrings quote ``like this''
+_LITERAL = re.compile(r"`([^`]+)`_{0,2}")
 _EMPHASIS = re.compile(r"(?<![\w*])\*{1,2}([^\s*](?:[^*]*?[^\s*])?)\*{1,2}(?![\w*])")
 _FOOTNOTE_REF = re.compile(r"\s?\[\d+\]")
 _PROMPT = re.compile(r"^\s*(>>>|\.\.\.(\s|$)|\$ |% )")
@@ -63,8 +65,11 @@ def python_docs() -> Iterator[tuple[str, str, str, str]]:
 
 def _fresh(text: str, seen: set[str]) -> str:
     """`text`'s paragraphs that no earlier document had."""
-    kept = [p for p in text.split("\n\n") if p and p not in seen]
-    seen.update(kept)
+    kept: list[str] = []
+    for paragraph in text.split("\n\n"):
+        if paragraph and paragraph not in seen:
+            seen.add(paragraph)
+            kept.append(paragraph)
     return "\n\n".join(kept)
 
 
@@ -90,16 +95,16 @@ def _chapters(sections: list[tuple[str, str]]) -> list[tuple[str, str]]:
     too short for one chapter gives none.
     """
     chapters: list[tuple[str, list[str]]] = []
-    heading, parts, count = "", [], 0
+    heading, parts = "", []
     for section_heading, text in sections:
         if not parts:
             heading = section_heading
         if text:
             parts.append(text)
-            count += len(segment_sentences(text))
-        if count >= MIN_SENTENCES:
+        # Counted on the joined text: the segmenter merges short pieces across paragraphs.
+        if parts and len(segment_sentences("\n\n".join(parts))) >= MIN_SENTENCES:
             chapters.append((heading, parts))
-            parts, count = [], 0
+            parts = []
     if parts and chapters:
         chapters[-1][1].extend(parts)
     return [(h, "\n\n".join(p)) for h, p in chapters]
@@ -245,7 +250,9 @@ def _clean_block(lines: list[str]) -> str | None:
     if bullet:
         joined = joined[len(bullet.group(0).strip()) :].strip()
     joined = _ROLE.sub(r"\1", joined)
-    joined = _LITERAL.sub(lambda m: m.group(1) or m.group(2), joined)
+    joined = _DOUBLE_LITERAL.sub(r"\1", joined)  # first, so a later '' is not taken as a TeX quote's end
+    joined = _TEX_QUOTE.sub(r'"\1"', joined)
+    joined = _LITERAL.sub(r"\1", joined)
     joined = _EMPHASIS.sub(r"\1", joined)
     joined = _FOOTNOTE_REF.sub("", joined)
     joined = re.sub(r"\s+", " ", joined).strip()
