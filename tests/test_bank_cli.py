@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dualpath.bank import ConceptBank
@@ -156,3 +157,29 @@ def test_a_killed_build_leaves_the_previous_bank(tmp_path, text_encoder):
     # The next build clears the leftover.
     ConceptBank.build(list(load_documents(WIKI_SAMPLE, limit=3)), bank_dir, encoder=text_encoder).close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank", "big.jsonl"]
+
+
+def test_bank_build_reads_a_markdown_folder_as_markdown(tmp_path, capsys):
+    """Issue 18's own corpus: titles, ids and domains from the notes, no heading inside a concept."""
+    notes = tmp_path / "notes"
+    for rel, text in {
+        "planets/mars.md": "# Mars\n\nMars is the fourth planet from the Sun.\n\n## Moons\n\n- It has two moons.\n",
+        "planets/venus.md": "# Venus\nVenus is the second planet from the Sun. It is **very** hot.\n",
+        "history/rome.md": "Rome\n====\n\nRome was founded, says the legend, in 753 BC.\n",
+    }.items():
+        (notes / rel).parent.mkdir(parents=True, exist_ok=True)
+        (notes / rel).write_text(text, encoding="utf-8")
+    code, _, err = run_cli(capsys, "bank", "build", str(notes), "--out", str(tmp_path / "bank"), "--json")
+    assert code == 0, err
+    with ConceptBank.open(tmp_path / "bank") as bank:
+        documents = bank.documents()
+        assert sorted(documents) == ["history/rome", "planets/mars", "planets/venus"]
+        concepts = bank.concepts(np.concatenate(list(documents.values())))
+    assert {(c.doc_id, c.title, c.domain) for c in concepts} == {
+        ("history/rome", "Rome", "history"),
+        ("planets/mars", "Mars", "planets"),
+        ("planets/venus", "Venus", "planets"),
+    }
+    texts = [c.text for c in concepts]
+    assert "Mars is the fourth planet from the Sun. It has two moons." in texts  # short pieces merge
+    assert not any(marker in t for t in texts for marker in ("#", "**", "==", "Moons"))

@@ -21,7 +21,10 @@ from dualpath.cli.common import (
 bank_app = typer.Typer(help="Build, inspect and search a concept bank.", no_args_is_help=True)
 console = make_console()
 
-SOURCE_HELP = "A .jsonl file ({id, title, text, domain?} per line), a folder of .txt/.md files, or wiki-sample."
+SOURCE_HELP = (
+    "A .jsonl file ({id, title, text, domain?} per line), a folder of .txt/.md files, "
+    "wiki-sample (short Wikipedia leads) or python-docs (long sections of Python's own documentation)."
+)
 
 
 def register(app: typer.Typer) -> None:

