@@ -50,7 +50,8 @@ def test_generation_yields_well_formed_steps_in_every_lane(generator, lane):
             # SNAP outputs the bank vector exactly and renders its text, not an approximation.
             assert not s.approximate
             assert s.text == s.neighbour_text
-            np.testing.assert_allclose(s.vector, generator.bank.vectors([s.record.neighbour_id])[0], atol=1e-6)
+            # The bank vector renormalised: float16 storage leaves its norm 1 only to ~1e-4.
+            np.testing.assert_allclose(s.vector, generator.bank.vectors([s.record.neighbour_id])[0], atol=2e-5)
         else:
             assert s.approximate
         json.dumps(s.to_dict())  # the record plus text is JSON-serialisable

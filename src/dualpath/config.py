@@ -65,6 +65,11 @@ class LVMConfig(_Section):
     infonce_weight: float = Field(0.1, ge=0)  # in-batch InfoNCE: trades mean cos for Hit@K
     temperature: float = Field(0.05, gt=0)
     grad_clip: float = Field(1.0, gt=0)
+    # Rollout training: also predict the `rollout_steps` concepts after the target from a context that
+    # ends in the model's own predictions (gradients flow through them), so that fed its own outputs
+    # it moves on instead of settling on a fixed point. Weight of each extra step's loss: rollout_weight.
+    rollout_steps: int = Field(0, ge=0, le=8)
+    rollout_weight: float = Field(0.5, ge=0)
     threads: int = Field(0, ge=0)  # torch intra-op threads while training; 0 = half the cores
     watchdog_seconds: float = Field(300.0, gt=0)
     seed: int = 0
@@ -125,6 +130,14 @@ class DeciderConfig(_Section):
 class GenerationConfig(_Section):
     steps: int = Field(5, ge=1)
     max_steps: int = Field(64, ge=1)
+    # Sampling over the shortlist (as in text generation): temperature 0 = greedy, the best candidate.
+    temperature: float = Field(0.0, ge=0.0, le=10.0)
+    top_k: int = Field(0, ge=0)  # 0 = every candidate of the shortlist
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    seed: int = 0  # the same seed, prompt and settings repeat a run exactly
+    # What each step feeds back to the LVM: "rendered" = the concept the reader is shown (a real bank
+    # vector; keeps a free-running stream moving), "output" = the decided vector itself.
+    feedback: Literal["rendered", "output"] = "rendered"
 
 
 class ServiceConfig(_Section):

@@ -1,17 +1,26 @@
 """Calibration: lane thresholds measured in the bank's own embedding space.
 
-DESIGN.md: with MiniLM and a trained LVM, c_max (best cosine of v̂ to the shortlist, context
-excluded) sits around 0.6-0.8, so thresholds written for GTR-T5 make every step NOVEL. Here c_max
-is measured teacher-forced on held-out documents with the bank's own LVM and tower, and each
-lane's target shares of SNAP / BLEND / NOVEL become its τ_snap / τ_novel. The result is stored in
-the bank (`calibration.json`) and generation uses it by default.
+With MiniLM and a trained LVM, c_max (best cosine of v̂ to the shortlist, context excluded) sits
+around 0.6-0.8, so thresholds written for GTR-T5 make every step NOVEL. Here c is measured on
+held-out documents with the bank's own LVM and tower, and each lane's target shares of SNAP /
+BLEND / NOVEL become its τ_snap / τ_novel. The result is stored in the bank (`calibration.json`)
+and generation uses it by default.
+
+Two measurements: teacher-forced (the true context at every step) and, when a generator is given,
+free-running (streams fed their own steps, which is what a reader gets). Free-running c runs lower
+than teacher-forced c, and lower still from a prompt the bank has never seen, so thresholds set on
+teacher-forced c leave free-running output almost all NOVEL. Free-running streams are therefore run
+with each prompt's whole document kept out of the search (a user's own prompt is not in the bank
+either), and where they give enough steps their c sets the thresholds. Only the c distribution is
+used, never the true continuation, so calibrating on held-out documents does not leak the answers
+that evaluation scores.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,12 +30,19 @@ from dualpath.decider import Lane, calibrate_lane, load_lanes
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.evaluate import heldout_pairs, model_split, teacher_forced
+from dualpath.pipeline.free_running import generator_streams, heldout_prompts
 from dualpath.pipeline.lanes import write_calibration
+
+if TYPE_CHECKING:
+    from dualpath.pipeline.generator import Generator
 
 log = logging.getLogger(__name__)
 
 QUANTILES = (5, 25, 50, 75, 95)
 DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the same concept again"
+FREE_DOCS = 200  # held-out prompts of the free-running calibration
+FREE_ROUNDS = 2  # thresholds change the stream, which changes c: iterate to a fixed point
+MIN_FREE_STEPS = 100  # fewer free-running c values than this keep the teacher-forced thresholds
 
 
 def dup_threshold(c_max: np.ndarray, ceiling: float) -> float:
@@ -77,6 +93,7 @@ def calibrate_lanes(
             name, calibrated[name].tau_snap, calibrated[name].tau_novel, lane.shares,
         )
     measured = {
+        "basis": "teacher-forced",
         "dup_threshold": dup_threshold(rows.c_max(depth), cfg.decider.dup_threshold),
         "created": when,
         "pairs": len(pairs),
@@ -87,15 +104,60 @@ def calibrate_lanes(
     return calibrated, measured
 
 
+def calibrate_free_running(
+    generator: Generator, lanes: dict[str, Lane], docs: int = FREE_DOCS, rounds: int = FREE_ROUNDS
+) -> tuple[dict[str, Lane], dict[str, Any]]:
+    """Lanes recalibrated on the c of free-running streams from held-out prompts, documents unseen.
+
+    Starts from `lanes` (teacher-forced calibrated) and repeats `rounds` times: run the streams, set
+    the thresholds from the lane's shares on the c values they saw. A lane whose streams give fewer
+    than MIN_FREE_STEPS values keeps its thresholds.
+    """
+    split = model_split(generator.lvm, generator.cfg)
+    prompts = heldout_prompts(generator.bank, split, docs)
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out: dict[str, Lane] = {}
+    quantiles: dict[str, list[float]] = {}
+    steps = 0
+    for name, lane in lanes.items():
+        for _ in range(rounds):
+            streams = generator_streams(
+                generator, prompts, lambda i, lane=lane: generator.decoder(lane, seed=i), unseen=True
+            )
+            c = np.asarray([x for s in streams for x in s.c_pick], dtype=np.float64)
+            if c.size < MIN_FREE_STEPS or lane.shares is None:
+                break
+            provenance = (
+                f"calibrated {when} on {c.size} free-running steps from {len(prompts)} held-out prompts of "
+                f"{generator.bank.path.name}, documents unseen (LVM {generator.lvm.arch}, K={lane.k})"
+            )
+            lane = calibrate_lane(lane, c, provenance)
+            quantiles[name] = [float(np.quantile(c, q / 100)) for q in QUANTILES]
+            steps = max(steps, int(c.size))
+        out[name] = lane
+        log.info("lane %s (free-running): tau_snap %.4f tau_novel %.4f", name, lane.tau_snap, lane.tau_novel)
+    return out, {"free_running_steps": steps, "free_running_c_quantiles": {"levels": list(QUANTILES), **quantiles}}
+
+
 def calibrate_bank(
     bank: ConceptBank,
     lvm: LatentVectorModel,
     tower: QueryTower | None,
     cfg: DualPathConfig,
     max_pairs: int | None = 3000,
+    generator: Generator | None = None,
+    free_docs: int = FREE_DOCS,
 ) -> dict[str, Any]:
-    """Calibrate every lane with target shares (shipped + cfg's lanes file) and store them in the bank."""
+    """Calibrate every lane with target shares (shipped + cfg's lanes file) and store them in the bank.
+
+    With a `generator` (of this bank) and `free_docs` > 0, the thresholds come from free-running
+    streams (see the module docstring); the teacher-forced measurement is kept beside them.
+    """
     calibrated, measured = calibrate_lanes(bank, lvm, tower, load_lanes(cfg.decider.lanes_file), cfg, max_pairs)
+    if generator is not None and free_docs > 0:
+        calibrated, free = calibrate_free_running(generator, calibrated, free_docs)
+        if free["free_running_steps"] >= MIN_FREE_STEPS:
+            measured = {**measured, **free, "basis": "free-running"}
     calibration = {
         **measured,
         "lanes": {

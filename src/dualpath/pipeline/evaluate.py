@@ -4,8 +4,8 @@ Teacher-forced: each held-out pair's true context → v̂ (LVM), q (tower, else 
 the bank with the context removed, one decision per lane. Reported against two extreme lanes run
 through the very same code: LVM-only (never snaps) and bank-only (always snaps to n*).
 
-Free-running: from the first concepts of held-out documents, generate a few steps feeding each
-output back, and compare step t with the document's true concept t.
+Free-running (`pipeline.free_running`): from the first concepts of held-out documents, generate
+steps feeding each back, and measure what a reader sees beside the baselines of the same run.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 DECISIONS = [d.value for d in Decision]
 HIT_K = 5
-FREE_PROMPT = 2  # concepts of a held-out document given as the prompt in the free-running test
-FREE_STEPS = 3  # concepts generated and compared with the document's own continuation
 _CHUNK = 128  # rows per decision chunk: (rows, K, d) float32 shortlist vectors stay ~100 MB at K=500
 
 
@@ -179,7 +177,8 @@ def evaluate_generation(
 ) -> dict[str, Any]:
     """Teacher-forced decision mix and output quality per lane, with LVM-only and bank-only beside them.
 
-    With `free_docs` > 0 and a `generator`, also the free-running test on that many held-out documents.
+    With `free_docs` > 0 and a `generator`, also the free-running test on that many held-out documents
+    (`free_running.evaluate_free_running`: every lane and every baseline, as a reader sees them).
     """
     depth = max(lane.k for lane in lanes.values())
     pairs = heldout_pairs(bank, model_split(lvm, cfg), max_pairs)
@@ -204,44 +203,10 @@ def evaluate_generation(
     # What the best thresholds for this schedule would give: the ceiling a lane can reach on these pairs.
     out["quality_optimum"] = quality_thresholds(rows, default_k(lanes, cfg), cfg.decider.schedule)
     if free_docs > 0 and generator is not None:
-        out["free_running"] = free_running(bank, generator, everything, cfg, free_docs)
+        from dualpath.pipeline.free_running import evaluate_free_running  # it builds on this module
+
+        out["free_running"] = evaluate_free_running(generator, lanes, docs=free_docs, split=model_split(lvm, cfg))
     return out
-
-
-def free_running(
-    bank: ConceptBank,
-    generator: Generator,
-    lanes: dict[str, Lane],
-    cfg: DualPathConfig,
-    docs: int,
-    prompt_len: int = FREE_PROMPT,
-    steps: int = FREE_STEPS,
-) -> dict[str, Any]:
-    """From each held-out document's first `prompt_len` concepts, generate `steps` and compare with the truth."""
-    split_cfg = model_split(generator.lvm, cfg)
-    split = split_pairs(bank.documents(), 1, split_cfg.heldout_fraction, split_cfg.seed)
-    documents = bank.documents()
-    chosen = [documents[d] for d in sorted(split.heldout_docs) if len(documents[d]) >= prompt_len + steps][:docs]
-    if not chosen:
-        return {}
-    results: dict[str, Any] = {}
-    for name, lane in lanes.items():
-        cos = np.zeros((len(chosen), steps))
-        decisions: list[str] = []
-        for i, ids in enumerate(chosen):
-            prompt_ids = ids[:prompt_len]
-            truth = bank.vectors(ids[prompt_len : prompt_len + steps])
-            run = list(generator.generate(bank.vectors(prompt_ids), steps, lane, prompt_ids, render=False))
-            cos[i] = [float(step.vector @ t) for step, t in zip(run, truth, strict=True)]
-            decisions.extend(step.record.decision.value for step in run)
-        decided = np.asarray(decisions)
-        results[name] = {
-            "docs": len(chosen),
-            "mean_cos": float(cos.mean()),
-            "mean_cos_by_step": cos.mean(axis=0).tolist(),
-            "shares": {d: float(np.mean(decided == d)) for d in DECISIONS},
-        }
-    return results
 
 
 def default_k(lanes: dict[str, Lane], cfg: DualPathConfig) -> int:

@@ -5,7 +5,13 @@ Per step (DESIGN.md's picture):
     q  = QueryTower(context), else v̂     the retrieval query (v̂ when the bank has no trained tower)
     shortlist = bank top-K for q, the context's own concepts removed
     v_t, record = decoder.step(v̂, shortlist)   SNAP / BLEND / NOVEL / NOVEL_DUP_DROP
-    v_t is appended to the context and rendered as text.
+    v_t is rendered as text: the nearest bank concept the stream has not shown yet (a SNAP is its n*).
+    The rendered concept (or v_t itself, with `generation.feedback: output`) is appended to the context.
+
+A stream never shows one concept twice within its lane's repeat window: the decoder removes shown
+concepts from every shortlist and rendering skips them. Why feed back the rendered concept: fed its
+own outputs, a deterministic LVM converges to a fixed point (successive predictions at cosine ~0.99
+after two steps), while a real concept the stream has not used moves the context on.
 
 Retrieval is advisory: a failed, slow or empty search gives a fallback shortlist and the step is
 NOVEL with the reason recorded; generation always completes.
@@ -26,10 +32,12 @@ from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
 from dualpath.corpus import segment_sentences
 from dualpath.decider import (
+    GREEDY,
     Decision,
     DecisionRecord,
     DualPathDecoder,
     Lane,
+    Sampling,
     Shortlist,
     SyncMiner,
     ThreadedMiner,
@@ -101,6 +109,7 @@ class GenerationStep:
     neighbour_text: str | None
     query_source: str  # "tower" or "lvm"
     latency_ms: dict[str, float] = field(default_factory=dict)
+    lvm_vector: np.ndarray | None = None  # v̂, the LVM's prediction before the decision
 
     def to_dict(self, with_vector: bool = False) -> dict[str, Any]:
         out = {
@@ -134,6 +143,24 @@ def search_shortlists(
     extra = max((len(e) for e in exclude), default=0)
     result = miner.search(queries, k + extra, timeout=timeout)
     return to_shortlists(result, bank.vectors, bank.dim, exclude=exclude, k=k)
+
+
+def _left_padded(windows: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Context windows of different lengths as one left-padded (b, C, d) batch and its mask."""
+    width = max(len(w) for w in windows)
+    ctx = np.zeros((len(windows), width, dim), dtype=np.float32)
+    mask = np.zeros((len(windows), width), dtype=bool)
+    for i, window in enumerate(windows):
+        ctx[i, width - len(window) :] = window
+        mask[i, width - len(window) :] = True
+    return ctx, mask
+
+
+def _first(shortlist: Shortlist, k: int) -> Shortlist:
+    """A stream's own K out of a batch's deeper shortlist (lanes of one batch may differ in K)."""
+    if shortlist.fallback is not None or len(shortlist) <= k:
+        return shortlist
+    return Shortlist(shortlist.ids[:k], shortlist.vectors[:k])
 
 
 class Generator:
@@ -203,9 +230,23 @@ class Generator:
     def lane(self, name: str | None) -> Lane:
         return get_lane(self.lanes, name or self.cfg.decider.default_lane)
 
-    def decoder(self, lane: str | Lane | None = None) -> DualPathDecoder:
+    def sampling(self) -> Sampling:
+        """The sampling settings of `cfg.generation` (temperature 0: greedy)."""
+        gen = self.cfg.generation
+        if gen.temperature == 0:
+            return GREEDY
+        return Sampling(gen.temperature, gen.top_k, gen.top_p)
+
+    def decoder(
+        self, lane: str | Lane | None = None, sampling: Sampling | None = None, seed: int | None = None
+    ) -> DualPathDecoder:
         # Lanes are resolved here, not by the decoder: this generator's lanes carry the bank's calibration.
-        return DualPathDecoder.from_config(self.cfg.decider, lane if isinstance(lane, Lane) else self.lane(lane))
+        return DualPathDecoder.from_config(
+            self.cfg.decider,
+            lane if isinstance(lane, Lane) else self.lane(lane),
+            sampling=sampling if sampling is not None else self.sampling(),
+            seed=seed if seed is not None else self.cfg.generation.seed,
+        )
 
     def encode_prompt(self, prompt: str) -> tuple[list[str], np.ndarray]:
         """Segment a prompt into concepts and encode them: (texts, (t, d) vectors)."""
@@ -221,89 +262,177 @@ class Generator:
         lane: str | Lane | None = None,
         context_ids: Sequence[int] = (),
         render: bool = True,
+        sampling: Sampling | None = None,
+        seed: int | None = None,
+        decoder: DualPathDecoder | None = None,
     ) -> Iterator[GenerationStep]:
         """Yield one GenerationStep per step. `prompt` is text or an already encoded (t, d) context.
 
         `context_ids` are bank ids of the prompt's concepts: they are removed from shortlists and
-        renderings (DESIGN.md: the context must not find itself). For a text prompt, concepts that
-        are in the bank verbatim are found and removed too. Concepts the stream itself picks stay
-        in the shortlist: repeating them is what the near-duplicate guard is for.
+        renderings (the context must not find itself). For a text prompt, concepts that are in the
+        bank verbatim are found and removed too. Concepts the stream shows are removed for the
+        lane's repeat window. `sampling` and `seed` default to `cfg.generation`'s; `decoder` (one
+        made by `self.decoder`, or a baseline's) replaces the lane's own.
         """
+        steps = self._check_steps(steps)
+        decoder = decoder if decoder is not None else self.decoder(lane, sampling, seed)
+        context, exclude, encode_ms = self._prepare(prompt, context_ids)
+        for number, batch in enumerate(self._run([context], [exclude], [decoder], steps, render)):
+            step = batch[0]
+            if number == 0 and encode_ms:
+                step.latency_ms["encode"] = encode_ms
+                step.latency_ms["total"] += encode_ms
+            yield step
+
+    def generate_batch(
+        self,
+        prompts: Sequence[str | np.ndarray],
+        steps: int | None = None,
+        lane: str | Lane | None = None,
+        context_ids: Sequence[Sequence[int]] | None = None,
+        render: bool = True,
+        sampling: Sampling | None = None,
+        seed: int | None = None,
+        decoders: Sequence[DualPathDecoder] | None = None,
+    ) -> list[list[GenerationStep]]:
+        """Many streams at once: one LVM call, one tower call, one search and one rendering search per step.
+
+        Stream i runs as `generate(prompts[i], ..., seed=seed + i)` would (its own decoder and
+        memory; `decoders` replaces them). Returns each stream's steps; stage latencies are the
+        batch's, divided by the number of streams.
+        """
+        steps = self._check_steps(steps)
+        if not prompts:
+            return []
+        base_seed = seed if seed is not None else self.cfg.generation.seed
+        if decoders is None:
+            decoders = [self.decoder(lane, sampling, base_seed + i) for i in range(len(prompts))]
+        if len(decoders) != len(prompts):
+            raise DualPathError(f"{len(prompts)} prompts but {len(decoders)} decoders")
+        ids = context_ids if context_ids is not None else [()] * len(prompts)
+        if len(ids) != len(prompts):
+            raise DualPathError(f"{len(prompts)} prompts but {len(ids)} context id lists")
+        prepared = [self._prepare(p, c) for p, c in zip(prompts, ids, strict=True)]
+        streams: list[list[GenerationStep]] = [[] for _ in prompts]
+        contexts = [c for c, _, _ in prepared]
+        excludes = [e for _, e, _ in prepared]
+        for batch in self._run(contexts, excludes, list(decoders), steps, render):
+            for stream, step in zip(streams, batch, strict=True):
+                stream.append(step)
+        return streams
+
+    def _check_steps(self, steps: int | None) -> int:
         steps = steps if steps is not None else self.cfg.generation.steps
         if not 1 <= steps <= self.cfg.generation.max_steps:
             raise DualPathError(f"steps must be between 1 and {self.cfg.generation.max_steps}, got {steps}")
-        decoder = self.decoder(lane)
-        lane_profile = decoder.lane
+        return steps
+
+    def _prepare(self, prompt: str | np.ndarray, context_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, float]:
+        """(context vectors (t, d), ids to exclude, encoding ms) for a text or vector prompt."""
+        encode_ms = 0.0
         if isinstance(prompt, str):
             t0 = time.perf_counter()
             _, context = self.encode_prompt(prompt)
             encode_ms = (time.perf_counter() - t0) * 1000
         else:
-            context = normalize_rows(np.atleast_2d(prompt))
-            encode_ms = 0.0
+            context = normalize_rows(np.atleast_2d(np.asarray(prompt, dtype=np.float32)))
             if context.shape[1] != self.bank.dim:
                 raise DualPathError(f"context vectors have dimension {context.shape[1]}, the bank {self.bank.dim}")
         prompt_ids = list(context_ids)
         if isinstance(prompt, str):
             prompt_ids += self._verbatim_bank_ids(context)
-        exclude = np.unique(np.asarray(prompt_ids, dtype=np.int64))
+        return context, np.unique(np.asarray(prompt_ids, dtype=np.int64)), encode_ms
+
+    def _run(
+        self,
+        contexts: list[np.ndarray],
+        excludes: list[np.ndarray],
+        decoders: list[DualPathDecoder],
+        steps: int,
+        render: bool,
+    ) -> Iterator[list[GenerationStep]]:
+        """The step loop over b streams: every model, index and rendering call is made once per step."""
+        b = len(contexts)
+        feed_rendered = self.cfg.generation.feedback == "rendered"
         timeout = self.cfg.decider.retrieval_timeout_s
+        contexts = list(contexts)
         for _ in range(steps):
-            lat: dict[str, float] = {"encode": encode_ms} if encode_ms else {}
-            encode_ms = 0.0
+            lat: dict[str, float] = {}
             t_step = time.perf_counter()
-            window = context[-self.context_size :]
-            ctx = window[None]
-            mask = np.ones(ctx.shape[:2], dtype=bool)
-            # One sample through small models: a second OpenMP thread only adds wake-up and spin cost
+            ctx, mask = _left_padded([c[-self.context_size :] for c in contexts], self.bank.dim)
+            # Small models: a second OpenMP thread only adds wake-up and spin cost
             # (measured ~100x slower per step on a busy 2-core machine).
             with torch_threads(1):
                 t0 = time.perf_counter()
-                v_hat = self.lvm.predict(ctx, mask)[0]
+                v_hat = self.lvm.predict(ctx, mask)
                 lat["lvm"] = (time.perf_counter() - t0) * 1000
                 t0 = time.perf_counter()
                 if self.tower is not None:
-                    query = self.tower.encode_queries(ctx, mask)[0]
-                    source = "tower"
+                    queries, source = self.tower.encode_queries(ctx, mask), "tower"
                 else:
-                    query, source = v_hat, "lvm"
+                    queries, source = v_hat, "lvm"
                 lat["query"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
-            shortlist = search_shortlists(
-                self.bank, self.miner, query[None], lane_profile.k, [exclude], timeout
-            )[0]
+            k = max(d.lane.k for d in decoders)
+            shortlists = search_shortlists(self.bank, self.miner, queries, k, excludes, timeout)
+            shortlists = [_first(s, d.lane.k) for s, d in zip(shortlists, decoders, strict=True)]
             lat["search"] = (time.perf_counter() - t0) * 1000
-            v_out, record = decoder.step(v_hat, shortlist)
-            lat["decide"] = record.latency_ms
             t0 = time.perf_counter()
-            neighbour_text = None
-            if record.neighbour_id is not None:
-                neighbour_text = self.bank.texts([record.neighbour_id])[0]
-            if not render:
-                rendered = RenderedText("", -1, float("nan"), True)
-            elif record.decision is Decision.SNAP:
-                assert record.neighbour_id is not None and neighbour_text is not None
-                rendered = RenderedText(neighbour_text, record.neighbour_id, 1.0, False)
-            else:
-                skip = exclude
-                if record.decision is Decision.NOVEL_DUP_DROP and record.neighbour_id is not None:
-                    # The step refused n* as a repeat; rendering it as n*'s text would repeat it anyway.
-                    skip = np.append(exclude, record.neighbour_id)
-                rendered = self.renderer.render(v_out[None], [skip])[0]
+            used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
+            decided = [d.step(v_hat[i], shortlists[i]) for i, d in enumerate(decoders)]
+            lat["decide"] = (time.perf_counter() - t0) * 1000
+            t0 = time.perf_counter()
+            records = [record for _, record in decided]
+            outputs = np.stack([v for v, _ in decided])
+            neighbour_ids = [r.neighbour_id for r in records if r.neighbour_id is not None]
+            neighbour_text = dict(zip(neighbour_ids, self.bank.texts(neighbour_ids), strict=True))
+            rendered: list[RenderedText | None] = [None] * b
+            to_render: list[int] = []
+            for i, record in enumerate(records):
+                if not render:
+                    rendered[i] = RenderedText("", -1, float("nan"), True)
+                elif record.decision is Decision.SNAP and record.neighbour_id is not None:
+                    rendered[i] = RenderedText(neighbour_text[record.neighbour_id], record.neighbour_id, 1.0, False)
+                else:
+                    to_render.append(i)
+            if to_render:
+                skips = []
+                for i in to_render:
+                    skip = np.concatenate([excludes[i], used[i]])
+                    if records[i].decision is Decision.NOVEL_DUP_DROP and records[i].neighbour_id is not None:
+                        # The step refused n* as a repeat; rendering it as n*'s text would repeat it anyway.
+                        skip = np.append(skip, records[i].neighbour_id)
+                    skips.append(skip)
+                for i, text in zip(to_render, self.renderer.render(outputs[to_render], skips), strict=True):
+                    rendered[i] = text
             lat["render"] = (time.perf_counter() - t0) * 1000
-            lat["total"] = (time.perf_counter() - t_step) * 1000 + lat.get("encode", 0.0)
-            context = np.concatenate([context, v_out[None].astype(np.float32)])
-            yield GenerationStep(
-                record=record,
-                vector=v_out,
-                text=rendered.text,
-                text_concept_id=rendered.concept_id,
-                text_cosine=rendered.cosine,
-                approximate=rendered.approximate,
-                neighbour_text=neighbour_text,
-                query_source=source,
-                latency_ms=lat,
-            )
+            lat = {name: ms / b for name, ms in lat.items()}
+            lat["total"] = (time.perf_counter() - t_step) * 1000 / b
+            batch = []
+            for i, record in enumerate(records):
+                shown = rendered[i]
+                assert shown is not None
+                if render:
+                    decoders[i].shown(shown.concept_id)
+                fed = outputs[i]
+                if feed_rendered and shown.concept_id >= 0:
+                    fed = self.bank.vectors([shown.concept_id])[0]
+                contexts[i] = np.concatenate([contexts[i], np.asarray(fed, np.float32)[None]])
+                batch.append(
+                    GenerationStep(
+                        record=record,
+                        vector=outputs[i],
+                        text=shown.text,
+                        text_concept_id=shown.concept_id,
+                        text_cosine=shown.cosine,
+                        approximate=shown.approximate,
+                        neighbour_text=None if record.neighbour_id is None else neighbour_text[record.neighbour_id],
+                        query_source=source,
+                        latency_ms=dict(lat),
+                        lvm_vector=v_hat[i],
+                    )
+                )
+            yield batch
 
     def _verbatim_bank_ids(self, vectors: np.ndarray) -> list[int]:
         ids, scores = self.bank.search(vectors, 1)

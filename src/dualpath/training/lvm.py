@@ -13,6 +13,12 @@ Loss on unit-norm prediction p and true next vector t, over a batch of B pairs:
 The InfoNCE term uses the other targets of the batch as negatives: it pulls predictions toward the
 region of *this* next concept rather than the safe average of plausible ones, which the cosine
 term alone rewards.
+
+Rollout training (`lvm.rollout_steps` R > 0): from each pair, the model's prediction is appended to
+its context (the oldest concept drops out) and it predicts the concept after the target, R times,
+each step's loss weighted by `rollout_weight` (rows whose document ends are left out). Gradients flow
+through the fed-back predictions. A model trained only on true contexts and fed its own outputs
+converges to a fixed point; this teaches it that the next concept after its own guess is a new one.
 """
 
 from __future__ import annotations
@@ -92,11 +98,32 @@ class LVMTrainingTask:
         self.model = self.lvm.net
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lvm.lr, weight_decay=cfg.lvm.weight_decay)
         self.select_metric = SELECT_METRIC
+        self.successor = successors(split.train, vectors.shape[0])
 
     def _batch(self, pairs: ContextPairs, index: np.ndarray) -> tuple[torch.Tensor, ...]:
         ctx, mask = gather_context(self.vectors, pairs.context[index])
         target = np.asarray(self.vectors[pairs.target[index]], dtype=np.float32)
         return torch.from_numpy(ctx), torch.from_numpy(mask), torch.from_numpy(target)
+
+    def _rollout_loss(
+        self, ctx: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, target_ids: np.ndarray
+    ) -> torch.Tensor:
+        """The extra steps' losses: the prediction fed back, the concept after the target as the truth."""
+        lvm = self.cfg.lvm
+        loss = pred.new_zeros(())
+        ids = target_ids
+        for _ in range(lvm.rollout_steps):
+            ids = np.where(ids >= 0, self.successor[np.maximum(ids, 0)], -1)
+            keep = ids >= 0
+            if keep.sum() < 2:  # InfoNCE needs a negative
+                break
+            ctx = torch.cat([ctx[:, 1:], pred[:, None, :]], dim=1)
+            mask = torch.cat([mask[:, 1:], torch.ones_like(mask[:, :1])], dim=1)
+            pred = self.model(ctx, mask)
+            rows = torch.from_numpy(np.flatnonzero(keep))
+            target = torch.from_numpy(np.asarray(self.vectors[ids[keep]], dtype=np.float32))
+            loss = loss + lvm.rollout_weight * self._loss(pred[rows], target)
+        return loss
 
     def _loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         lvm = self.cfg.lvm
@@ -115,8 +142,12 @@ class LVMTrainingTask:
             progress = (epoch - 1 + step / len(starts)) / lvm.epochs
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(lvm.lr, progress, lvm.schedule)
-            ctx, mask, target = self._batch(train, order[start : start + lvm.batch_size])
-            loss = self._loss(self.model(ctx, mask), target)
+            index = order[start : start + lvm.batch_size]
+            ctx, mask, target = self._batch(train, index)
+            pred = self.model(ctx, mask)
+            loss = self._loss(pred, target)
+            if lvm.rollout_steps:
+                loss = loss + self._rollout_loss(ctx, mask, pred, train.target[index])
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), lvm.grad_clip)
@@ -156,6 +187,14 @@ class LVMTrainingTask:
             "split": self.cfg.split.model_dump(mode="json"),
             "pairs": {"train": len(self.split.train), "heldout": len(self.split.heldout)},
         }
+
+
+def successors(pairs: ContextPairs, size: int) -> np.ndarray:
+    """concept id → the next concept of its document among `pairs`' targets (-1 where none)."""
+    nxt = np.full(size, -1, dtype=np.int64)
+    same_doc = pairs.doc[1:] == pairs.doc[:-1]
+    nxt[pairs.target[:-1][same_doc]] = pairs.target[1:][same_doc]
+    return nxt
 
 
 def default_out_dir(bank: ConceptBank) -> Path:

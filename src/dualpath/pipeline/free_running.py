@@ -1,0 +1,331 @@
+"""Free-running generation measured as a reader sees it, beside the baselines of the same run.
+
+Teacher-forced numbers feed the true context at every step; a reader sees a stream that feeds back
+its own steps. From the first `prompt_len` concepts of held-out documents, each lane and each
+baseline generates `steps` concepts, rendered as text, and we measure per lane:
+
+- repetition: the share of steps whose rendered concept was already shown (in the prompt or at an
+  earlier step), and the share equal to the step just before;
+- distinct: distinct rendered concepts per step of a stream;
+- cos to the truth, by step t: cosine of step t to the document's own concept t, where the
+  document has one (for the rendered concept, what the reader sees, and for the decided vector);
+- drift: cosine of the rendered concept to the prompt's centroid, by step;
+- grounded: the share of steps whose text is a real bank concept (SNAP), not an approximation;
+- successive LVM cosine: cos(v̂_t, v̂_t-1), the sign of an LVM collapsing to a fixed point;
+- three sample continuations.
+
+Baselines, run through the same generator where they can be: `lvm-only` (never snaps),
+`bank-only` (always snaps), `random-<lane>` (the lane's own decisions in the lane's own shares, but
+drawn by chance instead of by c: does choosing by c beat chance?) and `knn` (kNN continuation: the
+concept that follows the last concept's nearest bank neighbour in that neighbour's own document,
+chained; the nonparametric baseline that kNN-LM and RETRO stand for).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dualpath.bank import ConceptBank
+from dualpath.config import SplitConfig
+from dualpath.corpus.pairs import heldout_documents
+from dualpath.decider import (
+    Decision,
+    DecisionRecord,
+    DualPathDecoder,
+    Lane,
+    Shortlist,
+    choose_next_vector,
+    get_schedule,
+)
+from dualpath.pipeline.evaluate import extreme_lanes, model_split
+
+if TYPE_CHECKING:
+    from dualpath.pipeline.generator import Generator
+
+log = logging.getLogger(__name__)
+
+PROMPT_CONCEPTS = 2
+STEPS = 8
+SAMPLES = 3
+KNN_DEPTH = 64  # neighbours a kNN step looks through for one whose successor is still unused
+
+
+@dataclass
+class Stream:
+    """One free-running continuation of a held-out document's prompt."""
+
+    doc_id: str
+    prompt_ids: np.ndarray  # the document's first concepts, given as the prompt
+    truth_ids: np.ndarray  # the document's own continuation (may be shorter than the stream)
+    shown_ids: list[int] = field(default_factory=list)  # the concept each step was rendered as (-1: none)
+    outputs: list[np.ndarray] = field(default_factory=list)  # the decided vector of each step
+    lvm: list[np.ndarray] = field(default_factory=list)  # v̂ of each step (none for kNN)
+    decisions: list[str] = field(default_factory=list)
+    c_pick: list[float] = field(default_factory=list)  # the c each decision saw (finite only)
+    grounded: list[bool] = field(default_factory=list)  # the text is the bank concept itself
+
+
+def heldout_prompts(
+    bank: ConceptBank, split: SplitConfig, docs: int, prompt_len: int = PROMPT_CONCEPTS, steps: int = STEPS
+) -> list[tuple[str, np.ndarray]]:
+    """Up to `docs` held-out documents with a prompt and at least one true concept after it.
+
+    The documents are the model's own held-out split (never trained on), longest continuation
+    first so that late steps still have a truth to compare with, then by id for stability.
+    """
+    documents = bank.documents()
+    held = heldout_documents(tuple(documents), split.heldout_fraction, split.seed)
+    usable = [(d, documents[d]) for d in sorted(held) if len(documents[d]) > prompt_len]
+    usable.sort(key=lambda item: -min(len(item[1]) - prompt_len, steps))
+    return usable[:docs]
+
+
+def generator_streams(
+    generator: Generator,
+    prompts: Sequence[tuple[str, np.ndarray]],
+    make_decoder: Callable[[int], DualPathDecoder],
+    prompt_len: int = PROMPT_CONCEPTS,
+    steps: int = STEPS,
+    unseen: bool = False,
+) -> list[Stream]:
+    """Run the generator from every prompt with a fresh decoder each (`make_decoder(stream index)`, so
+    that seeded draws differ between streams), rendering every step.
+
+    `unseen`: the prompt's whole document is kept out of the search, as if the prompt were text the
+    bank has never seen (a user's own prompt); by default only the prompt's concepts are.
+    """
+    bank = generator.bank
+    streams = [Stream(d, ids[:prompt_len], ids[prompt_len : prompt_len + steps]) for d, ids in prompts]
+    runs = generator.generate_batch(
+        [bank.vectors(s.prompt_ids) for s in streams],
+        steps,
+        context_ids=[ids if unseen else ids[:prompt_len] for _, ids in prompts],
+        decoders=[make_decoder(i) for i in range(len(streams))],
+    )
+    for stream, run in zip(streams, runs, strict=True):
+        for step in run:
+            stream.shown_ids.append(step.text_concept_id)
+            stream.outputs.append(step.vector)
+            if step.lvm_vector is not None:
+                stream.lvm.append(step.lvm_vector)
+            stream.decisions.append(step.record.decision.value)
+            if step.record.c_pick is not None:
+                stream.c_pick.append(step.record.c_pick)
+            stream.grounded.append(not step.approximate and step.text_concept_id >= 0)
+    return streams
+
+
+def knn_streams(
+    bank: ConceptBank,
+    prompts: Sequence[tuple[str, np.ndarray]],
+    prompt_len: int = PROMPT_CONCEPTS,
+    steps: int = STEPS,
+) -> list[Stream]:
+    """kNN continuation: follow the last shown concept's nearest neighbour to its successor, chained.
+
+    Neighbours and successors already shown (the prompt included) are skipped, the same no-repeat
+    rule the lanes follow. One search per step for all streams.
+    """
+    successor = np.full(len(bank), -1, dtype=np.int64)
+    for ids in bank.documents().values():
+        successor[ids[:-1]] = ids[1:]
+    streams = [Stream(d, ids[:prompt_len], ids[prompt_len : prompt_len + steps]) for d, ids in prompts]
+    used = [set(map(int, s.prompt_ids)) for s in streams]
+    last = bank.vectors([int(s.prompt_ids[-1]) for s in streams])
+    for _ in range(steps):
+        depth = min(len(bank), KNN_DEPTH + max(len(u) for u in used))
+        found, _ = bank.search(last, depth)
+        for i, stream in enumerate(streams):
+            pick = -1
+            for neighbour in found[i]:
+                if neighbour < 0 or int(neighbour) in used[i]:
+                    continue
+                nxt = int(successor[neighbour])
+                if nxt >= 0 and nxt not in used[i]:
+                    pick = nxt
+                    break
+            stream.shown_ids.append(pick)
+            stream.decisions.append(Decision.SNAP.value if pick >= 0 else Decision.NOVEL.value)
+            stream.grounded.append(pick >= 0)
+            if pick >= 0:
+                used[i].add(pick)
+                last[i] = bank.vectors([pick])[0]
+            stream.outputs.append(last[i].copy())
+    return streams
+
+
+class RandomMixDecoder(DualPathDecoder):
+    """The lane's decisions by chance: c is replaced by a draw from the lane's own c sample.
+
+    n* is the best unused candidate, as in the lane; only *which* decision (and α) a step gets is
+    decided by a random c' from `c_sample` (the c values the lane itself saw in the same run), so
+    the SNAP / BLEND / NOVEL shares match the lane's while the choice ignores the step's real c.
+    """
+
+    def __init__(self, lane: Lane, c_sample: np.ndarray, schedule: str, seed: int) -> None:
+        super().__init__(lane.model_copy(update={"name": f"random-{lane.name}"}), schedule=schedule, seed=seed)
+        self.c_sample = np.asarray(c_sample, dtype=np.float64)
+        self._alpha_of = get_schedule(schedule)
+        self._always = lane.model_copy(update={"tau_snap": -1 + 1e-9, "tau_novel": -1.0, "dup_window": 0})
+
+    def step(self, v_hat: np.ndarray, shortlist: Shortlist) -> tuple[np.ndarray, DecisionRecord]:
+        _, best = choose_next_vector(v_hat, shortlist, self._always, (), used_ids=self.used_ids)
+        c = float(self._rng.choice(self.c_sample)) if self.c_sample.size else -1.0
+        v = np.asarray(v_hat, np.float32) / np.linalg.norm(v_hat)
+        if best.neighbour_id is None:
+            decision, alpha, out = Decision.NOVEL, 0.0, v
+        else:
+            n = np.asarray(shortlist.vectors)[list(np.asarray(shortlist.ids)).index(best.neighbour_id)]
+            n = n / np.linalg.norm(n)
+            if c >= self.lane.tau_snap:
+                decision, alpha, out = Decision.SNAP, 1.0, n
+            elif c <= self.lane.tau_novel:
+                decision, alpha, out = Decision.NOVEL, 0.0, v
+            else:
+                decision = Decision.BLEND
+                alpha = float(self._alpha_of(np.array([c]), self.lane.tau_snap, self.lane.tau_novel)[0])
+                mixed = (1 - alpha) * v + alpha * n
+                out = mixed / np.linalg.norm(mixed)
+        record = DecisionRecord(
+            step=self._step, c_max=best.c_max, decision=decision, neighbour_id=best.neighbour_id,
+            alpha=alpha, lane=self.lane.name, near_dup=False, fallback_reason=best.fallback_reason,
+            latency_ms=0.0, c_pick=c, skipped_used=best.skipped_used,
+        )
+        self._recent.append(record.picked_id)
+        self._shown.append(record.picked_id)
+        self._step += 1
+        return np.asarray(out, np.float32), record
+
+
+def stream_metrics(bank: ConceptBank, streams: Sequence[Stream], steps: int = STEPS) -> dict[str, Any]:
+    """Every reader-side number of one lane's streams (see the module docstring)."""
+    repeat = consecutive = total = 0
+    distinct: list[float] = []
+    cos_shown = [[] for _ in range(steps)]
+    cos_output = [[] for _ in range(steps)]
+    drift = [[] for _ in range(steps)]
+    successive = [[] for _ in range(steps)]
+    decisions: list[str] = []
+    grounded: list[bool] = []
+    for s in streams:
+        prompt = bank.vectors(s.prompt_ids)
+        centroid = prompt.mean(axis=0)
+        centroid /= np.linalg.norm(centroid)
+        seen = set(map(int, s.prompt_ids))
+        previous = int(s.prompt_ids[-1])
+        shown_vectors = bank.vectors([max(i, 0) for i in s.shown_ids])
+        truth = bank.vectors(s.truth_ids) if len(s.truth_ids) else np.zeros((0, bank.dim), np.float32)
+        for t, cid in enumerate(s.shown_ids):
+            total += 1
+            repeat += cid >= 0 and cid in seen
+            consecutive += cid >= 0 and cid == previous
+            if cid >= 0:
+                seen.add(cid)
+                drift[t].append(float(shown_vectors[t] @ centroid))
+                if t < len(truth):
+                    cos_shown[t].append(float(shown_vectors[t] @ truth[t]))
+            if t < len(truth):
+                cos_output[t].append(float(s.outputs[t] @ truth[t]))
+            if t and len(s.lvm) > t:
+                successive[t].append(float(s.lvm[t] @ s.lvm[t - 1]))
+            previous = cid
+        shown = [i for i in s.shown_ids if i >= 0]
+        distinct.append(len(set(shown)) / max(len(s.shown_ids), 1))
+        decisions.extend(s.decisions)
+        grounded.extend(s.grounded)
+
+    def by_step(values: list[list[float]]) -> list[float | None]:
+        return [float(np.mean(v)) if v else None for v in values]
+
+    def overall(values: list[list[float]]) -> float | None:
+        flat = [x for v in values for x in v]
+        return float(np.mean(flat)) if flat else None
+
+    decided = np.asarray(decisions)
+    return {
+        "streams": len(streams),
+        "steps": total,
+        "repeat_rate": repeat / max(total, 1),
+        "consecutive_repeat_rate": consecutive / max(total, 1),
+        "distinct_per_stream": float(np.mean(distinct)) if distinct else 0.0,
+        "cos_true": overall(cos_shown),
+        "cos_true_by_step": by_step(cos_shown),
+        "cos_true_output": overall(cos_output),
+        "cos_true_output_by_step": by_step(cos_output),
+        "drift_by_step": by_step(drift),
+        "grounded_share": float(np.mean(grounded)) if grounded else 0.0,
+        "successive_lvm_cos_by_step": by_step(successive)[1:],
+        "shares": {d.value: float(np.mean(decided == d.value)) if len(decided) else 0.0 for d in Decision},
+    }
+
+
+def samples(bank: ConceptBank, streams: Sequence[Stream], n: int = SAMPLES) -> list[dict[str, Any]]:
+    """The first `n` streams as text: prompt, continuation (decision per step), the document's truth."""
+    out = []
+    for s in streams[:n]:
+        texts = bank.texts([i for i in s.shown_ids if i >= 0])
+        shown = iter(texts)
+        out.append({
+            "doc_id": s.doc_id,
+            "prompt": bank.texts(s.prompt_ids),
+            "steps": [
+                {"decision": d, "text": next(shown) if i >= 0 else ""}
+                for d, i in zip(s.decisions, s.shown_ids, strict=True)
+            ],
+            "truth": bank.texts(s.truth_ids[:3]),
+        })
+    return out
+
+
+def evaluate_free_running(
+    generator: Generator,
+    lanes: dict[str, Lane],
+    docs: int = 200,
+    prompt_len: int = PROMPT_CONCEPTS,
+    steps: int = STEPS,
+    split: SplitConfig | None = None,
+) -> dict[str, Any]:
+    """Every lane and every baseline from the same held-out prompts: metrics and samples per name.
+
+    `lanes` are the lanes to measure (calibrated ones, as the generator holds them); the baselines
+    `lvm-only`, `bank-only`, `random-<lane>` for each lane, and `knn` are added here.
+    """
+    bank = generator.bank
+    split = split or model_split(generator.lvm, generator.cfg)
+    prompts = heldout_prompts(bank, split, docs, prompt_len, steps)
+    if not prompts:
+        return {}
+    schedule = generator.cfg.decider.schedule
+    seed = generator.cfg.generation.seed
+    k = max(lane.k for lane in lanes.values())
+    results: dict[str, Any] = {}
+
+    def record(name: str, streams: list[Stream]) -> None:
+        results[name] = {**stream_metrics(bank, streams, steps), "samples": samples(bank, streams)}
+        m = results[name]
+        log.info(
+            "free-running %s: repeat %.1f %%, distinct %.2f, cos to truth %.4f, grounded %.1f %%",
+            name, 100 * m["repeat_rate"], m["distinct_per_stream"], m["cos_true"] or float("nan"),
+            100 * m["grounded_share"],
+        )
+
+    for name, lane in {**lanes, **extreme_lanes(k)}.items():
+        streams = generator_streams(
+            generator, prompts, lambda i, lane=lane: generator.decoder(lane, seed=seed + i), prompt_len, steps
+        )
+        record(name, streams)
+        if name in lanes:
+            c_sample = np.asarray([c for s in streams for c in s.c_pick])
+            random = generator_streams(
+                generator, prompts,
+                lambda i, lane=lane, c_sample=c_sample: RandomMixDecoder(lane, c_sample, schedule, seed + i),
+                prompt_len, steps,
+            )
+            record(f"random-{name}", random)
+    record("knn", knn_streams(bank, prompts, prompt_len, steps))
+    return {"docs": len(prompts), "prompt_concepts": prompt_len, "steps": steps, "lanes": results}
