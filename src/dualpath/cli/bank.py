@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
 @bank_app.command("build")
 def build_command(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Bank directory to write (an existing bank there is replaced)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bank directory to write (must not be a bank unless --force)."),
     encoder: str | None = typer.Option(None, "--encoder", help="Encoder name or local sentence-transformers path."),
     index: str | None = typer.Option(
         None, "--index", help="auto | flat | ivf | hnsw | a FAISS factory string (faiss) or Milvus index type (milvus)."
@@ -43,6 +43,9 @@ def build_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace a bank already at --out (its models/ and calibration.json are dropped)."
+    ),
 ) -> None:
     """Segment a corpus into concepts, encode them and index them into a new bank."""
     from dualpath.bank import ConceptBank
@@ -53,7 +56,7 @@ def build_command(
         bank={"index": index, "dtype": dtype, "backend": backend, "milvus_uri": milvus_uri},
     )
     started = time.perf_counter()
-    bank = ConceptBank.build(source, out, cfg, skip_bad=skip_bad, limit_docs=limit_docs)
+    bank = ConceptBank.build(source, out, cfg, skip_bad=skip_bad, limit_docs=limit_docs, force=force)
     seconds = time.perf_counter() - started
     summary = {**_summary(bank), "seconds": round(seconds, 2), "concepts_per_s": round(len(bank) / seconds, 1)}
     bank.close()

@@ -18,6 +18,7 @@ import numpy as np
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
 from dualpath.decider import Lane, calibrate_lane, load_lanes
+from dualpath.locking import write_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.evaluate import heldout_pairs, model_split, teacher_forced
@@ -94,7 +95,22 @@ def calibrate_bank(
     cfg: DualPathConfig,
     max_pairs: int | None = 3000,
 ) -> dict[str, Any]:
-    """Calibrate every lane with target shares (shipped + cfg's lanes file) and store them in the bank."""
+    """Calibrate every lane with target shares (shipped + cfg's lanes file) and store them in the bank.
+
+    Holds the bank's writer lock throughout: a `bank add` meanwhile would drop calibration.json.
+    """
+    with write_lock(bank.path):
+        bank.ensure_current()
+        return _calibrate_bank(bank, lvm, tower, cfg, max_pairs)
+
+
+def _calibrate_bank(
+    bank: ConceptBank,
+    lvm: LatentVectorModel,
+    tower: QueryTower | None,
+    cfg: DualPathConfig,
+    max_pairs: int | None,
+) -> dict[str, Any]:
     calibrated, measured = calibrate_lanes(bank, lvm, tower, load_lanes(cfg.decider.lanes_file), cfg, max_pairs)
     calibration = {
         **measured,

@@ -16,6 +16,7 @@ from dualpath.bank import ConceptBank
 from dualpath.decider import Lane, load_lanes, make_lane
 from dualpath.errors import ConfigError
 from dualpath.fileio import write_json_atomic
+from dualpath.locking import write_lock
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,8 @@ def read_calibration(bank_path: str | Path) -> dict[str, Any] | None:
 
 def write_calibration(bank_path: str | Path, calibration: dict[str, Any]) -> Path:
     path = Path(bank_path) / CALIBRATION_FILE
-    write_json_atomic(path, calibration)
+    with write_lock(bank_path):  # re-entrant under calibrate_bank's lock; alone, it orders against `bank add`
+        write_json_atomic(path, calibration)
     return path
 
 
