@@ -42,10 +42,17 @@ class BankConfig(_Section):
     ef_search: int = Field(128, ge=1)
 
 
+# Results per query in a bank search: a search allocates (queries × k) ids and scores up front, so
+# k = 1e9 ran for minutes and exhausted memory before FAISS returned anything.
+MAX_SEARCH_K = 10_000
+
+
 class SplitConfig(_Section):
     heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     seed: int = 0
-    context: int = Field(5, ge=1)  # C: previous concepts per pair
+    # C: previous concepts per pair. Bounded because every pair holds C ids and every batch C vectors:
+    # --context 100000 ran out of memory deep in training instead of failing here.
+    context: int = Field(5, ge=1, le=1024)
 
 
 class LVMConfig(_Section):

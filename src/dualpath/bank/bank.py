@@ -47,7 +47,7 @@ from dualpath.bank.manifest import (
     read_manifest,
 )
 from dualpath.bank.metadata import METADATA_FILE, Concept, Metadata
-from dualpath.config import DualPathConfig, SegmentConfig
+from dualpath.config import MAX_SEARCH_K, DualPathConfig, SegmentConfig
 from dualpath.corpus import Document, load_documents, segment_sentences
 from dualpath.encoding import Encoder, load_encoder
 from dualpath.errors import BankError, CorpusError
@@ -371,8 +371,8 @@ class ConceptBank:
             queries = queries[None, :]
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise BankError(f"dimension mismatch: queries of shape {queries.shape}, the bank's dim is {self.dim}")
-        if k < 1:
-            raise BankError(f"k must be at least 1, got {k}")
+        if not 1 <= k <= MAX_SEARCH_K:
+            raise BankError(f"k must be between 1 and {MAX_SEARCH_K}, got {k}")
         if domain is not None and domain not in self.domains():
             known = ", ".join(sorted(d for d in self.domains() if d is not None)) or "none"
             raise BankError(f"unknown domain {domain!r}; this bank has: {known}")

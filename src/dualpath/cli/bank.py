@@ -13,10 +13,12 @@ from dualpath.cli.common import (
     BACKEND_OPTION,
     CONFIG_OPTION,
     MILVUS_URI_OPTION,
+    check_text,
     load_config,
     make_console,
     print_json,
 )
+from dualpath.config import MAX_SEARCH_K
 
 bank_app = typer.Typer(help="Build, inspect and search a concept bank.", no_args_is_help=True)
 console = make_console()
@@ -123,7 +125,7 @@ def info_command(
 def search_command(
     bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
     text: str = typer.Argument(..., help="Query text (encoded with the bank's own encoder)."),
-    k: int = typer.Option(5, "-k", "--k", help="How many concepts to return."),
+    k: int = typer.Option(5, "-k", "--k", min=1, max=MAX_SEARCH_K, help="How many concepts to return."),
     domain: str | None = typer.Option(None, "--domain", help="Only concepts of this domain."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -133,6 +135,7 @@ def search_command(
     from dualpath.bank import ConceptBank
     from dualpath.errors import DualPathError
 
+    check_text(text, "the query text")
     if not text.strip():
         raise DualPathError("the query text is empty")
     with ConceptBank.open(bank_dir, load_config(config, bank={"milvus_uri": milvus_uri})) as bank:
