@@ -2,7 +2,7 @@
 
 Usage errors are checked through the installed `dualpath` command in a subprocess: typer 0.29
 raises its vendored click's exceptions, which an in-process CliRunner would have reported in its
-own way. The subprocess runs this environment's console script with this checkout on PYTHONPATH.
+own way. The subprocess runs this environment's console script on the code this process imported.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import dualpath
 from dualpath.bank import Concept, ConceptBank
 from dualpath.corpus import load_documents
 from dualpath.errors import BankError, ConfigError, CorpusError
 
 DUALPATH = Path(sys.executable).parent / "dualpath"
-SRC = Path(__file__).resolve().parents[1] / "src"
+# The code this test process imported (a worktree on PYTHONPATH, or the install): the command runs the same.
+SRC = Path(dualpath.__file__).resolve().parents[1]
 
 
 def run_dualpath(*args: str | bytes) -> subprocess.CompletedProcess:
