@@ -181,6 +181,7 @@ def test_build_over_an_existing_bank_needs_force(tmp_path, capsys):
     (bank / "models").mkdir()
     corpus = tmp_path / "c.jsonl"
     corpus.write_text(json.dumps({"id": "a", "text": "Rivers carry water to the sea. They shape valleys."}) + "\n")
+    capsys.readouterr()  # drop the log lines of making the bank (an earlier main() set up logging)
     with pytest.raises(SystemExit) as exit_:
         main(["bank", "build", str(corpus), "--out", str(bank)])
     err = capsys.readouterr().err
