@@ -284,7 +284,7 @@ def test_an_interrupted_build_leaves_the_previous_bank(tmp_path, text_encoder, s
     out = tmp_path / "bank"
     ConceptBank.build(documents(6), out, encoder=text_encoder).close()
     with pytest.raises(KeyboardInterrupt):
-        ConceptBank.build(interrupted(documents(100), after=30), out, encoder=text_encoder)
+        ConceptBank.build(interrupted(documents(100), after=30), out, encoder=text_encoder, force=True)
     assert [p.name for p in tmp_path.iterdir()] == ["bank"], "no half-written directory is left behind"
     with ConceptBank.open(out) as bank:
         assert len(bank.documents()) == 6

@@ -133,7 +133,7 @@ def test_a_killed_build_leaves_the_previous_bank(tmp_path, text_encoder):
     ConceptBank.build(list(load_documents(WIKI_SAMPLE, limit=5)), bank_dir, encoder=text_encoder).close()
     corpus = write_wiki_jsonl(tmp_path / "big.jsonl", 400)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dualpath.cli.main", "bank", "build", str(corpus), "--out", str(bank_dir)],
+        [sys.executable, "-m", "dualpath.cli.main", "bank", "build", str(corpus), "--out", str(bank_dir), "--force"],
         stderr=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
     )
@@ -155,7 +155,7 @@ def test_a_killed_build_leaves_the_previous_bank(tmp_path, text_encoder):
         with pytest.raises(Exception, match="not a bank"):
             ConceptBank.open(leftover)
     # The next build clears the leftover.
-    ConceptBank.build(list(load_documents(WIKI_SAMPLE, limit=3)), bank_dir, encoder=text_encoder).close()
+    ConceptBank.build(list(load_documents(WIKI_SAMPLE, limit=3)), bank_dir, encoder=text_encoder, force=True).close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank", "big.jsonl"]
 
 

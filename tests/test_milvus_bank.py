@@ -197,3 +197,17 @@ def test_cli_builds_opens_and_searches_a_milvus_bank(tmp_path, capsys):
     assert code == 2 and "Traceback" not in err and "not found" in err.strip().splitlines()[-1]
     code, out, _ = run_cli(capsys, "bank", "info", str(bank_dir), "--json", "--milvus-uri", str(tmp_path / "moved.db"))
     assert code == 0 and json.loads(out)["concepts"] == built["concepts"]
+
+
+def test_a_second_process_on_one_lite_database_is_refused_in_one_line(tmp_path):
+    """Milvus Lite allows one process per database: the second gets one line, not milvus_lite's traceback."""
+    from dualpath.bank import Concept
+    from test_cli_errors import assert_one_line_error, run_dualpath
+
+    concepts = [Concept(i, "d", i, f"concept {i}", None, "d") for i in range(8)]
+    bank_dir = tmp_path / "bank"
+    cfg = milvus_config(tmp_path / "lite.db")
+    ConceptBank.from_vectors(bank_dir, np.eye(8, dtype=np.float32), concepts, "synthetic", cfg).close()
+    with ConceptBank.open(bank_dir, cfg) as bank:  # this process holds the database
+        assert len(bank) == 8
+        assert_one_line_error(run_dualpath("bank", "info", str(bank_dir)), "open in another process")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -431,24 +431,33 @@ def test_cli_reports_a_missing_bank_in_one_line(tmp_path, capsys):
 
 # -- any body at all: a clear 4xx or a success, never a crash ---------------------------------------------
 
+# Any unicode, lone surrogates included: json.dumps escapes them ("\ud800"), which is how a client sends them.
+# Surrogates are drawn on their own too: 2,048 of 1.1 M code points would rarely come up otherwise.
+ANY_TEXT = st.text(st.characters(exclude_categories=()) | st.characters(categories=["Cs"]), max_size=30)
 JSON_VALUES = st.recursive(
     st.none()
     | st.booleans()
     | st.integers(-10, 10**6)
     | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=30),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    | ANY_TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(ANY_TEXT, inner, max_size=4),
     max_leaves=12,
 )
 FIELDS = st.sampled_from(["text", "vector", "k", "domain", "prompt", "steps", "lane", "with_vectors", "x"])
 
 
 @settings(max_examples=60, deadline=None)
-@given(path=st.sampled_from(["/search", "/generate"]), body=st.dictionaries(FIELDS, JSON_VALUES, max_size=4))
+@example(path="/search", body={"text": "A \ud800 b."})  # the issue's cases, always tried first
+@example(path="/generate", body={"prompt": "A \ud800 b. The Moon.", "steps": 1})
+@given(
+    path=st.sampled_from(["/search", "/generate"]),
+    body=st.dictionaries(FIELDS, JSON_VALUES, max_size=4) | JSON_VALUES,  # any JSON shape at the top too
+)
 def test_any_json_body_gets_success_or_a_one_line_4xx(client, path, body):
-    if isinstance(body.get("steps"), int) and not isinstance(body.get("steps"), bool):
+    if isinstance(body, dict) and isinstance(body.get("steps"), int) and not isinstance(body.get("steps"), bool):
         body["steps"] = min(body["steps"], 3)  # keep the successful generations short
-    response = client.post(path, json=body)
+    # content=, not json=: httpx encodes JSON as UTF-8 without escapes and cannot send a lone surrogate.
+    response = client.post(path, content=json.dumps(body), headers={"content-type": "application/json"})
     assert response.status_code in (200, 400, 413, 422), response.text
     if response.status_code != 200:
         detail = response.json()["detail"]
@@ -464,3 +473,37 @@ def test_in_process_calls_match_http(client, service):
     assert [r["id"] for r in direct] == [r["id"] for r in via_http]
     whole = service.generate(GenerateRequest(prompt=PROMPT, steps=2, lane="legal"))
     assert len(whole["steps"]) == 2 and all(math.isfinite(s["latency_ms"]) for s in whole["steps"])
+
+
+# -- malformed text and fuzzed bodies (issue 16) ------------------------------------------------------------
+
+JSON_HEADERS = {"content-type": "application/json"}
+
+
+@pytest.mark.parametrize(
+    ("path", "raw"),
+    [
+        ("/search", '{"text": "A \\ud800 b. Volcanoes."}'),
+        ("/search", '{"text": "volcano", "domain": "\\udfff"}'),
+        ("/generate", '{"prompt": "A \\ud800 b. The Moon."}'),
+        ("/generate", '{"prompt": "The Moon orbits.", "lane": "\\ud800"}'),
+        ("/generate/stream", '{"prompt": "\\udc80"}'),
+    ],
+)
+def test_lone_surrogates_get_a_4xx_json_answer(client, path, raw):
+    assert_error(client.post(path, content=raw, headers=JSON_HEADERS), 422, "invalid Unicode")
+
+
+@pytest.mark.parametrize("key", ["", "   ", "\t\n"])
+def test_a_blank_api_key_is_refused(key, tmp_path, monkeypatch):
+    from dualpath.config import DualPathConfig
+    from dualpath.errors import ConfigError
+    from test_cli_errors import assert_one_line_error, run_dualpath
+
+    with pytest.raises(ConfigError, match="empty or only whitespace"):
+        DualPathConfig.from_dict({"service": {"api_key": key}}, source="test")
+    with pytest.raises(Exception, match="without an API key"):
+        check_bind("0.0.0.0", key)
+    if key:  # (an empty variable reads as unset) through the installed command: one line, exit 2
+        monkeypatch.setenv("DUALPATH_API_KEY", key)
+        assert_one_line_error(run_dualpath("serve", "--bank", str(tmp_path), "--host", "0.0.0.0"), "API key")

@@ -42,10 +42,17 @@ class BankConfig(_Section):
     ef_search: int = Field(128, ge=1)
 
 
+# Results per query in a bank search: a search allocates (queries × k) ids and scores up front, so
+# k = 1e9 ran for minutes and exhausted memory before FAISS returned anything.
+MAX_SEARCH_K = 10_000
+
+
 class SplitConfig(_Section):
     heldout_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     seed: int = 0
-    context: int = Field(5, ge=1)  # C: previous concepts per pair
+    # C: previous concepts per pair. Bounded because every pair holds C ids and every batch C vectors:
+    # --context 100000 ran out of memory deep in training instead of failing here.
+    context: int = Field(5, ge=1, le=1024)
 
 
 class LVMConfig(_Section):
@@ -143,7 +150,7 @@ class GenerationConfig(_Section):
 class ServiceConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
-    api_key: str | None = None
+    api_key: str | None = None  # None: no key; an empty or whitespace-only key is refused (see below)
     max_prompt_chars: int = Field(4000, ge=1)
     max_k: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
@@ -151,6 +158,15 @@ class ServiceConfig(_Section):
     search_workers: int = Field(4, ge=1)  # searches computed at once
     telemetry_records: int = Field(1000, ge=1)  # recent steps kept for /telemetry and the dashboard
     threads_per_request: int = Field(1, ge=1)  # torch and FAISS threads of one request (requests run in parallel)
+
+
+    @field_validator("api_key")
+    @classmethod
+    def _real_key(cls, value: str | None) -> str | None:
+        # DUALPATH_API_KEY=" " used to count as a key, and the server then bound publicly behind it.
+        if value is not None and not value.strip():
+            raise ValueError("the API key is empty or only whitespace; set a real key or none")
+        return value
 
 
 class DualPathConfig(_Section):

@@ -23,3 +23,7 @@ class ConfigError(DualPathError):
 
 class DeciderError(DualPathError, ValueError):
     """Vectors or shortlists given to the decider are malformed (shape, NaN/inf, zero norm)."""
+
+
+class LockedError(DualPathError):
+    """Another process is writing the same bank (or model directory) right now."""

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import glob
 import json
+import logging
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -65,30 +73,149 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+# Test hooks (used by tests/test_concurrency.py to kill a real process at a chosen instant):
+# DUALPATH_PAUSE_AT="swap:3" sleeps 3 s at the named point; DUALPATH_NO_RENAME_EXCHANGE=1 forces the
+# two-rename swap that systems without renameat2(RENAME_EXCHANGE) use.
+PAUSE_ENV = "DUALPATH_PAUSE_AT"
+NO_EXCHANGE_ENV = "DUALPATH_NO_RENAME_EXCHANGE"
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def pause_point(name: str) -> None:
+    """Sleep here if $DUALPATH_PAUSE_AT names this point (`name:seconds`); a no-op otherwise."""
+    spec = os.environ.get(PAUSE_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        point, _, seconds = item.partition(":")
+        if point.strip() == name:
+            log.warning("pausing %s s at %r (%s is set)", seconds or "5", name, PAUSE_ENV)
+            time.sleep(float(seconds or 5))
+
+
+def _load_renameat2() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2() if sys.platform.startswith("linux") else None
+
+
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Atomically swap two existing paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if _renameat2 is None or os.environ.get(NO_EXCHANGE_ENV):
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner_pid(entry: Path, target: Path) -> int | None:
+    """The pid in `.<name>.<pid>.<random>.(tmpdir|old)`; None for names written otherwise."""
+    rest = entry.name[len(target.name) + 2 :].split(".")
+    if len(rest) != 3 or not rest[0].isdigit():
+        return None
+    return int(rest[0])
+
+
+def _leftovers(target: Path, suffix: str) -> list[tuple[Path, int]]:
+    found = []
+    for entry in target.parent.glob(f".{glob.escape(target.name)}.*.{suffix}"):
+        pid = _owner_pid(entry, target)
+        if pid is not None:
+            found.append((entry, pid))
+    return found
+
+
+def recover_directory(target: str | Path, wait_s: float = 5.0) -> bool:
+    """Put back a directory a killed two-rename swap left aside; True if `target` exists afterwards.
+
+    Only the no-RENAME_EXCHANGE swap has a moment without `target`; a swapper still alive is given
+    `wait_s` to finish its second rename before anything is touched.
+    """
+    target = Path(target)
+    deadline = time.monotonic() + wait_s
+    while not target.exists():
+        asides = _leftovers(target, "old")
+        if not asides:
+            return False
+        if any(pid_alive(pid) for _, pid in asides):
+            if time.monotonic() >= deadline:
+                return target.exists()
+            time.sleep(0.02)
+            continue
+        newest = max(asides, key=lambda item: item[0].stat().st_mtime)[0]
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.rename(newest, target)  # fails harmlessly if a concurrent recoverer won
+            log.warning("recovered %s from %s (a swap was interrupted)", target, newest.name)
+    return True
+
+
+def _clean_leftovers(target: Path) -> None:
+    # Only what a dead process left: a live writer's temp dir (another checkpoint writer, a build
+    # of another bank name sharing the folder) is never touched. A set-aside copy is deleted only
+    # once `target` exists, so the only copy of a bank is never removed.
+    for entry, pid in _leftovers(target, "tmpdir"):
+        if not pid_alive(pid):
+            shutil.rmtree(entry, ignore_errors=True)
+    if target.exists():
+        for entry, pid in _leftovers(target, "old"):
+            if not pid_alive(pid):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory beside `target`; on success it replaces `target`.
 
-    The old directory (if any) is moved aside first and removed only after the new one is in
-    place, so an interruption leaves either the old directory or the new one at `target`
-    (plus, at worst, a hidden leftover that the next call cleans up).
+    At every instant `target` is the old directory or the new one: the swap is one atomic
+    renameat2(RENAME_EXCHANGE) where the system has it. Elsewhere the old directory is renamed
+    aside, then the new one in; a kill between the two leaves the old one aside, and
+    `recover_directory` (run here and when a bank is opened) puts it back. Temporary names carry
+    the writer's pid, and only a dead writer's leftovers are removed.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    for stale in target.parent.glob(f".{target.name}.*.tmpdir"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmpdir", dir=target.parent))
+    recover_directory(target)
+    _clean_leftovers(target)
+    pid = os.getpid()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{pid}.", suffix=".tmpdir", dir=target.parent))
     try:
         yield tmp
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmpdir", dir=target.parent))
-            old.rmdir()
-            os.replace(target, old)
-        os.replace(tmp, target)
+        pause_point("swap")
+        if not target.exists():
+            os.rename(tmp, target)
+        elif exchange_paths(tmp, target):
+            pass  # tmp now holds the old directory; removed below
+        else:
+            aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.{pid}.", suffix=".old", dir=target.parent))
+            aside.rmdir()
+            os.replace(target, aside)
+            pause_point("swap-aside")
+            os.replace(tmp, target)
+            tmp = aside
         _fsync_dir(target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

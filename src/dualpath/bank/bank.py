@@ -47,11 +47,12 @@ from dualpath.bank.manifest import (
     read_manifest,
 )
 from dualpath.bank.metadata import METADATA_FILE, Concept, Metadata
-from dualpath.config import DualPathConfig, SegmentConfig
+from dualpath.config import MAX_SEARCH_K, DualPathConfig, SegmentConfig
 from dualpath.corpus import Document, load_documents, segment_sentences
 from dualpath.encoding import Encoder, load_encoder
 from dualpath.errors import BankError, CorpusError
-from dualpath.fileio import atomic_directory, write_json_atomic
+from dualpath.fileio import atomic_directory, recover_directory, write_json_atomic
+from dualpath.locking import write_lock
 from dualpath.logs import progress_enabled
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ VECTORS_FILE = "vectors.npy"
 # Concepts encoded per step while building: one encoder call, one metadata insert, one log line.
 BUILD_BATCH = 1024
 COPY_BLOCK = 65_536  # rows copied at a time when `add` extends vectors.npy
+OPEN_ATTEMPTS = 5  # opens retried when a writer swapped the bank in mid-open
 
 Source = str | Path | Iterable[Document]
 
@@ -103,6 +105,32 @@ class ConceptBank:
         """
         path = Path(path)
         cfg = cfg or DualPathConfig()
+        # A writer swaps the whole directory in at once, but a reader opens its files one by one:
+        # if the directory was swapped meanwhile, the files may come from two versions. Detect that
+        # by the directory's identity and open again, so a reader sees the old bank or the new one.
+        for attempt in range(OPEN_ATTEMPTS):
+            recover_directory(path)
+            before = _identity(path)
+            try:
+                bank = cls._open_once(path, cfg, verify)
+            except BankError:
+                if attempt + 1 < OPEN_ATTEMPTS and _identity(path) != before:
+                    continue
+                raise
+            if _identity(path) == before:
+                break
+            bank.close()
+        else:  # pragma: no cover - a bank rewritten OPEN_ATTEMPTS times during one open
+            raise BankError(f"bank {path} kept changing while it was opened; try again")
+        if encoder is not None:
+            if encoder.name != bank.encoder_name or encoder.dim != bank.dim:
+                bank.close()
+                raise BankError(f"bank {path} was built with {bank.encoder_name}, not {encoder.name}")
+            bank._encoder = encoder
+        return bank
+
+    @classmethod
+    def _open_once(cls, path: Path, cfg: DualPathConfig, verify: Literal["quick", "full"]) -> ConceptBank:
         manifest = read_manifest(path)
         checksums = manifest["checksums"]
         for required in (VECTORS_FILE, METADATA_FILE):
@@ -127,13 +155,7 @@ class ConceptBank:
         except BaseException:
             metadata.close()
             raise
-        bank = cls(path, manifest, vectors, metadata, backend, cfg)
-        if encoder is not None:
-            if encoder.name != bank.encoder_name or encoder.dim != bank.dim:
-                bank.close()
-                raise BankError(f"bank {path} was built with {bank.encoder_name}, not {encoder.name}")
-            bank._encoder = encoder
-        return bank
+        return cls(path, manifest, vectors, metadata, backend, cfg)
 
     # -- building --------------------------------------------------------------------------------
 
@@ -147,11 +169,36 @@ class ConceptBank:
         skip_bad: bool = False,
         limit_docs: int | None = None,
         encoder: Encoder | None = None,
+        force: bool = False,
     ) -> ConceptBank:
-        """Segment, encode and index a corpus into a new bank at `out` (replacing a bank there)."""
+        """Segment, encode and index a corpus into a new bank at `out`.
+
+        A bank already at `out` is replaced only with `force=True`: the new bank does not keep its
+        trained models or calibration, which belong to the old concepts.
+        """
         cfg = cfg or DualPathConfig()
         out = Path(out)
-        _refuse_to_replace_non_bank(out)
+        # Held from before the first check to the swap: no other writer can slip in between.
+        with write_lock(out):
+            _refuse_to_replace_non_bank(out)
+            if not force and (out / MANIFEST_FILE).is_file():
+                kept = [name for name in ("models", "calibration.json") if (out / name).exists()]
+                lost = f" (its {' and '.join(kept)} would be lost)" if kept else ""
+                raise BankError(
+                    f"{out} is already a bank{lost}: pass --force to replace it, or `bank add` to extend it"
+                )
+            return cls._build(source, out, cfg, skip_bad, limit_docs, encoder)
+
+    @classmethod
+    def _build(
+        cls,
+        source: Source,
+        out: Path,
+        cfg: DualPathConfig,
+        skip_bad: bool,
+        limit_docs: int | None,
+        encoder: Encoder | None,
+    ) -> ConceptBank:
         documents = _documents(source, skip_bad, limit_docs)
         encoder = encoder or load_encoder(cfg.encoder)
         # Before encoding, which can take hours: a bad backend setting or an unreachable Milvus fails at once.
@@ -206,7 +253,7 @@ class ConceptBank:
             raise BankError("from_vectors needs a non-empty (n, dim) array and n concepts")
         if any(c.id != i for i, c in enumerate(concepts)):
             raise BankError("from_vectors: concept ids must be 0..n-1 in row order")
-        with atomic_directory(out) as tmp:
+        with write_lock(out), atomic_directory(out) as tmp:
             metadata = Metadata.create(tmp / METADATA_FILE)
             try:
                 metadata.insert(concepts)
@@ -229,7 +276,19 @@ class ConceptBank:
         return cls.open(out, cfg)
 
     def add(self, source: Source, *, skip_bad: bool = False, limit_docs: int | None = None) -> int:
-        """Append documents (segmented and encoded as the bank was); returns the concepts added."""
+        """Append documents (segmented and encoded as the bank was); returns the concepts added.
+
+        Holds the bank's writer lock throughout, so models trained or calibrated meanwhile are not
+        lost: their writers wait for (or are refused by) the lock, and everything else in the
+        directory is copied under it.
+        """
+        with write_lock(self.path):
+            if read_manifest(self.path) != self.manifest:
+                # Another writer changed the bank since this one was opened: add to what is there now.
+                self._reload()
+            return self._add(source, skip_bad, limit_docs)
+
+    def _add(self, source: Source, skip_bad: bool, limit_docs: int | None) -> int:
         documents = _documents(source, skip_bad, limit_docs)
         encoder = self.encoder()
         segment = SegmentConfig(**self.manifest.get("segment", {}))
@@ -264,6 +323,11 @@ class ConceptBank:
         self._reload()
         log.info("added %d concepts from %d documents to %s (now %d)", len(new), n_docs, self.path, len(self))
         return len(new)
+
+    def ensure_current(self) -> None:
+        """Raise if another process rewrote the bank since this object opened it (call under the lock)."""
+        if read_manifest(self.path) != self.manifest:
+            raise BankError(f"bank {self.path} changed since it was opened (another process wrote it); run again")
 
     def _reload(self) -> None:
         encoder = self._encoder
@@ -307,8 +371,8 @@ class ConceptBank:
             queries = queries[None, :]
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise BankError(f"dimension mismatch: queries of shape {queries.shape}, the bank's dim is {self.dim}")
-        if k < 1:
-            raise BankError(f"k must be at least 1, got {k}")
+        if not 1 <= k <= MAX_SEARCH_K:
+            raise BankError(f"k must be between 1 and {MAX_SEARCH_K}, got {k}")
         if domain is not None and domain not in self.domains():
             known = ", ".join(sorted(d for d in self.domains() if d is not None)) or "none"
             raise BankError(f"unknown domain {domain!r}; this bank has: {known}")
@@ -501,6 +565,15 @@ def _write_manifest(
     write_json_atomic(directory / MANIFEST_FILE, manifest)
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the bank directory: a swap gives the path a new inode."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _open_vectors(path: Path, count: int, dim: int, dtype: str) -> np.ndarray:
     try:
         vectors = np.load(path, mmap_mode="r", allow_pickle=False)
@@ -510,7 +583,11 @@ def _open_vectors(path: Path, count: int, dim: int, dtype: str) -> np.ndarray:
         raise BankError(f"dimension mismatch: {path} has shape {vectors.shape}, the manifest says dim {dim}")
     if vectors.shape[0] != count:
         raise BankError(f"bank is misaligned: {path} has {vectors.shape[0]} rows, the manifest {count}")
-    if vectors.dtype != np.dtype(dtype):
+    try:
+        expected = np.dtype(dtype)
+    except TypeError:
+        raise BankError(f"the manifest beside {path} is corrupt: dtype {dtype!r} is not a dtype") from None
+    if vectors.dtype != expected:
         raise BankError(f"{path} holds {vectors.dtype}, the manifest says {dtype}")
     return vectors
 

@@ -60,6 +60,22 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     for key in ("dim", "count", "dtype", "encoder", "backend", "index", "checksums"):
         if key not in manifest:
             raise BankError(f"{path} is corrupt: no {key!r} entry")
+    # Types too: a hand-edited `"count": "abc"` must be this one line, not a ValueError deep in open().
+    for key in ("dim", "count"):
+        value = manifest[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key == "dim" else 0):
+            raise BankError(f"{path} is corrupt: {key!r} is {value!r}, not a non-negative whole number")
+    for key in ("dtype", "encoder", "backend"):
+        if not isinstance(manifest[key], str):
+            raise BankError(f"{path} is corrupt: {key!r} is {manifest[key]!r}, not a string")
+    if not isinstance(manifest["index"], dict):
+        raise BankError(f"{path} is corrupt: 'index' is not an object")
+    checksums = manifest["checksums"]
+    if not isinstance(checksums, dict) or not all(
+        isinstance(name, str) and isinstance(entry, dict) and isinstance(entry.get("size"), int)
+        for name, entry in checksums.items()
+    ):
+        raise BankError(f"{path} is corrupt: 'checksums' is not a map of file name to size and hashes")
     return manifest
 
 
@@ -81,5 +97,5 @@ def check_hashes(directory: Path, checksums: dict[str, dict[str, Any]], full: bo
     for name, expected in checksums.items():
         path = directory / name
         actual = _full_hash(path) if full else _head_tail_hash(path)
-        if actual != expected["blake2b" if full else "head_tail"]:
+        if actual != expected.get("blake2b" if full else "head_tail"):
             raise BankError(f"bank {directory}: checksum mismatch in {name} (the file was modified)")

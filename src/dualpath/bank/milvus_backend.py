@@ -438,6 +438,8 @@ class MilvusConnection:
             raise BankError(f"the Milvus backend needs {err.name}: pip install 'dualpath[milvus]'") from None
         if lite_path is not None:
             with cls._lite_lock:
+                if not cls._lite_users.get(lite_path):
+                    _refuse_if_lite_locked(Path(lite_path))
                 cls._lite_users[lite_path] = cls._lite_users.get(lite_path, 0) + 1
         try:
             if lite_path is not None:
@@ -528,3 +530,31 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _refuse_if_lite_locked(path: Path) -> None:
+    """One line when another process has this Milvus Lite database open.
+
+    Milvus Lite holds an exclusive flock on `<db>/LOCK` while a process has the database open; a
+    second process failing to start it logs a 20-line traceback before pymilvus raises. Trying the
+    same lock first (and letting go at once) gives the refusal without that. Only called when this
+    process does not hold the database itself: two descriptors of one process conflict too.
+    """
+    lock = path / "LOCK"
+    if not lock.is_file():
+        return
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BankError(
+            f"Milvus Lite database {path} is open in another process (Milvus Lite allows one); "
+            "stop that process, or serve both from a Milvus server (docs/scaling.md)"
+        ) from None
+    finally:
+        os.close(fd)  # closing also releases the lock if we took it

@@ -13,10 +13,12 @@ from dualpath.cli.common import (
     BACKEND_OPTION,
     CONFIG_OPTION,
     MILVUS_URI_OPTION,
+    check_text,
     load_config,
     make_console,
     print_json,
 )
+from dualpath.config import MAX_SEARCH_K
 
 bank_app = typer.Typer(help="Build, inspect and search a concept bank.", no_args_is_help=True)
 console = make_console()
@@ -34,7 +36,7 @@ def register(app: typer.Typer) -> None:
 @bank_app.command("build")
 def build_command(
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    out: Path = typer.Option(..., "--out", "-o", help="Bank directory to write (an existing bank there is replaced)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bank directory to write (must not be a bank unless --force)."),
     encoder: str | None = typer.Option(None, "--encoder", help="Encoder name or local sentence-transformers path."),
     index: str | None = typer.Option(
         None, "--index", help="auto | flat | ivf | hnsw | a FAISS factory string (faiss) or Milvus index type (milvus)."
@@ -46,6 +48,9 @@ def build_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace a bank already at --out (its models/ and calibration.json are dropped)."
+    ),
 ) -> None:
     """Segment a corpus into concepts, encode them and index them into a new bank."""
     from dualpath.bank import ConceptBank
@@ -56,7 +61,7 @@ def build_command(
         bank={"index": index, "dtype": dtype, "backend": backend, "milvus_uri": milvus_uri},
     )
     started = time.perf_counter()
-    bank = ConceptBank.build(source, out, cfg, skip_bad=skip_bad, limit_docs=limit_docs)
+    bank = ConceptBank.build(source, out, cfg, skip_bad=skip_bad, limit_docs=limit_docs, force=force)
     seconds = time.perf_counter() - started
     summary = {**_summary(bank), "seconds": round(seconds, 2), "concepts_per_s": round(len(bank) / seconds, 1)}
     bank.close()
@@ -123,7 +128,7 @@ def info_command(
 def search_command(
     bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
     text: str = typer.Argument(..., help="Query text (encoded with the bank's own encoder)."),
-    k: int = typer.Option(5, "-k", "--k", help="How many concepts to return."),
+    k: int = typer.Option(5, "-k", "--k", min=1, max=MAX_SEARCH_K, help="How many concepts to return."),
     domain: str | None = typer.Option(None, "--domain", help="Only concepts of this domain."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -133,6 +138,7 @@ def search_command(
     from dualpath.bank import ConceptBank
     from dualpath.errors import DualPathError
 
+    check_text(text, "the query text")
     if not text.strip():
         raise DualPathError("the query text is empty")
     with ConceptBank.open(bank_dir, load_config(config, bank={"milvus_uri": milvus_uri})) as bank:

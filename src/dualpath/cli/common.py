@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from dualpath.config import DualPathConfig
+from dualpath.errors import DualPathError
 
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML configuration file (see docs/quickstart.md).")
 BANK_OPTION = typer.Option(..., "--bank", help="Bank directory.")
@@ -42,6 +43,16 @@ def open_bank(path: Path, cfg: DualPathConfig) -> Any:
     from dualpath.bank import ConceptBank
 
     return ConceptBank.open(path, cfg)
+
+
+def check_text(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode: bytes that are not UTF-8 on the command line arrive
+    as lone surrogates (Python's surrogateescape) and would fail deep in the tokenizer."""
+    from dualpath.corpus import unicode_problem
+
+    problem = unicode_problem(text)
+    if problem:
+        raise DualPathError(f"{what} is not valid UTF-8 text: {problem}")
 
 
 def print_json(obj: Any) -> None:

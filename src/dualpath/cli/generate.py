@@ -11,6 +11,7 @@ from dualpath.cli.common import (
     BANK_OPTION,
     CONFIG_OPTION,
     MILVUS_URI_OPTION,
+    check_text,
     load_config,
     make_console,
     open_bank,
@@ -38,6 +39,7 @@ def generate_command(
     config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Generate from a prompt: each step SNAPs, BLENDs or stays NOVEL, and says why."""
+    check_text(prompt, "the prompt")  # before the heavy imports: a bad prompt answers at once
     from dualpath.pipeline.generator import Generator
 
     cfg = load_config(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -13,6 +14,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dualpath.errors import DualPathError
 from dualpath.logs import configure_logging
@@ -43,13 +45,29 @@ def _register() -> None:
     commands.register(app)
 
 
+def _usage_error_types() -> tuple[type[BaseException], ...]:
+    """The exception classes of command-line parsing: typer >= 0.29 raises those of its vendored copy
+    of click (`typer._click`), older typer raises click's own. Both are caught, whichever exists."""
+    found: list[type[BaseException]] = []
+    for module, name in (("typer._click.exceptions", "ClickException"), ("click.exceptions", "ClickException")):
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> None:
     _register()
+    usage_errors = _usage_error_types()
     try:
         app(args=argv, standalone_mode=False)
     except DualPathError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(str(err))
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
@@ -57,13 +75,24 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except typer.Abort:
         sys.exit(1)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+    except UnicodeError as err:
+        # Text that is not UTF-8 which reached a codec before any check did: still one line.
+        _fail(f"text is not valid UTF-8: {err}")
+    except usage_errors as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()  # `dualpath bank` alone: the help text is the useful answer
             sys.exit(exc.exit_code)
-        raise
+        message = _one_line(exc.format_message())
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        err_console.print(f"[bold red]error:[/] {escape(message + hint)}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+
+
+def _fail(message: str) -> None:
+    # escape(): a message quoting user text with [brackets] must not be read as rich markup.
+    err_console.print(f"[bold red]error:[/] {escape(_one_line(message))}", highlight=False, soft_wrap=True)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

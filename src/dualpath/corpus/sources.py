@@ -124,7 +124,22 @@ def _jsonl_document(raw: bytes, seen: set[str]) -> Document | None:
     domain = record.get("domain")
     if not isinstance(title, str) or (domain is not None and not isinstance(domain, str)):
         raise CorpusError('"title" and "domain" must be strings')
+    # JSON may escape lone surrogates ("\ud800"): valid JSON, but no UTF-8 for SQLite or the tokenizer.
+    for name, value in (("id", doc_id), ("title", title), ("text", text), ("domain", domain or "")):
+        problem = unicode_problem(value)
+        if problem:
+            raise CorpusError(f'"{name}" has {problem}')
     return Document(id=doc_id, title=title, text=text, domain=domain or None)
+
+
+def unicode_problem(text: str) -> str | None:
+    """Why `text` cannot be stored or encoded as UTF-8 (a lone surrogate, e.g. JSON's "\\ud800" or an
+    undecodable byte smuggled in by surrogateescape), or None if it is fine."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"invalid Unicode at character {err.start} (lone surrogate U+{ord(text[err.start]):04X})"
+    return None
 
 
 def _folder(root: Path, skip_bad: bool) -> Iterator[Document]:

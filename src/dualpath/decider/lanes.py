@@ -50,7 +50,9 @@ class Lane(BaseModel):
     name: str = Field(min_length=1)
     tau_snap: float = Field(ge=-1.0, le=1.0)
     tau_novel: float = Field(ge=-1.0, le=1.0)
-    k: int = Field(500, ge=1)  # shortlist size asked of the retriever
+    # Shortlist size asked of the retriever. Bounded: with k 1e11 every search failed and each step
+    # fell back to NOVEL silently.
+    k: int = Field(500, ge=1, le=10_000)
     dup_window: int = Field(8, ge=0)  # past steps a near-duplicate may not repeat; 0 = never drop
     # Past steps whose shown concepts this stream may not show again (SNAP, BLEND and rendering take the
     # best unused candidate). 1 = a concept may come back, but never at two consecutive steps; 0 = off.

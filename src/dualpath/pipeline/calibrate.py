@@ -27,6 +27,7 @@ import numpy as np
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
 from dualpath.decider import Lane, calibrate_lane, load_lanes
+from dualpath.locking import write_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.evaluate import heldout_pairs, model_split, teacher_forced
@@ -152,7 +153,22 @@ def calibrate_bank(
 
     With a `generator` (of this bank) and `free_docs` > 0, the thresholds come from free-running
     streams (see the module docstring); the teacher-forced measurement is kept beside them.
+    Holds the bank's writer lock throughout: a `bank add` meanwhile would drop calibration.json.
     """
+    with write_lock(bank.path):
+        bank.ensure_current()
+        return _calibrate_bank(bank, lvm, tower, cfg, max_pairs, generator, free_docs)
+
+
+def _calibrate_bank(
+    bank: ConceptBank,
+    lvm: LatentVectorModel,
+    tower: QueryTower | None,
+    cfg: DualPathConfig,
+    max_pairs: int | None,
+    generator: Generator | None,
+    free_docs: int,
+) -> dict[str, Any]:
     calibrated, measured = calibrate_lanes(bank, lvm, tower, load_lanes(cfg.decider.lanes_file), cfg, max_pairs)
     if generator is not None and free_docs > 0:
         calibrated, free = calibrate_free_running(generator, calibrated, free_docs)

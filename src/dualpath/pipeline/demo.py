@@ -101,7 +101,7 @@ def run_demo(
     bank_key = {"source": WIKI_SAMPLE, "limit": limit, "encoder": cfg.encoder.name, "segment": cfg.segment.model_dump(),
                 "bank": cfg.bank.model_dump(mode="json")}
     stage("bank", bank_key, (bank_dir / "manifest.json").is_file(),
-          lambda: ConceptBank.build(WIKI_SAMPLE, bank_dir, cfg, limit_docs=limit).close())
+          lambda: ConceptBank.build(WIKI_SAMPLE, bank_dir, cfg, limit_docs=limit, force=True).close())
     bank = ConceptBank.open(bank_dir, cfg)
     try:
         train_key = {"split": cfg.split.model_dump(), "lvm": cfg.lvm.model_dump(), "bank": bank_key}

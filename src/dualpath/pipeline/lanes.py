@@ -16,6 +16,7 @@ from dualpath.bank import ConceptBank
 from dualpath.decider import Lane, load_lanes, make_lane
 from dualpath.errors import ConfigError
 from dualpath.fileio import write_json_atomic
+from dualpath.locking import write_lock
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +28,20 @@ def read_calibration(bank_path: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        calibration = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} is corrupt ({err}); rerun `dualpath calibrate`") from None
+    # The shape too: `[]` or `{"lanes": 3}` is valid JSON but would fail later, far from the file.
+    lanes = calibration.get("lanes", {}) if isinstance(calibration, dict) else None
+    if not isinstance(lanes, dict) or not all(isinstance(v, dict) for v in lanes.values()):
+        raise ConfigError(f"{path} is corrupt (expected an object with a \"lanes\" map); rerun `dualpath calibrate`")
+    return calibration
 
 
 def write_calibration(bank_path: str | Path, calibration: dict[str, Any]) -> Path:
     path = Path(bank_path) / CALIBRATION_FILE
-    write_json_atomic(path, calibration)
+    with write_lock(bank_path):  # re-entrant under calibrate_bank's lock; alone, it orders against `bank add`
+        write_json_atomic(path, calibration)
     return path
 
 

@@ -37,7 +37,7 @@ def is_loopback(host: str) -> bool:
 
 def check_bind(host: str, api_key: str | None) -> None:
     """Refuse to serve beyond this machine without an API key."""
-    if not is_loopback(host) and not api_key:
+    if not is_loopback(host) and not (api_key and api_key.strip()):
         raise DualPathError(
             f"refusing to bind to {host} without an API key: pass --api-key (or set DUALPATH_API_KEY), "
             "or bind to 127.0.0.1"

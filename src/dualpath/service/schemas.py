@@ -8,9 +8,20 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dualpath.corpus.sources import unicode_problem
+
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="after")
+    def _valid_unicode(self) -> _Request:
+        # JSON may carry lone surrogates ("\ud800"): they parse, but no encoder, SQLite or JSON
+        # answer can encode them, so refuse them here (422) instead of failing mid-request (500).
+        for name, value in self:
+            if isinstance(value, str) and (problem := unicode_problem(value)):
+                raise ValueError(f"'{name}' has {problem}")
+        return self
 
 
 class SearchRequest(_Request):

@@ -196,6 +196,23 @@ def _check_same_task(saved: dict[str, Any], current: dict[str, Any], where: Path
             raise CheckpointError(
                 f"cannot resume {where}: it was trained with {key}={saved.get(key)!r}, now {current[key]!r}"
             )
+    # Other settings that define the run: resuming with a new value would give last/ and best/ from
+    # two different runs (and history from both). Checked where the checkpoint recorded them.
+    for key in ("context", "bank_concepts"):
+        if key in current and key in saved and saved[key] != current[key]:
+            what = "the bank had" if key == "bank_concepts" else f"{key} was"
+            raise CheckpointError(
+                f"cannot resume {where}: {what} {saved[key]!r} then, {current[key]!r} now "
+                "(start afresh without --resume, or into another --out)"
+            )
+    saved_split, current_split = saved.get("split"), current.get("split")
+    if isinstance(saved_split, dict) and isinstance(current_split, dict):
+        for key in sorted(set(saved_split) & set(current_split)):
+            if saved_split[key] != current_split[key]:
+                raise CheckpointError(
+                    f"cannot resume {where}: split {key} was {saved_split[key]!r} then, {current_split[key]!r} now "
+                    "(start afresh without --resume, or into another --out)"
+                )
 
 
 def _fmt(metrics: dict[str, float]) -> str:

@@ -37,6 +37,7 @@ from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, split_pairs
 from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
+from dualpath.locking import models_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
 
@@ -186,6 +187,8 @@ class LVMTrainingTask:
             "training": self.cfg.lvm.model_dump(mode="json"),
             "split": self.cfg.split.model_dump(mode="json"),
             "pairs": {"train": len(self.split.train), "heldout": len(self.split.heldout)},
+            # Checked on --resume: a bank that grew since would silently change the training set.
+            "bank_concepts": len(self.vectors),
         }
 
 
@@ -208,7 +211,23 @@ def train_lvm(
     resume: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> TrainingResult:
-    """Train an LVM on `bank`'s documents (held-out split from `cfg.split`); default out `bank/models/lvm`."""
+    """Train an LVM on `bank`'s documents (held-out split from `cfg.split`); default out `bank/models/lvm`.
+
+    Holds the bank's writer lock while training into the bank (see `locking.models_lock`).
+    """
+    out = Path(out_dir) if out_dir is not None else default_out_dir(bank)
+    with models_lock(bank.path, out):
+        bank.ensure_current()
+        return _train_lvm(bank, cfg, out, resume, on_epoch)
+
+
+def _train_lvm(
+    bank: ConceptBank,
+    cfg: DualPathConfig,
+    out: Path,
+    resume: bool,
+    on_epoch: Callable[[EpochReport], None] | None,
+) -> TrainingResult:
     split = split_pairs(bank.documents(), cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
     log.info(
         "LVM %s on %s: %d training pairs, %d held-out pairs (%d held-out documents), context %d",
@@ -219,7 +238,6 @@ def train_lvm(
         len(split.heldout_docs),
         cfg.split.context,
     )
-    out = Path(out_dir) if out_dir is not None else default_out_dir(bank)
     with torch_threads(cfg.lvm.threads):
         task = LVMTrainingTask(bank.all_vectors(), split, cfg, bank.encoder_name, bank.search)
         return run_training(task, out, cfg.lvm.epochs, resume, cfg.lvm.watchdog_seconds, on_epoch)

@@ -41,6 +41,7 @@ from dualpath.decider.miners import SearchIndex
 from dualpath.errors import CheckpointError, ConfigError
 from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_queries, relative_gain
 from dualpath.fileio import atomic_path, write_json_atomic
+from dualpath.locking import models_lock
 from dualpath.models.towers import QueryTower
 from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
 from dualpath.training.mining import (
@@ -156,7 +157,12 @@ class RetrieverTask:
         return evaluate_queries(self.index.search, queries, self.heldout)
 
     def checkpoint_config(self) -> dict[str, Any]:
-        return {**self.tower.checkpoint_config(), "split": self.cfg.split.model_dump(mode="json")}
+        # bank_concepts is checked on --resume: a bank that grew since would change the training set.
+        return {
+            **self.tower.checkpoint_config(),
+            "split": self.cfg.split.model_dump(mode="json"),
+            "bank_concepts": len(self.vectors),
+        }
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -302,8 +308,24 @@ def train_retriever(
     resume: bool = False,
     on_epoch: Callable[[EpochReport, dict[str, dict[str, float]]], None] | None = None,
 ) -> TrainingResult:
-    """Train a query tower on a bank; after every epoch write `out_dir/retrieval.json` (the held-out table)."""
+    """Train a query tower on a bank; after every epoch write `out_dir/retrieval.json` (the held-out table).
+
+    Holds the bank's writer lock while training into the bank (see `locking.models_lock`).
+    """
     out_dir = Path(out_dir)
+    with models_lock(getattr(bank, "path", None), out_dir):
+        if hasattr(bank, "ensure_current"):
+            bank.ensure_current()
+        return _train_retriever(bank, cfg, out_dir, resume, on_epoch)
+
+
+def _train_retriever(
+    bank: Bank,
+    cfg: DualPathConfig,
+    out_dir: Path,
+    resume: bool,
+    on_epoch: Callable[[EpochReport, dict[str, dict[str, float]]], None] | None,
+) -> TrainingResult:
     task = RetrieverTask.from_bank(bank, cfg, out_dir)
     baselines = baseline_table(bank.search, task.heldout)
 
