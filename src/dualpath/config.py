@@ -142,9 +142,10 @@ class GenerationConfig(_Section):
     top_k: int = Field(0, ge=0)  # 0 = every candidate of the shortlist
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0  # the same seed, prompt and settings repeat a run exactly
-    # What each step feeds back to the LVM: "rendered" = the concept the reader is shown (a real bank
-    # vector; keeps a free-running stream moving), "output" = the decided vector itself.
-    feedback: Literal["rendered", "output"] = "rendered"
+    # What each step feeds back to the LVM: "output" = the decided vector (SNAP: the bank concept, NOVEL:
+    # v̂, BLEND: the mix), so lanes lead to different continuations; "rendered" = the concept the reader is
+    # shown, which makes every lane's text the same (docs/generation.md has the measurements).
+    feedback: Literal["output", "rendered"] = "output"
 
 
 class ServiceConfig(_Section):

@@ -55,7 +55,7 @@ def dual_path_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             **{f"{d.lower()}_share": lane["by_decision"][d]["share"] for d in DECISIONS},
             "mean_cos": lane["mean_cos"],
             "hit": lane[f"hit@{HIT_K}"],
-            "free_cos": free.get(name, {}).get("mean_cos"),
+            "free_cos": free.get("lanes", {}).get(name, {}).get("cos_true"),
             "x_lvm_only": lane["mean_cos"] / lvm_only if lvm_only > 0 else None,
             "x_bank_only": lane["mean_cos"] / bank_only if bank_only > 0 else None,
         })

@@ -82,7 +82,10 @@ def generate_command(
 
 def calibrate_command(
     bank: Path = BANK_OPTION,
-    max_pairs: int = typer.Option(3000, "--max-pairs", help="Held-out pairs to measure c_max on."),
+    max_pairs: int = typer.Option(3000, "--max-pairs", help="Held-out pairs to measure c_max on (teacher-forced)."),
+    free_docs: int = typer.Option(
+        200, "--free-docs", min=0, help="Held-out prompts of the free-running calibration (0: teacher-forced only)."
+    ),
     lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML (lanes with target shares)."),
     as_json: bool = typer.Option(False, "--json"),
     milvus_uri: str | None = MILVUS_URI_OPTION,
@@ -94,15 +97,23 @@ def calibrate_command(
 
     cfg = load_config(config, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
-    result = calibrate_bank(generator.bank, generator.lvm, generator.tower, cfg, max_pairs=max_pairs)
+    result = calibrate_bank(
+        generator.bank, generator.lvm, generator.tower, cfg, max_pairs=max_pairs, generator=generator,
+        free_docs=free_docs,
+    )
     if as_json:
         print_json(result)
         return
-    table = Table(title=f"calibrated on {result['pairs']} held-out pairs ({bank})", title_justify="left")
-    for column in ("lane", "τ_snap", "τ_novel", "c_max p5/p50/p95"):
+    basis = (
+        f"{result['free_running_steps']} free-running steps" if result.get("basis") == "free-running"
+        else f"{result['pairs']} teacher-forced held-out pairs"
+    )
+    table = Table(title=f"calibrated on {basis} ({bank})", title_justify="left")
+    for column in ("lane", "τ_snap", "τ_novel", "c p5/p50/p95"):
         table.add_column(column)
+    quantiles = result.get("free_running_c_quantiles") if result.get("basis") == "free-running" else None
     for name, lane in result["lanes"].items():
-        q = result["c_max_quantiles"][name]
+        q = (quantiles or result["c_max_quantiles"])[name]
         spread = f"{q[0]:.3f} / {q[2]:.3f} / {q[4]:.3f}"
         table.add_row(name, f"{lane['tau_snap']:.4f}", f"{lane['tau_novel']:.4f}", spread)
     console.print(table)
@@ -113,7 +124,9 @@ def eval_generation_command(
     bank: Path = BANK_OPTION,
     lanes: list[str] | None = typer.Option(None, "--lanes", help="Lanes to evaluate (default: all)."),
     max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs (teacher-forced)."),
-    free_docs: int = typer.Option(100, "--free-docs", help="Held-out documents for the free-running test."),
+    free_docs: int = typer.Option(
+        200, "--free-docs", min=0, help="Held-out documents for the free-running test (0: teacher-forced only)."
+    ),
     as_json: bool = typer.Option(False, "--json"),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -135,6 +148,8 @@ def eval_generation_command(
         print_json(result)
         return
     console.print(generation_table(result))
+    if result.get("free_running"):
+        console.print(free_running_table(result["free_running"]))
 
 
 def generation_table(result: dict) -> Table:
@@ -142,11 +157,10 @@ def generation_table(result: dict) -> Table:
         title=f"teacher-forced on {result['pairs']} held-out pairs (query from {result['query_source']})",
         title_justify="left",
     )
-    for column in ("lane", "τ_snap", "τ_novel", "SNAP", "BLEND", "NOVEL", "DUP", "mean cos", "hit@5", "free cos"):
+    for column in ("lane", "τ_snap", "τ_novel", "SNAP", "BLEND", "NOVEL", "DUP", "mean cos", "hit@5"):
         table.add_column(column, justify="left" if column == "lane" else "right")
     for name, row in result["lanes"].items():
         shares = {d: v["share"] for d, v in row["by_decision"].items()}
-        free = result.get("free_running", {}).get(name, {}).get("mean_cos")
         table.add_row(
             name,
             f"{row['tau_snap']:.3f}",
@@ -157,7 +171,29 @@ def generation_table(result: dict) -> Table:
             f"{shares['NOVEL_DUP_DROP']:.1%}",
             f"{row['mean_cos']:.4f}",
             f"{row['hit@5']:.3f}",
-            "-" if free is None else f"{free:.4f}",
             style="dim" if name in ("lvm-only", "bank-only") else None,
         )
     return table
+
+
+def free_running_table(result: dict) -> Table:
+    from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, free_running_rows
+
+    table = Table(
+        title=f"free-running: {result['docs']} held-out prompts of {result['prompt_concepts']} concepts, "
+        f"{result['steps']} steps each, as a reader sees them",
+        title_justify="left",
+    )
+    for key, column in FREE_RUNNING_COLUMNS.items():
+        table.add_column(column, justify="left" if key == "name" else "right")
+    for row in free_running_rows(result):
+        cells = [row["name"]] + [
+            "-" if row[key] is None else f"{row[key]:.1%}" if key in PERCENT_KEYS else f"{row[key]:.4f}"
+            for key in list(FREE_RUNNING_COLUMNS)[1:]
+        ]
+        baseline = row["name"] in ("lvm-only", "bank-only", "knn") or row["name"].startswith("random-")
+        table.add_row(*cells, style="dim" if baseline else None)
+    return table
+
+
+PERCENT_KEYS = {"repeat_rate", "consecutive_repeat_rate", "grounded_share", "snap", "blend", "novel"}

@@ -32,8 +32,8 @@ class DualPathDecoder:
     or BLEND, else -1; the near-duplicate guard reads it, see `decision.py`) and the shown id (the
     concept the step was rendered as, told by `shown()`; else the picked id). The lane's last
     `repeat_window` shown ids (at most the whole memory) are taken out of every shortlist, so a
-    stream does not say the same thing twice. With sampling, draws come from this decoder's own generator seeded by `seed`.
-    Not thread-safe: one decoder per stream.
+    stream does not say the same thing twice. With sampling, draws come from this decoder's own
+    generator seeded by `seed`. Not thread-safe: one decoder per stream.
     """
 
     def __init__(

@@ -134,7 +134,7 @@ STAGES = ["bank", "lvm", "tower", "calibrate", "report"]
 
 
 def _calibrate(generator: Generator, cfg: DualPathConfig) -> None:
-    calibrate_bank(generator.bank, generator.lvm, generator.tower, cfg)
+    calibrate_bank(generator.bank, generator.lvm, generator.tower, cfg, generator=generator)
     generator.apply_calibration()  # it was opened before calibration existed
 
 

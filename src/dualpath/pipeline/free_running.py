@@ -329,3 +329,29 @@ def evaluate_free_running(
             record(f"random-{name}", random)
     record("knn", knn_streams(bank, prompts, prompt_len, steps))
     return {"docs": len(prompts), "prompt_concepts": prompt_len, "steps": steps, "lanes": results}
+
+
+FREE_RUNNING_COLUMNS = {
+    "name": "lane", "repeat_rate": "repeat", "consecutive_repeat_rate": "repeat at t-1",
+    "distinct_per_stream": "distinct", "cos_true": "cos to truth (text)", "cos_true_output": "cos to truth (vector)",
+    "grounded_share": "grounded", "snap": "SNAP", "blend": "BLEND", "novel": "NOVEL",
+    "successive_lvm_cos": "LVM successive cos", "x_random": "text cos × random mix",
+}
+
+
+def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One flat row per lane and baseline of `evaluate_free_running`'s result (for tables and the bench)."""
+    lanes: dict[str, dict[str, Any]] = result.get("lanes", {})
+    rows = []
+    for name, m in lanes.items():
+        random = lanes.get(f"random-{name}", {}).get("cos_true")
+        successive = [x for x in m["successive_lvm_cos_by_step"] if x is not None]
+        rows.append({
+            "name": name,
+            **{key: m[key] for key in ("repeat_rate", "consecutive_repeat_rate", "distinct_per_stream", "cos_true",
+                                       "cos_true_output", "grounded_share")},
+            "snap": m["shares"]["SNAP"], "blend": m["shares"]["BLEND"], "novel": m["shares"]["NOVEL"],
+            "successive_lvm_cos": float(np.mean(successive)) if successive else None,
+            "x_random": m["cos_true"] / random if random and m["cos_true"] is not None else None,
+        })
+    return rows

@@ -6,12 +6,12 @@ Per step (DESIGN.md's picture):
     shortlist = bank top-K for q, the context's own concepts removed
     v_t, record = decoder.step(v̂, shortlist)   SNAP / BLEND / NOVEL / NOVEL_DUP_DROP
     v_t is rendered as text: the nearest bank concept the stream has not shown yet (a SNAP is its n*).
-    The rendered concept (or v_t itself, with `generation.feedback: output`) is appended to the context.
+    v_t (or, with `generation.feedback: rendered`, the rendered concept) is appended to the context.
 
 A stream never shows one concept twice within its lane's repeat window: the decoder removes shown
-concepts from every shortlist and rendering skips them. Why feed back the rendered concept: fed its
-own outputs, a deterministic LVM converges to a fixed point (successive predictions at cosine ~0.99
-after two steps), while a real concept the stream has not used moves the context on.
+concepts from every shortlist and rendering skips them. Fed its own outputs, a deterministic LVM
+converges to a fixed point (successive predictions at cosine ~0.99 after two steps); without this
+rule every step would then render as the same sentence.
 
 Retrieval is advisory: a failed, slow or empty search gives a fallback shortlist and the step is
 NOVEL with the reason recorded; generation always completes.
