@@ -37,8 +37,8 @@ from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
 from dualpath.corpus import WIKI_SAMPLE, load_documents
 from dualpath.fileio import write_json_atomic
+from dualpath.runtime import torch_threads
 from dualpath.service import DualPathService, GenerateRequest, SearchRequest
-from dualpath.training.loop import torch_threads
 
 LANES = ("conservative", "neutral", "creative", "legal")
 RSS_GROWTH_LIMIT_MB = 16.0  # between two identical rounds; allocator noise stays well below

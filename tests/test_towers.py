@@ -14,7 +14,7 @@ from dualpath.config import TowerConfig
 from dualpath.errors import CheckpointError
 from dualpath.models.heuristics import last_vector, mean_vector
 from dualpath.models.towers import QueryTower
-from dualpath.training.loop import torch_threads
+from dualpath.runtime import torch_threads
 
 DIM = 16
 KINDS = ["gru", "bigru", "lstm", "mlp", "attn"]

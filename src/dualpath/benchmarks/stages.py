@@ -25,7 +25,7 @@ from dualpath.encoding import Encoder
 from dualpath.models.heuristics import last_vector, mean_vector
 from dualpath.pipeline.evaluate import heldout_pairs, model_split
 from dualpath.pipeline.generator import Generator, search_shortlists
-from dualpath.training.loop import torch_threads
+from dualpath.runtime import torch_threads
 
 SINGLE_BASELINE = "1 per call (baseline)"
 # Torch's intra-op team on a busy machine: each op waits at a barrier for a descheduled thread, so

@@ -30,7 +30,8 @@ from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import split_pairs
 from dualpath.evaluation.retrieval import baseline_table
-from dualpath.training.loop import HISTORY, torch_threads
+from dualpath.runtime import torch_threads
+from dualpath.training.loop import HISTORY
 from dualpath.training.lvm import LVMTrainingTask
 from dualpath.training.retriever import RetrieverTask
 

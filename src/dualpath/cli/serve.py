@@ -32,8 +32,8 @@ def serve_command(
     """Serve search, generation (whole or streamed), telemetry, metrics and the dashboard at /."""
     import uvicorn
 
+    from dualpath.runtime import torch_threads
     from dualpath.service import DualPathService, check_bind, create_app
-    from dualpath.training.loop import torch_threads
 
     cfg = load_config(
         config,

@@ -31,8 +31,7 @@ from torch import nn
 
 from dualpath.config import LVMConfig
 from dualpath.errors import CheckpointError
-from dualpath.training.checkpoint import load_weights, read_config, save_checkpoint
-from dualpath.training.loop import model_dir
+from dualpath.models.checkpoint import load_weights, model_dir, read_config, save_checkpoint
 
 log = logging.getLogger(__name__)
 

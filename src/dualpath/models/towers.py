@@ -33,8 +33,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dualpath.config import TowerConfig
 from dualpath.errors import CheckpointError
-from dualpath.training.checkpoint import load_weights, read_config, save_checkpoint
-from dualpath.training.loop import model_dir
+from dualpath.models.checkpoint import load_weights, model_dir, read_config, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.lanes import bank_lanes, read_calibration
-from dualpath.training.loop import torch_threads
+from dualpath.runtime import torch_threads
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, split
 from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
 from dualpath.models.lvm import LatentVectorModel
-from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
+from dualpath.runtime import batch_progress, torch_threads
+from dualpath.training.loop import EpochReport, TrainingResult, run_training
 
 if TYPE_CHECKING:
     from dualpath.bank import ConceptBank

@@ -42,7 +42,8 @@ from dualpath.errors import CheckpointError, ConfigError
 from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_queries, relative_gain
 from dualpath.fileio import atomic_path, write_json_atomic
 from dualpath.models.towers import QueryTower
-from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
+from dualpath.runtime import batch_progress, torch_threads
+from dualpath.training.loop import EpochReport, TrainingResult, run_training
 from dualpath.training.mining import (
     NONE,
     concept_documents,

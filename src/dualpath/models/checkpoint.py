@@ -28,6 +28,18 @@ CONFIG_FILE = "config.json"
 OPTIM_TENSORS = "optimizer.safetensors"
 OPTIM_STATE = "optimizer.json"
 RNG_FILE = "rng.json"
+# A training output holds two checkpoints: last/ (resumable, every epoch) and best/ (by held-out metric).
+LAST = "last"
+BEST = "best"
+
+
+def model_dir(path: str | Path) -> Path:
+    """The directory holding the weights to use from a training output: best/, else last/, else itself."""
+    path = Path(path)
+    for candidate in (path / BEST, path / LAST, path):
+        if (candidate / MODEL_FILE).is_file():
+            return candidate
+    raise CheckpointError(f"no trained model in {path}")
 
 
 def save_checkpoint(
