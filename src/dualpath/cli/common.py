@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from dualpath.config import DualPathConfig
+from dualpath.fileio import json_default
 
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML configuration file (see docs/quickstart.md).")
 BANK_OPTION = typer.Option(..., "--bank", help="Bank directory.")
@@ -45,11 +46,5 @@ def open_bank(path: Path, cfg: DualPathConfig) -> Any:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=_plain) + "\n")
+    sys.stdout.write(json.dumps(obj, default=json_default) + "\n")
     sys.stdout.flush()
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)

@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from dualpath.cli.common import MILVUS_URI_OPTION
+from dualpath.cli.common import BANK_OPTION, MILVUS_URI_OPTION, load_config, make_console, print_json
 from dualpath.cli.groups import eval_app, train_app
 
-console = Console()
+console = make_console()
 
 COLUMN_TITLES = {
     "cos": "cos",
@@ -27,15 +26,6 @@ COLUMN_TITLES = {
 
 def register(app: typer.Typer) -> None:
     """The commands attach to the shared `train` / `eval` groups when this module is imported."""
-
-
-def _config(config: Path | None, lvm: dict[str, Any], split: dict[str, Any]) -> Any:
-    from dualpath.config import DualPathConfig
-
-    data = DualPathConfig.from_yaml(config).to_dict()
-    data["lvm"].update({k: v for k, v in lvm.items() if v is not None})
-    data["split"].update({k: v for k, v in split.items() if v is not None})
-    return DualPathConfig.from_dict(data, source="command line")
 
 
 def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
@@ -52,7 +42,7 @@ def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
 
 @train_app.command("lvm")
 def train_lvm_command(
-    bank: Path = typer.Option(..., "--bank", help="Bank directory."),
+    bank: Path = BANK_OPTION,
     out: Path | None = typer.Option(None, "--out", help="Output directory (default: BANK/models/lvm)."),
     arch: str | None = typer.Option(None, "--arch", help="gru | lstm | transformer."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs to train (in all, counting resumed ones)."),
@@ -69,8 +59,12 @@ def train_lvm_command(
     from dualpath.training.lvm import SELECT_METRIC, default_out_dir, train_lvm
 
     configure_logging(logging.getLogger("dualpath").level or logging.INFO, log_file)
-    cfg = _config(config, {"arch": arch, "epochs": epochs, "seed": seed}, {"context": context})
-    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
+    cfg = load_config(
+        config,
+        lvm={"arch": arch, "epochs": epochs, "seed": seed},
+        split={"context": context},
+        bank={"milvus_uri": milvus_uri},
+    )
     concept_bank = ConceptBank.open(bank, cfg)
     out_dir = out if out is not None else default_out_dir(concept_bank)
 
@@ -90,7 +84,7 @@ def train_lvm_command(
 
 @eval_app.command("lvm")
 def eval_lvm_command(
-    bank: Path = typer.Option(..., "--bank", help="Bank directory."),
+    bank: Path = BANK_OPTION,
     model: Path | None = typer.Option(
         None, "--model", help="Trained LVM (a training output or checkpoint) (default: BANK/models/lvm)."
     ),
@@ -102,12 +96,11 @@ def eval_lvm_command(
     from dualpath.bank import ConceptBank
     from dualpath.evaluation.lvm import evaluate_bank
 
-    cfg = _config(config, {}, {})
-    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
+    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
     concept_bank = ConceptBank.open(bank, cfg)
     report = evaluate_bank(concept_bank, cfg, model)
     if as_json:
-        console.print_json(data=report.to_dict())
+        print_json(report.to_dict())
         return
     title = (
         f"held-out LVM: {report.pairs} pairs, context excluded from Hit@K, contrastive batch {report.contrastive_batch}"

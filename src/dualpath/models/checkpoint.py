@@ -21,7 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dualpath.errors import CheckpointError
-from dualpath.fileio import atomic_directory
+from dualpath.fileio import atomic_directory, json_default
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -54,11 +54,11 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(directory) as tmp:
         save_file(state, str(tmp / MODEL_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=_plain) + "\n")
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=json_default) + "\n")
         if optimizer is not None:
             tensors, rest = _split_optimizer_state(optimizer.state_dict())
             save_file(tensors, str(tmp / OPTIM_TENSORS))
-            (tmp / OPTIM_STATE).write_text(json.dumps(rest, default=_plain))
+            (tmp / OPTIM_STATE).write_text(json.dumps(rest, default=json_default))
         if with_rng:
             (tmp / RNG_FILE).write_text(json.dumps(capture_rng_state()))
     return directory
@@ -148,11 +148,3 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]
         for group in rest["param_groups"]
     ]
     return {"state": state, "param_groups": groups}
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

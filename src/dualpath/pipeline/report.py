@@ -18,10 +18,9 @@ from typing import Any
 import numpy as np
 
 from dualpath.config import DualPathConfig
-from dualpath.decider import Lane
 from dualpath.evaluation.lvm import evaluate_bank
 from dualpath.evaluation.retrieval import heldout_eval_pairs, relative_gain, retrieval_table
-from dualpath.fileio import atomic_directory
+from dualpath.fileio import atomic_directory, json_default
 from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation, model_split
 from dualpath.pipeline.generator import Generator
 
@@ -71,7 +70,7 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
             "recall": _plot_recall(results, tmp / "recall.png"),
             "lvm": _plot_lvm(results, tmp / "lvm.png"),
         }
-        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=_plain) + "\n")
+        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=json_default) + "\n")
         (tmp / "report.md").write_text(render_markdown(results, plots))
     return out / "report.md"
 
@@ -164,7 +163,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         "```json",
         json.dumps({"settings": results["settings"], "models": results["models"], "lanes": results["lanes"]},
-                   indent=2, default=_plain),
+                   indent=2, default=json_default),
         "```",
         "",
         f"Measured in {results['seconds']:.0f} s on Python {results['machine']['python']}, "
@@ -281,11 +280,3 @@ def _plot_lvm(results: dict[str, Any], path: Path) -> str:
     ax.set_title("LVM vs copy-last and mean-of-context (held-out)")
     ax.legend()
     return _save(plt, fig, path)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Lane):
-        return obj.model_dump(mode="json")
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)
