@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from dualpath.bank import ConceptBank
+from dualpath.bank.layout import CALIBRATION_FILE
 from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane
 from dualpath.pipeline.calibrate import calibrate_bank
 from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, teacher_forced
 from dualpath.pipeline.generator import Generator
-from dualpath.pipeline.lanes import CALIBRATION_FILE
 from trained_models import tiny_config
 
 PROMPT = "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of 384,400 km."
@@ -134,9 +134,9 @@ def test_lane_thresholds_move_the_decision_mix(generator):
 
 
 def _heldout(generator):
-    from dualpath.pipeline.evaluate import heldout_pairs, model_split
+    from dualpath.pipeline.evaluate import heldout_pairs
 
-    return heldout_pairs(generator.bank, model_split(generator.lvm, generator.cfg), None)
+    return heldout_pairs(generator.bank, generator.lvm.training_split(generator.cfg.split), None)
 
 
 def test_calibration_gives_a_real_mix_and_generation_uses_it(trained_bank_path, tmp_path, caplog):

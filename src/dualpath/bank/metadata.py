@@ -16,7 +16,6 @@ import numpy as np
 
 from dualpath.errors import BankError
 
-METADATA_FILE = "metadata.sqlite"
 SCHEMA = """
 CREATE TABLE concepts (
     id INTEGER PRIMARY KEY,

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from dualpath.bank import ConceptBank
+from dualpath.bank.layout import MODELS_DIR
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import split_pairs
+from dualpath.corpus.pairs import split_from_config
 from dualpath.evaluation.retrieval import baseline_table
 from dualpath.runtime import torch_threads
 from dualpath.training.loop import HISTORY
@@ -65,8 +66,8 @@ def bench_training(
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], int]:
     """(speed rows, retrieval table of each tower kind and the heuristics, held-out pairs of that table)."""
     documents = document_subset(bank.documents(), max_pairs)
-    full = split_pairs(bank.documents(), cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
-    split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+    full = split_from_config(bank.documents(), cfg.split)
+    split = split_from_config(documents, cfg.split)
     vectors = bank.all_vectors()
     rows: list[dict[str, Any]] = []
     towers: dict[str, dict[str, float]] = {}
@@ -117,7 +118,7 @@ def training_memory(bank_path: Path) -> list[dict[str, Any]]:
     """Per epoch of each trained model in the bank: resident MiB and seconds, as its training loop recorded."""
     rows: list[dict[str, Any]] = []
     for model in MODELS:
-        path = bank_path / "models" / model / HISTORY
+        path = bank_path / MODELS_DIR / model / HISTORY
         if not path.is_file():
             continue
         history = json.loads(path.read_text())

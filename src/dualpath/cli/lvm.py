@@ -55,8 +55,9 @@ def train_lvm_command(
 ) -> None:
     """Train an LVM on a bank's documents; held-out metrics every epoch, checkpoint every epoch."""
     from dualpath.bank import ConceptBank
+    from dualpath.bank.layout import lvm_dir
     from dualpath.logs import configure_logging
-    from dualpath.training.lvm import SELECT_METRIC, default_out_dir, train_lvm
+    from dualpath.training.lvm import SELECT_METRIC, train_lvm
 
     configure_logging(logging.getLogger("dualpath").level or logging.INFO, log_file)
     cfg = load_config(
@@ -66,7 +67,7 @@ def train_lvm_command(
         bank={"milvus_uri": milvus_uri},
     )
     concept_bank = ConceptBank.open(bank, cfg)
-    out_dir = out if out is not None else default_out_dir(concept_bank)
+    out_dir = out if out is not None else lvm_dir(concept_bank.path)
 
     def show(report: Any) -> None:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
@@ -94,6 +95,7 @@ def eval_lvm_command(
 ) -> None:
     """Held-out LVM quality beside the copy-last and mean-of-context baselines (DESIGN.md protocol)."""
     from dualpath.bank import ConceptBank
+    from dualpath.bank.layout import lvm_dir
     from dualpath.evaluation.lvm import evaluate_bank
 
     cfg = load_config(config, bank={"milvus_uri": milvus_uri})
@@ -108,7 +110,7 @@ def eval_lvm_command(
     console.print(_table(title, report.rows))
     if "lvm" not in report.rows:
         console.print(
-            f"no trained LVM in {concept_bank.path / 'models' / 'lvm'}: baseline rows only "
+            f"no trained LVM in {lvm_dir(concept_bank.path)}: baseline rows only "
             f"(train one with `dualpath train lvm --bank {concept_bank.path}`)"
         )
     else:

@@ -59,6 +59,7 @@ def train_retriever_command(
 ) -> None:
     """Train a query tower on a bank; the held-out table is printed every epoch and saved as JSON."""
     from dualpath.bank import ConceptBank
+    from dualpath.bank.layout import tower_dir
     from dualpath.logs import configure_logging
     from dualpath.training.retriever import TABLE_FILE, train_retriever
 
@@ -68,7 +69,7 @@ def train_retriever_command(
     }
     cfg = load_config(config, tower=overrides, bank={"milvus_uri": milvus_uri})
     concept_bank = ConceptBank.open(bank, cfg)
-    out_dir = out if out is not None else concept_bank.path / "models" / "tower"
+    out_dir = out if out is not None else tower_dir(concept_bank.path)
 
     def show(report: Any, table: dict[str, dict[str, float]]) -> None:
         if not as_json:
@@ -98,12 +99,13 @@ def eval_retriever_command(
 ) -> None:
     """Held-out retrieval: the tower beside last / mean / EWM / oracle queries (DESIGN.md protocol)."""
     from dualpath.bank import ConceptBank
+    from dualpath.bank.layout import tower_dir
     from dualpath.evaluation.retrieval import heldout_eval_pairs, retrieval_table
     from dualpath.models.towers import QueryTower
 
     cfg = load_config(config, bank={"milvus_uri": milvus_uri})
     concept_bank = ConceptBank.open(bank, cfg)
-    default = concept_bank.path / "models" / "tower"
+    default = tower_dir(concept_bank.path)
     if tower is None and default.is_dir():
         tower = default
     query_tower = QueryTower.load(tower, concept_bank.dim, concept_bank.encoder_name) if tower is not None else None

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dualpath.config import SplitConfig
+
 PAD = -1
 
 
@@ -114,6 +116,13 @@ def split_pairs(
         heldout_docs=frozenset(held),
         doc_ids=doc_ids,
     )
+
+
+def split_from_config(
+    documents: Mapping[str, np.ndarray], split: SplitConfig, context: int | None = None
+) -> PairSplit:
+    """`split_pairs` with the held-out fraction and seed of `split` (and its context unless given)."""
+    return split_pairs(documents, split.context if context is None else context, split.heldout_fraction, split.seed)
 
 
 def gather_context(vectors: np.ndarray, context_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

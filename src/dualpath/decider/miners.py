@@ -28,6 +28,7 @@ import numpy as np
 
 from dualpath.decider.decision import FALLBACK_EMPTY, FALLBACK_TIMEOUT, Shortlist, fallback_error
 from dualpath.runtime import limit_search_threads
+from dualpath.search import surviving
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +262,7 @@ def to_shortlists(
         return [Shortlist.failed(fallback_error(result.error or "unknown"), dim) for _ in range(n)]
     shortlists = []
     for i, row in enumerate(result.ids):
-        keep = row >= 0
-        if exclude is not None:
-            keep &= ~np.isin(row, exclude[i])
-        present = row[keep][:k]
+        present = row[surviving(row, None if exclude is None else exclude[i], k)]
         if present.size == 0:
             shortlists.append(Shortlist.failed(FALLBACK_EMPTY, dim))
         else:

@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import ContextPairs, gather_context, split_pairs
+from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.evaluation.ranking import SearchFn, retrieval_metrics, target_ranks
 from dualpath.models.heuristics import HEURISTICS, normalize_rows
 
@@ -90,5 +90,5 @@ def relative_gain(table: Mapping[str, Mapping[str, float]], metrics: Sequence[st
 
 def heldout_eval_pairs(vectors: np.ndarray, documents: Mapping[str, np.ndarray], cfg: DualPathConfig) -> EvalPairs:
     """The held-out pairs of a bank under `cfg.split` (the same split every trainer uses)."""
-    split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+    split = split_from_config(documents, cfg.split)
     return EvalPairs.from_pairs(vectors, split.heldout)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dualpath.config import LVMConfig
+from dualpath.config import LVMConfig, SplitConfig
 from dualpath.errors import CheckpointError
 from dualpath.models.checkpoint import load_weights, model_dir, read_config, save_checkpoint
 
@@ -218,6 +218,15 @@ class LatentVectorModel:
             generated[step] = self.predict(ctx)[0]
             window = [*window, generated[step]][-self.context :]
         return generated
+
+    def training_split(self, default: SplitConfig) -> SplitConfig:
+        """The split this model was trained with (saved in its checkpoint), so held-out stays unseen by it.
+
+        A model saved without one gets `default`; either way the context is the model's own.
+        """
+        saved = self.config.get("split")
+        split = SplitConfig(**saved) if isinstance(saved, dict) else default
+        return split.model_copy(update={"context": self.context})
 
     def save(self, directory: str | Path) -> Path:
         """Weights + config, written atomically (no optimizer state: that is the training loop's)."""

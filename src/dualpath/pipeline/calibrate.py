@@ -20,7 +20,7 @@ from dualpath.config import DualPathConfig
 from dualpath.decider import Lane, calibrate_lane, load_lanes
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.evaluate import heldout_pairs, model_split, teacher_forced
+from dualpath.pipeline.evaluate import heldout_pairs, teacher_forced
 from dualpath.pipeline.lanes import write_calibration
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def calibrate_lanes(
     if not targets:
         raise ValueError("no lane states target shares; nothing to calibrate")
     depth = max(lane.k for lane in targets.values())
-    pairs = heldout_pairs(bank, model_split(lvm, cfg), max_pairs)
+    pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs)
     if len(pairs) < 20:
         raise ValueError(f"only {len(pairs)} held-out pairs: too few to calibrate (add documents)")
     rows = teacher_forced(bank, lvm, tower, pairs, depth)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dualpath.bank import ConceptBank
+from dualpath.bank import ConceptBank, layout
 from dualpath.config import DualPathConfig
 from dualpath.corpus import segment_sentences
 from dualpath.decider import (
@@ -42,11 +42,10 @@ from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.lanes import bank_lanes, read_calibration
 from dualpath.runtime import torch_threads
+from dualpath.search import excluded_depth, search_excluding
 
 log = logging.getLogger(__name__)
 
-LVM_DIR = Path("models") / "lvm"
-TOWER_DIR = Path("models") / "tower"
 VERBATIM_COSINE = 0.999  # a prompt concept this close to a bank concept is that concept
 
 
@@ -74,17 +73,13 @@ class NearestConceptDecoder:
         self.bank = bank
 
     def render(self, vectors: np.ndarray, exclude: Sequence[np.ndarray]) -> list[RenderedText]:
-        depth = 1 + max((len(e) for e in exclude), default=0)
-        ids, scores = self.bank.search(normalize_rows(vectors), depth)
+        ids, scores = search_excluding(self.bank.search, normalize_rows(vectors), 1, exclude)
         out = []
-        for row, skip in enumerate(exclude):
-            keep = (ids[row] >= 0) & ~np.isin(ids[row], skip)
-            if not keep.any():
+        for cid, score in zip(ids[:, 0].tolist(), scores[:, 0].tolist(), strict=True):
+            if cid < 0:
                 out.append(RenderedText("", -1, float("nan"), True))
-                continue
-            j = int(np.flatnonzero(keep)[0])
-            cid = int(ids[row, j])
-            out.append(RenderedText(self.bank.texts([cid])[0], cid, float(scores[row, j]), True))
+            else:
+                out.append(RenderedText(self.bank.texts([cid])[0], cid, float(score), True))
         return out
 
 
@@ -131,8 +126,7 @@ def search_shortlists(
     Asks the miner for k + len(exclude) so that k candidates survive the removal; a timeout or
     an error gives fallback shortlists (the decider turns them into NOVEL with the reason).
     """
-    extra = max((len(e) for e in exclude), default=0)
-    result = miner.search(queries, k + extra, timeout=timeout)
+    result = miner.search(queries, excluded_depth(k, exclude), timeout=timeout)
     return to_shortlists(result, bank.vectors, bank.dim, exclude=exclude, k=k)
 
 
@@ -170,14 +164,14 @@ class Generator:
         """Open a bank and its models (`models/lvm`, `models/tower` inside it unless given)."""
         cfg = cfg or DualPathConfig()
         bank = bank if isinstance(bank, ConceptBank) else ConceptBank.open(bank, cfg)
-        lvm_path = Path(lvm_dir) if lvm_dir else bank.path / LVM_DIR
+        lvm_path = Path(lvm_dir) if lvm_dir else layout.lvm_dir(bank.path)
         try:
             lvm = LatentVectorModel.load(lvm_path, expected_dim=bank.dim, expected_encoder=bank.encoder_name)
         except CheckpointError as err:
             raise DualPathError(
                 f"{err}; train one with `dualpath train lvm --bank {bank.path}` (or run `dualpath demo`)"
             ) from None
-        tower_path = Path(tower_dir) if tower_dir else bank.path / TOWER_DIR
+        tower_path = Path(tower_dir) if tower_dir else layout.tower_dir(bank.path)
         tower = None
         if tower_dir is not None or tower_path.exists():
             tower = QueryTower.load(tower_path, dim=bank.dim, encoder_name=bank.encoder_name)

@@ -13,17 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from dualpath.bank import ConceptBank
+from dualpath.bank.layout import calibration_path
 from dualpath.decider import Lane, load_lanes, make_lane
 from dualpath.errors import ConfigError
 from dualpath.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
 
 
 def read_calibration(bank_path: str | Path) -> dict[str, Any] | None:
-    path = Path(bank_path) / CALIBRATION_FILE
+    path = calibration_path(bank_path)
     if not path.is_file():
         return None
     try:
@@ -33,7 +33,7 @@ def read_calibration(bank_path: str | Path) -> dict[str, Any] | None:
 
 
 def write_calibration(bank_path: str | Path, calibration: dict[str, Any]) -> Path:
-    path = Path(bank_path) / CALIBRATION_FILE
+    path = calibration_path(bank_path)
     write_json_atomic(path, calibration)
     return path
 
@@ -50,5 +50,5 @@ def bank_lanes(bank: ConceptBank, user_file: str | Path | None = None) -> dict[s
         return lanes
     for name, fields in calibration.get("lanes", {}).items():
         if name in lanes:
-            lanes[name] = make_lane(name, lanes[name].model_dump() | fields, f"{bank.path / CALIBRATION_FILE}")
+            lanes[name] = make_lane(name, lanes[name].model_dump() | fields, f"{calibration_path(bank.path)}")
     return lanes

@@ -21,7 +21,7 @@ from dualpath.config import DualPathConfig
 from dualpath.evaluation.lvm import evaluate_bank
 from dualpath.evaluation.retrieval import heldout_eval_pairs, relative_gain, retrieval_table
 from dualpath.fileio import atomic_directory, json_default
-from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation, model_split
+from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation
 from dualpath.pipeline.generator import Generator
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def measure(generator: Generator, cfg: DualPathConfig, max_pairs: int = 2000, fr
     bank = generator.bank
     lanes = {n: lane for n, lane in generator.lanes.items() if not n.startswith("reference-")}
     started = time.perf_counter()
-    split_cfg = cfg.model_copy(update={"split": model_split(generator.lvm, cfg)})
+    split_cfg = cfg.model_copy(update={"split": generator.lvm.training_split(cfg.split)})
     pairs = heldout_eval_pairs(bank.all_vectors(), bank.documents(), split_cfg)
     retrieval = retrieval_table(bank.search, pairs, generator.tower)
     lvm = evaluate_bank(bank, cfg).to_dict()

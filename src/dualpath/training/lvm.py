@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dualpath.bank.layout import lvm_dir
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, split_pairs
+from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, split_from_config
 from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
 from dualpath.models.lvm import LatentVectorModel
@@ -159,10 +160,6 @@ class LVMTrainingTask:
         }
 
 
-def default_out_dir(bank: ConceptBank) -> Path:
-    return Path(bank.path) / "models" / "lvm"
-
-
 def train_lvm(
     bank: ConceptBank,
     cfg: DualPathConfig,
@@ -171,7 +168,7 @@ def train_lvm(
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> TrainingResult:
     """Train an LVM on `bank`'s documents (held-out split from `cfg.split`); default out `bank/models/lvm`."""
-    split = split_pairs(bank.documents(), cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+    split = split_from_config(bank.documents(), cfg.split)
     log.info(
         "LVM %s on %s: %d training pairs, %d held-out pairs (%d held-out documents), context %d",
         cfg.lvm.arch,
@@ -181,7 +178,7 @@ def train_lvm(
         len(split.heldout_docs),
         cfg.split.context,
     )
-    out = Path(out_dir) if out_dir is not None else default_out_dir(bank)
+    out = Path(out_dir) if out_dir is not None else lvm_dir(bank.path)
     with torch_threads(cfg.lvm.threads):
         task = LVMTrainingTask(bank.all_vectors(), split, cfg, bank.encoder_name, bank.search)
         return run_training(task, out, cfg.lvm.epochs, resume, cfg.lvm.watchdog_seconds, on_epoch)

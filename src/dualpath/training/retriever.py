@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import PAD, gather_context, split_pairs
+from dualpath.corpus.pairs import PAD, gather_context, split_from_config
 from dualpath.decider.miners import SearchIndex
 from dualpath.errors import CheckpointError, ConfigError
 from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_queries, relative_gain
@@ -97,7 +97,7 @@ class RetrieverTask:
         self.index = index
         self.mining_index: SearchIndex | None = None  # built at the first mining round
         self.state_dir = Path(state_dir)
-        split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+        split = split_from_config(documents, cfg.split)
         if len(split.train) < 2 or len(split.heldout) < 1:
             raise ConfigError(
                 f"too few pairs to train a query tower: {len(split.train)} training, {len(split.heldout)} held-out "
