@@ -1,6 +1,6 @@
 """LVM quality per architecture on a real bank, beside the copy-last and mean-of-context baselines.
 
-DESIGN.md's protocol: held-out 10 % of the documents (never trained on), context 5, the whole bank
+The protocol of docs/protocol.md: held-out 10 % of the documents (never trained on), context 5, the whole bank
 as the search space, the context's own concepts removed from Hit@K. Each architecture trains with
 the default `LVMConfig` (only `arch` changes); the held-out table covers every model and both
 baselines.

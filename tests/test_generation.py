@@ -57,7 +57,7 @@ def test_generation_yields_well_formed_steps_in_every_lane(generator, lane):
 
 
 def test_prompt_concepts_never_come_back_as_shortlist_or_text(generator):
-    """DESIGN.md: the context must not find itself. A prompt made of bank sentences is excluded."""
+    """docs/protocol.md: the context must not find itself. A prompt made of bank sentences is excluded."""
     bank = generator.bank
     doc_ids = next(ids for ids in bank.documents().values() if len(ids) >= 3)
     prompt = " ".join(bank.texts(doc_ids[:2]))

@@ -311,7 +311,7 @@ class _Sections:
         return {
             "retrieval_quality": Section(
                 "Quality: retrieval", f"{r['retrieval']['pairs']:,} held-out pairs, context excluded from every "
-                "result list (DESIGN.md protocol). Baseline: the best heuristic query.",
+                "result list (docs/protocol.md). Baseline: the best heuristic query.",
                 quality.RETRIEVAL_COLUMNS, quality.retrieval_rows(r)),
             "lvm_quality": Section(
                 "Quality: LVM", f"{r['lvm']['pairs']:,} held-out pairs; contrastive accuracy within batches of "

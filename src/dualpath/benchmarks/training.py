@@ -6,7 +6,7 @@ training pairs, so every architecture sees identical data), through the trainers
 the bank's whole training split from the measured pairs/s.
 
 Each tower kind then trains on for `tower_epochs` in all (untimed) and is evaluated with the
-DESIGN.md protocol on the held-out documents of the same subset (the whole bank searched), beside
+docs/protocol.md protocol on the held-out documents of the same subset (the whole bank searched), beside
 the heuristic queries on the same pairs: a like-for-like comparison of the kinds after identical
 brief training (in-batch negatives and the queue, no mining), not the quality of a fully trained
 tower (that is the bank's own tower, in the quality section).

@@ -93,7 +93,7 @@ def eval_lvm_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
-    """Held-out LVM quality beside the copy-last and mean-of-context baselines (DESIGN.md protocol)."""
+    """Held-out LVM quality beside the copy-last and mean-of-context baselines (docs/protocol.md)."""
     from dualpath.bank import ConceptBank
     from dualpath.bank.layout import lvm_dir
     from dualpath.evaluation.lvm import evaluate_bank

@@ -97,7 +97,7 @@ def eval_retriever_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
 ) -> None:
-    """Held-out retrieval: the tower beside last / mean / EWM / oracle queries (DESIGN.md protocol)."""
+    """Held-out retrieval: the tower beside last / mean / EWM / oracle queries (docs/protocol.md)."""
     from dualpath.bank import ConceptBank
     from dualpath.bank.layout import tower_dir
     from dualpath.evaluation.retrieval import heldout_eval_pairs, retrieval_table

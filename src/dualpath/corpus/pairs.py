@@ -1,6 +1,6 @@
 """Documents as sequences of concepts: the document split and (context → next concept) pairs.
 
-DESIGN.md's protocol: split by *document*, never by pair; a pair is up to C previous concepts of
+The protocol (docs/protocol.md): split by *document*, never by pair; a pair is up to C previous concepts of
 a document and the next one. Everything here is plain numpy on concept ids, so the LVM, the
 towers and every evaluation draw their pairs from the one place.
 """

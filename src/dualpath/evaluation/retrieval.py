@@ -1,6 +1,6 @@
 """The retrieval protocol table: a query tower beside the heuristic queries, on held-out documents.
 
-DESIGN.md's protocol: pairs of held-out documents only, the whole bank as the search space, the
+The protocol (docs/protocol.md): pairs of held-out documents only, the whole bank as the search space, the
 pair's own context removed from its result list, Recall@{1,10,100,500,1000} and MRR of the true
 next concept. Rows: the tower (when given), the last / mean / exponentially weighted context
 vector, and the oracle (the true target vector itself: the ceiling, below 1.0 only where the bank

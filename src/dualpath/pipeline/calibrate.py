@@ -1,6 +1,6 @@
 """Calibration: lane thresholds measured in the bank's own embedding space.
 
-DESIGN.md: with MiniLM and a trained LVM, c_max (best cosine of v̂ to the shortlist, context
+docs/protocol.md: with MiniLM and a trained LVM, c_max (best cosine of v̂ to the shortlist, context
 excluded) sits around 0.6-0.8, so thresholds written for GTR-T5 make every step NOVEL. Here c_max
 is measured teacher-forced on held-out documents with the bank's own LVM and tower, and each
 lane's target shares of SNAP / BLEND / NOVEL become its τ_snap / τ_novel. The result is stored in
@@ -32,7 +32,7 @@ DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the s
 def dup_threshold(c_max: np.ndarray, ceiling: float) -> float:
     """The near-duplicate cosine for this embedding space: c_max's 99th percentile on held-out steps.
 
-    DESIGN.md's 0.98 was set for GTR-T5; with MiniLM c_max rarely exceeds 0.9, so 0.98 never fires and
+    The reference's 0.98 was set for GTR-T5 (docs/protocol.md); with MiniLM c_max rarely exceeds 0.9, so 0.98 never fires and
     a stream can SNAP to the same concept step after step. A true next concept is this close to v̂ in
     only 1 % of held-out steps, so above it a repeat of a recent pick is a loop, not a finding. Never
     above the configured threshold (`ceiling`), so a space where 0.98 is reachable keeps it.

@@ -1,6 +1,6 @@
 """End-to-end dual-path generation: prompt text → concepts → context → one decided vector per step.
 
-Per step (DESIGN.md's picture):
+Per step (the picture in docs/architecture.md):
     v̂ = LVM(context)                    the generated next vector
     q  = QueryTower(context), else v̂     the retrieval query (v̂ when the bank has no trained tower)
     shortlist = bank top-K for q, the context's own concepts removed
@@ -219,7 +219,7 @@ class Generator:
         """Yield one GenerationStep per step. `prompt` is text or an already encoded (t, d) context.
 
         `context_ids` are bank ids of the prompt's concepts: they are removed from shortlists and
-        renderings (DESIGN.md: the context must not find itself). For a text prompt, concepts that
+        renderings (docs/protocol.md: the context must not find itself). For a text prompt, concepts that
         are in the bank verbatim are found and removed too. Concepts the stream itself picks stay
         in the shortlist: repeating them is what the near-duplicate guard is for.
         """

@@ -1,6 +1,6 @@
 """Lanes as a bank uses them: shipped + user lanes, with the bank's own calibration applied.
 
-Thresholds belong to an embedding space (DESIGN.md), so `dualpath calibrate` stores per-lane
+Thresholds belong to an embedding space (docs/protocol.md), so `dualpath calibrate` stores per-lane
 thresholds measured on the bank's held-out documents in `BANK/calibration.json`; generation uses
 them by default and says so when a bank has none.
 """

@@ -86,7 +86,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         f"Bank `{bank['path']}`: {bank['count']} concepts from {bank['documents']} documents, "
         f"{bank['dim']}-d `{bank['encoder']}`, index `{bank['index']}`. Held-out documents only "
-        "(DESIGN.md protocol: split by document, context excluded from every result list).",
+        "(docs/protocol.md: split by document, context excluded from every result list).",
         "",
         "## Retrieval: query tower vs heuristic queries",
         "",
