@@ -32,10 +32,11 @@ DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the s
 def dup_threshold(c_max: np.ndarray, ceiling: float) -> float:
     """The near-duplicate cosine for this embedding space: c_max's 99th percentile on held-out steps.
 
-    The reference's 0.98 was set for GTR-T5 (docs/protocol.md); with MiniLM c_max rarely exceeds 0.9, so 0.98 never fires and
-    a stream can SNAP to the same concept step after step. A true next concept is this close to v̂ in
-    only 1 % of held-out steps, so above it a repeat of a recent pick is a loop, not a finding. Never
-    above the configured threshold (`ceiling`), so a space where 0.98 is reachable keeps it.
+    The reference's 0.98 was set for GTR-T5 (docs/protocol.md); with MiniLM c_max rarely exceeds 0.9,
+    so 0.98 never fires and a stream can SNAP to the same concept step after step. A true next concept
+    is this close to v̂ in only 1 % of held-out steps, so above it a repeat of a recent pick is a loop,
+    not a finding. Never above the configured threshold (`ceiling`), so a space where 0.98 is reachable
+    keeps it.
     """
     finite = c_max[np.isfinite(c_max)]
     if finite.size == 0:
