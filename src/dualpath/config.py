@@ -83,6 +83,7 @@ class TowerConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(0.05, gt=0)
+    grad_clip: float = Field(1.0, gt=0)  # max gradient norm per step
     context_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of pairs whose context is cut shorter per step
     queue_size: int = Field(4096, ge=0)  # memory queue of recent targets as extra negatives
     document_negatives: int = Field(0, ge=0)  # other concepts of the pair's own document as negatives

@@ -23,3 +23,7 @@ class ConfigError(DualPathError):
 
 class DeciderError(DualPathError, ValueError):
     """Vectors or shortlists given to the decider are malformed (shape, NaN/inf, zero norm)."""
+
+
+class ModelInputError(DualPathError, ValueError):
+    """Vectors given to a model are malformed (a context of the wrong shape or dimension)."""

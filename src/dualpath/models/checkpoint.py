@@ -64,6 +64,40 @@ def save_checkpoint(
     return directory
 
 
+def load_model_config(
+    path: str | Path,
+    kind: str,
+    what: str,
+    expected_dim: int | None = None,
+    expected_encoder: str | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint directory and config of a `kind` model, refused if it was trained for another space.
+
+    `path` is a checkpoint or a training output (its best/, else last/). `expected_dim` /
+    `expected_encoder` are the bank's: a model trained on another embedding space is refused with one
+    clear line instead of producing meaningless vectors. A checkpoint that names no encoder cannot be
+    compared, so only its dimension is checked.
+    """
+    directory = model_dir(path)
+    config = read_config(directory)
+    if config.get("kind") != kind:
+        raise CheckpointError(f"{directory} holds a {config.get('kind', 'unknown')!r} model, not {what}")
+    try:
+        saved_dim = int(config["dim"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{what} config in {directory} is invalid: no dimension") from None
+    if expected_dim is not None and saved_dim != int(expected_dim):
+        raise CheckpointError(
+            f"{what} at {directory} was trained on {saved_dim}-d vectors but the bank holds {expected_dim}-d ones"
+        )
+    saved_encoder = config.get("encoder")
+    if expected_encoder is not None and saved_encoder and saved_encoder != expected_encoder:
+        raise CheckpointError(
+            f"{what} at {directory} was trained on encoder {saved_encoder!r}, the bank uses {expected_encoder!r}"
+        )
+    return directory, config
+
+
 def read_config(directory: str | Path) -> dict[str, Any]:
     directory = Path(directory)
     path = directory / CONFIG_FILE

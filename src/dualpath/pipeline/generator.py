@@ -174,7 +174,7 @@ class Generator:
         tower_path = Path(tower_dir) if tower_dir else layout.tower_dir(bank.path)
         tower = None
         if tower_dir is not None or tower_path.exists():
-            tower = QueryTower.load(tower_path, dim=bank.dim, encoder_name=bank.encoder_name)
+            tower = QueryTower.load(tower_path, expected_dim=bank.dim, expected_encoder=bank.encoder_name)
         else:
             log.warning("no trained query tower at %s: retrieval uses the LVM's vector as the query", tower_path)
         miner = ThreadedMiner(bank) if threaded else SyncMiner(bank)

@@ -18,7 +18,6 @@ term alone rewards.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +34,7 @@ from dualpath.evaluation.ranking import SearchFn
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.runtime import batch_progress, torch_threads
 from dualpath.training.loop import EpochReport, TrainingResult, run_training
+from dualpath.training.schedule import learning_rate, set_learning_rate
 
 if TYPE_CHECKING:
     from dualpath.bank import ConceptBank
@@ -57,14 +57,6 @@ def lvm_loss(
         labels = torch.arange(pred.shape[0], device=pred.device)
         loss = loss + infonce_weight * F.cross_entropy(logits, labels)
     return loss
-
-
-def learning_rate(peak: float, progress: float, schedule: str) -> float:
-    """`constant`, or `cosine`: from `peak` down to a tenth of it over the run (`progress` 0 → 1)."""
-    if schedule == "constant":
-        return peak
-    floor = 0.1 * peak
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 class LVMTrainingTask:
@@ -115,8 +107,7 @@ class LVMTrainingTask:
         for step, start in enumerate(batch_progress(starts, len(starts), f"epoch {epoch}")):
             # The learning rate is a function of (epoch, step): nothing to save for an exact resume.
             progress = (epoch - 1 + step / len(starts)) / lvm.epochs
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(lvm.lr, progress, lvm.schedule)
+            set_learning_rate(self.optimizer, learning_rate(lvm.lr, progress, lvm.schedule))
             ctx, mask, target = self._batch(train, order[start : start + lvm.batch_size])
             loss = self._loss(self.model(ctx, mask), target)
             self.optimizer.zero_grad(set_to_none=True)

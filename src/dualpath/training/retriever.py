@@ -51,6 +51,7 @@ from dualpath.training.mining import (
     mine_hard_negatives,
     mining_index,
 )
+from dualpath.training.schedule import set_learning_rate, step_learning_rate
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class RetrieverTask:
     def _descend(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.tower.grad_clip)
         self.optimizer.step()
         return float(loss.detach())
 
@@ -223,17 +224,10 @@ class RetrieverTask:
         return invalid
 
     def _set_lr(self, step: int) -> None:
-        # A pure function of the global step (linear warm-up, cosine decay to 10 %): nothing to checkpoint.
+        # Linear warm-up over the first 10 % of steps (at most 100), then cosine decay to 10 %.
         tc = self.cfg.tower
         total = max(1, tc.epochs * self.steps_per_epoch)
-        warm = min(100, total // 10)
-        if step < warm:
-            scale = (step + 1) / warm
-        else:
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-        for group in self.optimizer.param_groups:
-            group["lr"] = tc.lr * scale
+        set_learning_rate(self.optimizer, step_learning_rate(tc.lr, step, total, "cosine", min(100, total // 10)))
 
     # -- hard negatives --------------------------------------------------------------------------
 
