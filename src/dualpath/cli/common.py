@@ -15,6 +15,7 @@ from dualpath.fileio import json_default
 
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML configuration file (see docs/quickstart.md).")
 BANK_OPTION = typer.Option(..., "--bank", help="Bank directory.")
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as one JSON document.")
 BACKEND_OPTION = typer.Option(None, "--backend", help="Index backend: faiss (embedded, default) | milvus.")
 MILVUS_URI_OPTION = typer.Option(
     None,
@@ -43,6 +44,14 @@ def open_bank(path: Path, cfg: DualPathConfig) -> Any:
     from dualpath.bank import ConceptBank
 
     return ConceptBank.open(path, cfg)
+
+
+def config_and_bank(
+    bank_dir: Path, config: Path | None, milvus_uri: str | None, **sections: dict[str, Any]
+) -> tuple[DualPathConfig, Any]:
+    """What a command on one bank starts with: its config (with command-line values) and the opened bank."""
+    cfg = load_config(config, bank={"milvus_uri": milvus_uri}, **sections)
+    return cfg, open_bank(bank_dir, cfg)
 
 
 def print_json(obj: Any) -> None:

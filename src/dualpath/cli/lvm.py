@@ -9,7 +9,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dualpath.cli.common import BANK_OPTION, MILVUS_URI_OPTION, load_config, make_console, print_json
+from dualpath.cli.common import (
+    BANK_OPTION,
+    CONFIG_OPTION,
+    JSON_OPTION,
+    MILVUS_URI_OPTION,
+    config_and_bank,
+    make_console,
+    print_json,
+)
 from dualpath.cli.groups import eval_app, train_app
 
 console = make_console()
@@ -54,19 +62,13 @@ def train_lvm_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
 ) -> None:
     """Train an LVM on a bank's documents; held-out metrics every epoch, checkpoint every epoch."""
-    from dualpath.bank import ConceptBank
     from dualpath.bank.layout import lvm_dir
     from dualpath.logs import configure_logging
     from dualpath.training.lvm import SELECT_METRIC, train_lvm
 
     configure_logging(logging.getLogger("dualpath").level or logging.INFO, log_file)
-    cfg = load_config(
-        config,
-        lvm={"arch": arch, "epochs": epochs, "seed": seed},
-        split={"context": context},
-        bank={"milvus_uri": milvus_uri},
-    )
-    concept_bank = ConceptBank.open(bank, cfg)
+    lvm = {"arch": arch, "epochs": epochs, "seed": seed}
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, lvm=lvm, split={"context": context})
     out_dir = out if out is not None else lvm_dir(concept_bank.path)
 
     def show(report: Any) -> None:
@@ -89,17 +91,15 @@ def eval_lvm_command(
     model: Path | None = typer.Option(
         None, "--model", help="Trained LVM (a training output or checkpoint) (default: BANK/models/lvm)."
     ),
-    config: Path | None = typer.Option(None, "--config", help="YAML configuration (the split section)."),
+    config: Path | None = CONFIG_OPTION,
     milvus_uri: str | None = MILVUS_URI_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Held-out LVM quality beside the copy-last and mean-of-context baselines (docs/protocol.md)."""
-    from dualpath.bank import ConceptBank
     from dualpath.bank.layout import lvm_dir
     from dualpath.evaluation.lvm import evaluate_bank
 
-    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
-    concept_bank = ConceptBank.open(bank, cfg)
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri)
     report = evaluate_bank(concept_bank, cfg, model)
     if as_json:
         print_json(report.to_dict())

@@ -10,7 +10,15 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dualpath.cli.common import BANK_OPTION, MILVUS_URI_OPTION, load_config, make_console, print_json
+from dualpath.cli.common import (
+    BANK_OPTION,
+    CONFIG_OPTION,
+    JSON_OPTION,
+    MILVUS_URI_OPTION,
+    config_and_bank,
+    make_console,
+    print_json,
+)
 from dualpath.cli.groups import eval_app, train_app
 
 console = make_console()
@@ -58,7 +66,6 @@ def train_retriever_command(
     as_json: bool = typer.Option(False, "--json", help="Print the final held-out table as JSON."),
 ) -> None:
     """Train a query tower on a bank; the held-out table is printed every epoch and saved as JSON."""
-    from dualpath.bank import ConceptBank
     from dualpath.bank.layout import tower_dir
     from dualpath.logs import configure_logging
     from dualpath.training.retriever import TABLE_FILE, train_retriever
@@ -67,8 +74,7 @@ def train_retriever_command(
     overrides = {
         "tower": tower, "doc_tower": doc_tower, "epochs": epochs, "hard_negatives": hard_negatives, "seed": seed,
     }
-    cfg = load_config(config, tower=overrides, bank={"milvus_uri": milvus_uri})
-    concept_bank = ConceptBank.open(bank, cfg)
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, tower=overrides)
     out_dir = out if out is not None else tower_dir(concept_bank.path)
 
     def show(report: Any, table: dict[str, dict[str, float]]) -> None:
@@ -93,18 +99,16 @@ def eval_retriever_command(
     tower: Path | None = typer.Option(
         None, "--tower", help="Trained tower (a training output or checkpoint) [default: BANK/models/tower if present]."
     ),
-    config: Path | None = typer.Option(None, "--config", help="YAML configuration (the split section)."),
+    config: Path | None = CONFIG_OPTION,
     milvus_uri: str | None = MILVUS_URI_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Held-out retrieval: the tower beside last / mean / EWM / oracle queries (docs/protocol.md)."""
-    from dualpath.bank import ConceptBank
     from dualpath.bank.layout import tower_dir
     from dualpath.evaluation.retrieval import heldout_eval_pairs, retrieval_table
     from dualpath.models.towers import QueryTower
 
-    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
-    concept_bank = ConceptBank.open(bank, cfg)
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri)
     default = tower_dir(concept_bank.path)
     if tower is None and default.is_dir():
         tower = default
