@@ -20,8 +20,8 @@ from dualpath.config import DualPathConfig
 from dualpath.decider import Lane, calibrate_lane, load_lanes
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
+from dualpath.pipeline.calibrated_lanes import write_calibration
 from dualpath.pipeline.evaluate import heldout_pairs, teacher_forced
-from dualpath.pipeline.lanes import write_calibration
 
 log = logging.getLogger(__name__)
 

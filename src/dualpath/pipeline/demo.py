@@ -28,8 +28,8 @@ from dualpath.errors import DualPathError
 from dualpath.fileio import write_json_atomic
 from dualpath.models.checkpoint import BEST
 from dualpath.pipeline.calibrate import calibrate_bank
+from dualpath.pipeline.calibrated_lanes import read_calibration
 from dualpath.pipeline.generator import GenerationStep, Generator
-from dualpath.pipeline.lanes import read_calibration
 from dualpath.pipeline.report import measure, write_report
 from dualpath.training.lvm import train_lvm
 from dualpath.training.retriever import train_retriever

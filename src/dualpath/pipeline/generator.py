@@ -40,7 +40,7 @@ from dualpath.errors import CheckpointError, DualPathError
 from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.lanes import bank_lanes, read_calibration
+from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration
 from dualpath.runtime import torch_threads
 from dualpath.search import excluded_depth, search_excluding
 
@@ -59,14 +59,14 @@ class RenderedText:
     approximate: bool
 
 
-class VectorDecoder(Protocol):
+class TextRenderer(Protocol):
     """Turns output vectors into text. The default finds the nearest bank concept; a real inversion
     model (e.g. vec2text, where a user has its weights) can render novel vectors instead."""
 
     def render(self, vectors: np.ndarray, exclude: Sequence[np.ndarray]) -> list[RenderedText]: ...
 
 
-class NearestConceptDecoder:
+class NearestConceptRenderer:
     """Renders a vector as its nearest bank concept (context concepts excluded), marked approximate."""
 
     def __init__(self, bank: ConceptBank) -> None:
@@ -141,7 +141,7 @@ class Generator:
         lanes: dict[str, Lane],
         cfg: DualPathConfig,
         miner: SyncMiner | ThreadedMiner | None = None,
-        renderer: VectorDecoder | None = None,
+        renderer: TextRenderer | None = None,
     ) -> None:
         self.bank = bank
         self.lvm = lvm
@@ -149,7 +149,7 @@ class Generator:
         self.lanes = lanes
         self.cfg = cfg
         self.miner = miner if miner is not None else SyncMiner(bank)
-        self.renderer = renderer if renderer is not None else NearestConceptDecoder(bank)
+        self.renderer = renderer if renderer is not None else NearestConceptRenderer(bank)
         self.context_size = lvm.context
 
     @classmethod

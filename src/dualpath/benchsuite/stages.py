@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from dualpath.benchmarks.timing import stats, timings_ms, with_ratio
+from dualpath.benchsuite.timing import stats, timings_ms, with_ratio
 from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.decider import Lane, ShortlistBatch, choose_next_vectors
