@@ -106,10 +106,6 @@ class Metadata:
         rows = self._query("SELECT domain, COUNT(*) FROM concepts GROUP BY domain ORDER BY COUNT(*) DESC")
         return {domain: int(n) for domain, n in rows}
 
-    def domain_column(self) -> list[str | None]:
-        """The domain of every concept, in id order."""
-        return [row[0] for row in self._query("SELECT domain FROM concepts ORDER BY id")]
-
     def close(self) -> None:
         with self._lock:
             self._db.close()

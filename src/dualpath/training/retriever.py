@@ -57,10 +57,6 @@ log = logging.getLogger(__name__)
 
 NEGATIVES_FILE = "negatives.npz"  # the latest mined negatives, reused by later epochs (and resumes)
 TABLE_FILE = "retrieval.json"  # the held-out protocol table of the latest epoch
-DOC_TOWER_REFUSAL = (
-    "--doc-tower mlp is not supported: the bank index and the decider use the encoder's vectors, "
-    "so only the query side may learn (see docs/retriever.md)"
-)
 # A batch's (batch, bank) logits must stay small: 256 x 250k float32 is 256 MB, with its gradient twice that.
 BANK_NEGATIVES_MAX = 250_000
 
@@ -91,8 +87,6 @@ class RetrieverTask:
         state_dir: str | Path,
     ) -> None:
         tc = cfg.tower
-        if tc.doc_tower != "identity":
-            raise ConfigError(DOC_TOWER_REFUSAL)
         self.cfg = cfg
         self.vectors = vectors
         self.index = index
