@@ -15,7 +15,7 @@ import pytest
 
 from dualpath.bank import ConceptBank
 from dualpath.bank.layout import CALIBRATION_FILE
-from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane
+from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane, read_records
 from dualpath.pipeline.calibrate import calibrate_bank
 from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, teacher_forced
 from dualpath.pipeline.generator import Generator
@@ -228,6 +228,15 @@ def test_cli_generate_json_and_errors(trained_bank_path):
     missing = _cli("generate", "--bank", str(Path(trained_bank_path).parent / "missing"), PROMPT)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_cli_generate_writes_one_telemetry_record_per_step(trained_bank_path, tmp_path):
+    path = tmp_path / "telemetry.jsonl"
+    done = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "3", "--telemetry", str(path))
+    assert done.returncode == 0, done.stderr
+    records = list(read_records(path))
+    assert [r.step for r in records] == [0, 1, 2]
+    assert all(r.decision.value in DECISIONS for r in records)
 
 
 def test_quality_thresholds_closed_form_matches_the_decider(generator):

@@ -15,6 +15,9 @@ from dualpath.fileio import json_default
 
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML configuration file (see docs/quickstart.md).")
 BANK_OPTION = typer.Option(..., "--bank", help="Bank directory.")
+TELEMETRY_OPTION = typer.Option(
+    None, "--telemetry", help="Append every step's decision record to this JSON-lines file."
+)
 JSON_OPTION = typer.Option(False, "--json", help="Print the result as one JSON document.")
 BACKEND_OPTION = typer.Option(None, "--backend", help="Index backend: faiss (embedded, default) | milvus.")
 MILVUS_URI_OPTION = typer.Option(

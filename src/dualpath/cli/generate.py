@@ -11,6 +11,7 @@ from dualpath.cli.common import (
     BANK_OPTION,
     CONFIG_OPTION,
     MILVUS_URI_OPTION,
+    TELEMETRY_OPTION,
     load_config,
     make_console,
     open_bank,
@@ -36,14 +37,18 @@ def generate_command(
     as_json: bool = typer.Option(False, "--json", help="One JSON record per step (telemetry + text)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
+    telemetry: Path | None = TELEMETRY_OPTION,
 ) -> None:
     """Generate from a prompt: each step SNAPs, BLENDs or stays NOVEL, and says why."""
+    from dualpath.decider import TelemetrySink
     from dualpath.pipeline.generator import Generator
 
     cfg = load_config(
         config, generation={"steps": steps}, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri}
     )
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
+    if telemetry is not None:
+        generator.telemetry = TelemetrySink(telemetry)
     try:
         if as_json:
             for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane):

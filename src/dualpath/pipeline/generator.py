@@ -32,6 +32,7 @@ from dualpath.decider import (
     Lane,
     Shortlist,
     SyncMiner,
+    TelemetrySink,
     ThreadedMiner,
     get_lane,
     to_shortlists,
@@ -151,6 +152,8 @@ class Generator:
         self.miner = miner if miner is not None else SyncMiner(bank)
         self.renderer = renderer if renderer is not None else NearestConceptRenderer(bank)
         self.context_size = lvm.context
+        # Every step's decision record goes here as one JSON line when set (`--telemetry FILE`).
+        self.telemetry: TelemetrySink | None = None
 
     @classmethod
     def from_bank(
@@ -193,6 +196,8 @@ class Generator:
 
     def close(self) -> None:
         self.miner.close()
+        if self.telemetry is not None:
+            self.telemetry.close()
 
     def lane(self, name: str | None) -> Lane:
         return get_lane(self.lanes, name or self.cfg.decider.default_lane)
@@ -287,6 +292,8 @@ class Generator:
             lat["render"] = (time.perf_counter() - t0) * 1000
             lat["total"] = (time.perf_counter() - t_step) * 1000 + lat.get("encode", 0.0)
             context = np.concatenate([context, v_out[None].astype(np.float32)])
+            if self.telemetry is not None:
+                self.telemetry.write(record)
             yield GenerationStep(
                 record=record,
                 vector=v_out,
