@@ -26,10 +26,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	bash scripts/test-deps.sh
 	$(BIN)/python -m ruff check src tests bench examples
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests bench examples
+	$(BIN)/lint-imports --no-cache
 
 bench-quick: $(STAMP)
 	$(BIN)/dualpath bench --quick --out bench-results

@@ -7,7 +7,7 @@
 1. Build throughput on the wiki sample: concepts/s of `ConceptBank.build`, against the encoder alone
    on the same concepts in the same run (the ratio is what segmentation, SQLite, the index and the
    atomic write cost on top of encoding).
-2. On synthetic clustered unit vectors (dim 384, from `dualpath.benchmarks.synthetic`): for each
+2. On synthetic clustered unit vectors (dim 384, from `dualpath.benchsuite.synthetic`): for each
    index kind, a bank is written with `ConceptBank.from_vectors`, then opened in a fresh process
    that measures resident memory after opening and searching, single-query latency p50/p99,
    batched throughput, and recall@10 against exact float32 search. The baseline is the exact
@@ -31,7 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from dualpath.bank import ConceptBank
-from dualpath.benchmarks.synthetic import exact_top_k, recall_at_k, synthetic_set, vector_bank
+from dualpath.benchsuite.synthetic import exact_top_k, recall_at_k, synthetic_set, vector_bank
 from dualpath.config import DualPathConfig
 
 KINDS = {  # name → (index, dtype); the first is the baseline

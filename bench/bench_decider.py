@@ -3,7 +3,7 @@
 Decisions: per-step latency at K = 500 for d = 384 and 768, single stream (`choose_next_vector`,
 `DualPathDecoder.step`) and batched (`choose_next_vectors`), against the bare minimum any decider
 does (one BLAS mat-vec + argmax) and against the reference system's 5 ms budget per decision
-(`dualpath.benchmarks.decider`, which `dualpath bench` runs too).
+(`dualpath.benchsuite.decider`, which `dualpath bench` runs too).
 Miners: FAISS flat search over random unit vectors through SyncMiner and ThreadedMiner against
 calling the index directly; the threaded miner single-caller (its overhead) and with concurrent
 callers (its throughput).
@@ -22,8 +22,8 @@ import faiss
 import numpy as np
 
 from dualpath.bank.faiss_backend import FaissBackend
-from dualpath.benchmarks.decider import BASELINE, K, bench_decisions
-from dualpath.benchmarks.timing import stats, timings_ms
+from dualpath.benchsuite.decider import BASELINE, K, bench_decisions
+from dualpath.benchsuite.timing import stats, timings_ms
 from dualpath.decider import SyncMiner, ThreadedMiner
 from dualpath.fileio import write_json_atomic
 from dualpath.models.heuristics import normalize_rows

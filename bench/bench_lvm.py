@@ -1,6 +1,6 @@
 """LVM quality per architecture on a real bank, beside the copy-last and mean-of-context baselines.
 
-DESIGN.md's protocol: held-out 10 % of the documents (never trained on), context 5, the whole bank
+The protocol of docs/protocol.md: held-out 10 % of the documents (never trained on), context 5, the whole bank
 as the search space, the context's own concepts removed from Hit@K. Each architecture trains with
 the default `LVMConfig` (only `arch` changes); the held-out table covers every model and both
 baselines.
@@ -24,7 +24,7 @@ from typing import Any
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import split_pairs
+from dualpath.corpus.pairs import split_from_config
 from dualpath.evaluation.lvm import COLUMNS, LVMEvaluation, evaluate_lvm
 from dualpath.fileio import write_json_atomic
 from dualpath.logs import configure_logging
@@ -37,7 +37,7 @@ def train_and_evaluate(bank: ConceptBank, cfg: DualPathConfig, out: Path) -> tup
     result = train_lvm(bank, cfg, out)
     seconds = time.perf_counter() - started
     model = LatentVectorModel.load(out, bank.dim, bank.encoder_name)
-    split = split_pairs(bank.documents(), cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+    split = split_from_config(bank.documents(), cfg.split)
     report = evaluate_lvm(model.predict, bank.all_vectors(), split.heldout, bank.search)
     info = {
         "train_seconds": round(seconds, 1),

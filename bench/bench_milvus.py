@@ -26,7 +26,7 @@ import numpy as np
 
 from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.bank.milvus_backend import MilvusBackend
-from dualpath.benchmarks.synthetic import clustered_unit_vectors, recall_at_k
+from dualpath.benchsuite.synthetic import clustered_unit_vectors, recall_at_k
 from dualpath.config import BankConfig
 from dualpath.fileio import write_json_atomic
 

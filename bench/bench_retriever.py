@@ -5,7 +5,7 @@
     python bench/bench_retriever.py --variants default,no-hard-negatives --json out.json
     python bench/bench_retriever.py --variants ablation --split-seed 1   # other held-out articles
 
-DESIGN.md's protocol: the full wiki-sample bank, 10 % of the articles held out (by a stable hash),
+The protocol of docs/protocol.md: the full wiki-sample bank, 10 % of the articles held out (by a stable hash),
 a 5-concept context, the whole bank as the search space, the context removed from each result
 list. The baselines (last / mean / EWM context vector, oracle) are measured on the same pairs in the
 same run; the target is the best tower beating the best heuristic by ≥ 15 % relative on both

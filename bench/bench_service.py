@@ -34,11 +34,12 @@ import numpy as np
 import psutil
 
 from dualpath.bank import ConceptBank
+from dualpath.bank.layout import lvm_dir, tower_dir
 from dualpath.config import DualPathConfig
 from dualpath.corpus import WIKI_SAMPLE, load_documents
 from dualpath.fileio import write_json_atomic
+from dualpath.runtime import torch_threads
 from dualpath.service import DualPathService, GenerateRequest, SearchRequest
-from dualpath.training.loop import torch_threads
 
 LANES = ("conservative", "neutral", "creative", "legal")
 RSS_GROWTH_LIMIT_MB = 16.0  # between two identical rounds; allocator noise stays well below
@@ -183,8 +184,8 @@ def build_bank(out: Path, docs: int) -> Path:
     documents = list(load_documents(WIKI_SAMPLE))
     stride = max(1, len(documents) // docs)
     with ConceptBank.build(documents[::stride][:docs], out, cfg) as bank:
-        train_lvm(bank, cfg, out / "models" / "lvm")
-        train_retriever(bank, cfg, out / "models" / "tower")
+        train_lvm(bank, cfg, lvm_dir(out))
+        train_retriever(bank, cfg, tower_dir(out))
     generator = Generator.from_bank(out, cfg)
     try:
         calibrate_bank(generator.bank, generator.lvm, generator.tower, cfg)

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from dualpath.bank import ConceptBank
+from dualpath.bank.layout import lvm_dir, tower_dir
 from dualpath.config import DualPathConfig
 from dualpath.logs import configure_logging
 from dualpath.pipeline.calibrate import calibrate_bank
@@ -41,8 +42,8 @@ def main() -> None:
     bank = ConceptBank.build("wiki-sample", workdir / "bank", cfg, limit_docs=args.docs)
     print(f"bank: {len(bank)} concepts, {bank.dim}-d, index {bank.index_spec}")
 
-    train_lvm(bank, cfg, bank.path / "models" / "lvm")
-    train_retriever(bank, cfg, bank.path / "models" / "tower")
+    train_lvm(bank, cfg, lvm_dir(bank.path))
+    train_retriever(bank, cfg, tower_dir(bank.path))
 
     generator = Generator.from_bank(bank, cfg)
     calibration = calibrate_bank(bank, generator.lvm, generator.tower, cfg)

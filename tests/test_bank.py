@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from dualpath.bank import Concept, ConceptBank
-from dualpath.bank.faiss_backend import HNSW_EF_CONSTRUCTION
-from dualpath.bank.manifest import MANIFEST_FILE, file_checksum
+from dualpath.bank.index_policy import HNSW_EF_CONSTRUCTION
+from dualpath.bank.layout import MANIFEST_FILE
+from dualpath.bank.manifest import file_checksum
 from dualpath.config import DualPathConfig
 from dualpath.corpus import Document
 from dualpath.errors import BankError, CorpusError

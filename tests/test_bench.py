@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dualpath.benchmarks.search import add_marginal_memory
-from dualpath.benchmarks.suite import QUICK, run_suite
-from dualpath.benchmarks.synthetic import exact_top_k, recall_at_k, synthetic_set
-from dualpath.benchmarks.tables import finite_or_none, format_value
-from dualpath.benchmarks.timing import stats, with_ratio
+from dualpath.benchsuite.search import add_marginal_memory
+from dualpath.benchsuite.suite import QUICK, run_suite
+from dualpath.benchsuite.synthetic import exact_top_k, recall_at_k, synthetic_set
+from dualpath.benchsuite.tables import finite_or_none, format_value
+from dualpath.benchsuite.timing import stats, with_ratio
 
 TINY = replace(
     QUICK, name="tiny", synthetic=(2_000,), queries=48, single_queries=15, single_calls=6, batch_sizes=(8,),

@@ -384,7 +384,7 @@ def _mix(lane_: Lane, c_values: np.ndarray) -> dict[Decision, float]:
 
 
 def test_shipped_lanes_move_the_mix_as_intended() -> None:
-    # c_max as DESIGN.md measured it for MiniLM: quantiles 5 % 0.60, 50 % 0.70, 95 % 0.80.
+    # c_max as docs/protocol.md records it for MiniLM: quantiles 5 % 0.60, 50 % 0.70, 95 % 0.80.
     c_values = np.random.default_rng(6).normal(0.70, 0.0608, size=4000).clip(-1, 1)
     mix = {name: _mix(LANES[name], c_values) for name in ("conservative", "legal", "neutral", "creative")}
 

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 
 from dualpath.bank import ConceptBank
-from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane
+from dualpath.bank.layout import CALIBRATION_FILE
+from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane, read_records
 from dualpath.pipeline.calibrate import calibrate_bank
 from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, teacher_forced
 from dualpath.pipeline.generator import Generator
-from dualpath.pipeline.lanes import CALIBRATION_FILE
 from trained_models import tiny_config
 
 PROMPT = "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of 384,400 km."
@@ -58,7 +58,7 @@ def test_generation_yields_well_formed_steps_in_every_lane(generator, lane):
 
 
 def test_prompt_concepts_never_come_back_as_shortlist_or_text(generator):
-    """DESIGN.md: the context must not find itself. A prompt made of bank sentences is excluded."""
+    """docs/protocol.md: the context must not find itself. A prompt made of bank sentences is excluded."""
     bank = generator.bank
     doc_ids = next(ids for ids in bank.documents().values() if len(ids) >= 3)
     prompt = " ".join(bank.texts(doc_ids[:2]))
@@ -135,9 +135,9 @@ def test_lane_thresholds_move_the_decision_mix(generator):
 
 
 def _heldout(generator):
-    from dualpath.pipeline.evaluate import heldout_pairs, model_split
+    from dualpath.pipeline.evaluate import heldout_pairs
 
-    return heldout_pairs(generator.bank, model_split(generator.lvm, generator.cfg), None)
+    return heldout_pairs(generator.bank, generator.lvm.training_split(generator.cfg.split), None)
 
 
 def test_calibration_gives_a_real_mix_and_generation_uses_it(trained_bank_path, tmp_path, caplog):
@@ -229,6 +229,15 @@ def test_cli_generate_json_and_errors(trained_bank_path):
     missing = _cli("generate", "--bank", str(Path(trained_bank_path).parent / "missing"), PROMPT)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_cli_generate_writes_one_telemetry_record_per_step(trained_bank_path, tmp_path):
+    path = tmp_path / "telemetry.jsonl"
+    done = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "3", "--telemetry", str(path))
+    assert done.returncode == 0, done.stderr
+    records = list(read_records(path))
+    assert [r.step for r in records] == [0, 1, 2]
+    assert all(r.decision.value in DECISIONS for r in records)
 
 
 def test_quality_thresholds_closed_form_matches_the_decider(generator):

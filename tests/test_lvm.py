@@ -28,10 +28,13 @@ from dualpath.evaluation.lvm import (
     evaluate_lvm,
     max_context_cosine,
 )
+from dualpath.models.checkpoint import BEST, LAST
 from dualpath.models.heuristics import mean_vector, normalize_rows
 from dualpath.models.lvm import LatentVectorModel
-from dualpath.training.loop import BEST, LAST, run_training, torch_threads
-from dualpath.training.lvm import LVMTrainingTask, learning_rate, train_lvm
+from dualpath.runtime import torch_threads
+from dualpath.training.loop import run_training
+from dualpath.training.lvm import LVMTrainingTask, train_lvm
+from dualpath.training.schedule import learning_rate
 
 TINY = {"hidden": 32, "batch_size": 64, "lr": 3e-3, "dropout": 0.1, "threads": 1}
 

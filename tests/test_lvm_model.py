@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from dualpath.config import LVMConfig
 from dualpath.errors import CheckpointError
+from dualpath.models.checkpoint import save_checkpoint
 from dualpath.models.heuristics import last_vector, mean_vector, normalize_rows
 from dualpath.models.lvm import LatentVectorModel
-from dualpath.training.checkpoint import save_checkpoint
 
 DIM = 16
 ARCHS = ("gru", "lstm", "transformer")

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from dualpath.bank.faiss_backend import AUTO_FLAT_MAX, FaissBackend
+from dualpath.bank.faiss_backend import FaissBackend
+from dualpath.bank.index_policy import AUTO_FLAT_MAX
 from dualpath.bank.milvus_backend import MilvusBackend, milvus_index
 from dualpath.config import BankConfig
 from dualpath.errors import BankError

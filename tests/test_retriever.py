@@ -18,8 +18,10 @@ from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import PAD
 from dualpath.errors import ConfigError
 from dualpath.evaluation.retrieval import heldout_eval_pairs, retrieval_table
+from dualpath.models.checkpoint import model_dir
 from dualpath.models.towers import QueryTower
-from dualpath.training.loop import model_dir, run_training, torch_threads
+from dualpath.runtime import torch_threads
+from dualpath.training.loop import run_training
 from dualpath.training.retriever import (
     NEGATIVES_FILE,
     TABLE_FILE,

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from dualpath.decider import Decision
 from dualpath.pipeline.calibrate import calibrate_bank
-from dualpath.pipeline.generator import Generator, NearestConceptDecoder
+from dualpath.pipeline.generator import Generator, NearestConceptRenderer
 from dualpath.service import DualPathService, GenerateRequest, SearchRequest, check_bind, create_app, is_loopback
 from trained_models import tiny_config
 
@@ -69,7 +69,7 @@ def keyed_client(service):
         yield c
 
 
-class SlowRenderer(NearestConceptDecoder):
+class SlowRenderer(NearestConceptRenderer):
     """The real renderer, 50 ms slower per step: a slow decoder (e.g. an inversion model) holding a worker."""
 
     def render(self, vectors, exclude):

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dualpath.config import TowerConfig
-from dualpath.errors import CheckpointError
+from dualpath.errors import CheckpointError, ModelInputError
 from dualpath.models.heuristics import last_vector, mean_vector
 from dualpath.models.towers import QueryTower
-from dualpath.training.loop import torch_threads
+from dualpath.runtime import torch_threads
 
 DIM = 16
 KINDS = ["gru", "bigru", "lstm", "mlp", "attn"]
@@ -92,7 +92,7 @@ def test_padding_values_are_ignored() -> None:
 def test_save_load_round_trip(tmp_path, kind: str) -> None:
     tower = trained_like(kind, residual="mean")
     tower.save(tmp_path / "tower", {"epoch": 3})
-    loaded = QueryTower.load(tmp_path / "tower", dim=DIM, encoder_name="enc")
+    loaded = QueryTower.load(tmp_path / "tower", expected_dim=DIM, expected_encoder="enc")
     ctx, mask = contexts(5, 5, np.array([5, 4, 3, 2, 1]))
     np.testing.assert_array_equal(loaded.encode_queries(ctx, mask), tower.encode_queries(ctx, mask))
     assert loaded.cfg == tower.cfg and not loaded.net.training
@@ -101,10 +101,10 @@ def test_save_load_round_trip(tmp_path, kind: str) -> None:
 
 def test_load_refuses_another_space(tmp_path) -> None:
     trained_like("gru").save(tmp_path / "tower")
-    with pytest.raises(CheckpointError, match="dimension 16, the bank has 384"):
-        QueryTower.load(tmp_path / "tower", dim=384)
+    with pytest.raises(CheckpointError, match="16-d vectors but the bank holds 384-d"):
+        QueryTower.load(tmp_path / "tower", expected_dim=384)
     with pytest.raises(CheckpointError, match="encoder 'enc'"):
-        QueryTower.load(tmp_path / "tower", dim=DIM, encoder_name="other")
+        QueryTower.load(tmp_path / "tower", expected_dim=DIM, expected_encoder="other")
 
 
 def test_load_refuses_non_tower_and_corrupt_checkpoints(tmp_path) -> None:
@@ -127,5 +127,5 @@ def test_load_refuses_non_tower_and_corrupt_checkpoints(tmp_path) -> None:
 
 
 def test_wrong_context_dimension_is_one_clear_error() -> None:
-    with pytest.raises(CheckpointError, match="dimension 16"):
+    with pytest.raises(ModelInputError, match="dimension 16"):
         trained_like("mlp").encode_queries(np.zeros((2, 3, 8), np.float32), np.ones((2, 3), bool))

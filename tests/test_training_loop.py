@@ -27,15 +27,19 @@ import torch
 from safetensors.torch import load_file
 
 from dualpath.errors import CheckpointError
-from dualpath.training.checkpoint import (
+from dualpath.models.checkpoint import (
+    BEST,
+    LAST,
     capture_rng_state,
     load_training_state,
     load_weights,
+    model_dir,
     read_config,
     restore_rng_state,
     save_checkpoint,
 )
-from dualpath.training.loop import BEST, HISTORY, LAST, model_dir, run_training, torch_threads
+from dualpath.runtime import torch_threads
+from dualpath.training.loop import HISTORY, run_training
 
 
 class RegressionTask:

@@ -7,10 +7,10 @@ empty YAML file (or none) is a valid configuration.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dualpath.errors import ConfigError
 
@@ -82,9 +82,14 @@ class LVMConfig(_Section):
     seed: int = 0
 
 
+DOC_TOWER_REFUSAL = (
+    "--doc-tower mlp is not supported: the bank index and the decider use the encoder's vectors, "
+    "so only the query side may learn (see docs/retriever.md)"
+)
+
+
 class TowerConfig(_Section):
     tower: Literal["gru", "bigru", "lstm", "mlp", "attn"] = "gru"
-    doc_tower: Literal["identity", "mlp"] = "identity"
     hidden: int = Field(256, ge=8)  # 512 trains 2x slower for the same held-out numbers (docs/retriever.md)
     layers: int = Field(2, ge=1)  # attn tower only
     heads: int = Field(4, ge=1)  # attn tower only
@@ -95,6 +100,7 @@ class TowerConfig(_Section):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     temperature: float = Field(0.05, gt=0)
+    grad_clip: float = Field(1.0, gt=0)  # max gradient norm per step
     context_dropout: float = Field(0.0, ge=0.0, le=1.0)  # share of pairs whose context is cut shorter per step
     queue_size: int = Field(4096, ge=0)  # memory queue of recent targets as extra negatives
     document_negatives: int = Field(0, ge=0)  # other concepts of the pair's own document as negatives
@@ -116,6 +122,16 @@ class TowerConfig(_Section):
     threads: int = Field(0, ge=0)  # torch intra-op threads while training; 0 = half the cores
     watchdog_seconds: float = Field(300.0, gt=0)
     seed: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _identity_document_tower(cls, data: Any) -> Any:
+        # The document tower is always the identity; configs and checkpoints that still say so load.
+        if isinstance(data, dict) and "doc_tower" in data:
+            data = dict(data)
+            if data.pop("doc_tower") != "identity":
+                raise ValueError(DOC_TOWER_REFUSAL)
+        return data
 
     @field_validator("band")
     @classmethod

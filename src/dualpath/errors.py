@@ -27,3 +27,7 @@ class DeciderError(DualPathError, ValueError):
 
 class LockedError(DualPathError):
     """Another process is writing the same bank (or model directory) right now."""
+
+
+class ModelInputError(DualPathError, ValueError):
+    """Vectors given to a model are malformed (a context of the wrong shape or dimension)."""

@@ -61,16 +61,20 @@ def write_text_atomic(target: str | Path, text: str) -> None:
 
 
 def write_json_atomic(target: str | Path, obj: Any) -> None:
-    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text_atomic(target, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
-def _json_default(obj: Any) -> Any:
-    # numpy scalars and arrays, Paths: the types that reach JSON from metrics and configs.
+def json_default(obj: Any) -> Any:
+    """`json.dumps(..., default=json_default)` for what reaches JSON from metrics and configs.
+
+    numpy scalars and arrays become lists and numbers, pydantic models (a lane, a config section)
+    their JSON form, anything else (a Path) its string.
+    """
+    if hasattr(obj, "model_dump"):
+        return obj.model_dump(mode="json")
     if hasattr(obj, "tolist"):
         return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    return str(obj)
 
 
 # Test hooks (used by tests/test_concurrency.py to kill a real process at a chosen instant):

@@ -50,16 +50,6 @@ class IndexBackend(Protocol):
     def close(self) -> None: ...
 
 
-def checked_ids(dim: int, ids: np.ndarray, vectors: np.ndarray, domains: Sequence[str | None]) -> np.ndarray:
-    """`add`'s arguments checked alike by every backend; returns `ids` as contiguous int64."""
-    ids = np.ascontiguousarray(ids, dtype=np.int64)
-    if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise BankError(f"dimension mismatch: adding vectors of shape {vectors.shape} to a {dim}-d index")
-    if not (len(ids) == vectors.shape[0] == len(domains)):
-        raise BankError("ids, vectors and domains must have the same length")
-    return ids
-
-
 def _registry() -> dict[str, Any]:
     # Imported lazily so that a bank with one backend never needs another's client library.
     from dualpath.bank.faiss_backend import FaissBackend

@@ -7,6 +7,7 @@ bank/
   metadata.sqlite    concept id → document id, position, text, domain, title
   index.faiss, ...   the backend's files (see bank/backend.py)
   models/            trained models (written by other parts, never checksummed here)
+  (bank/layout.py names every file)
 ```
 
 Memory: the index is the one copy of the vectors held in RAM. `vectors.npy` is memory-mapped and
@@ -38,15 +39,15 @@ import numpy as np
 
 from dualpath import __version__
 from dualpath.bank.backend import IndexBackend, create_backend, open_backend
+from dualpath.bank.layout import MANIFEST_FILE, METADATA_FILE, VECTORS_FILE
 from dualpath.bank.manifest import (
     FORMAT_VERSION,
-    MANIFEST_FILE,
     check_hashes,
     check_sizes,
     file_checksum,
     read_manifest,
 )
-from dualpath.bank.metadata import METADATA_FILE, Concept, Metadata
+from dualpath.bank.metadata import Concept, Metadata
 from dualpath.config import MAX_SEARCH_K, DualPathConfig, SegmentConfig
 from dualpath.corpus import Document, load_documents, segment_sentences
 from dualpath.encoding import Encoder, load_encoder
@@ -57,7 +58,6 @@ from dualpath.logs import progress_enabled
 
 log = logging.getLogger(__name__)
 
-VECTORS_FILE = "vectors.npy"
 # Concepts encoded per step while building: one encoder call, one metadata insert, one log line.
 BUILD_BATCH = 1024
 COPY_BLOCK = 65_536  # rows copied at a time when `add` extends vectors.npy

@@ -12,41 +12,26 @@ search then agrees with the bank's own vectors and takes half the memory of floa
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import faiss
 import numpy as np
 
-from dualpath.bank.backend import checked_ids
+from dualpath.bank.ids import checked_ids
+from dualpath.bank.index_policy import AUTO_FLAT_MAX, HNSW_EF_CONSTRUCTION, HNSW_M, KINDS, index_kind, ivf_nlist
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.fileio import atomic_path
+from dualpath.runtime import one_search_thread
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 DOMAINS_FILE = "index_domains.npz"
-KINDS = ("auto", "flat", "ivf", "hnsw")
-# `auto`: exact search up to this many vectors. A flat scan of 50k × 384 is ~20 M multiply-adds
-# per query (~2-5 ms on one core) and needs no tuning; past that, approximate search pays off.
-AUTO_FLAT_MAX = 50_000
-# `auto` above AUTO_FLAT_MAX: HNSW up to this size. HNSW has the best recall-per-millisecond on
-# CPU at this scale, needs no training (so `bank add` never works against stale centroids) and
-# costs ~256 bytes of graph per vector. Beyond it the graph's memory and build time dominate and
-# IVF (trained once on a sample, cheap adds, memory ≈ the codes) is the better trade.
-AUTO_HNSW_MAX = 2_000_000
-HNSW_M = 32
-# The graph's build beam. FAISS's default, 40, is fine at 100k vectors (recall@10 0.998 at
-# efSearch 128) but not at 1M: 0.908 at efSearch 128 and 0.968 even at 1024 on the benchmark's
-# clustered vectors. Built with 100 the same graph gives 0.999 at efSearch 128 (0.994 at 64),
-# for 2.6x the build time (575 s against 220 s on two cores).
-HNSW_EF_CONSTRUCTION = 100
 ADD_BLOCK = 65_536  # vectors converted to float32 at a time while adding
 _FAISS_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: ")
 
@@ -54,9 +39,7 @@ _FAISS_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: ")
 def factory_string(requested: str, n: int, dtype: str) -> str:
     """The FAISS factory string for an index kind (`auto`/`flat`/`ivf`/`hnsw`) or a factory string."""
     storage = "SQfp16" if dtype == "float16" else "Flat"
-    kind = requested.strip().lower()
-    if kind == "auto":
-        kind = "flat" if n < AUTO_FLAT_MAX else "hnsw" if n < AUTO_HNSW_MAX else "ivf"
+    kind = index_kind(requested, n)
     if kind == "flat":
         return storage
     if kind == "hnsw":
@@ -64,11 +47,6 @@ def factory_string(requested: str, n: int, dtype: str) -> str:
     if kind == "ivf":
         return f"IVF{ivf_nlist(n)},{storage}"
     return requested.strip()
-
-
-def ivf_nlist(n: int) -> int:
-    """~4·√n lists (FAISS's guidance is 4-16·√n), but ≥ 39 training points per list."""
-    return max(1, min(int(4 * math.sqrt(n)), n // 39))
 
 
 class FaissBackend:
@@ -205,7 +183,7 @@ class FaissBackend:
             share = len(self.domain_ids[domain]) / max(1, self.index.ntotal)
         params = self._search_params(self.index.index, selector, k, share)
         if n == 1:
-            with _one_thread():
+            with one_search_thread():
                 scores, ids = self.index.search(queries, k, params=params)
         else:
             scores, ids = self.index.search(queries, k, params=params)
@@ -277,23 +255,6 @@ class FaissBackend:
     def close(self) -> None:
         self._selectors.clear()
         self.index = None
-
-
-@contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """Run FAISS single-threaded in this thread for the duration.
-
-    FAISS parallelises flat, HNSW and IVF search over queries, so one query gains nothing from more
-    threads, yet still pays for waking them: on a busy 2-core machine that was 10-30 ms per search
-    against ~1 ms single-threaded (bench_bank.py). OpenMP's thread count is per calling thread, so
-    concurrent callers are not affected.
-    """
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
 
 
 def _load_domains(path: Path) -> dict[str, np.ndarray]:

@@ -12,9 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dualpath.bank.layout import MANIFEST_FILE
 from dualpath.errors import BankError
 
-MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 _BLOCK = 1 << 20
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from dualpath.errors import BankError
 
-METADATA_FILE = "metadata.sqlite"
 SCHEMA = """
 CREATE TABLE concepts (
     id INTEGER PRIMARY KEY,
@@ -106,10 +105,6 @@ class Metadata:
         """Concept count per domain (None for concepts without one), largest first."""
         rows = self._query("SELECT domain, COUNT(*) FROM concepts GROUP BY domain ORDER BY COUNT(*) DESC")
         return {domain: int(n) for domain, n in rows}
-
-    def domain_column(self) -> list[str | None]:
-        """The domain of every concept, in id order."""
-        return [row[0] for row in self._query("SELECT domain FROM concepts ORDER BY id")]
 
     def close(self) -> None:
         with self._lock:

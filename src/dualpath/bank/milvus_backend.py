@@ -41,8 +41,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from dualpath.bank.backend import checked_ids
-from dualpath.bank.faiss_backend import AUTO_FLAT_MAX, HNSW_EF_CONSTRUCTION, HNSW_M, ivf_nlist
+from dualpath.bank.ids import checked_ids
+from dualpath.bank.index_policy import HNSW_EF_CONSTRUCTION, HNSW_M, index_kind, ivf_nlist
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.logs import progress_enabled
@@ -342,11 +342,9 @@ class MilvusBackend:
 
 
 def milvus_index(requested: str, n: int) -> tuple[str, dict[str, Any]]:
-    """The Milvus index type and build parameters for an index kind (the FAISS backend's policy)."""
+    """The Milvus index type and build parameters for an index kind (bank/index_policy.py chooses the kind)."""
     kind = requested.strip()
-    lower = kind.lower()
-    if lower == "auto":
-        lower = "flat" if n < AUTO_FLAT_MAX else "hnsw"
+    lower = index_kind(kind, n)
     if lower == "flat":
         return "FLAT", {}
     if lower == "hnsw":

@@ -32,7 +32,7 @@ def bench_command(
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
     """Speed, memory and quality of every part, each beside a baseline measured in the same run."""
-    from dualpath.benchmarks.suite import run_suite
+    from dualpath.benchsuite.suite import run_suite
 
     cfg = load_config(config)
 
@@ -50,7 +50,7 @@ def bench_command(
 
 
 def _table(section: dict[str, Any]) -> Table:
-    from dualpath.benchmarks.tables import format_value
+    from dualpath.benchsuite.tables import format_value
 
     table = Table(title=section["title"], caption=section["note"], title_justify="left", caption_justify="left")
     keys = [key for key, _ in section["columns"]]

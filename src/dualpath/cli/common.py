@@ -12,9 +12,14 @@ from rich.console import Console
 
 from dualpath.config import DualPathConfig
 from dualpath.errors import DualPathError
+from dualpath.fileio import json_default
 
 CONFIG_OPTION = typer.Option(None, "--config", help="YAML configuration file (see docs/quickstart.md).")
 BANK_OPTION = typer.Option(..., "--bank", help="Bank directory.")
+TELEMETRY_OPTION = typer.Option(
+    None, "--telemetry", help="Append every step's decision record to this JSON-lines file."
+)
+JSON_OPTION = typer.Option(False, "--json", help="Print the result as one JSON document.")
 BACKEND_OPTION = typer.Option(None, "--backend", help="Index backend: faiss (embedded, default) | milvus.")
 MILVUS_URI_OPTION = typer.Option(
     None,
@@ -55,12 +60,14 @@ def check_text(text: str, what: str) -> None:
         raise DualPathError(f"{what} is not valid UTF-8 text: {problem}")
 
 
+def config_and_bank(
+    bank_dir: Path, config: Path | None, milvus_uri: str | None, **sections: dict[str, Any]
+) -> tuple[DualPathConfig, Any]:
+    """What a command on one bank starts with: its config (with command-line values) and the opened bank."""
+    cfg = load_config(config, bank={"milvus_uri": milvus_uri}, **sections)
+    return cfg, open_bank(bank_dir, cfg)
+
+
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=_plain) + "\n")
+    sys.stdout.write(json.dumps(obj, default=json_default) + "\n")
     sys.stdout.flush()
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)

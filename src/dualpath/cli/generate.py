@@ -11,6 +11,7 @@ from dualpath.cli.common import (
     BANK_OPTION,
     CONFIG_OPTION,
     MILVUS_URI_OPTION,
+    TELEMETRY_OPTION,
     check_text,
     load_config,
     make_console,
@@ -34,18 +35,31 @@ def generate_command(
     steps: int | None = typer.Option(None, "--steps", "-n", help="Concepts to generate."),
     lane: str | None = typer.Option(None, "--lane", "-l", help="Lane (conservative, neutral, creative, legal, ...)."),
     lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML, merged over the shipped lanes."),
+    temperature: float | None = typer.Option(
+        None, "--temperature", "-t", help="Sample n* among the shortlist at this temperature (default 0: greedy)."
+    ),
+    top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k best candidates only (0: all)."),
+    top_p: float | None = typer.Option(None, "--top-p", help="Sample within this share of the weight (nucleus)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed of the sampling draws: the same seed repeats a run."),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per step (telemetry + text)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
+    telemetry: Path | None = TELEMETRY_OPTION,
 ) -> None:
     """Generate from a prompt: each step SNAPs, BLENDs or stays NOVEL, and says why."""
     check_text(prompt, "the prompt")  # before the heavy imports: a bad prompt answers at once
+    from dualpath.decider import TelemetrySink
     from dualpath.pipeline.generator import Generator
 
     cfg = load_config(
-        config, generation={"steps": steps}, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri}
+        config,
+        generation={"steps": steps, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
+        decider={"lanes_file": lanes_file},
+        bank={"milvus_uri": milvus_uri},
     )
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
+    if telemetry is not None:
+        generator.telemetry = TelemetrySink(telemetry)
     try:
         if as_json:
             for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane):

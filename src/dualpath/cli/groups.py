@@ -8,7 +8,7 @@ from __future__ import annotations
 import typer
 
 train_app = typer.Typer(help="Train the models of a bank (LVM, query tower).", no_args_is_help=True)
-eval_app = typer.Typer(help="Evaluate on held-out documents (DESIGN.md protocol).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate on held-out documents (docs/protocol.md).", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -7,13 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from dualpath.cli.common import MILVUS_URI_OPTION
+from dualpath.cli.common import (
+    BANK_OPTION,
+    CONFIG_OPTION,
+    JSON_OPTION,
+    MILVUS_URI_OPTION,
+    config_and_bank,
+    make_console,
+    print_json,
+)
 from dualpath.cli.groups import eval_app, train_app
 
-console = Console()
+console = make_console()
 
 COLUMN_TITLES = {
     "cos": "cos",
@@ -27,15 +34,6 @@ COLUMN_TITLES = {
 
 def register(app: typer.Typer) -> None:
     """The commands attach to the shared `train` / `eval` groups when this module is imported."""
-
-
-def _config(config: Path | None, lvm: dict[str, Any], split: dict[str, Any]) -> Any:
-    from dualpath.config import DualPathConfig
-
-    data = DualPathConfig.from_yaml(config).to_dict()
-    data["lvm"].update({k: v for k, v in lvm.items() if v is not None})
-    data["split"].update({k: v for k, v in split.items() if v is not None})
-    return DualPathConfig.from_dict(data, source="command line")
 
 
 def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
@@ -52,7 +50,7 @@ def _table(title: str, rows: dict[str, dict[str, float]]) -> Table:
 
 @train_app.command("lvm")
 def train_lvm_command(
-    bank: Path = typer.Option(..., "--bank", help="Bank directory."),
+    bank: Path = BANK_OPTION,
     out: Path | None = typer.Option(None, "--out", help="Output directory (default: BANK/models/lvm)."),
     arch: str | None = typer.Option(None, "--arch", help="gru | lstm | transformer."),
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs to train (in all, counting resumed ones)."),
@@ -64,15 +62,14 @@ def train_lvm_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
 ) -> None:
     """Train an LVM on a bank's documents; held-out metrics every epoch, checkpoint every epoch."""
-    from dualpath.bank import ConceptBank
+    from dualpath.bank.layout import lvm_dir
     from dualpath.logs import configure_logging
-    from dualpath.training.lvm import SELECT_METRIC, default_out_dir, train_lvm
+    from dualpath.training.lvm import SELECT_METRIC, train_lvm
 
     configure_logging(logging.getLogger("dualpath").level or logging.INFO, log_file)
-    cfg = _config(config, {"arch": arch, "epochs": epochs, "seed": seed}, {"context": context})
-    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
-    concept_bank = ConceptBank.open(bank, cfg)
-    out_dir = out if out is not None else default_out_dir(concept_bank)
+    lvm = {"arch": arch, "epochs": epochs, "seed": seed}
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, lvm=lvm, split={"context": context})
+    out_dir = out if out is not None else lvm_dir(concept_bank.path)
 
     def show(report: Any) -> None:
         metrics = "  ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
@@ -90,24 +87,22 @@ def train_lvm_command(
 
 @eval_app.command("lvm")
 def eval_lvm_command(
-    bank: Path = typer.Option(..., "--bank", help="Bank directory."),
+    bank: Path = BANK_OPTION,
     model: Path | None = typer.Option(
         None, "--model", help="Trained LVM (a training output or checkpoint) (default: BANK/models/lvm)."
     ),
-    config: Path | None = typer.Option(None, "--config", help="YAML configuration (the split section)."),
+    config: Path | None = CONFIG_OPTION,
     milvus_uri: str | None = MILVUS_URI_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
-    """Held-out LVM quality beside the copy-last and mean-of-context baselines (DESIGN.md protocol)."""
-    from dualpath.bank import ConceptBank
+    """Held-out LVM quality beside the copy-last and mean-of-context baselines (docs/protocol.md)."""
+    from dualpath.bank.layout import lvm_dir
     from dualpath.evaluation.lvm import evaluate_bank
 
-    cfg = _config(config, {}, {})
-    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
-    concept_bank = ConceptBank.open(bank, cfg)
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri)
     report = evaluate_bank(concept_bank, cfg, model)
     if as_json:
-        console.print_json(data=report.to_dict())
+        print_json(report.to_dict())
         return
     title = (
         f"held-out LVM: {report.pairs} pairs, context excluded from Hit@K, contrastive batch {report.contrastive_batch}"
@@ -115,7 +110,7 @@ def eval_lvm_command(
     console.print(_table(title, report.rows))
     if "lvm" not in report.rows:
         console.print(
-            f"no trained LVM in {concept_bank.path / 'models' / 'lvm'}: baseline rows only "
+            f"no trained LVM in {lvm_dir(concept_bank.path)}: baseline rows only "
             f"(train one with `dualpath train lvm --bank {concept_bank.path}`)"
         )
     else:

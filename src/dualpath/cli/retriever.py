@@ -8,26 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from dualpath.cli.common import MILVUS_URI_OPTION
+from dualpath.cli.common import (
+    BANK_OPTION,
+    CONFIG_OPTION,
+    JSON_OPTION,
+    MILVUS_URI_OPTION,
+    config_and_bank,
+    make_console,
+    print_json,
+)
 from dualpath.cli.groups import eval_app, train_app
 
-console = Console()
+console = make_console()
 
 
 def register(app: typer.Typer) -> None:
     """The commands attach to the shared `train` / `eval` groups when this module is imported."""
-
-
-def _config(config: Path | None, overrides: dict[str, Any]) -> Any:
-    from dualpath.config import DualPathConfig
-
-    cfg = DualPathConfig.from_yaml(config)
-    data = cfg.to_dict()
-    data["tower"].update({k: v for k, v in overrides.items() if v is not None})
-    return DualPathConfig.from_dict(data, source="command line")
 
 
 def _table(title: str, table: dict[str, dict[str, float]]) -> Table:
@@ -52,7 +50,7 @@ def _gain_line(table: dict[str, dict[str, float]]) -> str:
 
 @train_app.command("retriever")
 def train_retriever_command(
-    bank: Path = typer.Option(..., "--bank", help="Bank directory."),
+    bank: Path = BANK_OPTION,
     out: Path | None = typer.Option(None, "--out", help="Output directory [default: BANK/models/tower]."),
     tower: str | None = typer.Option(None, "--tower", help="Query tower: gru | bigru | lstm | mlp | attn."),
     doc_tower: str | None = typer.Option(None, "--doc-tower", help="Document tower: identity (mlp is refused)."),
@@ -68,7 +66,7 @@ def train_retriever_command(
     as_json: bool = typer.Option(False, "--json", help="Print the final held-out table as JSON."),
 ) -> None:
     """Train a query tower on a bank; the held-out table is printed every epoch and saved as JSON."""
-    from dualpath.bank import ConceptBank
+    from dualpath.bank.layout import tower_dir
     from dualpath.logs import configure_logging
     from dualpath.training.retriever import TABLE_FILE, train_retriever
 
@@ -76,10 +74,8 @@ def train_retriever_command(
     overrides = {
         "tower": tower, "doc_tower": doc_tower, "epochs": epochs, "hard_negatives": hard_negatives, "seed": seed,
     }
-    cfg = _config(config, overrides)
-    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
-    concept_bank = ConceptBank.open(bank, cfg)
-    out_dir = out if out is not None else concept_bank.path / "models" / "tower"
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, tower=overrides)
+    out_dir = out if out is not None else tower_dir(concept_bank.path)
 
     def show(report: Any, table: dict[str, dict[str, float]]) -> None:
         if not as_json:
@@ -91,7 +87,7 @@ def train_retriever_command(
     final = json.loads((out_dir / TABLE_FILE).read_text())
     best_epoch = result.best.epoch if result.best else None
     if as_json:
-        console.print_json(data={**final, "out": str(out_dir), "best_epoch": best_epoch})
+        print_json({**final, "out": str(out_dir), "best_epoch": best_epoch})
         return
     console.print(_gain_line(final["table"]))
     console.print(f"query tower saved to {out_dir} (best epoch {best_epoch} by held-out MRR)")
@@ -99,30 +95,28 @@ def train_retriever_command(
 
 @eval_app.command("retriever")
 def eval_retriever_command(
-    bank: Path = typer.Option(..., "--bank", help="Bank directory."),
+    bank: Path = BANK_OPTION,
     tower: Path | None = typer.Option(
         None, "--tower", help="Trained tower (a training output or checkpoint) [default: BANK/models/tower if present]."
     ),
-    config: Path | None = typer.Option(None, "--config", help="YAML configuration (the split section)."),
+    config: Path | None = CONFIG_OPTION,
     milvus_uri: str | None = MILVUS_URI_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print the table as JSON."),
+    as_json: bool = JSON_OPTION,
 ) -> None:
-    """Held-out retrieval: the tower beside last / mean / EWM / oracle queries (DESIGN.md protocol)."""
-    from dualpath.bank import ConceptBank
+    """Held-out retrieval: the tower beside last / mean / EWM / oracle queries (docs/protocol.md)."""
+    from dualpath.bank.layout import tower_dir
     from dualpath.evaluation.retrieval import heldout_eval_pairs, retrieval_table
     from dualpath.models.towers import QueryTower
 
-    cfg = _config(config, {})
-    cfg.bank.milvus_uri = milvus_uri or cfg.bank.milvus_uri
-    concept_bank = ConceptBank.open(bank, cfg)
-    default = concept_bank.path / "models" / "tower"
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri)
+    default = tower_dir(concept_bank.path)
     if tower is None and default.is_dir():
         tower = default
     query_tower = QueryTower.load(tower, concept_bank.dim, concept_bank.encoder_name) if tower is not None else None
     pairs = heldout_eval_pairs(concept_bank.all_vectors(), concept_bank.documents(), cfg)
     table = retrieval_table(concept_bank.search, pairs, query_tower)
     if as_json:
-        console.print_json(data={"pairs": len(pairs), "tower": str(tower) if tower else None, "table": table})
+        print_json({"pairs": len(pairs), "tower": str(tower) if tower else None, "table": table})
         return
     console.print(_table(f"held-out retrieval: {len(pairs)} pairs, context excluded", table))
     if query_tower is not None:

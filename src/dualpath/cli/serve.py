@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from dualpath.cli.common import BANK_OPTION, CONFIG_OPTION, MILVUS_URI_OPTION, load_config, make_console
+from dualpath.cli.common import (
+    BANK_OPTION,
+    CONFIG_OPTION,
+    MILVUS_URI_OPTION,
+    TELEMETRY_OPTION,
+    load_config,
+    make_console,
+)
 
 console = make_console(stderr=True)
 
@@ -28,12 +35,14 @@ def serve_command(
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log one line per request."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
+    telemetry: Path | None = TELEMETRY_OPTION,
 ) -> None:
     """Serve search, generation (whole or streamed), telemetry, metrics and the dashboard at /."""
     import uvicorn
 
+    from dualpath.decider import TelemetrySink
+    from dualpath.runtime import torch_threads
     from dualpath.service import DualPathService, check_bind, create_app
-    from dualpath.training.loop import torch_threads
 
     cfg = load_config(
         config,
@@ -47,6 +56,8 @@ def serve_command(
     # Requests run in parallel worker threads; more intra-op threads per request only oversubscribe the cores.
     with torch_threads(settings.threads_per_request):
         service = DualPathService.load(bank, cfg)
+        if telemetry is not None:
+            service.generator.telemetry = TelemetrySink(telemetry)
         try:
             shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
             url = f"http://{shown_host}:{settings.port}"

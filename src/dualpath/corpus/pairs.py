@@ -1,6 +1,6 @@
 """Documents as sequences of concepts: the document split and (context → next concept) pairs.
 
-DESIGN.md's protocol: split by *document*, never by pair; a pair is up to C previous concepts of
+The protocol (docs/protocol.md): split by *document*, never by pair; a pair is up to C previous concepts of
 a document and the next one. Everything here is plain numpy on concept ids, so the LVM, the
 towers and every evaluation draw their pairs from the one place.
 """
@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from dualpath.config import SplitConfig
 
 PAD = -1
 
@@ -114,6 +116,13 @@ def split_pairs(
         heldout_docs=frozenset(held),
         doc_ids=doc_ids,
     )
+
+
+def split_from_config(
+    documents: Mapping[str, np.ndarray], split: SplitConfig, context: int | None = None
+) -> PairSplit:
+    """`split_pairs` with the held-out fraction and seed of `split` (and its context unless given)."""
+    return split_pairs(documents, split.context if context is None else context, split.heldout_fraction, split.seed)
 
 
 def gather_context(vectors: np.ndarray, context_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

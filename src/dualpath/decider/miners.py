@@ -27,6 +27,8 @@ from typing import Literal, Protocol
 import numpy as np
 
 from dualpath.decider.decision import FALLBACK_EMPTY, FALLBACK_TIMEOUT, Shortlist, fallback_error
+from dualpath.runtime import limit_search_threads
+from dualpath.search import surviving
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +120,6 @@ class _Request:
 _STOP = None  # queue sentinel: one per worker at close()
 
 
-def _limit_search_threads(threads: int) -> None:
-    """Cap FAISS's OpenMP team for searches made on the calling thread (OpenMP sets it per thread)."""
-    import faiss
-
-    faiss.omp_set_num_threads(threads)
-
-
 class ThreadedMiner:
     """Searches on `workers` daemon threads behind a queue of at most `queue_size` waiting requests.
 
@@ -155,7 +150,7 @@ class ThreadedMiner:
 
     def _work(self) -> None:
         if self.search_threads is not None:
-            _limit_search_threads(self.search_threads)
+            limit_search_threads(self.search_threads)
         while True:
             request = self._queue.get()
             if request is _STOP:
@@ -267,10 +262,7 @@ def to_shortlists(
         return [Shortlist.failed(fallback_error(result.error or "unknown"), dim) for _ in range(n)]
     shortlists = []
     for i, row in enumerate(result.ids):
-        keep = row >= 0
-        if exclude is not None:
-            keep &= ~np.isin(row, exclude[i])
-        present = row[keep][:k]
+        present = row[surviving(row, None if exclude is None else exclude[i], k)]
         if present.size == 0:
             shortlists.append(Shortlist.failed(FALLBACK_EMPTY, dim))
         else:

@@ -1,1 +1,1 @@
-"""Evaluation under DESIGN.md's protocol: held-out documents, context excluded from results."""
+"""Evaluation under docs/protocol.md: held-out documents, context excluded from results."""

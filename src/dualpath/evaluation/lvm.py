@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dualpath.config import DualPathConfig, SplitConfig
-from dualpath.corpus.pairs import ContextPairs, gather_context, split_pairs
+from dualpath.bank.layout import lvm_dir
+from dualpath.config import DualPathConfig
+from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.evaluation.ranking import SearchFn, recall_at, target_ranks
 from dualpath.models.heuristics import last_vector, mean_vector
 from dualpath.models.lvm import LatentVectorModel
@@ -178,12 +179,12 @@ def evaluate_bank(bank: ConceptBank, cfg: DualPathConfig, model_path: str | Path
     rows are computed. The held-out documents and context width are those the model was trained
     with (saved in its checkpoint), so they are unseen by it whatever `cfg.split` says now.
     """
-    default = Path(bank.path) / "models" / "lvm"
+    default = lvm_dir(bank.path)
     model = None
     if model_path is not None or default.is_dir():
         model = LatentVectorModel.load(model_path or default, bank.dim, bank.encoder_name)
-    split_cfg = SplitConfig(**model.config["split"]) if model and "split" in model.config else cfg.split
-    split = split_pairs(bank.documents(), split_cfg.context, split_cfg.heldout_fraction, split_cfg.seed)
+    split_cfg = model.training_split(cfg.split) if model is not None else cfg.split
+    split = split_from_config(bank.documents(), split_cfg)
     log.info("evaluating on %d held-out pairs (context %d)", len(split.heldout), split_cfg.context)
     report = evaluate_lvm(model.predict if model else None, bank.all_vectors(), split.heldout, bank.search)
     if model is not None:

@@ -7,11 +7,12 @@ dropped from its result list before ranking (otherwise the last sentence finds i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-SearchFn = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+from dualpath.search import SearchFn, search_excluding
+
 MISSING = np.iinfo(np.int64).max  # rank of a target not found within the searched depth
 
 
@@ -28,17 +29,12 @@ def target_ranks(
     Searches `depth + max(len(exclude))` results so that `depth` survive the removal; a target
     beyond `depth` (or absent) gets rank MISSING.
     """
-    n = len(targets)
-    ranks = np.full(n, MISSING, dtype=np.int64)
-    extra = max((len(e) for e in exclude), default=0)
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        ids, _ = search(np.ascontiguousarray(queries[start:stop], dtype=np.float32), depth + extra)
-        for row, i in enumerate(range(start, stop)):
-            kept = ids[row][(ids[row] >= 0) & ~np.isin(ids[row], exclude[i])][:depth]
-            hit = np.flatnonzero(kept == targets[i])
-            if hit.size:
-                ranks[i] = hit[0] + 1
+    ranks = np.full(len(targets), MISSING, dtype=np.int64)
+    ids, _ = search_excluding(search, queries, depth, exclude, batch_size)
+    for i, kept in enumerate(ids):
+        hit = np.flatnonzero(kept == targets[i])
+        if hit.size:
+            ranks[i] = hit[0] + 1
     return ranks
 
 

@@ -1,6 +1,6 @@
 """The retrieval protocol table: a query tower beside the heuristic queries, on held-out documents.
 
-DESIGN.md's protocol: pairs of held-out documents only, the whole bank as the search space, the
+The protocol (docs/protocol.md): pairs of held-out documents only, the whole bank as the search space, the
 pair's own context removed from its result list, Recall@{1,10,100,500,1000} and MRR of the true
 next concept. Rows: the tower (when given), the last / mean / exponentially weighted context
 vector, and the oracle (the true target vector itself: the ceiling, below 1.0 only where the bank
@@ -16,7 +16,7 @@ from typing import Protocol
 import numpy as np
 
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import ContextPairs, gather_context, split_pairs
+from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.evaluation.ranking import SearchFn, retrieval_metrics, target_ranks
 from dualpath.models.heuristics import HEURISTICS, normalize_rows
 
@@ -90,5 +90,5 @@ def relative_gain(table: Mapping[str, Mapping[str, float]], metrics: Sequence[st
 
 def heldout_eval_pairs(vectors: np.ndarray, documents: Mapping[str, np.ndarray], cfg: DualPathConfig) -> EvalPairs:
     """The held-out pairs of a bank under `cfg.split` (the same split every trainer uses)."""
-    split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+    split = split_from_config(documents, cfg.split)
     return EvalPairs.from_pairs(vectors, split.heldout)

@@ -29,10 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dualpath.config import LVMConfig
+from dualpath.config import LVMConfig, SplitConfig
 from dualpath.errors import CheckpointError
-from dualpath.training.checkpoint import load_weights, read_config, save_checkpoint
-from dualpath.training.loop import model_dir
+from dualpath.models.checkpoint import load_model_config, load_weights, save_checkpoint
+from dualpath.models.context import check_contexts, context_mean, right_align
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,8 @@ class RecurrentBackbone(nn.Module):
 
     def forward(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         lengths = mask.sum(dim=1).clamp(min=1)
-        # Left padding → right padding: row i's real concepts move to columns 0..len-1, so packing
-        # can skip the pads and the net never sees them.
-        width = ctx.shape[1]
-        shift = width - lengths
-        index = (torch.arange(width, device=ctx.device)[None, :] + shift[:, None]) % width
-        right = torch.gather(ctx, 1, index[..., None].expand_as(ctx))
+        # Left padding → right padding: packing can then skip the pads and the net never sees them.
+        right = right_align(ctx, lengths)
         packed = nn.utils.rnn.pack_padded_sequence(right, lengths.cpu(), batch_first=True, enforce_sorted=False)
         _, state = self.rnn(packed)
         hidden = state[0] if isinstance(state, tuple) else state  # LSTM returns (h, c)
@@ -148,8 +144,7 @@ class LVMNet(nn.Module):
         if self.residual == "last":
             out = out + ctx[:, -1]
         elif self.residual == "mean":
-            weights = mask.to(ctx.dtype)[..., None]
-            out = out + F.normalize((ctx * weights).sum(dim=1), dim=-1)
+            out = out + context_mean(ctx, mask)
         return F.normalize(out, dim=-1)
 
 
@@ -192,8 +187,7 @@ class LatentVectorModel:
     def predict(self, ctx: np.ndarray, mask: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
         """Next vectors for left-padded contexts `(n, C, d)` (mask `(n, C)`, default all real) → `(n, d)`."""
         ctx = np.asarray(ctx, dtype=np.float32)
-        if ctx.ndim != 3 or ctx.shape[2] != self.dim:
-            raise ValueError(f"expected contexts of shape (n, C, {self.dim}), got {ctx.shape}")
+        check_contexts(ctx, self.dim, "the LVM")
         if mask is None:
             mask = np.ones(ctx.shape[:2], dtype=bool)
         was_training = self.net.training
@@ -220,6 +214,15 @@ class LatentVectorModel:
             window = [*window, generated[step]][-self.context :]
         return generated
 
+    def training_split(self, default: SplitConfig) -> SplitConfig:
+        """The split this model was trained with (saved in its checkpoint), so held-out stays unseen by it.
+
+        A model saved without one gets `default`; either way the context is the model's own.
+        """
+        saved = self.config.get("split")
+        split = SplitConfig(**saved) if isinstance(saved, dict) else default
+        return split.model_copy(update={"context": self.context})
+
     def save(self, directory: str | Path) -> Path:
         """Weights + config, written atomically (no optimizer state: that is the training loop's)."""
         return save_checkpoint(directory, self.net, self.config)
@@ -230,22 +233,9 @@ class LatentVectorModel:
     ) -> LatentVectorModel:
         """Load from a checkpoint directory or a training output (its best/, else last/).
 
-        `expected_dim` / `expected_encoder` are the bank's: a model trained on another embedding
-        space is refused with one clear line instead of producing meaningless vectors.
+        `expected_dim` / `expected_encoder` are the bank's (see `models.checkpoint.load_model_config`).
         """
-        directory = model_dir(path)
-        config = read_config(directory)
-        if config.get("kind") != KIND:
-            raise CheckpointError(f"{directory} holds a {config.get('kind', 'unknown')!r} model, not an LVM")
-        if expected_dim is not None and int(config["dim"]) != int(expected_dim):
-            raise CheckpointError(
-                f"LVM at {directory} was trained on {config['dim']}-d vectors but the bank holds {expected_dim}-d ones"
-            )
-        if expected_encoder is not None and config.get("encoder") != expected_encoder:
-            raise CheckpointError(
-                f"LVM at {directory} was trained on encoder {config.get('encoder')!r}, "
-                f"the bank uses {expected_encoder!r}"
-            )
+        directory, config = load_model_config(path, KIND, "an LVM", expected_dim, expected_encoder)
         try:
             cfg = LVMConfig(**{name: config[name] for name in ARCH_FIELDS})
         except (KeyError, ValueError) as err:

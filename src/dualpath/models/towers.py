@@ -33,28 +33,13 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from dualpath.config import TowerConfig
 from dualpath.errors import CheckpointError
-from dualpath.training.checkpoint import load_weights, read_config, save_checkpoint
-from dualpath.training.loop import model_dir
+from dualpath.models.checkpoint import load_model_config, load_weights, save_checkpoint
+from dualpath.models.context import check_contexts, context_mean, heuristic_query, right_align
 
 log = logging.getLogger(__name__)
 
 KIND = "tower"
 MAX_POSITIONS = 64  # the attention tower sees at most this many recent concepts
-
-
-def heuristic_query(ctx: torch.Tensor, mask: torch.Tensor, kind: str) -> torch.Tensor:
-    """Torch twin of models.heuristics (mean / last), differentiable and on the model's device."""
-    if kind == "last":  # left padding: the most recent concept is always the last column
-        return nn.functional.normalize(ctx[:, -1, :], dim=-1)
-    return nn.functional.normalize((ctx * mask.unsqueeze(-1).to(ctx.dtype)).sum(dim=1), dim=-1)
-
-
-def right_align(ctx: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """Move each left-padded row's real steps to the front (the layout packed RNNs expect)."""
-    width = ctx.shape[1]
-    offset = (width - lengths).unsqueeze(1)  # where the real steps start in the left-padded row
-    index = (torch.arange(width, device=ctx.device).unsqueeze(0) + offset) % width
-    return torch.gather(ctx, 1, index.unsqueeze(-1).expand_as(ctx))
 
 
 class RecurrentEncoder(nn.Module):
@@ -87,7 +72,7 @@ class MeanLastEncoder(nn.Module):
         self.width = hidden
 
     def forward(self, ctx: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        features = torch.cat([heuristic_query(ctx, mask, "mean"), ctx[:, -1, :]], dim=-1)
+        features = torch.cat([context_mean(ctx, mask), ctx[:, -1, :]], dim=-1)
         return self.mlp(features)
 
 
@@ -168,8 +153,7 @@ class QueryTower:
     @torch.no_grad()
     def encode_queries(self, ctx: np.ndarray, mask: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Left-padded contexts `(n, C, d)` + mask `(n, C)` → unit-norm float32 queries `(n, d)`."""
-        if ctx.ndim != 3 or ctx.shape[2] != self.dim:
-            raise CheckpointError(f"query tower expects contexts of dimension {self.dim}, got shape {ctx.shape}")
+        check_contexts(ctx, self.dim, "the query tower")
         was_training = self.net.training
         self.net.eval()
         out = np.empty((ctx.shape[0], self.dim), dtype=np.float32)
@@ -185,15 +169,14 @@ class QueryTower:
         return save_checkpoint(directory, self.net, {**self.checkpoint_config(), **(extra or {})})
 
     @classmethod
-    def load(cls, path: str | Path, dim: int | None = None, encoder_name: str | None = None) -> QueryTower:
+    def load(
+        cls, path: str | Path, expected_dim: int | None = None, expected_encoder: str | None = None
+    ) -> QueryTower:
         """Load a tower from a checkpoint (or a training output: its best/, else last/).
 
-        `dim` / `encoder_name` are the bank's; a tower trained for another space is refused.
+        `expected_dim` / `expected_encoder` are the bank's (see `models.checkpoint.load_model_config`).
         """
-        directory = model_dir(path)
-        config = read_config(directory)
-        if config.get("kind") != KIND:
-            raise CheckpointError(f"{directory} holds a {config.get('kind')!r} checkpoint, not a query tower")
+        directory, config = load_model_config(path, KIND, "a query tower", expected_dim, expected_encoder)
         try:
             # Training-only settings come and go between versions; they never change the weights' shapes.
             saved = {k: v for k, v in config["tower"].items() if k in TowerConfig.model_fields}
@@ -201,14 +184,7 @@ class QueryTower:
             saved_dim = int(config["dim"])
         except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as err:
             raise CheckpointError(f"query tower config in {directory} is invalid: {err}".splitlines()[0]) from None
-        if dim is not None and saved_dim != dim:
-            raise CheckpointError(f"query tower {directory} was trained for dimension {saved_dim}, the bank has {dim}")
-        saved_encoder = str(config.get("encoder", ""))
-        if encoder_name is not None and saved_encoder and saved_encoder != encoder_name:
-            raise CheckpointError(
-                f"query tower {directory} was trained on encoder {saved_encoder!r}, the bank uses {encoder_name!r}"
-            )
-        tower = cls(cfg, saved_dim, saved_encoder)
+        tower = cls(cfg, saved_dim, str(config.get("encoder", "")))
         load_weights(directory, tower.net)
         tower.net.eval()
         return tower

@@ -30,9 +30,9 @@ from dualpath.decider import Lane, calibrate_lane, load_lanes
 from dualpath.locking import write_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.evaluate import heldout_pairs, model_split, teacher_forced
+from dualpath.pipeline.calibrated_lanes import write_calibration
+from dualpath.pipeline.evaluate import heldout_pairs, teacher_forced
 from dualpath.pipeline.free_running import generator_streams, heldout_prompts
-from dualpath.pipeline.lanes import write_calibration
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator
@@ -49,10 +49,11 @@ MIN_FREE_STEPS = 100  # fewer free-running c values than this keep the teacher-f
 def dup_threshold(c_max: np.ndarray, ceiling: float) -> float:
     """The near-duplicate cosine for this embedding space: c_max's 99th percentile on held-out steps.
 
-    DESIGN.md's 0.98 was set for GTR-T5; with MiniLM c_max rarely exceeds 0.9, so 0.98 never fires and
-    a stream can SNAP to the same concept step after step. A true next concept is this close to v̂ in
-    only 1 % of held-out steps, so above it a repeat of a recent pick is a loop, not a finding. Never
-    above the configured threshold (`ceiling`), so a space where 0.98 is reachable keeps it.
+    The reference's 0.98 was set for GTR-T5 (docs/protocol.md); with MiniLM c_max rarely exceeds 0.9,
+    so 0.98 never fires and a stream can SNAP to the same concept step after step. A true next concept
+    is this close to v̂ in only 1 % of held-out steps, so above it a repeat of a recent pick is a loop,
+    not a finding. Never above the configured threshold (`ceiling`), so a space where 0.98 is reachable
+    keeps it.
     """
     finite = c_max[np.isfinite(c_max)]
     if finite.size == 0:
@@ -73,7 +74,7 @@ def calibrate_lanes(
     if not targets:
         raise ValueError("no lane states target shares; nothing to calibrate")
     depth = max(lane.k for lane in targets.values())
-    pairs = heldout_pairs(bank, model_split(lvm, cfg), max_pairs)
+    pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs)
     if len(pairs) < 20:
         raise ValueError(f"only {len(pairs)} held-out pairs: too few to calibrate (add documents)")
     rows = teacher_forced(bank, lvm, tower, pairs, depth)
@@ -114,7 +115,7 @@ def calibrate_free_running(
     the thresholds from the lane's shares on the c values they saw. A lane whose streams give fewer
     than MIN_FREE_STEPS values keeps its thresholds.
     """
-    split = model_split(generator.lvm, generator.cfg)
+    split = generator.lvm.training_split(generator.cfg.split)
     prompts = heldout_prompts(generator.bank, split, docs)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out: dict[str, Lane] = {}

@@ -21,13 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from dualpath.bank import ConceptBank
+from dualpath.bank.layout import lvm_dir, tower_dir
 from dualpath.config import DualPathConfig
 from dualpath.corpus import WIKI_SAMPLE
 from dualpath.errors import DualPathError
 from dualpath.fileio import write_json_atomic
+from dualpath.models.checkpoint import BEST
 from dualpath.pipeline.calibrate import calibrate_bank
-from dualpath.pipeline.generator import LVM_DIR, TOWER_DIR, GenerationStep, Generator
-from dualpath.pipeline.lanes import read_calibration
+from dualpath.pipeline.calibrated_lanes import read_calibration
+from dualpath.pipeline.generator import GenerationStep, Generator
 from dualpath.pipeline.report import measure, write_report
 from dualpath.training.lvm import train_lvm
 from dualpath.training.retriever import train_retriever
@@ -105,11 +107,11 @@ def run_demo(
     bank = ConceptBank.open(bank_dir, cfg)
     try:
         train_key = {"split": cfg.split.model_dump(), "lvm": cfg.lvm.model_dump(), "bank": bank_key}
-        stage("lvm", train_key, (bank_dir / LVM_DIR / "best").is_dir(),
-              lambda: train_lvm(bank, cfg, bank_dir / LVM_DIR))
+        stage("lvm", train_key, (lvm_dir(bank_dir) / BEST).is_dir(),
+              lambda: train_lvm(bank, cfg, lvm_dir(bank_dir)))
         tower_key = {"split": cfg.split.model_dump(), "tower": cfg.tower.model_dump(mode="json"), "bank": bank_key}
-        stage("tower", tower_key, (bank_dir / TOWER_DIR / "best").is_dir(),
-              lambda: train_retriever(bank, cfg, bank_dir / TOWER_DIR))
+        stage("tower", tower_key, (tower_dir(bank_dir) / BEST).is_dir(),
+              lambda: train_retriever(bank, cfg, tower_dir(bank_dir)))
         generator = Generator.from_bank(bank, cfg)
         try:
             stage("calibrate", {"lanes": cfg.decider.model_dump(mode="json")},

@@ -19,12 +19,13 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig, SplitConfig
-from dualpath.corpus.pairs import ContextPairs, gather_context, split_pairs
+from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, get_schedule, make_lane
 from dualpath.decider.decision import Shortlist
 from dualpath.evaluation.ranking import target_ranks
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
+from dualpath.search import search_excluding
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator
@@ -62,17 +63,10 @@ class TeacherForced:
         return self.similarity[:, :k].max(axis=1)
 
 
-def model_split(lvm: LatentVectorModel, cfg: DualPathConfig) -> SplitConfig:
-    """The split the LVM was trained with (saved in its checkpoint), so held-out stays unseen; else cfg's."""
-    saved = lvm.config.get("split")
-    split = SplitConfig(**saved) if isinstance(saved, dict) else cfg.split
-    return split.model_copy(update={"context": lvm.context})
-
-
 def heldout_pairs(
     bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None
 ) -> ContextPairs:
-    split = split_pairs(bank.documents(), split_cfg.context, split_cfg.heldout_fraction, split_cfg.seed)
+    split = split_from_config(bank.documents(), split_cfg)
     pairs = split.heldout
     if max_pairs is not None and len(pairs) > max_pairs:
         rng = np.random.default_rng(split_cfg.seed)
@@ -92,14 +86,7 @@ def teacher_forced(
     ctx, mask = gather_context(vectors, pairs.context)
     v_hat = lvm.predict(ctx, mask)
     queries = tower.encode_queries(ctx, mask) if tower is not None else v_hat
-    exclude = pairs.context_sets()
-    extra = max((len(e) for e in exclude), default=0)
-    ids = np.full((len(pairs), depth), -1, dtype=np.int64)
-    for start in range(0, len(pairs), 1024):
-        found, _ = bank.search(queries[start : start + 1024], depth + extra)
-        for row, i in enumerate(range(start, min(len(pairs), start + 1024))):
-            kept = found[row][(found[row] >= 0) & ~np.isin(found[row], exclude[i])][:depth]
-            ids[i, : len(kept)] = kept
+    ids, _ = search_excluding(bank.search, queries, depth, pairs.context_sets())
     c = np.full(ids.shape, -np.inf, dtype=np.float32)
     for start in range(0, len(pairs), _CHUNK):
         block = ids[start : start + _CHUNK]
@@ -181,7 +168,7 @@ def evaluate_generation(
     (`free_running.evaluate_free_running`: every lane and every baseline, as a reader sees them).
     """
     depth = max(lane.k for lane in lanes.values())
-    pairs = heldout_pairs(bank, model_split(lvm, cfg), max_pairs)
+    pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs)
     if len(pairs) == 0:
         raise ValueError("no held-out pairs: the bank needs more documents with at least two concepts")
     rows = teacher_forced(bank, lvm, tower, pairs, depth)
@@ -205,7 +192,8 @@ def evaluate_generation(
     if free_docs > 0 and generator is not None:
         from dualpath.pipeline.free_running import evaluate_free_running  # it builds on this module
 
-        out["free_running"] = evaluate_free_running(generator, lanes, docs=free_docs, split=model_split(lvm, cfg))
+        split = lvm.training_split(cfg.split)
+        out["free_running"] = evaluate_free_running(generator, lanes, docs=free_docs, split=split)
     return out
 
 

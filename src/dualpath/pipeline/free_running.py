@@ -42,7 +42,7 @@ from dualpath.decider import (
     choose_next_vector,
     get_schedule,
 )
-from dualpath.pipeline.evaluate import extreme_lanes, model_split
+from dualpath.pipeline.evaluate import extreme_lanes
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator
@@ -296,7 +296,7 @@ def evaluate_free_running(
     `lvm-only`, `bank-only`, `random-<lane>` for each lane, and `knn` are added here.
     """
     bank = generator.bank
-    split = split or model_split(generator.lvm, generator.cfg)
+    split = split or generator.lvm.training_split(generator.cfg.split)
     prompts = heldout_prompts(bank, split, docs, prompt_len, steps)
     if not prompts:
         return {}

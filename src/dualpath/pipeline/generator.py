@@ -1,6 +1,6 @@
 """End-to-end dual-path generation: prompt text → concepts → context → one decided vector per step.
 
-Per step (DESIGN.md's picture):
+Per step (the picture in docs/architecture.md):
     v̂ = LVM(context)                    the generated next vector
     q  = QueryTower(context), else v̂     the retrieval query (v̂ when the bank has no trained tower)
     shortlist = bank top-K for q, the context's own concepts removed
@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dualpath.bank import ConceptBank
+from dualpath.bank import ConceptBank, layout
 from dualpath.config import DualPathConfig
 from dualpath.corpus import segment_sentences
 from dualpath.decider import (
@@ -40,6 +40,7 @@ from dualpath.decider import (
     Sampling,
     Shortlist,
     SyncMiner,
+    TelemetrySink,
     ThreadedMiner,
     get_lane,
     to_shortlists,
@@ -48,13 +49,12 @@ from dualpath.errors import CheckpointError, DualPathError
 from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.lanes import bank_lanes, read_calibration
-from dualpath.training.loop import torch_threads
+from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration
+from dualpath.runtime import torch_threads
+from dualpath.search import excluded_depth, search_excluding
 
 log = logging.getLogger(__name__)
 
-LVM_DIR = Path("models") / "lvm"
-TOWER_DIR = Path("models") / "tower"
 VERBATIM_COSINE = 0.999  # a prompt concept this close to a bank concept is that concept
 
 
@@ -68,31 +68,27 @@ class RenderedText:
     approximate: bool
 
 
-class VectorDecoder(Protocol):
+class TextRenderer(Protocol):
     """Turns output vectors into text. The default finds the nearest bank concept; a real inversion
     model (e.g. vec2text, where a user has its weights) can render novel vectors instead."""
 
     def render(self, vectors: np.ndarray, exclude: Sequence[np.ndarray]) -> list[RenderedText]: ...
 
 
-class NearestConceptDecoder:
+class NearestConceptRenderer:
     """Renders a vector as its nearest bank concept (context concepts excluded), marked approximate."""
 
     def __init__(self, bank: ConceptBank) -> None:
         self.bank = bank
 
     def render(self, vectors: np.ndarray, exclude: Sequence[np.ndarray]) -> list[RenderedText]:
-        depth = 1 + max((len(e) for e in exclude), default=0)
-        ids, scores = self.bank.search(normalize_rows(vectors), depth)
+        ids, scores = search_excluding(self.bank.search, normalize_rows(vectors), 1, exclude)
         out = []
-        for row, skip in enumerate(exclude):
-            keep = (ids[row] >= 0) & ~np.isin(ids[row], skip)
-            if not keep.any():
+        for cid, score in zip(ids[:, 0].tolist(), scores[:, 0].tolist(), strict=True):
+            if cid < 0:
                 out.append(RenderedText("", -1, float("nan"), True))
-                continue
-            j = int(np.flatnonzero(keep)[0])
-            cid = int(ids[row, j])
-            out.append(RenderedText(self.bank.texts([cid])[0], cid, float(scores[row, j]), True))
+            else:
+                out.append(RenderedText(self.bank.texts([cid])[0], cid, float(score), True))
         return out
 
 
@@ -140,8 +136,7 @@ def search_shortlists(
     Asks the miner for k + len(exclude) so that k candidates survive the removal; a timeout or
     an error gives fallback shortlists (the decider turns them into NOVEL with the reason).
     """
-    extra = max((len(e) for e in exclude), default=0)
-    result = miner.search(queries, k + extra, timeout=timeout)
+    result = miner.search(queries, excluded_depth(k, exclude), timeout=timeout)
     return to_shortlists(result, bank.vectors, bank.dim, exclude=exclude, k=k)
 
 
@@ -174,7 +169,7 @@ class Generator:
         lanes: dict[str, Lane],
         cfg: DualPathConfig,
         miner: SyncMiner | ThreadedMiner | None = None,
-        renderer: VectorDecoder | None = None,
+        renderer: TextRenderer | None = None,
     ) -> None:
         self.bank = bank
         self.lvm = lvm
@@ -182,8 +177,10 @@ class Generator:
         self.lanes = lanes
         self.cfg = cfg
         self.miner = miner if miner is not None else SyncMiner(bank)
-        self.renderer = renderer if renderer is not None else NearestConceptDecoder(bank)
+        self.renderer = renderer if renderer is not None else NearestConceptRenderer(bank)
         self.context_size = lvm.context
+        # Every step's decision record goes here as one JSON line when set (`--telemetry FILE`).
+        self.telemetry: TelemetrySink | None = None
 
     @classmethod
     def from_bank(
@@ -197,17 +194,17 @@ class Generator:
         """Open a bank and its models (`models/lvm`, `models/tower` inside it unless given)."""
         cfg = cfg or DualPathConfig()
         bank = bank if isinstance(bank, ConceptBank) else ConceptBank.open(bank, cfg)
-        lvm_path = Path(lvm_dir) if lvm_dir else bank.path / LVM_DIR
+        lvm_path = Path(lvm_dir) if lvm_dir else layout.lvm_dir(bank.path)
         try:
             lvm = LatentVectorModel.load(lvm_path, expected_dim=bank.dim, expected_encoder=bank.encoder_name)
         except CheckpointError as err:
             raise DualPathError(
                 f"{err}; train one with `dualpath train lvm --bank {bank.path}` (or run `dualpath demo`)"
             ) from None
-        tower_path = Path(tower_dir) if tower_dir else bank.path / TOWER_DIR
+        tower_path = Path(tower_dir) if tower_dir else layout.tower_dir(bank.path)
         tower = None
         if tower_dir is not None or tower_path.exists():
-            tower = QueryTower.load(tower_path, dim=bank.dim, encoder_name=bank.encoder_name)
+            tower = QueryTower.load(tower_path, expected_dim=bank.dim, expected_encoder=bank.encoder_name)
         else:
             log.warning("no trained query tower at %s: retrieval uses the LVM's vector as the query", tower_path)
         miner = ThreadedMiner(bank) if threaded else SyncMiner(bank)
@@ -226,6 +223,8 @@ class Generator:
 
     def close(self) -> None:
         self.miner.close()
+        if self.telemetry is not None:
+            self.telemetry.close()
 
     def lane(self, name: str | None) -> Lane:
         return get_lane(self.lanes, name or self.cfg.decider.default_lane)
@@ -418,6 +417,8 @@ class Generator:
                 if feed_rendered and shown.concept_id >= 0:
                     fed = self.bank.vectors([shown.concept_id])[0]
                 contexts[i] = np.concatenate([contexts[i], np.asarray(fed, np.float32)[None]])
+                if self.telemetry is not None:
+                    self.telemetry.write(record)
                 batch.append(
                     GenerationStep(
                         record=record,

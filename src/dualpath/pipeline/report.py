@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 
 from dualpath.config import DualPathConfig
-from dualpath.decider import Lane
 from dualpath.evaluation.lvm import evaluate_bank
 from dualpath.evaluation.retrieval import heldout_eval_pairs, relative_gain, retrieval_table
-from dualpath.fileio import atomic_directory
-from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation, model_split
+from dualpath.fileio import atomic_directory, json_default
+from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation
 from dualpath.pipeline.generator import Generator
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ def measure(generator: Generator, cfg: DualPathConfig, max_pairs: int = 2000, fr
     bank = generator.bank
     lanes = {n: lane for n, lane in generator.lanes.items() if not n.startswith("reference-")}
     started = time.perf_counter()
-    split_cfg = cfg.model_copy(update={"split": model_split(generator.lvm, cfg)})
+    split_cfg = cfg.model_copy(update={"split": generator.lvm.training_split(cfg.split)})
     pairs = heldout_eval_pairs(bank.all_vectors(), bank.documents(), split_cfg)
     retrieval = retrieval_table(bank.search, pairs, generator.tower)
     lvm = evaluate_bank(bank, cfg).to_dict()
@@ -71,7 +70,7 @@ def write_report(results: dict[str, Any], out: str | Path) -> Path:
             "recall": _plot_recall(results, tmp / "recall.png"),
             "lvm": _plot_lvm(results, tmp / "lvm.png"),
         }
-        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=_plain) + "\n")
+        (tmp / "results.json").write_text(json.dumps(results, indent=2, default=json_default) + "\n")
         (tmp / "report.md").write_text(render_markdown(results, plots))
     return out / "report.md"
 
@@ -87,7 +86,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         f"Bank `{bank['path']}`: {bank['count']} concepts from {bank['documents']} documents, "
         f"{bank['dim']}-d `{bank['encoder']}`, index `{bank['index']}`. Held-out documents only "
-        "(DESIGN.md protocol: split by document, context excluded from every result list).",
+        "(docs/protocol.md: split by document, context excluded from every result list).",
         "",
         "## Retrieval: query tower vs heuristic queries",
         "",
@@ -164,7 +163,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         "```json",
         json.dumps({"settings": results["settings"], "models": results["models"], "lanes": results["lanes"]},
-                   indent=2, default=_plain),
+                   indent=2, default=json_default),
         "```",
         "",
         f"Measured in {results['seconds']:.0f} s on Python {results['machine']['python']}, "
@@ -281,11 +280,3 @@ def _plot_lvm(results: dict[str, Any], path: Path) -> str:
     ax.set_title("LVM vs copy-last and mean-of-context (held-out)")
     ax.legend()
     return _save(plt, fig, path)
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, Lane):
-        return obj.model_dump(mode="json")
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    return str(obj)

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from dualpath.bank import ConceptBank
@@ -25,6 +24,7 @@ from dualpath.decider import Decision, Lane, RecentRecords, summarize
 from dualpath.encoding import Encoder
 from dualpath.errors import DualPathError
 from dualpath.pipeline.generator import Generator
+from dualpath.runtime import limit_search_threads
 from dualpath.service.metrics import ServiceMetrics
 from dualpath.service.schemas import GenerateRequest, SearchRequest
 
@@ -106,9 +106,11 @@ class DualPathService:
 
         OpenMP sizes its team per calling thread, and a fresh worker thread gets one thread per
         core: with requests in parallel, those teams spin against each other and a one-query search
-        gets many times slower (decider/miners.py measured it). Call it on each worker thread.
+        gets many times slower (decider/miners.py measured it). Call it on each worker thread. A
+        Milvus bank searches in its own server, so there is nothing to hold.
         """
-        faiss.omp_set_num_threads(self.cfg.service.threads_per_request)
+        if self.generator.bank.manifest.get("backend") == "faiss":
+            limit_search_threads(self.cfg.service.threads_per_request)
 
     def close(self) -> None:
         self.ready = False

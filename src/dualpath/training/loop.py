@@ -13,23 +13,21 @@ the torch/NumPy/Python RNG states saved with `last/` are restored before the nex
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import torch
-from tqdm import tqdm
 
 from dualpath.errors import CheckpointError
 from dualpath.fileio import write_json_atomic
-from dualpath.logs import progress_enabled
-from dualpath.training.checkpoint import (
+from dualpath.models.checkpoint import (
+    BEST,
+    LAST,
     load_training_state,
     load_weights,
     read_config,
@@ -38,10 +36,7 @@ from dualpath.training.checkpoint import (
 from dualpath.training.watchdog import MemoryTracker, StallWatchdog
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
-LAST = "last"
-BEST = "best"
 HISTORY = "history.json"
 
 
@@ -143,43 +138,6 @@ def run_training(
             if on_epoch is not None:
                 on_epoch(report)
     return TrainingResult(out_dir, history, resumed_from)
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int) -> Iterator[None]:
-    """Run a block with `threads` torch intra-op threads, then restore the setting.
-
-    `threads=0` picks half the cores (at least one). The models trained here are small: a second
-    thread gains little, while oversubscribed OpenMP threads spin against each other; on a busy
-    2-core machine two threads made an LVM training step 10x slower than one.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 2) // 2))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def model_dir(path: str | Path) -> Path:
-    """The directory holding the weights to use from a training output: best/, else last/, else itself."""
-    path = Path(path)
-    for candidate in (path / BEST, path / LAST, path):
-        if (candidate / "model.safetensors").is_file():
-            return candidate
-    raise CheckpointError(f"no trained model in {path}")
-
-
-def batch_progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
-    """A tqdm bar on a terminal; in a log file, a line every ~10 % instead of a bar."""
-    if progress_enabled():
-        yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
-        return
-    every = max(1, total // 10)
-    for i, item in enumerate(items, 1):
-        yield item
-        if i % every == 0 or i == total:
-            log.debug("%s: %d/%d", desc, i, total)
 
 
 def _read_history(out_dir: Path) -> list[dict[str, Any]]:

@@ -24,7 +24,6 @@ converges to a fixed point; this teaches it that the next concept after its own 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,13 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dualpath.bank.layout import lvm_dir
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, split_pairs
+from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, split_from_config
 from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
 from dualpath.locking import models_lock
 from dualpath.models.lvm import LatentVectorModel
-from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
+from dualpath.runtime import batch_progress, torch_threads
+from dualpath.training.loop import EpochReport, TrainingResult, run_training
+from dualpath.training.schedule import learning_rate, set_learning_rate
 
 if TYPE_CHECKING:
     from dualpath.bank import ConceptBank
@@ -62,14 +64,6 @@ def lvm_loss(
         labels = torch.arange(pred.shape[0], device=pred.device)
         loss = loss + infonce_weight * F.cross_entropy(logits, labels)
     return loss
-
-
-def learning_rate(peak: float, progress: float, schedule: str) -> float:
-    """`constant`, or `cosine`: from `peak` down to a tenth of it over the run (`progress` 0 → 1)."""
-    if schedule == "constant":
-        return peak
-    floor = 0.1 * peak
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
 class LVMTrainingTask:
@@ -141,8 +135,7 @@ class LVMTrainingTask:
         for step, start in enumerate(batch_progress(starts, len(starts), f"epoch {epoch}")):
             # The learning rate is a function of (epoch, step): nothing to save for an exact resume.
             progress = (epoch - 1 + step / len(starts)) / lvm.epochs
-            for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(lvm.lr, progress, lvm.schedule)
+            set_learning_rate(self.optimizer, learning_rate(lvm.lr, progress, lvm.schedule))
             index = order[start : start + lvm.batch_size]
             ctx, mask, target = self._batch(train, index)
             pred = self.model(ctx, mask)
@@ -200,10 +193,6 @@ def successors(pairs: ContextPairs, size: int) -> np.ndarray:
     return nxt
 
 
-def default_out_dir(bank: ConceptBank) -> Path:
-    return Path(bank.path) / "models" / "lvm"
-
-
 def train_lvm(
     bank: ConceptBank,
     cfg: DualPathConfig,
@@ -215,7 +204,7 @@ def train_lvm(
 
     Holds the bank's writer lock while training into the bank (see `locking.models_lock`).
     """
-    out = Path(out_dir) if out_dir is not None else default_out_dir(bank)
+    out = Path(out_dir) if out_dir is not None else lvm_dir(bank.path)
     with models_lock(bank.path, out):
         bank.ensure_current()
         return _train_lvm(bank, cfg, out, resume, on_epoch)
@@ -228,7 +217,7 @@ def _train_lvm(
     resume: bool,
     on_epoch: Callable[[EpochReport], None] | None,
 ) -> TrainingResult:
-    split = split_pairs(bank.documents(), cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+    split = split_from_config(bank.documents(), cfg.split)
     log.info(
         "LVM %s on %s: %d training pairs, %d held-out pairs (%d held-out documents), context %d",
         cfg.lvm.arch,

@@ -36,14 +36,15 @@ import numpy as np
 import torch
 
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import PAD, gather_context, split_pairs
+from dualpath.corpus.pairs import PAD, gather_context, split_from_config
 from dualpath.decider.miners import SearchIndex
 from dualpath.errors import CheckpointError, ConfigError
 from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_queries, relative_gain
 from dualpath.fileio import atomic_path, write_json_atomic
 from dualpath.locking import models_lock
 from dualpath.models.towers import QueryTower
-from dualpath.training.loop import EpochReport, TrainingResult, batch_progress, run_training, torch_threads
+from dualpath.runtime import batch_progress, torch_threads
+from dualpath.training.loop import EpochReport, TrainingResult, run_training
 from dualpath.training.mining import (
     NONE,
     concept_documents,
@@ -51,15 +52,12 @@ from dualpath.training.mining import (
     mine_hard_negatives,
     mining_index,
 )
+from dualpath.training.schedule import set_learning_rate, step_learning_rate
 
 log = logging.getLogger(__name__)
 
 NEGATIVES_FILE = "negatives.npz"  # the latest mined negatives, reused by later epochs (and resumes)
 TABLE_FILE = "retrieval.json"  # the held-out protocol table of the latest epoch
-DOC_TOWER_REFUSAL = (
-    "--doc-tower mlp is not supported: the bank index and the decider use the encoder's vectors, "
-    "so only the query side may learn (see docs/retriever.md)"
-)
 # A batch's (batch, bank) logits must stay small: 256 x 250k float32 is 256 MB, with its gradient twice that.
 BANK_NEGATIVES_MAX = 250_000
 
@@ -90,14 +88,12 @@ class RetrieverTask:
         state_dir: str | Path,
     ) -> None:
         tc = cfg.tower
-        if tc.doc_tower != "identity":
-            raise ConfigError(DOC_TOWER_REFUSAL)
         self.cfg = cfg
         self.vectors = vectors
         self.index = index
         self.mining_index: SearchIndex | None = None  # built at the first mining round
         self.state_dir = Path(state_dir)
-        split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+        split = split_from_config(documents, cfg.split)
         if len(split.train) < 2 or len(split.heldout) < 1:
             raise ConfigError(
                 f"too few pairs to train a query tower: {len(split.train)} training, {len(split.heldout)} held-out "
@@ -192,7 +188,7 @@ class RetrieverTask:
     def _descend(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.tower.grad_clip)
         self.optimizer.step()
         return float(loss.detach())
 
@@ -228,17 +224,10 @@ class RetrieverTask:
         return invalid
 
     def _set_lr(self, step: int) -> None:
-        # A pure function of the global step (linear warm-up, cosine decay to 10 %): nothing to checkpoint.
+        # Linear warm-up over the first 10 % of steps (at most 100), then cosine decay to 10 %.
         tc = self.cfg.tower
         total = max(1, tc.epochs * self.steps_per_epoch)
-        warm = min(100, total // 10)
-        if step < warm:
-            scale = (step + 1) / warm
-        else:
-            progress = min(1.0, (step - warm) / max(1, total - warm))
-            scale = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-        for group in self.optimizer.param_groups:
-            group["lr"] = tc.lr * scale
+        set_learning_rate(self.optimizer, step_learning_rate(tc.lr, step, total, "cosine", min(100, total // 10)))
 
     # -- hard negatives --------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ training pairs, so every architecture sees identical data), through the trainers
 the bank's whole training split from the measured pairs/s.
 
 Each tower kind then trains on for `tower_epochs` in all (untimed) and is evaluated with the
-DESIGN.md protocol on the held-out documents of the same subset (the whole bank searched), beside
+docs/protocol.md protocol on the held-out documents of the same subset (the whole bank searched), beside
 the heuristic queries on the same pairs: a like-for-like comparison of the kinds after identical
 brief training (in-batch negatives and the queue, no mining), not the quality of a fully trained
 tower (that is the bank's own tower, in the quality section).
@@ -27,10 +27,12 @@ from typing import Any
 import numpy as np
 
 from dualpath.bank import ConceptBank
+from dualpath.bank.layout import MODELS_DIR
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import split_pairs
+from dualpath.corpus.pairs import split_from_config
 from dualpath.evaluation.retrieval import baseline_table
-from dualpath.training.loop import HISTORY, torch_threads
+from dualpath.runtime import torch_threads
+from dualpath.training.loop import HISTORY
 from dualpath.training.lvm import LVMTrainingTask
 from dualpath.training.retriever import RetrieverTask
 
@@ -64,8 +66,8 @@ def bench_training(
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]], int]:
     """(speed rows, retrieval table of each tower kind and the heuristics, held-out pairs of that table)."""
     documents = document_subset(bank.documents(), max_pairs)
-    full = split_pairs(bank.documents(), cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
-    split = split_pairs(documents, cfg.split.context, cfg.split.heldout_fraction, cfg.split.seed)
+    full = split_from_config(bank.documents(), cfg.split)
+    split = split_from_config(documents, cfg.split)
     vectors = bank.all_vectors()
     rows: list[dict[str, Any]] = []
     towers: dict[str, dict[str, float]] = {}
@@ -116,7 +118,7 @@ def training_memory(bank_path: Path) -> list[dict[str, Any]]:
     """Per epoch of each trained model in the bank: resident MiB and seconds, as its training loop recorded."""
     rows: list[dict[str, Any]] = []
     for model in MODELS:
-        path = bank_path / "models" / model / HISTORY
+        path = bank_path / MODELS_DIR / model / HISTORY
         if not path.is_file():
             continue
         history = json.loads(path.read_text())

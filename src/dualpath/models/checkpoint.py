@@ -21,13 +21,25 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from dualpath.errors import CheckpointError
-from dualpath.fileio import atomic_directory
+from dualpath.fileio import atomic_directory, json_default
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 OPTIM_TENSORS = "optimizer.safetensors"
 OPTIM_STATE = "optimizer.json"
 RNG_FILE = "rng.json"
+# A training output holds two checkpoints: last/ (resumable, every epoch) and best/ (by held-out metric).
+LAST = "last"
+BEST = "best"
+
+
+def model_dir(path: str | Path) -> Path:
+    """The directory holding the weights to use from a training output: best/, else last/, else itself."""
+    path = Path(path)
+    for candidate in (path / BEST, path / LAST, path):
+        if (candidate / MODEL_FILE).is_file():
+            return candidate
+    raise CheckpointError(f"no trained model in {path}")
 
 
 def save_checkpoint(
@@ -42,14 +54,48 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(directory) as tmp:
         save_file(state, str(tmp / MODEL_FILE))
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=_plain) + "\n")
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=json_default) + "\n")
         if optimizer is not None:
             tensors, rest = _split_optimizer_state(optimizer.state_dict())
             save_file(tensors, str(tmp / OPTIM_TENSORS))
-            (tmp / OPTIM_STATE).write_text(json.dumps(rest, default=_plain))
+            (tmp / OPTIM_STATE).write_text(json.dumps(rest, default=json_default))
         if with_rng:
             (tmp / RNG_FILE).write_text(json.dumps(capture_rng_state()))
     return directory
+
+
+def load_model_config(
+    path: str | Path,
+    kind: str,
+    what: str,
+    expected_dim: int | None = None,
+    expected_encoder: str | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint directory and config of a `kind` model, refused if it was trained for another space.
+
+    `path` is a checkpoint or a training output (its best/, else last/). `expected_dim` /
+    `expected_encoder` are the bank's: a model trained on another embedding space is refused with one
+    clear line instead of producing meaningless vectors. A checkpoint that names no encoder cannot be
+    compared, so only its dimension is checked.
+    """
+    directory = model_dir(path)
+    config = read_config(directory)
+    if config.get("kind") != kind:
+        raise CheckpointError(f"{directory} holds a {config.get('kind', 'unknown')!r} model, not {what}")
+    try:
+        saved_dim = int(config["dim"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{what} config in {directory} is invalid: no dimension") from None
+    if expected_dim is not None and saved_dim != int(expected_dim):
+        raise CheckpointError(
+            f"{what} at {directory} was trained on {saved_dim}-d vectors but the bank holds {expected_dim}-d ones"
+        )
+    saved_encoder = config.get("encoder")
+    if expected_encoder is not None and saved_encoder and saved_encoder != expected_encoder:
+        raise CheckpointError(
+            f"{what} at {directory} was trained on encoder {saved_encoder!r}, the bank uses {expected_encoder!r}"
+        )
+    return directory, config
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -136,11 +182,3 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], rest: dict[str, Any]
         for group in rest["param_groups"]
     ]
     return {"state": state, "param_groups": groups}
-
-
-def _plain(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

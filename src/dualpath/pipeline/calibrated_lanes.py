@@ -1,6 +1,6 @@
 """Lanes as a bank uses them: shipped + user lanes, with the bank's own calibration applied.
 
-Thresholds belong to an embedding space (DESIGN.md), so `dualpath calibrate` stores per-lane
+Thresholds belong to an embedding space (docs/protocol.md), so `dualpath calibrate` stores per-lane
 thresholds measured on the bank's held-out documents in `BANK/calibration.json`; generation uses
 them by default and says so when a bank has none.
 """
@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dualpath.bank import ConceptBank
+from dualpath.bank.layout import calibration_path
 from dualpath.decider import Lane, load_lanes, make_lane
 from dualpath.errors import ConfigError
 from dualpath.fileio import write_json_atomic
@@ -20,11 +21,10 @@ from dualpath.locking import write_lock
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
 
 
 def read_calibration(bank_path: str | Path) -> dict[str, Any] | None:
-    path = Path(bank_path) / CALIBRATION_FILE
+    path = calibration_path(bank_path)
     if not path.is_file():
         return None
     try:
@@ -39,7 +39,7 @@ def read_calibration(bank_path: str | Path) -> dict[str, Any] | None:
 
 
 def write_calibration(bank_path: str | Path, calibration: dict[str, Any]) -> Path:
-    path = Path(bank_path) / CALIBRATION_FILE
+    path = calibration_path(bank_path)
     with write_lock(bank_path):  # re-entrant under calibrate_bank's lock; alone, it orders against `bank add`
         write_json_atomic(path, calibration)
     return path
@@ -57,5 +57,5 @@ def bank_lanes(bank: ConceptBank, user_file: str | Path | None = None) -> dict[s
         return lanes
     for name, fields in calibration.get("lanes", {}).items():
         if name in lanes:
-            lanes[name] = make_lane(name, lanes[name].model_dump() | fields, f"{bank.path / CALIBRATION_FILE}")
+            lanes[name] = make_lane(name, lanes[name].model_dump() | fields, f"{calibration_path(bank.path)}")
     return lanes

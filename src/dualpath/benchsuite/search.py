@@ -28,9 +28,9 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dualpath.benchmarks.memory import opened_bank_rss
-from dualpath.benchmarks.synthetic import exact_top_k, recall_at_k, vector_bank
-from dualpath.benchmarks.timing import stats, timings_ms
+from dualpath.benchsuite.memory import opened_bank_rss
+from dualpath.benchsuite.synthetic import exact_top_k, recall_at_k, vector_bank
+from dualpath.benchsuite.timing import stats, timings_ms
 from dualpath.config import DualPathConfig
 
 log = logging.getLogger(__name__)

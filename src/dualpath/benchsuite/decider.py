@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dualpath.benchmarks.timing import stats, timings_ms
+from dualpath.benchsuite.timing import stats, timings_ms
 from dualpath.decider import (
     DualPathDecoder,
     Shortlist,

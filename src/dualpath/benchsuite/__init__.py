@@ -9,7 +9,7 @@
     stages      encode, LVM step, query tower, decision, the whole generation step against its parts
     decider     decision latency against a bare mat-vec (shared with bench/bench_decider.py)
     training    pairs/s and s/epoch of the LVM and each query tower; training memory per epoch
-    quality     the DESIGN.md protocol on the bank's held-out documents (pipeline.report.measure)
+    quality     the docs/protocol.md protocol on the bank's held-out documents (pipeline.report.measure)
     suite       sizes (quick / full), the bank the suite runs on, and writing results.json / .md / machine.md
 
 See docs/benchmarks.md.

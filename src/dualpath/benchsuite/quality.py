@@ -1,4 +1,4 @@
-"""Quality on the bank's held-out documents with the DESIGN.md protocol, as three tables.
+"""Quality on the bank's held-out documents with the docs/protocol.md protocol, as three tables.
 
 The numbers come from `pipeline.report.measure` (what `dualpath report` shows), so the suite and
 the report can never disagree: retrieval R@K / MRR of the query tower against the last / mean /

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 
 from dualpath.bank import ConceptBank
-from dualpath.benchmarks import quality, search, stages, training
-from dualpath.benchmarks.decider import BASELINE as DECISION_BASELINE
-from dualpath.benchmarks.decider import bench_decisions
-from dualpath.benchmarks.machine import describe_machine, machine_markdown
-from dualpath.benchmarks.synthetic import synthetic_set
-from dualpath.benchmarks.tables import Section, finite_or_none, render_markdown
-from dualpath.benchmarks.timing import with_ratio
+from dualpath.benchsuite import quality, search, stages, training
+from dualpath.benchsuite.decider import BASELINE as DECISION_BASELINE
+from dualpath.benchsuite.decider import bench_decisions
+from dualpath.benchsuite.machine import describe_machine, machine_markdown
+from dualpath.benchsuite.synthetic import synthetic_set
+from dualpath.benchsuite.tables import Section, finite_or_none, render_markdown
+from dualpath.benchsuite.timing import with_ratio
 from dualpath.config import DualPathConfig
 from dualpath.fileio import write_json_atomic, write_text_atomic
 from dualpath.pipeline.demo import DEMO_DOCS, DEMO_PROMPTS, run_demo
@@ -311,7 +311,7 @@ class _Sections:
         return {
             "retrieval_quality": Section(
                 "Quality: retrieval", f"{r['retrieval']['pairs']:,} held-out pairs, context excluded from every "
-                "result list (DESIGN.md protocol). Baseline: the best heuristic query.",
+                "result list (docs/protocol.md). Baseline: the best heuristic query.",
                 quality.RETRIEVAL_COLUMNS, quality.retrieval_rows(r)),
             "lvm_quality": Section(
                 "Quality: LVM", f"{r['lvm']['pairs']:,} held-out pairs; contrastive accuracy within batches of "

@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from dualpath.benchmarks.timing import stats, timings_ms, with_ratio
+from dualpath.benchsuite.timing import stats, timings_ms, with_ratio
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import ContextPairs, gather_context, split_pairs
+from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.decider import Lane, ShortlistBatch, choose_next_vectors
 from dualpath.encoding import Encoder
 from dualpath.models.heuristics import last_vector, mean_vector
-from dualpath.pipeline.evaluate import heldout_pairs, model_split
+from dualpath.pipeline.evaluate import heldout_pairs
 from dualpath.pipeline.generator import Generator, search_shortlists
-from dualpath.training.loop import torch_threads
+from dualpath.runtime import torch_threads
 
 SINGLE_BASELINE = "1 per call (baseline)"
 # Torch's intra-op team on a busy machine: each op waits at a barrier for a descheduled thread, so
@@ -38,7 +38,7 @@ Batchable = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 def heldout_contexts(generator: Generator, cfg: DualPathConfig, n: int) -> tuple[ContextPairs, np.ndarray, np.ndarray]:
     """Up to `n` held-out pairs (documents no model was trained on) with their gathered contexts."""
-    pairs = heldout_pairs(generator.bank, model_split(generator.lvm, cfg), n)
+    pairs = heldout_pairs(generator.bank, generator.lvm.training_split(cfg.split), n)
     ctx, mask = gather_context(generator.bank.all_vectors(), pairs.context)
     return pairs, ctx, mask
 
@@ -101,9 +101,9 @@ def bench_tower(generator: Generator, ctx: np.ndarray, mask: np.ndarray, single:
 
 def generation_prompts(generator: Generator, cfg: DualPathConfig, count: int, length: int = 2) -> list[np.ndarray]:
     """The first `length` concept ids of up to `count` held-out documents (prompts no model has seen)."""
-    split_cfg = model_split(generator.lvm, cfg)
+    split_cfg = generator.lvm.training_split(cfg.split)
     documents = generator.bank.documents()
-    split = split_pairs(documents, 1, split_cfg.heldout_fraction, split_cfg.seed)
+    split = split_from_config(documents, split_cfg, context=1)
     chosen = [documents[d][:length] for d in sorted(split.heldout_docs) if len(documents[d]) >= length]
     return chosen[:count]
 

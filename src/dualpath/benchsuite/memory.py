@@ -6,7 +6,7 @@ libraries, reads its resident set size, opens the bank, answers one query (so ev
 needs is loaded), and reads it again; the difference is what an opened bank costs. `vectors.npy`
 is memory-mapped and only the rows asked for are read, so it adds page cache, not resident heap.
 
-    python -m dualpath.benchmarks.memory BANK_DIR      prints one JSON line
+    python -m dualpath.benchsuite.memory BANK_DIR      prints one JSON line
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ MIB = 2**20
 
 def opened_bank_rss(path: str | Path, timeout_s: float = 600.0) -> dict[str, Any]:
     """{"count", "dim", "index", "before_mib", "after_mib", "bank_mib"} for the bank at `path`."""
-    cmd = [sys.executable, "-m", "dualpath.benchmarks.memory", str(path)]
+    cmd = [sys.executable, "-m", "dualpath.benchsuite.memory", str(path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]

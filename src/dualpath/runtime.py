@@ -1,0 +1,83 @@
+"""How many threads torch and FAISS use, and how a long loop reports progress: one policy for all callers.
+
+Training, inference, the service and the miners all run small models and one-query searches on
+machines that are often busy. Oversubscribed OpenMP teams spin against each other, so every part
+asks this module for its thread counts instead of setting torch or FAISS directly. FAISS is
+imported lazily: only a caller that searches a FAISS index pays for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm import tqdm
+
+from dualpath.logs import progress_enabled
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run a block with `threads` torch intra-op threads, then restore the setting.
+
+    `threads=0` picks half the cores (at least one). The models trained here are small: a second
+    thread gains little, while oversubscribed OpenMP threads spin against each other; on a busy
+    2-core machine two threads made an LVM training step 10x slower than one.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 2) // 2))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def limit_search_threads(threads: int) -> None:
+    """Cap FAISS's OpenMP team for searches made on the calling thread.
+
+    OpenMP sizes its team per calling thread, and a fresh worker thread gets one thread per core:
+    with searches in parallel those teams spin against each other, and a one-query search got
+    several times slower than with one thread. Call it on each worker thread.
+    """
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def one_search_thread() -> Iterator[None]:
+    """Run FAISS single-threaded in this thread for the duration, then restore the setting.
+
+    FAISS parallelises flat, HNSW and IVF search over queries, so one query gains nothing from more
+    threads, yet still pays for waking them: on a busy 2-core machine that was 10-30 ms per search
+    against ~1 ms single-threaded (bench_bank.py). The count is per calling thread, so concurrent
+    callers are not affected.
+    """
+    import faiss
+
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+def batch_progress(items: Iterable[T], total: int, desc: str) -> Iterator[T]:
+    """A tqdm bar on a terminal; in a log file, a line every ~10 % instead of a bar."""
+    if progress_enabled():
+        yield from tqdm(items, total=total, desc=desc, leave=False, dynamic_ncols=True)
+        return
+    every = max(1, total // 10)
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % every == 0 or i == total:
+            log.debug("%s: %d/%d", desc, i, total)
