@@ -82,7 +82,7 @@ def test_a_malformed_manifest_is_one_line(tmp_path, tiny_bank):
 
 
 def test_a_malformed_calibration_file_is_one_line(tmp_path):
-    from dualpath.pipeline.lanes import read_calibration
+    from dualpath.pipeline.calibrated_lanes import read_calibration
 
     for content in ("[]", '{"lanes": 3}', '{"lanes": {"neutral": 1}}'):
         (tmp_path / "calibration.json").write_text(content)

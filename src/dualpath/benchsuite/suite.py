@@ -71,13 +71,13 @@ QUICK = SuiteSizes(
     name="quick", demo_docs=DEMO_DOCS, synthetic=(10_000, 100_000), queries=256, single_queries=100,
     single_calls=60, batch_sizes=(32, 256), encode_batch=64, encode_calls=4, decision_steps=300,
     decision_batch=32, generation_prompts=12, generation_steps=4, generation_batch=32, training_pairs=6_000,
-    tower_epochs=3, quality_pairs=1_000, free_docs=20,
+    tower_epochs=3, quality_pairs=1_000, free_docs=200,
 )
 FULL = SuiteSizes(
     name="full", demo_docs=None, synthetic=(10_000, 100_000, 1_000_000), queries=1_024, single_queries=500,
     single_calls=300, batch_sizes=(32, 256), encode_batch=64, encode_calls=16, decision_steps=1_000,
     decision_batch=64, generation_prompts=50, generation_steps=8, generation_batch=64, training_pairs=10_000,
-    tower_epochs=3, quality_pairs=4_000, free_docs=50,
+    tower_epochs=3, quality_pairs=4_000, free_docs=200,
 )
 
 

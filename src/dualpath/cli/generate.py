@@ -191,10 +191,11 @@ def generation_table(result: dict) -> Table:
 
 
 def free_running_table(result: dict) -> Table:
-    from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, free_running_rows
+    from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_rows
 
     table = Table(
-        title=f"free-running: {result['docs']} held-out prompts of {result['prompt_concepts']} concepts, "
+        title=f"free-running: {result['prompts']} prompts of {result['prompt_concepts']} concepts from "
+        f"{result['docs']} held-out documents, "
         f"{result['steps']} steps each, as a reader sees them",
         title_justify="left",
     )
@@ -208,6 +209,3 @@ def free_running_table(result: dict) -> Table:
         baseline = row["name"] in ("lvm-only", "bank-only", "knn") or row["name"].startswith("random-")
         table.add_row(*cells, style="dim" if baseline else None)
     return table
-
-
-PERCENT_KEYS = {"repeat_rate", "consecutive_repeat_rate", "grounded_share", "snap", "blend", "novel"}

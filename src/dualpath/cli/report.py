@@ -22,7 +22,7 @@ def report_command(
     bank: Path = BANK_OPTION,
     out: Path = typer.Option(Path("report"), "--out", help="Directory for report.md, results.json and plots."),
     max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs for the dual-path evaluation."),
-    free_docs: int = typer.Option(50, "--free-docs", help="Held-out documents for the free-running test."),
+    free_docs: int = typer.Option(200, "--free-docs", min=0, help="Held-out documents for the free-running test."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
 ) -> None:

@@ -124,7 +124,7 @@ def run_demo(
                 }
             result.stages["generate"] = f"{len(result.generations)} prompts x 4 lanes"
             stage("report", {"report": 1}, result.report.is_file(),
-                  lambda: write_report(measure(generator, cfg, max_pairs=1500, free_docs=40), out / "report"))
+                  lambda: write_report(measure(generator, cfg, max_pairs=1500, free_docs=200), out / "report"))
         finally:
             generator.close()
     finally:

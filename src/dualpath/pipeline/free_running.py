@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -55,6 +55,14 @@ SAMPLES = 3
 KNN_DEPTH = 64  # neighbours a kNN step looks through for one whose successor is still unused
 
 
+class Prompt(NamedTuple):
+    """A held-out prompt: its name, its window of concept ids (prompt, then the truth), its whole document."""
+
+    name: str
+    window: np.ndarray
+    document: np.ndarray
+
+
 @dataclass
 class Stream:
     """One free-running continuation of a held-out document's prompt."""
@@ -72,22 +80,29 @@ class Stream:
 
 def heldout_prompts(
     bank: ConceptBank, split: SplitConfig, docs: int, prompt_len: int = PROMPT_CONCEPTS, steps: int = STEPS
-) -> list[tuple[str, np.ndarray]]:
-    """Up to `docs` held-out documents with a prompt and at least one true concept after it.
+) -> list[Prompt]:
+    """Prompts from up to `docs` held-out documents.
 
-    The documents are the model's own held-out split (never trained on), longest continuation
-    first so that late steps still have a truth to compare with, then by id for stability.
+    The documents are the model's own held-out split (never trained on). A long document gives one
+    prompt per `prompt_len + steps` concepts (its windows do not overlap), so a corpus of few long
+    documents still gives many streams. Documents with the longest continuation come first, so late
+    steps still have a truth to compare with; then by id, for a stable choice.
     """
     documents = bank.documents()
     held = heldout_documents(tuple(documents), split.heldout_fraction, split.seed)
     usable = [(d, documents[d]) for d in sorted(held) if len(documents[d]) > prompt_len]
     usable.sort(key=lambda item: -min(len(item[1]) - prompt_len, steps))
-    return usable[:docs]
+    prompts = []
+    for doc_id, ids in usable[:docs]:
+        for start in range(0, len(ids) - prompt_len, prompt_len + steps):
+            name = doc_id if start == 0 else f"{doc_id}@{start}"
+            prompts.append(Prompt(name, ids[start : start + prompt_len + steps], ids))
+    return prompts
 
 
 def generator_streams(
     generator: Generator,
-    prompts: Sequence[tuple[str, np.ndarray]],
+    prompts: Sequence[Prompt],
     make_decoder: Callable[[int], DualPathDecoder],
     prompt_len: int = PROMPT_CONCEPTS,
     steps: int = STEPS,
@@ -100,11 +115,11 @@ def generator_streams(
     bank has never seen (a user's own prompt); by default only the prompt's concepts are.
     """
     bank = generator.bank
-    streams = [Stream(d, ids[:prompt_len], ids[prompt_len : prompt_len + steps]) for d, ids in prompts]
+    streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
     runs = generator.generate_batch(
         [bank.vectors(s.prompt_ids) for s in streams],
         steps,
-        context_ids=[ids if unseen else ids[:prompt_len] for _, ids in prompts],
+        context_ids=[p.document if unseen else p.window[:prompt_len] for p in prompts],
         decoders=[make_decoder(i) for i in range(len(streams))],
     )
     for stream, run in zip(streams, runs, strict=True):
@@ -122,7 +137,7 @@ def generator_streams(
 
 def knn_streams(
     bank: ConceptBank,
-    prompts: Sequence[tuple[str, np.ndarray]],
+    prompts: Sequence[Prompt],
     prompt_len: int = PROMPT_CONCEPTS,
     steps: int = STEPS,
 ) -> list[Stream]:
@@ -134,7 +149,7 @@ def knn_streams(
     successor = np.full(len(bank), -1, dtype=np.int64)
     for ids in bank.documents().values():
         successor[ids[:-1]] = ids[1:]
-    streams = [Stream(d, ids[:prompt_len], ids[prompt_len : prompt_len + steps]) for d, ids in prompts]
+    streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
     used = [set(map(int, s.prompt_ids)) for s in streams]
     last = bank.vectors([int(s.prompt_ids[-1]) for s in streams])
     for _ in range(steps):
@@ -328,9 +343,12 @@ def evaluate_free_running(
             )
             record(f"random-{name}", random)
     record("knn", knn_streams(bank, prompts, prompt_len, steps))
-    return {"docs": len(prompts), "prompt_concepts": prompt_len, "steps": steps, "lanes": results}
+    documents = len({p.name.split("@")[0] for p in prompts})
+    return {"docs": documents, "prompts": len(prompts), "prompt_concepts": prompt_len, "steps": steps,
+            "lanes": results}
 
 
+PERCENT_KEYS = {"repeat_rate", "consecutive_repeat_rate", "grounded_share", "snap", "blend", "novel"}
 FREE_RUNNING_COLUMNS = {
     "name": "lane", "repeat_rate": "repeat", "consecutive_repeat_rate": "repeat at t-1",
     "distinct_per_stream": "distinct", "cos_true": "cos to truth (text)", "cos_true_output": "cos to truth (vector)",

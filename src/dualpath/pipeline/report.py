@@ -22,6 +22,7 @@ from dualpath.evaluation.lvm import evaluate_bank
 from dualpath.evaluation.retrieval import heldout_eval_pairs, relative_gain, retrieval_table
 from dualpath.fileio import atomic_directory, json_default
 from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation
+from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_rows
 from dualpath.pipeline.generator import Generator
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 DECISION_COLOURS = {"SNAP": "#2e7d32", "BLEND": "#0288d1", "NOVEL": "#f9a825", "NOVEL_DUP_DROP": "#8e24aa"}
 
 
-def measure(generator: Generator, cfg: DualPathConfig, max_pairs: int = 2000, free_docs: int = 50) -> dict[str, Any]:
+def measure(generator: Generator, cfg: DualPathConfig, max_pairs: int = 2000, free_docs: int = 200) -> dict[str, Any]:
     """Every number the report shows, as one JSON-ready dict."""
     bank = generator.bank
     lanes = {n: lane for n, lane in generator.lanes.items() if not n.startswith("reference-")}
@@ -115,21 +116,17 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         f"Teacher-forced on {gen['pairs']} held-out pairs, retrieval query from the {gen['query_source']}. "
         "`lvm-only` never snaps and `bank-only` always snaps to the best shortlist concept: the same code "
         "with extreme thresholds. `hit@5`: the true next concept is among the 5 bank concepts nearest the "
-        "output. `free cos`: free-running, mean cosine of generated steps to the document's own continuation.",
+        "output. Free-running results, what a reader sees, follow in the next section.",
         "",
-        "| lane | τ_snap | τ_novel | calibrated | SNAP | BLEND | NOVEL | DUP | mean cos | hit@5 | free cos |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| lane | τ_snap | τ_novel | calibrated | SNAP | BLEND | NOVEL | DUP | mean cos | hit@5 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    free = gen.get("free_running", {})
     for name, row in gen["lanes"].items():
         shares = [row["by_decision"][d]["share"] for d in DECISIONS]
-        free_cos = free.get(name, {}).get("mean_cos")
         lines.append(
             f"| {name} | {row['tau_snap']:.3f} | {row['tau_novel']:.3f} | {'yes' if row['calibrated'] else 'no'} | "
             + " | ".join(f"{s:.1%}" for s in shares)
-            + f" | {row['mean_cos']:.4f} | {row['hit@5']:.3f} | "
-            + ("-" if free_cos is None else f"{free_cos:.4f}")
-            + " |"
+            + f" | {row['mean_cos']:.4f} | {row['hit@5']:.3f} |"
         )
     lines += ["", "Cosine of the output to the true next concept, by decision:", "",
               "| lane | " + " | ".join(DECISIONS) + " |", "|---|" + "---|" * len(DECISIONS)]
@@ -159,6 +156,7 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         f"![c_max]({plots['c_max']})",
         "",
+        *free_running_section(gen.get("free_running") or {}),
         "## Settings",
         "",
         "```json",
@@ -171,6 +169,42 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def free_running_section(free: dict[str, Any]) -> list[str]:
+    """Markdown lines: the free-running table (lanes and baselines) and three sample continuations per lane."""
+    if not free.get("lanes"):
+        return []
+    lines = [
+        "## Free-running: what a reader sees",
+        "",
+        f"{free['prompts']} prompts of {free['prompt_concepts']} concepts from {free['docs']} held-out documents, "
+        f"{free['steps']} steps each, every step fed back and rendered as text. `repeat`: the rendered concept was "
+        "already shown (prompt or earlier step); `cos to truth`: step t against the document's own concept t "
+        "(text: the rendered concept; vector: the decided vector); `grounded`: the text is the bank concept "
+        "itself (SNAP). Baselines of the same run: `lvm-only`, `bank-only`, `random-<lane>` (the lane's own "
+        "shares, decided by chance instead of by c) and `knn` (kNN continuation).",
+        "",
+        "| " + " | ".join(FREE_RUNNING_COLUMNS.values()) + " |",
+        "|---" * len(FREE_RUNNING_COLUMNS) + "|",
+    ]
+    for row in free_running_rows(free):
+        cells = [row["name"]] + [
+            "-" if row[k] is None else f"{row[k]:.1%}" if k in PERCENT_KEYS else f"{row[k]:.4f}"
+            for k in list(FREE_RUNNING_COLUMNS)[1:]
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "### Sample continuations", ""]
+    for name, m in free["lanes"].items():
+        if name.startswith("random-") or name in ("bank-only",):
+            continue
+        lines += [f"**{name}**", ""]
+        for sample in m["samples"]:
+            lines.append(f"- *{' '.join(sample['prompt'])}* →")
+            for step in sample["steps"]:
+                lines.append(f"  - `{step['decision']}` {step['text']}")
+        lines.append("")
+    return lines
 
 
 def _verdict(gen: dict[str, Any]) -> str:
