@@ -456,12 +456,17 @@ def test_a_shown_concept_is_not_shown_again_within_the_window() -> None:
     assert decoder.step(v, both)[1].neighbour_id == 7
 
 
-def test_legal_repeats_but_never_at_consecutive_steps() -> None:
+def test_legal_restates_a_concept_only_after_eight_others() -> None:
     legal = LANES["legal"]
-    assert legal.dup_window == 0 and legal.repeat_window == 1
-    assert _repeat_scenario(DualPathDecoder(legal), gap=1) == (Decision.NOVEL, False)
-    for gap in (2, 8):
-        assert _repeat_scenario(DualPathDecoder(legal), gap=gap) == (Decision.SNAP, True)
+    assert legal.dup_window == 0 and legal.repeat_window == 8
+    for gap in (1, 8):
+        assert _repeat_scenario(DualPathDecoder(legal), gap=gap) == (Decision.NOVEL, False)
+    # Nine steps later it may come back, and legal's guard never drops it (dup_window 0).
+    assert _repeat_scenario(DualPathDecoder(legal), gap=9) == (Decision.SNAP, True)
+    # A lane with a window of 1 never shows a concept at two consecutive steps, and may at the next.
+    every_other = legal.model_copy(update={"repeat_window": 1})
+    assert _repeat_scenario(DualPathDecoder(every_other), gap=1) == (Decision.NOVEL, False)
+    assert _repeat_scenario(DualPathDecoder(every_other), gap=2) == (Decision.SNAP, True)
 
 
 def test_memory_is_capped_at_64_steps() -> None:

@@ -161,7 +161,8 @@ class GenerationConfig(_Section):
     # What each step feeds back to the LVM: "output" = the decided vector (SNAP: the bank concept, NOVEL:
     # v̂, BLEND: the mix), so lanes lead to different continuations; "rendered" = the concept the reader is
     # shown, which makes every lane's text the same (docs/generation.md has the measurements).
-    feedback: Literal["output", "rendered"] = "output"
+    # "novel-rendered" = the decided vector for SNAP and BLEND, the rendered concept for NOVEL steps.
+    feedback: Literal["output", "rendered", "novel-rendered"] = "output"
 
 
 class ServiceConfig(_Section):

@@ -352,7 +352,7 @@ class Generator:
     ) -> Iterator[list[GenerationStep]]:
         """The step loop over b streams: every model, index and rendering call is made once per step."""
         b = len(contexts)
-        feed_rendered = self.cfg.generation.feedback == "rendered"
+        feedback = self.cfg.generation.feedback
         timeout = self.cfg.decider.retrieval_timeout_s
         contexts = list(contexts)
         for _ in range(steps):
@@ -414,6 +414,8 @@ class Generator:
                 if render:
                     decoders[i].shown(shown.concept_id)
                 fed = outputs[i]
+                novel = record.decision in (Decision.NOVEL, Decision.NOVEL_DUP_DROP)
+                feed_rendered = feedback == "rendered" or (feedback == "novel-rendered" and novel)
                 if feed_rendered and shown.concept_id >= 0:
                     fed = self.bank.vectors([shown.concept_id])[0]
                 contexts[i] = np.concatenate([contexts[i], np.asarray(fed, np.float32)[None]])

@@ -53,12 +53,17 @@ def validation_detail(err: RequestValidationError) -> tuple[int, str]:
         position = first["loc"][-1]
         reason = first.get("ctx", {}).get("error", "invalid JSON")
         return 400, f"malformed JSON at character {position}: {reason}"
-    where = ".".join(str(p) for p in first["loc"] if p != "body") or "body"
+    # A field name is the client's text: shown as a literal so a newline in it cannot break the one line.
+    where = ".".join(_printable(str(p)) for p in first["loc"] if p != "body") or "body"
     message = "unknown field" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
     if first["type"] == "missing" and where == "body":
         message = "a JSON body is required"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return 422, f"{where}: {message}{more}"
+
+
+def _printable(name: str) -> str:
+    return name if name.isprintable() else ascii(name)
 
 
 def sse_event(event: str, data: dict[str, Any]) -> str:
