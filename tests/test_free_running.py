@@ -1,0 +1,210 @@
+"""Free-running generation as a reader sees it: no repeated concepts, batched = single, seeded sampling,
+the free-running evaluation with its baselines, calibration on free-running streams, rollout training."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualpath.corpus.pairs import make_pairs
+from dualpath.decider import Decision, Sampling, make_lane
+from dualpath.decider.decision import _sample
+from dualpath.pipeline.calibrate import calibrate_bank
+from dualpath.pipeline.free_running import (
+    PROMPT_CONCEPTS,
+    evaluate_free_running,
+    free_running_rows,
+    heldout_prompts,
+    knn_streams,
+)
+from dualpath.pipeline.generator import Generator
+from dualpath.training.lvm import successors
+from trained_models import tiny_config
+
+PROMPT = "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of 384,400 km."
+LANES = ("conservative", "neutral", "creative", "legal")
+
+
+@pytest.fixture(scope="module")
+def generator(trained_bank_path):
+    gen = Generator.from_bank(trained_bank_path, tiny_config())
+    yield gen
+    gen.close()
+
+
+def _doc_prompts(generator: Generator, n: int) -> list[np.ndarray]:
+    documents = [ids for ids in generator.bank.documents().values() if len(ids) >= 3]
+    return documents[:n]
+
+
+@pytest.mark.parametrize("lane", LANES)
+def test_an_eight_step_stream_never_shows_a_concept_twice(generator, lane):
+    steps = list(generator.generate(PROMPT, steps=8, lane=lane))
+    shown = [s.text_concept_id for s in steps]
+    assert all(i >= 0 for i in shown)
+    assert len(set(shown)) == len(shown), [s.text for s in steps]
+    assert len({s.text for s in steps}) == len(steps)
+
+
+def test_streams_from_bank_prompts_repeat_neither_prompt_nor_step(generator):
+    for ids in _doc_prompts(generator, 6):
+        prompt_ids = ids[:2]
+        run = list(generator.generate(generator.bank.vectors(prompt_ids), 8, "neutral", context_ids=prompt_ids))
+        shown = [s.text_concept_id for s in run]
+        assert len(set(shown)) == len(shown)
+        assert not set(shown) & set(prompt_ids.tolist())
+
+
+def test_batched_generation_gives_each_stream_its_single_steps(generator):
+    documents = _doc_prompts(generator, 5)
+    prompts = [generator.bank.vectors(ids[:2]) for ids in documents]
+    context_ids = [ids[:2] for ids in documents]
+    sampling = Sampling(0.05, top_k=5)
+    batch = generator.generate_batch(prompts, 6, "neutral", context_ids, sampling=sampling, seed=3)
+    for i, (prompt, ids) in enumerate(zip(prompts, context_ids, strict=True)):
+        single = list(generator.generate(prompt, 6, "neutral", context_ids=ids, sampling=sampling, seed=3 + i))
+        assert [s.record.decision for s in single] == [s.record.decision for s in batch[i]]
+        assert [s.text_concept_id for s in single] == [s.text_concept_id for s in batch[i]]
+        for a, b in zip(single, batch[i], strict=True):
+            np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
+
+
+def test_a_seed_repeats_a_sampled_run_exactly(generator):
+    hot = Sampling(1.0)
+    # Sampling picks n*, which the text shows at a SNAP: a lane that always snaps makes every draw visible.
+    always = make_lane("always", {"tau_snap": -1 + 1e-9, "tau_novel": -1.0})
+
+    def run(seed: int) -> list[int]:
+        return [s.text_concept_id for s in generator.generate(PROMPT, 8, always, sampling=hot, seed=seed)]
+
+    assert run(11) == run(11)
+    assert any(run(11) != run(seed) for seed in (12, 13, 14))
+
+
+def test_free_running_evaluation_measures_every_lane_and_baseline(generator):
+    lanes = {name: generator.lane(name) for name in ("conservative", "creative")}
+    result = evaluate_free_running(generator, lanes, docs=12, steps=4)
+    names = set(result["lanes"])
+    assert names == {"conservative", "creative", "random-conservative", "random-creative", "lvm-only", "bank-only",
+                     "knn"}
+    for name, m in result["lanes"].items():
+        assert m["steps"] == result["prompts"] * 4
+        assert 0.0 <= m["repeat_rate"] <= 0.05, name  # the no-repeat rule holds in every lane and baseline
+        assert 0.95 <= m["distinct_per_stream"] <= 1.0
+        assert -1.0 <= m["cos_true"] <= 1.0
+        assert len(m["drift_by_step"]) == 4
+        assert len(m["samples"]) == 3 and all(len(s["steps"]) == 4 for s in m["samples"])
+    assert result["lanes"]["knn"]["grounded_share"] == 1.0
+    assert result["lanes"]["bank-only"]["shares"]["SNAP"] == 1.0
+    assert result["lanes"]["lvm-only"]["grounded_share"] == 0.0
+    # The random mix decides by chance at the lane's own shares: close to the lane's, not equal by construction.
+    lane, random = result["lanes"]["conservative"]["shares"], result["lanes"]["random-conservative"]["shares"]
+    assert abs(lane["NOVEL"] - random["NOVEL"]) < 0.35
+    rows = {row["name"]: row for row in free_running_rows(result)}
+    assert rows["conservative"]["x_random"] == pytest.approx(
+        result["lanes"]["conservative"]["cos_true"] / result["lanes"]["random-conservative"]["cos_true"]
+    )
+
+
+def test_knn_continuation_follows_a_neighbour_to_its_successor(generator):
+    bank = generator.bank
+    successor = {}
+    for ids in bank.documents().values():
+        successor.update(zip(ids[:-1].tolist(), ids[1:].tolist(), strict=True))
+    prompts = heldout_prompts(bank, generator.lvm.training_split(generator.cfg.split), 10, steps=3)
+    for stream in knn_streams(bank, prompts, steps=3):
+        shown = [i for i in stream.shown_ids if i >= 0]
+        assert shown, "kNN continuation found nothing"
+        assert all(i in successor.values() for i in shown)  # every step is some concept's successor
+        assert not set(shown) & set(stream.prompt_ids.tolist())
+        assert len(set(shown)) == len(shown)
+
+
+def test_long_documents_give_one_prompt_per_window(generator):
+    split = generator.lvm.training_split(generator.cfg.split)
+    prompts = heldout_prompts(generator.bank, split, 1000, prompt_len=1, steps=1)
+    documents = {p.name.split("@")[0] for p in prompts}
+    assert len(prompts) > len(documents)  # a document of 4+ concepts gives a second window
+    for p in prompts:
+        assert 2 <= len(p.window) <= 2 and np.isin(p.window, p.document).all()
+
+
+def test_calibration_on_free_running_streams_orders_the_lanes(generator, trained_bank_path, tmp_path):
+    bank_path = tmp_path / "bank"
+    shutil.copytree(trained_bank_path, bank_path)
+    gen = Generator.from_bank(bank_path, tiny_config())
+    try:
+        result = calibrate_bank(gen.bank, gen.lvm, gen.tower, gen.cfg, generator=gen, free_docs=60)
+        assert result["basis"] == "free-running" and result["free_running_steps"] >= 100
+        lanes = result["lanes"]
+        assert lanes["conservative"]["tau_snap"] <= lanes["neutral"]["tau_snap"] <= lanes["creative"]["tau_snap"]
+        assert "free-running" in lanes["neutral"]["provenance"]
+        gen.apply_calibration()
+        grounded = {}
+        for name in ("conservative", "creative"):
+            free = evaluate_free_running(gen, {name: gen.lane(name)}, docs=30, steps=4)
+            grounded[name] = free["lanes"][name]["grounded_share"]
+        assert grounded["conservative"] >= grounded["creative"]
+    finally:
+        gen.close()
+
+
+def test_successors_follow_each_document():
+    pairs = make_pairs([np.array([5, 6, 7]), np.array([1, 2]), np.array([9])], context=2)
+    nxt = successors(pairs, 10)
+    assert nxt[6] == 7 and nxt[1] == -1 and nxt[2] == -1 and nxt[7] == -1 and nxt[9] == -1
+
+
+def test_rollout_training_trains_and_changes_the_model(wiki_bank, tmp_path):
+    from dualpath.models.lvm import LatentVectorModel
+    from dualpath.training.lvm import train_lvm
+
+    base = tiny_config()
+    outputs = {}
+    for steps in (0, 2):
+        cfg = base.model_copy(update={"lvm": base.lvm.model_copy(update={"epochs": 1, "rollout_steps": steps})})
+        train_lvm(wiki_bank, cfg, tmp_path / f"lvm{steps}")
+        model = LatentVectorModel.load(tmp_path / f"lvm{steps}")
+        context = wiki_bank.vectors(np.arange(3))
+        outputs[steps] = model.rollout(context, 3)
+    assert outputs[0].shape == outputs[2].shape == (3, wiki_bank.dim)
+    assert not np.allclose(outputs[0], outputs[2])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    k=st.integers(1, 20),
+    top_k=st.integers(0, 6),
+    top_p=st.floats(0.05, 1.0),
+    temperature=st.floats(0.001, 5.0),
+)
+def test_a_sampled_candidate_is_valid_and_within_top_k(seed, k, top_k, top_p, temperature):
+    rng = np.random.default_rng(seed)
+    cos = rng.uniform(-1, 1, size=(3, k)).astype(np.float32)
+    cos[rng.random((3, k)) < 0.3] = -np.inf
+    cos[:, 0] = np.maximum(cos[:, 0], -0.5)  # at least one valid candidate per stream
+    draws = rng.random(3)
+    picks = _sample(cos, Sampling(temperature, top_k, top_p), draws)
+    for row, pick in enumerate(picks):
+        assert np.isfinite(cos[row, pick])
+        better = int((cos[row] > cos[row, pick]).sum())
+        if top_k:
+            assert better < top_k
+    # A draw of 0 always takes the best candidate.
+    best = _sample(cos, Sampling(temperature, top_k, top_p), np.zeros(3))
+    assert np.array_equal(cos[np.arange(3), best], cos.max(axis=1))
+
+
+def test_decisions_still_follow_c_under_the_no_repeat_rule(generator):
+    # Every SNAP step's c is at least every NOVEL step's c within one lane (thresholds decide).
+    steps = [s for ids in _doc_prompts(generator, 8) for s in generator.generate(
+        generator.bank.vectors(ids[:PROMPT_CONCEPTS]), 6, "neutral", context_ids=ids[:PROMPT_CONCEPTS])]
+    snaps = [s.record.c_pick for s in steps if s.record.decision is Decision.SNAP]
+    novels = [s.record.c_pick for s in steps if s.record.decision is Decision.NOVEL and s.record.c_pick is not None]
+    if snaps and novels:
+        assert min(snaps) >= max(novels)
