@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from dualpath.benchsuite.tables import Section
 from dualpath.evaluation.lvm import COLUMNS as LVM_METRICS
 from dualpath.evaluation.retrieval import KS
 from dualpath.models.heuristics import HEURISTICS
 from dualpath.pipeline.evaluate import DECISIONS, HIT_K
+from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, free_running_rows
 
 
 def retrieval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -73,3 +75,17 @@ DUAL_PATH_COLUMNS = {
     "mean_cos": "mean cos", "hit": f"hit@{HIT_K}", "free_cos": "free-running cos",
     "x_lvm_only": "cos × LVM-only", "x_bank_only": "cos × bank-only",
 }
+
+
+def free_running_sections(results: dict[str, Any], corpus: str) -> dict[str, Section]:
+    """The free-running table of one `measure` result (lanes and baselines, what a reader sees)."""
+    free = results["generation"].get("free_running") or {}
+    if not free.get("lanes"):
+        return {}
+    note = (
+        f"{free['prompts']} prompts of {free['prompt_concepts']} concepts from {free['docs']} held-out documents "
+        f"of {corpus}, {free['steps']} steps each, every step fed back and rendered as text; baselines of the same "
+        "run: LVM-only, bank-only, random-<lane> (the lane's shares, decided by chance), kNN continuation."
+    )
+    return {f"free_running_{corpus}": Section(f"Quality: free-running on {corpus}", note, FREE_RUNNING_COLUMNS,
+                                              free_running_rows(free))}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from dualpath.benchsuite.synthetic import synthetic_set
 from dualpath.benchsuite.tables import Section, finite_or_none, render_markdown
 from dualpath.benchsuite.timing import with_ratio
 from dualpath.config import DualPathConfig
+from dualpath.corpus import PYTHON_DOCS
 from dualpath.fileio import write_json_atomic, write_text_atomic
 from dualpath.pipeline.demo import DEMO_DOCS, DEMO_PROMPTS, run_demo
 from dualpath.pipeline.generator import Generator
@@ -41,6 +42,7 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 MACHINE_MD = "machine.md"
 CACHE = "bank-cache"
+SECTIONS = ("encode", "lvm_step", "tower", "decision", "generation", "search", "training", "quality", "second_corpus")
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,7 @@ class SuiteSizes:
     tower_epochs: int  # each tower kind's training before its retrieval is compared (the first one timed)
     quality_pairs: int  # held-out pairs of the dual-path evaluation
     free_docs: int  # held-out documents of the free-running test
+    second_corpus: str | None = None  # every quality claim is measured on a second corpus of another kind too
 
 
 QUICK = SuiteSizes(
@@ -77,7 +80,7 @@ FULL = SuiteSizes(
     name="full", demo_docs=None, synthetic=(10_000, 100_000, 1_000_000), queries=1_024, single_queries=500,
     single_calls=300, batch_sizes=(32, 256), encode_batch=64, encode_calls=16, decision_steps=1_000,
     decision_batch=64, generation_prompts=50, generation_steps=8, generation_batch=64, training_pairs=10_000,
-    tower_epochs=3, quality_pairs=4_000, free_docs=200,
+    tower_epochs=3, quality_pairs=4_000, free_docs=200, second_corpus=PYTHON_DOCS,
 )
 
 
@@ -107,11 +110,13 @@ def run_suite(
     cfg: DualPathConfig | None = None,
     sizes: SuiteSizes | None = None,
     on_section: Callable[[str, float], None] | None = None,
+    only: Sequence[str] = (),
 ) -> SuiteResult:
     """Run every section and write out/results.json, out/results.md and out/machine.md.
 
     `bank` is a bank directory (or an opened ConceptBank, kept open) with trained models in
-    models/; without one the cached Wikipedia-sample bank under `out` is built or reused.
+    models/; without one the cached Wikipedia-sample bank under `out` is built or reused. `only`
+    names the sections to run (default: all; see `SECTIONS`).
     """
     cfg = cfg or DualPathConfig()
     sizes = sizes or (QUICK if quick else FULL)
@@ -130,9 +135,11 @@ def run_suite(
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     try:
-        runner = _Sections(generator, cfg, sizes, workdir)
+        runner = _Sections(generator, cfg, sizes, workdir, out / CACHE)
         sections: dict[str, Section] = {}
         for name, make in runner.plan():
+            if only and name not in only:
+                continue
             t0 = time.perf_counter()
             log.info("bench: %s", name)
             sections.update(make())
@@ -140,6 +147,7 @@ def run_suite(
             if on_section is not None:
                 on_section(name, seconds[name])
         quality_raw = runner.quality_results
+        second_raw = runner.second_results
     finally:
         generator.close()
         if not isinstance(bank, ConceptBank):
@@ -153,8 +161,10 @@ def run_suite(
         "machine": {"start": machine_start, "end": machine_end},
         "sections": {key: s.to_dict() for key, s in sections.items()},
         "quality": {k: v for k, v in quality_raw.items() if k not in ("settings",)},
+        "quality_second_corpus": {k: v for k, v in second_raw.items() if k not in ("settings",)},
     })
-    results["quality"].get("generation", {}).pop("c_max_sample", None)
+    for key in ("quality", "quality_second_corpus"):
+        results[key].get("generation", {}).pop("c_max_sample", None)
     write_json_atomic(out / RESULTS_JSON, results)
     write_text_atomic(out / RESULTS_MD, render_markdown(results["sections"], _header(results, sizes)))
     write_text_atomic(out / MACHINE_MD, machine_markdown(machine_start, machine_end, total, sizes.name == "quick"))
@@ -177,7 +187,9 @@ def _header(results: dict[str, Any], sizes: SuiteSizes) -> str:
 class _Sections:
     """Each section as a method returning {key: Section}; `plan()` lists them in the order they run."""
 
-    def __init__(self, generator: Generator, cfg: DualPathConfig, sizes: SuiteSizes, workdir: Path) -> None:
+    def __init__(
+        self, generator: Generator, cfg: DualPathConfig, sizes: SuiteSizes, workdir: Path, cache: Path
+    ) -> None:
         self.generator = generator
         self.bank = generator.bank
         self.cfg = cfg
@@ -187,6 +199,8 @@ class _Sections:
         n_ctx = max(sizes.queries, *sizes.batch_sizes)
         self.pairs, self.ctx, self.mask = stages.heldout_contexts(generator, cfg, n_ctx)
         self.quality_results: dict[str, Any] = {}
+        self.second_results: dict[str, Any] = {}
+        self.cache = cache
 
     def plan(self) -> list[tuple[str, Callable[[], dict[str, Section]]]]:
         return [
@@ -198,6 +212,7 @@ class _Sections:
             ("search", self.search),
             ("training", self.training),
             ("quality", self.quality),
+            ("second_corpus", self.second_corpus),
         ]
 
     def encode(self) -> dict[str, Section]:
@@ -322,6 +337,29 @@ class _Sections:
                 "concept around the output; free-running: mean cos over generated steps of held-out documents. "
                 "Baselines: LVM-only and bank-only (the same code with extreme thresholds).",
                 quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
+            **quality.free_running_sections(r, self.bank.path.name),
+        }
+
+    def second_corpus(self) -> dict[str, Section]:
+        """The dual path's quality on the second corpus: its own bank, models and calibration (cached)."""
+        source = self.sizes.second_corpus
+        if source is None:
+            return {}
+        built = run_demo(self.cache / source, cfg=self.cfg, steps=1, prompts=DEMO_PROMPTS[:1], full=True,
+                         source=source, on_stage=lambda name, status: log.info("bench %s bank: %s %s", source,
+                                                                                 name, status))
+        generator = Generator.from_bank(built.bank, self.cfg)
+        try:
+            r = measure(generator, self.cfg, max_pairs=self.sizes.quality_pairs, free_docs=self.sizes.free_docs)
+        finally:
+            generator.close()
+        self.second_results = r
+        return {
+            f"dual_path_quality_{source}": Section(
+                f"Quality: dual path on {source}", f"Teacher-forced on {r['generation']['pairs']:,} held-out pairs "
+                f"of the {source} bank ({r['bank']['count']:,} concepts).",
+                quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
+            **quality.free_running_sections(r, source),
         }
 
 

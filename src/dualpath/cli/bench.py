@@ -28,18 +28,27 @@ def bench_command(
     bank: Path | None = typer.Option(
         None, "--bank", help="Run on this bank (with trained models) instead of the cached Wikipedia-sample bank."
     ),
+    only: str | None = typer.Option(
+        None, "--only", help="Comma-separated sections to run (encode, lvm_step, tower, decision, generation, "
+        "search, training, quality, second_corpus); default all."
+    ),
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
 ) -> None:
     """Speed, memory and quality of every part, each beside a baseline measured in the same run."""
-    from dualpath.benchsuite.suite import run_suite
+    from dualpath.benchsuite.suite import SECTIONS, run_suite
+    from dualpath.errors import DualPathError
 
     cfg = load_config(config)
+    chosen = tuple(name.strip() for name in only.split(",") if name.strip()) if only else ()
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        raise DualPathError(f"unknown bench section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
 
     def on_section(name: str, seconds: float) -> None:
         progress.print(f"[bold]{name:<12}[/] {seconds:6.1f} s")
 
-    result = run_suite(out, quick=quick, bank=bank, cfg=cfg, on_section=on_section)
+    result = run_suite(out, quick=quick, bank=bank, cfg=cfg, on_section=on_section, only=chosen)
     if as_json:
         print_json(result.results)
         return

@@ -74,8 +74,12 @@ def run_demo(
     prompts: list[str] | None = None,
     limit_docs: int | None = None,
     on_stage: Callable[[str, str], None] | None = None,
+    source: str = WIKI_SAMPLE,
 ) -> DemoResult:
-    """Run (or resume) the demo in `out`; returns where everything is and the generations."""
+    """Run (or resume) the demo in `out`; returns where everything is and the generations.
+
+    `source` is the corpus (the Wikipedia sample by default; the benchmark suite runs the same stages
+    on `python-docs`, its second corpus)."""
     cfg = demo_config(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,10 +104,10 @@ def run_demo(
         if on_stage is not None:
             on_stage(name, result.stages[name])
 
-    bank_key = {"source": WIKI_SAMPLE, "limit": limit, "encoder": cfg.encoder.name, "segment": cfg.segment.model_dump(),
+    bank_key = {"source": source, "limit": limit, "encoder": cfg.encoder.name, "segment": cfg.segment.model_dump(),
                 "bank": cfg.bank.model_dump(mode="json")}
     stage("bank", bank_key, (bank_dir / "manifest.json").is_file(),
-          lambda: ConceptBank.build(WIKI_SAMPLE, bank_dir, cfg, limit_docs=limit, force=True).close())
+          lambda: ConceptBank.build(source, bank_dir, cfg, limit_docs=limit, force=True).close())
     bank = ConceptBank.open(bank_dir, cfg)
     try:
         train_key = {"split": cfg.split.model_dump(), "lvm": cfg.lvm.model_dump(), "bank": bank_key}
