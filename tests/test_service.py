@@ -224,6 +224,15 @@ def test_generate_returns_every_step_with_its_decision(client):
     assert body["text"] == " ".join(s["text"] for s in steps if s["text"])
 
 
+def test_generate_samples_with_a_seed_and_never_repeats_a_concept(client):
+    body = {"prompt": PROMPT, "steps": 8, "lane": "neutral", "temperature": 1.0, "top_k": 5, "seed": 7}
+    first = client.post("/generate", json=body).json()["steps"]
+    again = client.post("/generate", json=body).json()["steps"]
+    assert [s["text_concept_id"] for s in first] == [s["text_concept_id"] for s in again]
+    shown = [s["text_concept_id"] for s in first]
+    assert len(set(shown)) == len(shown)
+
+
 def test_generate_default_lane_and_steps_and_vectors(client, service):
     body = client.post("/generate", json={"prompt": PROMPT, "with_vectors": True}).json()
     assert len(body["steps"]) == service.cfg.generation.steps
@@ -243,7 +252,9 @@ def test_generate_default_lane_and_steps_and_vectors(client, service):
         ({"prompt": "x" * 501}, "limit is 500"),
         ({"prompt": " \n "}, "prompt is empty"),
         ({"steps": 3}, "prompt: Field required"),
-        ({"prompt": PROMPT, "temperature": 0.7}, "temperature: unknown field"),
+        ({"prompt": PROMPT, "temperature": -0.5}, "temperature: Input should be greater than or equal to 0"),
+        ({"prompt": PROMPT, "top_p": 0}, "top_p: Input should be greater than 0"),
+        ({"prompt": PROMPT, "nucleus": 0.7}, "nucleus: unknown field"),
     ],
 )
 def test_generate_bad_input_gets_a_one_line_422(client, path, body, fragment):

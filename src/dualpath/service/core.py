@@ -20,7 +20,7 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
-from dualpath.decider import Decision, Lane, RecentRecords, summarize
+from dualpath.decider import GREEDY, Decision, Lane, RecentRecords, Sampling, summarize
 from dualpath.encoding import Encoder
 from dualpath.errors import DualPathError
 from dualpath.pipeline.generator import Generator
@@ -223,7 +223,15 @@ class DualPathService:
         return lane, self._run(request, lane, steps)
 
     def _run(self, request: GenerateRequest, lane: Lane, steps: int) -> Iterator[dict[str, Any]]:
-        for step in self.generator.generate(request.prompt, steps=steps, lane=lane):
+        defaults = self.generator.cfg.generation
+        temperature = request.temperature if request.temperature is not None else defaults.temperature
+        sampling = GREEDY if temperature == 0 else Sampling(
+            temperature,
+            request.top_k if request.top_k is not None else defaults.top_k,
+            request.top_p if request.top_p is not None else defaults.top_p,
+        )
+        run = self.generator.generate(request.prompt, steps=steps, lane=lane, sampling=sampling, seed=request.seed)
+        for step in run:
             self.recent.write(step.record)
             with self._count_lock:
                 self._recorded_total += 1

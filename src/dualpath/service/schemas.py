@@ -46,3 +46,9 @@ class GenerateRequest(_Request):
     steps: int | None = Field(None, ge=1, description="Concepts to generate (default generation.steps).")
     lane: str | None = Field(None, description="Lane name (default decider.default_lane); see GET /info.")
     with_vectors: bool = Field(False, description="Include each step's output vector.")
+    temperature: float | None = Field(
+        None, ge=0.0, le=10.0, description="Sample n* among the shortlist at this temperature (0: greedy)."
+    )
+    top_k: int | None = Field(None, ge=0, description="Sample among the k best candidates only (0: all).")
+    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Sample within this share of the weight.")
+    seed: int | None = Field(None, description="Seed of the sampling draws: the same seed repeats a run.")
