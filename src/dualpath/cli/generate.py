@@ -203,7 +203,8 @@ def free_running_table(result: dict) -> Table:
         table.add_column(column, justify="left" if key == "name" else "right")
     for row in free_running_rows(result):
         cells = [row["name"]] + [
-            "-" if row[key] is None else f"{row[key]:.1%}" if key in PERCENT_KEYS else f"{row[key]:.4f}"
+            "-" if row[key] is None else row[key] if isinstance(row[key], str)
+            else f"{row[key]:.1%}" if key in PERCENT_KEYS else f"{row[key]:.4f}"
             for key in list(FREE_RUNNING_COLUMNS)[1:]
         ]
         baseline = row["name"] in ("lvm-only", "bank-only", "knn") or row["name"].startswith("random-")

@@ -279,6 +279,30 @@ def stream_metrics(bank: ConceptBank, streams: Sequence[Stream], steps: int = ST
     }
 
 
+def per_stream_cos(bank: ConceptBank, streams: Sequence[Stream]) -> np.ndarray:
+    """Per stream, the mean cosine of its rendered concepts to the document's own (NaN where none)."""
+    out = np.full(len(streams), np.nan)
+    for i, s in enumerate(streams):
+        pairs = [(cid, int(t)) for cid, t in zip(s.shown_ids, s.truth_ids, strict=False) if cid >= 0]
+        if pairs:
+            shown = bank.vectors([cid for cid, _ in pairs])
+            truth = bank.vectors([t for _, t in pairs])
+            out[i] = float(np.einsum("nd,nd->n", shown, truth).mean())
+    return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0, rounds: int = 2000) -> dict[str, float]:
+    """Mean of a - b over the streams both have, with a 95 % bootstrap interval (streams resampled in pairs)."""
+    keep = np.isfinite(a) & np.isfinite(b)
+    diff = (a - b)[keep]
+    if diff.size == 0:
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "streams": 0}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(rounds, diff.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [0.025, 0.975])
+    return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "streams": int(diff.size)}
+
+
 def samples(bank: ConceptBank, streams: Sequence[Stream], n: int = SAMPLES) -> list[dict[str, Any]]:
     """The first `n` streams as text: prompt, continuation (decision per step), the document's truth."""
     out = []
@@ -319,9 +343,11 @@ def evaluate_free_running(
     seed = generator.cfg.generation.seed
     k = max(lane.k for lane in lanes.values())
     results: dict[str, Any] = {}
+    per_stream: dict[str, np.ndarray] = {}
 
     def record(name: str, streams: list[Stream]) -> None:
         results[name] = {**stream_metrics(bank, streams, steps), "samples": samples(bank, streams)}
+        per_stream[name] = per_stream_cos(bank, streams)
         m = results[name]
         log.info(
             "free-running %s: repeat %.1f %%, distinct %.2f, cos to truth %.4f, grounded %.1f %%",
@@ -343,6 +369,12 @@ def evaluate_free_running(
             )
             record(f"random-{name}", random)
     record("knn", knn_streams(bank, prompts, prompt_len, steps))
+    # Each lane against its baselines on the same prompts: is the gap in text cosine more than noise?
+    for name in lanes:
+        results[name]["versus"] = {
+            baseline: paired_difference(per_stream[name], per_stream[key], seed)
+            for baseline, key in (("random", f"random-{name}"), ("lvm-only", "lvm-only"), ("knn", "knn"))
+        }
     documents = len({p.name.split("@")[0] for p in prompts})
     return {"docs": documents, "prompts": len(prompts), "prompt_concepts": prompt_len, "steps": steps,
             "lanes": results}
@@ -354,6 +386,7 @@ FREE_RUNNING_COLUMNS = {
     "distinct_per_stream": "distinct", "cos_true": "cos to truth (text)", "cos_true_output": "cos to truth (vector)",
     "grounded_share": "grounded", "snap": "SNAP", "blend": "BLEND", "novel": "NOVEL",
     "successive_lvm_cos": "LVM successive cos", "x_random": "text cos × random mix",
+    "vs_random": "− random mix (95 % CI)", "vs_lvm_only": "− LVM-only (95 % CI)",
 }
 
 
@@ -371,5 +404,13 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "snap": m["shares"]["SNAP"], "blend": m["shares"]["BLEND"], "novel": m["shares"]["NOVEL"],
             "successive_lvm_cos": float(np.mean(successive)) if successive else None,
             "x_random": m["cos_true"] / random if random and m["cos_true"] is not None else None,
+            "vs_random": _interval(m.get("versus", {}).get("random")),
+            "vs_lvm_only": _interval(m.get("versus", {}).get("lvm-only")),
         })
     return rows
+
+
+def _interval(d: dict[str, float] | None) -> str | None:
+    if not d or not np.isfinite(d["diff"]):
+        return None
+    return f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"

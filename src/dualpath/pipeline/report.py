@@ -190,7 +190,8 @@ def free_running_section(free: dict[str, Any]) -> list[str]:
     ]
     for row in free_running_rows(free):
         cells = [row["name"]] + [
-            "-" if row[k] is None else f"{row[k]:.1%}" if k in PERCENT_KEYS else f"{row[k]:.4f}"
+            "-" if row[k] is None else row[k] if isinstance(row[k], str)
+            else f"{row[k]:.1%}" if k in PERCENT_KEYS else f"{row[k]:.4f}"
             for k in list(FREE_RUNNING_COLUMNS)[1:]
         ]
         lines.append("| " + " | ".join(cells) + " |")
