@@ -25,7 +25,7 @@ TINY = replace(
 )
 SECTIONS = {
     "encode", "lvm_step", "tower", "decision", "generation", "search", "memory_bank", "training",
-    "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality",
+    "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality", "free_running_quality",
 }
 
 

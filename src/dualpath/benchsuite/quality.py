@@ -77,7 +77,7 @@ DUAL_PATH_COLUMNS = {
 }
 
 
-def free_running_sections(results: dict[str, Any], corpus: str) -> dict[str, Section]:
+def free_running_sections(results: dict[str, Any], corpus: str, key: str) -> dict[str, Section]:
     """The free-running table of one `measure` result (lanes and baselines, what a reader sees)."""
     free = results["generation"].get("free_running") or {}
     if not free.get("lanes"):
@@ -87,5 +87,5 @@ def free_running_sections(results: dict[str, Any], corpus: str) -> dict[str, Sec
         f"of {corpus}, {free['steps']} steps each, every step fed back and rendered as text; baselines of the same "
         "run: LVM-only, bank-only, random-<lane> (the lane's shares, decided by chance), kNN continuation."
     )
-    return {f"free_running_{corpus}": Section(f"Quality: free-running on {corpus}", note, FREE_RUNNING_COLUMNS,
+    return {key: Section(f"Quality: free-running on {corpus}", note, FREE_RUNNING_COLUMNS,
                                               free_running_rows(free))}

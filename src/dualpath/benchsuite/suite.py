@@ -337,7 +337,7 @@ class _Sections:
                 "concept around the output; free-running: mean cos over generated steps of held-out documents. "
                 "Baselines: LVM-only and bank-only (the same code with extreme thresholds).",
                 quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
-            **quality.free_running_sections(r, self.bank.path.name),
+            **quality.free_running_sections(r, f"the bank {self.bank.path.name}", "free_running_quality"),
         }
 
     def second_corpus(self) -> dict[str, Section]:
@@ -359,7 +359,7 @@ class _Sections:
                 f"Quality: dual path on {source}", f"Teacher-forced on {r['generation']['pairs']:,} held-out pairs "
                 f"of the {source} bank ({r['bank']['count']:,} concepts).",
                 quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
-            **quality.free_running_sections(r, source),
+            **quality.free_running_sections(r, source, f"free_running_quality_{source}"),
         }
 
 
