@@ -337,7 +337,8 @@ class _Sections:
                 "concept around the output; free-running: mean cos over generated steps of held-out documents. "
                 "Baselines: LVM-only and bank-only (the same code with extreme thresholds).",
                 quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
-            **quality.free_running_sections(r, f"the bank {self.bank.path.name}", "free_running_quality"),
+            **quality.free_running_sections(r, f"the benchmark bank ({len(self.bank):,} concepts)",
+                                            "free_running_quality"),
         }
 
     def second_corpus(self) -> dict[str, Section]:
