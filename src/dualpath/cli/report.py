@@ -68,6 +68,14 @@ def demo_command(
                 mark = "≈ " if step.approximate else ""
                 style = DECISION_STYLE.get(d, "white")
                 console.print(f"  [{style}]{d:<14}[/] c={c} α={r.alpha:.2f}  {mark}{step.text}", highlight=False)
+        everything = [step for steps_done in lanes.values() for step in steps_done]
+        if everything and all(step.record.decision.value == "NOVEL" for step in everything):
+            # Identical lanes look like a bug to a reader; say why they are identical.
+            console.print(
+                "[dim]Every step of every lane stayed NOVEL: c (the best cosine of the LVM's vector to the bank) "
+                "stayed below every lane's τ_novel, so the bank holds nothing close enough to ground on and each "
+                "lane keeps the LVM's vectors. ≈ marks the nearest bank sentence shown for a novel vector.[/]"
+            )
     console.rule()
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
     console.print(f"bank:   [bold]{result.bank}[/]")
