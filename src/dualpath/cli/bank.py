@@ -103,11 +103,13 @@ def info_command(
     full_check: bool = typer.Option(False, "--full-check", help="Hash every file in full, not just head and tail."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and counts as JSON."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Verify a bank and show what it holds."""
     from dualpath.bank import ConceptBank
 
-    cfg = load_config(None, bank={"milvus_uri": milvus_uri})
+    # --config too, as every command: its bank section may say where a Milvus-backed bank's index lives.
+    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
     with ConceptBank.open(bank_dir, cfg, verify="full" if full_check else "quick") as bank:
         summary = {**_summary(bank), "domains": {str(k): v for k, v in bank.domains().items()}}
         manifest = bank.manifest

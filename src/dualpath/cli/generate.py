@@ -19,6 +19,11 @@ from dualpath.cli.common import (
     print_json,
 )
 from dualpath.cli.groups import eval_app
+from dualpath.config import DeciderConfig, GenerationConfig
+
+# Options whose default lives in the config (a --config file may change it) default to None here, so
+# typer shows no default of its own: the help states the config's, which tests/test_docs.py checks.
+GEN = GenerationConfig()
 
 console = make_console()
 DECISION_STYLE = {"SNAP": "green", "BLEND": "cyan", "NOVEL": "yellow", "NOVEL_DUP_DROP": "magenta"}
@@ -32,15 +37,25 @@ def register(app: typer.Typer) -> None:
 def generate_command(
     prompt: str = typer.Argument(..., help="Prompt text (one or more sentences)."),
     bank: Path = BANK_OPTION,
-    steps: int | None = typer.Option(None, "--steps", "-n", help="Concepts to generate."),
-    lane: str | None = typer.Option(None, "--lane", "-l", help="Lane (conservative, neutral, creative, legal, ...)."),
+    steps: int | None = typer.Option(None, "--steps", "-n", help=f"Concepts to generate. \\[default: {GEN.steps}]"),
+    lane: str | None = typer.Option(
+        None, "--lane", "-l",
+        help=f"Lane (conservative, neutral, creative, legal, yours). \\[default: {DeciderConfig().default_lane}]",
+    ),
     lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML, merged over the shipped lanes."),
     temperature: float | None = typer.Option(
-        None, "--temperature", "-t", help="Sample n* among the shortlist at this temperature (default 0: greedy)."
+        None, "--temperature", "-t",
+        help=f"Sample n* among the shortlist at this temperature (0: greedy). \\[default: {GEN.temperature:g}]",
     ),
-    top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k best candidates only (0: all)."),
-    top_p: float | None = typer.Option(None, "--top-p", help="Sample within this share of the weight (nucleus)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the sampling draws: the same seed repeats a run."),
+    top_k: int | None = typer.Option(
+        None, "--top-k", help=f"Sample among the k best candidates only (0: all). \\[default: {GEN.top_k}]"
+    ),
+    top_p: float | None = typer.Option(
+        None, "--top-p", help=f"Sample within this share of the weight (nucleus). \\[default: {GEN.top_p:g}]"
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help=f"Seed of the sampling draws: the same seed repeats a run. \\[default: {GEN.seed}]"
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per step (telemetry + text)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
