@@ -125,7 +125,7 @@ def calibrate_command(
     from dualpath.pipeline.generator import Generator
 
     cfg = load_config(config, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
-    generator = Generator.from_bank(open_bank(bank, cfg), cfg)
+    generator = Generator.from_bank(open_bank(bank, cfg), cfg, calibrating=True)
     result = calibrate_bank(
         generator.bank, generator.lvm, generator.tower, cfg, max_pairs=max_pairs, generator=generator,
         free_docs=free_docs,
@@ -151,7 +151,11 @@ def calibrate_command(
 @eval_app.command("generation")
 def eval_generation_command(
     bank: Path = BANK_OPTION,
-    lanes: list[str] | None = typer.Option(None, "--lanes", help="Lanes to evaluate (default: all)."),
+    lanes: list[str] | None = typer.Option(
+        None, "--lanes",
+        help="Lanes to evaluate, repeatable: a name, or a lanes YAML (.yaml/.yml) whose lanes are added and evaluated. "
+        "\\[default: all but reference-*]",
+    ),
     max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs (teacher-forced)."),
     free_docs: int = typer.Option(
         200, "--free-docs", min=0, help="Held-out documents for the free-running test (0: teacher-forced only)."
@@ -162,12 +166,21 @@ def eval_generation_command(
 ) -> None:
     """Decision mix and output quality per lane, against LVM-only and bank-only, on held-out documents."""
     from dualpath.decider import get_lane
+    from dualpath.pipeline.calibrated_lanes import user_lane_definitions
     from dualpath.pipeline.evaluate import evaluate_generation
     from dualpath.pipeline.generator import Generator
 
-    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
+    # `--lanes` selects lanes by name, as it always did; a YAML file among them adds its lanes the way
+    # `--lanes FILE` does for generate and calibrate, so a lane is added the same way everywhere.
+    files = [value for value in lanes or [] if value.endswith((".yaml", ".yml"))]
+    if len(files) > 1:
+        raise typer.BadParameter("give at most one lanes file", param_hint="'--lanes'")
+    lanes_file = Path(files[0]) if files else None
+    cfg = load_config(config, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
-    names = lanes or [n for n in generator.lanes if not n.startswith("reference-")]
+    names = [value for value in lanes or [] if value not in files]
+    names += [name for name in user_lane_definitions(lanes_file) if name not in names]
+    names = names or [n for n in generator.lanes if not n.startswith("reference-")]
     chosen = {name: get_lane(generator.lanes, name) for name in names}
     result = evaluate_generation(
         generator.bank, generator.lvm, generator.tower, chosen, cfg, max_pairs=max_pairs, free_docs=free_docs,

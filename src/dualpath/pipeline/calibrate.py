@@ -26,11 +26,11 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
-from dualpath.decider import Lane, calibrate_lane, load_lanes
+from dualpath.decider import Lane, calibrate_lane
 from dualpath.locking import write_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.calibrated_lanes import write_calibration
+from dualpath.pipeline.calibrated_lanes import known_lanes, stored_lane_definitions, write_calibration
 from dualpath.pipeline.evaluate import heldout_pairs, teacher_forced
 from dualpath.pipeline.free_running import generator_streams, heldout_prompts
 
@@ -150,7 +150,10 @@ def calibrate_bank(
     generator: Generator | None = None,
     free_docs: int = FREE_DOCS,
 ) -> dict[str, Any]:
-    """Calibrate every lane with target shares (shipped + cfg's lanes file) and store them in the bank.
+    """Calibrate every lane with target shares and store them in the bank.
+
+    The lanes: shipped, those an earlier calibration stored (`custom_lanes`), and cfg's lanes file,
+    whose lanes are stored too (docs/decider.md, "Your own lanes").
 
     With a `generator` (of this bank) and `free_docs` > 0, the thresholds come from free-running
     streams (see the module docstring); the teacher-forced measurement is kept beside them.
@@ -170,7 +173,11 @@ def _calibrate_bank(
     generator: Generator | None,
     free_docs: int,
 ) -> dict[str, Any]:
-    calibrated, measured = calibrate_lanes(bank, lvm, tower, load_lanes(cfg.decider.lanes_file), cfg, max_pairs)
+    # Every lane the bank knows (shipped, stored by an earlier calibration, the config's lanes file),
+    # as defined, not as last calibrated: thresholds come from the shares alone.
+    lanes = known_lanes(bank.path, cfg.decider.lanes_file)
+    custom = stored_lane_definitions(bank.path, cfg.decider.lanes_file)
+    calibrated, measured = calibrate_lanes(bank, lvm, tower, lanes, cfg, max_pairs)
     if generator is not None and free_docs > 0:
         calibrated, free = calibrate_free_running(generator, calibrated, free_docs)
         if free["free_running_steps"] >= MIN_FREE_STEPS:
@@ -186,6 +193,8 @@ def _calibrate_bank(
             }
             for name, lane in calibrated.items()
         },
+        # The lanes files given so far, kept in the bank so later commands know these lanes without them.
+        "custom_lanes": custom,
     }
     write_calibration(bank.path, calibration)
     return calibration
