@@ -26,7 +26,9 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
+from dualpath.corpus.pairs import MIN_HELDOUT_PAIRS
 from dualpath.decider import Lane, calibrate_lane
+from dualpath.errors import CorpusError
 from dualpath.locking import write_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
@@ -75,8 +77,11 @@ def calibrate_lanes(
         raise ValueError("no lane states target shares; nothing to calibrate")
     depth = max(lane.k for lane in targets.values())
     pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs)
-    if len(pairs) < 20:
-        raise ValueError(f"only {len(pairs)} held-out pairs: too few to calibrate (add documents)")
+    if len(pairs) < MIN_HELDOUT_PAIRS:
+        raise CorpusError(
+            f"only {len(pairs)} held-out pairs: calibration needs {MIN_HELDOUT_PAIRS}; add documents, or set "
+            "split.heldout_fraction higher in --config and retrain both models"
+        )
     rows = teacher_forced(bank, lvm, tower, pairs, depth)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     calibrated: dict[str, Lane] = {}
@@ -182,6 +187,11 @@ def _calibrate_bank(
         calibrated, free = calibrate_free_running(generator, calibrated, free_docs)
         if free["free_running_steps"] >= MIN_FREE_STEPS:
             measured = {**measured, **free, "basis": "free-running"}
+        else:
+            log.info(
+                "free-running streams gave %d c values, fewer than %d: the teacher-forced thresholds stay "
+                "(more held-out documents give more)", free["free_running_steps"], MIN_FREE_STEPS,
+            )
     calibration = {
         **measured,
         "lanes": {
