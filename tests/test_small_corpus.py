@@ -2,7 +2,8 @@
 
 30 short Markdown notes in three folders: build → train lvm → train retriever → calibrate → generate
 → eval generation → report, each step in a subprocess, none with a traceback, each producing its
-output. The held-out share adapts to the corpus (0.1 would hold out ~14 pairs, too few to calibrate).
+output. The held-out share adapts to the corpus: with the split seed the flow uses, 10 % of these
+notes hold out 13 pairs (the issue's own 32 notes held out 14), too few to calibrate on.
 """
 
 from __future__ import annotations
@@ -30,35 +31,39 @@ def test_thirty_notes_go_end_to_end(tmp_path: Path) -> None:
     start = time.monotonic()
     notes = write_notes(tmp_path / "notes")
     bank = tmp_path / "bank"
+    # A user's config that sets the split's seed, not its share: at seed 3, 0.1 holds out 13 pairs.
+    config = tmp_path / "dualpath.yaml"
+    config.write_text("split: {seed: 3}\n", encoding="utf-8")
+    cfg = ("--config", str(config))
 
-    out, _ = step("bank", "build", str(notes), "--out", str(bank), "--json")
+    out, _ = step("bank", "build", str(notes), "--out", str(bank), "--json", *cfg)
     built = json.loads(out)
     assert built["documents"] == 30 and (bank / "manifest.json").is_file(), built
 
-    out, err = step("train", "lvm", "--bank", str(bank), "--epochs", "2")
+    out, err = step("train", "lvm", "--bank", str(bank), "--epochs", "2", *cfg)
     assert (bank / "models" / "lvm").is_dir()
-    assert "held-out pairs" in err and "share 0." in err, err  # the share used for this corpus is said
+    assert "held-out share 0.25 instead of 0.10" in err, err  # the share chosen for this corpus is said
     epoch_lines = [line for line in (out + err).splitlines() if "epoch 1/2" in line]
     assert len(epoch_lines) == 1, out + err  # each epoch is printed once
 
-    step("train", "retriever", "--bank", str(bank), "--epochs", "2")
+    step("train", "retriever", "--bank", str(bank), "--epochs", "2", *cfg)
     assert (bank / "models" / "tower").is_dir()
 
-    out, err = step("calibrate", "--bank", str(bank), "--json")
+    out, err = step("calibrate", "--bank", str(bank), "--json", *cfg)
     calibration = json.loads(out)
     assert calibration["pairs"] >= 20 and (bank / "calibration.json").is_file()
     assert "uncalibrated" not in err, err
 
-    out, _ = step("generate", "--bank", str(bank), "--json", "-n", "3", "Mars is the fourth planet from the Sun.")
+    out, _ = step("generate", "--bank", str(bank), "--json", "-n", "3", *cfg, "Mars is the fourth planet from the Sun.")
     records = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert len(records) == 3 and all(r["text"] for r in records), records
     assert all("Mars is the fourth planet" not in r["text"] for r in records)  # never the prompt itself
 
-    out, _ = step("eval", "generation", "--bank", str(bank), "--json")
+    out, _ = step("eval", "generation", "--bank", str(bank), "--json", *cfg)
     result = json.loads(out)
     assert result["pairs"] >= 20 and {"neutral", "lvm-only", "bank-only"} <= set(result["lanes"])
 
-    step("report", "--bank", str(bank), "--out", str(tmp_path / "report"))
+    step("report", "--bank", str(bank), "--out", str(tmp_path / "report"), *cfg)
     assert (tmp_path / "report" / "report.md").is_file()
     assert time.monotonic() - start < 180  # ~60-90 s on an idle 2-core machine
 
