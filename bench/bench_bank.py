@@ -177,6 +177,8 @@ def main() -> None:
     unknown = set(kinds) - set(KINDS)
     if unknown:
         parser.error(f"unknown kinds {sorted(unknown)}; choose from {', '.join(KINDS)}")
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)  # a new --workdir is created, not an error
     with tempfile.TemporaryDirectory(prefix="bench_bank.", dir=args.workdir) as tmp:
         workdir = Path(tmp)
         build = bench_build(workdir, args.wiki_docs) if args.wiki_docs else None

@@ -2,9 +2,10 @@
 
     python examples/custom_lane.py BANK_DIR
 
-BANK_DIR is a bank with trained models (e.g. `demo-output/bank` after `make demo`, or the
-workdir of examples/generate_in_python.py). The lane is stated as target shares of
-SNAP / BLEND / NOVEL; calibration turns them into thresholds in this bank's embedding space.
+BANK_DIR is a bank with trained models (e.g. `demo-output/bank` after `make demo`, or
+WORKDIR/bank after `python examples/generate_in_python.py WORKDIR`; WORKDIR itself works too).
+The lane is stated as target shares of SNAP / BLEND / NOVEL; calibration turns them into
+thresholds in this bank's embedding space.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ def main() -> None:
     lanes_file = Path(tempfile.mkdtemp()) / "my-lanes.yaml"
     lanes_file.write_text(LANES_YAML)
     cfg = DualPathConfig.from_dict({"decider": {"lanes_file": str(lanes_file)}})
-    bank = ConceptBank.open(sys.argv[1], cfg)
+    path = Path(sys.argv[1])
+    # generate_in_python.py writes its bank to WORKDIR/bank: accept the folder a user just used there.
+    if not (path / "manifest.json").exists() and (path / "bank" / "manifest.json").exists():
+        path = path / "bank"
+    bank = ConceptBank.open(path, cfg)
     generator = Generator.from_bank(bank, cfg)
 
     # Calibrate the user's lanes in memory (`dualpath calibrate --lanes FILE` would store them in the bank).

@@ -201,8 +201,10 @@ def test_cli_trains_and_evaluates(wiki_bank, tmp_path: Path, capsys: pytest.Capt
     config = write_config(tmp_path)
     main(["train", "lvm", "--bank", str(wiki_bank.path), "--out", str(out), "--epochs", "1",
           "--arch", "lstm", "--context", "3", "--seed", "3", "--config", str(config)])  # fmt: skip
-    printed = capsys.readouterr().out
-    assert "epoch 1/1" in printed and "saved to" in printed
+    captured = capsys.readouterr()
+    # Each epoch is one log line (stderr); the result is printed (stdout).
+    assert "epoch 1/1" in captured.err and "saved to" in captured.out
+    assert "epoch 1/1" not in captured.out  # printed once, not also by the CLI
     assert json.loads((out / LAST / "config.json").read_text())["arch"] == "lstm"
 
     main(["eval", "lvm", "--bank", str(wiki_bank.path), "--model", str(out), "--json"])
@@ -231,7 +233,7 @@ def test_cli_resume_continues_a_run(wiki_bank, tmp_path: Path, capsys: pytest.Ca
     common = ["train", "lvm", "--bank", str(wiki_bank.path), "--out", str(out), "--config", str(config)]
     main([*common, "--epochs", "1"])
     main([*common, "--epochs", "2", "--resume"])
-    printed = capsys.readouterr().out
+    printed = capsys.readouterr().err  # the epochs' log lines
     assert "epoch 2/2" in printed and printed.count("epoch 1/") == 1
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
 

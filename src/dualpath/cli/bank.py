@@ -42,7 +42,9 @@ def build_command(
         None, "--index", help="auto | flat | ivf | hnsw | a FAISS factory string (faiss) or Milvus index type (milvus)."
     ),
     dtype: str | None = typer.Option(None, "--dtype", help="Stored vector precision: float16 | float32."),
-    limit_docs: int | None = typer.Option(None, "--limit-docs", help="Use only the first N documents."),
+    limit_docs: int | None = typer.Option(
+        None, "--limit-docs", help="Use only the first N documents, in source order (wiki-sample is grouped by topic)."
+    ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed lines/files instead of stopping."),
     backend: str | None = BACKEND_OPTION,
     milvus_uri: str | None = MILVUS_URI_OPTION,
@@ -79,7 +81,9 @@ def build_command(
 def add_command(
     bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
     source: str = typer.Argument(..., help=SOURCE_HELP),
-    limit_docs: int | None = typer.Option(None, "--limit-docs", help="Use only the first N documents."),
+    limit_docs: int | None = typer.Option(
+        None, "--limit-docs", help="Use only the first N documents, in source order (wiki-sample is grouped by topic)."
+    ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed lines/files instead of stopping."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -103,11 +107,13 @@ def info_command(
     full_check: bool = typer.Option(False, "--full-check", help="Hash every file in full, not just head and tail."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the manifest and counts as JSON."),
+    config: Path | None = CONFIG_OPTION,
 ) -> None:
     """Verify a bank and show what it holds."""
     from dualpath.bank import ConceptBank
 
-    cfg = load_config(None, bank={"milvus_uri": milvus_uri})
+    # --config too, as every command: its bank section may say where a Milvus-backed bank's index lives.
+    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
     with ConceptBank.open(bank_dir, cfg, verify="full" if full_check else "quick") as bank:
         summary = {**_summary(bank), "domains": {str(k): v for k, v in bank.domains().items()}}
         manifest = bank.manifest

@@ -38,9 +38,13 @@ def make_console(stderr: bool = False) -> Console:
 def load_config(config: Path | None, **sections: dict[str, Any]) -> DualPathConfig:
     """The config file with command-line values (None = not given) laid over the named sections."""
     cfg = DualPathConfig.from_yaml(config)
-    data = cfg.to_dict()
+    # Only what the file stated: a field left at its default stays "not set", which some defaults
+    # depend on (the held-out share adapts to the corpus unless set; corpus.pairs.resolve_split).
+    data = cfg.model_dump(mode="json", exclude_unset=True)
     for section, values in sections.items():
-        data[section].update({k: v for k, v in values.items() if v is not None})
+        given = {k: v for k, v in values.items() if v is not None}
+        if given:
+            data.setdefault(section, {}).update(given)
     return DualPathConfig.from_dict(data, source="command line")
 
 

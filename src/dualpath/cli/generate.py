@@ -19,6 +19,11 @@ from dualpath.cli.common import (
     print_json,
 )
 from dualpath.cli.groups import eval_app
+from dualpath.config import DeciderConfig, GenerationConfig
+
+# Options whose default lives in the config (a --config file may change it) default to None here, so
+# typer shows no default of its own: the help states the config's, which tests/test_docs.py checks.
+GEN = GenerationConfig()
 
 console = make_console()
 DECISION_STYLE = {"SNAP": "green", "BLEND": "cyan", "NOVEL": "yellow", "NOVEL_DUP_DROP": "magenta"}
@@ -32,15 +37,25 @@ def register(app: typer.Typer) -> None:
 def generate_command(
     prompt: str = typer.Argument(..., help="Prompt text (one or more sentences)."),
     bank: Path = BANK_OPTION,
-    steps: int | None = typer.Option(None, "--steps", "-n", help="Concepts to generate."),
-    lane: str | None = typer.Option(None, "--lane", "-l", help="Lane (conservative, neutral, creative, legal, ...)."),
+    steps: int | None = typer.Option(None, "--steps", "-n", help=f"Concepts to generate. \\[default: {GEN.steps}]"),
+    lane: str | None = typer.Option(
+        None, "--lane", "-l",
+        help=f"Lane (conservative, neutral, creative, legal, yours). \\[default: {DeciderConfig().default_lane}]",
+    ),
     lanes_file: Path | None = typer.Option(None, "--lanes", help="Your lanes YAML, merged over the shipped lanes."),
     temperature: float | None = typer.Option(
-        None, "--temperature", "-t", help="Sample n* among the shortlist at this temperature (default 0: greedy)."
+        None, "--temperature", "-t",
+        help=f"Sample n* among the shortlist at this temperature (0: greedy). \\[default: {GEN.temperature:g}]",
     ),
-    top_k: int | None = typer.Option(None, "--top-k", help="Sample among the k best candidates only (0: all)."),
-    top_p: float | None = typer.Option(None, "--top-p", help="Sample within this share of the weight (nucleus)."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed of the sampling draws: the same seed repeats a run."),
+    top_k: int | None = typer.Option(
+        None, "--top-k", help=f"Sample among the k best candidates only (0: all). \\[default: {GEN.top_k}]"
+    ),
+    top_p: float | None = typer.Option(
+        None, "--top-p", help=f"Sample within this share of the weight (nucleus). \\[default: {GEN.top_p:g}]"
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help=f"Seed of the sampling draws: the same seed repeats a run. \\[default: {GEN.seed}]"
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per step (telemetry + text)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -110,7 +125,7 @@ def calibrate_command(
     from dualpath.pipeline.generator import Generator
 
     cfg = load_config(config, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
-    generator = Generator.from_bank(open_bank(bank, cfg), cfg)
+    generator = Generator.from_bank(open_bank(bank, cfg), cfg, calibrating=True)
     result = calibrate_bank(
         generator.bank, generator.lvm, generator.tower, cfg, max_pairs=max_pairs, generator=generator,
         free_docs=free_docs,
@@ -136,7 +151,11 @@ def calibrate_command(
 @eval_app.command("generation")
 def eval_generation_command(
     bank: Path = BANK_OPTION,
-    lanes: list[str] | None = typer.Option(None, "--lanes", help="Lanes to evaluate (default: all)."),
+    lanes: list[str] | None = typer.Option(
+        None, "--lanes",
+        help="Lanes to evaluate, repeatable: a name, or a lanes YAML (.yaml/.yml) whose lanes are added and evaluated. "
+        "\\[default: all but reference-*]",
+    ),
     max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs (teacher-forced)."),
     free_docs: int = typer.Option(
         200, "--free-docs", min=0, help="Held-out documents for the free-running test (0: teacher-forced only)."
@@ -147,12 +166,21 @@ def eval_generation_command(
 ) -> None:
     """Decision mix and output quality per lane, against LVM-only and bank-only, on held-out documents."""
     from dualpath.decider import get_lane
+    from dualpath.pipeline.calibrated_lanes import user_lane_definitions
     from dualpath.pipeline.evaluate import evaluate_generation
     from dualpath.pipeline.generator import Generator
 
-    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
+    # `--lanes` selects lanes by name, as it always did; a YAML file among them adds its lanes the way
+    # `--lanes FILE` does for generate and calibrate, so a lane is added the same way everywhere.
+    files = [value for value in lanes or [] if value.endswith((".yaml", ".yml"))]
+    if len(files) > 1:
+        raise typer.BadParameter("give at most one lanes file", param_hint="'--lanes'")
+    lanes_file = Path(files[0]) if files else None
+    cfg = load_config(config, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
-    names = lanes or [n for n in generator.lanes if not n.startswith("reference-")]
+    names = [value for value in lanes or [] if value not in files]
+    names += [name for name in user_lane_definitions(lanes_file) if name not in names]
+    names = names or [n for n in generator.lanes if not n.startswith("reference-")]
     chosen = {name: get_lane(generator.lanes, name) for name in names}
     result = evaluate_generation(
         generator.bank, generator.lvm, generator.tower, chosen, cfg, max_pairs=max_pairs, free_docs=free_docs,

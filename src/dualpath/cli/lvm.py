@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.table import Table
@@ -71,15 +70,9 @@ def train_lvm_command(
     cfg, concept_bank = config_and_bank(bank, config, milvus_uri, lvm=lvm, split={"context": context})
     out_dir = out if out is not None else lvm_dir(concept_bank.path)
 
-    def show(report: Any) -> None:
-        metrics = "  ".join(f"{k} {v:.4f}" for k, v in report.metrics.items())
-        best = " [bold green](best)[/]" if report.best else ""
-        console.print(
-            f"epoch {report.epoch}/{cfg.lvm.epochs}  loss {report.train_loss:.4f}  {metrics}  "
-            f"{report.seconds:.0f} s{best}"
-        )
-
-    result = train_lvm(concept_bank, cfg, out_dir, resume=resume, on_epoch=show)
+    # Each epoch's line is the training loop's log line (stderr, and --log-file): printing it here too
+    # showed every epoch twice.
+    result = train_lvm(concept_bank, cfg, out_dir, resume=resume)
     best = result.best
     where = f"best epoch {best.epoch}, {SELECT_METRIC} {best.metrics[SELECT_METRIC]:.4f}" if best else "no best epoch"
     console.print(f"LVM ({cfg.lvm.arch}) saved to {out_dir} ({where})")

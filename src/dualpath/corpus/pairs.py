@@ -8,6 +8,7 @@ towers and every evaluation draw their pairs from the one place.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,14 @@ import numpy as np
 from dualpath.config import SplitConfig
 
 PAD = -1
+
+log = logging.getLogger(__name__)
+
+# Held-out pairs below which calibration cannot set a lane's thresholds (pipeline/calibrate.py).
+MIN_HELDOUT_PAIRS = 20
+# The largest held-out share chosen on the user's behalf: beyond it training loses too much data.
+MAX_AUTO_FRACTION = 0.3
+AUTO_FRACTION_STEP = 0.05
 
 
 def heldout_documents(doc_ids: Sequence[str], fraction: float, seed: int = 0) -> set[str]:
@@ -118,10 +127,53 @@ def split_pairs(
     )
 
 
+def heldout_pair_count(documents: Mapping[str, np.ndarray], fraction: float, seed: int = 0) -> int:
+    """Pairs (min context 1) in the documents held out at `fraction`."""
+    held = heldout_documents(tuple(documents), fraction, seed)
+    return sum(max(0, len(documents[d]) - 1) for d in held)
+
+
+def auto_heldout_fraction(documents: Mapping[str, np.ndarray], start: float, seed: int = 0) -> float:
+    """The smallest share from `start` up to MAX_AUTO_FRACTION (in steps of 0.05) holding out
+    MIN_HELDOUT_PAIRS pairs; MAX_AUTO_FRACTION when none does."""
+    fraction = start
+    while fraction < MAX_AUTO_FRACTION and heldout_pair_count(documents, fraction, seed) < MIN_HELDOUT_PAIRS:
+        fraction = min(MAX_AUTO_FRACTION, round(fraction + AUTO_FRACTION_STEP, 2))
+    return fraction
+
+
+def resolve_split(split: SplitConfig, documents: Mapping[str, np.ndarray]) -> SplitConfig:
+    """`split` with its held-out share fixed for this corpus.
+
+    A share the user set (config file, `--config`, a model's saved split) is kept as is. Otherwise the
+    default 0.1 is raised, up to 0.3, until the held-out documents give MIN_HELDOUT_PAIRS pairs: a corpus
+    of 30 short notes holds out 3 documents at 0.1, about 14 pairs, too few to calibrate on. Deterministic
+    (the split hashes document ids), so the LVM and the tower trained on one bank choose the same share.
+    """
+    if "heldout_fraction" in split.model_fields_set:
+        return split
+    fraction = auto_heldout_fraction(documents, split.heldout_fraction, split.seed)
+    if fraction != split.heldout_fraction:
+        pairs = heldout_pair_count(documents, fraction, split.seed)
+        log.info(
+            "held-out share %.2f instead of %.2f for %d documents: %d held-out pairs "
+            "(set split.heldout_fraction in --config to choose it)",
+            fraction, split.heldout_fraction, len(documents), pairs,
+        )
+        if pairs < MIN_HELDOUT_PAIRS:
+            log.warning(
+                "only %d held-out pairs at the largest automatic share %.2f: `dualpath calibrate` needs %d; "
+                "add documents", pairs, fraction, MIN_HELDOUT_PAIRS,
+            )
+    return split.model_copy(update={"heldout_fraction": fraction})
+
+
 def split_from_config(
     documents: Mapping[str, np.ndarray], split: SplitConfig, context: int | None = None
 ) -> PairSplit:
-    """`split_pairs` with the held-out fraction and seed of `split` (and its context unless given)."""
+    """`split_pairs` with the held-out fraction (see `resolve_split`) and seed of `split`, and its context
+    unless given."""
+    split = resolve_split(split, documents)
     return split_pairs(documents, split.context if context is None else context, split.heldout_fraction, split.seed)
 
 

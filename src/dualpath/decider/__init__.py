@@ -29,10 +29,14 @@ from dualpath.decider.miners import MinerResult, SearchIndex, SyncMiner, Threade
 from dualpath.decider.schedules import SCHEDULES, continuous_alpha, get_schedule, reference_alpha
 from dualpath.decider.telemetry import RecentRecords, TelemetrySink, read_records, summarize
 
+# Re-exported so the error the decider raises can be caught from where the decider is imported.
+from dualpath.errors import DeciderError
+
 __all__ = [
     "GREEDY",
     "NEAR_DUP_COSINE",
     "SCHEDULES",
+    "DeciderError",
     "Decision",
     "DecisionRecord",
     "DualPathDecoder",

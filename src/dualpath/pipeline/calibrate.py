@@ -26,11 +26,13 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
-from dualpath.decider import Lane, calibrate_lane, load_lanes
+from dualpath.corpus.pairs import MIN_HELDOUT_PAIRS
+from dualpath.decider import Lane, calibrate_lane
+from dualpath.errors import CorpusError
 from dualpath.locking import write_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.calibrated_lanes import write_calibration
+from dualpath.pipeline.calibrated_lanes import known_lanes, stored_lane_definitions, write_calibration
 from dualpath.pipeline.evaluate import heldout_pairs, teacher_forced
 from dualpath.pipeline.free_running import generator_streams, heldout_prompts
 
@@ -75,8 +77,11 @@ def calibrate_lanes(
         raise ValueError("no lane states target shares; nothing to calibrate")
     depth = max(lane.k for lane in targets.values())
     pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs)
-    if len(pairs) < 20:
-        raise ValueError(f"only {len(pairs)} held-out pairs: too few to calibrate (add documents)")
+    if len(pairs) < MIN_HELDOUT_PAIRS:
+        raise CorpusError(
+            f"only {len(pairs)} held-out pairs: calibration needs {MIN_HELDOUT_PAIRS}; add documents, or set "
+            "split.heldout_fraction higher in --config and retrain both models"
+        )
     rows = teacher_forced(bank, lvm, tower, pairs, depth)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     calibrated: dict[str, Lane] = {}
@@ -150,7 +155,10 @@ def calibrate_bank(
     generator: Generator | None = None,
     free_docs: int = FREE_DOCS,
 ) -> dict[str, Any]:
-    """Calibrate every lane with target shares (shipped + cfg's lanes file) and store them in the bank.
+    """Calibrate every lane with target shares and store them in the bank.
+
+    The lanes: shipped, those an earlier calibration stored (`custom_lanes`), and cfg's lanes file,
+    whose lanes are stored too (docs/decider.md, "Your own lanes").
 
     With a `generator` (of this bank) and `free_docs` > 0, the thresholds come from free-running
     streams (see the module docstring); the teacher-forced measurement is kept beside them.
@@ -170,11 +178,20 @@ def _calibrate_bank(
     generator: Generator | None,
     free_docs: int,
 ) -> dict[str, Any]:
-    calibrated, measured = calibrate_lanes(bank, lvm, tower, load_lanes(cfg.decider.lanes_file), cfg, max_pairs)
+    # Every lane the bank knows (shipped, stored by an earlier calibration, the config's lanes file),
+    # as defined, not as last calibrated: thresholds come from the shares alone.
+    lanes = known_lanes(bank.path, cfg.decider.lanes_file)
+    custom = stored_lane_definitions(bank.path, cfg.decider.lanes_file)
+    calibrated, measured = calibrate_lanes(bank, lvm, tower, lanes, cfg, max_pairs)
     if generator is not None and free_docs > 0:
         calibrated, free = calibrate_free_running(generator, calibrated, free_docs)
         if free["free_running_steps"] >= MIN_FREE_STEPS:
             measured = {**measured, **free, "basis": "free-running"}
+        else:
+            log.info(
+                "free-running streams gave %d c values, fewer than %d: the teacher-forced thresholds stay "
+                "(more held-out documents give more)", free["free_running_steps"], MIN_FREE_STEPS,
+            )
     calibration = {
         **measured,
         "lanes": {
@@ -186,6 +203,8 @@ def _calibrate_bank(
             }
             for name, lane in calibrated.items()
         },
+        # The lanes files given so far, kept in the bank so later commands know these lanes without them.
+        "custom_lanes": custom,
     }
     write_calibration(bank.path, calibration)
     return calibration

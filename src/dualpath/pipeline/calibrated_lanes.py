@@ -3,6 +3,11 @@
 Thresholds belong to an embedding space (docs/protocol.md), so `dualpath calibrate` stores per-lane
 thresholds measured on the bank's held-out documents in `BANK/calibration.json`; generation uses
 them by default and says so when a bank has none.
+
+Lanes of your own are added once: `dualpath calibrate --lanes FILE` (or `decider.lanes_file` in the
+config) stores the definitions of the lanes FILE adds or changes beside their thresholds
+(`custom_lanes`), so every later command on the bank (generate, eval generation, serve, report)
+knows them without the file.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from dualpath.fileio import write_json_atomic
 from dualpath.locking import write_lock
 
 log = logging.getLogger(__name__)
-
 
 
 def read_calibration(bank_path: str | Path) -> dict[str, Any] | None:
@@ -45,15 +49,52 @@ def write_calibration(bank_path: str | Path, calibration: dict[str, Any]) -> Pat
     return path
 
 
-def bank_lanes(bank: ConceptBank, user_file: str | Path | None = None) -> dict[str, Lane]:
-    """Shipped lanes, merged with `user_file`, with the bank's calibrated thresholds applied by name."""
-    lanes = load_lanes(user_file)
+def user_lane_definitions(user_file: str | Path | None) -> dict[str, dict[str, Any]]:
+    """The lanes `user_file` adds or changes, as whole definitions (JSON-safe), so a bank can keep them."""
+    if user_file is None:
+        return {}
+    shipped = load_lanes()
+    merged = load_lanes(user_file)
+    return {name: lane.model_dump(mode="json") for name, lane in merged.items() if shipped.get(name) != lane}
+
+
+def known_lanes(bank_path: str | Path, user_file: str | Path | None = None) -> dict[str, Lane]:
+    """Shipped lanes, the lanes the bank was calibrated with (`custom_lanes`), then `user_file` over both.
+
+    Definitions only: no calibrated thresholds applied (`bank_lanes` applies them).
+    """
+    lanes = load_lanes()
+    calibration = read_calibration(bank_path) or {}
+    stored = calibration.get("custom_lanes", {})
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{calibration_path(bank_path)} is corrupt (custom_lanes); rerun `dualpath calibrate`")
+    for name, definition in stored.items():
+        lanes[name] = make_lane(name, definition, f"{calibration_path(bank_path)}: custom_lanes")
+    # A file given now wins over what the bank stored: it is the user's latest word on the lane.
+    for name, definition in user_lane_definitions(user_file).items():
+        lanes[name] = make_lane(name, definition, str(user_file))
+    return lanes
+
+
+def stored_lane_definitions(bank_path: str | Path, user_file: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """What `custom_lanes` holds after a calibration with `user_file`: the bank's earlier ones, then the file's."""
+    stored = (read_calibration(bank_path) or {}).get("custom_lanes", {})
+    return {**(stored if isinstance(stored, dict) else {}), **user_lane_definitions(user_file)}
+
+
+def bank_lanes(bank: ConceptBank, user_file: str | Path | None = None, warn: bool = True) -> dict[str, Lane]:
+    """Known lanes (shipped, the bank's own, `user_file`) with the bank's calibrated thresholds applied by name.
+
+    `warn=False` silences the "uncalibrated" warning, for calibration itself.
+    """
+    lanes = known_lanes(bank.path, user_file)
     calibration = read_calibration(bank.path)
     if calibration is None:
-        log.warning(
-            "bank %s is uncalibrated: lane thresholds are defaults for all-MiniLM-L6-v2 "
-            "(run `dualpath calibrate --bank %s`)", bank.path, bank.path,
-        )
+        if warn:
+            log.warning(
+                "bank %s is uncalibrated: lane thresholds are defaults for all-MiniLM-L6-v2 "
+                "(run `dualpath calibrate --bank %s`)", bank.path, bank.path,
+            )
         return lanes
     for name, fields in calibration.get("lanes", {}).items():
         if name in lanes:

@@ -116,7 +116,7 @@ def run_demo(
         tower_key = {"split": cfg.split.model_dump(), "tower": cfg.tower.model_dump(mode="json"), "bank": bank_key}
         stage("tower", tower_key, (tower_dir(bank_dir) / BEST).is_dir(),
               lambda: train_retriever(bank, cfg, tower_dir(bank_dir)))
-        generator = Generator.from_bank(bank, cfg)
+        generator = Generator.from_bank(bank, cfg, calibrating=True)  # the next stage calibrates it if need be
         try:
             stage("calibrate", {"lanes": cfg.decider.model_dump(mode="json")},
                   read_calibration(bank_dir) is not None,

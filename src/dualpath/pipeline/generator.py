@@ -190,8 +190,13 @@ class Generator:
         lvm_dir: str | Path | None = None,
         tower_dir: str | Path | None = None,
         threaded: bool = False,
+        calibrating: bool = False,
     ) -> Generator:
-        """Open a bank and its models (`models/lvm`, `models/tower` inside it unless given)."""
+        """Open a bank and its models (`models/lvm`, `models/tower` inside it unless given).
+
+        `calibrating=True` for a generator opened to calibrate the bank: it does not warn that the bank
+        is uncalibrated.
+        """
         cfg = cfg or DualPathConfig()
         bank = bank if isinstance(bank, ConceptBank) else ConceptBank.open(bank, cfg)
         lvm_path = Path(lvm_dir) if lvm_dir else layout.lvm_dir(bank.path)
@@ -209,12 +214,12 @@ class Generator:
             log.warning("no trained query tower at %s: retrieval uses the LVM's vector as the query", tower_path)
         miner = ThreadedMiner(bank) if threaded else SyncMiner(bank)
         generator = cls(bank, lvm, tower, {}, cfg, miner=miner)
-        generator.apply_calibration()
+        generator.apply_calibration(warn=not calibrating)
         return generator
 
-    def apply_calibration(self) -> None:
+    def apply_calibration(self, warn: bool = True) -> None:
         """(Re)read the bank's calibration: each lane's thresholds and the near-duplicate cosine."""
-        self.lanes = bank_lanes(self.bank, self.cfg.decider.lanes_file)
+        self.lanes = bank_lanes(self.bank, self.cfg.decider.lanes_file, warn=warn)
         calibration = read_calibration(self.bank.path) or {}
         if "dup_threshold" in calibration:
             # Measured where "the same concept again" begins in this bank's embedding space.

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 
 from dualpath.bank.layout import lvm_dir
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, split_from_config
+from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context, resolve_split, split_from_config
+from dualpath.errors import CorpusError
 from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
 from dualpath.locking import models_lock
@@ -83,7 +84,10 @@ class LVMTrainingTask:
         search: SearchFn | None = None,
     ) -> None:
         if len(split.train) == 0:
-            raise ValueError("no training pairs: the bank's documents are all single concepts or held out")
+            raise CorpusError(
+                "no training pairs: the bank's documents are all single sentences or held out (add documents "
+                "of two or more sentences)"
+            )
         self.vectors = vectors
         self.split = split
         self.cfg = cfg
@@ -217,14 +221,18 @@ def _train_lvm(
     resume: bool,
     on_epoch: Callable[[EpochReport], None] | None,
 ) -> TrainingResult:
-    split = split_from_config(bank.documents(), cfg.split)
+    documents = bank.documents()
+    # The held-out share as chosen for this corpus, so the checkpoint records the split it was trained on.
+    cfg = cfg.model_copy(update={"split": resolve_split(cfg.split, documents)})
+    split = split_from_config(documents, cfg.split)
     log.info(
-        "LVM %s on %s: %d training pairs, %d held-out pairs (%d held-out documents), context %d",
+        "LVM %s on %s: %d training pairs, %d held-out pairs (%d held-out documents, share %.2f), context %d",
         cfg.lvm.arch,
         bank.path,
         len(split.train),
         len(split.heldout),
         len(split.heldout_docs),
+        cfg.split.heldout_fraction,
         cfg.split.context,
     )
     with torch_threads(cfg.lvm.threads):

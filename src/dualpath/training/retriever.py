@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import PAD, gather_context, split_from_config
+from dualpath.corpus.pairs import PAD, gather_context, resolve_split, split_from_config
 from dualpath.decider.miners import SearchIndex
 from dualpath.errors import CheckpointError, ConfigError
 from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_queries, relative_gain
@@ -88,6 +88,8 @@ class RetrieverTask:
         state_dir: str | Path,
     ) -> None:
         tc = cfg.tower
+        # The held-out share as chosen for this corpus (the LVM's, on the same bank), recorded in the checkpoint.
+        cfg = cfg.model_copy(update={"split": resolve_split(cfg.split, documents)})
         self.cfg = cfg
         self.vectors = vectors
         self.index = index
