@@ -61,7 +61,7 @@ def format_value(key: str, value: Any) -> str:
     v = float(value)
     if key.startswith("x_"):
         return f"{v:,.0f}×" if v >= 100 else f"{v:.2f}×" if v >= 0.1 else f"{v:.2g}×"
-    if key.endswith("_share"):
+    if key.endswith(("_share", "_rate")) or key in ("snap", "blend", "novel"):
         return f"{v:.1%}"
     if key.endswith("_ms"):
         return f"{v:.3f}" if v < 1 else f"{v:.2f}" if v < 100 else f"{v:,.0f}"
