@@ -208,3 +208,15 @@ def test_decisions_still_follow_c_under_the_no_repeat_rule(generator):
     novels = [s.record.c_pick for s in steps if s.record.decision is Decision.NOVEL and s.record.c_pick is not None]
     if snaps and novels:
         assert min(snaps) >= max(novels)
+
+
+def test_a_batch_mixes_prompt_lengths_and_lanes(generator):
+    prompts = [PROMPT, "Photosynthesis turns light into chemical energy.", generator.bank.vectors([0, 1, 2])]
+    lanes = ["conservative", "creative", "neutral"]
+    decoders = [generator.decoder(lane, seed=i) for i, lane in enumerate(lanes)]
+    batch = generator.generate_batch(prompts, 5, decoders=decoders)
+    for i, (prompt, lane) in enumerate(zip(prompts, lanes, strict=True)):
+        single = list(generator.generate(prompt, 5, lane, seed=i))
+        assert [s.record.lane for s in batch[i]] == [lane] * 5
+        assert [s.text_concept_id for s in single] == [s.text_concept_id for s in batch[i]]
+        assert [s.record.decision for s in single] == [s.record.decision for s in batch[i]]
