@@ -83,3 +83,44 @@ def trained_bank_path(wiki_bank_path, tmp_path_factory) -> Path:
     from trained_models import train_tiny_models
 
     return train_tiny_models(wiki_bank_path, tmp_path_factory.mktemp("trained") / "bank")
+
+
+# -- a real Milvus server (standalone, embedded by the PyPI package `milvus`), once per session ----------------
+
+MILVUS_SERVER_START_S = 120
+
+
+@pytest.fixture(scope="session")
+def milvus_server_uri(tmp_path_factory) -> str:
+    """`http://127.0.0.1:PORT` of a Milvus standalone server started for this test session.
+
+    The backend is reached through the same server URI path a user gives for a cluster. Where the
+    server cannot start (package missing, no Linux x86-64 build, port taken, too slow), tests that
+    need it skip with the reason; they never fail because of it.
+    """
+    import threading
+
+    try:
+        from milvus import default_server
+    except ImportError as err:
+        pytest.skip(f"Milvus server tests: the `milvus` package is not installed ({err})")
+    default_server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    failure: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            default_server.start()
+        except BaseException as err:  # any start failure means "skip", with its reason
+            failure.append(err)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    starter.join(MILVUS_SERVER_START_S)
+    if starter.is_alive() or failure or not default_server.running:
+        reason = failure[0] if failure else f"not up after {MILVUS_SERVER_START_S} s"
+        try:
+            default_server.stop()
+        finally:
+            pytest.skip(f"Milvus server tests: the server did not start ({reason})".splitlines()[0])
+    yield f"http://127.0.0.1:{default_server.listen_port}"
+    default_server.stop()

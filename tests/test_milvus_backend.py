@@ -1,7 +1,11 @@
-"""The Milvus index backend on Milvus Lite: exact parity with FAISS, domain filters, persistence, resume.
+"""The Milvus index backend on Milvus Lite and on a real Milvus server: exact parity with FAISS, domain
+filters, persistence, resume.
 
-One Milvus Lite database per module (starting one costs a fraction of a second, and each test's
-content gets its own collection, because collections are named by what they hold).
+Every test that takes `milvus_uri` runs twice: on one Milvus Lite database per module (starting one
+costs a fraction of a second) and on the Milvus standalone server the session starts (conftest's
+`milvus_server_uri`, reached through `http://127.0.0.1:PORT` as a cluster would be; skipped with the
+reason where it cannot start). Each test's content gets its own collection, because collections are
+named by what they hold.
 """
 
 from __future__ import annotations
@@ -42,8 +46,10 @@ def domains_for(n: int) -> list[str | None]:
     return [DOMAINS[i % len(DOMAINS)] for i in range(n)]
 
 
-@pytest.fixture(scope="module")
-def lite_uri(tmp_path_factory) -> str:
+@pytest.fixture(scope="module", params=["lite", "server"])
+def milvus_uri(request, tmp_path_factory) -> str:
+    if request.param == "server":
+        return request.getfixturevalue("milvus_server_uri")
     return str(tmp_path_factory.mktemp("milvus") / "bank.db")
 
 
@@ -76,11 +82,11 @@ def assert_same_top_k(ids_a, scores_a, ids_b, scores_b, tol: float = 1e-5) -> No
 
 
 @pytest.fixture(scope="module")
-def shared(lite_uri):
+def shared(milvus_uri):
     """A flat Milvus collection and a flat FAISS index over the same 2,000 clustered vectors (with ties)."""
     vectors = clustered_unit_vectors(2000, DIM, seed=0, duplicates=200)
     domains = domains_for(len(vectors))
-    milvus, _ = built(lite_uri, vectors, domains)
+    milvus, _ = built(milvus_uri, vectors, domains)
     yield vectors, domains, milvus, faiss_flat(vectors, domains)
     milvus.close()
 
@@ -120,9 +126,9 @@ def test_domain_filtered_search_is_exact_search_within_the_domain(shared, seed, 
     assert_same_top_k(ids, scores, *faiss_index.search(query, k, domain=domain))
 
 
-def test_fewer_hits_than_k_pad_with_minus_one(lite_uri):
+def test_fewer_hits_than_k_pad_with_minus_one(milvus_uri):
     vectors = clustered_unit_vectors(7, DIM, seed=3)
-    backend, _ = built(lite_uri, vectors, ["Arts", "Arts", "History", None, None, None, "History"])
+    backend, _ = built(milvus_uri, vectors, ["Arts", "Arts", "History", None, None, None, "History"])
     ids, scores = backend.search(vectors[:2], 5, domain="Arts")
     assert (ids[:, :2] >= 0).all() and (ids[:, 2:] == -1).all()
     assert np.isneginf(scores[:, 2:]).all()
@@ -131,14 +137,14 @@ def test_fewer_hits_than_k_pad_with_minus_one(lite_uri):
     backend.close()
 
 
-def test_add_delete_and_reopen_persist(lite_uri):
+def test_add_delete_and_reopen_persist(milvus_uri):
     vectors = clustered_unit_vectors(600, DIM, seed=4)
     domains = domains_for(600)
-    first, described = built(lite_uri, vectors[:500], domains[:500])
+    first, described = built(milvus_uri, vectors[:500], domains[:500])
     before = first.search(vectors[:10], 10)
     first.close()
 
-    reopened = MilvusBackend.load(Path("bank"), DIM, milvus_cfg(lite_uri), described)
+    reopened = MilvusBackend.load(Path("bank"), DIM, milvus_cfg(milvus_uri), described)
     assert reopened.count() == 500
     np.testing.assert_array_equal(reopened.search(vectors[:10], 10)[0], before[0])
 
@@ -158,24 +164,24 @@ def test_add_delete_and_reopen_persist(lite_uri):
     assert not np.isin([3, 550], reopened.search(vectors[[3, 550]], 5)[0]).any()
     reopened.close()
 
-    final = MilvusBackend.load(Path("bank"), DIM, milvus_cfg(lite_uri), after_delete)
+    final = MilvusBackend.load(Path("bank"), DIM, milvus_cfg(milvus_uri), after_delete)
     assert final.count() == 598
     assert final.search(vectors[551:552], 1)[0][0, 0] == 551
     final.close()
 
     # The superseded manifest entries no longer describe the collection: opening them fails.
     with pytest.raises(BankError, match=r"misaligned.*598 of the bank's vectors, the manifest 600"):
-        MilvusBackend.load(Path("bank"), DIM, milvus_cfg(lite_uri), grown)
+        MilvusBackend.load(Path("bank"), DIM, milvus_cfg(milvus_uri), grown)
 
 
-def test_rows_beyond_the_manifest_are_never_returned(lite_uri):
+def test_rows_beyond_the_manifest_are_never_returned(milvus_uri):
     """An interrupted append leaves rows the bank does not own: the bank still opens and never sees them."""
     vectors = clustered_unit_vectors(300, DIM, seed=5)
-    backend, described = built(lite_uri, vectors[:200], domains_for(200))
+    backend, described = built(milvus_uri, vectors[:200], domains_for(200))
     backend.add(np.arange(200, 300), vectors[200:], domains_for(100))  # never saved: the manifest says 200
     backend.close()
 
-    old = MilvusBackend.load(Path("bank"), DIM, milvus_cfg(lite_uri), described)
+    old = MilvusBackend.load(Path("bank"), DIM, milvus_cfg(milvus_uri), described)
     assert old.count() == 200
     ids, _ = old.search(vectors[200:260], 20)
     assert ids.max() < 200
@@ -199,13 +205,13 @@ class InterruptedVectors(np.ndarray):
         return np.asarray(self).__getitem__(item)
 
 
-def test_interrupted_build_resumes_and_never_claims_missing_vectors(lite_uri, monkeypatch):
+def test_interrupted_build_resumes_and_never_claims_missing_vectors(milvus_uri, monkeypatch):
     import dualpath.bank.milvus_backend as milvus_backend
 
     monkeypatch.setattr(milvus_backend, "INSERT_BATCH_BYTES", 100 * 4 * DIM)  # 100 vectors per insert
     vectors = clustered_unit_vectors(1000, DIM, seed=6)
     domains = domains_for(1000)
-    interrupted = MilvusBackend.create(DIM, milvus_cfg(lite_uri))
+    interrupted = MilvusBackend.create(DIM, milvus_cfg(milvus_uri))
     InterruptedVectors.allow = 4
     with pytest.raises(KeyboardInterrupt):
         interrupted.add(np.arange(1000), vectors.view(InterruptedVectors), domains)
@@ -215,38 +221,38 @@ def test_interrupted_build_resumes_and_never_claims_missing_vectors(lite_uri, mo
     assert 0 < partial < 1000
     interrupted.close()
 
-    resumed, described = built(lite_uri, vectors, domains)
+    resumed, described = built(milvus_uri, vectors, domains)
     assert resumed.collection == interrupted.collection  # same content → the same collection
     assert described["rows"] == 1000 and resumed.count() == 1000
     assert_same_top_k(*resumed.search(vectors[:20], 10), *faiss_flat(vectors, domains).search(vectors[:20], 10))
     resumed.close()
 
 
-def test_other_content_gets_its_own_collection(lite_uri):
+def test_other_content_gets_its_own_collection(milvus_uri):
     a = clustered_unit_vectors(50, DIM, seed=7)
-    first, da = built(lite_uri, a, domains_for(50))
-    second, db = built(lite_uri, a[::-1].copy(), domains_for(50))
-    third, dc = built(lite_uri, a, domains_for(50), index="hnsw")
+    first, da = built(milvus_uri, a, domains_for(50))
+    second, db = built(milvus_uri, a[::-1].copy(), domains_for(50))
+    third, dc = built(milvus_uri, a, domains_for(50), index="hnsw")
     assert len({da["collection"], db["collection"], dc["collection"]}) == 3
     assert first.count() == second.count() == third.count() == 50
     for backend in (first, second, third):
         backend.close()
 
 
-def test_opening_checks_collection_dimension_and_count(lite_uri, shared):
+def test_opening_checks_collection_dimension_and_count(milvus_uri, shared):
     _, _, milvus, _ = shared
     described = milvus.describe()
     with pytest.raises(BankError, match=r"dimension mismatch.*has dim 32, the bank 64"):
-        MilvusBackend.load(Path("b"), 64, milvus_cfg(lite_uri), described)
+        MilvusBackend.load(Path("b"), 64, milvus_cfg(milvus_uri), described)
     with pytest.raises(BankError, match=r"misaligned.*holds 2000 of the bank's vectors, the manifest 2001"):
-        MilvusBackend.load(Path("b"), DIM, milvus_cfg(lite_uri), {**described, "rows": 2001})
+        MilvusBackend.load(Path("b"), DIM, milvus_cfg(milvus_uri), {**described, "rows": 2001})
     with pytest.raises(BankError, match="does not exist"):
-        MilvusBackend.load(Path("b"), DIM, milvus_cfg(lite_uri), {**described, "collection": "dualpath_gone"})
+        MilvusBackend.load(Path("b"), DIM, milvus_cfg(milvus_uri), {**described, "collection": "dualpath_gone"})
 
 
-def test_hnsw_on_milvus_lite_finds_nearly_all_true_neighbours(lite_uri):
+def test_hnsw_on_milvus_lite_finds_nearly_all_true_neighbours(milvus_uri):
     vectors = clustered_unit_vectors(3000, DIM, seed=8)
-    backend, described = built(lite_uri, vectors, domains_for(3000), index="hnsw")
+    backend, described = built(milvus_uri, vectors, domains_for(3000), index="hnsw")
     assert described["index_type"] == "HNSW"
     queries = clustered_unit_vectors(50, DIM, seed=9)
     ids, _ = backend.search(queries, 10)
