@@ -201,13 +201,19 @@ def test_a_sampled_candidate_is_valid_and_within_top_k(seed, k, top_k, top_p, te
 
 
 def test_decisions_still_follow_c_under_the_no_repeat_rule(generator):
-    # Every SNAP step's c is at least every NOVEL step's c within one lane (thresholds decide).
-    steps = [s for ids in _doc_prompts(generator, 8) for s in generator.generate(
-        generator.bank.vectors(ids[:PROMPT_CONCEPTS]), 6, "neutral", context_ids=ids[:PROMPT_CONCEPTS])]
+    prompts = [ids[:PROMPT_CONCEPTS] for ids in _doc_prompts(generator, 8)]
+
+    def run(lane) -> list:
+        return [s for ids in prompts for s in generator.generate(generator.bank.vectors(ids), 6, lane, context_ids=ids)]
+
+    # Thresholds inside the c this bank's streams actually see, so SNAP and NOVEL both occur.
+    seen = np.array([s.record.c_pick for s in run("neutral") if s.record.c_pick is not None])
+    lane = make_lane("split", {"tau_snap": float(np.quantile(seen, 0.65)), "tau_novel": float(np.quantile(seen, 0.35))})
+    steps = run(lane)
     snaps = [s.record.c_pick for s in steps if s.record.decision is Decision.SNAP]
     novels = [s.record.c_pick for s in steps if s.record.decision is Decision.NOVEL and s.record.c_pick is not None]
-    if snaps and novels:
-        assert min(snaps) >= max(novels)
+    assert snaps and novels
+    assert min(snaps) >= lane.tau_snap > lane.tau_novel >= max(novels)
 
 
 def test_a_batch_mixes_prompt_lengths_and_lanes(generator):

@@ -252,7 +252,7 @@ def test_quality_thresholds_closed_form_matches_the_decider(generator):
     assert measured == pytest.approx(best["mean_cos"], abs=1e-5)
     # It is a maximum over a grid that includes both single paths, so it is at least as good as either.
     for extreme in ("lvm-only", "bank-only"):
-        from dualpath.pipeline.evaluate import extreme_lanes
+        from dualpath.decider import extreme_lanes
 
         x = extreme_lanes(100)[extreme]
         out_x, dec_x = decide_lane(generator.bank, rows, x, "continuous")

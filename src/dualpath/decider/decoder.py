@@ -20,7 +20,7 @@ from dualpath.decider.decision import (
 )
 from dualpath.decider.lanes import Lane, get_lane, load_lanes
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
-from dualpath.errors import ConfigError
+from dualpath.errors import ConfigError, DeciderError
 
 DEFAULT_MEMORY_CAP = 64
 
@@ -116,7 +116,7 @@ class DualPathDecoder:
     def shown(self, concept_id: int) -> None:
         """The concept the last step was rendered as (-1: none): the stream may not show it again."""
         if not self._shown:
-            raise ConfigError("shown() comes after a step")
+            raise DeciderError("shown() comes after a step")
         self._shown[-1] = int(concept_id)
 
     def reset(self) -> None:

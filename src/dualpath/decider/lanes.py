@@ -133,6 +133,15 @@ def load_lanes(user_file: str | Path | None = None) -> dict[str, Lane]:
     return {name: make_lane(name, fields, sources[name]) for name, fields in table.items()}
 
 
+def extreme_lanes(k: int) -> dict[str, Lane]:
+    """LVM-only (never snaps) and bank-only (always snaps to n*): the two single paths as lanes, so the
+    baselines of every evaluation run through the same decider code."""
+    return {
+        "lvm-only": make_lane("lvm-only", {"tau_snap": 1.0, "tau_novel": 1 - 1e-9, "k": k, "dup_window": 0}),
+        "bank-only": make_lane("bank-only", {"tau_snap": -1 + 1e-9, "tau_novel": -1.0, "k": k, "dup_window": 0}),
+    }
+
+
 def get_lane(lanes: Mapping[str, Lane], name: str) -> Lane:
     try:
         return lanes[name]

@@ -20,11 +20,12 @@ import numpy as np
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig, SplitConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
-from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, get_schedule, make_lane
+from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, extreme_lanes, get_schedule
 from dualpath.decider.decision import Shortlist
 from dualpath.evaluation.ranking import target_ranks
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
+from dualpath.pipeline.free_running import evaluate_free_running
 from dualpath.search import search_excluding
 
 if TYPE_CHECKING:
@@ -35,14 +36,6 @@ log = logging.getLogger(__name__)
 DECISIONS = [d.value for d in Decision]
 HIT_K = 5
 _CHUNK = 128  # rows per decision chunk: (rows, K, d) float32 shortlist vectors stay ~100 MB at K=500
-
-
-def extreme_lanes(k: int) -> dict[str, Lane]:
-    """LVM-only (never snaps) and bank-only (always snaps to n*), as lanes so they share every code path."""
-    return {
-        "lvm-only": make_lane("lvm-only", {"tau_snap": 1.0, "tau_novel": 1 - 1e-9, "k": k, "dup_window": 0}),
-        "bank-only": make_lane("bank-only", {"tau_snap": -1 + 1e-9, "tau_novel": -1.0, "k": k, "dup_window": 0}),
-    }
 
 
 @dataclass
@@ -190,8 +183,6 @@ def evaluate_generation(
     # What the best thresholds for this schedule would give: the ceiling a lane can reach on these pairs.
     out["quality_optimum"] = quality_thresholds(rows, default_k(lanes, cfg), cfg.decider.schedule)
     if free_docs > 0 and generator is not None:
-        from dualpath.pipeline.free_running import evaluate_free_running  # it builds on this module
-
         split = lvm.training_split(cfg.split)
         out["free_running"] = evaluate_free_running(generator, lanes, docs=free_docs, split=split)
     return out

@@ -40,9 +40,9 @@ from dualpath.decider import (
     Lane,
     Shortlist,
     choose_next_vector,
+    extreme_lanes,
     get_schedule,
 )
-from dualpath.pipeline.evaluate import extreme_lanes
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator
@@ -217,8 +217,13 @@ class RandomMixDecoder(DualPathDecoder):
         return np.asarray(out, np.float32), record
 
 
-def stream_metrics(bank: ConceptBank, streams: Sequence[Stream], steps: int = STEPS) -> dict[str, Any]:
-    """Every reader-side number of one lane's streams (see the module docstring)."""
+def stream_metrics(
+    bank: ConceptBank, streams: Sequence[Stream], steps: int = STEPS
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Every reader-side number of one lane's streams (see the module docstring), and per stream the
+    mean cosine of its text to the document's own continuation (NaN where it has none), which the
+    paired comparisons between lanes resample."""
+    per_stream = np.full(len(streams), np.nan)
     repeat = consecutive = total = 0
     distinct: list[float] = []
     cos_shown = [[] for _ in range(steps)]
@@ -227,7 +232,7 @@ def stream_metrics(bank: ConceptBank, streams: Sequence[Stream], steps: int = ST
     successive = [[] for _ in range(steps)]
     decisions: list[str] = []
     grounded: list[bool] = []
-    for s in streams:
+    for index, s in enumerate(streams):
         prompt = bank.vectors(s.prompt_ids)
         centroid = prompt.mean(axis=0)
         centroid /= np.linalg.norm(centroid)
@@ -249,6 +254,9 @@ def stream_metrics(bank: ConceptBank, streams: Sequence[Stream], steps: int = ST
             if t and len(s.lvm) > t:
                 successive[t].append(float(s.lvm[t] @ s.lvm[t - 1]))
             previous = cid
+        own = [float(shown_vectors[t] @ truth[t]) for t, cid in enumerate(s.shown_ids[: len(truth)]) if cid >= 0]
+        if own:
+            per_stream[index] = float(np.mean(own))
         shown = [i for i in s.shown_ids if i >= 0]
         distinct.append(len(set(shown)) / max(len(s.shown_ids), 1))
         decisions.extend(s.decisions)
@@ -262,7 +270,7 @@ def stream_metrics(bank: ConceptBank, streams: Sequence[Stream], steps: int = ST
         return float(np.mean(flat)) if flat else None
 
     decided = np.asarray(decisions)
-    return {
+    metrics = {
         "streams": len(streams),
         "steps": total,
         "repeat_rate": repeat / max(total, 1),
@@ -277,18 +285,7 @@ def stream_metrics(bank: ConceptBank, streams: Sequence[Stream], steps: int = ST
         "successive_lvm_cos_by_step": by_step(successive)[1:],
         "shares": {d.value: float(np.mean(decided == d.value)) if len(decided) else 0.0 for d in Decision},
     }
-
-
-def per_stream_cos(bank: ConceptBank, streams: Sequence[Stream]) -> np.ndarray:
-    """Per stream, the mean cosine of its rendered concepts to the document's own (NaN where none)."""
-    out = np.full(len(streams), np.nan)
-    for i, s in enumerate(streams):
-        pairs = [(cid, int(t)) for cid, t in zip(s.shown_ids, s.truth_ids, strict=False) if cid >= 0]
-        if pairs:
-            shown = bank.vectors([cid for cid, _ in pairs])
-            truth = bank.vectors([t for _, t in pairs])
-            out[i] = float(np.einsum("nd,nd->n", shown, truth).mean())
-    return out
+    return metrics, per_stream
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0, rounds: int = 2000) -> dict[str, float]:
@@ -346,8 +343,8 @@ def evaluate_free_running(
     per_stream: dict[str, np.ndarray] = {}
 
     def record(name: str, streams: list[Stream]) -> None:
-        results[name] = {**stream_metrics(bank, streams, steps), "samples": samples(bank, streams)}
-        per_stream[name] = per_stream_cos(bank, streams)
+        metrics, per_stream[name] = stream_metrics(bank, streams, steps)
+        results[name] = {**metrics, "samples": samples(bank, streams)}
         m = results[name]
         log.info(
             "free-running %s: repeat %.1f %%, distinct %.2f, cos to truth %.4f, grounded %.1f %%",

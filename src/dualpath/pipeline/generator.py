@@ -412,18 +412,23 @@ class Generator:
             lat["render"] = (time.perf_counter() - t0) * 1000
             lat = {name: ms / b for name, ms in lat.items()}
             lat["total"] = (time.perf_counter() - t_step) * 1000 / b
+            fed = outputs.copy()
+            swap = [
+                i for i, (record, shown) in enumerate(zip(records, rendered, strict=True))
+                if shown is not None and shown.concept_id >= 0 and (
+                    feedback == "rendered"
+                    or (feedback == "novel-rendered" and record.decision in (Decision.NOVEL, Decision.NOVEL_DUP_DROP))
+                )
+            ]
+            if swap:  # one lookup for every stream that feeds back the concept it showed
+                fed[swap] = self.bank.vectors([rendered[i].concept_id for i in swap])  # type: ignore[union-attr]
             batch = []
             for i, record in enumerate(records):
                 shown = rendered[i]
                 assert shown is not None
                 if render:
                     decoders[i].shown(shown.concept_id)
-                fed = outputs[i]
-                novel = record.decision in (Decision.NOVEL, Decision.NOVEL_DUP_DROP)
-                feed_rendered = feedback == "rendered" or (feedback == "novel-rendered" and novel)
-                if feed_rendered and shown.concept_id >= 0:
-                    fed = self.bank.vectors([shown.concept_id])[0]
-                contexts[i] = np.concatenate([contexts[i], np.asarray(fed, np.float32)[None]])
+                contexts[i] = np.concatenate([contexts[i], fed[i][None]])
                 if self.telemetry is not None:
                     self.telemetry.write(record)
                 batch.append(
