@@ -526,3 +526,21 @@ def test_any_finite_input_decides_or_names_the_zero_vector(v: np.ndarray, n: np.
         return
     out, _ = choose_next_vector(v, shortlist, NEUTRAL)
     assert abs(float(np.linalg.norm(out)) - 1.0) < 1e-5
+
+
+def test_paraphrases_of_a_shown_concept_leave_the_shortlist_for_the_window() -> None:
+    rng = np.random.default_rng(5)
+    v = unit(rng.normal(size=16))
+    candidates = Shortlist(np.array([7, 8, 9]), np.stack([at_cosine(v, c, rng) for c in (0.99, 0.97, 0.95)]))
+    decoder = DualPathDecoder(NEUTRAL.model_copy(update={"repeat_window": 2}))
+    decoder.step(v, candidates)
+    decoder.shown(7, paraphrases=[8])  # 8 says what 7 said: neither may be shown next
+    assert decoder.used_ids == (7, 8)
+    _, record = decoder.step(v, candidates)
+    assert record.neighbour_id == 9 and record.skipped_used == 2
+    decoder.shown(9)
+    _, record = decoder.step(v, candidates)  # 7 and 8 are still within the window of 2 steps
+    assert record.neighbour_id is None and record.skipped_used == 3
+    decoder.shown(-1)
+    _, record = decoder.step(v, candidates)  # 7's step has left the window: 7 and 8 are free again
+    assert record.neighbour_id == 7

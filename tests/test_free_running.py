@@ -13,13 +13,14 @@ from hypothesis import strategies as st
 from dualpath.corpus.pairs import make_pairs
 from dualpath.decider import Decision, Sampling, make_lane
 from dualpath.decider.decision import _sample
-from dualpath.pipeline.calibrate import calibrate_bank
+from dualpath.pipeline.calibrate import PARAPHRASE_CEILING, PARAPHRASE_SHARE, calibrate_bank, paraphrase_cosine
 from dualpath.pipeline.free_running import (
     PROMPT_CONCEPTS,
     evaluate_free_running,
     free_running_rows,
     heldout_prompts,
     knn_streams,
+    near_repeats,
 )
 from dualpath.pipeline.generator import Generator
 from dualpath.training.lvm import successors
@@ -226,3 +227,52 @@ def test_a_batch_mixes_prompt_lengths_and_lanes(generator):
         assert [s.record.lane for s in batch[i]] == [lane] * 5
         assert [s.text_concept_id for s in single] == [s.text_concept_id for s in batch[i]]
         assert [s.record.decision for s in single] == [s.record.decision for s in batch[i]]
+
+
+def test_paraphrase_cosine_follows_how_often_documents_restate_themselves():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(2000, 32)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    fresh = {f"d{i}": np.arange(i * 10, i * 10 + 10) for i in range(100)}
+    theta = paraphrase_cosine(fresh, vectors, default=0.8)
+    best = np.concatenate([
+        [max(float(vectors[ids[t]] @ vectors[ids[u]]) for u in range(t)) for t in range(1, len(ids))]
+        for ids in fresh.values()
+    ])
+    assert 0 < theta < 0.95 and abs(np.mean(best >= theta) - PARAPHRASE_SHARE) < 0.01
+    # Documents that say every sentence twice (same text, two ids): the ceiling, so those still count.
+    twice = vectors.copy()
+    twice[1::2] = twice[0::2]
+    assert paraphrase_cosine(fresh, twice, default=0.8) == PARAPHRASE_CEILING
+    assert paraphrase_cosine({"d0": np.arange(5)}, vectors, default=0.8) == 0.8  # too few to measure
+
+
+def test_a_stream_does_not_restate_its_prompt_or_itself_in_other_words(trained_bank_path):
+    """A concept with a close paraphrase in the bank as the prompt: without the guard the stream shows a
+    paraphrase of it or of an earlier step; with the guard none of its steps is that close."""
+    bank_gen = Generator.from_bank(trained_bank_path, tiny_config())
+    vectors = bank_gen.bank.all_vectors()
+    theta = 0.7
+    sims = np.asarray(vectors[:400], np.float32) @ np.asarray(vectors, np.float32).T
+    sims[np.arange(400), np.arange(400)] = -1
+    prompts = [int(i) for i in np.argsort(-sims.max(axis=1))[:6]]
+    assert sims[prompts].max(axis=1).min() >= theta  # each prompt has a paraphrase in the bank
+    bank_gen.close()
+
+    def near_repeat_steps(value: float) -> int:
+        cfg = tiny_config()
+        cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"paraphrase_cosine": value})})
+        gen = Generator.from_bank(trained_bank_path, cfg)
+        try:
+            runs = gen.generate_batch([gen.bank.vectors([p]) for p in prompts], 6, "neutral",
+                                      context_ids=[[p] for p in prompts])
+            shown = [gen.bank.vectors([s.text_concept_id for s in run]) for run in runs]
+            return sum(
+                int(near_repeats(gen.bank.vectors([p]), steps, theta).sum())
+                for p, steps in zip(prompts, shown, strict=True)
+            )
+        finally:
+            gen.close()
+
+    assert near_repeat_steps(1.0) > 0
+    assert near_repeat_steps(theta) == 0

@@ -163,6 +163,11 @@ class GenerationConfig(_Section):
     # shown, which makes every lane's text the same (docs/generation.md has the measurements).
     # "novel-rendered" = the decided vector for SNAP and BLEND, the rendered concept for NOVEL steps.
     feedback: Literal["output", "rendered", "novel-rendered"] = "output"
+    # A candidate this close (cosine) to a concept the stream has shown, or to the prompt, says that
+    # concept again in other words, and is not shown either. `dualpath calibrate` sets it per bank from
+    # how often the bank's own documents restate an earlier sentence (a value set here wins); 1.0 blocks
+    # exact repeats only.
+    paraphrase_cosine: float = Field(0.80, gt=0.0, le=1.0)
 
 
 class ServiceConfig(_Section):

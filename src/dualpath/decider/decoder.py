@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,10 +30,11 @@ class DualPathDecoder:
     """Decides the steps of one stream, remembering which bank concepts it picked and showed.
 
     Two memories of one entry per step, capped at `memory_cap` steps: the picked id (n* of a SNAP
-    or BLEND, else -1; the near-duplicate guard reads it, see `decision.py`) and the shown id (the
-    concept the step was rendered as, told by `shown()`; else the picked id). The lane's last
-    `repeat_window` shown ids (at most the whole memory) are taken out of every shortlist, so a
-    stream does not say the same thing twice. With sampling, draws come from this decoder's own
+    or BLEND, else -1; the near-duplicate guard reads it, see `decision.py`) and the shown ids (the
+    concept the step was rendered as and the bank's paraphrases of it, told by `shown()`; else the
+    picked id). The lane's last `repeat_window` steps' shown ids (at most the whole memory) are taken
+    out of every shortlist, so a stream does not say the same thing twice, in the same words or in
+    others. With sampling, draws come from this decoder's own
     generator seeded by `seed`. Not thread-safe: one decoder per stream.
     """
 
@@ -59,7 +61,7 @@ class DualPathDecoder:
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self._recent: deque[int] = deque(maxlen=memory_cap)
-        self._shown: deque[int] = deque(maxlen=memory_cap)
+        self._shown: deque[tuple[int, ...]] = deque(maxlen=memory_cap)
         self._step = 0
 
     @classmethod
@@ -87,11 +89,12 @@ class DualPathDecoder:
 
     @property
     def used_ids(self) -> tuple[int, ...]:
-        """The concepts this stream may not show at its next step: its last `repeat_window` shown ids."""
+        """The concepts this stream may not show at its next step: its last `repeat_window` steps' shown
+        ids (each step's concept and its paraphrases)."""
         if self.lane.repeat_window == 0:
             return ()
         window = list(self._shown)[-self.lane.repeat_window :]
-        return tuple(i for i in window if i != NO_ID)
+        return tuple(dict.fromkeys(i for ids in window for i in ids if i != NO_ID))
 
     @property
     def steps(self) -> int:
@@ -105,19 +108,26 @@ class DualPathDecoder:
             v_hat, shortlist, self.lane, self._recent, self.schedule, self.dup_threshold,
             self.used_ids, self.sampling, draw,
         )
-        self._recent.append(record.picked_id)
-        self._shown.append(record.picked_id)
-        record = dataclasses.replace(
-            record, step=self._step, latency_ms=(time.perf_counter() - start) * 1000.0
-        )
-        self._step += 1
-        return v_out, record
+        record = dataclasses.replace(record, latency_ms=(time.perf_counter() - start) * 1000.0)
+        return v_out, self.remember(record)
 
-    def shown(self, concept_id: int) -> None:
-        """The concept the last step was rendered as (-1: none): the stream may not show it again."""
+    def remember(self, record: DecisionRecord) -> DecisionRecord:
+        """Count a decided step into this stream's memories; returns the record numbered as this step.
+
+        `step` calls it; a decoder that decides differently (a baseline) calls it with its own record.
+        """
+        self._recent.append(record.picked_id)
+        self._shown.append((record.picked_id,))
+        record = dataclasses.replace(record, step=self._step)
+        self._step += 1
+        return record
+
+    def shown(self, concept_id: int, paraphrases: Sequence[int] = ()) -> None:
+        """The concept the last step was rendered as (-1: none) and the bank's paraphrases of it: the
+        stream may not show any of them again within its repeat window."""
         if not self._shown:
             raise DeciderError("shown() comes after a step")
-        self._shown[-1] = int(concept_id)
+        self._shown[-1] = (int(concept_id), *map(int, paraphrases))
 
     def reset(self) -> None:
         """Forget the stream: a new generation starts at step 0 with an empty memory and a fresh seed."""

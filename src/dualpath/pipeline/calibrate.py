@@ -46,6 +46,10 @@ DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the s
 FREE_DOCS = 200  # held-out prompts of the free-running calibration
 FREE_ROUNDS = 2  # thresholds change the stream, which changes c: iterate to a fixed point
 MIN_FREE_STEPS = 100  # fewer free-running c values than this keep the teacher-forced thresholds
+PARAPHRASE_SHARE = 0.02  # real sentences allowed to restate an earlier one of their document this closely
+PARAPHRASE_CEILING = 0.95  # the same sentence twice under two ids always counts as a repeat
+PARAPHRASE_DOCS = 3000  # documents sampled (the first by id) to measure it
+PARAPHRASE_SPAN = 64  # sentences of a document looked at
 
 
 def dup_threshold(c_max: np.ndarray, ceiling: float) -> float:
@@ -61,6 +65,28 @@ def dup_threshold(c_max: np.ndarray, ceiling: float) -> float:
     if finite.size == 0:
         return ceiling
     return float(min(ceiling, np.quantile(finite, DUP_QUANTILE)))
+
+
+def paraphrase_cosine(documents: dict[str, np.ndarray], vectors: np.ndarray, default: float) -> float:
+    """The cosine above which a stream's concept restates one it has shown, for this bank's text.
+
+    Each sentence's highest cosine to the earlier sentences of its document: real text goes above the
+    returned value in PARAPHRASE_SHARE of sentences (2 %: on the Wikipedia sample about 0.81; reference
+    manuals restate more, so theirs is higher), capped at PARAPHRASE_CEILING. A stream may then restate
+    itself about as often as the bank's own documents do. `default` where documents give < 100 values.
+    """
+    best: list[np.ndarray] = []
+    for doc_id in sorted(documents)[:PARAPHRASE_DOCS]:
+        ids = documents[doc_id][:PARAPHRASE_SPAN]
+        if len(ids) < 2:
+            continue
+        x = np.asarray(vectors[ids], dtype=np.float32)
+        sims = x @ x.T
+        best.append(np.array([sims[t, :t].max() for t in range(1, len(ids))], dtype=np.float64))
+    values = np.concatenate(best) if best else np.zeros(0)
+    if values.size < 100:
+        return default
+    return float(min(PARAPHRASE_CEILING, np.quantile(values, 1 - PARAPHRASE_SHARE)))
 
 
 def calibrate_lanes(
@@ -183,6 +209,12 @@ def _calibrate_bank(
     lanes = known_lanes(bank.path, cfg.decider.lanes_file)
     custom = stored_lane_definitions(bank.path, cfg.decider.lanes_file)
     calibrated, measured = calibrate_lanes(bank, lvm, tower, lanes, cfg, max_pairs)
+    measured["paraphrase_cosine"] = paraphrase_cosine(
+        bank.documents(), bank.all_vectors(), cfg.generation.paraphrase_cosine
+    )
+    log.info("paraphrase cosine %.4f", measured["paraphrase_cosine"])
+    if generator is not None:  # its free-running streams avoid restating themselves as generation will
+        generator.use_paraphrase_cosine(measured["paraphrase_cosine"])
     if generator is not None and free_docs > 0:
         calibrated, free = calibrate_free_running(generator, calibrated, free_docs)
         if free["free_running_steps"] >= MIN_FREE_STEPS:

@@ -207,24 +207,30 @@ class RandomMixDecoder(DualPathDecoder):
                 mixed = (1 - alpha) * v + alpha * n
                 out = mixed / np.linalg.norm(mixed)
         record = DecisionRecord(
-            step=self._step, c_max=best.c_max, decision=decision, neighbour_id=best.neighbour_id,
+            step=0, c_max=best.c_max, decision=decision, neighbour_id=best.neighbour_id,
             alpha=alpha, lane=self.lane.name, near_dup=False, fallback_reason=best.fallback_reason,
             latency_ms=0.0, c_pick=c, skipped_used=best.skipped_used,
         )
-        self._recent.append(record.picked_id)
-        self._shown.append(record.picked_id)
-        self._step += 1
+        record = self.remember(record)
         return np.asarray(out, np.float32), record
 
 
+def near_repeats(prompt: np.ndarray, shown: np.ndarray, threshold: float) -> np.ndarray:
+    """Per shown vector, whether it is at `threshold` cosine or closer to the prompt or an earlier one."""
+    earlier = np.concatenate([prompt, shown]) @ shown.T  # (p + n, n)
+    p = len(prompt)
+    return np.array([earlier[: p + t, t].max(initial=-1.0) >= threshold for t in range(len(shown))], dtype=bool)
+
+
 def stream_metrics(
-    bank: ConceptBank, streams: Sequence[Stream], steps: int = STEPS
+    bank: ConceptBank, streams: Sequence[Stream], steps: int = STEPS, near_cosine: float = 1.0
 ) -> tuple[dict[str, Any], np.ndarray]:
     """Every reader-side number of one lane's streams (see the module docstring), and per stream the
     mean cosine of its text to the document's own continuation (NaN where it has none), which the
-    paired comparisons between lanes resample."""
+    paired comparisons between lanes resample. A step whose text is at `near_cosine` or closer to the
+    prompt or an earlier step is a near repeat (a paraphrase, or the same concept again)."""
     per_stream = np.full(len(streams), np.nan)
-    repeat = consecutive = total = 0
+    repeat = consecutive = total = near = 0
     distinct: list[float] = []
     cos_shown = [[] for _ in range(steps)]
     cos_output = [[] for _ in range(steps)]
@@ -240,6 +246,8 @@ def stream_metrics(
         previous = int(s.prompt_ids[-1])
         shown_vectors = bank.vectors([max(i, 0) for i in s.shown_ids])
         truth = bank.vectors(s.truth_ids) if len(s.truth_ids) else np.zeros((0, bank.dim), np.float32)
+        valid = np.array([i >= 0 for i in s.shown_ids], dtype=bool)
+        near += int(near_repeats(prompt, shown_vectors[valid], near_cosine).sum())
         for t, cid in enumerate(s.shown_ids):
             total += 1
             repeat += cid >= 0 and cid in seen
@@ -275,6 +283,7 @@ def stream_metrics(
         "steps": total,
         "repeat_rate": repeat / max(total, 1),
         "consecutive_repeat_rate": consecutive / max(total, 1),
+        "near_repeat_rate": near / max(total, 1),
         "distinct_per_stream": float(np.mean(distinct)) if distinct else 0.0,
         "cos_true": overall(cos_shown),
         "cos_true_by_step": by_step(cos_shown),
@@ -325,8 +334,12 @@ def evaluate_free_running(
     prompt_len: int = PROMPT_CONCEPTS,
     steps: int = STEPS,
     split: SplitConfig | None = None,
+    near_cosine: float | None = None,
 ) -> dict[str, Any]:
     """Every lane and every baseline from the same held-out prompts: metrics and samples per name.
+
+    A near repeat is a step at `near_cosine` (default: the generator's paraphrase cosine) or closer
+    to its prompt or an earlier step; the documents' own rate (`truth_near_repeat_rate`) is beside it.
 
     `lanes` are the lanes to measure (calibrated ones, as the generator holds them); the baselines
     `lvm-only`, `bank-only`, `random-<lane>` for each lane, and `knn` are added here.
@@ -334,6 +347,7 @@ def evaluate_free_running(
     bank = generator.bank
     split = split or generator.lvm.training_split(generator.cfg.split)
     prompts = heldout_prompts(bank, split, docs, prompt_len, steps)
+    near_cosine = generator.cfg.generation.paraphrase_cosine if near_cosine is None else near_cosine
     if not prompts:
         return {}
     schedule = generator.cfg.decider.schedule
@@ -343,7 +357,7 @@ def evaluate_free_running(
     per_stream: dict[str, np.ndarray] = {}
 
     def record(name: str, streams: list[Stream]) -> None:
-        metrics, per_stream[name] = stream_metrics(bank, streams, steps)
+        metrics, per_stream[name] = stream_metrics(bank, streams, steps, near_cosine)
         results[name] = {**metrics, "samples": samples(bank, streams)}
         m = results[name]
         log.info(
@@ -373,13 +387,19 @@ def evaluate_free_running(
             for baseline, key in (("random", f"random-{name}"), ("lvm-only", "lvm-only"), ("knn", "knn"))
         }
     documents = len({p.name.split("@")[0] for p in prompts})
+    truth = [near_repeats(bank.vectors(p.window[:prompt_len]), bank.vectors(p.window[prompt_len:]), near_cosine)
+             for p in prompts if len(p.window) > prompt_len]
+    truth_rate = float(np.concatenate(truth).mean()) if truth else None
     return {"docs": documents, "prompts": len(prompts), "prompt_concepts": prompt_len, "steps": steps,
-            "lanes": results}
+            "near_cosine": near_cosine, "truth_near_repeat_rate": truth_rate, "lanes": results}
 
 
-PERCENT_KEYS = {"repeat_rate", "consecutive_repeat_rate", "grounded_share", "snap", "blend", "novel"}
+PERCENT_KEYS = {
+    "repeat_rate", "consecutive_repeat_rate", "near_repeat_rate", "grounded_share", "snap", "blend", "novel"
+}
 FREE_RUNNING_COLUMNS = {
     "name": "lane", "repeat_rate": "repeat", "consecutive_repeat_rate": "repeat at t-1",
+    "near_repeat_rate": "near repeat",
     "distinct_per_stream": "distinct", "cos_true": "cos to truth (text)", "cos_true_output": "cos to truth (vector)",
     "grounded_share": "grounded", "snap": "SNAP", "blend": "BLEND", "novel": "NOVEL",
     "successive_lvm_cos": "LVM successive cos", "x_random": "text cos × random mix",
@@ -396,7 +416,8 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
         successive = [x for x in m["successive_lvm_cos_by_step"] if x is not None]
         rows.append({
             "name": name,
-            **{key: m[key] for key in ("repeat_rate", "consecutive_repeat_rate", "distinct_per_stream", "cos_true",
+            **{key: m[key] for key in ("repeat_rate", "consecutive_repeat_rate", "near_repeat_rate",
+                                       "distinct_per_stream", "cos_true",
                                        "cos_true_output", "grounded_share")},
             "snap": m["shares"]["SNAP"], "blend": m["shares"]["BLEND"], "novel": m["shares"]["NOVEL"],
             "successive_lvm_cos": float(np.mean(successive)) if successive else None,
@@ -405,6 +426,16 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "vs_lvm_only": _interval(m.get("versus", {}).get("lvm-only")),
         })
     return rows
+
+
+def near_repeat_note(result: dict[str, Any]) -> str:
+    """One sentence on what a near repeat is in `result`, with the documents' own rate for comparison."""
+    truth = result.get("truth_near_repeat_rate")
+    own = f"; the documents' own continuations do so at {truth:.1%} of their sentences" if truth is not None else ""
+    return (
+        f"`near repeat`: the text is at cosine {result.get('near_cosine', 1.0):.3f} or closer (the bank's paraphrase "
+        f"cosine) to the prompt or an earlier step{own}."
+    )
 
 
 def _interval(d: dict[str, float] | None) -> str | None:

@@ -56,6 +56,8 @@ from dualpath.search import excluded_depth, search_excluding
 log = logging.getLogger(__name__)
 
 VERBATIM_COSINE = 0.999  # a prompt concept this close to a bank concept is that concept
+PARAPHRASE_DEPTH = 16  # bank neighbours of a shown concept checked for paraphrases of it
+PARAPHRASE_CACHE = 100_000  # concept ids whose paraphrases are remembered between steps and calls
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,9 @@ class Generator:
         self.context_size = lvm.context
         # Every step's decision record goes here as one JSON line when set (`--telemetry FILE`).
         self.telemetry: TelemetrySink | None = None
+        # Paraphrases of shown concepts, by id (GIL-atomic gets and sets: safe across request threads).
+        self._paraphrase_cache: dict[int, np.ndarray] = {}
+        self._paraphrase_set_by_user = "paraphrase_cosine" in cfg.generation.model_fields_set
 
     @classmethod
     def from_bank(
@@ -225,6 +230,16 @@ class Generator:
             # Measured where "the same concept again" begins in this bank's embedding space.
             decider = self.cfg.decider.model_copy(update={"dup_threshold": calibration["dup_threshold"]})
             self.cfg = self.cfg.model_copy(update={"decider": decider})
+        if "paraphrase_cosine" in calibration:
+            self.use_paraphrase_cosine(calibration["paraphrase_cosine"])
+
+    def use_paraphrase_cosine(self, value: float) -> None:
+        """Use a bank's measured paraphrase cosine, unless the configuration sets its own."""
+        if self._paraphrase_set_by_user:
+            return
+        generation = self.cfg.generation.model_copy(update={"paraphrase_cosine": float(value)})
+        self.cfg = self.cfg.model_copy(update={"generation": generation})
+        self._paraphrase_cache.clear()
 
     def close(self) -> None:
         self.miner.close()
@@ -345,6 +360,8 @@ class Generator:
         prompt_ids = list(context_ids)
         if isinstance(prompt, str):
             prompt_ids += self._verbatim_bank_ids(context)
+        # The bank's paraphrases of the prompt: a continuation that restates its prompt is a loop too.
+        prompt_ids += [int(i) for ids in self.paraphrases(context) for i in ids]
         return context, np.unique(np.asarray(prompt_ids, dtype=np.int64)), encode_ms
 
     def _run(
@@ -422,12 +439,16 @@ class Generator:
             ]
             if swap:  # one lookup for every stream that feeds back the concept it showed
                 fed[swap] = self.bank.vectors([rendered[i].concept_id for i in swap])  # type: ignore[union-attr]
+            if render:
+                shown_ids = [r.concept_id if r is not None else -1 for r in rendered]
+                for decoder, concept_id, paraphrases in zip(
+                    decoders, shown_ids, self.paraphrases_of_ids(shown_ids), strict=True
+                ):
+                    decoder.shown(concept_id, paraphrases)
             batch = []
             for i, record in enumerate(records):
                 shown = rendered[i]
                 assert shown is not None
-                if render:
-                    decoders[i].shown(shown.concept_id)
                 contexts[i] = np.concatenate([contexts[i], fed[i][None]])
                 if self.telemetry is not None:
                     self.telemetry.write(record)
@@ -446,6 +467,45 @@ class Generator:
                     )
                 )
             yield batch
+
+    def paraphrases(self, vectors: np.ndarray) -> list[np.ndarray]:
+        """Per vector, the bank concepts at `generation.paraphrase_cosine` or closer to it (nearest first).
+
+        Advisory like every search of a step: a failed or timed-out lookup finds none (and is logged).
+        """
+        found = self._search_paraphrases(vectors)
+        return found if found is not None else [np.zeros(0, np.int64) for _ in range(len(vectors))]
+
+    def paraphrases_of_ids(self, concept_ids: Sequence[int]) -> list[np.ndarray]:
+        """`paraphrases` of bank concepts by id (the concept itself left out; -1 has none), remembered
+        between steps: streams keep showing concepts whose neighbours were already looked up."""
+        missing = sorted({int(i) for i in concept_ids if i >= 0 and int(i) not in self._paraphrase_cache})
+        found = self._search_paraphrases(self.bank.vectors(missing)) if missing else None
+        if found is not None:  # a failed lookup is not remembered: the next step asks again
+            if len(self._paraphrase_cache) + len(missing) > PARAPHRASE_CACHE:
+                self._paraphrase_cache.clear()
+            for cid, ids in zip(missing, found, strict=True):
+                self._paraphrase_cache[cid] = ids[ids != cid]
+        empty = np.zeros(0, np.int64)
+        return [self._paraphrase_cache.get(int(i), empty) if i >= 0 else empty for i in concept_ids]
+
+    def _search_paraphrases(self, vectors: np.ndarray) -> list[np.ndarray] | None:
+        """`paraphrases`, or None where the guard is off (cosine 1.0), there is nothing to ask, or the search failed."""
+        threshold = self.cfg.generation.paraphrase_cosine
+        if threshold >= 1.0 or len(vectors) == 0:
+            return None
+        result = self.miner.search(
+            normalize_rows(np.asarray(vectors, np.float32)), PARAPHRASE_DEPTH,
+            timeout=self.cfg.decider.retrieval_timeout_s,
+        )
+        if result.status != "ok":
+            log.warning("paraphrase lookup %s (%s): this step's paraphrases are not excluded", result.status,
+                        result.error)
+            return None
+        return [
+            row[(row >= 0) & (score >= threshold)].astype(np.int64)
+            for row, score in zip(result.ids, result.scores, strict=True)
+        ]
 
     def _verbatim_bank_ids(self, vectors: np.ndarray) -> list[int]:
         ids, scores = self.bank.search(vectors, 1)
