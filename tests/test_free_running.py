@@ -21,6 +21,7 @@ from dualpath.pipeline.free_running import (
     heldout_prompts,
     knn_streams,
     near_repeats,
+    successive_cosines,
 )
 from dualpath.pipeline.generator import Generator
 from dualpath.training.lvm import successors
@@ -105,6 +106,18 @@ def test_free_running_evaluation_measures_every_lane_and_baseline(generator):
     # The random mix decides by chance at the lane's own shares: close to the lane's, not equal by construction.
     lane, random = result["lanes"]["conservative"]["shares"], result["lanes"]["random-conservative"]["shares"]
     assert abs(lane["NOVEL"] - random["NOVEL"]) < 0.35
+    # Conservative grounds, and so at some step shows something LVM-only does not.
+    assert 0.0 <= result["lanes"]["conservative"]["same_text_as_lvm_only"] < 1.0
+    # Consecutive vectors, by hand for the first prompt: the document's own, and the LVM fed the true context.
+    prompts = heldout_prompts(generator.bank, generator.lvm.training_split(generator.cfg.split), 1, steps=4)
+    window = generator.bank.vectors(prompts[0].window)
+    one = successive_cosines(generator, prompts[:1])
+    assert one["truth"] == pytest.approx(np.mean([window[t] @ window[t - 1] for t in range(3, len(window))]), abs=1e-5)
+    context = generator.lvm.context
+    preds = [generator.lvm.predict(window[None, max(0, t - context) : t])[0] for t in range(2, len(window))]
+    preds = [v / np.linalg.norm(v) for v in preds]
+    moved = [a @ b for a, b in zip(preds[1:], preds[:-1], strict=True)]
+    assert one["teacher_forced_lvm"] == pytest.approx(np.mean(moved), abs=1e-4)
     rows = {row["name"]: row for row in free_running_rows(result)}
     assert rows["conservative"]["x_random"] == pytest.approx(
         result["lanes"]["conservative"]["cos_true"] / result["lanes"]["random-conservative"]["cos_true"]

@@ -15,7 +15,7 @@ from dualpath.evaluation.lvm import COLUMNS as LVM_METRICS
 from dualpath.evaluation.retrieval import KS
 from dualpath.models.heuristics import HEURISTICS
 from dualpath.pipeline.evaluate import DECISIONS, HIT_K
-from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, free_running_rows, near_repeat_note
+from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, free_running_note, free_running_rows
 
 
 def retrieval_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -86,7 +86,7 @@ def free_running_sections(results: dict[str, Any], corpus: str, key: str) -> dic
         f"{free['prompts']} prompts of {free['prompt_concepts']} concepts from {free['docs']} held-out documents "
         f"of {corpus}, {free['steps']} steps each, every step fed back and rendered as text; baselines of the same "
         "run: LVM-only, bank-only, random-<lane> (the lane's shares, decided by chance), kNN continuation. "
-        + near_repeat_note(free)
+        + free_running_note(free)
     )
     return {key: Section(f"Quality: free-running on {corpus}", note, FREE_RUNNING_COLUMNS,
                                               free_running_rows(free))}

@@ -219,14 +219,14 @@ def generation_table(result: dict) -> Table:
 
 
 def free_running_table(result: dict) -> Table:
-    from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_rows, near_repeat_note
+    from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_note, free_running_rows
 
     table = Table(
         title=f"free-running: {result['prompts']} prompts of {result['prompt_concepts']} concepts from "
         f"{result['docs']} held-out documents, "
         f"{result['steps']} steps each, as a reader sees them",
         title_justify="left",
-        caption=near_repeat_note(result).replace("`", ""),
+        caption=free_running_note(result).replace("`", ""),
         caption_justify="left",
     )
     for key, column in FREE_RUNNING_COLUMNS.items():

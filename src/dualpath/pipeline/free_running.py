@@ -215,6 +215,38 @@ class RandomMixDecoder(DualPathDecoder):
         return np.asarray(out, np.float32), record
 
 
+def successive_cosines(generator: Generator, prompts: Sequence[Prompt], prompt_len: int = PROMPT_CONCEPTS) -> dict:
+    """How much consecutive vectors move, from the same prompts: the documents' own concepts, and the LVM's
+    teacher-forced predictions (the true context at every step). Beside the free-running streams' LVM
+    successive cosine, this says whether a settled LVM settles because it is fed its own outputs, or
+    predicts a near-constant vector for a document whatever it is fed."""
+    bank, lvm = generator.bank, generator.lvm
+    truth: list[float] = []
+    contexts: list[np.ndarray] = []
+    owners: list[int] = []
+    for n, p in enumerate(prompts):
+        vectors = bank.vectors(p.window)
+        truth += [float(vectors[t] @ vectors[t - 1]) for t in range(prompt_len + 1, len(vectors))]
+        for t in range(prompt_len, len(vectors)):
+            contexts.append(vectors[max(0, t - lvm.context) : t])
+            owners.append(n)
+    if not contexts:
+        return {"truth": None, "teacher_forced_lvm": None}
+    width = max(len(c) for c in contexts)
+    ctx = np.zeros((len(contexts), width, bank.dim), np.float32)
+    mask = np.zeros((len(contexts), width), bool)
+    for i, c in enumerate(contexts):
+        ctx[i, width - len(c) :], mask[i, width - len(c) :] = c, True
+    pred = lvm.predict(ctx, mask)
+    pred /= np.linalg.norm(pred, axis=1, keepdims=True)
+    same = np.asarray(owners[1:]) == np.asarray(owners[:-1])
+    moved = (pred[1:] * pred[:-1]).sum(axis=1)[same]
+    return {
+        "truth": float(np.mean(truth)) if truth else None,
+        "teacher_forced_lvm": float(moved.mean()) if moved.size else None,
+    }
+
+
 def near_repeats(prompt: np.ndarray, shown: np.ndarray, threshold: float) -> np.ndarray:
     """Per shown vector, whether it is at `threshold` cosine or closer to the prompt or an earlier one."""
     earlier = np.concatenate([prompt, shown]) @ shown.T  # (p + n, n)
@@ -366,11 +398,13 @@ def evaluate_free_running(
             100 * m["grounded_share"],
         )
 
+    shown: dict[str, np.ndarray] = {}
     for name, lane in {**lanes, **extreme_lanes(k)}.items():
         streams = generator_streams(
             generator, prompts, lambda i, lane=lane: generator.decoder(lane, seed=seed + i), prompt_len, steps
         )
         record(name, streams)
+        shown[name] = np.array([s.shown_ids for s in streams])
         if name in lanes:
             c_sample = np.asarray([c for s in streams for c in s.c_pick])
             random = generator_streams(
@@ -382,6 +416,8 @@ def evaluate_free_running(
     record("knn", knn_streams(bank, prompts, prompt_len, steps))
     # Each lane against its baselines on the same prompts: is the gap in text cosine more than noise?
     for name in lanes:
+        # Does the lane change what the reader sees? The share of steps showing what LVM-only shows.
+        results[name]["same_text_as_lvm_only"] = float(np.mean(shown[name] == shown["lvm-only"]))
         results[name]["versus"] = {
             baseline: paired_difference(per_stream[name], per_stream[key], seed)
             for baseline, key in (("random", f"random-{name}"), ("lvm-only", "lvm-only"), ("knn", "knn"))
@@ -391,15 +427,17 @@ def evaluate_free_running(
              for p in prompts if len(p.window) > prompt_len]
     truth_rate = float(np.concatenate(truth).mean()) if truth else None
     return {"docs": documents, "prompts": len(prompts), "prompt_concepts": prompt_len, "steps": steps,
-            "near_cosine": near_cosine, "truth_near_repeat_rate": truth_rate, "lanes": results}
+            "near_cosine": near_cosine, "truth_near_repeat_rate": truth_rate,
+            "successive_cos": successive_cosines(generator, prompts, prompt_len), "lanes": results}
 
 
 PERCENT_KEYS = {
-    "repeat_rate", "consecutive_repeat_rate", "near_repeat_rate", "grounded_share", "snap", "blend", "novel"
+    "repeat_rate", "consecutive_repeat_rate", "near_repeat_rate", "same_text_as_lvm_only", "grounded_share",
+    "snap", "blend", "novel",
 }
 FREE_RUNNING_COLUMNS = {
     "name": "lane", "repeat_rate": "repeat", "consecutive_repeat_rate": "repeat at t-1",
-    "near_repeat_rate": "near repeat",
+    "near_repeat_rate": "near repeat", "same_text_as_lvm_only": "same text as LVM-only",
     "distinct_per_stream": "distinct", "cos_true": "cos to truth (text)", "cos_true_output": "cos to truth (vector)",
     "grounded_share": "grounded", "snap": "SNAP", "blend": "BLEND", "novel": "NOVEL",
     "successive_lvm_cos": "LVM successive cos", "x_random": "text cos × random mix",
@@ -419,6 +457,7 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             **{key: m[key] for key in ("repeat_rate", "consecutive_repeat_rate", "near_repeat_rate",
                                        "distinct_per_stream", "cos_true",
                                        "cos_true_output", "grounded_share")},
+            "same_text_as_lvm_only": m.get("same_text_as_lvm_only"),
             "snap": m["shares"]["SNAP"], "blend": m["shares"]["BLEND"], "novel": m["shares"]["NOVEL"],
             "successive_lvm_cos": float(np.mean(successive)) if successive else None,
             "x_random": m["cos_true"] / random if random and m["cos_true"] is not None else None,
@@ -428,13 +467,19 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def near_repeat_note(result: dict[str, Any]) -> str:
-    """One sentence on what a near repeat is in `result`, with the documents' own rate for comparison."""
+def free_running_note(result: dict[str, Any]) -> str:
+    """What a near repeat is in `result` (with the documents' own rate), and how far consecutive vectors move."""
     truth = result.get("truth_near_repeat_rate")
     own = f"; the documents' own continuations do so at {truth:.1%} of their sentences" if truth is not None else ""
+    moved = result.get("successive_cos") or {}
+    successive = (
+        f" Successive cosine of the documents' own concepts {moved['truth']:.3f}, of the LVM's teacher-forced "
+        f"predictions {moved['teacher_forced_lvm']:.3f} (free-running: the `LVM successive cos` column)."
+        if moved.get("truth") is not None and moved.get("teacher_forced_lvm") is not None else ""
+    )
     return (
         f"`near repeat`: the text is at cosine {result.get('near_cosine', 1.0):.3f} or closer (the bank's paraphrase "
-        f"cosine) to the prompt or an earlier step{own}."
+        f"cosine) to the prompt or an earlier step{own}.{successive}"
     )
 
 

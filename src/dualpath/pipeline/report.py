@@ -22,7 +22,7 @@ from dualpath.evaluation.lvm import evaluate_bank
 from dualpath.evaluation.retrieval import heldout_eval_pairs, relative_gain, retrieval_table
 from dualpath.fileio import atomic_directory, json_default
 from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation
-from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_rows, near_repeat_note
+from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_note, free_running_rows
 from dualpath.pipeline.generator import Generator
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def free_running_section(free: dict[str, Any]) -> list[str]:
         "already shown (prompt or earlier step); `cos to truth`: step t against the document's own concept t "
         "(text: the rendered concept; vector: the decided vector); `grounded`: the text is the bank concept "
         "itself (SNAP). Baselines of the same run: `lvm-only`, `bank-only`, `random-<lane>` (the lane's own "
-        "shares, decided by chance instead of by c) and `knn` (kNN continuation). " + near_repeat_note(free),
+        "shares, decided by chance instead of by c) and `knn` (kNN continuation). " + free_running_note(free),
         "",
         "| " + " | ".join(FREE_RUNNING_COLUMNS.values()) + " |",
         "|---" * len(FREE_RUNNING_COLUMNS) + "|",
