@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What a calibration measures changed (2: the paraphrase cosine): a cached calibration older than this is redone.
+CALIBRATION_VERSION = 2
 QUANTILES = (5, 25, 50, 75, 95)
 DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the same concept again"
 FREE_DOCS = 200  # held-out prompts of the free-running calibration

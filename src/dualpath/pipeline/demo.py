@@ -27,7 +27,7 @@ from dualpath.corpus import WIKI_SAMPLE
 from dualpath.errors import DualPathError
 from dualpath.fileio import write_json_atomic
 from dualpath.models.checkpoint import BEST
-from dualpath.pipeline.calibrate import calibrate_bank
+from dualpath.pipeline.calibrate import CALIBRATION_VERSION, calibrate_bank
 from dualpath.pipeline.calibrated_lanes import read_calibration
 from dualpath.pipeline.generator import GenerationStep, Generator
 from dualpath.pipeline.report import measure, write_report
@@ -118,7 +118,7 @@ def run_demo(
               lambda: train_retriever(bank, cfg, tower_dir(bank_dir)))
         generator = Generator.from_bank(bank, cfg, calibrating=True)  # the next stage calibrates it if need be
         try:
-            stage("calibrate", {"lanes": cfg.decider.model_dump(mode="json")},
+            stage("calibrate", {"lanes": cfg.decider.model_dump(mode="json"), "version": CALIBRATION_VERSION},
                   read_calibration(bank_dir) is not None,
                   lambda: _calibrate(generator, cfg))
             for prompt in prompts or DEMO_PROMPTS:
