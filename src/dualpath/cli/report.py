@@ -66,8 +66,18 @@ def demo_command(
                 d = r.decision.value
                 c = "-" if r.c_max is None else f"{r.c_max:.3f}"
                 mark = "≈ " if step.approximate else ""
+                far = f" [dim](cos {step.text_cosine:.2f})[/]" if step.approximate and step.text else ""
                 style = DECISION_STYLE.get(d, "white")
-                console.print(f"  [{style}]{d:<14}[/] c={c} α={r.alpha:.2f}  {mark}{step.text}", highlight=False)
+                console.print(f"  [{style}]{d:<14}[/] c={c} α={r.alpha:.2f}  {mark}{step.text}{far}", highlight=False)
+        shown = [[step.text_concept_id for step in steps_done] for steps_done in lanes.values()]
+        differ = sum(len(set(column)) > 1 for column in zip(*shown, strict=True))
+        exact = ", ".join(
+            f"{lane} {sum(not step.approximate for step in steps_done)}" for lane, steps_done in lanes.items()
+        )
+        console.print(
+            f"[dim]The lanes show different sentences at {differ} of {len(shown[0]) if shown else 0} steps; "
+            f"exact bank sentences: {exact}.[/]"
+        )
         everything = [step for steps_done in lanes.values() for step in steps_done]
         if everything and all(step.record.decision.value == "NOVEL" for step in everything):
             # Identical lanes look like a bug to a reader; say why they are identical.

@@ -37,10 +37,12 @@ from dualpath.training.retriever import train_retriever
 log = logging.getLogger(__name__)
 
 DEMO_DOCS = 3000  # articles in the default subset: the cold demo fits in minutes on two cores
+# Typed prompts, not bank sentences: two on topics the demo bank's 3,000 articles cover (the lanes
+# ground differently there) and one it does not cover (every lane stays NOVEL: the bank has nothing to add).
 DEMO_PROMPTS = [
+    "The budgerigar is a small parrot native to Australia. It is often kept as a pet.",
+    "The Congo River is the deepest river in the world.",
     "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of 384,400 km.",
-    "Photosynthesis is the process by which plants turn light into chemical energy.",
-    "The French Revolution began in 1789. It overthrew the monarchy and established a republic.",
 ]
 STAMP = "demo-stages.json"
 
