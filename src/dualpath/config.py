@@ -163,6 +163,9 @@ class GenerationConfig(_Section):
     # shown, which makes every lane's text the same (docs/generation.md has the measurements).
     # "novel-rendered" = the decided vector for SNAP and BLEND, the rendered concept for NOVEL steps.
     feedback: Literal["output", "rendered", "novel-rendered"] = "output"
+    # Per-stream model state: the LVM and the tower read one new concept per step (models/incremental.py);
+    # False re-reads every stream's whole window each step (the reference path; the same outputs).
+    incremental: bool = True
 
 
 class ServiceConfig(_Section):

@@ -372,7 +372,10 @@ def choose_next_vectors(
         out[is_blend] = mixed / _row_norms(mixed)[:, None]
 
     latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
-    reasons = [f if f is not None else FALLBACK_EMPTY if e else None for f, e in zip(batch.fallbacks, empty.tolist())]
+    reasons = [
+        f if f is not None else FALLBACK_EMPTY if e else None
+        for f, e in zip(batch.fallbacks, empty.tolist(), strict=True)
+    ]
     records = [
         DecisionRecord(
             step=0,

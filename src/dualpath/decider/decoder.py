@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,7 +17,9 @@ from dualpath.decider.decision import (
     DecisionRecord,
     Sampling,
     Shortlist,
+    ShortlistBatch,
     choose_next_vector,
+    choose_next_vectors,
 )
 from dualpath.decider.lanes import Lane, get_lane, load_lanes
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
@@ -105,13 +108,14 @@ class DualPathDecoder:
             v_hat, shortlist, self.lane, self._recent, self.schedule, self.dup_threshold,
             self.used_ids, self.sampling, draw,
         )
+        return v_out, self._record(record, (time.perf_counter() - start) * 1000.0)
+
+    def _record(self, record: DecisionRecord, latency_ms: float) -> DecisionRecord:
         self._recent.append(record.picked_id)
         self._shown.append(record.picked_id)
-        record = dataclasses.replace(
-            record, step=self._step, latency_ms=(time.perf_counter() - start) * 1000.0
-        )
+        record = dataclasses.replace(record, step=self._step, latency_ms=latency_ms)
         self._step += 1
-        return v_out, record
+        return record
 
     def shown(self, concept_id: int) -> None:
         """The concept the last step was rendered as (-1: none): the stream may not show it again."""
@@ -125,3 +129,38 @@ class DualPathDecoder:
         self._shown.clear()
         self._rng = np.random.default_rng(self.seed)
         self._step = 0
+
+
+def step_streams(
+    decoders: Sequence[DualPathDecoder], v_hat: np.ndarray, batch: ShortlistBatch
+) -> tuple[np.ndarray, list[DecisionRecord]]:
+    """One step of b streams, each with its own decoder: `choose_next_vectors` once per group of
+    decoders that decide alike (lane, schedule, dup threshold, sampling), not once per stream.
+
+    Each stream's output and record equal `decoders[i].step(v_hat[i], its shortlist)`: the
+    batched decision is bit-for-bit the single one, and every decoder keeps its own memory and draws.
+    """
+    start = time.perf_counter()
+    b = len(decoders)
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(decoders):
+        groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold, d.sampling), []).append(i)
+    out = np.empty((b, v_hat.shape[1]), np.float32)
+    records: list[DecisionRecord | None] = [None] * b
+    for rows in groups.values():
+        first = decoders[rows[0]]
+        whole = len(rows) == b
+        sub = batch if whole else ShortlistBatch(
+            batch.ids[rows], batch.vectors[rows], tuple(batch.fallbacks[i] for i in rows), batch.unit
+        )
+        members = [decoders[i] for i in rows]
+        draws = None if first.sampling.greedy else np.array([float(d._rng.random()) for d in members])
+        decided, group_records = choose_next_vectors(
+            v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
+            first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
+        )
+        out[rows] = decided
+        for i, d, record in zip(rows, members, group_records, strict=True):
+            records[i] = d._record(record, record.latency_ms)
+    latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
+    return out, [dataclasses.replace(r, latency_ms=latency_ms) for r in records if r is not None]
