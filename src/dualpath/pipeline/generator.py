@@ -551,7 +551,7 @@ class Generator:
         snaps = [i for i, r in enumerate(records) if r.decision is Decision.SNAP and r.neighbour_id is not None]
         rest = [i for i in range(b) if i not in set(snaps)]
         found: dict[int, tuple[int, float]] = {}
-        if rest and isinstance(self.renderer, NearestConceptRenderer):
+        if rest and type(self.renderer) is NearestConceptRenderer:  # a subclass may render otherwise
             found = shortlist_nearest(outputs, shortlists, floors, queries, skips, rest)
         ids = [records[i].neighbour_id for i in snaps] + [found[i][0] for i in rest if i in found]
         texts = dict(zip(ids, self.bank.texts(ids), strict=True))
