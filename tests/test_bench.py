@@ -21,7 +21,7 @@ from dualpath.benchsuite.timing import stats, with_ratio
 TINY = replace(
     QUICK, name="tiny", synthetic=(2_000,), queries=48, single_queries=15, single_calls=6, batch_sizes=(8,),
     encode_batch=8, encode_calls=2, decision_steps=20, decision_batch=8, generation_prompts=3, generation_steps=2,
-    generation_batch=4, training_pairs=150, tower_epochs=1, quality_pairs=150, free_docs=2,
+    generation_batches=(4,), training_pairs=150, tower_epochs=1, quality_pairs=150, free_docs=2,
 )
 SECTIONS = {
     "encode", "lvm_step", "tower", "decision", "generation", "search", "memory_bank", "training",

@@ -257,3 +257,42 @@ def test_quality_thresholds_closed_form_matches_the_decider(generator):
         x = extreme_lanes(100)[extreme]
         out_x, dec_x = decide_lane(generator.bank, rows, x, "continuous")
         assert best["mean_cos"] >= summarize_lane(generator.bank, rows, x, out_x, dec_x)["mean_cos"] - 1e-6
+
+
+def test_incremental_state_gives_the_steps_of_the_full_window_path(trained_bank_path):
+    # More steps than the LVM's window (context 4), so the state slides; greedy, so any drift shows.
+    steps = {}
+    for incremental in (True, False):
+        cfg = tiny_config()
+        cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"incremental": incremental})})
+        gen = Generator.from_bank(trained_bank_path, cfg)
+        try:
+            steps[incremental] = list(gen.generate(PROMPT, steps=10, lane="neutral"))
+        finally:
+            gen.close()
+            gen.bank.close()
+    for a, b in zip(steps[True], steps[False], strict=True):
+        assert a.record.decision == b.record.decision and a.record.neighbour_id == b.record.neighbour_id
+        assert a.text_concept_id == b.text_concept_id
+        np.testing.assert_allclose(a.lvm_vector, b.lvm_vector, atol=2e-5)
+        np.testing.assert_allclose(a.vector, b.vector, atol=2e-5)
+
+
+def test_rendering_from_the_shortlist_is_what_the_index_returns(generator):
+    from dualpath.pipeline.generator import search_shortlist_batch, shortlist_nearest
+
+    bank = generator.bank
+    rng = np.random.default_rng(0)
+    seeds = bank.vectors(rng.choice(len(bank), 64, replace=False))
+    queries = seeds
+    # Outputs at various distances from the queries: near ones are provable from the shortlist, far ones not.
+    outputs = seeds + rng.uniform(0.0, 4.0, size=(64, 1)).astype(np.float32) * rng.normal(size=seeds.shape).astype(
+        np.float32) / np.sqrt(bank.dim)
+    exclude = [np.array([i], np.int64) for i in range(64)]
+    batch, floors = search_shortlist_batch(bank, generator.miner, queries, [50] * 64, exclude)
+    found = shortlist_nearest(outputs, batch, floors, queries, exclude, range(64))
+    assert 0 < len(found) < 64  # the bound both proves and declines
+    exact = generator.renderer.render(outputs, exclude)
+    for i, (cid, cosine) in found.items():
+        assert cid == exact[i].concept_id
+        assert cosine == pytest.approx(exact[i].cosine, abs=1e-3)

@@ -168,6 +168,9 @@ class GenerationConfig(_Section):
     # how often the bank's own documents restate an earlier sentence (a value set here wins); 1.0 blocks
     # exact repeats only.
     paraphrase_cosine: float = Field(0.80, gt=0.0, le=1.0)
+    # Per-stream model state: the LVM and the tower read one new concept per step (models/incremental.py);
+    # False re-reads every stream's whole window each step (the reference path; the same outputs).
+    incremental: bool = True
 
 
 class ServiceConfig(_Section):

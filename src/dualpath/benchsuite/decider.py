@@ -1,7 +1,9 @@
 """Decision latency at K candidates, single stream and batched, against the bare minimum any decider does.
 
 The baseline is one BLAS mat-vec over the K shortlist vectors and an argmax: the cosines a decision
-cannot avoid. Shortlists are random unit vectors with one neighbour per stream planted at a cosine
+cannot avoid. Shortlists are marked unit-norm, as the generator's bank shortlists are; one row
+decides the same shortlists unmarked (K norms recomputed per step) to show what that costs.
+Shortlists are random unit vectors with one neighbour per stream planted at a cosine
 spread over the lane's range, so SNAP, BLEND and NOVEL all occur. `bench/bench_decider.py` prints
 these figures on their own, beside its miner measurements.
 """
@@ -36,7 +38,8 @@ def bench_decisions(d: int, steps: int, batch: int, k: int = K) -> dict[str, dic
     noise = normalize_rows(rng.normal(size=(batch, d)))
     vectors[:, 0] = normalize_rows(c * v_hat + np.sqrt(1 - c**2) * noise)
     ids = np.arange(k, dtype=np.int64)
-    shortlists = [Shortlist(ids, vectors[i]) for i in range(batch)]
+    shortlists = [Shortlist(ids, vectors[i], unit=True) for i in range(batch)]
+    unmarked = [Shortlist(ids, vectors[i]) for i in range(batch)]
 
     def bare(i: int) -> None:  # what any decider must do: k cosines and the best
         j = i % batch
@@ -45,12 +48,15 @@ def bench_decisions(d: int, steps: int, batch: int, k: int = K) -> dict[str, dic
     def single(i: int) -> None:
         choose_next_vector(v_hat[i % batch], shortlists[i % batch], lane)
 
+    def single_unmarked(i: int) -> None:
+        choose_next_vector(v_hat[i % batch], unmarked[i % batch], lane)
+
     decoder = DualPathDecoder(lane)
 
     def stateful(i: int) -> None:
         decoder.step(v_hat[i % batch], shortlists[i % batch])
 
-    all_streams = ShortlistBatch(np.tile(ids, (batch, 1)), vectors, (None,) * batch)
+    all_streams = ShortlistBatch(np.tile(ids, (batch, 1)), vectors, (None,) * batch, unit=True)
 
     def batched(i: int) -> None:
         choose_next_vectors(v_hat, all_streams, lane)
@@ -58,6 +64,7 @@ def bench_decisions(d: int, steps: int, batch: int, k: int = K) -> dict[str, dic
     return {
         BASELINE: stats(timings_ms(bare, steps)),
         "choose_next_vector": stats(timings_ms(single, steps)),
+        "choose_next_vector, shortlist not marked unit-norm": stats(timings_ms(single_unmarked, steps)),
         "DualPathDecoder.step": stats(timings_ms(stateful, steps)),
         f"choose_next_vectors, batch {batch}": stats(
             timings_ms(batched, max(5, steps // batch), warmup=1), per_call=batch

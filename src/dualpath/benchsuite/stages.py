@@ -20,11 +20,11 @@ import numpy as np
 from dualpath.benchsuite.timing import stats, timings_ms, with_ratio
 from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
-from dualpath.decider import Lane, ShortlistBatch, choose_next_vectors
+from dualpath.decider import Lane
 from dualpath.encoding import Encoder
 from dualpath.models.heuristics import last_vector, mean_vector
 from dualpath.pipeline.evaluate import heldout_pairs
-from dualpath.pipeline.generator import Generator, search_shortlists
+from dualpath.pipeline.generator import Generator
 from dualpath.runtime import torch_threads
 
 SINGLE_BASELINE = "1 per call (baseline)"
@@ -109,52 +109,48 @@ def generation_prompts(generator: Generator, cfg: DualPathConfig, count: int, le
 
 
 def bench_generation(
-    generator: Generator, lane: Lane, prompts: Sequence[np.ndarray], steps: int, batch: int
+    generator: Generator, lane: Lane, prompts: Sequence[np.ndarray], steps: int, batches: Sequence[int]
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """(rows, counts): the whole step and its parts from Generator.generate, plus a batched step."""
+    """(rows, counts): the single step and its parts from Generator.generate (baseline), the same steps
+    with the models re-reading the whole window (the reference path), and Generator.generate_batch
+    at each batch size with its parts (time per stream-step; per s is stream-steps per second)."""
     bank = generator.bank
-
-    fallbacks = {"single": 0, "batched": 0}
+    counts = {"fallbacks": 0}
 
     def run(prompt_ids: np.ndarray) -> list[dict[str, float]]:
         steps_ = list(generator.generate(bank.vectors(prompt_ids), steps, lane, prompt_ids))
-        fallbacks["single"] += sum(s.record.fallback_reason is not None for s in steps_)
+        counts["fallbacks"] += sum(s.record.fallback_reason is not None for s in steps_)
         return [s.latency_ms for s in steps_]
 
+    def parts(latencies: list[dict[str, float]], name: str, per_call: float = 1) -> dict[str, dict[str, float]]:
+        rows = {name: stats(np.array([x["total"] for x in latencies]), per_call)}
+        for stage in STAGES:
+            rows[f"  {stage}"] = stats(np.array([x.get(stage, 0.0) for x in latencies]), per_call)
+        return rows
+
     run(prompts[0])  # warm-up: first calls allocate
-    fallbacks["single"] = 0
+    counts["fallbacks"] = 0
     latencies = [lat for p in prompts for lat in run(p)]
-    rows: dict[str, dict[str, float]] = {"whole step (baseline)": stats(np.array([x["total"] for x in latencies]))}
-    for stage in STAGES:
-        rows[f"  {stage}"] = stats(np.array([x.get(stage, 0.0) for x in latencies]))
-    rows["  sum of the parts"] = stats(np.array([sum(x.get(s, 0.0) for s in STAGES) for x in latencies]))
+    rows: dict[str, dict[str, float]] = parts(latencies, "whole step (baseline)")
+    cfg = generator.cfg
+    generator.cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"incremental": False})})
+    try:
+        reference = [lat for p in prompts for lat in run(p)]
+    finally:
+        generator.cfg = cfg
+    rows["whole step, models re-read the window"] = stats(np.array([x["total"] for x in reference]))
+    rows["  lvm + query, window re-read"] = stats(np.array([x["lvm"] + x["query"] for x in reference]))
 
-    # The same parts for `batch` streams in one call each: what a server batching requests would pay.
-    contexts = [bank.vectors(p) for p in prompts]
-    width = generator.context_size
-    ctx = np.zeros((len(contexts), width, bank.dim), dtype=np.float32)
-    mask = np.zeros((len(contexts), width), dtype=bool)
-    for i, c in enumerate(contexts):
-        c = c[-width:]
-        ctx[i, width - len(c) :], mask[i, width - len(c) :] = c, True
-    ctx, mask = repeat_rows(ctx, batch), repeat_rows(mask, batch)
-    exclude = [np.asarray(prompts[i % len(prompts)], dtype=np.int64) for i in range(batch)]
-
-    def batched_step(i: int) -> None:
-        v_hat = generator.lvm.predict(ctx, mask)
-        queries = generator.tower.encode_queries(ctx, mask) if generator.tower is not None else v_hat
-        shortlists = search_shortlists(bank, generator.miner, queries, lane.k, exclude, timeout=None)
-        fallbacks["batched"] += sum(s.fallback is not None for s in shortlists)
-        out, _ = choose_next_vectors(
-            v_hat, ShortlistBatch.stack(shortlists, bank.dim), lane, None,
-            generator.cfg.decider.schedule, generator.cfg.decider.dup_threshold,
-        )
-        generator.renderer.render(out, exclude)
-
-    calls = max(3, len(latencies) // batch)
-    rows[f"batched step, {batch} streams"] = stats(timings_ms(batched_step, calls, 1), batch)
-    counts = {"steps": len(latencies), "prompts": len(prompts), "batched_calls": calls,
-              "fallbacks_single": fallbacks["single"], "fallbacks_batched": fallbacks["batched"]}
+    for size in batches:
+        chosen = [prompts[i % len(prompts)] for i in range(size)]
+        vectors = [bank.vectors(p) for p in chosen]
+        generator.generate_batch(vectors[:2], 1, lane, chosen[:2])  # warm-up
+        runs = generator.generate_batch(vectors, steps, lane, chosen)
+        per_step = [stream[t].latency_ms for t in range(steps) for stream in runs[:1]]  # the batch's, per stream
+        counts["fallbacks"] += sum(s.record.fallback_reason is not None for r in runs for s in r)
+        batch_rows = parts(per_step, f"batched step, {size} streams")
+        rows.update({(k if k.startswith("batched") else f"{k} ({size})"): v for k, v in batch_rows.items()})
+    counts.update({"steps": len(latencies), "prompts": len(prompts)})
     return with_ratio(rows, "whole step (baseline)"), counts
 
 

@@ -62,7 +62,7 @@ class SuiteSizes:
     decision_batch: int
     generation_prompts: int
     generation_steps: int
-    generation_batch: int
+    generation_batches: tuple[int, ...]  # streams per generate_batch call
     training_pairs: int  # per architecture, for the training-speed epoch
     tower_epochs: int  # each tower kind's training before its retrieval is compared (the first one timed)
     quality_pairs: int  # held-out pairs of the dual-path evaluation
@@ -73,13 +73,13 @@ class SuiteSizes:
 QUICK = SuiteSizes(
     name="quick", demo_docs=DEMO_DOCS, synthetic=(10_000, 100_000), queries=256, single_queries=100,
     single_calls=60, batch_sizes=(32, 256), encode_batch=64, encode_calls=4, decision_steps=300,
-    decision_batch=32, generation_prompts=12, generation_steps=4, generation_batch=32, training_pairs=6_000,
+    decision_batch=32, generation_prompts=12, generation_steps=4, generation_batches=(32, 256), training_pairs=6_000,
     tower_epochs=3, quality_pairs=1_000, free_docs=200,
 )
 FULL = SuiteSizes(
     name="full", demo_docs=None, synthetic=(10_000, 100_000, 1_000_000), queries=1_024, single_queries=500,
     single_calls=300, batch_sizes=(32, 256), encode_batch=64, encode_calls=16, decision_steps=1_000,
-    decision_batch=64, generation_prompts=50, generation_steps=8, generation_batch=64, training_pairs=10_000,
+    decision_batch=64, generation_prompts=50, generation_steps=8, generation_batches=(32, 256), training_pairs=10_000,
     tower_epochs=3, quality_pairs=4_000, free_docs=200, second_corpus=PYTHON_DOCS,
 )
 
@@ -255,13 +255,16 @@ class _Sections:
         s = self.sizes
         prompts = stages.generation_prompts(self.generator, self.cfg, s.generation_prompts)
         rows, counts = stages.bench_generation(self.generator, self.lane, prompts, s.generation_steps,
-                                               s.generation_batch)
+                                               s.generation_batches)
         source = "tower" if self.generator.tower is not None else "LVM vector"
-        note = (f"`Generator.generate` in lane `{self.lane.name}` (K = {self.lane.k}, query from the {source}): "
-                f"{counts['steps']} steps from {counts['prompts']} two-concept prompts of held-out documents; the "
-                "parts are the step's own stage latencies. The batched step runs the same parts for "
-                f"{s.generation_batch} streams per call (time per stream). Baseline: the whole single step. "
-                f"Retrieval fallbacks: {counts['fallbacks_single']} single, {counts['fallbacks_batched']} batched.")
+        sizes = " and ".join(str(b) for b in s.generation_batches)
+        note = (f"`Generator.generate` in lane `{self.lane.name}` (K = {self.lane.k}, query from the {source}, "
+                f"index `{self.bank.index_spec}`): {counts['steps']} steps from {counts['prompts']} two-concept "
+                "prompts of held-out documents; the parts are the step's own stage latencies. The models keep "
+                "per-stream state (`generation.incremental`); the reference row re-reads the window each step. "
+                f"`Generator.generate_batch` runs {sizes} streams of the same prompts (time per stream-step; per s "
+                "is stream-steps per second). Baseline: the whole single step. "
+                f"Retrieval fallbacks: {counts['fallbacks']}.")
         return {"generation": Section("Generation step", note, stages.TIMING_COLUMNS, rows)}
 
     def search(self) -> dict[str, Section]:

@@ -14,8 +14,9 @@ from dualpath.decider.decision import (
     ShortlistBatch,
     choose_next_vector,
     choose_next_vectors,
+    id_rows,
 )
-from dualpath.decider.decoder import DualPathDecoder
+from dualpath.decider.decoder import DualPathDecoder, step_streams
 from dualpath.decider.lanes import (
     Lane,
     Shares,
@@ -26,7 +27,14 @@ from dualpath.decider.lanes import (
     make_lane,
     thresholds_from_shares,
 )
-from dualpath.decider.miners import MinerResult, SearchIndex, SyncMiner, ThreadedMiner, to_shortlists
+from dualpath.decider.miners import (
+    MinerResult,
+    SearchIndex,
+    SyncMiner,
+    ThreadedMiner,
+    to_shortlist_batch,
+    to_shortlists,
+)
 from dualpath.decider.schedules import SCHEDULES, continuous_alpha, get_schedule, reference_alpha
 from dualpath.decider.telemetry import RecentRecords, TelemetrySink, read_records, summarize
 
@@ -59,11 +67,14 @@ __all__ = [
     "extreme_lanes",
     "get_lane",
     "get_schedule",
+    "id_rows",
     "load_lanes",
     "make_lane",
     "read_records",
     "reference_alpha",
+    "step_streams",
     "summarize",
     "thresholds_from_shares",
+    "to_shortlist_batch",
     "to_shortlists",
 ]

@@ -16,9 +16,12 @@ of n* when the step SNAPped or BLENDed (the output was pulled to that concept), 
 "picked within the last 8 steps" is exactly the last 8 entries, whatever the steps decided.
 
 The single-step form runs the batched form on a batch of one, and every per-stream quantity is
-computed per stream or elementwise, never by BLAS (whose kernels may choose their summation order
-by shape, alignment or thread count): a stream's result is bit-for-bit the same alone or in a
-batch.
+computed from that stream's rows alone: elementwise, or by one matrix-vector product per stream
+(`np.matmul` over a stack calls BLAS once per (k, d) matrix, the same call a batch of one makes),
+so a stream's result is bit-for-bit the same alone or in a batch, and the batched form has no
+per-stream Python loop. Bank vectors are unit-norm: a shortlist marked `unit` (what the
+generator's bank shortlists are) has its cosines read as plain dot products, with no norms
+recomputed per step; only the picked row is normalised for the output.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class Shortlist:
     ids: np.ndarray
     vectors: np.ndarray
     fallback: str | None = None
+    unit: bool = False  # the vectors are unit-norm (a bank's): cosines are dot products
 
     @classmethod
     def failed(cls, reason: str, dim: int = 0) -> Shortlist:
@@ -105,11 +109,16 @@ class Shortlist:
 
 @dataclass(frozen=True)
 class ShortlistBatch:
-    """Shortlists of b streams: ids (b, k) int64 with -1 padding, vectors (b, k, d), fallbacks (b,)."""
+    """Shortlists of b streams: ids (b, k) int64 with -1 padding, vectors (b, k, d), fallbacks (b,).
+
+    `unit`: every valid row is unit-norm (a bank's vectors, e.g. read at float16 and widened): the
+    decider reads cosines as dot products and does not recompute K norms per step.
+    """
 
     ids: np.ndarray
     vectors: np.ndarray
     fallbacks: tuple[str | None, ...]
+    unit: bool = False
 
     @classmethod
     def stack(cls, shortlists: Sequence[Shortlist], dim: int) -> ShortlistBatch:
@@ -117,7 +126,7 @@ class ShortlistBatch:
         if len(shortlists) == 1 and shortlists[0].fallback is None:
             # One stream (every single step): a view, not a copy of its (k, d) vectors.
             ids, vectors = _check_shortlist(shortlists[0], dim)
-            return cls(ids[None, :], vectors[None, :, :], (None,))
+            return cls(ids[None, :], vectors[None, :, :], (None,), shortlists[0].unit)
         k = max((len(s) for s in shortlists), default=0)
         ids = np.full((len(shortlists), k), NO_ID, np.int64)
         vectors = np.zeros((len(shortlists), k, dim), np.float32)
@@ -126,7 +135,8 @@ class ShortlistBatch:
                 s_ids, s_vectors = _check_shortlist(s, dim)
                 ids[i, : len(s)] = s_ids
                 vectors[i, : len(s)] = s_vectors
-        return cls(ids, vectors, tuple(s.fallback for s in shortlists))
+        unit = all(s.unit for s in shortlists)
+        return cls(ids, vectors, tuple(s.fallback for s in shortlists), unit)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -196,45 +206,85 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.square(x).sum(axis=-1))
 
 
-def _similarities(queries: np.ndarray, vectors: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Cosines (b, k) of unit queries to the valid shortlist rows (-inf elsewhere), and the rows' norms.
+def id_rows(rows: Sequence[Sequence[int]] | np.ndarray | None, b: int, what: str) -> np.ndarray:
+    """Per-stream id lists as one (b, m) int64 array, right-aligned (most recent last), padded with -1.
 
-    One stream at a time through the same einsum calls, so a stream's numbers never depend on the
-    batch around it: einsum's kernels add in an order fixed by the code, and need no (k, d)
-    temporaries (which made large batches slower per stream than single steps).
+    An array is taken as it is (the batched decoder builds one); -1 never matches a candidate.
+    """
+    if rows is None or (b == 1 and not isinstance(rows, np.ndarray) and not len(rows[0])):
+        return np.full((b, 0), NO_ID, np.int64)
+    if isinstance(rows, np.ndarray):
+        if rows.ndim != 2 or rows.shape[0] != b:
+            raise DeciderError(f"need one row of {what} per stream ({b}), got shape {rows.shape}")
+        return rows.astype(np.int64, copy=False)
+    rows = list(rows)
+    if len(rows) != b:
+        raise DeciderError(f"need one {what} per stream ({b}), got {len(rows)}")
+    width = max((len(r) for r in rows), default=0)
+    out = np.full((b, width), NO_ID, np.int64)
+    for i, row in enumerate(rows):
+        if len(row):
+            out[i, width - len(row) :] = np.asarray(row, dtype=np.int64)
+    return out
+
+
+def _similarities(queries: np.ndarray, vectors: np.ndarray, valid: np.ndarray, unit: bool) -> np.ndarray:
+    """Cosines (b, k) of unit queries to the valid shortlist rows, -inf elsewhere.
+
+    The dot products are one BLAS mat-vec per stream over its rows up to its last valid one (`n`):
+    the same call, of the same (n, d) shape, whether the stream is alone or in a batch (BLAS
+    kernels sum a row differently at a block's tail, so the shape must not depend on the batch's
+    padding). Streams of equal `n` share one stacked `matmul`, so the calls loop in C: the Python
+    loop runs over the distinct lengths (one, when every shortlist is full), not the streams.
+    Unit shortlists are read as they are; others are divided by their rows' norms (computed
+    elementwise), which must be finite and non-zero.
     """
     b, k, _ = vectors.shape
-    norms = np.ones((b, k), np.float32)
-    dots = np.zeros((b, k), np.float32)
-    for i in np.flatnonzero(valid.any(axis=1)):
-        norms[i] = np.sqrt(np.einsum("kd,kd->k", vectors[i], vectors[i]))
-        dots[i] = np.einsum("kd,d->k", vectors[i], queries[i])
-    bad = valid & ~(np.isfinite(norms) & (norms > 0))
-    if bad.any():
-        stream, row = map(int, np.argwhere(bad)[0])
-        raise DeciderError(f"shortlist vector {row} of stream {stream} is zero, NaN/inf or overflows float32")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.where(valid, dots / np.where(valid, norms, 1.0), -np.inf).astype(np.float32)
-    return cos, norms
+    full = bool(valid[:, -1].all())
+    if full:  # every stream's last row is valid (full shortlists, the usual step): one stacked call
+        dots = np.matmul(vectors, queries[:, :, None])[:, :, 0]
+    else:
+        lengths = np.where(valid.any(axis=1), k - np.argmax(valid[:, ::-1], axis=1), 0)
+        dots = np.zeros((b, k), np.float32)
+        for n in np.unique(lengths[lengths > 0]).tolist():
+            rows = np.flatnonzero(lengths == n)
+            with np.errstate(all="ignore"):  # rows before a stream's last valid one may be padding
+                dots[rows, :n] = np.matmul(vectors[rows, :n], queries[rows, :, None])[:, :, 0]
+    if unit and full and valid.all():
+        return dots
+    with np.errstate(all="ignore"):  # padding rows may hold anything; they are masked below
+        if unit:
+            return np.where(valid, dots, np.float32(-np.inf))
+        norms = np.sqrt(np.einsum("bkd,bkd->bk", vectors, vectors))
+        bad = valid & ~(np.isfinite(norms) & (norms > 0))
+        if bad.any():
+            stream, row = map(int, np.argwhere(bad)[0])
+            raise DeciderError(f"shortlist vector {row} of stream {stream} is zero, NaN/inf or overflows float32")
+        return np.where(valid, dots / np.where(valid, norms, 1.0), np.float32(-np.inf)).astype(np.float32)
+
+
+_DECISIONS = (Decision.NOVEL, Decision.NOVEL_DUP_DROP, Decision.SNAP, Decision.BLEND)
 
 
 def choose_next_vectors(
     v_hat: np.ndarray,
     batch: ShortlistBatch,
     lane: Lane,
-    recent_ids: Sequence[Sequence[int]] | None = None,
+    recent_ids: Sequence[Sequence[int]] | np.ndarray | None = None,
     schedule: str | AlphaSchedule = "continuous",
     dup_threshold: float = NEAR_DUP_COSINE,
-    used_ids: Sequence[Sequence[int]] | None = None,
+    used_ids: Sequence[Sequence[int]] | np.ndarray | None = None,
     sampling: Sampling = GREEDY,
     draws: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """Decide b streams at once: v̂ (b, d), their shortlists, per-stream memories of picked ids.
 
-    `used_ids[i]`: concepts stream i may not show again (removed from its shortlist). `draws`:
-    one uniform number in [0, 1) per stream, needed when `sampling` is not greedy.
-    Returns the outputs (b, d) float32, unit-norm, and one record per stream (step 0; latency is
-    the call's time divided by b). Each stream's result equals `choose_next_vector` on it alone.
+    `recent_ids[i]` / `used_ids[i]`: stream i's picked ids (most recent last) and the concepts it
+    may not show again (removed from its shortlist); either may be a (b, m) array right-aligned
+    and padded with -1 (see `id_rows`). `draws`: one uniform number in [0, 1) per stream, needed
+    when `sampling` is not greedy. Returns the outputs (b, d) float32, unit-norm, and one record per
+    stream (step 0; latency is the call's time divided by b). Each stream's result equals
+    `choose_next_vector` on it alone.
     """
     start = time.perf_counter()
     alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
@@ -249,98 +299,102 @@ def choose_next_vectors(
         raise DeciderError(f"shortlist vectors must have shape ({b}, {k}, {d}), got {vectors.shape}")
     if len(batch.fallbacks) != b:
         raise DeciderError(f"need one fallback entry per stream ({b}), got {len(batch.fallbacks)}")
-    if (ids < NO_ID).any():
+    if k and ids.min() < NO_ID:
         raise DeciderError("shortlist ids must be ≥ 0, or -1 for no result")
-    memories = [()] * b if recent_ids is None else list(recent_ids)
-    if len(memories) != b:
-        raise DeciderError(f"need one memory of picked ids per stream ({b}), got {len(memories)}")
-    used = [()] * b if used_ids is None else list(used_ids)
-    if len(used) != b:
-        raise DeciderError(f"need one set of used ids per stream ({b}), got {len(used)}")
+    memory = id_rows(recent_ids, b, "memory of picked ids")
+    used = id_rows(used_ids, b, "set of used ids")
     if not sampling.greedy:
         draws = np.asarray(draws, dtype=np.float64) if draws is not None else None
         if draws is None or draws.shape != (b,) or not ((draws >= 0) & (draws < 1)).all():
             raise DeciderError(f"sampling needs one draw in [0, 1) per stream ({b})")
 
     q_norms = _row_norms(queries)
-    if not (np.isfinite(q_norms) & (q_norms > 0)).all():
-        stream = int(np.argmin(np.isfinite(q_norms) & (q_norms > 0)))
-        raise DeciderError(f"v̂ of stream {stream} is zero, NaN/inf or overflows float32")
+    if not (q_norms.min() > 0 and q_norms.max() < np.inf):  # NaN fails both
+        good = np.isfinite(q_norms) & (q_norms > 0)
+        raise DeciderError(f"v̂ of stream {int(np.argmin(good))} is zero, NaN/inf or overflows float32")
     queries = queries / q_norms[:, None]
 
-    failed = np.array([f is not None for f in batch.fallbacks], dtype=bool)
-    valid = (ids >= 0) & ~failed[:, None]
+    valid = ids >= 0
+    failed = [i for i, f in enumerate(batch.fallbacks) if f is not None]
+    if failed:
+        valid[failed] = False
     skipped = np.zeros(b, np.int64)
-    for i in range(b):
-        if len(used[i]) and k:
-            seen = valid[i] & np.isin(ids[i], np.asarray(used[i], dtype=np.int64))
-            skipped[i] = int(seen.sum())
-            valid[i] &= ~seen
+    if used.shape[1] and k:
+        seen = valid & (ids[:, :, None] == used[:, None, :]).any(axis=2)
+        skipped = seen.sum(axis=1)
+        valid &= ~seen
     empty = ~valid.any(axis=1)
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    cos, norms = _similarities(queries, vectors, valid)
+    if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     rows = np.arange(b)
-    c_best = cos.max(axis=1).astype(np.float64) if k else np.full(b, -np.inf)
-    if k and not sampling.greedy:
-        best = _sample(cos, sampling, np.asarray(draws))
-    else:
-        best = np.argmax(cos, axis=1) if k else np.zeros(b, np.int64)
-    c_max = cos[rows, best].astype(np.float64) if k else np.full(b, -np.inf)
-    neighbour_ids = ids[rows, best] if k else np.full(b, NO_ID, np.int64)
-    neighbours = vectors[rows, best] / np.where(empty, 1.0, norms[rows, best])[:, None] if k else queries
-    neighbours = np.where(empty[:, None], queries, neighbours)  # empty streams have no n*
-
-    # Thresholds compare in float64 so that a threshold computed from recorded c_max values
-    # (thresholds_from_shares) splits them exactly as it was computed to.
-    scheduled = np.asarray(alpha_of(c_max, lane.tau_snap, lane.tau_novel), dtype=np.float64)
-    decisions: list[Decision] = []
-    near_dups: list[bool] = []
-    for i in range(b):
-        memory = list(memories[i])
-        n_id = int(neighbour_ids[i])
-        near_dup = bool(not empty[i] and c_max[i] > dup_threshold and n_id in memory)
-        in_window = lane.dup_window > 0 and n_id in memory[-lane.dup_window :]
-        if empty[i]:
-            decision = Decision.NOVEL
-        elif near_dup and in_window:
-            decision = Decision.NOVEL_DUP_DROP
-        elif c_max[i] >= lane.tau_snap:
-            decision = Decision.SNAP
-        elif c_max[i] <= lane.tau_novel:
-            decision = Decision.NOVEL
+    if k:
+        cos = _similarities(queries, vectors, valid, batch.unit)
+        if sampling.greedy:
+            best = np.argmax(cos, axis=1)
+            c_best = c_max = cos[rows, best].astype(np.float64)
         else:
-            decision = Decision.BLEND
-        decisions.append(decision)
-        near_dups.append(near_dup)
+            c_best = cos.max(axis=1).astype(np.float64)
+            best = _sample(cos, sampling, np.asarray(draws))
+            c_max = cos[rows, best].astype(np.float64)
+        neighbour_ids = ids[rows, best]
+        picked = vectors[rows, best]
+        if empty.any():
+            picked[empty] = queries[empty]  # empty streams have no n* (their row may be padding)
+        neighbours = picked / _row_norms(picked)[:, None]
+    else:
+        c_best = c_max = np.full(b, -np.inf)
+        neighbour_ids = np.full(b, NO_ID, np.int64)
+        neighbours = queries
 
-    is_snap = np.array([dec is Decision.SNAP for dec in decisions])
-    is_blend = np.array([dec is Decision.BLEND for dec in decisions])
-    alpha = np.where(is_snap, 1.0, np.where(is_blend, scheduled, 0.0))
-    a32 = alpha.astype(np.float32)[:, None]
-    mixed = (1.0 - a32) * queries + a32 * neighbours
-    blended = mixed / _row_norms(mixed)[:, None]
-    out = np.where(is_snap[:, None], neighbours, np.where(is_blend[:, None], blended, queries))
-    out = out.astype(np.float32)
+    # Codes into _DECISIONS, set from the last rule to the first so that the first that holds wins
+    # (the module docstring's order). Thresholds compare in float64 so that a threshold computed from
+    # recorded c_max values (thresholds_from_shares) splits them exactly as it was computed to.
+    code = np.full(b, 3)
+    code[c_max <= lane.tau_novel] = 0
+    code[c_max >= lane.tau_snap] = 2
+    near_dup = np.zeros(b, bool)
+    if memory.shape[1]:
+        remembered = memory == neighbour_ids[:, None]
+        near_dup = ~empty & (c_max > dup_threshold) & remembered.any(axis=1)
+        window = min(lane.dup_window, memory.shape[1])
+        if window > 0:
+            code[near_dup & remembered[:, memory.shape[1] - window :].any(axis=1)] = 1
+    code[empty] = 0
+    is_snap, is_blend = code == 2, code == 3
+    alpha = is_snap.astype(np.float64)
+    out = queries.copy()
+    out[is_snap] = neighbours[is_snap]
+    if is_blend.any():
+        scheduled = np.asarray(alpha_of(c_max, lane.tau_snap, lane.tau_novel), dtype=np.float64)
+        alpha[is_blend] = scheduled[is_blend]
+        a32 = alpha.astype(np.float32)[is_blend, None]
+        mixed = (1.0 - a32) * queries[is_blend] + a32 * neighbours[is_blend]
+        out[is_blend] = mixed / _row_norms(mixed)[:, None]
 
     latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
-    records = []
-    for i in range(b):
-        reason = batch.fallbacks[i] if failed[i] else FALLBACK_EMPTY if empty[i] else None
-        records.append(
-            DecisionRecord(
-                step=0,
-                c_max=None if empty[i] else float(c_best[i]),
-                decision=decisions[i],
-                neighbour_id=None if empty[i] else int(neighbour_ids[i]),
-                alpha=float(alpha[i]),
-                lane=lane.name,
-                near_dup=near_dups[i],
-                fallback_reason=reason,
-                latency_ms=latency_ms,
-                c_pick=None if empty[i] else float(c_max[i]),
-                skipped_used=int(skipped[i]),
-            )
+    reasons = [
+        f if f is not None else FALLBACK_EMPTY if e else None
+        for f, e in zip(batch.fallbacks, empty.tolist(), strict=True)
+    ]
+    records = [
+        DecisionRecord(
+            step=0,
+            c_max=None if e else cb,
+            decision=_DECISIONS[c],
+            neighbour_id=None if e else n,
+            alpha=a,
+            lane=lane.name,
+            near_dup=nd,
+            fallback_reason=reason,
+            latency_ms=latency_ms,
+            c_pick=None if e else cp,
+            skipped_used=sk,
         )
+        for e, cb, c, n, a, nd, reason, cp, sk in zip(
+            empty.tolist(), c_best.tolist(), code.tolist(), neighbour_ids.tolist(), alpha.tolist(),
+            near_dup.tolist(), reasons, c_max.tolist(), skipped.tolist(), strict=True,
+        )
+    ]
     return out, records
 
 
@@ -385,12 +439,87 @@ def choose_next_vector(
 ) -> tuple[np.ndarray, DecisionRecord]:
     """Decide one step: v̂ (d,), its shortlist, the memory of picked ids (one entry per past step),
     the concepts the stream may not show again, and (when sampling) one uniform draw in [0, 1)."""
+    start = time.perf_counter()
     v = np.asarray(v_hat)
     if v.ndim != 1:
         raise DeciderError(f"v̂ must be a 1-d vector, got shape {v.shape}")
+    if shortlist.fallback is None and sampling.greedy and len(shortlist):
+        decided = _choose_one(v, shortlist, lane, recent_ids, schedule, dup_threshold, used_ids, start)
+        if decided is not None:
+            return decided
     batch = ShortlistBatch.stack([shortlist], dim=v.shape[0])
     draws = None if draw is None else np.array([draw], dtype=np.float64)
     out, records = choose_next_vectors(
         v[None, :], batch, lane, [recent_ids], schedule, dup_threshold, [used_ids], sampling, draws
     )
     return out[0], records[0]
+
+
+def _choose_one(
+    v: np.ndarray,
+    shortlist: Shortlist,
+    lane: Lane,
+    recent_ids: Sequence[int],
+    schedule: str | AlphaSchedule,
+    dup_threshold: float,
+    used_ids: Sequence[int],
+    start: float,
+) -> tuple[np.ndarray, DecisionRecord] | None:
+    """The greedy single step with the batched form's numbers and scalar bookkeeping (None: take the batched form).
+
+    Every vector computation is the batched form's own on a batch of one (`_similarities`,
+    `_row_norms`, the same array expressions), so the results are bit-for-bit equal; only the
+    per-stream rules run on Python scalars instead of (1,)-arrays, which is most of a single
+    step's cost once the shortlist is unit-norm. The hypothesis test holds the two forms equal.
+    """
+    queries = _as_queries(v[None, :])
+    ids, vectors = _check_shortlist(shortlist, queries.shape[1])
+    if ids.min() < NO_ID:
+        raise DeciderError("shortlist ids must be ≥ 0, or -1 for no result")
+    q_norms = _row_norms(queries)
+    if not 0 < float(q_norms[0]) < np.inf:
+        return None  # the batched form names the problem
+    queries = queries / q_norms[:, None]
+    valid = ids >= 0
+    skipped = 0
+    if len(used_ids):
+        seen = valid & np.isin(ids, np.asarray(used_ids, dtype=np.int64))
+        skipped = int(seen.sum())
+        valid &= ~seen
+    if not valid.any():
+        return None  # empty: the batched form records it
+    if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    cos = _similarities(queries, vectors[None], valid[None], shortlist.unit)[0]
+    best = int(cos.argmax())
+    c = float(cos[best])
+    n_id = int(ids[best])
+    memory = list(recent_ids)
+    near_dup = c > dup_threshold and n_id in memory
+    if near_dup and lane.dup_window > 0 and n_id in memory[-lane.dup_window :]:
+        decision = Decision.NOVEL_DUP_DROP
+    elif c >= lane.tau_snap:
+        decision = Decision.SNAP
+    elif c <= lane.tau_novel:
+        decision = Decision.NOVEL
+    else:
+        decision = Decision.BLEND
+    alpha = 0.0
+    if decision is Decision.SNAP or decision is Decision.BLEND:
+        picked = vectors[[best]]
+        neighbours = picked / _row_norms(picked)[:, None]
+        if decision is Decision.SNAP:
+            alpha, out = 1.0, neighbours[0]
+        else:
+            alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
+            alpha = float(np.asarray(alpha_of(np.array([c]), lane.tau_snap, lane.tau_novel), dtype=np.float64)[0])
+            a32 = np.array([alpha]).astype(np.float32)[:, None]
+            mixed = (1.0 - a32) * queries + a32 * neighbours
+            out = (mixed / _row_norms(mixed)[:, None])[0]
+    else:
+        out = queries[0]
+    record = DecisionRecord(
+        step=0, c_max=c, decision=decision, neighbour_id=n_id, alpha=alpha, lane=lane.name, near_dup=near_dup,
+        fallback_reason=None, latency_ms=(time.perf_counter() - start) * 1000.0, c_pick=c, skipped_used=skipped,
+    )
+    return out.astype(np.float32, copy=False), record

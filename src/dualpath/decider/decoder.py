@@ -17,7 +17,9 @@ from dualpath.decider.decision import (
     DecisionRecord,
     Sampling,
     Shortlist,
+    ShortlistBatch,
     choose_next_vector,
+    choose_next_vectors,
 )
 from dualpath.decider.lanes import Lane, get_lane, load_lanes
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
@@ -135,3 +137,38 @@ class DualPathDecoder:
         self._shown.clear()
         self._rng = np.random.default_rng(self.seed)
         self._step = 0
+
+
+def step_streams(
+    decoders: Sequence[DualPathDecoder], v_hat: np.ndarray, batch: ShortlistBatch
+) -> tuple[np.ndarray, list[DecisionRecord]]:
+    """One step of b streams, each with its own decoder: `choose_next_vectors` once per group of
+    decoders that decide alike (lane, schedule, dup threshold, sampling), not once per stream.
+
+    Each stream's output and record equal `decoders[i].step(v_hat[i], its shortlist)`: the
+    batched decision is bit-for-bit the single one, and every decoder keeps its own memory and draws.
+    """
+    start = time.perf_counter()
+    b = len(decoders)
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(decoders):
+        groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold, d.sampling), []).append(i)
+    out = np.empty((b, v_hat.shape[1]), np.float32)
+    records: list[DecisionRecord | None] = [None] * b
+    for rows in groups.values():
+        first = decoders[rows[0]]
+        whole = len(rows) == b
+        sub = batch if whole else ShortlistBatch(
+            batch.ids[rows], batch.vectors[rows], tuple(batch.fallbacks[i] for i in rows), batch.unit
+        )
+        members = [decoders[i] for i in rows]
+        draws = None if first.sampling.greedy else np.array([float(d._rng.random()) for d in members])
+        decided, group_records = choose_next_vectors(
+            v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
+            first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
+        )
+        out[rows] = decided
+        for i, d, record in zip(rows, members, group_records, strict=True):
+            records[i] = d.remember(record)
+    latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
+    return out, [dataclasses.replace(r, latency_ms=latency_ms) for r in records if r is not None]

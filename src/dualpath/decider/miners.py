@@ -26,7 +26,15 @@ from typing import Literal, Protocol
 
 import numpy as np
 
-from dualpath.decider.decision import FALLBACK_EMPTY, FALLBACK_TIMEOUT, Shortlist, fallback_error
+from dualpath.decider.decision import (
+    FALLBACK_EMPTY,
+    FALLBACK_TIMEOUT,
+    NO_ID,
+    Shortlist,
+    ShortlistBatch,
+    fallback_error,
+    id_rows,
+)
 from dualpath.runtime import limit_search_threads
 from dualpath.search import surviving
 
@@ -268,3 +276,49 @@ def to_shortlists(
         else:
             shortlists.append(Shortlist(present, np.asarray(gather(present), dtype=np.float32)))
     return shortlists
+
+
+def to_shortlist_batch(
+    result: MinerResult,
+    gather: Callable[[np.ndarray], np.ndarray],
+    dim: int,
+    exclude: Sequence[np.ndarray] | None = None,
+    k: int | None = None,
+    unit: bool = False,
+) -> tuple[ShortlistBatch, np.ndarray]:
+    """`to_shortlists` for a whole batch at once: one exclusion pass, one `gather` of every row's ids.
+
+    Returns the batch (ids -1 past a row's survivors; `unit` says the gathered vectors are
+    unit-norm) and each row's score floor: the score against the query that no concept outside
+    the row's shortlist exceeds (the k-th survivor's: the index returns results best first; +inf,
+    no claim, for a row with fewer than k survivors). Rows hold the same ids in the same order as
+    `to_shortlists` gives.
+    """
+    n = result.ids.shape[0]
+    if exclude is not None and len(exclude) != n:
+        raise ValueError(f"exclude has {len(exclude)} rows for {n} queries")
+    if not result.ok:
+        reason = FALLBACK_TIMEOUT if result.status == "timeout" else fallback_error(result.error or "unknown")
+        empty = ShortlistBatch(np.zeros((n, 0), np.int64), np.zeros((n, 0, dim), np.float32), (reason,) * n)
+        return empty, np.full(n, -np.inf, np.float32)
+    ids = result.ids
+    keep = ids >= 0
+    if exclude is not None:
+        excluded = id_rows(exclude, n, "exclude list")
+        if excluded.shape[1]:
+            keep &= ~(ids[:, :, None] == excluded[:, None, :]).any(axis=2)
+    limit = ids.shape[1] if k is None else k
+    keep &= np.cumsum(keep, axis=1) <= limit
+    counts = keep.sum(axis=1)
+    width = int(counts.max()) if n else 0
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]  # each row's survivors first, in order
+    kept = np.take_along_axis(keep, order, axis=1)
+    out_ids = np.where(kept, np.take_along_axis(ids, order, axis=1), NO_ID)
+    vectors = np.asarray(gather(np.where(kept, out_ids, 0).reshape(-1)), dtype=np.float32).reshape(n, width, dim)
+    scores = np.take_along_axis(result.scores, order, axis=1)
+    # A full row: nothing outside it scores above its last survivor. A short row claims nothing
+    # (+inf): an approximate index may return fewer results than the bank holds.
+    last = scores[np.arange(n), np.maximum(counts - 1, 0)] if width else np.full(n, np.inf, np.float32)
+    floor = np.where(counts < limit, np.inf, last).astype(np.float32)
+    fallbacks = tuple(None if c else FALLBACK_EMPTY for c in counts.tolist())
+    return ShortlistBatch(out_ids, vectors, fallbacks, unit), floor

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 
 from dualpath.bank import ConceptBank, layout
 from dualpath.config import DualPathConfig
@@ -39,14 +40,19 @@ from dualpath.decider import (
     Lane,
     Sampling,
     Shortlist,
+    ShortlistBatch,
     SyncMiner,
     TelemetrySink,
     ThreadedMiner,
     get_lane,
+    id_rows,
+    step_streams,
+    to_shortlist_batch,
     to_shortlists,
 )
 from dualpath.errors import CheckpointError, DualPathError
 from dualpath.models.heuristics import normalize_rows
+from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration
@@ -142,6 +148,46 @@ def search_shortlists(
     return to_shortlists(result, bank.vectors, bank.dim, exclude=exclude, k=k)
 
 
+def gather_vectors(bank: ConceptBank, ids: np.ndarray) -> np.ndarray:
+    """Float32 vectors of bank concepts, read at the bank's dtype (float16: half the bytes) and widened once.
+
+    numpy widens float16 one element at a time (~2 ns each: 0.3 ms for a 500 × 384 shortlist,
+    more than the decision); torch's vectorised kernel does it ~13× faster, on one thread (with its
+    default team a loaded 2-core machine measured 12 ms for the same rows).
+    """
+    rows = bank.all_vectors()[np.asarray(ids, dtype=np.int64)]
+    if rows.dtype == np.float16:
+        with torch_threads(1):
+            return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
+    return np.asarray(rows, dtype=np.float32)
+
+
+def search_shortlist_batch(
+    bank: ConceptBank,
+    miner: SyncMiner | ThreadedMiner,
+    queries: np.ndarray,
+    k: Sequence[int],
+    exclude: Sequence[np.ndarray],
+    timeout: float | None = None,
+) -> tuple[ShortlistBatch, np.ndarray]:
+    """`search_shortlists` for a batch as one ShortlistBatch (row i keeps its first k[i]) and each row's
+    score floor (see `to_shortlist_batch`): one index call, one vector read, no per-stream loop."""
+    depth = max(k)
+    result = miner.search(queries, excluded_depth(depth, exclude), timeout=timeout)
+    batch, floor = to_shortlist_batch(
+        result, lambda ids: gather_vectors(bank, ids), bank.dim, exclude=exclude, k=depth, unit=True
+    )
+    limits = np.asarray(k)
+    if batch.ids.shape[1] and (limits < depth).any():  # lanes of one batch may differ in K
+        cut = np.arange(batch.ids.shape[1])[None, :] >= limits[:, None]
+        ids = np.where(cut, -1, batch.ids)
+        fallbacks = tuple(f if f is not None or (row >= 0).any() else "empty" for f, row in zip(
+            batch.fallbacks, ids, strict=True))
+        floor = np.where(limits < depth, np.inf, floor).astype(np.float32)
+        batch = ShortlistBatch(ids, batch.vectors, fallbacks, batch.unit)
+    return batch, floor
+
+
 def _left_padded(windows: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Context windows of different lengths as one left-padded (b, C, d) batch and its mask."""
     width = max(len(w) for w in windows)
@@ -158,6 +204,43 @@ def _first(shortlist: Shortlist, k: int) -> Shortlist:
     if shortlist.fallback is not None or len(shortlist) <= k:
         return shortlist
     return Shortlist(shortlist.ids[:k], shortlist.vectors[:k])
+
+
+def shortlist_nearest(
+    outputs: np.ndarray,
+    shortlists: ShortlistBatch,
+    floors: np.ndarray,
+    queries: np.ndarray,
+    skips: Sequence[np.ndarray],
+    rows: Sequence[int],
+) -> dict[int, tuple[int, float]]:
+    """{row: (id, cosine)} for the rows whose nearest allowed bank concept to the output is provably a
+    shortlist candidate, so rendering needs no search.
+
+    Every concept outside row i's shortlist scores at most s = floors[i] against its query q
+    (the index returns results best first). For unit o with t = o·q > s, such a concept n has
+    o·n ≤ cos(arccos s - arccos t) = s t + √(1 - s²) √(1 - t²) (and ≤ 1 when t ≤ s). A candidate
+    above that bound is the nearest in the whole bank, which is what the rendering search would
+    return; rows without such a candidate are left to it.
+    """
+    rows = [i for i in rows if np.isfinite(floors[i]) and shortlists.fallbacks[i] is None]
+    if not rows or not shortlists.ids.shape[1]:
+        return {}
+    o = normalize_rows(outputs[rows])
+    ids = shortlists.ids[rows]
+    allowed = ids >= 0
+    skipped = id_rows([skips[i] for i in rows], len(rows), "skip list")
+    if skipped.shape[1]:
+        allowed &= ~(ids[:, :, None] == skipped[:, None, :]).any(axis=2)
+    scores = np.where(allowed, np.matmul(shortlists.vectors[rows], o[:, :, None])[:, :, 0], -np.inf)
+    best = np.argmax(scores, axis=1)
+    top = scores[np.arange(len(rows)), best]
+    s = floors[rows].astype(np.float64)
+    t = np.einsum("bd,bd->b", o, queries[rows]).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        bound = np.where(t > s, s * t + np.sqrt(np.clip(1 - s * s, 0, 1)) * np.sqrt(np.clip(1 - t * t, 0, 1)), 1.0)
+    sure = top > bound + 1e-6  # a margin over float32 rounding of the scores
+    return {i: (int(ids[j, best[j]]), float(top[j])) for j, i in enumerate(rows) if sure[j]}
 
 
 class Generator:
@@ -372,84 +455,77 @@ class Generator:
         steps: int,
         render: bool,
     ) -> Iterator[list[GenerationStep]]:
-        """The step loop over b streams: every model, index and rendering call is made once per step."""
+        """The step loop over b streams: every model, index and rendering call is made once per step.
+
+        The LVM and the tower keep per-stream state (`generation.incremental`) and read only the
+        concept each step appends; shortlists come as one batch read at the bank's dtype; the
+        decisions are made once per group of streams that decide alike.
+        """
         b = len(contexts)
         feedback = self.cfg.generation.feedback
         timeout = self.cfg.decider.retrieval_timeout_s
-        contexts = list(contexts)
+        incremental = self.cfg.generation.incremental
+        lane_k = [d.lane.k for d in decoders]
+        with torch_threads(1):
+            lvm_state = lvm_stream(self.lvm, contexts, incremental)
+            tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None
         for _ in range(steps):
             lat: dict[str, float] = {}
             t_step = time.perf_counter()
-            ctx, mask = _left_padded([c[-self.context_size :] for c in contexts], self.bank.dim)
             # Small models: a second OpenMP thread only adds wake-up and spin cost
             # (measured ~100x slower per step on a busy 2-core machine).
             with torch_threads(1):
                 t0 = time.perf_counter()
-                v_hat = self.lvm.predict(ctx, mask)
+                v_hat = lvm_state.output()
                 lat["lvm"] = (time.perf_counter() - t0) * 1000
                 t0 = time.perf_counter()
-                if self.tower is not None:
-                    queries, source = self.tower.encode_queries(ctx, mask), "tower"
+                if tower_state is not None:
+                    queries, source = tower_state.output(), "tower"
                 else:
                     queries, source = v_hat, "lvm"
                 lat["query"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
-            k = max(d.lane.k for d in decoders)
-            shortlists = search_shortlists(self.bank, self.miner, queries, k, excludes, timeout)
-            shortlists = [_first(s, d.lane.k) for s, d in zip(shortlists, decoders, strict=True)]
+            shortlists, floors = search_shortlist_batch(self.bank, self.miner, queries, lane_k, excludes, timeout)
             lat["search"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
-            decided = [d.step(v_hat[i], shortlists[i]) for i, d in enumerate(decoders)]
+            if b == 1:
+                one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
+                output, record = decoders[0].step(v_hat[0], one)
+                outputs, records = output[None], [record]
+            else:
+                outputs, records = step_streams(decoders, v_hat, shortlists)
             lat["decide"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
-            records = [record for _, record in decided]
-            outputs = np.stack([v for v, _ in decided])
+            rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used)
+            if render:  # what each stream showed, and its paraphrases, leave its next shortlists
+                shown_ids = [r.concept_id for r in rendered]
+                for decoder, concept_id, paraphrases in zip(
+                    decoders, shown_ids, self.paraphrases_of_ids(shown_ids), strict=True
+                ):
+                    decoder.shown(concept_id, paraphrases)
+            lat["render"] = (time.perf_counter() - t0) * 1000
             neighbour_ids = [r.neighbour_id for r in records if r.neighbour_id is not None]
             neighbour_text = dict(zip(neighbour_ids, self.bank.texts(neighbour_ids), strict=True))
-            rendered: list[RenderedText | None] = [None] * b
-            to_render: list[int] = []
-            for i, record in enumerate(records):
-                if not render:
-                    rendered[i] = RenderedText("", -1, float("nan"), True)
-                elif record.decision is Decision.SNAP and record.neighbour_id is not None:
-                    rendered[i] = RenderedText(neighbour_text[record.neighbour_id], record.neighbour_id, 1.0, False)
-                else:
-                    to_render.append(i)
-            if to_render:
-                skips = []
-                for i in to_render:
-                    skip = np.concatenate([excludes[i], used[i]])
-                    if records[i].decision is Decision.NOVEL_DUP_DROP and records[i].neighbour_id is not None:
-                        # The step refused n* as a repeat; rendering it as n*'s text would repeat it anyway.
-                        skip = np.append(skip, records[i].neighbour_id)
-                    skips.append(skip)
-                for i, text in zip(to_render, self.renderer.render(outputs[to_render], skips), strict=True):
-                    rendered[i] = text
-            lat["render"] = (time.perf_counter() - t0) * 1000
             lat = {name: ms / b for name, ms in lat.items()}
             lat["total"] = (time.perf_counter() - t_step) * 1000 / b
             fed = outputs.copy()
             swap = [
                 i for i, (record, shown) in enumerate(zip(records, rendered, strict=True))
-                if shown is not None and shown.concept_id >= 0 and (
+                if shown.concept_id >= 0 and (
                     feedback == "rendered"
                     or (feedback == "novel-rendered" and record.decision in (Decision.NOVEL, Decision.NOVEL_DUP_DROP))
                 )
             ]
             if swap:  # one lookup for every stream that feeds back the concept it showed
-                fed[swap] = self.bank.vectors([rendered[i].concept_id for i in swap])  # type: ignore[union-attr]
-            if render:
-                shown_ids = [r.concept_id if r is not None else -1 for r in rendered]
-                for decoder, concept_id, paraphrases in zip(
-                    decoders, shown_ids, self.paraphrases_of_ids(shown_ids), strict=True
-                ):
-                    decoder.shown(concept_id, paraphrases)
+                fed[swap] = self.bank.vectors([rendered[i].concept_id for i in swap])
+            with torch_threads(1):
+                lvm_state.push(fed)
+                if tower_state is not None:
+                    tower_state.push(fed)
             batch = []
             for i, record in enumerate(records):
                 shown = rendered[i]
-                assert shown is not None
-                contexts[i] = np.concatenate([contexts[i], fed[i][None]])
                 if self.telemetry is not None:
                     self.telemetry.write(record)
                 batch.append(
@@ -506,6 +582,52 @@ class Generator:
             row[(row >= 0) & (score >= threshold)].astype(np.int64)
             for row, score in zip(result.ids, result.scores, strict=True)
         ]
+
+    def _render(
+        self,
+        render: bool,
+        records: list[DecisionRecord],
+        outputs: np.ndarray,
+        shortlists: ShortlistBatch,
+        floors: np.ndarray,
+        queries: np.ndarray,
+        excludes: list[np.ndarray],
+        used: list[np.ndarray],
+    ) -> list[RenderedText]:
+        """Each step's text. A SNAP is its n*. With the default renderer, a step whose nearest allowed
+        concept is provably in its shortlist (`shortlist_nearest`) is rendered from it; the rest
+        take one rendering search for the batch."""
+        b = len(records)
+        if not render:
+            return [RenderedText("", -1, float("nan"), True)] * b
+        rendered: list[RenderedText | None] = [None] * b
+        skips: list[np.ndarray] = []
+        for i, record in enumerate(records):
+            skip = np.concatenate([excludes[i], used[i]])
+            if record.decision is Decision.NOVEL_DUP_DROP and record.neighbour_id is not None:
+                # The step refused n* as a repeat; rendering it as n*'s text would repeat it anyway.
+                skip = np.append(skip, record.neighbour_id)
+            skips.append(skip)
+        snaps = [i for i, r in enumerate(records) if r.decision is Decision.SNAP and r.neighbour_id is not None]
+        rest = [i for i in range(b) if i not in set(snaps)]
+        found: dict[int, tuple[int, float]] = {}
+        if rest and type(self.renderer) is NearestConceptRenderer:  # a subclass may render otherwise
+            found = shortlist_nearest(outputs, shortlists, floors, queries, skips, rest)
+        ids = [records[i].neighbour_id for i in snaps] + [found[i][0] for i in rest if i in found]
+        texts = dict(zip(ids, self.bank.texts(ids), strict=True))
+        for i in snaps:
+            n_id = records[i].neighbour_id
+            assert n_id is not None
+            rendered[i] = RenderedText(texts[n_id], n_id, 1.0, False)
+        for i, (cid, cosine) in found.items():
+            rendered[i] = RenderedText(texts[cid], cid, cosine, True)
+        to_render = [i for i in rest if i not in found]
+        if to_render:
+            for i, text in zip(
+                to_render, self.renderer.render(outputs[to_render], [skips[i] for i in to_render]), strict=True
+            ):
+                rendered[i] = text
+        return [r for r in rendered if r is not None]
 
     def _verbatim_bank_ids(self, vectors: np.ndarray) -> list[int]:
         ids, scores = self.bank.search(vectors, 1)

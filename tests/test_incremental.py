@@ -1,0 +1,122 @@
+"""Per-stream model state (models/incremental.py) equals the full-window path at every step.
+
+Streams start from prompts of different lengths (shorter and longer than the window) and are fed
+random concepts for more steps than the window holds, so the comparison covers the window filling
+up and sliding; the reference is `predict` / `encode_queries` on each stream's last C concepts,
+left-padded to one batch, which is what generation reads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualpath.config import LVMConfig, TowerConfig
+from dualpath.models.heuristics import normalize_rows
+from dualpath.models.incremental import WindowStream, lvm_stream, tower_stream
+from dualpath.models.lvm import LatentVectorModel
+from dualpath.models.towers import QueryTower
+from dualpath.runtime import torch_threads
+
+DIM = 16
+CONTEXT = 4
+TOLERANCE = 2e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+def perturbed(net: torch.nn.Module, seed: int) -> None:
+    """Random non-zero weights everywhere (a residual model's head starts at zero, hiding its backbone)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+
+
+def lvm(arch: str, residual: str, layers: int) -> LatentVectorModel:
+    cfg = LVMConfig(arch=arch, hidden=32, layers=layers, heads=4, residual=residual, dropout=0.0)
+    model = LatentVectorModel.build(DIM, cfg, CONTEXT, "test-encoder")
+    perturbed(model.net, layers)
+    return model
+
+
+def tower(kind: str, residual: str) -> QueryTower:
+    model = QueryTower(TowerConfig(tower=kind, hidden=32, layers=2, heads=4, residual=residual, dropout=0.0), DIM, "e")
+    perturbed(model.net, 1)
+    return model
+
+
+def left_padded(windows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(w) for w in windows)
+    ctx = np.zeros((len(windows), width, DIM), np.float32)
+    mask = np.zeros((len(windows), width), bool)
+    for i, w in enumerate(windows):
+        ctx[i, width - len(w) :], mask[i, width - len(w) :] = w, True
+    return ctx, mask
+
+
+def run_both(full, make_stream, lengths: list[int], steps: int, seed: int) -> float:
+    """Largest difference between the stream's outputs and the full path's over `steps` pushes."""
+    rng = np.random.default_rng(seed)
+    contexts = [normalize_rows(rng.normal(size=(n, DIM))) for n in lengths]
+    stream = make_stream(contexts)
+    worst = 0.0
+    for _ in range(steps + 1):
+        ctx, mask = left_padded([c[-CONTEXT:] for c in contexts])
+        expected = full(ctx, mask)
+        got = stream.output()
+        assert got.shape == expected.shape and got.dtype == np.float32
+        worst = max(worst, float(np.abs(got - expected).max()))
+        new = normalize_rows(rng.normal(size=(len(contexts), DIM)))
+        stream.push(new)
+        contexts = [np.concatenate([c, v[None]]) for c, v in zip(contexts, new, strict=True)]
+    return worst
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm", "transformer"])
+@pytest.mark.parametrize("residual", ["none", "last", "mean"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_lvm_stream_equals_the_full_window_at_every_step(arch: str, residual: str, layers: int) -> None:
+    model = lvm(arch, residual, layers)
+    worst = run_both(model.predict, lambda c: lvm_stream(model, c), [1, 3, 4, 7, 2], steps=2 * CONTEXT, seed=0)
+    assert worst < TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm", "bigru", "mlp", "attn"])
+@pytest.mark.parametrize("residual", ["none", "mean", "last"])
+def test_tower_stream_equals_the_full_window_at_every_step(kind: str, residual: str) -> None:
+    model = tower(kind, residual)
+    worst = run_both(
+        model.encode_queries, lambda c: tower_stream(model, c, CONTEXT), [2, 1, 5, 4], steps=2 * CONTEXT, seed=1
+    )
+    assert worst < TOLERANCE
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    arch=st.sampled_from(["gru", "lstm", "transformer"]),
+    lengths=st.lists(st.integers(1, 3 * CONTEXT), min_size=1, max_size=5),
+    steps=st.integers(0, 3 * CONTEXT),
+    seed=st.integers(0, 2**16),
+)
+def test_any_prompt_lengths_and_steps_agree(arch: str, lengths: list[int], steps: int, seed: int) -> None:
+    model = _models[arch]
+    assert run_both(model.predict, lambda c: lvm_stream(model, c), lengths, steps, seed) < TOLERANCE
+
+
+_models = {arch: lvm(arch, "mean", 2) for arch in ("gru", "lstm", "transformer")}
+
+
+def test_only_the_kinds_without_an_incremental_form_reread_the_window() -> None:
+    windows = [np.ones((2, DIM), np.float32)]
+    assert not isinstance(lvm_stream(lvm("gru", "none", 1), windows), WindowStream)
+    assert not isinstance(tower_stream(tower("lstm", "none"), windows, CONTEXT), WindowStream)
+    assert isinstance(tower_stream(tower("bigru", "none"), windows, CONTEXT), WindowStream)
+    assert isinstance(lvm_stream(lvm("gru", "none", 1), windows, incremental=False), WindowStream)
