@@ -106,6 +106,9 @@ def test_free_running_evaluation_measures_every_lane_and_baseline(generator):
     # The random mix decides by chance at the lane's own shares: close to the lane's, not equal by construction.
     lane, random = result["lanes"]["conservative"]["shares"], result["lanes"]["random-conservative"]["shares"]
     assert abs(lane["NOVEL"] - random["NOVEL"]) < 0.35
+    versus = result["lanes"]["conservative"]["versus"]
+    assert set(versus) == {"random", "random (vector)", "lvm-only", "knn"}
+    assert all(v["lo"] <= v["diff"] <= v["hi"] for v in versus.values())
     # Conservative grounds, and so at some step shows something LVM-only does not.
     assert 0.0 <= result["lanes"]["conservative"]["same_text_as_lvm_only"] < 1.0
     # Consecutive vectors, by hand for the first prompt: the document's own, and the LVM fed the true context.

@@ -256,12 +256,14 @@ def near_repeats(prompt: np.ndarray, shown: np.ndarray, threshold: float) -> np.
 
 def stream_metrics(
     bank: ConceptBank, streams: Sequence[Stream], steps: int = STEPS, near_cosine: float = 1.0
-) -> tuple[dict[str, Any], np.ndarray]:
+) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
     """Every reader-side number of one lane's streams (see the module docstring), and per stream the
-    mean cosine of its text to the document's own continuation (NaN where it has none), which the
-    paired comparisons between lanes resample. A step whose text is at `near_cosine` or closer to the
-    prompt or an earlier step is a near repeat (a paraphrase, or the same concept again)."""
+    mean cosine of its text, and of its decided vectors, to the document's own continuation (NaN where
+    it has none), which the paired comparisons between lanes resample. A step whose text is at
+    `near_cosine` or closer to the prompt or an earlier step is a near repeat (a paraphrase, or the same
+    concept again)."""
     per_stream = np.full(len(streams), np.nan)
+    per_stream_vector = np.full(len(streams), np.nan)
     repeat = consecutive = total = near = 0
     distinct: list[float] = []
     cos_shown = [[] for _ in range(steps)]
@@ -297,6 +299,9 @@ def stream_metrics(
         own = [float(shown_vectors[t] @ truth[t]) for t, cid in enumerate(s.shown_ids[: len(truth)]) if cid >= 0]
         if own:
             per_stream[index] = float(np.mean(own))
+        if len(truth) and s.outputs:
+            n = min(len(truth), len(s.outputs))
+            per_stream_vector[index] = float(np.mean([s.outputs[t] @ truth[t] for t in range(n)]))
         shown = [i for i in s.shown_ids if i >= 0]
         distinct.append(len(set(shown)) / max(len(s.shown_ids), 1))
         decisions.extend(s.decisions)
@@ -326,7 +331,7 @@ def stream_metrics(
         "successive_lvm_cos_by_step": by_step(successive)[1:],
         "shares": {d.value: float(np.mean(decided == d.value)) if len(decided) else 0.0 for d in Decision},
     }
-    return metrics, per_stream
+    return metrics, per_stream, per_stream_vector
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0, rounds: int = 2000) -> dict[str, float]:
@@ -387,9 +392,10 @@ def evaluate_free_running(
     k = max(lane.k for lane in lanes.values())
     results: dict[str, Any] = {}
     per_stream: dict[str, np.ndarray] = {}
+    per_stream_vector: dict[str, np.ndarray] = {}
 
     def record(name: str, streams: list[Stream]) -> None:
-        metrics, per_stream[name] = stream_metrics(bank, streams, steps, near_cosine)
+        metrics, per_stream[name], per_stream_vector[name] = stream_metrics(bank, streams, steps, near_cosine)
         results[name] = {**metrics, "samples": samples(bank, streams)}
         m = results[name]
         log.info(
@@ -422,6 +428,10 @@ def evaluate_free_running(
             baseline: paired_difference(per_stream[name], per_stream[key], seed)
             for baseline, key in (("random", f"random-{name}"), ("lvm-only", "lvm-only"), ("knn", "knn"))
         }
+        # Where the decision acts directly: the decided vector (the text is the nearest concept either way).
+        results[name]["versus"]["random (vector)"] = paired_difference(
+            per_stream_vector[name], per_stream_vector[f"random-{name}"], seed
+        )
     documents = len({p.name.split("@")[0] for p in prompts})
     truth = [near_repeats(bank.vectors(p.window[:prompt_len]), bank.vectors(p.window[prompt_len:]), near_cosine)
              for p in prompts if len(p.window) > prompt_len]
@@ -441,7 +451,8 @@ FREE_RUNNING_COLUMNS = {
     "distinct_per_stream": "distinct", "cos_true": "cos to truth (text)", "cos_true_output": "cos to truth (vector)",
     "grounded_share": "grounded", "snap": "SNAP", "blend": "BLEND", "novel": "NOVEL",
     "successive_lvm_cos": "LVM successive cos", "x_random": "text cos × random mix",
-    "vs_random": "− random mix (95 % CI)", "vs_lvm_only": "− LVM-only (95 % CI)",
+    "vs_random": "− random mix (95 % CI)", "vs_random_vector": "− random mix, vector (95 % CI)",
+    "vs_lvm_only": "− LVM-only (95 % CI)",
 }
 
 
@@ -462,6 +473,7 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "successive_lvm_cos": float(np.mean(successive)) if successive else None,
             "x_random": m["cos_true"] / random if random and m["cos_true"] is not None else None,
             "vs_random": _interval(m.get("versus", {}).get("random")),
+            "vs_random_vector": _interval(m.get("versus", {}).get("random (vector)")),
             "vs_lvm_only": _interval(m.get("versus", {}).get("lvm-only")),
         })
     return rows
