@@ -16,8 +16,10 @@ from dualpath.decider.decision import _sample
 from dualpath.pipeline.calibrate import PARAPHRASE_CEILING, PARAPHRASE_SHARE, calibrate_bank, paraphrase_cosine
 from dualpath.pipeline.free_running import (
     PROMPT_CONCEPTS,
+    RandomMixDecoder,
     evaluate_free_running,
     free_running_rows,
+    generator_streams,
     heldout_prompts,
     knn_streams,
     near_repeats,
@@ -292,3 +294,26 @@ def test_a_stream_does_not_restate_its_prompt_or_itself_in_other_words(trained_b
 
     assert near_repeat_steps(1.0) > 0
     assert near_repeat_steps(theta) == 0
+
+
+def test_a_baseline_decoder_decides_its_own_way_inside_a_batch(generator):
+    """generate_batch groups alike decoders into one decision call; a decoder with its own `step` (the
+    random mix) must still decide by it. A c sample of -1 makes the random mix NOVEL at every step."""
+    lane = generator.lane("conservative")
+    prompts = heldout_prompts(generator.bank, generator.lvm.training_split(generator.cfg.split), 6, steps=4)
+    schedule = generator.cfg.decider.schedule
+    lane_streams = generator_streams(generator, prompts, lambda i: generator.decoder(lane, seed=i), steps=4)
+    never = generator_streams(
+        generator, prompts, lambda i: RandomMixDecoder(lane, np.array([-1.0]), schedule, i), steps=4
+    )
+    assert any(d != "NOVEL" for s in lane_streams for d in s.decisions)
+    assert all(d == "NOVEL" for s in never for d in s.decisions)
+    # Mixed in one batch with the lane's own decoders, each stream still decides its own way.
+    both = generator_streams(
+        generator, prompts + prompts,
+        lambda i: generator.decoder(lane, seed=i) if i < len(prompts) else RandomMixDecoder(
+            lane, np.array([-1.0]), schedule, i - len(prompts)
+        ),
+        steps=4,
+    )
+    assert [s.decisions for s in both] == [s.decisions for s in lane_streams + never]

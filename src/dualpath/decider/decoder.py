@@ -151,10 +151,15 @@ def step_streams(
     start = time.perf_counter()
     b = len(decoders)
     groups: dict[tuple, list[int]] = {}
-    for i, d in enumerate(decoders):
-        groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold, d.sampling), []).append(i)
     out = np.empty((b, v_hat.shape[1]), np.float32)
     records: list[DecisionRecord | None] = [None] * b
+    for i, d in enumerate(decoders):
+        if type(d).step is not DualPathDecoder.step:
+            # A decoder that decides its own way (a baseline) steps alone, through its own `step`.
+            own = Shortlist(batch.ids[i], batch.vectors[i], batch.fallbacks[i], batch.unit)
+            out[i], records[i] = d.step(v_hat[i], own)
+        else:
+            groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold, d.sampling), []).append(i)
     for rows in groups.values():
         first = decoders[rows[0]]
         whole = len(rows) == b
