@@ -200,7 +200,7 @@ class ConceptBank:
         encoder: Encoder | None,
     ) -> ConceptBank:
         documents = _documents(source, skip_bad, limit_docs)
-        encoder = encoder or load_encoder(cfg.encoder)
+        encoder = encoder or load_encoder(cfg.encoder, cfg.device)
         # Before encoding, which can take hours: a bad backend setting or an unreachable Milvus fails at once.
         backend = create_backend(encoder.dim, cfg.bank)
         started = time.perf_counter()
@@ -412,7 +412,7 @@ class ConceptBank:
         """The encoder this bank was built with (loaded on first use; `cfg.encoder` sets batch/device)."""
         if self._encoder is None:
             settings = self.cfg.encoder.model_copy(update={"name": self.encoder_name})
-            encoder = load_encoder(settings)
+            encoder = load_encoder(settings, self.cfg.device)
             if encoder.dim != self.dim:
                 raise BankError(f"dimension mismatch: encoder {self.encoder_name} gives {encoder.dim}, bank {self.dim}")
             self._encoder = encoder
