@@ -43,6 +43,9 @@ class BankConfig(_Section):
     milvus_uri: str | None = None
     nprobe: int = Field(16, ge=1)
     ef_search: int = Field(128, ge=1)
+    # Concepts encoded per step of `bank build` / `bank add`: one encoder call, one metadata insert, and (build)
+    # one resume checkpoint. Memory does not grow with the corpus: vectors go to disk batch by batch.
+    build_batch: int | None = Field(None, ge=1)  # None: bank.bank.BUILD_BATCH (1024)
 
 
 # Results per query in a bank search: a search allocates (queries × k) ids and scores up front, so
