@@ -689,18 +689,31 @@ def _write_vectors_and_index(
     indexes the new rows as stored on disk. `new` may be memory-mapped: nothing here holds all of it."""
     total = first_id + len(new)
     dtype = np.dtype(dtype or new.dtype)
-    out = np.lib.format.open_memmap(directory / VECTORS_FILE, mode="w+", dtype=dtype, shape=(total, new.shape[1]))
-    if existing is not None:
-        for start in range(0, first_id, COPY_BLOCK):
-            end = min(start + COPY_BLOCK, first_id)
-            out[start:end] = existing[start:end]
-    for start in range(0, len(new), COPY_BLOCK):
-        out[first_id + start : first_id + start + COPY_BLOCK] = new[start : start + COPY_BLOCK]
-    out.flush()
-    del out
+    # Plain writes, not a writable memmap: a memmap's dirty pages count in the writer's resident set until
+    # written back, which at a million vectors was as much again as the float16 matrix.
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (total, new.shape[1])}
+    with open(directory / VECTORS_FILE, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for source, count in ((existing, first_id), (new, len(new))):
+            for start in range(0, count, COPY_BLOCK):
+                block = np.ascontiguousarray(source[start : min(start + COPY_BLOCK, count)], dtype=dtype)
+                fh.write(block.tobytes())
+                _release(source)
+        fh.flush()
+        os.fsync(fh.fileno())
     stored = np.load(directory / VECTORS_FILE, mmap_mode="r")
     backend.add(np.arange(first_id, total, dtype=np.int64), stored[first_id:], domains)
+    _release(stored)
     backend.save(directory)
+
+
+def _release(array: np.ndarray | None) -> None:
+    """Let the kernel drop the pages of a memory-mapped array already read (they count as resident otherwise)."""
+    mapped = getattr(array, "_mmap", None)
+    if mapped is not None and hasattr(mapped, "madvise"):
+        import mmap
+
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _write_manifest(
