@@ -1,4 +1,4 @@
-"""Milvus Lite against FAISS, same vectors, same run: build time, search latency and recall@10.
+"""Milvus (a standalone server, and Milvus Lite) against FAISS, same vectors, same run: build, latency, recall@10.
 
 100k synthetic clustered unit vectors (d = 384, like sentence embeddings: a few thousand topics
 with spread around each), 12 domains, held-out queries from the same distribution. Both go
@@ -9,7 +9,11 @@ against exact search, and the Milvus/FAISS ratios. FAISS runs one OpenMP thread 
 FAISS indexes too, same process): the right setting for single-query latency, and on a shared
 2-core machine a 2-thread team spins while the other core is busy.
 
-    .venv/bin/python bench/bench_milvus.py [--n 100000] [--queries 200] [--quick] [--json out.json]
+The server is the standalone Milvus embedded in the PyPI package `milvus` (started here in a temporary
+directory, reached through http://127.0.0.1:PORT like a cluster); `--backends` picks which run.
+
+    .venv/bin/python bench/bench_milvus.py [--n 100000] [--queries 200] [--backends faiss,server,lite]
+                                           [--kinds flat,hnsw] [--quick] [--json out.json]
 """
 
 from __future__ import annotations
@@ -62,6 +66,15 @@ def wait_for_milvus_index(backend: MilvusBackend, timeout_s: float = 1800.0) -> 
     raise TimeoutError("Milvus index build did not finish")
 
 
+def start_server(base_dir: Path) -> str:
+    """Start the Milvus standalone server of the `milvus` package; its http://127.0.0.1:PORT URI."""
+    from milvus import default_server
+
+    default_server.set_base_dir(str(base_dir))
+    default_server.start()
+    return f"http://127.0.0.1:{default_server.listen_port}"
+
+
 def measure(
     name: str,
     build: Callable[[], object],
@@ -106,6 +119,8 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--queries", type=int, default=200, help="held-out queries (recall, batch)")
     parser.add_argument("--single", type=int, default=100, help="of them, searched one at a time (latency)")
+    parser.add_argument("--backends", default="faiss,server,lite", help="faiss, server (Milvus standalone), lite")
+    parser.add_argument("--kinds", default="flat,hnsw", help="index kinds to compare")
     parser.add_argument("--quick", action="store_true", help="20k vectors, 50 queries: a smoke run")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -131,49 +146,63 @@ def main() -> None:
         flush=True,
     )
 
+    backends = args.backends.split(",")
+    kinds = args.kinds.split(",")
     results: dict[str, dict[str, float]] = {}
+    names = {"faiss": "FAISS", "server": "Milvus server", "lite": "Milvus Lite"}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in ("flat", "hnsw"):
-            faiss_cfg = BankConfig(index=kind, dtype="float32")
-            milvus_cfg = BankConfig(backend="milvus", index=kind, dtype="float32", milvus_uri=f"{tmp}/bench.db")
+        server = start_server(Path(tmp) / "server") if "server" in backends else None
+        uris = {"lite": f"{tmp}/bench.db", "server": server}
+        try:
+            for kind in kinds:
+                for backend_name in backends:
+                    if backend_name == "faiss":
+                        faiss_cfg = BankConfig(index=kind, dtype="float32")
 
-            def build_faiss(cfg: BankConfig = faiss_cfg) -> FaissBackend:
-                backend = FaissBackend.create(args.dim, cfg)
-                backend.add(ids, vectors, domains)
-                return backend
+                        def build(cfg: BankConfig = faiss_cfg) -> FaissBackend:
+                            backend = FaissBackend.create(args.dim, cfg)
+                            backend.add(ids, vectors, domains)
+                            return backend
+                    else:
+                        milvus_cfg = BankConfig(backend="milvus", index=kind, dtype="float32",
+                                                milvus_uri=uris[backend_name])
 
-            def build_milvus(cfg: BankConfig = milvus_cfg) -> MilvusBackend:
-                backend = MilvusBackend.create(args.dim, cfg)
-                backend.add(ids, vectors, domains)
-                backend.save(Path(tmp))
-                wait_for_milvus_index(backend)
-                return backend
+                        def build(cfg: BankConfig = milvus_cfg) -> MilvusBackend:
+                            backend = MilvusBackend.create(args.dim, cfg)
+                            backend.add(ids, vectors, domains)
+                            backend.save(Path(tmp))
+                            wait_for_milvus_index(backend)
+                            return backend
 
-            results[f"faiss_{kind}"] = measure(
-                f"FAISS {kind}", build_faiss, queries, truth, filtered_truth, domain, args.single
-            )
-            results[f"milvus_{kind}"] = measure(
-                f"Milvus Lite {kind}", build_milvus, queries, truth, filtered_truth, domain, args.single
-            )
+                    results[f"{backend_name}_{kind}"] = measure(
+                        f"{names[backend_name]} {kind}", build, queries, truth, filtered_truth, domain, args.single
+                    )
+        finally:
+            if server is not None:
+                from milvus import default_server
 
-    print("\nMilvus Lite / FAISS (same index kind, same run):")
+                default_server.stop()
+
+    print("\nMilvus / FAISS (same index kind, same run):")
     ratios: dict[str, dict[str, float]] = {}
-    for kind in ("flat", "hnsw"):
-        f, m = results[f"faiss_{kind}"], results[f"milvus_{kind}"]
-        ratios[kind] = {
-            "build": m["build_s"] / f["build_s"],
-            "p50": m["p50_ms"] / f["p50_ms"],
-            "p99": m["p99_ms"] / f["p99_ms"],
-            "filtered_p50": m["filtered_p50_ms"] / f["filtered_p50_ms"],
-            "batch_qps": m["batch_qps"] / f["batch_qps"],
-            "recall_at_10_diff": m["recall_at_10"] - f["recall_at_10"],
-        }
-        r = ratios[kind]
-        print(
-            f"  {kind:<5} build ×{r['build']:.1f}   p50 ×{r['p50']:.1f}   p99 ×{r['p99']:.1f}   "
-            f"domain p50 ×{r['filtered_p50']:.1f}   batch throughput ×{r['batch_qps']:.3f}   "
-            f"R@10 {r['recall_at_10_diff']:+.3f}"
-        )
+    for kind in kinds:
+        for other in (b for b in backends if b != "faiss"):
+            if "faiss" not in backends:
+                break
+            f, m = results[f"faiss_{kind}"], results[f"{other}_{kind}"]
+            ratios[f"{other}_{kind}"] = r = {
+                "build": m["build_s"] / f["build_s"],
+                "p50": m["p50_ms"] / f["p50_ms"],
+                "p99": m["p99_ms"] / f["p99_ms"],
+                "filtered_p50": m["filtered_p50_ms"] / f["filtered_p50_ms"],
+                "batch_qps": m["batch_qps"] / f["batch_qps"],
+                "recall_at_10_diff": m["recall_at_10"] - f["recall_at_10"],
+            }
+            print(
+                f"  {names[other]:<13} {kind:<5} build ×{r['build']:.2f}   p50 ×{r['p50']:.2f}   p99 ×{r['p99']:.2f}   "
+                f"domain p50 ×{r['filtered_p50']:.2f}   batch throughput ×{r['batch_qps']:.3f}   "
+                f"R@10 {r['recall_at_10_diff']:+.3f}"
+            )
     if args.json:
         write_json_atomic(args.json, {"args": vars(args), "results": results, "ratios": ratios})
 

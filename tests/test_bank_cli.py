@@ -138,9 +138,10 @@ def test_a_killed_build_leaves_the_previous_bank(tmp_path, text_encoder):
         stdout=subprocess.DEVNULL,
     )
     try:
-        # Kill once the build is writing its new directory (after the model loaded, while encoding).
+        # Kill once the build is writing (after the model loaded, while encoding): a build from a file stages its
+        # concepts in .bank.building (to resume from), beside its new directory.
         deadline = time.monotonic() + 300
-        while not any((p / "metadata.sqlite").exists() for p in tmp_path.glob(".bank.*.tmpdir")):
+        while not (tmp_path / ".bank.building" / "build-state.json").exists():
             assert proc.poll() is None and time.monotonic() < deadline, "the build never started writing"
             time.sleep(0.05)
         time.sleep(0.5)
@@ -154,7 +155,8 @@ def test_a_killed_build_leaves_the_previous_bank(tmp_path, text_encoder):
     for leftover in (p for p in tmp_path.iterdir() if p.name.endswith(".tmpdir")):
         with pytest.raises(Exception, match="not a bank"):
             ConceptBank.open(leftover)
-    # The next build clears the leftover.
+    assert (tmp_path / ".bank.building").is_dir(), "what the killed build encoded is kept to resume from"
+    # The next build clears the leftovers.
     ConceptBank.build(list(load_documents(WIKI_SAMPLE, limit=3)), bank_dir, encoder=text_encoder, force=True).close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bank", "big.jsonl"]
 

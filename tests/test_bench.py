@@ -21,11 +21,13 @@ from dualpath.benchsuite.timing import stats, with_ratio
 TINY = replace(
     QUICK, name="tiny", synthetic=(2_000,), queries=48, single_queries=15, single_calls=6, batch_sizes=(8,),
     encode_batch=8, encode_calls=2, decision_steps=20, decision_batch=8, generation_prompts=3, generation_steps=2,
-    generation_batches=(4,), training_pairs=150, tower_epochs=1, quality_pairs=150, free_docs=2,
+    generation_batches=(4,), training_pairs=150, tower_epochs=1, quality_pairs=150, free_docs=2, scale=3_000,
+    scale_epochs=2, encode_processes=24,
 )
 SECTIONS = {
     "encode", "lvm_step", "tower", "decision", "generation", "search", "memory_bank", "training",
     "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality", "free_running_quality",
+    "scale_encode", "scale", "scale_epochs",
 }
 
 
@@ -61,6 +63,20 @@ def test_suite_writes_every_section(suite_run: tuple[Path, dict]) -> None:
     machine = (out / "machine.md").read_text()
     assert "load average" in machine and "cores" in machine and "faiss-cpu" in machine
     assert results["machine"]["start"]["logical_cores"] >= 1
+
+
+def test_scale_section_measures_build_and_training_memory(suite_run: tuple[Path, dict]) -> None:
+    sections = suite_run[1]["sections"]
+    build, training = sections["scale"]["rows"]
+    raw_mib = 3_000 * 384 * 4 / 2**20
+    assert build["vectors"] == 3_000 and build["raw_mib"] == pytest.approx(raw_mib)
+    assert build["index_mib"] > 0 and build["peak_mib"] > build["index_mib"]
+    assert build["x_bound"] == pytest.approx(build["peak_mib"] / (1.5 * raw_mib + build["index_mib"]))
+    assert training["pairs"] > 2_000 and training["pairs_per_s"] > 0
+    epochs = sections["scale_epochs"]["rows"]
+    assert [r["name"] for r in epochs] == ["epoch 1", "epoch 2"] and epochs[0]["x_epoch_1"] == 1.0
+    single, multi = sections["scale_encode"]["rows"]
+    assert single["x_baseline"] == 1.0 and multi["name"] == "2 processes" and multi["per_s"] > 0
 
 
 def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:

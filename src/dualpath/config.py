@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dualpath.errors import ConfigError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
+# auto | cpu | cuda | cuda:N (runtime.resolve_device turns auto into cuda where torch sees a GPU)
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
 class _Section(BaseModel):
@@ -24,7 +26,8 @@ class _Section(BaseModel):
 class EncoderConfig(_Section):
     name: str = DEFAULT_ENCODER  # a known name or a local sentence-transformers model path
     batch_size: int = Field(64, ge=1)
-    device: str = "cpu"
+    # None: the top-level `device`; set it to run the encoder elsewhere than the models.
+    device: str | None = Field(None, pattern=DEVICE_PATTERN)
     max_seq_length: int | None = None
 
 
@@ -40,6 +43,9 @@ class BankConfig(_Section):
     milvus_uri: str | None = None
     nprobe: int = Field(16, ge=1)
     ef_search: int = Field(128, ge=1)
+    # Concepts encoded per step of `bank build` / `bank add`: one encoder call, one metadata insert, and (build)
+    # one resume checkpoint. Memory does not grow with the corpus: vectors go to disk batch by batch.
+    build_batch: int | None = Field(None, ge=1)  # None: bank.bank.BUILD_BATCH (1024)
 
 
 # Results per query in a bank search: a search allocates (queries × k) ids and scores up front, so
@@ -196,6 +202,9 @@ class ServiceConfig(_Section):
 
 
 class DualPathConfig(_Section):
+    # Where encoding, LVM and tower training and generation run: auto = CUDA when torch sees a GPU, else the CPU.
+    # Checkpoints never record it (weights are saved from and loaded to the CPU, then moved).
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
     encoder: EncoderConfig = EncoderConfig()
     segment: SegmentConfig = SegmentConfig()
     bank: BankConfig = BankConfig()

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
+from dualpath.errors import ConfigError
 from dualpath.logs import progress_enabled
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,35 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a usable CUDA device (False for a CPU-only build of torch)."""
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def resolve_device(device: str | None) -> str:
+    """`auto` (or None) → "cuda" where torch sees a GPU, else "cpu"; "cpu" / "cuda[:N]" as given, checked.
+
+    Asking for CUDA where there is none is a one-line `ConfigError`, not a torch traceback deep in a run.
+    """
+    if device in (None, "auto"):
+        return "cuda" if cuda_available() else "cpu"
+    if device == "cpu":
+        return "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not cuda_available():
+            why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ConfigError(f"device {device!r} was asked for but {why}; use --device cpu (or auto)")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+        return device
+    raise ConfigError(f"unknown device {device!r}: use auto, cpu or cuda")
 
 
 def limit_search_threads(threads: int) -> None:

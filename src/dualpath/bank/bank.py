@@ -25,11 +25,14 @@ from both.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
+import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,7 +55,7 @@ from dualpath.config import MAX_SEARCH_K, DualPathConfig, SegmentConfig
 from dualpath.corpus import Document, load_documents, segment_sentences
 from dualpath.encoding import Encoder, load_encoder
 from dualpath.errors import BankError, CorpusError
-from dualpath.fileio import atomic_directory, recover_directory, write_json_atomic
+from dualpath.fileio import atomic_directory, pause_point, recover_directory, write_json_atomic
 from dualpath.locking import write_lock
 from dualpath.logs import progress_enabled
 
@@ -60,7 +63,12 @@ log = logging.getLogger(__name__)
 
 # Concepts encoded per step while building: one encoder call, one metadata insert, one log line.
 BUILD_BATCH = 1024
-COPY_BLOCK = 65_536  # rows copied at a time when `add` extends vectors.npy
+COPY_BLOCK = 65_536  # rows copied (and converted) at a time into vectors.npy
+INSERT_BLOCK = 65_536  # concepts inserted into the metadata at a time by `from_vectors`
+# An interrupted `build` from a corpus file resumes from here (beside the target, removed once the bank is in).
+STAGING_SUFFIX = "building"
+BUILD_STATE = "build-state.json"
+RAW_VECTORS = "vectors.raw"
 OPEN_ATTEMPTS = 5  # opens retried when a writer swapped the bank in mid-open
 
 Source = str | Path | Iterable[Document]
@@ -200,39 +208,54 @@ class ConceptBank:
         encoder: Encoder | None,
     ) -> ConceptBank:
         documents = _documents(source, skip_bad, limit_docs)
-        encoder = encoder or load_encoder(cfg.encoder)
+        encoder = encoder or load_encoder(cfg.encoder, cfg.device)
         # Before encoding, which can take hours: a bad backend setting or an unreachable Milvus fails at once.
         backend = create_backend(encoder.dim, cfg.bank)
         started = time.perf_counter()
+        # A corpus file can be read again, so its build checkpoints every batch into a staging directory
+        # beside `out` and a rerun after an interruption continues there. An iterable cannot: it stages in
+        # the temporary directory, which an interruption removes.
+        key = _resume_key(source, cfg, encoder, skip_bad, limit_docs)
         # The backend is closed whatever happens: a Milvus Lite client left open keeps its server running.
         with closing(backend), atomic_directory(out) as tmp:
-            metadata = Metadata.create(tmp / METADATA_FILE)
+            staging = _staging_dir(out) if key is not None else tmp / ".staging"
+            stage = _Stage.open(staging, key, encoder.dim, cfg.bank.dtype)
             try:
-                vectors, domains, n_docs = _encode_documents(
-                    documents, encoder, cfg.segment, metadata, cfg.bank.dtype, first_id=0, taken=set()
+                skip = stage.documents
+                n_docs = _encode_documents(
+                    itertools.islice(documents, skip, None), encoder, cfg.segment, stage.metadata, stage.vectors,
+                    first_id=stage.vectors.rows, taken=stage.taken(), batch=cfg.bank.build_batch or BUILD_BATCH,
+                    on_batch=stage.checkpoint, documents_before=skip, n_docs=stage.n_docs,
                 )
-                metadata.commit()
+                stage.metadata.commit()
+                vectors = stage.vectors.array()
+                domains = stage.metadata.domains_from(0)
             finally:
-                metadata.close()
-            _write_vectors_and_index(tmp, vectors, backend, domains, first_id=0)
+                stage.close()
+            shutil.copy2(staging / METADATA_FILE, tmp / METADATA_FILE)
+            _write_vectors_and_index(tmp, vectors, backend, domains, first_id=0, dtype=cfg.bank.dtype)
+            count = len(vectors)
+            del vectors
             _write_manifest(
                 tmp,
                 backend,
                 dim=encoder.dim,
-                count=len(vectors),
+                count=count,
                 documents=n_docs,
                 encoder_name=encoder.name,
                 dtype=cfg.bank.dtype,
                 segment=cfg.segment,
             )
+            shutil.rmtree(tmp / ".staging", ignore_errors=True)
+        shutil.rmtree(_staging_dir(out), ignore_errors=True)
         seconds = time.perf_counter() - started
         log.info(
             "built bank %s: %d concepts from %d documents in %.1f s (%.0f concepts/s)",
             out,
-            len(vectors),
+            count,
             n_docs,
             seconds,
-            len(vectors) / max(seconds, 1e-9),
+            count / max(seconds, 1e-9),
         )
         return cls.open(out, cfg, encoder=encoder)
 
@@ -241,34 +264,47 @@ class ConceptBank:
         cls,
         out: str | Path,
         vectors: np.ndarray,
-        concepts: Sequence[Concept],
+        concepts: Iterable[Concept],
         encoder_name: str,
         cfg: DualPathConfig | None = None,
     ) -> ConceptBank:
-        """A bank from precomputed unit-norm vectors (row i is `concepts[i]`, whose id must be i)."""
+        """A bank from precomputed unit-norm vectors (row i is concept i of `concepts`, whose id must be i).
+
+        Streams: `vectors` may be a memory-mapped file and `concepts` any iterable (a generator), read block by
+        block, so a million-concept bank is written without holding a copy of either.
+        """
         cfg = cfg or DualPathConfig()
         out = Path(out)
         _refuse_to_replace_non_bank(out)
-        if vectors.ndim != 2 or len(vectors) != len(concepts) or len(concepts) == 0:
+        if vectors.ndim != 2 or len(vectors) == 0:
             raise BankError("from_vectors needs a non-empty (n, dim) array and n concepts")
-        if any(c.id != i for i, c in enumerate(concepts)):
-            raise BankError("from_vectors: concept ids must be 0..n-1 in row order")
         with write_lock(out), atomic_directory(out) as tmp:
             metadata = Metadata.create(tmp / METADATA_FILE)
+            documents: set[str] = set()
             try:
-                metadata.insert(concepts)
+                rows = iter(concepts)
+                count = 0
+                while block := list(itertools.islice(rows, INSERT_BLOCK)):
+                    if any(c.id != count + i for i, c in enumerate(block)):
+                        raise BankError("from_vectors: concept ids must be 0..n-1 in row order")
+                    metadata.insert(block)
+                    documents.update(c.doc_id for c in block)
+                    count += len(block)
+                if count != len(vectors):
+                    raise BankError(f"from_vectors needs a non-empty (n, dim) array and n concepts, got "
+                                    f"{len(vectors)} vectors and {count} concepts")
                 metadata.commit()
+                domains = metadata.domains_from(0)
             finally:
                 metadata.close()
-            stored = np.asarray(vectors, dtype=cfg.bank.dtype)
             with closing(create_backend(vectors.shape[1], cfg.bank)) as backend:
-                _write_vectors_and_index(tmp, stored, backend, [c.domain for c in concepts], first_id=0)
+                _write_vectors_and_index(tmp, vectors, backend, domains, first_id=0, dtype=cfg.bank.dtype)
                 _write_manifest(
                     tmp,
                     backend,
                     dim=vectors.shape[1],
-                    count=len(concepts),
-                    documents=len({c.doc_id for c in concepts}),
+                    count=count,
+                    documents=len(documents),
                     encoder_name=encoder_name,
                     dtype=cfg.bank.dtype,
                     segment=cfg.segment,
@@ -298,22 +334,32 @@ class ConceptBank:
             _copy_other_entries(self.path, tmp, skip=own)
             shutil.copy2(self.path / METADATA_FILE, tmp / METADATA_FILE)
             metadata = Metadata(tmp / METADATA_FILE, writable=True)
+            written = _VectorFile(tmp / RAW_VECTORS, self.dim, dtype)
             try:
-                new, domains, n_docs = _encode_documents(
-                    documents, encoder, segment, metadata, dtype, first_id=first_id, taken=set(self.documents())
+                n_docs = _encode_documents(
+                    documents, encoder, segment, metadata, written, first_id=first_id, taken=set(self.documents()),
+                    batch=self.cfg.bank.build_batch or BUILD_BATCH,
                 )
                 metadata.commit()
+                domains = metadata.domains_from(first_id)
             finally:
                 metadata.close()
+                written.close()
+            new = written.array()
             # A fresh copy of the index from disk: the open bank keeps serving the old one meanwhile.
             backend = open_backend(self.manifest["backend"], self.path, self.dim, self.cfg.bank, self.manifest["index"])
             with closing(backend):
-                _write_vectors_and_index(tmp, new, backend, domains, first_id=first_id, existing=self._vectors)
+                _write_vectors_and_index(
+                    tmp, new, backend, domains, first_id=first_id, dtype=dtype, existing=self._vectors
+                )
+                added = len(new)
+                del new
+                (tmp / RAW_VECTORS).unlink()
                 _write_manifest(
                     tmp,
                     backend,
                     dim=self.dim,
-                    count=first_id + len(new),
+                    count=first_id + added,
                     documents=int(self.manifest.get("documents", 0)) + n_docs,
                     encoder_name=self.encoder_name,
                     dtype=dtype,
@@ -321,8 +367,8 @@ class ConceptBank:
                     created=self.manifest.get("created"),
                 )
         self._reload()
-        log.info("added %d concepts from %d documents to %s (now %d)", len(new), n_docs, self.path, len(self))
-        return len(new)
+        log.info("added %d concepts from %d documents to %s (now %d)", added, n_docs, self.path, len(self))
+        return added
 
     def ensure_current(self) -> None:
         """Raise if another process rewrote the bank since this object opened it (call under the lock)."""
@@ -412,7 +458,7 @@ class ConceptBank:
         """The encoder this bank was built with (loaded on first use; `cfg.encoder` sets batch/device)."""
         if self._encoder is None:
             settings = self.cfg.encoder.model_copy(update={"name": self.encoder_name})
-            encoder = load_encoder(settings)
+            encoder = load_encoder(settings, self.cfg.device)
             if encoder.dim != self.dim:
                 raise BankError(f"dimension mismatch: encoder {self.encoder_name} gives {encoder.dim}, bank {self.dim}")
             self._encoder = encoder
@@ -455,39 +501,48 @@ def _encode_documents(
     encoder: Encoder,
     segment: SegmentConfig,
     metadata: Metadata,
-    dtype: str,
+    vectors: _VectorFile,
     first_id: int,
     taken: set[str],
-) -> tuple[np.ndarray, list[str | None], int]:
-    """Segment and encode documents; concept rows go to `metadata`, vectors (at `dtype`) are returned."""
-    chunks: list[np.ndarray] = []
-    domains: list[str | None] = []
+    batch: int = BUILD_BATCH,
+    on_batch: Callable[[int, int], None] | None = None,
+    documents_before: int = 0,
+    n_docs: int = 0,
+) -> int:
+    """Segment and encode documents: concept rows go to `metadata`, vectors to the `vectors` file, a batch at a
+    time, so memory does not grow with the corpus. Returns the documents with concepts (plus `n_docs`).
+
+    After each batch, `on_batch(documents read, documents with concepts)` (counting `documents_before`).
+    """
     pending: list[Concept] = []
-    next_id, n_docs, started = first_id, 0, time.perf_counter()
+    next_id, started = first_id, time.perf_counter()
+    read = documents_before
     progress = None
     if progress_enabled():
         from tqdm.auto import tqdm
 
-        progress = tqdm(desc="building", unit="concept")
+        progress = tqdm(desc="building", unit="concept", initial=first_id)
 
     def flush() -> None:
-        vectors = encoder.encode([c.text for c in pending])
+        encoded = encoder.encode([c.text for c in pending])
         metadata.insert(pending)
-        chunks.append(vectors.astype(dtype))
-        domains.extend(c.domain for c in pending)
+        vectors.append(encoded)
+        if on_batch is not None:
+            on_batch(read, n_docs)
         done = next_id - first_id
         if progress is not None:
             progress.update(len(pending))
         else:
             log.info(
                 "encoded %d concepts from %d documents (%.0f concepts/s)",
-                done,
+                next_id,
                 n_docs,
                 done / max(time.perf_counter() - started, 1e-9),
             )
         pending.clear()
 
     for doc in documents:
+        read += 1
         if doc.id in taken:
             raise CorpusError(f"duplicate document id {doc.id!r}")
         taken.add(doc.id)
@@ -498,15 +553,127 @@ def _encode_documents(
         n_docs += 1
         pending.extend(Concept(next_id + i, doc.id, i, text, doc.domain, doc.title) for i, text in enumerate(texts))
         next_id += len(texts)
-        if len(pending) >= BUILD_BATCH:
+        if len(pending) >= batch:
             flush()
     if pending:
         flush()
     if progress is not None:
         progress.close()
-    if not chunks:
+    if vectors.rows == 0:  # (a resumed build may have nothing left to encode)
         raise CorpusError("the corpus produced no concepts")
-    return np.concatenate(chunks), domains, n_docs
+    return n_docs
+
+
+class _VectorFile:
+    """Vectors appended to a raw file at the bank's dtype, batch by batch; `array()` maps it back (no copy)."""
+
+    def __init__(self, path: Path, dim: int, dtype: str, rows: int = 0) -> None:
+        self.path, self.dim, self.dtype, self.rows = path, dim, np.dtype(dtype), rows
+        if path.exists():
+            os.truncate(path, rows * dim * self.dtype.itemsize)  # drop rows past the last checkpoint
+        self._fh = open(path, "ab")  # noqa: SIM115  closed by close()
+
+    def append(self, vectors: np.ndarray) -> None:
+        self._fh.write(np.ascontiguousarray(vectors, dtype=self.dtype).tobytes())
+        self.rows += len(vectors)
+
+    def sync(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def array(self) -> np.ndarray:
+        if not self._fh.closed:
+            self._fh.flush()
+        if self.rows == 0:
+            return np.zeros((0, self.dim), dtype=self.dtype)
+        return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.rows, self.dim))
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class _Stage:
+    """Where a build writes its concepts before the bank exists: metadata, vectors and (resumable) progress.
+
+    The checkpoint after each batch is the order that makes a resume exact: metadata committed, vectors
+    synced, then `build-state.json` (documents read, concepts written) replaced atomically. A resume trusts
+    the state file and drops whatever the metadata and vectors hold past it.
+    """
+
+    def __init__(self, directory: Path, key: str | None, metadata: Metadata, vectors: _VectorFile,
+                 documents: int, n_docs: int) -> None:
+        self.directory, self.key, self.metadata, self.vectors = directory, key, metadata, vectors
+        self.documents, self.n_docs = documents, n_docs
+
+    @classmethod
+    def open(cls, directory: Path, key: str | None, dim: int, dtype: str) -> _Stage:
+        state = _read_state(directory / BUILD_STATE)
+        if key is not None and state.get("key") == key and (directory / METADATA_FILE).is_file():
+            concepts = int(state["concepts"])
+            metadata = Metadata(directory / METADATA_FILE, writable=True)
+            metadata.truncate(concepts)
+            metadata.commit()
+            log.info(
+                "resuming the build from %s: %d documents (%d concepts) were done", directory,
+                state["documents"], concepts,
+            )
+            return cls(directory, key, metadata, _VectorFile(directory / RAW_VECTORS, dim, dtype, concepts),
+                       int(state["documents"]), int(state["n_docs"]))
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        return cls(directory, key, Metadata.create(directory / METADATA_FILE),
+                   _VectorFile(directory / RAW_VECTORS, dim, dtype), 0, 0)
+
+    def taken(self) -> set[str]:
+        return set(self.metadata.documents()) if self.vectors.rows else set()
+
+    def checkpoint(self, documents: int, n_docs: int) -> None:
+        if self.key is None:
+            return
+        self.metadata.commit()
+        self.vectors.sync()
+        state = {"key": self.key, "documents": documents, "n_docs": n_docs, "concepts": self.vectors.rows}
+        write_json_atomic(self.directory / BUILD_STATE, state)
+        pause_point("build-checkpoint")
+
+    def close(self) -> None:
+        self.metadata.close()
+        self.vectors.close()
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _staging_dir(out: Path) -> Path:
+    return out.parent / f".{out.name}.{STAGING_SUFFIX}"
+
+
+def _resume_key(
+    source: Source, cfg: DualPathConfig, encoder: Encoder, skip_bad: bool, limit_docs: int | None
+) -> str | None:
+    """What a resumed build must share with the interrupted one; None for a source that cannot be read again."""
+    if not isinstance(source, str | Path):
+        return None
+    path = Path(source)
+    stat = path.stat() if path.is_file() else None
+    key = {
+        "source": str(path.resolve()) if stat else str(source),
+        "size": stat.st_size if stat else None,
+        "mtime_ns": stat.st_mtime_ns if stat else None,
+        "encoder": encoder.name,
+        "dim": encoder.dim,
+        "dtype": cfg.bank.dtype,
+        "segment": cfg.segment.model_dump(),
+        "skip_bad": skip_bad,
+        "limit_docs": limit_docs,
+        "batch": cfg.bank.build_batch or BUILD_BATCH,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _write_vectors_and_index(
@@ -515,21 +682,38 @@ def _write_vectors_and_index(
     backend: IndexBackend,
     domains: list[str | None],
     first_id: int,
+    dtype: str | None = None,
     existing: np.ndarray | None = None,
 ) -> None:
-    """vectors.npy = existing rows + new rows; the backend indexes the new rows as stored on disk."""
+    """vectors.npy = existing rows + new rows (at `dtype`, default new's), copied a block at a time; the backend
+    indexes the new rows as stored on disk. `new` may be memory-mapped: nothing here holds all of it."""
     total = first_id + len(new)
-    out = np.lib.format.open_memmap(directory / VECTORS_FILE, mode="w+", dtype=new.dtype, shape=(total, new.shape[1]))
-    if existing is not None:
-        for start in range(0, first_id, COPY_BLOCK):
-            end = min(start + COPY_BLOCK, first_id)
-            out[start:end] = existing[start:end]
-    out[first_id:] = new
-    out.flush()
-    del out
+    dtype = np.dtype(dtype or new.dtype)
+    # Plain writes, not a writable memmap: a memmap's dirty pages count in the writer's resident set until
+    # written back, which at a million vectors was as much again as the float16 matrix.
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (total, new.shape[1])}
+    with open(directory / VECTORS_FILE, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, header)
+        for source, count in ((existing, first_id), (new, len(new))):
+            for start in range(0, count, COPY_BLOCK):
+                block = np.ascontiguousarray(source[start : min(start + COPY_BLOCK, count)], dtype=dtype)
+                fh.write(block.tobytes())
+                _release(source)
+        fh.flush()
+        os.fsync(fh.fileno())
     stored = np.load(directory / VECTORS_FILE, mmap_mode="r")
     backend.add(np.arange(first_id, total, dtype=np.int64), stored[first_id:], domains)
+    _release(stored)
     backend.save(directory)
+
+
+def _release(array: np.ndarray | None) -> None:
+    """Let the kernel drop the pages of a memory-mapped array already read (they count as resident otherwise)."""
+    mapped = getattr(array, "_mmap", None)
+    if mapped is not None and hasattr(mapped, "madvise"):
+        import mmap
+
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def _write_manifest(

@@ -69,6 +69,16 @@ class Metadata:
         with self._lock:
             self._db.executemany("INSERT INTO concepts VALUES (?, ?, ?, ?, ?, ?)", map(astuple, concepts))
 
+    def truncate(self, first_id: int) -> int:
+        """Delete the concepts with id >= `first_id` (what an interrupted build wrote past its last checkpoint)."""
+        with self._lock:
+            return self._db.execute("DELETE FROM concepts WHERE id >= ?", (first_id,)).rowcount
+
+    def domains_from(self, first_id: int) -> list[str | None]:
+        """Each concept's domain from `first_id` on, in id order."""
+        rows = self._query("SELECT domain FROM concepts WHERE id >= ? ORDER BY id", (first_id,))
+        return [row[0] for row in rows]
+
     def commit(self) -> None:
         with self._lock:
             self._db.commit()

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dualpath.bank import ConceptBank
-from dualpath.benchsuite import quality, search, stages, training
+from dualpath.benchsuite import quality, scale, search, stages, training
 from dualpath.benchsuite.decider import BASELINE as DECISION_BASELINE
 from dualpath.benchsuite.decider import bench_decisions
 from dualpath.benchsuite.machine import describe_machine, machine_markdown
@@ -42,7 +42,8 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 MACHINE_MD = "machine.md"
 CACHE = "bank-cache"
-SECTIONS = ("encode", "lvm_step", "tower", "decision", "generation", "search", "training", "quality", "second_corpus")
+SECTIONS = ("encode", "lvm_step", "tower", "decision", "generation", "search", "training", "quality", "second_corpus",
+            "scale")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class SuiteSizes:
     quality_pairs: int  # held-out pairs of the dual-path evaluation
     free_docs: int  # held-out documents of the free-running test
     second_corpus: str | None = None  # every quality claim is measured on a second corpus of another kind too
+    scale: int = 0  # synthetic concepts built into a bank and trained on with bounded memory (0: not measured)
+    scale_epochs: int = 2  # LVM epochs at that size (resident memory after each)
+    encode_processes: int = 0  # sentences encoded in one process and in two (0: not measured)
 
 
 QUICK = SuiteSizes(
@@ -80,7 +84,8 @@ FULL = SuiteSizes(
     name="full", demo_docs=None, synthetic=(10_000, 100_000, 1_000_000), queries=1_024, single_queries=500,
     single_calls=300, batch_sizes=(32, 256), encode_batch=64, encode_calls=16, decision_steps=1_000,
     decision_batch=64, generation_prompts=50, generation_steps=8, generation_batches=(32, 256), training_pairs=10_000,
-    tower_epochs=3, quality_pairs=4_000, free_docs=200, second_corpus=PYTHON_DOCS,
+    tower_epochs=3, quality_pairs=4_000, free_docs=200, second_corpus=PYTHON_DOCS, scale=1_000_000,
+    encode_processes=2_000,
 )
 
 
@@ -213,6 +218,7 @@ class _Sections:
             ("training", self.training),
             ("quality", self.quality),
             ("second_corpus", self.second_corpus),
+            ("scale", self.scale),
         ]
 
     def encode(self) -> dict[str, Section]:
@@ -365,6 +371,33 @@ class _Sections:
                 quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
             **quality.free_running_sections(r, source, f"free_running_quality_{source}"),
         }
+
+
+    def scale(self) -> dict[str, Section]:
+        """A million synthetic concepts built and trained on (full run), and encoding in 1 and 2 processes."""
+        s = self.sizes
+        out: dict[str, Section] = {}
+        if s.encode_processes:
+            texts = self.bank.texts(np.arange(min(len(self.bank), s.encode_processes)))
+            rows = scale.bench_encoding_processes(self.bank.encoder(), texts)
+            out["scale_encode"] = Section(
+                "Scale: encoding in one process or two", f"`{self.bank.encoder_name}` on {len(texts):,} sentences of "
+                "the bank: one process with torch's threads against a pool of two worker processes of one thread "
+                "each. Baseline: one process.", scale.ENCODE_COLUMNS, rows)
+        if s.scale:
+            rows, epochs = scale.bench_scale(self.workdir, s.scale, s.scale_epochs)
+            out["scale"] = Section(
+                f"Scale: {_size_name(s.scale)} concepts built and trained on", f"{s.scale:,} synthetic unit vectors "
+                f"(d = {scale.DIM}) in documents of {scale.CONCEPTS_PER_DOCUMENT}, each around one of "
+                f"{scale.TOPICS:,} topics. Build: `ConceptBank.from_vectors` from a memory-mapped file and a generator "
+                "of concepts (encoding excluded: see the encoding rows). Training: the LVM (hidden 128, no rollout, "
+                "batches of 1,024) through the epoch loop, the vectors memory-mapped. Each in a fresh process; peak "
+                "RSS is the whole process (Python, torch, FAISS). Baseline: the raw float32 vectors.",
+                scale.SCALE_COLUMNS, rows)
+            out["scale_epochs"] = Section(
+                "Scale: training memory per epoch", "Resident memory of the training process after each epoch "
+                "(train + held-out evaluation). Baseline: epoch 1.", scale.EPOCH_COLUMNS, epochs)
+        return out
 
 
 def _size_name(n: int) -> str:

@@ -12,6 +12,7 @@ from rich.table import Table
 from dualpath.cli.common import (
     BACKEND_OPTION,
     CONFIG_OPTION,
+    DEVICE_OPTION,
     MILVUS_URI_OPTION,
     check_text,
     load_config,
@@ -53,12 +54,14 @@ def build_command(
     force: bool = typer.Option(
         False, "--force", help="Replace a bank already at --out (its models/ and calibration.json are dropped)."
     ),
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Segment a corpus into concepts, encode them and index them into a new bank."""
     from dualpath.bank import ConceptBank
 
     cfg = load_config(
         config,
+        device=device,
         encoder={"name": encoder},
         bank={"index": index, "dtype": dtype, "backend": backend, "milvus_uri": milvus_uri},
     )
@@ -88,11 +91,12 @@ def add_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Append documents to a bank without re-encoding it (atomic: the old bank stays until the new one is whole)."""
     from dualpath.bank import ConceptBank
 
-    with ConceptBank.open(bank_dir, load_config(config, bank={"milvus_uri": milvus_uri})) as bank:
+    with ConceptBank.open(bank_dir, load_config(config, device=device, bank={"milvus_uri": milvus_uri})) as bank:
         added = bank.add(source, skip_bad=skip_bad, limit_docs=limit_docs)
         summary = {**_summary(bank), "added": added}
     if as_json:
@@ -139,6 +143,7 @@ def search_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Nearest concepts to a text, by cosine similarity."""
     from dualpath.bank import ConceptBank
@@ -147,7 +152,7 @@ def search_command(
     check_text(text, "the query text")
     if not text.strip():
         raise DualPathError("the query text is empty")
-    with ConceptBank.open(bank_dir, load_config(config, bank={"milvus_uri": milvus_uri})) as bank:
+    with ConceptBank.open(bank_dir, load_config(config, device=device, bank={"milvus_uri": milvus_uri})) as bank:
         ids, scores = bank.search(bank.encoder().encode([text]), k, domain=domain)
         found = ids[0] >= 0
         hits = [

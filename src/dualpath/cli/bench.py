@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dualpath.cli.common import CONFIG_OPTION, load_config, make_console, print_json
+from dualpath.cli.common import CONFIG_OPTION, DEVICE_OPTION, load_config, make_console, print_json
 
 console = make_console()
 progress = make_console(stderr=True)
@@ -30,16 +30,17 @@ def bench_command(
     ),
     only: str | None = typer.Option(
         None, "--only", help="Comma-separated sections to run (encode, lvm_step, tower, decision, generation, "
-        "search, training, quality, second_corpus); default all."
+        "search, training, quality, second_corpus, scale); default all."
     ),
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Speed, memory and quality of every part, each beside a baseline measured in the same run."""
     from dualpath.benchsuite.suite import SECTIONS, run_suite
     from dualpath.errors import DualPathError
 
-    cfg = load_config(config)
+    cfg = load_config(config, device=device)
     chosen = tuple(name.strip() for name in only.split(",") if name.strip()) if only else ()
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:

@@ -28,6 +28,12 @@ MILVUS_URI_OPTION = typer.Option(
     "Opening a bank defaults to where it was built.",
 )
 
+DEVICE_OPTION = typer.Option(
+    None,
+    "--device",
+    help="Where encoding, training and generation run: auto (CUDA when torch sees a GPU) | cpu | cuda[:N].",
+)
+
 
 def make_console(stderr: bool = False) -> Console:
     """Rich console; wide when output is not a terminal, so tables in logs and CI don't wrap to 80 columns."""
@@ -35,8 +41,11 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else 160)
 
 
-def load_config(config: Path | None, **sections: dict[str, Any]) -> DualPathConfig:
-    """The config file with command-line values (None = not given) laid over the named sections."""
+def load_config(config: Path | None, device: str | None = None, **sections: dict[str, Any]) -> DualPathConfig:
+    """The config file with command-line values (None = not given) laid over the named sections.
+
+    `--device cuda` where torch sees no GPU fails here, in one line, before anything loads.
+    """
     cfg = DualPathConfig.from_yaml(config)
     # Only what the file stated: a field left at its default stays "not set", which some defaults
     # depend on (the held-out share adapts to the corpus unless set; corpus.pairs.resolve_split).
@@ -45,7 +54,14 @@ def load_config(config: Path | None, **sections: dict[str, Any]) -> DualPathConf
         given = {k: v for k, v in values.items() if v is not None}
         if given:
             data.setdefault(section, {}).update(given)
-    return DualPathConfig.from_dict(data, source="command line")
+    if device is not None:
+        data["device"] = device
+    cfg = DualPathConfig.from_dict(data, source="command line")
+    if cfg.device != "auto":
+        from dualpath.runtime import resolve_device
+
+        resolve_device(cfg.device)
+    return cfg
 
 
 def open_bank(path: Path, cfg: DualPathConfig) -> Any:
@@ -65,10 +81,10 @@ def check_text(text: str, what: str) -> None:
 
 
 def config_and_bank(
-    bank_dir: Path, config: Path | None, milvus_uri: str | None, **sections: dict[str, Any]
+    bank_dir: Path, config: Path | None, milvus_uri: str | None, device: str | None = None, **sections: dict[str, Any]
 ) -> tuple[DualPathConfig, Any]:
     """What a command on one bank starts with: its config (with command-line values) and the opened bank."""
-    cfg = load_config(config, bank={"milvus_uri": milvus_uri}, **sections)
+    cfg = load_config(config, device, bank={"milvus_uri": milvus_uri}, **sections)
     return cfg, open_bank(bank_dir, cfg)
 
 

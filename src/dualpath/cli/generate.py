@@ -10,6 +10,7 @@ from rich.table import Table
 from dualpath.cli.common import (
     BANK_OPTION,
     CONFIG_OPTION,
+    DEVICE_OPTION,
     MILVUS_URI_OPTION,
     TELEMETRY_OPTION,
     check_text,
@@ -60,6 +61,7 @@ def generate_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     telemetry: Path | None = TELEMETRY_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Generate from a prompt: each step SNAPs, BLENDs or stays NOVEL, and says why."""
     check_text(prompt, "the prompt")  # before the heavy imports: a bad prompt answers at once
@@ -68,6 +70,7 @@ def generate_command(
 
     cfg = load_config(
         config,
+        device=device,
         generation={"steps": steps, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
         decider={"lanes_file": lanes_file},
         bank={"milvus_uri": milvus_uri},
@@ -119,12 +122,13 @@ def calibrate_command(
     as_json: bool = typer.Option(False, "--json"),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Set each lane's τ_snap / τ_novel from its target shares, measured on held-out documents."""
     from dualpath.pipeline.calibrate import calibrate_bank
     from dualpath.pipeline.generator import Generator
 
-    cfg = load_config(config, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
+    cfg = load_config(config, device=device, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg, calibrating=True)
     result = calibrate_bank(
         generator.bank, generator.lvm, generator.tower, cfg, max_pairs=max_pairs, generator=generator,
@@ -163,6 +167,7 @@ def eval_generation_command(
     as_json: bool = typer.Option(False, "--json"),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Decision mix and output quality per lane, against LVM-only and bank-only, on held-out documents."""
     from dualpath.decider import get_lane
@@ -176,7 +181,7 @@ def eval_generation_command(
     if len(files) > 1:
         raise typer.BadParameter("give at most one lanes file", param_hint="'--lanes'")
     lanes_file = Path(files[0]) if files else None
-    cfg = load_config(config, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
+    cfg = load_config(config, device=device, decider={"lanes_file": lanes_file}, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
     names = [value for value in lanes or [] if value not in files]
     names += [name for name in user_lane_definitions(lanes_file) if name not in names]

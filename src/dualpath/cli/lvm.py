@@ -11,6 +11,7 @@ from rich.table import Table
 from dualpath.cli.common import (
     BANK_OPTION,
     CONFIG_OPTION,
+    DEVICE_OPTION,
     JSON_OPTION,
     MILVUS_URI_OPTION,
     config_and_bank,
@@ -59,6 +60,7 @@ def train_lvm_command(
     log_file: Path | None = typer.Option(None, "--log-file", help="Append timestamped log lines to this file."),
     config: Path | None = typer.Option(None, "--config", help="YAML configuration (lvm and split sections)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Train an LVM on a bank's documents; held-out metrics every epoch, checkpoint every epoch."""
     from dualpath.bank.layout import lvm_dir
@@ -67,7 +69,7 @@ def train_lvm_command(
 
     configure_logging(logging.getLogger("dualpath").level or logging.INFO, log_file)
     lvm = {"arch": arch, "epochs": epochs, "seed": seed}
-    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, lvm=lvm, split={"context": context})
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, device=device, lvm=lvm, split={"context": context})
     out_dir = out if out is not None else lvm_dir(concept_bank.path)
 
     # Each epoch's line is the training loop's log line (stderr, and --log-file): printing it here too
@@ -87,12 +89,13 @@ def eval_lvm_command(
     config: Path | None = CONFIG_OPTION,
     milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = JSON_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Held-out LVM quality beside the copy-last and mean-of-context baselines (docs/protocol.md)."""
     from dualpath.bank.layout import lvm_dir
     from dualpath.evaluation.lvm import evaluate_bank
 
-    cfg, concept_bank = config_and_bank(bank, config, milvus_uri)
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, device=device)
     report = evaluate_bank(concept_bank, cfg, model)
     if as_json:
         print_json(report.to_dict())

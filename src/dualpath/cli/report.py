@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from dualpath.cli.common import BANK_OPTION, CONFIG_OPTION, MILVUS_URI_OPTION, load_config, make_console, open_bank
+from dualpath.cli.common import (
+    BANK_OPTION,
+    CONFIG_OPTION,
+    DEVICE_OPTION,
+    MILVUS_URI_OPTION,
+    load_config,
+    make_console,
+    open_bank,
+)
 from dualpath.cli.generate import DECISION_STYLE
 
 console = make_console()
@@ -25,12 +33,13 @@ def report_command(
     free_docs: int = typer.Option(200, "--free-docs", min=0, help="Held-out documents for the free-running test."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Write one Markdown page with plots: retrieval, LVM, decision mix, c_max, settings."""
     from dualpath.pipeline.generator import Generator
     from dualpath.pipeline.report import measure, write_report
 
-    cfg = load_config(config, bank={"milvus_uri": milvus_uri})
+    cfg = load_config(config, device=device, bank={"milvus_uri": milvus_uri})
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
     try:
         path = write_report(measure(generator, cfg, max_pairs=max_pairs, free_docs=free_docs), out)
@@ -45,11 +54,12 @@ def demo_command(
     fresh: bool = typer.Option(False, "--fresh", help="Redo every stage instead of reusing cached ones."),
     steps: int = typer.Option(4, "--steps", help="Concepts generated per prompt."),
     config: Path | None = CONFIG_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Build the Wikipedia sample bank, train the LVM and tower, calibrate, generate in every lane, report."""
     from dualpath.pipeline.demo import run_demo
 
-    cfg = load_config(config)
+    cfg = load_config(config, device=device)
     started = time.perf_counter()
     console.rule("dualpath demo")
 

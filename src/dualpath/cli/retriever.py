@@ -13,6 +13,7 @@ from rich.table import Table
 from dualpath.cli.common import (
     BANK_OPTION,
     CONFIG_OPTION,
+    DEVICE_OPTION,
     JSON_OPTION,
     MILVUS_URI_OPTION,
     config_and_bank,
@@ -64,6 +65,7 @@ def train_retriever_command(
     config: Path | None = typer.Option(None, "--config", help="YAML configuration (the tower section)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the final held-out table as JSON."),
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Train a query tower on a bank; the held-out table is printed every epoch and saved as JSON."""
     from dualpath.bank.layout import tower_dir
@@ -74,7 +76,7 @@ def train_retriever_command(
     overrides = {
         "tower": tower, "doc_tower": doc_tower, "epochs": epochs, "hard_negatives": hard_negatives, "seed": seed,
     }
-    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, tower=overrides)
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, device=device, tower=overrides)
     out_dir = out if out is not None else tower_dir(concept_bank.path)
 
     def show(report: Any, table: dict[str, dict[str, float]]) -> None:
@@ -102,17 +104,23 @@ def eval_retriever_command(
     config: Path | None = CONFIG_OPTION,
     milvus_uri: str | None = MILVUS_URI_OPTION,
     as_json: bool = JSON_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Held-out retrieval: the tower beside last / mean / EWM / oracle queries (docs/protocol.md)."""
     from dualpath.bank.layout import tower_dir
     from dualpath.evaluation.retrieval import heldout_eval_pairs, retrieval_table
     from dualpath.models.towers import QueryTower
 
-    cfg, concept_bank = config_and_bank(bank, config, milvus_uri)
+    cfg, concept_bank = config_and_bank(bank, config, milvus_uri, device=device)
     default = tower_dir(concept_bank.path)
     if tower is None and default.is_dir():
         tower = default
-    query_tower = QueryTower.load(tower, concept_bank.dim, concept_bank.encoder_name) if tower is not None else None
+    from dualpath.runtime import resolve_device
+
+    device_name = resolve_device(cfg.device)
+    query_tower = (
+        QueryTower.load(tower, concept_bank.dim, concept_bank.encoder_name, device_name) if tower is not None else None
+    )
     pairs = heldout_eval_pairs(concept_bank.all_vectors(), concept_bank.documents(), cfg)
     table = retrieval_table(concept_bank.search, pairs, query_tower)
     if as_json:

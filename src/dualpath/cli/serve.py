@@ -10,6 +10,7 @@ import typer
 from dualpath.cli.common import (
     BANK_OPTION,
     CONFIG_OPTION,
+    DEVICE_OPTION,
     MILVUS_URI_OPTION,
     TELEMETRY_OPTION,
     load_config,
@@ -36,6 +37,7 @@ def serve_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
     telemetry: Path | None = TELEMETRY_OPTION,
+    device: str | None = DEVICE_OPTION,
 ) -> None:
     """Serve search, generation (whole or streamed), telemetry, metrics and the dashboard at /."""
     import uvicorn
@@ -46,6 +48,7 @@ def serve_command(
 
     cfg = load_config(
         config,
+        device=device,
         service={"host": host, "port": port, "api_key": api_key},
         decider={"lanes_file": lanes_file},
         bank={"milvus_uri": milvus_uri},

@@ -18,6 +18,7 @@ import numpy as np
 from dualpath.config import EncoderConfig
 from dualpath.errors import ConfigError
 from dualpath.logs import progress_enabled
+from dualpath.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +64,12 @@ def resolve_model_path(name: str) -> Path:
 
 
 class SentenceTransformerEncoder:
-    """A sentence-transformers model on CPU (or `cfg.device`), normalised, batched, offline."""
+    """A sentence-transformers model on `cfg.device` (else `device`; auto = CUDA where present), normalised,
+    batched, offline."""
 
-    def __init__(self, cfg: EncoderConfig | None = None) -> None:
+    def __init__(self, cfg: EncoderConfig | None = None, device: str | None = None) -> None:
         cfg = cfg or EncoderConfig()
+        self.device = resolve_device(cfg.device or device)
         path = resolve_model_path(cfg.name)
         # The name a bank records: the short name for bundled models, the absolute path otherwise,
         # so the bank can load the same encoder again.
@@ -80,7 +83,7 @@ class SentenceTransformerEncoder:
         if not progress_enabled():
             hf_logging.disable_progress_bar()
         try:
-            self.model = SentenceTransformer(str(path), device=cfg.device, local_files_only=True)
+            self.model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot load encoder {cfg.name!r} from {path}: {err}".splitlines()[0]) from None
         if cfg.max_seq_length is not None:
@@ -91,7 +94,7 @@ class SentenceTransformerEncoder:
         if not dim:
             raise ConfigError(f"encoder {cfg.name!r} does not report an embedding dimension")
         self.dim = int(dim)
-        log.info("encoder %s: dim %d, device %s", self.name, self.dim, cfg.device)
+        log.info("encoder %s: dim %d, device %s", self.name, self.dim, self.device)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         if not texts:
@@ -126,5 +129,6 @@ def normalize_rows(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(norms, np.float32(1e-12))
 
 
-def load_encoder(cfg: EncoderConfig | None = None) -> Encoder:
-    return SentenceTransformerEncoder(cfg)
+def load_encoder(cfg: EncoderConfig | None = None, device: str | None = None) -> Encoder:
+    """The encoder `cfg` names, on `cfg.device` if set, else on `device` (the config's top-level one)."""
+    return SentenceTransformerEncoder(cfg, device)

@@ -29,6 +29,7 @@ from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_confi
 from dualpath.evaluation.ranking import SearchFn, recall_at, target_ranks
 from dualpath.models.heuristics import last_vector, mean_vector
 from dualpath.models.lvm import LatentVectorModel
+from dualpath.runtime import resolve_device
 
 if TYPE_CHECKING:
     from dualpath.bank import ConceptBank
@@ -182,7 +183,7 @@ def evaluate_bank(bank: ConceptBank, cfg: DualPathConfig, model_path: str | Path
     default = lvm_dir(bank.path)
     model = None
     if model_path is not None or default.is_dir():
-        model = LatentVectorModel.load(model_path or default, bank.dim, bank.encoder_name)
+        model = LatentVectorModel.load(model_path or default, bank.dim, bank.encoder_name, resolve_device(cfg.device))
     split_cfg = model.training_split(cfg.split) if model is not None else cfg.split
     split = split_from_config(bank.documents(), split_cfg)
     log.info("evaluating on %d held-out pairs (context %d)", len(split.heldout), split_cfg.context)

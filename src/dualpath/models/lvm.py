@@ -183,6 +183,11 @@ class LatentVectorModel:
     def arch(self) -> str:
         return str(self.config["arch"])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are (`load(..., device=)` or `net.to(...)`); predictions come back as CPU arrays."""
+        return next(self.net.parameters()).device
+
     @torch.no_grad()
     def predict(self, ctx: np.ndarray, mask: np.ndarray | None = None, batch_size: int = 1024) -> np.ndarray:
         """Next vectors for left-padded contexts `(n, C, d)` (mask `(n, C)`, default all real) → `(n, d)`."""
@@ -192,12 +197,14 @@ class LatentVectorModel:
             mask = np.ones(ctx.shape[:2], dtype=bool)
         was_training = self.net.training
         self.net.eval()
+        device = self.device
         out = np.empty((ctx.shape[0], self.dim), dtype=np.float32)
         try:
             for start in range(0, ctx.shape[0], batch_size):
                 stop = start + batch_size
-                pred = self.net(torch.from_numpy(ctx[start:stop]), torch.from_numpy(np.asarray(mask[start:stop])))
-                out[start:stop] = pred.numpy()
+                c = torch.from_numpy(ctx[start:stop]).to(device)
+                pred = self.net(c, torch.from_numpy(np.asarray(mask[start:stop])).to(device))
+                out[start:stop] = pred.cpu().numpy()
         finally:
             self.net.train(was_training)
         return out
@@ -229,9 +236,13 @@ class LatentVectorModel:
 
     @classmethod
     def load(
-        cls, path: str | Path, expected_dim: int | None = None, expected_encoder: str | None = None
+        cls,
+        path: str | Path,
+        expected_dim: int | None = None,
+        expected_encoder: str | None = None,
+        device: str = "cpu",
     ) -> LatentVectorModel:
-        """Load from a checkpoint directory or a training output (its best/, else last/).
+        """Load from a checkpoint directory or a training output (its best/, else last/), onto `device`.
 
         `expected_dim` / `expected_encoder` are the bank's (see `models.checkpoint.load_model_config`).
         """
@@ -243,8 +254,8 @@ class LatentVectorModel:
                 f"LVM config in {directory} is incomplete or invalid: {err}".splitlines()[0]
             ) from None
         model = cls(LVMNet(int(config["dim"]), cfg, int(config["context"])), config)
-        load_weights(directory, model.net)
-        model.net.eval()
+        load_weights(directory, model.net)  # to the CPU (checkpoints hold no device), then moved
+        model.net.to(device).eval()
         log.info("loaded %s LVM (%d-d, context %d) from %s", model.arch, model.dim, model.context, directory)
         return model
 

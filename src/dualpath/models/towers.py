@@ -150,18 +150,24 @@ class QueryTower:
             "tower": self.cfg.model_dump(mode="json"),
         }
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are; queries come back as CPU arrays."""
+        return next(self.net.parameters()).device
+
     @torch.no_grad()
     def encode_queries(self, ctx: np.ndarray, mask: np.ndarray, batch_size: int = 2048) -> np.ndarray:
         """Left-padded contexts `(n, C, d)` + mask `(n, C)` → unit-norm float32 queries `(n, d)`."""
         check_contexts(ctx, self.dim, "the query tower")
         was_training = self.net.training
         self.net.eval()
+        device = self.device
         out = np.empty((ctx.shape[0], self.dim), dtype=np.float32)
         for start in range(0, ctx.shape[0], batch_size):
             stop = start + batch_size
-            c = torch.from_numpy(np.ascontiguousarray(ctx[start:stop], dtype=np.float32))
-            m = torch.from_numpy(np.ascontiguousarray(mask[start:stop], dtype=bool))
-            out[start:stop] = self.net(c, m).numpy()
+            c = torch.from_numpy(np.ascontiguousarray(ctx[start:stop], dtype=np.float32)).to(device)
+            m = torch.from_numpy(np.ascontiguousarray(mask[start:stop], dtype=bool)).to(device)
+            out[start:stop] = self.net(c, m).cpu().numpy()
         self.net.train(was_training)
         return out
 
@@ -170,9 +176,13 @@ class QueryTower:
 
     @classmethod
     def load(
-        cls, path: str | Path, expected_dim: int | None = None, expected_encoder: str | None = None
+        cls,
+        path: str | Path,
+        expected_dim: int | None = None,
+        expected_encoder: str | None = None,
+        device: str = "cpu",
     ) -> QueryTower:
-        """Load a tower from a checkpoint (or a training output: its best/, else last/).
+        """Load a tower from a checkpoint (or a training output: its best/, else last/), onto `device`.
 
         `expected_dim` / `expected_encoder` are the bank's (see `models.checkpoint.load_model_config`).
         """
@@ -185,6 +195,6 @@ class QueryTower:
         except (KeyError, TypeError, ValueError, AttributeError, ValidationError) as err:
             raise CheckpointError(f"query tower config in {directory} is invalid: {err}".splitlines()[0]) from None
         tower = cls(cfg, saved_dim, str(config.get("encoder", "")))
-        load_weights(directory, tower.net)
-        tower.net.eval()
+        load_weights(directory, tower.net)  # to the CPU, then moved
+        tower.net.to(device).eval()
         return tower

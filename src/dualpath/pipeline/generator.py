@@ -56,7 +56,7 @@ from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration
-from dualpath.runtime import torch_threads
+from dualpath.runtime import resolve_device, torch_threads
 from dualpath.search import excluded_depth, search_excluding
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class Generator:
         bank = bank if isinstance(bank, ConceptBank) else ConceptBank.open(bank, cfg)
         lvm_path = Path(lvm_dir) if lvm_dir else layout.lvm_dir(bank.path)
         try:
-            lvm = LatentVectorModel.load(lvm_path, expected_dim=bank.dim, expected_encoder=bank.encoder_name)
+            lvm = LatentVectorModel.load(lvm_path, bank.dim, bank.encoder_name, resolve_device(cfg.device))
         except CheckpointError as err:
             raise DualPathError(
                 f"{err}; train one with `dualpath train lvm --bank {bank.path}` (or run `dualpath demo`)"
@@ -297,7 +297,7 @@ class Generator:
         tower_path = Path(tower_dir) if tower_dir else layout.tower_dir(bank.path)
         tower = None
         if tower_dir is not None or tower_path.exists():
-            tower = QueryTower.load(tower_path, expected_dim=bank.dim, expected_encoder=bank.encoder_name)
+            tower = QueryTower.load(tower_path, bank.dim, bank.encoder_name, resolve_device(cfg.device))
         else:
             log.warning("no trained query tower at %s: retrieval uses the LVM's vector as the query", tower_path)
         miner = ThreadedMiner(bank) if threaded else SyncMiner(bank)

@@ -40,7 +40,7 @@ from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
 from dualpath.locking import models_lock
 from dualpath.models.lvm import LatentVectorModel
-from dualpath.runtime import batch_progress, torch_threads
+from dualpath.runtime import batch_progress, resolve_device, torch_threads
 from dualpath.training.loop import EpochReport, TrainingResult, run_training
 from dualpath.training.schedule import learning_rate, set_learning_rate
 
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 # Held-out selection metric: mean cos(prediction, true next). See docs/lvm.md for why not Hit@K.
 SELECT_METRIC = "heldout_cos"
+EVAL_BLOCK = 8192  # held-out contexts gathered and predicted at a time
 
 
 def lvm_loss(
@@ -94,15 +95,18 @@ class LVMTrainingTask:
         self.search = search
         torch.manual_seed(cfg.lvm.seed)  # weight initialisation is part of a repeatable run
         self.lvm = LatentVectorModel.build(vectors.shape[1], cfg.lvm, cfg.split.context, encoder_name)
-        self.model = self.lvm.net
+        # Initialised on the CPU (the same weights whatever the device), then moved.
+        self.device = torch.device(resolve_device(cfg.device))
+        self.model = self.lvm.net.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lvm.lr, weight_decay=cfg.lvm.weight_decay)
         self.select_metric = SELECT_METRIC
         self.successor = successors(split.train, vectors.shape[0])
 
     def _batch(self, pairs: ContextPairs, index: np.ndarray) -> tuple[torch.Tensor, ...]:
+        # Only this batch's vectors are read from the (memory-mapped) matrix: nothing per pair is materialised.
         ctx, mask = gather_context(self.vectors, pairs.context[index])
         target = np.asarray(self.vectors[pairs.target[index]], dtype=np.float32)
-        return torch.from_numpy(ctx), torch.from_numpy(mask), torch.from_numpy(target)
+        return tuple(torch.from_numpy(a).to(self.device) for a in (ctx, mask, target))
 
     def _rollout_loss(
         self, ctx: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, target_ids: np.ndarray
@@ -119,8 +123,8 @@ class LVMTrainingTask:
             ctx = torch.cat([ctx[:, 1:], pred[:, None, :]], dim=1)
             mask = torch.cat([mask[:, 1:], torch.ones_like(mask[:, :1])], dim=1)
             pred = self.model(ctx, mask)
-            rows = torch.from_numpy(np.flatnonzero(keep))
-            target = torch.from_numpy(np.asarray(self.vectors[ids[keep]], dtype=np.float32))
+            rows = torch.from_numpy(np.flatnonzero(keep)).to(self.device)
+            target = torch.from_numpy(np.asarray(self.vectors[ids[keep]], dtype=np.float32)).to(self.device)
             loss = loss + lvm.rollout_weight * self._loss(pred[rows], target)
         return loss
 
@@ -159,9 +163,12 @@ class LVMTrainingTask:
         held = self.split.heldout
         if len(held) == 0:
             return {SELECT_METRIC: float("nan")}
-        ctx, mask = gather_context(self.vectors, held.context)
+        # Predicted block by block: the held-out contexts' vectors are never all in memory at once.
+        pred = np.empty((len(held), self.vectors.shape[1]), dtype=np.float32)
+        for start in range(0, len(held), EVAL_BLOCK):
+            ctx, mask = gather_context(self.vectors, held.context[start : start + EVAL_BLOCK])
+            pred[start : start + len(ctx)] = self.lvm.predict(ctx, mask)
         target = np.asarray(self.vectors[held.target], dtype=np.float32)
-        pred = self.lvm.predict(ctx, mask)
         # Held-out loss over fixed consecutive batches of the training size: comparable across epochs.
         size = self.cfg.lvm.batch_size
         losses = [

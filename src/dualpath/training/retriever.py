@@ -43,7 +43,7 @@ from dualpath.evaluation.retrieval import EvalPairs, baseline_table, evaluate_qu
 from dualpath.fileio import atomic_path, write_json_atomic
 from dualpath.locking import models_lock
 from dualpath.models.towers import QueryTower
-from dualpath.runtime import batch_progress, torch_threads
+from dualpath.runtime import batch_progress, resolve_device, torch_threads
 from dualpath.training.loop import EpochReport, TrainingResult, run_training
 from dualpath.training.mining import (
     NONE,
@@ -60,6 +60,7 @@ NEGATIVES_FILE = "negatives.npz"  # the latest mined negatives, reused by later 
 TABLE_FILE = "retrieval.json"  # the held-out protocol table of the latest epoch
 # A batch's (batch, bank) logits must stay small: 256 x 250k float32 is 256 MB, with its gradient twice that.
 BANK_NEGATIVES_MAX = 250_000
+QUERY_BLOCK = 8192  # training contexts gathered and encoded at a time when mining
 
 
 class Bank(SearchIndex, Protocol):
@@ -107,6 +108,7 @@ class RetrieverTask:
         self.doc_negatives = (
             document_negatives(documents, self.train, tc.document_negatives) if tc.document_negatives else None
         )
+        self.device = torch.device(resolve_device(cfg.device))
         self.bank_keys: torch.Tensor | None = None
         if tc.bank_negatives:
             if vectors.shape[0] > BANK_NEGATIVES_MAX:
@@ -114,10 +116,10 @@ class RetrieverTask:
                     f"bank_negatives scores every concept in each step and the bank has {vectors.shape[0]:,} "
                     f"(at most {BANK_NEGATIVES_MAX:,}); train with mined hard negatives instead"
                 )
-            self.bank_keys = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
-        torch.manual_seed(tc.seed)  # the initial weights follow from the seed
+            self.bank_keys = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).to(self.device)
+        torch.manual_seed(tc.seed)  # the initial weights follow from the seed (on the CPU, then moved)
         self.tower = QueryTower(tc, vectors.shape[1], encoder_name)
-        self.model = self.tower.net
+        self.model = self.tower.net.to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.negatives: np.ndarray | None = None
         self.steps_per_epoch = math.ceil(len(self.train) / tc.batch_size)
@@ -169,11 +171,13 @@ class RetrieverTask:
         context = shorten_contexts(self.train.context[batch], tc.context_dropout, rng)
         targets = self.train.target[batch]
         ctx, mask = gather_context(self.vectors, context)
-        query = self.model(torch.from_numpy(ctx), torch.from_numpy(mask))
+        device = self.device
+        query = self.model(torch.from_numpy(ctx).to(device), torch.from_numpy(mask).to(device))
         if self.bank_keys is not None:
             logits = (query @ self.bank_keys.T) / tc.temperature
             logits = logits.masked_fill(self._bank_false_negatives(targets, context), float("-inf"))
-            return self._descend(torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets)))
+            labels = torch.from_numpy(targets).to(device)
+            return self._descend(torch.nn.functional.cross_entropy(logits, labels))
         columns = [targets]
         for extra in (self.doc_negatives, self.negatives):
             if extra is not None:
@@ -182,10 +186,10 @@ class RetrieverTask:
         columns.append(queue)
         column_ids = np.concatenate(columns)
         invalid = self._false_negatives(column_ids, targets, context)
-        keys = torch.from_numpy(np.asarray(self.vectors[column_ids], dtype=np.float32))
+        keys = torch.from_numpy(np.asarray(self.vectors[column_ids], dtype=np.float32)).to(device)
         logits = (query @ keys.T) / tc.temperature
-        logits = logits.masked_fill(torch.from_numpy(invalid), float("-inf"))
-        return self._descend(torch.nn.functional.cross_entropy(logits, torch.arange(len(batch))))
+        logits = logits.masked_fill(torch.from_numpy(invalid).to(device), float("-inf"))
+        return self._descend(torch.nn.functional.cross_entropy(logits, torch.arange(len(batch), device=device)))
 
     def _descend(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
@@ -214,13 +218,14 @@ class RetrieverTask:
         """
         assert self.bank_keys is not None
         tc = self.cfg.tower
-        rows = torch.arange(len(targets))
-        positives = torch.from_numpy(targets)
+        device = self.device
+        rows = torch.arange(len(targets), device=device)
+        positives = torch.from_numpy(targets).to(device)
         invalid = (self.bank_keys[positives] @ self.bank_keys.T) > tc.near_dup
         real = context != PAD
-        invalid[torch.from_numpy(np.nonzero(real)[0]), torch.from_numpy(context[real])] = True
+        invalid[torch.from_numpy(np.nonzero(real)[0]).to(device), torch.from_numpy(context[real]).to(device)] = True
         if tc.exclude_same_document:
-            owner = torch.from_numpy(self.concept_doc)
+            owner = torch.from_numpy(self.concept_doc).to(device)
             invalid |= (owner[None, :] == owner[positives][:, None]) & (owner[None, :] >= 0)
         invalid[rows, positives] = False
         return invalid
@@ -253,9 +258,12 @@ class RetrieverTask:
         if self.mining_index is None:
             self.mining_index = mining_index(self.index, self.vectors, self.cfg.tower.mine_exact_mb)
         t0 = time.perf_counter()
-        ctx, mask = gather_context(self.vectors, self.train.context)
-        queries = self.tower.encode_queries(ctx, mask)
-        beat()
+        # Block by block: every training context's vectors at once would be (pairs, C, d) float32.
+        queries = np.empty((len(self.train), self.vectors.shape[1]), dtype=np.float32)
+        for start in range(0, len(self.train), QUERY_BLOCK):
+            ctx, mask = gather_context(self.vectors, self.train.context[start : start + QUERY_BLOCK])
+            queries[start : start + len(ctx)] = self.tower.encode_queries(ctx, mask)
+            beat()
         negatives, stats = mine_hard_negatives(
             queries, self.train.target, self.train.context, self.vectors, self.concept_doc,
             self.mining_index, self.cfg.tower, rng, on_batch=beat,
