@@ -749,13 +749,19 @@ def _write_manifest(
     write_json_atomic(directory / MANIFEST_FILE, manifest)
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the bank directory: a swap gives the path a new inode."""
+def _identity(path: Path) -> tuple[int, int, bytes] | None:
+    """(device, inode, manifest digest) of the bank directory: a swap gives the path a new inode.
+
+    The inode alone is not enough: a writer that swaps twice while a reader opens may create the
+    second version in a directory that reuses the first one's freed inode number. Every version's
+    manifest differs (its creation time and checksums), so the pair tells versions apart.
+    """
     try:
         st = path.stat()
+        manifest = (path / MANIFEST_FILE).read_bytes()
     except OSError:
         return None
-    return st.st_dev, st.st_ino
+    return st.st_dev, st.st_ino, hashlib.blake2b(manifest, digest_size=16).digest()
 
 
 def _open_vectors(path: Path, count: int, dim: int, dtype: str) -> np.ndarray:
