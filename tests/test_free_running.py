@@ -17,12 +17,14 @@ from dualpath.pipeline.calibrate import PARAPHRASE_CEILING, PARAPHRASE_SHARE, ca
 from dualpath.pipeline.free_running import (
     PROMPT_CONCEPTS,
     RandomMixDecoder,
+    decision_cosines,
     evaluate_free_running,
     free_running_rows,
     generator_streams,
     heldout_prompts,
     knn_streams,
     near_repeats,
+    step_matched_difference,
     successive_cosines,
 )
 from dualpath.pipeline.generator import Generator
@@ -109,8 +111,8 @@ def test_free_running_evaluation_measures_every_lane_and_baseline(generator):
     lane, random = result["lanes"]["conservative"]["shares"], result["lanes"]["random-conservative"]["shares"]
     assert abs(lane["NOVEL"] - random["NOVEL"]) < 0.35
     versus = result["lanes"]["conservative"]["versus"]
-    assert set(versus) == {"random", "random (vector)", "lvm-only", "knn"}
-    assert all(v["lo"] <= v["diff"] <= v["hi"] for v in versus.values())
+    assert set(versus) == {"random", "random (vector)", "random (grounded steps)", "lvm-only", "knn"}
+    assert all(v["lo"] <= v["diff"] <= v["hi"] for v in versus.values() if np.isfinite(v["diff"]))
     # Conservative grounds, and so at some step shows something LVM-only does not.
     assert 0.0 <= result["lanes"]["conservative"]["same_text_as_lvm_only"] < 1.0
     # Consecutive vectors, by hand for the first prompt: the document's own, and the LVM fed the true context.
@@ -317,3 +319,41 @@ def test_a_baseline_decoder_decides_its_own_way_inside_a_batch(generator):
         steps=4,
     )
     assert [s.decisions for s in both] == [s.decisions for s in lane_streams + never]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2**31 - 1),
+    st.floats(min_value=-0.5, max_value=0.5, allow_nan=False),
+)
+def test_step_matched_difference_finds_a_shift_whatever_the_steps(seed, shift):
+    """b is a with every value moved by -shift, and with its steps at other positions of the same step
+    numbers: the step-matched difference is the shift, and its interval holds it."""
+    rng = np.random.default_rng(seed)
+    a = np.where(rng.random((30, 8)) < 0.4, rng.normal(0.5 - 0.03 * np.arange(8), 0.01, (30, 8)), np.nan)
+    a[0] = 0.5  # every step number has a value
+    b = a[rng.permutation(30)] - shift
+    result = step_matched_difference(a, b, seed=seed, rounds=200)
+    # Within one step number, a and b hold the same values (permuted by stream) moved by the shift.
+    assert result["diff"] == pytest.approx(shift, abs=1e-9)
+    assert result["steps"] == int(np.isfinite(a).sum())
+    # Unmatched, early-heavy a against late-heavy b would look better than it is; matched, it does not.
+    late = np.full_like(a, np.nan)
+    late[:, 4:] = 0.4
+    early = np.full_like(a, np.nan)
+    early[:, :4] = 0.6
+    early[:, 4:] = 0.4
+    assert step_matched_difference(early, late, rounds=50)["diff"] == pytest.approx(0.0)
+
+
+def test_decision_cosines_are_the_shown_text_against_the_truth_at_those_steps(generator):
+    prompts = heldout_prompts(generator.bank, generator.lvm.training_split(generator.cfg.split), 4, steps=4)
+    streams = generator_streams(generator, prompts, lambda i: generator.decoder("conservative", seed=i), steps=4)
+    snap = decision_cosines(generator.bank, streams, "SNAP", steps=4)
+    for s, row in zip(streams, snap, strict=True):
+        for t in range(4):
+            if s.decisions[t] == "SNAP" and t < len(s.truth_ids):
+                shown, truth = generator.bank.vectors([s.shown_ids[t], s.truth_ids[t]])
+                assert row[t] == pytest.approx(float(shown @ truth), abs=1e-5)
+            else:
+                assert np.isnan(row[t])

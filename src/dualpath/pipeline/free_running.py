@@ -334,6 +334,46 @@ def stream_metrics(
     return metrics, per_stream, per_stream_vector
 
 
+def decision_cosines(bank: ConceptBank, streams: Sequence[Stream], decision: str, steps: int = STEPS) -> np.ndarray:
+    """(streams, steps): the cosine of the shown text to the document's own concept at each step that
+    decided `decision`; NaN at other steps and where the document has no concept t."""
+    out = np.full((len(streams), steps), np.nan)
+    for i, s in enumerate(streams):
+        picked = [t for t, (d, cid) in enumerate(zip(s.decisions, s.shown_ids, strict=True))
+                  if d == decision and cid >= 0 and t < min(len(s.truth_ids), steps)]
+        if picked:
+            shown = bank.vectors([s.shown_ids[t] for t in picked])
+            truth = bank.vectors(s.truth_ids[picked])
+            out[i, picked] = (shown * truth).sum(axis=1)
+    return out
+
+
+def step_matched_difference(a: np.ndarray, b: np.ndarray, seed: int = 0, rounds: int = 2000) -> dict[str, float]:
+    """How much `a`'s steps beat `b`'s at the same step number, weighted by `a`'s steps at each number.
+
+    `a`, `b`: (streams, steps) with NaN where a stream has no such step (see `decision_cosines`). Step
+    numbers are matched because early steps are closer to the truth for every lane, and a lane grounds
+    more of them than chance does. The 95 % interval resamples streams, the same ones for both.
+    """
+    def difference(rows: np.ndarray) -> np.ndarray:  # rows (r, n) → (r,)
+        sa, sb = a[rows], b[rows]
+        na, nb = np.isfinite(sa).sum(axis=1), np.isfinite(sb).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gap = np.nansum(sa, axis=1) / na - np.nansum(sb, axis=1) / nb
+        weight = np.where((na > 0) & (nb > 0), na, 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.nansum(np.where(weight > 0, gap, 0.0) * weight, axis=1) / weight.sum(axis=1)
+
+    n = len(a)
+    whole = difference(np.arange(n)[None, :])[0] if n else float("nan")
+    if not n or not np.isfinite(whole):
+        return {"diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "steps": 0}
+    rng = np.random.default_rng(seed)
+    resampled = difference(rng.integers(0, n, size=(rounds, n)))
+    lo, hi = np.nanquantile(resampled, [0.025, 0.975])
+    return {"diff": float(whole), "lo": float(lo), "hi": float(hi), "steps": int(np.isfinite(a).sum())}
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0, rounds: int = 2000) -> dict[str, float]:
     """Mean of a - b over the streams both have, with a 95 % bootstrap interval (streams resampled in pairs)."""
     keep = np.isfinite(a) & np.isfinite(b)
@@ -393,9 +433,13 @@ def evaluate_free_running(
     results: dict[str, Any] = {}
     per_stream: dict[str, np.ndarray] = {}
     per_stream_vector: dict[str, np.ndarray] = {}
+    grounded_cos: dict[str, np.ndarray] = {}
 
     def record(name: str, streams: list[Stream]) -> None:
         metrics, per_stream[name], per_stream_vector[name] = stream_metrics(bank, streams, steps, near_cosine)
+        grounded_cos[name] = decision_cosines(bank, streams, Decision.SNAP.value, steps)
+        grounded = grounded_cos[name][np.isfinite(grounded_cos[name])]
+        metrics["grounded_cos_true"] = float(grounded.mean()) if grounded.size else None
         results[name] = {**metrics, "samples": samples(bank, streams)}
         m = results[name]
         log.info(
@@ -428,9 +472,13 @@ def evaluate_free_running(
             baseline: paired_difference(per_stream[name], per_stream[key], seed)
             for baseline, key in (("random", f"random-{name}"), ("lvm-only", "lvm-only"), ("knn", "knn"))
         }
-        # Where the decision acts directly: the decided vector (the text is the nearest concept either way).
+        # Where the decision acts directly: the decided vector (the text is the nearest concept either way),
+        # and which steps get an exact bank sentence (the same share of steps, chosen by c or by chance).
         results[name]["versus"]["random (vector)"] = paired_difference(
             per_stream_vector[name], per_stream_vector[f"random-{name}"], seed
+        )
+        results[name]["versus"]["random (grounded steps)"] = step_matched_difference(
+            grounded_cos[name], grounded_cos[f"random-{name}"], seed
         )
     documents = len({p.name.split("@")[0] for p in prompts})
     truth = [near_repeats(bank.vectors(p.window[:prompt_len]), bank.vectors(p.window[prompt_len:]), near_cosine)
@@ -449,10 +497,11 @@ FREE_RUNNING_COLUMNS = {
     "name": "lane", "repeat_rate": "repeat", "consecutive_repeat_rate": "repeat at t-1",
     "near_repeat_rate": "near repeat", "same_text_as_lvm_only": "same text as LVM-only",
     "distinct_per_stream": "distinct", "cos_true": "cos to truth (text)", "cos_true_output": "cos to truth (vector)",
-    "grounded_share": "grounded", "snap": "SNAP", "blend": "BLEND", "novel": "NOVEL",
+    "grounded_share": "grounded", "grounded_cos_true": "grounded: cos to truth",
+    "snap": "SNAP", "blend": "BLEND", "novel": "NOVEL",
     "successive_lvm_cos": "LVM successive cos", "x_random": "text cos × random mix",
     "vs_random": "− random mix (95 % CI)", "vs_random_vector": "− random mix, vector (95 % CI)",
-    "vs_lvm_only": "− LVM-only (95 % CI)",
+    "vs_random_grounded": "− random mix, grounded steps (95 % CI)", "vs_lvm_only": "− LVM-only (95 % CI)",
 }
 
 
@@ -468,12 +517,14 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             **{key: m[key] for key in ("repeat_rate", "consecutive_repeat_rate", "near_repeat_rate",
                                        "distinct_per_stream", "cos_true",
                                        "cos_true_output", "grounded_share")},
+            "grounded_cos_true": m.get("grounded_cos_true"),
             "same_text_as_lvm_only": m.get("same_text_as_lvm_only"),
             "snap": m["shares"]["SNAP"], "blend": m["shares"]["BLEND"], "novel": m["shares"]["NOVEL"],
             "successive_lvm_cos": float(np.mean(successive)) if successive else None,
             "x_random": m["cos_true"] / random if random and m["cos_true"] is not None else None,
             "vs_random": _interval(m.get("versus", {}).get("random")),
             "vs_random_vector": _interval(m.get("versus", {}).get("random (vector)")),
+            "vs_random_grounded": _interval(m.get("versus", {}).get("random (grounded steps)")),
             "vs_lvm_only": _interval(m.get("versus", {}).get("lvm-only")),
         })
     return rows
