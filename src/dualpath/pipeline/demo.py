@@ -106,8 +106,9 @@ def run_demo(
         if on_stage is not None:
             on_stage(name, result.stages[name])
 
+    # What the bank holds, not how it is built: a knob like build_batch must not throw away a cached bank.
     bank_key = {"source": source, "limit": limit, "encoder": cfg.encoder.name, "segment": cfg.segment.model_dump(),
-                "bank": cfg.bank.model_dump(mode="json")}
+                "bank": cfg.bank.model_dump(mode="json", exclude={"build_batch"})}
     stage("bank", bank_key, (bank_dir / "manifest.json").is_file(),
           lambda: ConceptBank.build(source, bank_dir, cfg, limit_docs=limit, force=True).close())
     bank = ConceptBank.open(bank_dir, cfg)
