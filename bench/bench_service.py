@@ -10,6 +10,11 @@ Every request loop is bounded by count and by `--time-cap`; nothing leaves the l
 
     .venv/bin/python bench/bench_service.py [--bank DIR] [--quick] [--json out.json]
 
+Then the micro-batching comparison: the same POST /generate load from 1 and from `--clients`
+clients against a server started unbatched (`service.max_batch: 1`, the baseline) and batched
+(with and without a wait), the settings alternating over two rounds, reported as ratios to the
+unbatched server in the same run (`--batching-only` runs just this).
+
 Without `--bank` it builds a bank of `--docs` wiki-sample articles with tiny trained, calibrated
 models in a temporary directory (a minute or two on 2 cores).
 """
@@ -290,8 +295,10 @@ def run_batching(bank_path: Path, clients: int, bodies: list[dict], time_cap: fl
                 try:
                     asyncio.run(run_http(base, "/generate", bodies[: 2 * clients], clients, deadline))  # warm-up
                     one = asyncio.run(run_http(base, "/generate", bodies[: max(1, len(bodies) // 8)], 1, deadline))
+                    before = batch_histogram(base)
                     many = asyncio.run(run_http(base, "/generate", bodies, clients, deadline))
-                    batches = batch_histogram(base)
+                    after = batch_histogram(base)
+                    batches = (after[0] - before[0], after[1] - before[1])  # the concurrent phase's batches
                 finally:
                     server.terminate()
                     server.wait(30)
@@ -305,7 +312,7 @@ def run_batching(bank_path: Path, clients: int, bodies: list[dict], time_cap: fl
 
 
 def batch_histogram(base: str) -> tuple[float, float]:
-    """(requests, batches) of the server's batch-size histogram, warm-up included."""
+    """(requests, batches) so far in the server's batch-size histogram."""
     total = count = 0.0
     for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
         if line.startswith("dualpath_generate_batch_size_sum"):
@@ -316,8 +323,8 @@ def batch_histogram(base: str) -> tuple[float, float]:
 
 
 def batching_table(found: dict, clients: int) -> str:
-    lines = ["| /generate | mean batch | clients | p50 ms | p99 ms | req/s | req/s × unbatched | p50 × unbatched "
-             "| p99 × unbatched |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| /generate | mean batch at {clients} clients | clients | p50 ms | p99 ms | req/s | req/s × unbatched "
+             "| p50 × unbatched | p99 × unbatched |", "|---|---|---|---|---|---|---|---|---|"]
     base = found[BATCHING[0][0]]
     for label, row in found.items():
         for key, n in (("1_client", 1), (f"{clients}_clients", clients)):

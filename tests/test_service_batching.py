@@ -102,18 +102,20 @@ def test_a_request_with_bad_input_fails_alone_not_its_batch(service_bank, text_e
         for i in (0, 3):
             assert_same(answers[i], svc.generate(requests[i]))
 
-        # A prompt that passes the checks but fails inside the batch: the batch is rerun one by one.
-        def no_concepts(prompt: str):
+        # A prompt that passes the checks but fails inside the batch (here: segmenting it fails) makes
+        # the batch rerun one request at a time, so that only that request gets the error.
+        original = svc.generator.segment_prompt
+
+        def segment(prompt: str) -> list[str]:
             if prompt == "fail":
                 raise DualPathError("the prompt holds no text to generate from")
             return original(prompt)
 
-        original = svc.generator.encode_prompt
-        svc.generator.encode_prompt = no_concepts  # type: ignore[method-assign]
+        svc.generator.segment_prompt = segment  # type: ignore[method-assign]
         try:
             answers = svc.generate_many([requests[0], GenerateRequest(prompt="fail", steps=3), requests[3]])
         finally:
-            svc.generator.encode_prompt = original  # type: ignore[method-assign]
+            svc.generator.segment_prompt = original  # type: ignore[method-assign]
         assert isinstance(answers[1], DualPathError) and "no text" in str(answers[1])
         assert_same(answers[0], svc.generate(requests[0]))
         assert_same(answers[2], svc.generate(requests[3]))
