@@ -50,6 +50,7 @@ def bench_generation_scale(
     batches: Sequence[int],
     workdir: Path,
     cfg: DualPathConfig,
+    kinds: Sequence[str] = KINDS,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, facts): per index kind, per K, the generation rows on `n` synthetic vectors of the models' dim.
 
@@ -63,7 +64,7 @@ def bench_generation_scale(
     rng = np.random.default_rng(0)
     prompt_ids = [d * CONCEPTS_PER_DOCUMENT + np.arange(2) for d in rng.choice(documents, prompts, replace=False)]
     rows: list[dict[str, Any]] = []
-    for kind in KINDS:
+    for kind in kinds:
         path = workdir / f"generation-{n}-{kind}"
         shutil.rmtree(path, ignore_errors=True)
         log.info("generation at scale: %s index over %d vectors", kind, n)
