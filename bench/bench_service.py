@@ -10,6 +10,11 @@ Every request loop is bounded by count and by `--time-cap`; nothing leaves the l
 
     .venv/bin/python bench/bench_service.py [--bank DIR] [--quick] [--json out.json]
 
+Then the micro-batching comparison: the same POST /generate load from 1 and from `--clients`
+clients against a server started unbatched (`service.max_batch: 1`, the baseline) and batched
+(with and without a wait), the settings alternating over two rounds, reported as ratios to the
+unbatched server in the same run (`--batching-only` runs just this).
+
 Without `--bank` it builds a bank of `--docs` wiki-sample articles with tiny trained, calibrated
 models in a temporary directory (a minute or two on 2 cores).
 """
@@ -32,6 +37,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
+import yaml
 
 from dualpath.bank import ConceptBank
 from dualpath.bank.layout import lvm_dir, tower_dir
@@ -145,9 +151,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(bank: Path, port: int, log: Path) -> subprocess.Popen:
+def start_server(bank: Path, port: int, log: Path, config: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "dualpath.cli.main", "-q", "serve", "--bank", str(bank),
                "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    if config is not None:
+        command += ["--config", str(config)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     server = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     deadline = time.monotonic() + 180
@@ -260,6 +268,76 @@ def run(bank_path: Path, clients: int, n_search: int, n_generate: int, steps: in
     return results
 
 
+# -- micro-batching of /generate: the same load, batched and not, in the same run -----------------------
+
+# (label, service settings); the first is every other row's baseline.
+BATCHING = (
+    ("unbatched (baseline)", {"max_batch": 1}),
+    ("batched, no wait", {"max_batch": 32, "batch_wait_ms": 0.0}),
+    ("batched, 5 ms wait", {"max_batch": 32, "batch_wait_ms": 5.0}),
+)
+
+
+def run_batching(bank_path: Path, clients: int, bodies: list[dict], time_cap: float, rounds: int = 2) -> dict:
+    """POST /generate from 1 and from `clients` concurrent clients against a server started with each
+    BATCHING setting in turn. The settings alternate over `rounds` rounds (so a change in the machine's
+    load shows as spread, not as a difference between settings); each keeps its best round by throughput."""
+    deadline = time.monotonic() + time_cap
+    found: dict[str, dict[str, dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench_service_cfg_") as tmp:
+        for _ in range(rounds):
+            for label, settings in BATCHING:
+                config = Path(tmp) / f"{len(found)}.yaml"
+                config.write_text(yaml.safe_dump({"service": settings}), encoding="utf-8")
+                port = free_port()
+                server = start_server(bank_path, port, Path(tmp) / f"server_{port}.log", config)
+                base = f"http://127.0.0.1:{port}"
+                try:
+                    asyncio.run(run_http(base, "/generate", bodies[: 2 * clients], clients, deadline))  # warm-up
+                    one = asyncio.run(run_http(base, "/generate", bodies[: max(1, len(bodies) // 8)], 1, deadline))
+                    before = batch_histogram(base)
+                    many = asyncio.run(run_http(base, "/generate", bodies, clients, deadline))
+                    after = batch_histogram(base)
+                    batches = (after[0] - before[0], after[1] - before[1])  # the concurrent phase's batches
+                finally:
+                    server.terminate()
+                    server.wait(30)
+                row = {"settings": settings, "1_client": one.stats(), f"{clients}_clients": many.stats(),
+                       "mean_batch": batches[0] / batches[1] if batches[1] else 1.0,
+                       "errors": (one.errors + many.errors)[:5]}
+                best = found.get(label)
+                if best is None or row[f"{clients}_clients"]["per_s"] > best[f"{clients}_clients"]["per_s"]:
+                    found[label] = row
+    return found
+
+
+def batch_histogram(base: str) -> tuple[float, float]:
+    """(requests, batches) so far in the server's batch-size histogram."""
+    total = count = 0.0
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith("dualpath_generate_batch_size_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith("dualpath_generate_batch_size_count"):
+            count = float(line.split()[-1])
+    return total, count
+
+
+def batching_table(found: dict, clients: int) -> str:
+    lines = [f"| /generate | mean batch at {clients} clients | clients | p50 ms | p99 ms | req/s | req/s × unbatched "
+             "| p50 × unbatched | p99 × unbatched |", "|---|---|---|---|---|---|---|---|---|"]
+    base = found[BATCHING[0][0]]
+    for label, row in found.items():
+        for key, n in (("1_client", 1), (f"{clients}_clients", clients)):
+            r, b = row[key], base[key]
+            capped = " (capped)" if r["capped"] else ""
+            lines.append(
+                f"| {label} | {row['mean_batch']:.1f} | {n}{capped} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                f"{r['per_s']:.1f} | {r['per_s'] / b['per_s']:.2f} | {r['p50_ms'] / b['p50_ms']:.2f} | "
+                f"{r['p99_ms'] / b['p99_ms']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def table(results: dict, clients: int) -> str:
     head = "| request | caller | requests | p50 ms | p99 ms | req/s | req/s × in-process | p50 × in-process |"
     lines = [head, "|---|---|---|---|---|---|---|---|"]
@@ -288,13 +366,30 @@ def main() -> None:
     parser.add_argument("--time-cap", type=float, default=900.0, help="seconds; no request starts after it")
     parser.add_argument("--quick", action="store_true", help="a tenth of the requests")
     parser.add_argument("--json", default=None, help="also write the results as JSON here")
+    parser.add_argument("--batching-only", action="store_true",
+                        help="only the micro-batching comparison of /generate (no search, no in-process baseline)")
     args = parser.parse_args()
     if args.quick:
         args.search, args.generate = args.search // 10, args.generate // 10
 
     with tempfile.TemporaryDirectory(prefix="bench_service_") as tmp:
         bank = args.bank or build_bank(Path(tmp) / "bank", args.docs)
-        results = run(bank, args.clients, args.search, args.generate, args.steps, args.time_cap)
+        if args.batching_only:
+            results = {}
+        else:
+            results = run(bank, args.clients, args.search, args.generate, args.steps, args.time_cap)
+        with ConceptBank.open(bank, DualPathConfig()) as opened:
+            bodies = make_workload(opened, 2, args.generate, args.steps)["generate"]
+        results["batching"] = run_batching(bank, args.clients, bodies, args.time_cap)
+        results["batching_machine"] = {"cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0]}
+
+    print(batching_table(results["batching"], args.clients), end="\n\n")
+    batching_errors = sum(len(row["errors"]) for row in results["batching"].values())
+    if args.batching_only:
+        print(f"errors: {batching_errors}  machine: {results['batching_machine']}")
+        if args.json:
+            write_json_atomic(args.json, results)
+        sys.exit(1 if batching_errors else 0)
 
     print(table(results, args.clients), end="\n\n")
     rss = results["rss_mb"]
@@ -303,7 +398,7 @@ def main() -> None:
     print(f"errors: {results['error_count']}  machine: {results['machine']}")
     if args.json:
         write_json_atomic(args.json, results)
-    failed = results["error_count"] > 0 or rss["growth_round_2_mb"] > RSS_GROWTH_LIMIT_MB
+    failed = results["error_count"] + batching_errors > 0 or rss["growth_round_2_mb"] > RSS_GROWTH_LIMIT_MB
     if failed:
         print(f"FAILED: errors {results['error_count']}, RSS growth {rss['growth_round_2_mb']:+.1f} MB "
               f"(limit {RSS_GROWTH_LIMIT_MB} MB)")

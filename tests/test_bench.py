@@ -22,10 +22,10 @@ TINY = replace(
     QUICK, name="tiny", synthetic=(2_000,), queries=48, single_queries=15, single_calls=6, batch_sizes=(8,),
     encode_batch=8, encode_calls=2, decision_steps=20, decision_batch=8, generation_prompts=3, generation_steps=2,
     generation_batches=(4,), training_pairs=150, tower_epochs=1, quality_pairs=150, free_docs=2, scale=3_000,
-    scale_epochs=2, encode_processes=24,
+    scale_epochs=2, encode_processes=24, generation_scale=2_000, generation_scale_ks=(50, 10),
 )
 SECTIONS = {
-    "encode", "lvm_step", "tower", "decision", "generation", "search", "memory_bank", "training",
+    "encode", "lvm_step", "tower", "decision", "generation", "generation_scale", "search", "memory_bank", "training",
     "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality", "free_running_quality",
     "scale_encode", "scale", "scale_epochs",
 }
@@ -99,6 +99,14 @@ def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:
             assert row["recall_at_10"] >= 0.95 and row["x_flat"] == pytest.approx(1.0)
     sets = sorted({r["vectors"] for r in sections["search"]["rows"]})
     assert len(sets) == 2 and sets[0].startswith("bank ") and sets[1] == "synthetic 2k"
+    scale = sections["generation_scale"]["rows"]
+    groups = {(next((k for k in ("IVF", "HNSW") if r["index"].startswith(k)), r["index"]), r["k"]) for r in scale}
+    assert groups == {(kind, k) for kind in ("IVF", "HNSW") for k in (50, 10)}, groups
+    for row in scale:
+        assert 0.0 <= row["recall_at_10"] <= 1.0
+        if row["name"] == "whole step (baseline)":
+            assert row["x_baseline"] == pytest.approx(1.0)
+    assert sum(r["name"] == "batched step, 4 streams" for r in scale) == 4
     for row in sections["memory_bank"]["rows"]:
         assert row["bank_mib"] > 0 and row["raw_float32_mib"] > 0
     kinds = {r["name"] for r in sections["tower_kinds"]["rows"]}

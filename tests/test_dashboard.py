@@ -10,8 +10,6 @@ prompt and waits for the streamed steps and the live telemetry to appear. Any re
 from __future__ import annotations
 
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,11 +19,11 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from dualpath.service import DualPathService, create_app
 from dualpath.service.app import STATIC_DIR
+from live_server import serving
 from test_service import service_config, slow_generator
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -86,26 +84,6 @@ def test_shipped_assets_name_no_remote_url():
 
 
 # -- a real browser -----------------------------------------------------------------------------------
-
-
-@contextmanager
-def serving(service: DualPathService) -> Iterator[str]:
-    """uvicorn on a free loopback port in a thread; yields the base URL, stops the server after."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

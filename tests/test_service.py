@@ -293,14 +293,17 @@ def test_concurrent_generations_match_sequential_ones(client):
         for lane in ("conservative", "neutral", "creative", "legal")
     ] + [{"prompt": "Mount Everest is the highest mountain on Earth. It lies in the Himalayas.", "steps": 8}]
 
-    def run(request: dict) -> list:
+    def run(request: dict) -> tuple[list, list]:
         steps = client.post("/generate", json=request).json()["steps"]
-        return [(s["decision"], s["c_max"], s["neighbour_id"], s["text"]) for s in steps]
+        return [(s["decision"], s["neighbour_id"], s["text"]) for s in steps], [s["c_max"] for s in steps]
 
     sequential = [run(r) for r in requests]
     with ThreadPoolExecutor(len(requests) * 2) as pool:
         concurrent = list(pool.map(run, requests * 2))
-    assert concurrent == sequential * 2
+    # Concurrent requests may be computed as one batch, whose matrix products round differently.
+    assert [steps for steps, _ in concurrent] == [steps for steps, _ in sequential] * 2
+    for (_, c_max), (_, alone) in zip(concurrent, sequential * 2, strict=True):
+        assert c_max == pytest.approx(alone, abs=1e-5)
 
 
 def test_event_loop_answers_while_generations_compute(service):

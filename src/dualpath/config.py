@@ -190,7 +190,11 @@ class ServiceConfig(_Section):
     search_workers: int = Field(4, ge=1)  # searches computed at once
     telemetry_records: int = Field(1000, ge=1)  # recent steps kept for /telemetry and the dashboard
     threads_per_request: int = Field(1, ge=1)  # torch and FAISS threads of one request (requests run in parallel)
-
+    # Micro-batching of POST /generate (docs/service.md): requests that arrive together run as one
+    # Generator.generate_batch call. A batch takes every request that is waiting when a generation worker
+    # frees up, and waits up to batch_wait_ms after its first request for more; max_batch 1 turns it off.
+    batch_wait_ms: float = Field(0.0, ge=0.0, le=1000.0)
+    max_batch: int = Field(32, ge=1, le=1024)
 
     @field_validator("api_key")
     @classmethod

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dualpath.bank import ConceptBank
-from dualpath.benchsuite import quality, scale, search, stages, training
+from dualpath.benchsuite import generation_scale, quality, scale, search, stages, training
 from dualpath.benchsuite.decider import BASELINE as DECISION_BASELINE
 from dualpath.benchsuite.decider import bench_decisions
 from dualpath.benchsuite.machine import describe_machine, machine_markdown
@@ -42,8 +42,10 @@ RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 MACHINE_MD = "machine.md"
 CACHE = "bank-cache"
-SECTIONS = ("encode", "lvm_step", "tower", "decision", "generation", "search", "training", "quality", "second_corpus",
-            "scale")
+SECTIONS = (
+    "encode", "lvm_step", "tower", "decision", "generation", "generation_scale", "search", "training", "quality",
+    "second_corpus", "scale",
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,9 @@ class SuiteSizes:
     scale: int = 0  # synthetic concepts built into a bank and trained on with bounded memory (0: not measured)
     scale_epochs: int = 2  # LVM epochs at that size (resident memory after each)
     encode_processes: int = 0  # sentences encoded in one process and in two (0: not measured)
+    # The generation rows on a synthetic bank of this many vectors with IVF and HNSW (None: skipped), at each K.
+    generation_scale: int | None = None
+    generation_scale_ks: tuple[int, ...] = (500, 100)
 
 
 QUICK = SuiteSizes(
@@ -85,7 +90,7 @@ FULL = SuiteSizes(
     single_calls=300, batch_sizes=(32, 256), encode_batch=64, encode_calls=16, decision_steps=1_000,
     decision_batch=64, generation_prompts=50, generation_steps=8, generation_batches=(32, 256), training_pairs=10_000,
     tower_epochs=3, quality_pairs=4_000, free_docs=200, second_corpus=PYTHON_DOCS, scale=1_000_000,
-    encode_processes=2_000,
+    encode_processes=2_000, generation_scale=1_000_000,
 )
 
 
@@ -214,6 +219,7 @@ class _Sections:
             ("tower", self.tower),
             ("decision", self.decision),
             ("generation", self.generation),
+            ("generation_scale", self.generation_scale),
             ("search", self.search),
             ("training", self.training),
             ("quality", self.quality),
@@ -272,6 +278,28 @@ class _Sections:
                 "is stream-steps per second). Baseline: the whole single step. "
                 f"Retrieval fallbacks: {counts['fallbacks']}.")
         return {"generation": Section("Generation step", note, stages.TIMING_COLUMNS, rows)}
+
+    def generation_scale(self) -> dict[str, Section]:
+        s = self.sizes
+        if s.generation_scale is None:
+            return {}
+        rows, facts = generation_scale.bench_generation_scale(
+            self.generator, self.lane, s.generation_scale, s.generation_scale_ks, s.generation_prompts,
+            s.generation_steps, s.generation_batches, self.workdir, self.cfg,
+        )
+        builds = ", ".join(f"{kind} `{b['index']}` built in {b['build_s']:.0f} s"
+                           for kind, b in facts["builds"].items())
+        note = (f"The generation rows on {_size_name(s.generation_scale)} synthetic clustered {self.bank.dim}-d "
+                f"vectors (one set, made once; {builds}; nprobe {self.cfg.bank.nprobe}, efSearch "
+                f"{self.cfg.bank.ef_search}), lane `{self.lane.name}` at each K, each beside its index's recall@10 "
+                f"against exact float32 search on the same bank in this run. The LVM and query tower are this "
+                "bank's own (same shapes as in production; on synthetic vectors only their cost means anything). "
+                "Batched rows: time per stream-step, per s = stream-steps per second. Baseline: the whole single "
+                f"step of the same index and K. Retrieval fallbacks: {sum(facts['fallbacks'].values())}.")
+        return {"generation_scale": Section(
+            f"Generation step at {_size_name(s.generation_scale)} vectors", note, generation_scale.SCALE_COLUMNS,
+            _ratios_per_group(rows),
+        )}
 
     def search(self) -> dict[str, Section]:
         s = self.sizes
@@ -372,7 +400,6 @@ class _Sections:
             **quality.free_running_sections(r, source, f"free_running_quality_{source}"),
         }
 
-
     def scale(self) -> dict[str, Section]:
         """A million synthetic concepts built and trained on (full run), and encoding in 1 and 2 processes."""
         s = self.sizes
@@ -398,6 +425,12 @@ class _Sections:
                 "Scale: training memory per epoch", "Resident memory of the training process after each epoch "
                 "(train + held-out evaluation). Baseline: epoch 1.", scale.EPOCH_COLUMNS, epochs)
         return out
+
+
+def _ratios_per_group(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`x_baseline` of each row against the whole single step of its own index and K."""
+    base = {(r["index"], r["k"]): r["median_ms"] for r in rows if r["name"] == "whole step (baseline)"}
+    return [{**r, "x_baseline": r["median_ms"] / base[(r["index"], r["k"])]} for r in rows]
 
 
 def _size_name(n: int) -> str:

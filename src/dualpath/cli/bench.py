@@ -30,7 +30,7 @@ def bench_command(
     ),
     only: str | None = typer.Option(
         None, "--only", help="Comma-separated sections to run (encode, lvm_step, tower, decision, generation, "
-        "search, training, quality, second_corpus, scale); default all."
+        "generation_scale, search, training, quality, second_corpus, scale); default all."
     ),
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of tables."),

@@ -350,11 +350,16 @@ class Generator:
             seed=seed if seed is not None else self.cfg.generation.seed,
         )
 
-    def encode_prompt(self, prompt: str) -> tuple[list[str], np.ndarray]:
-        """Segment a prompt into concepts and encode them: (texts, (t, d) vectors)."""
+    def segment_prompt(self, prompt: str) -> list[str]:
+        """A prompt's concepts (its sentences); a DualPathError if it holds none."""
         concepts = segment_sentences(prompt, self.cfg.segment)
         if not concepts:
             raise DualPathError("the prompt holds no text to generate from")
+        return concepts
+
+    def encode_prompt(self, prompt: str) -> tuple[list[str], np.ndarray]:
+        """Segment a prompt into concepts and encode them: (texts, (t, d) vectors)."""
+        concepts = self.segment_prompt(prompt)
         return concepts, self.bank.encoder().encode(concepts)
 
     def generate(
@@ -378,7 +383,8 @@ class Generator:
         """
         steps = self._check_steps(steps)
         decoder = decoder if decoder is not None else self.decoder(lane, sampling, seed)
-        context, exclude, encode_ms = self._prepare(prompt, context_ids)
+        contexts, excludes, encode_ms = self._prepare([prompt], [context_ids])
+        context, exclude = contexts[0], excludes[0]
         for number, batch in enumerate(self._run([context], [exclude], [decoder], steps, render)):
             step = batch[0]
             if number == 0 and encode_ms:
@@ -414,10 +420,8 @@ class Generator:
         ids = context_ids if context_ids is not None else [()] * len(prompts)
         if len(ids) != len(prompts):
             raise DualPathError(f"{len(prompts)} prompts but {len(ids)} context id lists")
-        prepared = [self._prepare(p, c) for p, c in zip(prompts, ids, strict=True)]
+        contexts, excludes, _ = self._prepare(prompts, ids)
         streams: list[list[GenerationStep]] = [[] for _ in prompts]
-        contexts = [c for c, _, _ in prepared]
-        excludes = [e for _, e, _ in prepared]
         for batch in self._run(contexts, excludes, list(decoders), steps, render):
             for stream, step in zip(streams, batch, strict=True):
                 stream.append(step)
@@ -429,23 +433,41 @@ class Generator:
             raise DualPathError(f"steps must be between 1 and {self.cfg.generation.max_steps}, got {steps}")
         return steps
 
-    def _prepare(self, prompt: str | np.ndarray, context_ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray, float]:
-        """(context vectors (t, d), ids to exclude, encoding ms) for a text or vector prompt."""
-        encode_ms = 0.0
-        if isinstance(prompt, str):
-            t0 = time.perf_counter()
-            _, context = self.encode_prompt(prompt)
-            encode_ms = (time.perf_counter() - t0) * 1000
-        else:
+    def _prepare(
+        self, prompts: Sequence[str | np.ndarray], context_ids: Sequence[Sequence[int]]
+    ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
+        """(context vectors (t, d), ids to exclude) per text or vector prompt, and the encoding ms.
+
+        One search for the bank concepts the text prompts' concepts are verbatim, one for the bank's
+        paraphrases of every prompt concept (a continuation that restates its prompt is a loop too).
+        Each text prompt is encoded on its own: one encoder call for many prompts was no faster per
+        sentence on this CPU (docs/service.md), and this way a prompt's vectors are the same alone
+        or in a batch.
+        """
+        texts = {i: self.segment_prompt(p) for i, p in enumerate(prompts) if isinstance(p, str)}
+        t0 = time.perf_counter()
+        encoder = self.bank.encoder() if texts else None
+        encoded = {i: encoder.encode(concepts) for i, concepts in texts.items()} if encoder is not None else {}
+        encode_ms = (time.perf_counter() - t0) * 1000 if texts else 0.0
+        contexts: list[np.ndarray] = []
+        for i, prompt in enumerate(prompts):
+            if i in encoded:
+                contexts.append(encoded[i])
+                continue
             context = normalize_rows(np.atleast_2d(np.asarray(prompt, dtype=np.float32)))
             if context.shape[1] != self.bank.dim:
                 raise DualPathError(f"context vectors have dimension {context.shape[1]}, the bank {self.bank.dim}")
-        prompt_ids = list(context_ids)
-        if isinstance(prompt, str):
-            prompt_ids += self._verbatim_bank_ids(context)
-        # The bank's paraphrases of the prompt: a continuation that restates its prompt is a loop too.
-        prompt_ids += [int(i) for ids in self.paraphrases(context) for i in ids]
-        return context, np.unique(np.asarray(prompt_ids, dtype=np.int64)), encode_ms
+            contexts.append(context)
+        excluded = [list(ids) for ids in context_ids]
+        if texts:
+            verbatim = self._verbatim_bank_ids(np.concatenate([contexts[i] for i in texts]))
+            for i, found in zip(texts, np.split(verbatim, np.cumsum([len(texts[i]) for i in texts])[:-1]),
+                                strict=True):
+                excluded[i] += [int(x) for x in found if x >= 0]
+        rows = np.repeat(np.arange(len(contexts)), [len(c) for c in contexts])
+        for row, ids in zip(rows, self.paraphrases(np.concatenate(contexts)), strict=True):
+            excluded[row] += [int(i) for i in ids]
+        return contexts, [np.unique(np.asarray(ids, dtype=np.int64)) for ids in excluded], encode_ms
 
     def _run(
         self,
@@ -629,6 +651,7 @@ class Generator:
                 rendered[i] = text
         return [r for r in rendered if r is not None]
 
-    def _verbatim_bank_ids(self, vectors: np.ndarray) -> list[int]:
+    def _verbatim_bank_ids(self, vectors: np.ndarray) -> np.ndarray:
+        """Per vector, the bank concept it is verbatim (cosine ≥ VERBATIM_COSINE), else -1."""
         ids, scores = self.bank.search(vectors, 1)
-        return [int(i) for i, s in zip(ids[:, 0], scores[:, 0], strict=True) if i >= 0 and s >= VERBATIM_COSINE]
+        return np.where((ids[:, 0] >= 0) & (scores[:, 0] >= VERBATIM_COSINE), ids[:, 0], -1)

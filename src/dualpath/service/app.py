@@ -5,7 +5,7 @@ Routes (all but the health checks need the API key when one is set):
     GET  /readyz             the bank and models are loaded (503 while shutting down)
     GET  /info               bank, models, lanes with thresholds, limits
     POST /search             nearest concepts to a text or a vector
-    POST /generate           a whole generation as JSON
+    POST /generate           a whole generation as JSON (requests that arrive together run as one batch)
     POST /generate/stream    the same as server-sent events: start, one step event per step, done
     GET  /telemetry          recent decision records, per-lane summary, c_max histograms
     GET  /metrics            Prometheus text
@@ -13,7 +13,8 @@ Routes (all but the health checks need the API key when one is set):
 
 Generation and search are CPU-bound (torch, FAISS): they run in worker threads behind their own
 capacity limiters, so the event loop keeps answering health checks, telemetry and the stream
-while they compute, and a burst of generations cannot take every worker thread.
+while they compute, and a burst of generations cannot take every worker thread. Whole generations
+that arrive together are micro-batched (service/batching.py); streamed ones run one by one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from fastapi.staticfiles import StaticFiles
 
 from dualpath import __version__
 from dualpath.errors import DualPathError
+from dualpath.service.batching import GenerateBatcher
 from dualpath.service.core import DualPathService, lane_info
 from dualpath.service.guards import APIKeyMiddleware, BodySizeLimitMiddleware
 from dualpath.service.metrics import CONTENT_TYPE, HTTPMetricsMiddleware
@@ -90,11 +92,23 @@ def create_app(service: DualPathService) -> FastAPI:
         service.limit_threads()  # cheap, and worker threads come and go
         return fn(*args)
 
-    async def in_worker(kind: str, fn: Callable[..., T], *args: Any) -> T:
+    def limiter(kind: str) -> anyio.CapacityLimiter:
         # Limiters belong to the running event loop, so they are made on first use, not with the app.
         if kind not in limiters:
             limiters[kind] = anyio.CapacityLimiter(workers[kind])
-        return await anyio.to_thread.run_sync(limited, fn, *args, limiter=limiters[kind])
+        return limiters[kind]
+
+    async def in_worker(kind: str, fn: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(limited, fn, *args, limiter=limiter(kind))
+
+    async def generate_batch(requests: list[GenerateRequest]) -> list[dict[str, Any] | DualPathError]:
+        # The batch already holds a generation worker's token (GenerateBatcher), so no limiter here.
+        return await anyio.to_thread.run_sync(limited, service.generate_many, requests)
+
+    batcher = (
+        GenerateBatcher(cfg.max_batch, cfg.batch_wait_ms / 1000.0, lambda: limiter("generate"), generate_batch)
+        if cfg.max_batch > 1 else None
+    )
 
     app = FastAPI(
         title="dualpath",
@@ -142,8 +156,14 @@ def create_app(service: DualPathService) -> FastAPI:
 
     @app.post("/generate", tags=["api"])
     async def generate(body: GenerateRequest) -> JSONResponse:
-        """Continue a prompt for `steps` concepts; every step says what it decided and why."""
-        return JSONResponse(await in_worker("generate", service.generate, body))
+        """Continue a prompt for `steps` concepts; every step says what it decided and why.
+
+        Requests that arrive together are computed as one batch (`service.max_batch`,
+        `service.batch_wait_ms`); each gets the answer it would get alone.
+        """
+        if batcher is None:
+            return JSONResponse(await in_worker("generate", service.generate, body))
+        return JSONResponse(await batcher.submit(body))
 
     @app.post("/generate/stream", tags=["api"])
     async def generate_stream(body: GenerateRequest) -> StreamingResponse:

@@ -12,7 +12,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from dualpath.config import DualPathConfig
 from dualpath.decider import GREEDY, Decision, Lane, RecentRecords, Sampling, summarize
 from dualpath.encoding import Encoder
 from dualpath.errors import DualPathError
-from dualpath.pipeline.generator import Generator
+from dualpath.pipeline.generator import GenerationStep, Generator
 from dualpath.runtime import limit_search_threads
 from dualpath.service.metrics import ServiceMetrics
 from dualpath.service.schemas import GenerateRequest, SearchRequest
@@ -222,33 +222,83 @@ class DualPathService:
         self.metrics.generations.labels(lane.name).inc()
         return lane, self._run(request, lane, steps)
 
-    def _run(self, request: GenerateRequest, lane: Lane, steps: int) -> Iterator[dict[str, Any]]:
+    def _sampling(self, request: GenerateRequest) -> Sampling:
         defaults = self.generator.cfg.generation
         temperature = request.temperature if request.temperature is not None else defaults.temperature
-        sampling = GREEDY if temperature == 0 else Sampling(
+        return GREEDY if temperature == 0 else Sampling(
             temperature,
             request.top_k if request.top_k is not None else defaults.top_k,
             request.top_p if request.top_p is not None else defaults.top_p,
         )
-        run = self.generator.generate(request.prompt, steps=steps, lane=lane, sampling=sampling, seed=request.seed)
+
+    def _record(self, step: GenerationStep, with_vectors: bool) -> dict[str, Any]:
+        """Record one step in telemetry and metrics; its JSON-safe dict."""
+        self.recent.write(step.record)
+        with self._count_lock:
+            self._recorded_total += 1
+        self.metrics.observe_step(step)
+        return json_safe(step.to_dict(with_vector=with_vectors))
+
+    def _run(self, request: GenerateRequest, lane: Lane, steps: int) -> Iterator[dict[str, Any]]:
+        run = self.generator.generate(
+            request.prompt, steps=steps, lane=lane, sampling=self._sampling(request), seed=request.seed
+        )
         for step in run:
-            self.recent.write(step.record)
-            with self._count_lock:
-                self._recorded_total += 1
-            self.metrics.observe_step(step)
-            yield json_safe(step.to_dict(with_vector=request.with_vectors))
+            yield self._record(step, request.with_vectors)
 
     def generate(self, request: GenerateRequest) -> dict[str, Any]:
         """The whole generation at once: every step, the generated text and the lane it ran under."""
         start = time.perf_counter()
         lane, iterator = self.start_generation(request)
-        steps = list(iterator)
-        return {
-            "lane": lane_info(lane),
-            "steps": steps,
-            "text": " ".join(s["text"] for s in steps if s["text"]),
-            "latency_ms": (time.perf_counter() - start) * 1000.0,
-        }
+        return _generation(lane, list(iterator), start)
+
+    def generate_many(self, requests: Sequence[GenerateRequest]) -> list[dict[str, Any] | DualPathError]:
+        """`generate` for each request, computed together: one `Generator.generate_batch` call per step count.
+
+        Each request keeps its own lane, steps, sampling and seed (its own decoder), so its answer is
+        the one `generate` gives it alone (to float tolerance in the scores: batched matrix products
+        round differently). A request that breaks a limit gets its InputError in its place; a batch
+        that fails on one request's input (e.g. a prompt with no sentence in it) is rerun one request
+        at a time, so only that request gets the error.
+        """
+        results: list[dict[str, Any] | DualPathError | None] = [None] * len(requests)
+        groups: dict[int, list[tuple[int, Lane]]] = {}
+        for i, request in enumerate(requests):
+            try:
+                lane, steps = self.check_generation(request)
+            except InputError as err:
+                results[i] = err
+                continue
+            groups.setdefault(steps, []).append((i, lane))
+        self.metrics.generate_batch.observe(len(requests))
+        for steps, members in groups.items():
+            start = time.perf_counter()
+            decoders = [
+                self.generator.decoder(lane, self._sampling(requests[i]), requests[i].seed) for i, lane in members
+            ]
+            try:
+                runs = self.generator.generate_batch(
+                    [requests[i].prompt for i, _ in members], steps=steps, decoders=decoders
+                )
+            except DualPathError as err:
+                if len(members) == 1:
+                    results[members[0][0]] = err
+                    continue
+                for i, _ in members:  # find the request at fault: each alone
+                    results[i] = self._generate_or_error(requests[i])
+                continue
+            for (i, lane), run in zip(members, runs, strict=True):
+                self.metrics.generations.labels(lane.name).inc()
+                steps_ = [self._record(step, requests[i].with_vectors) for step in run]
+                results[i] = _generation(lane, steps_, start)
+        assert all(r is not None for r in results)
+        return results  # type: ignore[return-value]
+
+    def _generate_or_error(self, request: GenerateRequest) -> dict[str, Any] | DualPathError:
+        try:
+            return self.generate(request)
+        except DualPathError as err:
+            return err
 
     # -- telemetry ----------------------------------------------------------------------------------
 
@@ -272,6 +322,16 @@ class DualPathService:
                 "c_max_histogram": c_max_histogram(records),
             }
         )
+
+
+def _generation(lane: Lane, steps: list[dict[str, Any]], start: float) -> dict[str, Any]:
+    """The answer to one POST /generate: the lane, every step, the text, and the time since `start`."""
+    return {
+        "lane": lane_info(lane),
+        "steps": steps,
+        "text": " ".join(s["text"] for s in steps if s["text"]),
+        "latency_ms": (time.perf_counter() - start) * 1000.0,
+    }
 
 
 def c_max_histogram(records: list) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from dualpath.pipeline.generator import GenerationStep
 # Seconds. HTTP: a cached search (~1 ms) up to a long generation; stages: ~50 µs decisions up to a slow encode.
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 STAGE_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
@@ -54,6 +55,12 @@ class ServiceMetrics:
             registry=r,
         )
         self.generations = Counter("dualpath_generations", "Generations started, by lane.", ["lane"], registry=r)
+        self.generate_batch = Histogram(
+            "dualpath_generate_batch_size",
+            "Requests per micro-batched POST /generate call (service.max_batch, service.batch_wait_ms).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
 
     def observe_step(self, step: GenerationStep) -> None:
         record = step.record

@@ -1,0 +1,88 @@
+"""The generation step at scale: the bench's generation rows on a large synthetic bank, per index kind and K.
+
+One set of clustered synthetic vectors (`synthetic.synthetic_set`, made once) is built into a bank
+per index kind (`ivf`, `hnsw`; one at a time, each removed before the next), and on each the same
+rows as the generation section are measured (`stages.bench_generation`: the single step with its
+stage split, and `Generator.generate_batch` at each batch size) for each shortlist size K, beside
+the index's recall@10 against exact float32 search measured in the same run on the same bank.
+
+The models are the benchmark bank's own LVM and query tower (same shapes as in production): on
+synthetic vectors their outputs mean nothing, but their cost is the same, and that is what is timed.
+Prompts are two consecutive concepts of a placeholder document.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dualpath.benchsuite.stages import bench_generation
+from dualpath.benchsuite.synthetic import CONCEPTS_PER_DOCUMENT, exact_top_k, recall_at_k, synthetic_set, vector_bank
+from dualpath.config import DualPathConfig
+from dualpath.decider import Lane
+from dualpath.pipeline.generator import Generator
+
+log = logging.getLogger(__name__)
+
+KINDS = ("ivf", "hnsw")
+RECALL_K = 10
+RECALL_QUERIES = 256
+
+SCALE_COLUMNS = {
+    "index": "index", "k": "K", "recall_at_10": "recall@10", "name": "", "median_ms": "median ms",
+    "p99_ms": "p99 ms", "per_s": "per s", "x_baseline": "× single step",
+}
+
+
+def bench_generation_scale(
+    models: Generator,
+    lane: Lane,
+    n: int,
+    ks: Sequence[int],
+    prompts: int,
+    steps: int,
+    batches: Sequence[int],
+    workdir: Path,
+    cfg: DualPathConfig,
+    kinds: Sequence[str] = KINDS,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(rows, facts): per index kind, per K, the generation rows on `n` synthetic vectors of the models' dim.
+
+    `models` lends its LVM, query tower and lanes; `lane` is run with each K in `ks`.
+    """
+    start = time.perf_counter()
+    vectors, queries = synthetic_set(n, RECALL_QUERIES, models.lvm.dim)
+    truth = exact_top_k(queries, vectors, RECALL_K)
+    facts: dict[str, Any] = {"n": n, "vectors_s": time.perf_counter() - start, "builds": {}, "fallbacks": {}}
+    documents = n // CONCEPTS_PER_DOCUMENT
+    rng = np.random.default_rng(0)
+    prompt_ids = [d * CONCEPTS_PER_DOCUMENT + np.arange(2) for d in rng.choice(documents, prompts, replace=False)]
+    rows: list[dict[str, Any]] = []
+    for kind in kinds:
+        path = workdir / f"generation-{n}-{kind}"
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("generation at scale: %s index over %d vectors", kind, n)
+        t0 = time.perf_counter()
+        bank = vector_bank(path, vectors, kind, cfg)
+        facts["builds"][kind] = {"index": bank.index_spec, "build_s": time.perf_counter() - t0}
+        generator = Generator(bank, models.lvm, models.tower, models.lanes, cfg)
+        try:
+            found, _ = bank.search(queries, RECALL_K)
+            recall = recall_at_k(found, truth)
+            for k in ks:
+                k_lane = lane.model_copy(update={"k": k})
+                measured, counts = bench_generation(generator, k_lane, prompt_ids, steps, batches)
+                facts["fallbacks"][f"{kind}, K={k}"] = counts["fallbacks"]
+                rows += [{"index": bank.index_spec, "k": k, "recall_at_10": recall, **row} for row in measured]
+        finally:
+            generator.close()
+            bank.close()
+            shutil.rmtree(path, ignore_errors=True)
+    facts["seconds"] = time.perf_counter() - start
+    return rows, facts
