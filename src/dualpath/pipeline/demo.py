@@ -45,6 +45,7 @@ DEMO_PROMPTS = [
     "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of 384,400 km.",
 ]
 STAMP = "demo-stages.json"
+REPORT_VERSION = 2  # 2: near repeats, lanes against LVM-only's text, grounded steps against chance
 
 
 @dataclass
@@ -130,7 +131,7 @@ def run_demo(
                     for lane in ("conservative", "neutral", "creative", "legal")
                 }
             result.stages["generate"] = f"{len(result.generations)} prompts x 4 lanes"
-            stage("report", {"report": 1}, result.report.is_file(),
+            stage("report", {"report": REPORT_VERSION}, result.report.is_file(),
                   lambda: write_report(measure(generator, cfg, max_pairs=1500, free_docs=200), out / "report"))
         finally:
             generator.close()
