@@ -21,6 +21,7 @@ import pytest
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
 from dualpath.encoding.pool import worker_count
+from dualpath.errors import ConfigError
 from test_bank_streaming import write_corpus
 from test_cli_errors import DUALPATH, SRC
 
@@ -119,5 +120,5 @@ def test_a_dead_worker_stops_the_build_in_one_line(tmp_path):
 
 @pytest.mark.parametrize("value", [0, "many"])
 def test_processes_must_be_auto_or_a_positive_count(value):
-    with pytest.raises(Exception, match="encoder.processes"):
+    with pytest.raises(ConfigError, match=r"encoder\.processes"):
         DualPathConfig.from_dict({"encoder": {"processes": value}})
