@@ -151,8 +151,9 @@ class ProcessPoolEncoder:
     def _died(self, worker: _Worker) -> str:
         worker.process.join(1.0)
         code = worker.process.exitcode
-        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-        return f"encoding worker process {worker.process.pid} {how} (out of memory?); the build can be run again"
+        killed = code is not None and code < 0
+        how = f"was killed by signal {-code} (out of memory?)" if killed else f"exited with code {code}"
+        return f"encoding worker process {worker.process.pid} {how}; the build can be run again"
 
     def close(self) -> None:
         """Stop the workers (ask, then terminate whatever has not exited)."""
