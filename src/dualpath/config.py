@@ -30,7 +30,7 @@ class EncoderConfig(_Section):
     device: str | None = Field(None, pattern=DEVICE_PATTERN)
     max_seq_length: int | None = None
     # Worker processes `bank build` / `bank add` encode in, each with its own copy of the model and cores/processes
-    # torch threads. auto: one per core (at most 4) on the CPU once a build passes 2,048 concepts, one on a GPU;
+    # torch threads. auto: one per core (at most 4) on the CPU once a build passes 16,384 concepts, one on a GPU;
     # measured on 2 cores: docs/scaling.md.
     processes: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
 

@@ -34,9 +34,10 @@ from dualpath.errors import EncoderError
 log = logging.getLogger(__name__)
 
 AUTO_MAX = 4  # `processes: auto` starts at most this many workers (each holds its own copy of torch and the model)
-# `auto` encodes this many concepts in the calling process before it starts workers: a small corpus is done
-# before the workers would have loaded (each needs seconds to import torch and load the model).
-AUTO_START = 2048
+# `auto` encodes this many concepts in the calling process before it starts workers. Starting them (each imports
+# torch and loads the model) and the first batches cost more than they gain below ~10k concepts on 2 cores: a
+# 4,516-concept build took 1.27x the one-process time, 11,440 concepts 0.85x and 1.16x (docs/scaling.md).
+AUTO_START = 16_384
 STOP_SECONDS = 10.0  # a worker asked to stop gets this long before it is terminated
 
 
