@@ -67,16 +67,20 @@ def test_suite_writes_every_section(suite_run: tuple[Path, dict]) -> None:
 
 def test_scale_section_measures_build_and_training_memory(suite_run: tuple[Path, dict]) -> None:
     sections = suite_run[1]["sections"]
-    build, training = sections["scale"]["rows"]
+    build, training, tower = sections["scale"]["rows"]
     raw_mib = 3_000 * 384 * 4 / 2**20
     assert build["vectors"] == 3_000 and build["raw_mib"] == pytest.approx(raw_mib)
     assert build["index_mib"] > 0 and build["peak_mib"] > build["index_mib"]
     assert build["x_bound"] == pytest.approx(build["peak_mib"] / (1.5 * raw_mib + build["index_mib"]))
     assert training["pairs"] > 2_000 and training["pairs_per_s"] > 0
+    assert tower["name"] == "tower training (2 epochs)" and tower["pairs"] == training["pairs"]
+    assert tower["pairs_per_s"] > 0 and tower["peak_mib"] > 0
     epochs = sections["scale_epochs"]["rows"]
-    assert [r["name"] for r in epochs] == ["epoch 1", "epoch 2"] and epochs[0]["x_epoch_1"] == 1.0
+    assert [r["name"] for r in epochs] == ["LVM epoch 1", "LVM epoch 2", "tower epoch 1", "tower epoch 2"]
+    assert epochs[0]["x_epoch_1"] == epochs[2]["x_epoch_1"] == 1.0
     single, multi = sections["scale_encode"]["rows"]
-    assert single["x_baseline"] == 1.0 and multi["name"] == "2 processes" and multi["per_s"] > 0
+    assert single["x_baseline"] == 1.0 and multi["name"].startswith("2 worker processes") and multi["per_s"] > 0
+    assert multi["min_cos"] > 0.999, "the pool encodes what one process does"
 
 
 def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:

@@ -22,6 +22,7 @@ from dualpath.models.checkpoint import model_dir
 from dualpath.models.towers import QueryTower
 from dualpath.runtime import torch_threads
 from dualpath.training.loop import run_training
+from dualpath.training.mining import NONE
 from dualpath.training.retriever import (
     NEGATIVES_FILE,
     TABLE_FILE,
@@ -226,3 +227,17 @@ def test_cli_train_then_eval(wiki_bank, tmp_path: Path, capsys) -> None:
     saved = json.loads((model_dir(out) / "config.json").read_text())["metrics"]
     assert report["table"]["tower"] == pytest.approx(saved)
     assert np.isclose(report["table"]["oracle"]["R@1"], 1.0, atol=0.05)
+
+
+def test_capped_evaluation_and_mining_use_samples_of_the_pairs(wiki_bank, tmp_path: Path) -> None:
+    full = RetrieverTask.from_bank(wiki_bank, tiny(), tmp_path / "full")
+    cfg = tiny(eval_pairs=40, mine_pairs=100, warmup_epochs=0, epochs=1)
+    capped = RetrieverTask.from_bank(wiki_bank, cfg, tmp_path / "capped")
+    assert len(full.heldout) > 40 and len(capped.heldout) == 40
+    assert set(capped.heldout.targets.tolist()) <= set(full.heldout.targets.tolist())
+    again = RetrieverTask.from_bank(wiki_bank, cfg, tmp_path / "again")
+    assert again.heldout.targets.tolist() == capped.heldout.targets.tolist(), "the same sample every time"
+    capped.train_epoch(1, lambda: None)
+    mined = (capped.negatives != NONE).any(axis=1)
+    assert 0 < mined.sum() <= 100 < len(capped.train)
+    assert set(capped.evaluate()) == set(full.evaluate())

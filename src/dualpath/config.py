@@ -7,7 +7,7 @@ empty YAML file (or none) is a valid configuration.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -29,6 +29,10 @@ class EncoderConfig(_Section):
     # None: the top-level `device`; set it to run the encoder elsewhere than the models.
     device: str | None = Field(None, pattern=DEVICE_PATTERN)
     max_seq_length: int | None = None
+    # Worker processes `bank build` / `bank add` encode in, each with its own copy of the model and cores/processes
+    # torch threads. auto: one per core (at most 4) on the CPU once a build passes 16,384 concepts, one on a GPU;
+    # measured on 2 cores: docs/scaling.md.
+    processes: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
 
 
 class SegmentConfig(_Section):
@@ -125,6 +129,12 @@ class TowerConfig(_Section):
     miner: Literal["sync", "threaded"] = "sync"  # threaded: each mining search gets a deadline
     mine_exact_mb: float = Field(1024.0, ge=0)  # mine on an exact float32 copy of the bank up to this size
     mine_timeout_s: float = Field(120.0, gt=0)  # deadline of one mining search (threaded miner)
+    # Caps for banks of a million concepts, where mining and evaluating every pair search the whole bank for each:
+    # mine a fresh random sample of this many training pairs per round (the others train on in-batch and queue
+    # negatives that round); evaluate each epoch (and the heuristic rows) on a fixed sample of this many held-out
+    # pairs. None: every pair (the results on small banks do not change).
+    mine_pairs: int | None = Field(None, ge=1)
+    eval_pairs: int | None = Field(None, ge=1)
     threads: int = Field(0, ge=0)  # torch intra-op threads while training; 0 = half the cores
     watchdog_seconds: float = Field(300.0, gt=0)
     seed: int = 0

@@ -31,3 +31,7 @@ class LockedError(DualPathError):
 
 class ModelInputError(DualPathError, ValueError):
     """Vectors given to a model are malformed (a context of the wrong shape or dimension)."""
+
+
+class EncoderError(DualPathError):
+    """Encoding failed while it ran (a worker process of a multi-process build failed or died)."""

@@ -54,6 +54,7 @@ from dualpath.bank.metadata import Concept, Metadata
 from dualpath.config import MAX_SEARCH_K, DualPathConfig, SegmentConfig
 from dualpath.corpus import Document, load_documents, segment_sentences
 from dualpath.encoding import Encoder, load_encoder
+from dualpath.encoding.pool import encoding_processes
 from dualpath.errors import BankError, CorpusError
 from dualpath.fileio import atomic_directory, pause_point, recover_directory, write_json_atomic
 from dualpath.locking import write_lock
@@ -222,11 +223,12 @@ class ConceptBank:
             stage = _Stage.open(staging, key, encoder.dim, cfg.bank.dtype)
             try:
                 skip = stage.documents
-                n_docs = _encode_documents(
-                    itertools.islice(documents, skip, None), encoder, cfg.segment, stage.metadata, stage.vectors,
-                    first_id=stage.vectors.rows, taken=stage.taken(), batch=cfg.bank.build_batch or BUILD_BATCH,
-                    on_batch=stage.checkpoint, documents_before=skip, n_docs=stage.n_docs,
-                )
+                with encoding_processes(encoder, cfg.encoder.processes) as encoding:
+                    n_docs = _encode_documents(
+                        itertools.islice(documents, skip, None), encoding, cfg.segment, stage.metadata, stage.vectors,
+                        first_id=stage.vectors.rows, taken=stage.taken(), batch=cfg.bank.build_batch or BUILD_BATCH,
+                        on_batch=stage.checkpoint, documents_before=skip, n_docs=stage.n_docs,
+                    )
                 stage.metadata.commit()
                 vectors = stage.vectors.array()
                 domains = stage.metadata.domains_from(0)
@@ -336,10 +338,11 @@ class ConceptBank:
             metadata = Metadata(tmp / METADATA_FILE, writable=True)
             written = _VectorFile(tmp / RAW_VECTORS, self.dim, dtype)
             try:
-                n_docs = _encode_documents(
-                    documents, encoder, segment, metadata, written, first_id=first_id, taken=set(self.documents()),
-                    batch=self.cfg.bank.build_batch or BUILD_BATCH,
-                )
+                with encoding_processes(encoder, self.cfg.encoder.processes) as encoding:
+                    n_docs = _encode_documents(
+                        documents, encoding, segment, metadata, written, first_id=first_id,
+                        taken=set(self.documents()), batch=self.cfg.bank.build_batch or BUILD_BATCH,
+                    )
                 metadata.commit()
                 domains = metadata.domains_from(first_id)
             finally:

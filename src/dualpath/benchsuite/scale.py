@@ -1,4 +1,4 @@
-"""A million concepts end to end with bounded memory: building a bank and training the LVM on it.
+"""A million concepts end to end with bounded memory: building a bank and training the LVM and the tower on it.
 
 Synthetic concepts grouped into synthetic documents (every document's concepts around one topic centre,
 `CONCEPTS_PER_DOCUMENT` each) stand in for an encoded corpus: encoding is measured on its own (one process
@@ -8,8 +8,9 @@ child process that reports its own peak resident set (VmHWM), so nothing the sui
     make     the source vectors, written block by block to a .npy (not measured)
     build    `ConceptBank.from_vectors` from that memory-mapped file and a generator of concepts
     train    the LVM through the shared epoch loop on the bank; resident memory after every epoch
+    tower    the query tower likewise, mining and evaluating samples of the pairs (TOWER)
 
-    python -m dualpath.benchsuite.scale make|build|train DIR N [EPOCHS]     prints one JSON line
+    python -m dualpath.benchsuite.scale make|build|train|tower DIR N [EPOCHS]     prints one JSON line
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ BANK = "bank"
 # LVM of the training measurement: lighter than the default (hidden 128, no rollout steps, batches of 1024) so
 # that passes over a million pairs fit a benchmark run on a CPU; what is measured is memory and the data path.
 TRAIN = {"lvm": {"hidden": 128, "rollout_steps": 0, "batch_size": 1024}, "split": {"heldout_fraction": 0.02}}
+# The query tower likewise (hidden 128, batches of 1024, no queue), mining every epoch. At a million concepts a
+# flat search costs ~0.15 s per query on one loaded core, so mining and evaluating every pair (~880k and ~18k
+# searches) cannot fit a run: each epoch mines a sample of TOWER_MINE training pairs and evaluates a fixed sample
+# of TOWER_EVAL held-out pairs (tower.mine_pairs, tower.eval_pairs), and the heuristic rows are not computed.
+TOWER_MINE, TOWER_EVAL = 256, 256
+TOWER = {"tower": {"hidden": 128, "batch_size": 1024, "queue_size": 0, "warmup_epochs": 0,
+                   "mine_pairs": TOWER_MINE, "eval_pairs": TOWER_EVAL}, "split": {"heldout_fraction": 0.02}}
 
 
 def _peak_mib() -> float:
@@ -118,6 +126,23 @@ def train(directory: Path, epochs: int) -> dict[str, Any]:
                 "epochs": [{"epoch": h.epoch, "seconds": h.seconds, "rss_mib": h.resident_mb} for h in result.history]}
 
 
+def tower(directory: Path, epochs: int) -> dict[str, Any]:
+    from dualpath.bank import ConceptBank
+    from dualpath.config import DualPathConfig
+    from dualpath.runtime import torch_threads
+    from dualpath.training.loop import run_training
+    from dualpath.training.retriever import RetrieverTask
+
+    cfg = DualPathConfig.from_dict({**TOWER, "tower": {**TOWER["tower"], "epochs": epochs}})
+    with ConceptBank.open(directory / BANK, cfg) as bank:
+        before = _rss_mib()
+        with torch_threads(cfg.tower.threads):
+            task = RetrieverTask.from_bank(bank, cfg, directory / "tower")
+            result = run_training(task, directory / "tower", epochs, watchdog_seconds=cfg.tower.watchdog_seconds)
+        return {"pairs": len(task.train), "start_mib": before, "peak_mib": _peak_mib(),
+                "epochs": [{"epoch": h.epoch, "seconds": h.seconds, "rss_mib": h.resident_mb} for h in result.history]}
+
+
 def _child(*args: str, timeout_s: float = 7200.0) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "dualpath.benchsuite.scale", *args]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -135,6 +160,7 @@ def bench_scale(workdir: Path, n: int, epochs: int) -> tuple[list[dict[str, Any]
     built = _child("build", str(directory), str(n))
     (directory / SOURCE).unlink()
     trained = _child("train", str(directory), str(n), str(epochs))
+    towered = _child("tower", str(directory), str(n), str(epochs))
     raw_mib = n * DIM * 4 / MIB
     per_million = built["seconds"] * 1e6 / n
     rows = [
@@ -143,48 +169,54 @@ def bench_scale(workdir: Path, n: int, epochs: int) -> tuple[list[dict[str, Any]
          "peak_mib": built["peak_mib"], "x_raw": built["peak_mib"] / raw_mib,
          "x_bound": built["peak_mib"] / (1.5 * raw_mib + built["index_mib"])},
     ]
-    history = trained["epochs"]
+    memory: list[dict[str, Any]] = []
+    for name, run in (("LVM", trained), ("tower", towered)):
+        training_rows, epoch_rows = training_rows_of(name, run, n)
+        rows += training_rows
+        memory += epoch_rows
+    return rows, memory
+
+
+def training_rows_of(name: str, run: dict[str, Any], n: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The training row (pairs/s: median over epochs, each epoch's time including mining and evaluation) and one
+    memory row per epoch, of a `train` or `tower` step's result."""
+    raw_mib = n * DIM * 4 / MIB
+    history = run["epochs"]
     first = history[0]["rss_mib"]
-    pairs_per_s = [trained["pairs"] / h["seconds"] for h in history]
-    rows.append({"name": f"LVM training ({len(history)} epochs)", "vectors": n, "seconds_s": sum(h["seconds"]
-                 for h in history), "pairs": trained["pairs"], "pairs_per_s": float(np.median(pairs_per_s)),
-                 "raw_mib": raw_mib, "peak_mib": trained["peak_mib"], "x_raw": trained["peak_mib"] / raw_mib})
-    memory = [{"name": f"epoch {h['epoch']}", "epoch_s": h["seconds"], "rss_mib": h["rss_mib"],
-               "x_epoch_1": h["rss_mib"] / first, "x_raw": h["rss_mib"] / raw_mib} for h in history]
+    pairs_per_s = [run["pairs"] / h["seconds"] for h in history]
+    rows = [{"name": f"{name} training ({len(history)} epochs)", "vectors": n, "seconds_s": sum(h["seconds"]
+             for h in history), "pairs": run["pairs"], "pairs_per_s": float(np.median(pairs_per_s)),
+             "raw_mib": raw_mib, "peak_mib": run["peak_mib"], "x_raw": run["peak_mib"] / raw_mib}]
+    memory = [{"name": f"{name} epoch {h['epoch']}", "epoch_s": h["seconds"],
+               "pairs_per_s": run["pairs"] / h["seconds"], "rss_mib": h["rss_mib"], "x_epoch_1": h["rss_mib"] / first,
+               "x_raw": h["rss_mib"] / raw_mib}
+              for h in history]
     return rows, memory
 
 
 def bench_encoding_processes(encoder: Any, texts: list[str], processes: int = 2) -> list[dict[str, Any]]:
-    """Sentences/s of the encoder in this process (a thread per core) against `processes` one-thread workers."""
+    """Sentences/s of the encoder in this process (a torch thread per core) against the pool `bank build` uses
+    (`encoding.pool.ProcessPoolEncoder`: `processes` workers of cores/processes threads), on the same texts."""
+    from dualpath.encoding.pool import ProcessPoolEncoder
     from dualpath.runtime import torch_threads
 
-    model = encoder.model
     with torch_threads(os.cpu_count() or 1):
         encoder.encode(texts[:32])  # warm
         start = time.perf_counter()
-        encoder.encode(texts)
+        single_vectors = encoder.encode(texts)
         single = time.perf_counter() - start
-    previous = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # read by each worker's torch at start: one thread per process
-    try:
-        pool = model.start_multi_process_pool(["cpu"] * processes)
-    finally:
-        if previous is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = previous
-    try:
-        model.encode(texts[:32], pool=pool, batch_size=encoder.batch_size)  # workers load the model: not timed
+    with ProcessPoolEncoder(encoder, processes) as pool:
+        pool.encode(texts[:32])  # the workers load the model: not timed
         start = time.perf_counter()
-        model.encode(texts, pool=pool, batch_size=encoder.batch_size, chunk_size=max(1, len(texts) // (4 * processes)))
+        multi_vectors = pool.encode(texts)
         multi = time.perf_counter() - start
-    finally:
-        model.stop_multi_process_pool(pool)
+    agree = float(np.min(np.sum(single_vectors * multi_vectors, axis=1)))
     return [
         {"name": "1 process (baseline)", "sentences": len(texts), "per_s": len(texts) / single,
          "per_million_s": single * 1e6 / len(texts), "x_baseline": 1.0},
-        {"name": f"{processes} processes", "sentences": len(texts), "per_s": len(texts) / multi,
-         "per_million_s": multi * 1e6 / len(texts), "x_baseline": multi / single},
+        {"name": f"{processes} worker processes ({pool.threads} thread(s) each)", "sentences": len(texts),
+         "per_s": len(texts) / multi, "per_million_s": multi * 1e6 / len(texts), "x_baseline": multi / single,
+         "min_cos": agree},
     ]
 
 
@@ -193,10 +225,11 @@ SCALE_COLUMNS = {
     "pairs_per_s": "pairs/s", "raw_mib": "raw float32 MiB", "index_mib": "index MiB", "peak_mib": "peak RSS MiB",
     "x_raw": "× raw", "x_bound": "× (1.5 raw + index)",
 }
-EPOCH_COLUMNS = {"name": "epoch", "epoch_s": "s (train + eval)", "rss_mib": "resident MiB", "x_epoch_1": "× epoch 1",
-                 "x_raw": "× raw"}
+EPOCH_COLUMNS = {"name": "epoch", "epoch_s": "s (train + mining + eval)", "pairs_per_s": "pairs/s",
+                 "rss_mib": "resident MiB", "x_epoch_1": "× epoch 1", "x_raw": "× raw"}
 ENCODE_COLUMNS = {"name": "encoding", "sentences": "sentences", "per_s": "sentences/s",
-                  "per_million_s": "s per million", "x_baseline": "× baseline (time)"}
+                  "per_million_s": "s per million", "x_baseline": "× baseline (time)",
+                  "min_cos": "min cosine to baseline"}
 
 
 if __name__ == "__main__":
@@ -206,6 +239,8 @@ if __name__ == "__main__":
         result = make_source(where, size)
     elif step == "build":
         result = build(where)
+    elif step == "tower":
+        result = tower(where, int(sys.argv[4]))
     else:
         result = train(where, int(sys.argv[4]))
     print(json.dumps(result))

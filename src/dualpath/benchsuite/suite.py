@@ -409,8 +409,8 @@ class _Sections:
             rows = scale.bench_encoding_processes(self.bank.encoder(), texts)
             out["scale_encode"] = Section(
                 "Scale: encoding in one process or two", f"`{self.bank.encoder_name}` on {len(texts):,} sentences of "
-                "the bank: one process with torch's threads against a pool of two worker processes of one thread "
-                "each. Baseline: one process.", scale.ENCODE_COLUMNS, rows)
+                "the bank: one process with torch's threads against the worker pool `bank build` uses (two "
+                "processes, cores/2 threads each). Baseline: one process.", scale.ENCODE_COLUMNS, rows)
         if s.scale:
             rows, epochs = scale.bench_scale(self.workdir, s.scale, s.scale_epochs)
             out["scale"] = Section(
@@ -418,12 +418,15 @@ class _Sections:
                 f"(d = {scale.DIM}) in documents of {scale.CONCEPTS_PER_DOCUMENT}, each around one of "
                 f"{scale.TOPICS:,} topics. Build: `ConceptBank.from_vectors` from a memory-mapped file and a generator "
                 "of concepts (encoding excluded: see the encoding rows). Training: the LVM (hidden 128, no rollout, "
-                "batches of 1,024) through the epoch loop, the vectors memory-mapped. Each in a fresh process; peak "
-                "RSS is the whole process (Python, torch, FAISS). Baseline: the raw float32 vectors.",
+                "batches of 1,024) through the epoch loop, the vectors memory-mapped; the query tower (hidden 128, "
+                f"batches of 1,024, no queue) mining {scale.TOWER_MINE:,} sampled pairs per epoch and evaluating a "
+                f"fixed sample of {scale.TOWER_EVAL:,} held-out pairs (a flat search at 1M costs ~0.15 s per query "
+                "here; no heuristic rows). Pairs/s: per epoch, mining and evaluation included. Each in a fresh "
+                "process; peak RSS is the whole process (Python, torch, FAISS). Baseline: the raw float32 vectors.",
                 scale.SCALE_COLUMNS, rows)
             out["scale_epochs"] = Section(
                 "Scale: training memory per epoch", "Resident memory of the training process after each epoch "
-                "(train + held-out evaluation). Baseline: epoch 1.", scale.EPOCH_COLUMNS, epochs)
+                "(train, mining, held-out evaluation). Baseline: epoch 1.", scale.EPOCH_COLUMNS, epochs)
         return out
 
 

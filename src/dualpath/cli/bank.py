@@ -29,6 +29,11 @@ SOURCE_HELP = (
     "wiki-sample (short Wikipedia leads) or python-docs (long sections of Python's own documentation)."
 )
 
+PROCESSES_OPTION = typer.Option(
+    None, "--processes", help="Encoding worker processes: auto (one per core on the CPU, up to 4) or a number; 1 = "
+    "encode in this process.",
+)
+
 
 def register(app: typer.Typer) -> None:
     app.add_typer(bank_app, name="bank")
@@ -55,6 +60,7 @@ def build_command(
         False, "--force", help="Replace a bank already at --out (its models/ and calibration.json are dropped)."
     ),
     device: str | None = DEVICE_OPTION,
+    processes: str | None = PROCESSES_OPTION,
 ) -> None:
     """Segment a corpus into concepts, encode them and index them into a new bank."""
     from dualpath.bank import ConceptBank
@@ -62,7 +68,7 @@ def build_command(
     cfg = load_config(
         config,
         device=device,
-        encoder={"name": encoder},
+        encoder={"name": encoder, "processes": processes},
         bank={"index": index, "dtype": dtype, "backend": backend, "milvus_uri": milvus_uri},
     )
     started = time.perf_counter()
@@ -92,11 +98,13 @@ def add_command(
     config: Path | None = CONFIG_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     device: str | None = DEVICE_OPTION,
+    processes: str | None = PROCESSES_OPTION,
 ) -> None:
     """Append documents to a bank without re-encoding it (atomic: the old bank stays until the new one is whole)."""
     from dualpath.bank import ConceptBank
 
-    with ConceptBank.open(bank_dir, load_config(config, device=device, bank={"milvus_uri": milvus_uri})) as bank:
+    cfg = load_config(config, device=device, bank={"milvus_uri": milvus_uri}, encoder={"processes": processes})
+    with ConceptBank.open(bank_dir, cfg) as bank:
         added = bank.add(source, skip_bad=skip_bad, limit_docs=limit_docs)
         summary = {**_summary(bank), "added": added}
     if as_json:

@@ -103,7 +103,11 @@ class RetrieverTask:
                 "(documents need at least two concepts)"
             )
         self.train = split.train
-        self.heldout = EvalPairs.from_pairs(vectors, split.heldout)
+        heldout = split.heldout
+        if tc.eval_pairs is not None and len(heldout) > tc.eval_pairs:  # a fixed sample, the same every epoch
+            heldout = heldout.subset(np.sort(np.random.default_rng([tc.seed, len(heldout)]).choice(
+                len(heldout), tc.eval_pairs, replace=False)))
+        self.heldout = EvalPairs.from_pairs(vectors, heldout)
         self.concept_doc = concept_documents(documents, vectors.shape[0])
         self.doc_negatives = (
             document_negatives(documents, self.train, tc.document_negatives) if tc.document_negatives else None
@@ -258,16 +262,25 @@ class RetrieverTask:
         if self.mining_index is None:
             self.mining_index = mining_index(self.index, self.vectors, self.cfg.tower.mine_exact_mb)
         t0 = time.perf_counter()
+        tc = self.cfg.tower
+        rows = np.arange(len(self.train))
+        if tc.mine_pairs is not None and tc.mine_pairs < len(rows):  # a fresh sample each round
+            rows = np.sort(rng.choice(len(rows), tc.mine_pairs, replace=False))
         # Block by block: every training context's vectors at once would be (pairs, C, d) float32.
-        queries = np.empty((len(self.train), self.vectors.shape[1]), dtype=np.float32)
-        for start in range(0, len(self.train), QUERY_BLOCK):
-            ctx, mask = gather_context(self.vectors, self.train.context[start : start + QUERY_BLOCK])
+        queries = np.empty((len(rows), self.vectors.shape[1]), dtype=np.float32)
+        for start in range(0, len(rows), QUERY_BLOCK):
+            ctx, mask = gather_context(self.vectors, self.train.context[rows[start : start + QUERY_BLOCK]])
             queries[start : start + len(ctx)] = self.tower.encode_queries(ctx, mask)
             beat()
-        negatives, stats = mine_hard_negatives(
-            queries, self.train.target, self.train.context, self.vectors, self.concept_doc,
-            self.mining_index, self.cfg.tower, rng, on_batch=beat,
+        mined, stats = mine_hard_negatives(
+            queries, self.train.target[rows], self.train.context[rows], self.vectors, self.concept_doc,
+            self.mining_index, tc, rng, on_batch=beat,
         )
+        if len(rows) == len(self.train):
+            negatives = mined
+        else:
+            negatives = np.full((len(self.train), tc.hard_per_query), NONE, dtype=np.int64)
+            negatives[rows] = mined
         log.info("epoch %d: mined hard negatives in %.1fs: %s", epoch, time.perf_counter() - t0, asdict(stats))
         with atomic_path(self.state_dir / NEGATIVES_FILE) as tmp, open(tmp, "wb") as fh:
             np.savez(fh, negatives=negatives, epoch=np.int64(epoch))
