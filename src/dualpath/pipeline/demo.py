@@ -117,7 +117,10 @@ def run_demo(
         train_key = {"split": cfg.split.model_dump(), "lvm": cfg.lvm.model_dump(), "bank": bank_key}
         stage("lvm", train_key, (lvm_dir(bank_dir) / BEST).is_dir(),
               lambda: train_lvm(bank, cfg, lvm_dir(bank_dir)))
-        tower_key = {"split": cfg.split.model_dump(), "tower": cfg.tower.model_dump(mode="json"), "bank": bank_key}
+        # Knobs added after caches existed count only when set: at their default they train the same tower.
+        unset = {name for name in ("mine_pairs", "eval_pairs") if getattr(cfg.tower, name) is None}
+        tower_key = {"split": cfg.split.model_dump(), "tower": cfg.tower.model_dump(mode="json", exclude=unset),
+                     "bank": bank_key}
         stage("tower", tower_key, (tower_dir(bank_dir) / BEST).is_dir(),
               lambda: train_retriever(bank, cfg, tower_dir(bank_dir)))
         generator = Generator.from_bank(bank, cfg, calibrating=True)  # the next stage calibrates it if need be
