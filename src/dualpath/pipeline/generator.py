@@ -491,7 +491,7 @@ class Generator:
         with torch_threads(1):
             lvm_state = lvm_stream(self.lvm, contexts, incremental)
             tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None
-        for _ in range(steps):
+        for number in range(steps):
             lat: dict[str, float] = {}
             t_step = time.perf_counter()
             # Small models: a second OpenMP thread only adds wake-up and spin cost
@@ -522,10 +522,11 @@ class Generator:
             rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used)
             if render:  # what each stream showed, and its paraphrases, leave its next shortlists
                 shown_ids = [r.concept_id for r in rendered]
-                for decoder, concept_id, paraphrases in zip(
-                    decoders, shown_ids, self.paraphrases_of_ids(shown_ids), strict=True
-                ):
-                    decoder.shown(concept_id, paraphrases)
+                # After the last step no shortlist follows: its paraphrases are not looked up.
+                last = number == steps - 1
+                paraphrases = [()] * b if last else self.paraphrases_of_ids(shown_ids)
+                for decoder, concept_id, similar in zip(decoders, shown_ids, paraphrases, strict=True):
+                    decoder.shown(concept_id, similar)
             lat["render"] = (time.perf_counter() - t0) * 1000
             neighbour_ids = [r.neighbour_id for r in records if r.neighbour_id is not None]
             neighbour_text = dict(zip(neighbour_ids, self.bank.texts(neighbour_ids), strict=True))
