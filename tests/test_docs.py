@@ -26,6 +26,8 @@ import pytest
 from markdown_it import MarkdownIt
 from pytest_markdown_docs.plugin import extract_fence_tests
 
+from test_custom_lanes_cli import LANES
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -38,15 +40,6 @@ def python_fences(page: Path) -> list:
 
 PAGES_WITH_PYTHON = [page for page in PAGES if python_fences(page)]
 
-LANES_YAML = """\
-lanes:
-  archivist:
-    tau_snap: 0.70
-    tau_novel: 0.60
-    k: 200
-    dup_window: 8
-    shares: {snap: 0.6, blend: 0.3, novel: 0.1}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +54,7 @@ def docs_workdir(trained_bank_path, tmp_path_factory) -> Path:
         lines = [json.dumps({"id": f"{name}-{d.id}", "title": d.title, "text": d.text, "domain": d.domain})
                  for d in part]
         (work / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    (work / "my-lanes.yaml").write_text(LANES_YAML, encoding="utf-8")
+    (work / "my-lanes.yaml").write_text(LANES, encoding="utf-8")
     # The sizes of tests/trained_models.py, so the snippets' own training and evaluation stay quick.
     (work / "dualpath.yaml").write_text(
         "lvm: {hidden: 64, epochs: 1}\ntower: {hidden: 64, epochs: 1}\nsplit: {heldout_fraction: 0.2, context: 4}\n",

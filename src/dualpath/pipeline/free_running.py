@@ -43,6 +43,7 @@ from dualpath.decider import (
     extreme_lanes,
     get_schedule,
 )
+from dualpath.pipeline.generator import left_padded
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator
@@ -232,12 +233,7 @@ def successive_cosines(generator: Generator, prompts: Sequence[Prompt], prompt_l
             owners.append(n)
     if not contexts:
         return {"truth": None, "teacher_forced_lvm": None}
-    width = max(len(c) for c in contexts)
-    ctx = np.zeros((len(contexts), width, bank.dim), np.float32)
-    mask = np.zeros((len(contexts), width), bool)
-    for i, c in enumerate(contexts):
-        ctx[i, width - len(c) :], mask[i, width - len(c) :] = c, True
-    pred = lvm.predict(ctx, mask)
+    pred = lvm.predict(*left_padded(contexts, bank.dim))
     pred /= np.linalg.norm(pred, axis=1, keepdims=True)
     same = np.asarray(owners[1:]) == np.asarray(owners[:-1])
     moved = (pred[1:] * pred[:-1]).sum(axis=1)[same]

@@ -188,7 +188,7 @@ def search_shortlist_batch(
     return batch, floor
 
 
-def _left_padded(windows: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
+def left_padded(windows: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Context windows of different lengths as one left-padded (b, C, d) batch and its mask."""
     width = max(len(w) for w in windows)
     ctx = np.zeros((len(windows), width, dim), dtype=np.float32)
