@@ -276,15 +276,26 @@ def test_batched_equals_single_step_bit_for_bit(seed: int, b: int, k: int, d: in
     used = [list(rng.choice(60, size=int(rng.integers(0, 6)))) for _ in range(b)]
     sampling = Sampling(float(rng.choice([0.0, 0.05, 1.0])), int(rng.integers(0, 4)), float(rng.uniform(0.3, 1)))
     draws = rng.random(b)
+    # What each stream said (some of it close to its candidates) and a baseline's c for some streams.
+    avoid, limits = [], []
+    for s in shortlists:
+        said = unit(rng.normal(size=(int(rng.integers(0, 4)), d)))
+        if len(said) and len(s) and rng.random() < 0.7:
+            said[0] = unit(np.asarray(s.vectors[int(rng.integers(len(s)))]) + 0.1 * rng.normal(size=d))
+        avoid.append(said)
+        limits.append(rng.uniform(0.5, 1.0, size=len(said)))
+    decide_by = np.where(rng.random(b) < 0.3, rng.uniform(-1, 1, size=b), np.nan)
 
     batch = ShortlistBatch.stack(shortlists, d)
     out, records = choose_next_vectors(
-        v_hat, batch, test_lane, memories, schedule, used_ids=used, sampling=sampling, draws=draws
+        v_hat, batch, test_lane, memories, schedule, used_ids=used, sampling=sampling, draws=draws,
+        avoid=avoid, avoid_limits=limits, decide_by=decide_by,
     )
     for i in range(b):
         single, record = choose_next_vector(
             v_hat[i], shortlists[i], test_lane, memories[i], schedule,
-            used_ids=used[i], sampling=sampling, draw=float(draws[i]),
+            used_ids=used[i], sampling=sampling, draw=float(draws[i]), avoid=avoid[i], avoid_limits=limits[i],
+            decide_by=None if np.isnan(decide_by[i]) else float(decide_by[i]),
         )
         assert np.array_equal(out[i], single)
         assert record.neighbour_id is None or record.neighbour_id not in used[i]
@@ -544,3 +555,43 @@ def test_paraphrases_of_a_shown_concept_leave_the_shortlist_for_the_window() -> 
     decoder.shown(-1)
     _, record = decoder.step(v, candidates)  # 7's step has left the window: 7 and 8 are free again
     assert record.neighbour_id == 7
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), k=st.integers(1, 30), m=st.integers(0, 6), used_n=st.integers(0, 10))
+def test_greedy_n_star_is_the_best_candidate_neither_used_nor_a_paraphrase(
+    seed: int, k: int, m: int, used_n: int
+) -> None:
+    """Passing over paraphrased picks one at a time gives the n* of removing every used id and every
+    paraphrase first (brute force), and a stream whose candidates are all ruled out is NOVEL, empty."""
+    rng = np.random.default_rng(seed)
+    d = 8
+    v = unit(rng.normal(size=d))
+    vectors = unit(rng.normal(size=(k, d)) + 1.5 * v)
+    ids = rng.choice(40, size=k, replace=False).astype(np.int64)
+    said = unit(vectors[rng.integers(0, k, size=m)] + 0.3 * rng.normal(size=(m, d))) if m else np.zeros((0, d))
+    limits = rng.uniform(0.6, 0.99, size=m)
+    used = [int(x) for x in rng.choice(40, size=used_n)]
+    _, record = choose_next_vector(v, Shortlist(ids, vectors), NEUTRAL, used_ids=used, avoid=said, avoid_limits=limits)
+    cos = (vectors.astype(np.float64) @ v) / np.linalg.norm(vectors.astype(np.float64), axis=1)
+    paraphrase = ((vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float64) @ said.T.astype(
+        np.float64) >= limits).any(axis=1) if m else np.zeros(k, bool)
+    allowed = ~np.isin(ids, used) & ~paraphrase
+    if not allowed.any():
+        assert record.neighbour_id is None and record.decision is Decision.NOVEL and record.fallback_reason == "empty"
+        return
+    assert record.neighbour_id == int(ids[np.flatnonzero(allowed)[np.argmax(cos[allowed])]])
+    assert record.skipped_used == int(np.isin(ids, used).sum())
+    assert record.skipped_paraphrases == int((paraphrase & ~np.isin(ids, used) & (cos > cos[allowed].max())).sum())
+
+
+def test_a_baseline_c_decides_but_n_star_stays_the_best_candidate() -> None:
+    rng = np.random.default_rng(9)
+    v = unit(rng.normal(size=16))
+    shortlist = shortlist_with_best(v, 0.95, rng)  # the lane itself would SNAP
+    _, own = choose_next_vector(v, shortlist, NEUTRAL)
+    _, low = choose_next_vector(v, shortlist, NEUTRAL, decide_by=-1.0)
+    _, mid = choose_next_vector(v, shortlist, NEUTRAL, decide_by=(NEUTRAL.tau_snap + NEUTRAL.tau_novel) / 2)
+    assert own.decision is Decision.SNAP and low.decision is Decision.NOVEL and mid.decision is Decision.BLEND
+    assert own.neighbour_id == low.neighbour_id == mid.neighbour_id and low.c_max == own.c_max
+    assert low.c_pick == -1.0 and 0 < mid.alpha < 1

@@ -12,9 +12,11 @@ from dualpath.decider.decision import (
     Sampling,
     Shortlist,
     ShortlistBatch,
+    avoid_rows,
     choose_next_vector,
     choose_next_vectors,
     id_rows,
+    nearest_unsaid,
 )
 from dualpath.decider.decoder import DualPathDecoder, step_streams
 from dualpath.decider.lanes import (
@@ -60,6 +62,7 @@ __all__ = [
     "SyncMiner",
     "TelemetrySink",
     "ThreadedMiner",
+    "avoid_rows",
     "calibrate_lane",
     "choose_next_vector",
     "choose_next_vectors",
@@ -70,6 +73,7 @@ __all__ = [
     "id_rows",
     "load_lanes",
     "make_lane",
+    "nearest_unsaid",
     "read_records",
     "reference_alpha",
     "step_streams",

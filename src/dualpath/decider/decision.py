@@ -2,7 +2,9 @@
 
 Candidates the stream has already shown (`used_ids`: its last `lane.repeat_window` shown concepts)
 are removed from the shortlist first, so SNAP and BLEND take the best concept the stream has not
-used. c = max_i cos(v̂, n_i) over what is left and n* its argmax (first on ties); with sampling
+used. So are paraphrases: with `avoid` vectors (what the stream's prompt said and what it showed),
+a candidate at its limit's cosine or closer to one of them is passed over, as if it had been shown.
+c = max_i cos(v̂, n_i) over what is left and n* its argmax (first on ties); with sampling
 (`Sampling`: temperature, top-k, top-p over the shortlist's cosines) n* is drawn instead and c is
 its cosine. In order:
   c > 0.98 and n* picked within the lane's last `dup_window` steps → NOVEL_DUP_DROP (keep v̂)
@@ -10,6 +12,7 @@ its cosine. In order:
   c ≤ τ_novel → NOVEL (output v̂)
   otherwise → BLEND, normalize((1 - α) v̂ + α n*) with α from the blend schedule.
 An empty or failed shortlist → NOVEL, and the record says why. Every output is unit-norm.
+`decide_by` (a baseline's) replaces c in these rules, not in the choice of n*.
 
 The memory of picked ids (`recent_ids`) holds one entry per past step, most recent last: the id
 of n* when the step SNAPped or BLENDed (the output was pulled to that concept), -1 otherwise. So
@@ -27,7 +30,7 @@ recomputed per step; only the picked row is normalised for the output.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
@@ -162,6 +165,7 @@ class DecisionRecord:
     latency_ms: float
     c_pick: float | None = None  # cos(v̂, n*): the c the thresholds saw (= c_max unless sampled)
     skipped_used: int = 0  # shortlist candidates removed because the stream already showed them
+    skipped_paraphrases: int = 0  # better candidates passed over as paraphrases of what the stream said
 
     @property
     def picked_id(self) -> int:
@@ -228,6 +232,101 @@ def id_rows(rows: Sequence[Sequence[int]] | np.ndarray | None, b: int, what: str
     return out
 
 
+def _member(ids: np.ndarray, used: np.ndarray) -> np.ndarray:
+    """(b, k) bool: ids[i, j] is in used[i] (rows of -1 padding match nothing real).
+
+    One sort and one binary search for the whole batch (rows offset into disjoint key ranges), instead
+    of a (b, k, m) comparison or `np.isin`'s per-call sort and set-up (~60 µs for one stream).
+    """
+    b = ids.shape[0]
+    span = int(max(ids.max(initial=0), used.max(initial=0))) + 2
+    offsets = (np.arange(b, dtype=np.int64) * span)[:, None]
+    keys = (np.sort(used, axis=1) + 1 + offsets).ravel()
+    query = ids + 1 + offsets
+    pos = np.minimum(np.searchsorted(keys, query.ravel()), keys.size - 1).reshape(query.shape)
+    return (keys[pos] == query) & (ids >= 0)
+
+
+def avoid_rows(
+    avoid: Sequence[np.ndarray] | None, limits: Sequence[np.ndarray] | None, b: int, d: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-stream avoid vectors (m_i, d) and their cosine limits (m_i,) as one (b, m, d) array and
+    (b, m) limits, padded with zero vectors whose limit (inf) nothing reaches; None when there are none."""
+    if avoid is None:
+        return None
+    if limits is None or len(avoid) != b or len(limits) != b:
+        raise DeciderError(f"need avoid vectors and their limits for each of the {b} streams")
+    width = max((len(a) for a in avoid), default=0)
+    if width == 0:
+        return None
+    vectors = np.zeros((b, width, d), np.float32)
+    bounds = np.full((b, width), np.inf)
+    for i, (rows, limit) in enumerate(zip(avoid, limits, strict=True)):
+        if len(rows):
+            rows = np.asarray(rows, dtype=np.float32)
+            if rows.ndim != 2 or rows.shape[1] != d or np.shape(limit) != (len(rows),):
+                raise DeciderError(f"stream {i}: avoid vectors must be (m, {d}) with one limit each")
+            vectors[i, : len(rows)] = rows
+            bounds[i, : len(rows)] = limit
+    return vectors, bounds
+
+
+def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> np.ndarray:
+    """(n,) bool: each picked row (n, d) is at its limit's cosine or closer to one of its avoid vectors.
+
+    Products summed over d in float64, row by row, so a stream's answer never depends on the batch
+    around it or on how far its avoid rows are padded.
+    """
+    unit = (picked / _row_norms(picked)[:, None]).astype(np.float64)
+    scores = (avoid.astype(np.float64) * unit[:, None, :]).sum(axis=2)
+    return (scores >= limits).any(axis=1)
+
+
+def _pass_over_paraphrases(
+    cos: np.ndarray,
+    vectors: np.ndarray,
+    best: np.ndarray,
+    avoid: tuple[np.ndarray, np.ndarray],
+    choose: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """Re-choose n* (in `best`, in place) until it is no paraphrase; passed-over candidates leave `cos`.
+
+    Only the picks are checked, not all K candidates: the same n* as removing every paraphrase first
+    (greedy; a draw is repeated over what is left), at a cost of a few rows per step. Returns how
+    many candidates each stream passed over. `choose(rows)` picks anew for those rows.
+    """
+    skipped = np.zeros(len(best), np.int64)
+    todo = np.flatnonzero(np.isfinite(cos[np.arange(len(best)), best]))
+    while todo.size:
+        bad = _paraphrases(vectors[todo, best[todo]], avoid[0][todo], avoid[1][todo])
+        todo = todo[bad]
+        if not todo.size:
+            break
+        cos[todo, best[todo]] = -np.inf
+        skipped[todo] += 1
+        best[todo] = choose(todo)
+        todo = todo[np.isfinite(cos[todo, best[todo]])]
+    return skipped
+
+
+def nearest_unsaid(
+    scores: np.ndarray, vectors: np.ndarray, avoided: tuple[np.ndarray, np.ndarray] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the best-scoring candidate that is no paraphrase of the row's avoid vectors.
+
+    `scores` (n, c), -inf where a candidate is not allowed; `vectors` (n, c, d); `avoided` as
+    `avoid_rows` stacks them (None: nothing to avoid). Returns the index (-1: none left) and how
+    many better candidates each row passed over. `scores` is not changed.
+    """
+    scores = np.array(scores, dtype=np.float32)
+    best = np.argmax(scores, axis=1)
+    passed = np.zeros(len(best), np.int64)
+    if avoided is not None:
+        passed = _pass_over_paraphrases(scores, vectors, best, avoided, lambda at: np.argmax(scores[at], axis=1))
+    best[~np.isfinite(scores[np.arange(len(best)), best])] = -1
+    return best, passed
+
+
 def _similarities(queries: np.ndarray, vectors: np.ndarray, valid: np.ndarray, unit: bool) -> np.ndarray:
     """Cosines (b, k) of unit queries to the valid shortlist rows, -inf elsewhere.
 
@@ -276,13 +375,19 @@ def choose_next_vectors(
     used_ids: Sequence[Sequence[int]] | np.ndarray | None = None,
     sampling: Sampling = GREEDY,
     draws: np.ndarray | None = None,
+    avoid: Sequence[np.ndarray] | None = None,
+    avoid_limits: Sequence[np.ndarray] | None = None,
+    decide_by: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """Decide b streams at once: v̂ (b, d), their shortlists, per-stream memories of picked ids.
 
     `recent_ids[i]` / `used_ids[i]`: stream i's picked ids (most recent last) and the concepts it
     may not show again (removed from its shortlist); either may be a (b, m) array right-aligned
     and padded with -1 (see `id_rows`). `draws`: one uniform number in [0, 1) per stream, needed
-    when `sampling` is not greedy. Returns the outputs (b, d) float32, unit-norm, and one record per
+    when `sampling` is not greedy. `avoid[i]` (m_i, d) unit vectors and `avoid_limits[i]` (m_i,):
+    candidates at a limit's cosine or closer to a vector are passed over (paraphrases). `decide_by`
+    (b,): a c per stream (NaN: its own) that the rules read instead of n*'s, with no near-duplicate
+    drop (the random-mix baseline). Returns the outputs (b, d) float32, unit-norm, and one record per
     stream (step 0; latency is the call's time divided by b). Each stream's result equals
     `choose_next_vector` on it alone.
     """
@@ -320,22 +425,29 @@ def choose_next_vectors(
         valid[failed] = False
     skipped = np.zeros(b, np.int64)
     if used.shape[1] and k:
-        seen = valid & (ids[:, :, None] == used[:, None, :]).any(axis=2)
+        seen = valid & _member(ids, used)
         skipped = seen.sum(axis=1)
         valid &= ~seen
     empty = ~valid.any(axis=1)
     if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    avoided = avoid_rows(avoid, avoid_limits, b, d)
+    passed_over = np.zeros(b, np.int64)
     rows = np.arange(b)
     if k:
         cos = _similarities(queries, vectors, valid, batch.unit)
         if sampling.greedy:
-            best = np.argmax(cos, axis=1)
-            c_best = c_max = cos[rows, best].astype(np.float64)
+            def choose(at: np.ndarray) -> np.ndarray:
+                return np.argmax(cos[at], axis=1)
         else:
-            c_best = cos.max(axis=1).astype(np.float64)
-            best = _sample(cos, sampling, np.asarray(draws))
-            c_max = cos[rows, best].astype(np.float64)
+            def choose(at: np.ndarray) -> np.ndarray:
+                return _sample(cos[at], sampling, np.asarray(draws)[at])
+        best = choose(rows)
+        if avoided is not None:
+            passed_over = _pass_over_paraphrases(cos, vectors, best, avoided, choose)
+            empty = ~np.isfinite(cos).any(axis=1)
+        c_best = cos.max(axis=1).astype(np.float64)
+        c_max = cos[rows, best].astype(np.float64)
         neighbour_ids = ids[rows, best]
         picked = vectors[rows, best]
         if empty.any():
@@ -349,13 +461,21 @@ def choose_next_vectors(
     # Codes into _DECISIONS, set from the last rule to the first so that the first that holds wins
     # (the module docstring's order). Thresholds compare in float64 so that a threshold computed from
     # recorded c_max values (thresholds_from_shares) splits them exactly as it was computed to.
+    c_rule = c_max
+    overridden = np.zeros(b, bool)
+    if decide_by is not None:
+        given = np.asarray(decide_by, dtype=np.float64)
+        if given.shape != (b,):
+            raise DeciderError(f"decide_by needs one c per stream ({b}), got shape {given.shape}")
+        overridden = ~np.isnan(given)
+        c_rule = np.where(overridden, given, c_max)
     code = np.full(b, 3)
-    code[c_max <= lane.tau_novel] = 0
-    code[c_max >= lane.tau_snap] = 2
+    code[c_rule <= lane.tau_novel] = 0
+    code[c_rule >= lane.tau_snap] = 2
     near_dup = np.zeros(b, bool)
     if memory.shape[1]:
         remembered = memory == neighbour_ids[:, None]
-        near_dup = ~empty & (c_max > dup_threshold) & remembered.any(axis=1)
+        near_dup = ~empty & ~overridden & (c_max > dup_threshold) & remembered.any(axis=1)
         window = min(lane.dup_window, memory.shape[1])
         if window > 0:
             code[near_dup & remembered[:, memory.shape[1] - window :].any(axis=1)] = 1
@@ -365,7 +485,7 @@ def choose_next_vectors(
     out = queries.copy()
     out[is_snap] = neighbours[is_snap]
     if is_blend.any():
-        scheduled = np.asarray(alpha_of(c_max, lane.tau_snap, lane.tau_novel), dtype=np.float64)
+        scheduled = np.asarray(alpha_of(c_rule, lane.tau_snap, lane.tau_novel), dtype=np.float64)
         alpha[is_blend] = scheduled[is_blend]
         a32 = alpha.astype(np.float32)[is_blend, None]
         mixed = (1.0 - a32) * queries[is_blend] + a32 * neighbours[is_blend]
@@ -389,10 +509,11 @@ def choose_next_vectors(
             latency_ms=latency_ms,
             c_pick=None if e else cp,
             skipped_used=sk,
+            skipped_paraphrases=sp,
         )
-        for e, cb, c, n, a, nd, reason, cp, sk in zip(
+        for e, cb, c, n, a, nd, reason, cp, sk, sp in zip(
             empty.tolist(), c_best.tolist(), code.tolist(), neighbour_ids.tolist(), alpha.tolist(),
-            near_dup.tolist(), reasons, c_max.tolist(), skipped.tolist(), strict=True,
+            near_dup.tolist(), reasons, c_rule.tolist(), skipped.tolist(), passed_over.tolist(), strict=True,
         )
     ]
     return out, records
@@ -436,21 +557,28 @@ def choose_next_vector(
     used_ids: Sequence[int] = (),
     sampling: Sampling = GREEDY,
     draw: float | None = None,
+    avoid: np.ndarray | None = None,
+    avoid_limits: np.ndarray | None = None,
+    decide_by: float | None = None,
 ) -> tuple[np.ndarray, DecisionRecord]:
     """Decide one step: v̂ (d,), its shortlist, the memory of picked ids (one entry per past step),
-    the concepts the stream may not show again, and (when sampling) one uniform draw in [0, 1)."""
+    the concepts the stream may not show again, (when sampling) one uniform draw in [0, 1), the
+    vectors whose paraphrases it may not pick (m, d) with their limits (m,), and a baseline's c."""
     start = time.perf_counter()
     v = np.asarray(v_hat)
     if v.ndim != 1:
         raise DeciderError(f"v̂ must be a 1-d vector, got shape {v.shape}")
-    if shortlist.fallback is None and sampling.greedy and len(shortlist):
-        decided = _choose_one(v, shortlist, lane, recent_ids, schedule, dup_threshold, used_ids, start)
+    avoided = None if avoid is None else avoid_rows([avoid], [avoid_limits], 1, v.shape[0])
+    if shortlist.fallback is None and sampling.greedy and len(shortlist) and decide_by is None:
+        decided = _choose_one(v, shortlist, lane, recent_ids, schedule, dup_threshold, used_ids, avoided, start)
         if decided is not None:
             return decided
     batch = ShortlistBatch.stack([shortlist], dim=v.shape[0])
     draws = None if draw is None else np.array([draw], dtype=np.float64)
     out, records = choose_next_vectors(
-        v[None, :], batch, lane, [recent_ids], schedule, dup_threshold, [used_ids], sampling, draws
+        v[None, :], batch, lane, [recent_ids], schedule, dup_threshold, [used_ids], sampling, draws,
+        None if avoided is None else [avoid], None if avoided is None else [avoid_limits],
+        None if decide_by is None else np.array([decide_by], dtype=np.float64),
     )
     return out[0], records[0]
 
@@ -463,6 +591,7 @@ def _choose_one(
     schedule: str | AlphaSchedule,
     dup_threshold: float,
     used_ids: Sequence[int],
+    avoided: tuple[np.ndarray, np.ndarray] | None,
     start: float,
 ) -> tuple[np.ndarray, DecisionRecord] | None:
     """The greedy single step with the batched form's numbers and scalar bookkeeping (None: take the batched form).
@@ -483,7 +612,7 @@ def _choose_one(
     valid = ids >= 0
     skipped = 0
     if len(used_ids):
-        seen = valid & np.isin(ids, np.asarray(used_ids, dtype=np.int64))
+        seen = valid & _member(ids[None, :], np.asarray(used_ids, dtype=np.int64)[None, :])[0]
         skipped = int(seen.sum())
         valid &= ~seen
     if not valid.any():
@@ -492,6 +621,13 @@ def _choose_one(
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     cos = _similarities(queries, vectors[None], valid[None], shortlist.unit)[0]
     best = int(cos.argmax())
+    passed_over = 0
+    while avoided is not None and _paraphrases(vectors[[best]], avoided[0], avoided[1])[0]:
+        cos[best] = -np.inf
+        passed_over += 1
+        best = int(cos.argmax())
+        if not np.isfinite(cos[best]):
+            return None  # nothing left: the batched form records the empty step
     c = float(cos[best])
     n_id = int(ids[best])
     memory = list(recent_ids)
@@ -521,5 +657,6 @@ def _choose_one(
     record = DecisionRecord(
         step=0, c_max=c, decision=decision, neighbour_id=n_id, alpha=alpha, lane=lane.name, near_dup=near_dup,
         fallback_reason=None, latency_ms=(time.perf_counter() - start) * 1000.0, c_pick=c, skipped_used=skipped,
+        skipped_paraphrases=passed_over,
     )
     return out.astype(np.float32, copy=False), record

@@ -102,13 +102,26 @@ class DualPathDecoder:
     def steps(self) -> int:
         return self._step
 
-    def step(self, v_hat: np.ndarray, shortlist: Shortlist) -> tuple[np.ndarray, DecisionRecord]:
-        """Decide the next step. Until `shown()` says otherwise, the step shows its picked id."""
+    def decision_c(self) -> float | None:
+        """A c for this step's rules in place of n*'s own (None: its own). A baseline that decides
+        by chance (the random mix) draws one here; n* is still the best candidate."""
+        return None
+
+    def step(
+        self,
+        v_hat: np.ndarray,
+        shortlist: Shortlist,
+        avoid: np.ndarray | None = None,
+        avoid_limits: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, DecisionRecord]:
+        """Decide the next step; candidates at `avoid_limits` cosine or closer to a row of `avoid`
+        (what the stream said, see `choose_next_vector`) are passed over. Until `shown()` says
+        otherwise, the step shows its picked id."""
         start = time.perf_counter()
         draw = None if self.sampling.greedy else float(self._rng.random())
         v_out, record = choose_next_vector(
             v_hat, shortlist, self.lane, self._recent, self.schedule, self.dup_threshold,
-            self.used_ids, self.sampling, draw,
+            self.used_ids, self.sampling, draw, avoid, avoid_limits, self.decision_c(),
         )
         record = dataclasses.replace(record, latency_ms=(time.perf_counter() - start) * 1000.0)
         return v_out, self.remember(record)
@@ -140,13 +153,18 @@ class DualPathDecoder:
 
 
 def step_streams(
-    decoders: Sequence[DualPathDecoder], v_hat: np.ndarray, batch: ShortlistBatch
+    decoders: Sequence[DualPathDecoder],
+    v_hat: np.ndarray,
+    batch: ShortlistBatch,
+    avoid: Sequence[np.ndarray] | None = None,
+    avoid_limits: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """One step of b streams, each with its own decoder: `choose_next_vectors` once per group of
     decoders that decide alike (lane, schedule, dup threshold, sampling), not once per stream.
 
-    Each stream's output and record equal `decoders[i].step(v_hat[i], its shortlist)`: the
-    batched decision is bit-for-bit the single one, and every decoder keeps its own memory and draws.
+    Each stream's output and record equal `decoders[i].step(v_hat[i], its shortlist, avoid[i],
+    avoid_limits[i])`: the batched decision is bit-for-bit the single one, and every decoder keeps
+    its own memory and draws.
     """
     start = time.perf_counter()
     b = len(decoders)
@@ -154,12 +172,7 @@ def step_streams(
     out = np.empty((b, v_hat.shape[1]), np.float32)
     records: list[DecisionRecord | None] = [None] * b
     for i, d in enumerate(decoders):
-        if type(d).step is not DualPathDecoder.step:
-            # A decoder that decides its own way (a baseline) steps alone, through its own `step`.
-            own = Shortlist(batch.ids[i], batch.vectors[i], batch.fallbacks[i], batch.unit)
-            out[i], records[i] = d.step(v_hat[i], own)
-        else:
-            groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold, d.sampling), []).append(i)
+        groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold, d.sampling), []).append(i)
     for rows in groups.values():
         first = decoders[rows[0]]
         whole = len(rows) == b
@@ -168,9 +181,16 @@ def step_streams(
         )
         members = [decoders[i] for i in rows]
         draws = None if first.sampling.greedy else np.array([float(d._rng.random()) for d in members])
+        own_c = [d.decision_c() for d in members]
+        decide_by = None if all(c is None for c in own_c) else np.array(
+            [np.nan if c is None else c for c in own_c], dtype=np.float64
+        )
         decided, group_records = choose_next_vectors(
             v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
             first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
+            None if avoid is None else [avoid[i] for i in rows],
+            None if avoid_limits is None else [avoid_limits[i] for i in rows],
+            decide_by,
         )
         out[rows] = decided
         for i, d, record in zip(rows, members, group_records, strict=True):

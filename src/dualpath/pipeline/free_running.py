@@ -35,13 +35,9 @@ from dualpath.config import SplitConfig
 from dualpath.corpus.pairs import heldout_documents
 from dualpath.decider import (
     Decision,
-    DecisionRecord,
     DualPathDecoder,
     Lane,
-    Shortlist,
-    choose_next_vector,
     extreme_lanes,
-    get_schedule,
 )
 from dualpath.pipeline.generator import left_padded
 
@@ -186,34 +182,9 @@ class RandomMixDecoder(DualPathDecoder):
     def __init__(self, lane: Lane, c_sample: np.ndarray, schedule: str, seed: int) -> None:
         super().__init__(lane.model_copy(update={"name": f"random-{lane.name}"}), schedule=schedule, seed=seed)
         self.c_sample = np.asarray(c_sample, dtype=np.float64)
-        self._alpha_of = get_schedule(schedule)
-        self._always = lane.model_copy(update={"tau_snap": -1 + 1e-9, "tau_novel": -1.0, "dup_window": 0})
 
-    def step(self, v_hat: np.ndarray, shortlist: Shortlist) -> tuple[np.ndarray, DecisionRecord]:
-        _, best = choose_next_vector(v_hat, shortlist, self._always, (), used_ids=self.used_ids)
-        c = float(self._rng.choice(self.c_sample)) if self.c_sample.size else -1.0
-        v = np.asarray(v_hat, np.float32) / np.linalg.norm(v_hat)
-        if best.neighbour_id is None:
-            decision, alpha, out = Decision.NOVEL, 0.0, v
-        else:
-            n = np.asarray(shortlist.vectors)[list(np.asarray(shortlist.ids)).index(best.neighbour_id)]
-            n = n / np.linalg.norm(n)
-            if c >= self.lane.tau_snap:
-                decision, alpha, out = Decision.SNAP, 1.0, n
-            elif c <= self.lane.tau_novel:
-                decision, alpha, out = Decision.NOVEL, 0.0, v
-            else:
-                decision = Decision.BLEND
-                alpha = float(self._alpha_of(np.array([c]), self.lane.tau_snap, self.lane.tau_novel)[0])
-                mixed = (1 - alpha) * v + alpha * n
-                out = mixed / np.linalg.norm(mixed)
-        record = DecisionRecord(
-            step=0, c_max=best.c_max, decision=decision, neighbour_id=best.neighbour_id,
-            alpha=alpha, lane=self.lane.name, near_dup=False, fallback_reason=best.fallback_reason,
-            latency_ms=0.0, c_pick=c, skipped_used=best.skipped_used,
-        )
-        record = self.remember(record)
-        return np.asarray(out, np.float32), record
+    def decision_c(self) -> float | None:
+        return float(self._rng.choice(self.c_sample)) if self.c_sample.size else -1.0
 
 
 def successive_cosines(generator: Generator, prompts: Sequence[Prompt], prompt_len: int = PROMPT_CONCEPTS) -> dict:

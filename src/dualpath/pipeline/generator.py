@@ -11,7 +11,10 @@ Per step (the picture in docs/architecture.md):
 A stream never shows one concept twice within its lane's repeat window: the decoder removes shown
 concepts from every shortlist and rendering skips them. Fed its own outputs, a deterministic LVM
 converges to a fixed point (successive predictions at cosine ~0.99 after two steps); without this
-rule every step would then render as the same sentence.
+rule every step would then render as the same sentence. Nor does it say again in other words what
+its prompt or its window's steps said: a concept at the paraphrase cosine or closer to one of those
+vectors is passed over by SNAP, BLEND and rendering alike (checked on the vectors in hand, with no
+search of its own).
 
 Retrieval is advisory: a failed, slow or empty search gives a fallback shortlist and the step is
 NOVEL with the reason recorded; generation always completes.
@@ -44,8 +47,10 @@ from dualpath.decider import (
     SyncMiner,
     TelemetrySink,
     ThreadedMiner,
+    avoid_rows,
     get_lane,
     id_rows,
+    nearest_unsaid,
     step_streams,
     to_shortlist_batch,
     to_shortlists,
@@ -61,9 +66,8 @@ from dualpath.search import excluded_depth, search_excluding
 
 log = logging.getLogger(__name__)
 
-VERBATIM_COSINE = 0.999  # a prompt concept this close to a bank concept is that concept
-PARAPHRASE_DEPTH = 16  # bank neighbours of a shown concept checked for paraphrases of it
-PARAPHRASE_CACHE = 100_000  # concept ids whose paraphrases are remembered between steps and calls
+VERBATIM_COSINE = 0.999  # a bank concept this close to a prompt concept is that concept
+RENDER_DEPTH = 16  # nearest concepts a rendering search looks through for one that is no paraphrase
 
 
 @dataclass(frozen=True)
@@ -89,14 +93,29 @@ class NearestConceptRenderer:
     def __init__(self, bank: ConceptBank) -> None:
         self.bank = bank
 
-    def render(self, vectors: np.ndarray, exclude: Sequence[np.ndarray]) -> list[RenderedText]:
-        ids, scores = search_excluding(self.bank.search, normalize_rows(vectors), 1, exclude)
+    def render(
+        self,
+        vectors: np.ndarray,
+        exclude: Sequence[np.ndarray],
+        avoided: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> list[RenderedText]:
+        """`avoided` (`avoid_rows` of what each stream said): the nearest of the first RENDER_DEPTH
+        concepts that is no paraphrase of it; where all are, the nearest (rare: said by the text)."""
+        depth = 1 if avoided is None else RENDER_DEPTH
+        ids, scores = search_excluding(self.bank.search, normalize_rows(vectors), depth, exclude)
+        pick = np.zeros(len(ids), np.int64)
+        if avoided is not None and len(ids):
+            found = ids >= 0
+            candidates = gather_vectors(self.bank, np.where(found, ids, 0).ravel()).reshape(*ids.shape, -1)
+            best, _ = nearest_unsaid(np.where(found, scores, -np.inf), candidates, avoided)
+            pick = np.maximum(best, 0)
         out = []
-        for cid, score in zip(ids[:, 0].tolist(), scores[:, 0].tolist(), strict=True):
+        for row, j in enumerate(pick.tolist()):
+            cid, score = int(ids[row, j]), float(scores[row, j])
             if cid < 0:
                 out.append(RenderedText("", -1, float("nan"), True))
             else:
-                out.append(RenderedText(self.bank.texts([cid])[0], cid, float(score), True))
+                out.append(RenderedText(self.bank.texts([cid])[0], cid, score, True))
         return out
 
 
@@ -213,9 +232,11 @@ def shortlist_nearest(
     queries: np.ndarray,
     skips: Sequence[np.ndarray],
     rows: Sequence[int],
+    avoided: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[int, tuple[int, float]]:
     """{row: (id, cosine)} for the rows whose nearest allowed bank concept to the output is provably a
-    shortlist candidate, so rendering needs no search.
+    shortlist candidate, so rendering needs no search. Allowed: not in the row's `skips`, and no
+    paraphrase of its `avoided` vectors (see `avoid_rows`).
 
     Every concept outside row i's shortlist scores at most s = floors[i] against its query q
     (the index returns results best first). For unit o with t = o·q > s, such a concept n has
@@ -233,8 +254,9 @@ def shortlist_nearest(
     if skipped.shape[1]:
         allowed &= ~(ids[:, :, None] == skipped[:, None, :]).any(axis=2)
     scores = np.where(allowed, np.matmul(shortlists.vectors[rows], o[:, :, None])[:, :, 0], -np.inf)
-    best = np.argmax(scores, axis=1)
-    top = scores[np.arange(len(rows)), best]
+    sub = None if avoided is None else (avoided[0][rows], avoided[1][rows])
+    best, _ = nearest_unsaid(scores, shortlists.vectors[rows], sub)
+    top = np.where(best >= 0, scores[np.arange(len(rows)), np.maximum(best, 0)], -np.inf)
     s = floors[rows].astype(np.float64)
     t = np.einsum("bd,bd->b", o, queries[rows]).astype(np.float64)
     with np.errstate(invalid="ignore"):
@@ -266,8 +288,6 @@ class Generator:
         self.context_size = lvm.context
         # Every step's decision record goes here as one JSON line when set (`--telemetry FILE`).
         self.telemetry: TelemetrySink | None = None
-        # Paraphrases of shown concepts, by id (GIL-atomic gets and sets: safe across request threads).
-        self._paraphrase_cache: dict[int, np.ndarray] = {}
         self._paraphrase_set_by_user = "paraphrase_cosine" in cfg.generation.model_fields_set
 
     @classmethod
@@ -322,7 +342,6 @@ class Generator:
             return
         generation = self.cfg.generation.model_copy(update={"paraphrase_cosine": float(value)})
         self.cfg = self.cfg.model_copy(update={"generation": generation})
-        self._paraphrase_cache.clear()
 
     def close(self) -> None:
         self.miner.close()
@@ -376,10 +395,11 @@ class Generator:
         """Yield one GenerationStep per step. `prompt` is text or an already encoded (t, d) context.
 
         `context_ids` are bank ids of the prompt's concepts: they are removed from shortlists and
-        renderings (the context must not find itself). For a text prompt, concepts that are in the
-        bank verbatim are found and removed too. Concepts the stream shows are removed for the
-        lane's repeat window. `sampling` and `seed` default to `cfg.generation`'s; `decoder` (one
-        made by `self.decoder`, or a baseline's) replaces the lane's own.
+        renderings (the context must not find itself). Bank concepts that are the prompt's verbatim,
+        or paraphrase it, are passed over too, by their vectors. Concepts the stream shows (and
+        their paraphrases) are passed over for the lane's repeat window. `sampling` and `seed`
+        default to `cfg.generation`'s; `decoder` (one made by `self.decoder`, or a baseline's)
+        replaces the lane's own.
         """
         steps = self._check_steps(steps)
         decoder = decoder if decoder is not None else self.decoder(lane, sampling, seed)
@@ -438,8 +458,6 @@ class Generator:
     ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
         """(context vectors (t, d), ids to exclude) per text or vector prompt, and the encoding ms.
 
-        One search for the bank concepts the text prompts' concepts are verbatim, one for the bank's
-        paraphrases of every prompt concept (a continuation that restates its prompt is a loop too).
         Each text prompt is encoded on its own: one encoder call for many prompts was no faster per
         sentence on this CPU (docs/service.md), and this way a prompt's vectors are the same alone
         or in a batch.
@@ -452,22 +470,29 @@ class Generator:
         contexts: list[np.ndarray] = []
         for i, prompt in enumerate(prompts):
             if i in encoded:
-                contexts.append(encoded[i])
+                contexts.append(normalize_rows(encoded[i]))
                 continue
             context = normalize_rows(np.atleast_2d(np.asarray(prompt, dtype=np.float32)))
             if context.shape[1] != self.bank.dim:
                 raise DualPathError(f"context vectors have dimension {context.shape[1]}, the bank {self.bank.dim}")
             contexts.append(context)
-        excluded = [list(ids) for ids in context_ids]
-        if texts:
-            verbatim = self._verbatim_bank_ids(np.concatenate([contexts[i] for i in texts]))
-            for i, found in zip(texts, np.split(verbatim, np.cumsum([len(texts[i]) for i in texts])[:-1]),
-                                strict=True):
-                excluded[i] += [int(x) for x in found if x >= 0]
-        rows = np.repeat(np.arange(len(contexts)), [len(c) for c in contexts])
-        for row, ids in zip(rows, self.paraphrases(np.concatenate(contexts)), strict=True):
-            excluded[row] += [int(i) for i in ids]
-        return contexts, [np.unique(np.asarray(ids, dtype=np.int64)) for ids in excluded], encode_ms
+        return contexts, [np.unique(np.asarray(ids, dtype=np.int64)) for ids in context_ids], encode_ms
+
+    def _avoided(
+        self, contexts: list[np.ndarray], said: list[list[np.ndarray]], decoders: list[DualPathDecoder]
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """What each stream may not say again, as `avoid_rows`: its prompt's concepts (at the paraphrase
+        cosine, or verbatim when the rule is off) and, for the lane's repeat window, the concepts it showed."""
+        theta = self.cfg.generation.paraphrase_cosine
+        vectors, limits = [], []
+        for context, shown, decoder in zip(contexts, said, decoders, strict=True):
+            window = decoder.lane.repeat_window
+            recent = shown[-window:] if theta < 1.0 and window and shown else []
+            vectors.append(np.concatenate([context, *recent]) if recent else context)
+            limits.append(np.concatenate([
+                np.full(len(context), min(theta, VERBATIM_COSINE)), np.full(len(recent), theta)
+            ]))
+        return avoid_rows(vectors, limits, len(contexts), self.bank.dim)
 
     def _run(
         self,
@@ -488,10 +513,11 @@ class Generator:
         timeout = self.cfg.decider.retrieval_timeout_s
         incremental = self.cfg.generation.incremental
         lane_k = [d.lane.k for d in decoders]
+        said: list[list[np.ndarray]] = [[] for _ in contexts]  # each stream's shown concepts' vectors
         with torch_threads(1):
             lvm_state = lvm_stream(self.lvm, contexts, incremental)
             tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None
-        for number in range(steps):
+        for _ in range(steps):
             lat: dict[str, float] = {}
             t_step = time.perf_counter()
             # Small models: a second OpenMP thread only adds wake-up and spin cost
@@ -511,22 +537,27 @@ class Generator:
             lat["search"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
+            avoided = self._avoided(contexts, said, decoders)
+            avoid = None if avoided is None else list(avoided[0])
+            limits = None if avoided is None else list(avoided[1])
             if b == 1:
                 one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
-                output, record = decoders[0].step(v_hat[0], one)
+                output, record = decoders[0].step(
+                    v_hat[0], one, None if avoid is None else avoid[0], None if limits is None else limits[0]
+                )
                 outputs, records = output[None], [record]
             else:
-                outputs, records = step_streams(decoders, v_hat, shortlists)
+                outputs, records = step_streams(decoders, v_hat, shortlists, avoid, limits)
             lat["decide"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
-            rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used)
-            if render:  # what each stream showed, and its paraphrases, leave its next shortlists
-                shown_ids = [r.concept_id for r in rendered]
-                # After the last step no shortlist follows: its paraphrases are not looked up.
-                last = number == steps - 1
-                paraphrases = [()] * b if last else self.paraphrases_of_ids(shown_ids)
-                for decoder, concept_id, similar in zip(decoders, shown_ids, paraphrases, strict=True):
-                    decoder.shown(concept_id, similar)
+            rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used, avoided)
+            shown_ids = [r.concept_id for r in rendered]
+            shown_vectors = self._concept_vectors(shown_ids)
+            if render:  # what each stream showed leaves its next shortlists, as do its paraphrases
+                for i, decoder in enumerate(decoders):
+                    decoder.shown(shown_ids[i])
+                    if shown_ids[i] >= 0:
+                        said[i].append(shown_vectors[i][None])
             lat["render"] = (time.perf_counter() - t0) * 1000
             neighbour_ids = [r.neighbour_id for r in records if r.neighbour_id is not None]
             neighbour_text = dict(zip(neighbour_ids, self.bank.texts(neighbour_ids), strict=True))
@@ -540,8 +571,8 @@ class Generator:
                     or (feedback == "novel-rendered" and record.decision in (Decision.NOVEL, Decision.NOVEL_DUP_DROP))
                 )
             ]
-            if swap:  # one lookup for every stream that feeds back the concept it showed
-                fed[swap] = self.bank.vectors([rendered[i].concept_id for i in swap])
+            if swap:  # every stream that feeds back the concept it showed
+                fed[swap] = shown_vectors[swap]
             with torch_threads(1):
                 lvm_state.push(fed)
                 if tower_state is not None:
@@ -567,44 +598,13 @@ class Generator:
                 )
             yield batch
 
-    def paraphrases(self, vectors: np.ndarray) -> list[np.ndarray]:
-        """Per vector, the bank concepts at `generation.paraphrase_cosine` or closer to it (nearest first).
-
-        Advisory like every search of a step: a failed or timed-out lookup finds none (and is logged).
-        """
-        found = self._search_paraphrases(vectors)
-        return found if found is not None else [np.zeros(0, np.int64) for _ in range(len(vectors))]
-
-    def paraphrases_of_ids(self, concept_ids: Sequence[int]) -> list[np.ndarray]:
-        """`paraphrases` of bank concepts by id (the concept itself left out; -1 has none), remembered
-        between steps: streams keep showing concepts whose neighbours were already looked up."""
-        missing = sorted({int(i) for i in concept_ids if i >= 0 and int(i) not in self._paraphrase_cache})
-        found = self._search_paraphrases(self.bank.vectors(missing)) if missing else None
-        if found is not None:  # a failed lookup is not remembered: the next step asks again
-            if len(self._paraphrase_cache) + len(missing) > PARAPHRASE_CACHE:
-                self._paraphrase_cache.clear()
-            for cid, ids in zip(missing, found, strict=True):
-                self._paraphrase_cache[cid] = ids[ids != cid]
-        empty = np.zeros(0, np.int64)
-        return [self._paraphrase_cache.get(int(i), empty) if i >= 0 else empty for i in concept_ids]
-
-    def _search_paraphrases(self, vectors: np.ndarray) -> list[np.ndarray] | None:
-        """`paraphrases`, or None where the guard is off (cosine 1.0), there is nothing to ask, or the search failed."""
-        threshold = self.cfg.generation.paraphrase_cosine
-        if threshold >= 1.0 or len(vectors) == 0:
-            return None
-        result = self.miner.search(
-            normalize_rows(np.asarray(vectors, np.float32)), PARAPHRASE_DEPTH,
-            timeout=self.cfg.decider.retrieval_timeout_s,
-        )
-        if result.status != "ok":
-            log.warning("paraphrase lookup %s (%s): this step's paraphrases are not excluded", result.status,
-                        result.error)
-            return None
-        return [
-            row[(row >= 0) & (score >= threshold)].astype(np.int64)
-            for row, score in zip(result.ids, result.scores, strict=True)
-        ]
+    def _concept_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """(len(ids), d) float32 bank vectors in one read; rows of -1 (nothing shown) are zero."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros((len(ids), self.bank.dim), np.float32)
+        if (ids >= 0).any():
+            out[ids >= 0] = gather_vectors(self.bank, ids[ids >= 0])
+        return out
 
     def _render(
         self,
@@ -616,10 +616,11 @@ class Generator:
         queries: np.ndarray,
         excludes: list[np.ndarray],
         used: list[np.ndarray],
+        avoided: tuple[np.ndarray, np.ndarray] | None,
     ) -> list[RenderedText]:
         """Each step's text. A SNAP is its n*. With the default renderer, a step whose nearest allowed
-        concept is provably in its shortlist (`shortlist_nearest`) is rendered from it; the rest
-        take one rendering search for the batch."""
+        concept (not shown, no paraphrase of what the stream said) is provably in its shortlist
+        (`shortlist_nearest`) is rendered from it; the rest take one rendering search for the batch."""
         b = len(records)
         if not render:
             return [RenderedText("", -1, float("nan"), True)] * b
@@ -634,8 +635,9 @@ class Generator:
         snaps = [i for i, r in enumerate(records) if r.decision is Decision.SNAP and r.neighbour_id is not None]
         rest = [i for i in range(b) if i not in set(snaps)]
         found: dict[int, tuple[int, float]] = {}
-        if rest and type(self.renderer) is NearestConceptRenderer:  # a subclass may render otherwise
-            found = shortlist_nearest(outputs, shortlists, floors, queries, skips, rest)
+        default = type(self.renderer) is NearestConceptRenderer  # a subclass may render otherwise
+        if rest and default:
+            found = shortlist_nearest(outputs, shortlists, floors, queries, skips, rest, avoided)
         ids = [records[i].neighbour_id for i in snaps] + [found[i][0] for i in rest if i in found]
         texts = dict(zip(ids, self.bank.texts(ids), strict=True))
         for i in snaps:
@@ -646,13 +648,11 @@ class Generator:
             rendered[i] = RenderedText(texts[cid], cid, cosine, True)
         to_render = [i for i in rest if i not in found]
         if to_render:
-            for i, text in zip(
-                to_render, self.renderer.render(outputs[to_render], [skips[i] for i in to_render]), strict=True
-            ):
+            vectors, skipped = outputs[to_render], [skips[i] for i in to_render]
+            if default and avoided is not None:
+                texts_of = self.renderer.render(vectors, skipped, (avoided[0][to_render], avoided[1][to_render]))
+            else:
+                texts_of = self.renderer.render(vectors, skipped)
+            for i, text in zip(to_render, texts_of, strict=True):
                 rendered[i] = text
         return [r for r in rendered if r is not None]
-
-    def _verbatim_bank_ids(self, vectors: np.ndarray) -> np.ndarray:
-        """Per vector, the bank concept it is verbatim (cosine ≥ VERBATIM_COSINE), else -1."""
-        ids, scores = self.bank.search(vectors, 1)
-        return np.where((ids[:, 0] >= 0) & (scores[:, 0] >= VERBATIM_COSINE), ids[:, 0], -1)
