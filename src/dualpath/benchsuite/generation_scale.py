@@ -58,16 +58,42 @@ def bench_generation_scale(
     """
     start = time.perf_counter()
     vectors, queries = synthetic_set(n, RECALL_QUERIES, models.lvm.dim)
-    truth = exact_top_k(queries, vectors, RECALL_K)
-    facts: dict[str, Any] = {"n": n, "vectors_s": time.perf_counter() - start, "builds": {}, "fallbacks": {}}
+    made_s = time.perf_counter() - start
     documents = n // CONCEPTS_PER_DOCUMENT
     rng = np.random.default_rng(0)
     prompt_ids = [d * CONCEPTS_PER_DOCUMENT + np.arange(2) for d in rng.choice(documents, prompts, replace=False)]
+    rows, facts = bench_generation_per_index(
+        models, lane, vectors, queries, prompt_ids, ks, steps, batches, workdir, cfg, kinds
+    )
+    facts["vectors_s"] = made_s
+    facts["seconds"] = time.perf_counter() - start
+    return rows, facts
+
+
+def bench_generation_per_index(
+    models: Generator,
+    lane: Lane,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    prompt_ids: Sequence[np.ndarray],
+    ks: Sequence[int],
+    steps: int,
+    batches: Sequence[int],
+    workdir: Path,
+    cfg: DualPathConfig,
+    kinds: Sequence[str] = KINDS,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(rows, facts): `vectors` built into a bank per index kind (one at a time), the generation rows on
+    each for every K, beside the index's recall@10 for `queries` against exact float32 search."""
+    start = time.perf_counter()
+    n = len(vectors)
+    truth = exact_top_k(queries, vectors, RECALL_K)
+    facts: dict[str, Any] = {"n": n, "builds": {}, "fallbacks": {}}
     rows: list[dict[str, Any]] = []
     for kind in kinds:
         path = workdir / f"generation-{n}-{kind}"
         shutil.rmtree(path, ignore_errors=True)
-        log.info("generation at scale: %s index over %d vectors", kind, n)
+        log.info("generation per index: %s index over %d vectors", kind, n)
         t0 = time.perf_counter()
         bank = vector_bank(path, vectors, kind, cfg)
         facts["builds"][kind] = {"index": bank.index_spec, "build_s": time.perf_counter() - t0}

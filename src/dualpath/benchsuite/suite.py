@@ -277,7 +277,28 @@ class _Sections:
                 f"`Generator.generate_batch` runs {sizes} streams of the same prompts (time per stream-step; per s "
                 "is stream-steps per second). Baseline: the whole single step. "
                 f"Retrieval fallbacks: {counts['fallbacks']}.")
-        return {"generation": Section("Generation step", note, stages.TIMING_COLUMNS, rows)}
+        sections = {"generation": Section("Generation step", note, stages.TIMING_COLUMNS, rows)}
+        if self.bank.index_spec in ("Flat", "SQfp16"):  # the same vectors under each approximate index
+            kinds, queries = generation_scale.KINDS, next(self._vector_sets()).queries
+            index_rows, facts = generation_scale.bench_generation_per_index(
+                self.generator, self.lane, np.asarray(self.bank.all_vectors(), np.float32), queries, prompts,
+                (self.lane.k,), s.generation_steps, s.generation_batches, self.workdir, self.cfg, kinds,
+            )
+            base = next(r["median_ms"] for r in rows if r["name"] == "whole step (baseline)")
+            index_rows = [{**r, "x_baseline": r["median_ms"] / base} for r in index_rows]
+            builds = ", ".join(f"`{b['index']}` built in {b['build_s']:.1f} s" for b in facts["builds"].values())
+            index_note = (f"The rows above on this bank's own {len(self.bank):,} vectors and prompts, indexed "
+                          f"approximately ({builds}; nprobe {self.cfg.bank.nprobe}, efSearch "
+                          f"{self.cfg.bank.ef_search}, at least K), each beside its recall@10 against exact search "
+                          "for the query tower's queries of held-out contexts. Texts are placeholders; every other "
+                          "part is the bank's. Baseline: the whole single step on the bank's own "
+                          f"`{self.bank.index_spec}` index above. "
+                          f"Retrieval fallbacks: {sum(facts['fallbacks'].values())}.")
+            sections["generation_index"] = Section(
+                "Generation step per index kind, this bank's vectors", index_note,
+                {**generation_scale.SCALE_COLUMNS, "x_baseline": "× flat step"}, index_rows,
+            )
+        return sections
 
     def generation_scale(self) -> dict[str, Section]:
         s = self.sizes
