@@ -15,6 +15,7 @@ from dualpath.decider.decision import (
     avoid_rows,
     choose_next_vector,
     choose_next_vectors,
+    id_member,
     id_rows,
     nearest_unsaid,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "extreme_lanes",
     "get_lane",
     "get_schedule",
+    "id_member",
     "id_rows",
     "load_lanes",
     "make_lane",

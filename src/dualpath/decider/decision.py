@@ -232,7 +232,7 @@ def id_rows(rows: Sequence[Sequence[int]] | np.ndarray | None, b: int, what: str
     return out
 
 
-def _member(ids: np.ndarray, used: np.ndarray) -> np.ndarray:
+def id_member(ids: np.ndarray, used: np.ndarray) -> np.ndarray:
     """(b, k) bool: ids[i, j] is in used[i] (rows of -1 padding match nothing real).
 
     One sort and one binary search for the whole batch (rows offset into disjoint key ranges), instead
@@ -425,7 +425,7 @@ def choose_next_vectors(
         valid[failed] = False
     skipped = np.zeros(b, np.int64)
     if used.shape[1] and k:
-        seen = valid & _member(ids, used)
+        seen = valid & id_member(ids, used)
         skipped = seen.sum(axis=1)
         valid &= ~seen
     empty = ~valid.any(axis=1)
@@ -612,7 +612,7 @@ def _choose_one(
     valid = ids >= 0
     skipped = 0
     if len(used_ids):
-        seen = valid & _member(ids[None, :], np.asarray(used_ids, dtype=np.int64)[None, :])[0]
+        seen = valid & id_member(ids[None, :], np.asarray(used_ids, dtype=np.int64)[None, :])[0]
         skipped = int(seen.sum())
         valid &= ~seen
     if not valid.any():

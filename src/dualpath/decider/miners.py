@@ -33,6 +33,7 @@ from dualpath.decider.decision import (
     Shortlist,
     ShortlistBatch,
     fallback_error,
+    id_member,
     id_rows,
 )
 from dualpath.runtime import limit_search_threads
@@ -306,7 +307,7 @@ def to_shortlist_batch(
     if exclude is not None:
         excluded = id_rows(exclude, n, "exclude list")
         if excluded.shape[1]:
-            keep &= ~(ids[:, :, None] == excluded[:, None, :]).any(axis=2)
+            keep &= ~id_member(ids, excluded)
     limit = ids.shape[1] if k is None else k
     keep &= np.cumsum(keep, axis=1) <= limit
     counts = keep.sum(axis=1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from dualpath.decider import (
     ThreadedMiner,
     avoid_rows,
     get_lane,
+    id_member,
     id_rows,
     nearest_unsaid,
     step_streams,
@@ -67,6 +69,8 @@ from dualpath.search import excluded_depth, search_excluding
 log = logging.getLogger(__name__)
 
 VERBATIM_COSINE = 0.999  # a bank concept this close to a prompt concept is that concept
+BIG_COPY = 1 << 22  # values: a shortlist read this large is widened on BIG_COPY_THREADS threads
+BIG_COPY_THREADS = 2
 RENDER_DEPTH = 16  # nearest concepts a rendering search looks through for one that is no paraphrase
 
 
@@ -181,6 +185,47 @@ def gather_vectors(bank: ConceptBank, ids: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.float32)
 
 
+class ShortlistReader:
+    """Reads bank rows as float32 into two buffers (the bank's dtype, float32) reused from step to step.
+
+    A step's shortlists are b × K rows (256 × 500 × 384: 98 MB at float16, 196 MB widened). Fresh
+    arrays that size are new pages every step, and the page faults cost more than the copy: widening
+    256 × 500 rows took 137 ms into a new array and 40 ms into a reused one. What a call returns is a
+    view that the next call overwrites: one reader per step loop, read within the step.
+    """
+
+    def __init__(self, bank: ConceptBank) -> None:
+        self.bank = bank
+        self._matrix: tuple[np.ndarray, torch.Tensor] | None = None
+        self._stored = torch.zeros(0, bank.dim)
+        self._wide = torch.zeros(0, bank.dim)
+
+    def _bank_matrix(self) -> torch.Tensor:
+        """The bank's vectors as a tensor over the same memory (made again if the bank swapped versions)."""
+        matrix = self.bank.all_vectors()
+        if self._matrix is None or self._matrix[0] is not matrix:
+            with warnings.catch_warnings():  # read-only memory map: only ever read
+                warnings.simplefilter("ignore", UserWarning)
+                self._matrix = (matrix, torch.from_numpy(matrix))
+        return self._matrix[1]
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        # torch's index_select into a buffer: numpy's take with `out` was 3.6x slower (85 ms against 23).
+        matrix = self._bank_matrix()
+        index = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64))
+        n = len(index)
+        if len(self._wide) < n:
+            self._stored = torch.empty(n, self.bank.dim, dtype=matrix.dtype)
+            self._wide = torch.empty(n, self.bank.dim)
+        # One thread (see gather_vectors), but two for a batch's worth: 49 M values widened in 38 ms on one
+        # thread and 20 ms on two, where a thread team's start-up is lost in the copy.
+        with torch_threads(BIG_COPY_THREADS if n * self.bank.dim >= BIG_COPY else 1):
+            if matrix.dtype == torch.float32:
+                return torch.index_select(matrix, 0, index, out=self._wide[:n]).numpy()
+            torch.index_select(matrix, 0, index, out=self._stored[:n])
+            return self._wide[:n].copy_(self._stored[:n]).numpy()
+
+
 def search_shortlist_batch(
     bank: ConceptBank,
     miner: SyncMiner | ThreadedMiner,
@@ -188,14 +233,15 @@ def search_shortlist_batch(
     k: Sequence[int],
     exclude: Sequence[np.ndarray],
     timeout: float | None = None,
+    reader: ShortlistReader | None = None,
 ) -> tuple[ShortlistBatch, np.ndarray]:
     """`search_shortlists` for a batch as one ShortlistBatch (row i keeps its first k[i]) and each row's
-    score floor (see `to_shortlist_batch`): one index call, one vector read, no per-stream loop."""
+    score floor (see `to_shortlist_batch`): one index call, one vector read, no per-stream loop.
+    With a `reader`, the vectors are its buffer (valid until its next read)."""
     depth = max(k)
     result = miner.search(queries, excluded_depth(depth, exclude), timeout=timeout)
-    batch, floor = to_shortlist_batch(
-        result, lambda ids: gather_vectors(bank, ids), bank.dim, exclude=exclude, k=depth, unit=True
-    )
+    gather = reader if reader is not None else (lambda ids: gather_vectors(bank, ids))
+    batch, floor = to_shortlist_batch(result, gather, bank.dim, exclude=exclude, k=depth, unit=True)
     limits = np.asarray(k)
     if batch.ids.shape[1] and (limits < depth).any():  # lanes of one batch may differ in K
         cut = np.arange(batch.ids.shape[1])[None, :] >= limits[:, None]
@@ -247,18 +293,22 @@ def shortlist_nearest(
     rows = [i for i in rows if np.isfinite(floors[i]) and shortlists.fallbacks[i] is None]
     if not rows or not shortlists.ids.shape[1]:
         return {}
-    o = normalize_rows(outputs[rows])
-    ids = shortlists.ids[rows]
-    allowed = ids >= 0
-    skipped = id_rows([skips[i] for i in rows], len(rows), "skip list")
+    # Scored over the whole batch and masked to `rows`: selecting rows would copy every (K, d) shortlist.
+    chosen = np.zeros(len(shortlists), bool)
+    chosen[rows] = True
+    o = normalize_rows(outputs)
+    ids = shortlists.ids
+    allowed = (ids >= 0) & chosen[:, None]
+    skipped = id_rows(list(skips), len(shortlists), "skip list")
     if skipped.shape[1]:
-        allowed &= ~(ids[:, :, None] == skipped[:, None, :]).any(axis=2)
-    scores = np.where(allowed, np.matmul(shortlists.vectors[rows], o[:, :, None])[:, :, 0], -np.inf)
-    sub = None if avoided is None else (avoided[0][rows], avoided[1][rows])
-    best, _ = nearest_unsaid(scores, shortlists.vectors[rows], sub)
-    top = np.where(best >= 0, scores[np.arange(len(rows)), np.maximum(best, 0)], -np.inf)
+        allowed &= ~id_member(ids, skipped)
+    scores = np.where(allowed, np.matmul(shortlists.vectors, o[:, :, None])[:, :, 0], -np.inf)
+    best, _ = nearest_unsaid(scores, shortlists.vectors, avoided)
+    best = best[rows]
+    top = np.where(best >= 0, scores[rows, np.maximum(best, 0)], -np.inf)
+    ids = ids[rows]
     s = floors[rows].astype(np.float64)
-    t = np.einsum("bd,bd->b", o, queries[rows]).astype(np.float64)
+    t = np.einsum("bd,bd->b", o[rows], queries[rows]).astype(np.float64)
     with np.errstate(invalid="ignore"):
         bound = np.where(t > s, s * t + np.sqrt(np.clip(1 - s * s, 0, 1)) * np.sqrt(np.clip(1 - t * t, 0, 1)), 1.0)
     sure = top > bound + 1e-6  # a margin over float32 rounding of the scores
@@ -514,10 +564,11 @@ class Generator:
         incremental = self.cfg.generation.incremental
         lane_k = [d.lane.k for d in decoders]
         said: list[list[np.ndarray]] = [[] for _ in contexts]  # each stream's shown concepts' vectors
+        reader = ShortlistReader(self.bank)
         with torch_threads(1):
             lvm_state = lvm_stream(self.lvm, contexts, incremental)
             tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None
-        for _ in range(steps):
+        for number in range(steps):
             lat: dict[str, float] = {}
             t_step = time.perf_counter()
             # Small models: a second OpenMP thread only adds wake-up and spin cost
@@ -533,7 +584,9 @@ class Generator:
                     queries, source = v_hat, "lvm"
                 lat["query"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
-            shortlists, floors = search_shortlist_batch(self.bank, self.miner, queries, lane_k, excludes, timeout)
+            shortlists, floors = search_shortlist_batch(
+                self.bank, self.miner, queries, lane_k, excludes, timeout, reader
+            )
             lat["search"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
@@ -561,22 +614,29 @@ class Generator:
             lat["render"] = (time.perf_counter() - t0) * 1000
             neighbour_ids = [r.neighbour_id for r in records if r.neighbour_id is not None]
             neighbour_text = dict(zip(neighbour_ids, self.bank.texts(neighbour_ids), strict=True))
+            if number < steps - 1:  # the models read the step's vector (after the last, nothing asks them)
+                fed = outputs.copy()
+                swap = [
+                    i for i, (record, shown) in enumerate(zip(records, rendered, strict=True))
+                    if shown.concept_id >= 0 and (
+                        feedback == "rendered"
+                        or (feedback == "novel-rendered"
+                            and record.decision in (Decision.NOVEL, Decision.NOVEL_DUP_DROP))
+                    )
+                ]
+                if swap:  # every stream that feeds back the concept it showed
+                    fed[swap] = shown_vectors[swap]
+                # Reading the new concept is the models' work for the next step: counted in their stages.
+                with torch_threads(1):
+                    t0 = time.perf_counter()
+                    lvm_state.push(fed)
+                    lat["lvm"] += (time.perf_counter() - t0) * 1000
+                    if tower_state is not None:
+                        t0 = time.perf_counter()
+                        tower_state.push(fed)
+                        lat["query"] += (time.perf_counter() - t0) * 1000
             lat = {name: ms / b for name, ms in lat.items()}
             lat["total"] = (time.perf_counter() - t_step) * 1000 / b
-            fed = outputs.copy()
-            swap = [
-                i for i, (record, shown) in enumerate(zip(records, rendered, strict=True))
-                if shown.concept_id >= 0 and (
-                    feedback == "rendered"
-                    or (feedback == "novel-rendered" and record.decision in (Decision.NOVEL, Decision.NOVEL_DUP_DROP))
-                )
-            ]
-            if swap:  # every stream that feeds back the concept it showed
-                fed[swap] = shown_vectors[swap]
-            with torch_threads(1):
-                lvm_state.push(fed)
-                if tower_state is not None:
-                    tower_state.push(fed)
             batch = []
             for i, record in enumerate(records):
                 shown = rendered[i]
