@@ -25,7 +25,8 @@ TINY = replace(
     scale_epochs=2, encode_processes=24, generation_scale=2_000, generation_scale_ks=(50, 10),
 )
 SECTIONS = {
-    "encode", "lvm_step", "tower", "decision", "generation", "generation_scale", "search", "memory_bank", "training",
+    "encode", "lvm_step", "tower", "decision", "generation", "generation_index", "generation_scale", "search",
+    "memory_bank", "training",
     "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality", "free_running_quality",
     "scale_encode", "scale", "scale_epochs",
 }
@@ -111,6 +112,18 @@ def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:
         if row["name"] == "whole step (baseline)":
             assert row["x_baseline"] == pytest.approx(1.0)
     assert sum(r["name"] == "batched step, 4 streams" for r in scale) == 4
+    # The bank's own vectors under each approximate index, against the flat single step above.
+    flat_step = next(r for r in sections["generation"]["rows"] if r["name"] == "whole step (baseline)")
+    per_index = sections["generation_index"]["rows"]
+    assert {r["index"].split(",")[0][:3] for r in per_index} == {"IVF", "HNS"}
+    for row in per_index:
+        assert 0.0 <= row["recall_at_10"] <= 1.0
+        assert row["x_baseline"] == pytest.approx(row["median_ms"] / flat_step["median_ms"])
+    decision = {r["name"]: r for r in sections["decision"]["rows"]}
+    in_cache = decision["choose_next_vector, shortlist in cache"]
+    assert in_cache["x_baseline"] == pytest.approx(
+        in_cache["median_ms"] / decision["bare matvec + argmax, shortlist in cache"]["median_ms"]
+    )
     for row in sections["memory_bank"]["rows"]:
         assert row["bank_mib"] > 0 and row["raw_float32_mib"] > 0
     kinds = {r["name"] for r in sections["tower_kinds"]["rows"]}
