@@ -63,7 +63,7 @@ from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration
-from dualpath.runtime import resolve_device, torch_threads
+from dualpath.runtime import one_blas_thread, resolve_device, torch_threads
 from dualpath.search import excluded_depth, search_excluding
 
 log = logging.getLogger(__name__)
@@ -568,7 +568,7 @@ class Generator:
         with torch_threads(1):
             lvm_state = lvm_stream(self.lvm, contexts, incremental)
             tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None
-        for number in range(steps):
+        def one_step(number: int) -> list[GenerationStep]:
             lat: dict[str, float] = {}
             t_step = time.perf_counter()
             # Small models: a second OpenMP thread only adds wake-up and spin cost
@@ -656,6 +656,11 @@ class Generator:
                         lvm_vector=v_hat[i],
                     )
                 )
+            return batch
+
+        for number in range(steps):
+            with one_blas_thread():  # not across the yield: the caller's code runs there
+                batch = one_step(number)
             yield batch
 
     def _concept_vectors(self, ids: Sequence[int]) -> np.ndarray:
