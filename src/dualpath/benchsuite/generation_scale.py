@@ -6,6 +6,10 @@ rows as the generation section are measured (`stages.bench_generation`: the sing
 stage split, and `Generator.generate_batch` at each batch size) for each shortlist size K, beside
 the index's recall@10 against exact float32 search measured in the same run on the same bank.
 
+`bench_generation_per_index` is the same measurement for any vectors: the suite's generation section
+runs it on the benchmark bank's own vectors and prompts too, so that the flat index's step can be
+read beside the approximate indexes' on real data.
+
 The models are the benchmark bank's own LVM and query tower (same shapes as in production): on
 synthetic vectors their outputs mean nothing, but their cost is the same, and that is what is timed.
 Prompts are two consecutive concepts of a placeholder document.
