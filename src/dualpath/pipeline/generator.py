@@ -568,6 +568,7 @@ class Generator:
         with torch_threads(1):
             lvm_state = lvm_stream(self.lvm, contexts, incremental)
             tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None
+
         def one_step(number: int) -> list[GenerationStep]:
             lat: dict[str, float] = {}
             t_step = time.perf_counter()
