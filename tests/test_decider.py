@@ -18,6 +18,7 @@ from dualpath.decider import (
     Sampling,
     Shortlist,
     ShortlistBatch,
+    avoid_rows,
     choose_next_vector,
     choose_next_vectors,
     continuous_alpha,
@@ -291,6 +292,14 @@ def test_batched_equals_single_step_bit_for_bit(seed: int, b: int, k: int, d: in
         v_hat, batch, test_lane, memories, schedule, used_ids=used, sampling=sampling, draws=draws,
         avoid=avoid, avoid_limits=limits, decide_by=decide_by,
     )
+    stacked = avoid_rows(avoid, limits, b, d)  # the generator's form: taken as it is, same decisions
+    out_stacked, records_stacked = choose_next_vectors(
+        v_hat, batch, test_lane, memories, schedule, used_ids=used, sampling=sampling, draws=draws,
+        avoid=None if stacked is None else stacked[0], avoid_limits=None if stacked is None else stacked[1],
+        decide_by=decide_by,
+    )
+    assert np.array_equal(out, out_stacked)
+    assert [r.neighbour_id for r in records] == [r.neighbour_id for r in records_stacked]
     for i in range(b):
         single, record = choose_next_vector(
             v_hat[i], shortlists[i], test_lane, memories[i], schedule,

@@ -248,14 +248,22 @@ def id_member(ids: np.ndarray, used: np.ndarray) -> np.ndarray:
 
 
 def avoid_rows(
-    avoid: Sequence[np.ndarray] | None, limits: Sequence[np.ndarray] | None, b: int, d: int
+    avoid: Sequence[np.ndarray] | np.ndarray | None, limits: Sequence[np.ndarray] | np.ndarray | None, b: int, d: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-stream avoid vectors (m_i, d) and their cosine limits (m_i,) as one (b, m, d) array and
-    (b, m) limits, padded with zero vectors whose limit (inf) nothing reaches; None when there are none."""
+    (b, m) limits, padded with zero vectors whose limit (inf) nothing reaches; None when there are none.
+
+    Already stacked arrays ((b, m, d) and (b, m), as this returns them) are taken as they are.
+    """
     if avoid is None:
         return None
     if limits is None or len(avoid) != b or len(limits) != b:
         raise DeciderError(f"need avoid vectors and their limits for each of the {b} streams")
+    if isinstance(avoid, np.ndarray) and avoid.ndim == 3:
+        bounds = np.asarray(limits, dtype=np.float64)
+        if avoid.shape[2] != d or bounds.shape != avoid.shape[:2]:
+            raise DeciderError(f"stacked avoid vectors must be ({b}, m, {d}) with ({b}, m) limits")
+        return (avoid.astype(np.float32, copy=False), bounds) if avoid.shape[1] else None
     width = max((len(a) for a in avoid), default=0)
     if width == 0:
         return None
@@ -375,8 +383,8 @@ def choose_next_vectors(
     used_ids: Sequence[Sequence[int]] | np.ndarray | None = None,
     sampling: Sampling = GREEDY,
     draws: np.ndarray | None = None,
-    avoid: Sequence[np.ndarray] | None = None,
-    avoid_limits: Sequence[np.ndarray] | None = None,
+    avoid: Sequence[np.ndarray] | np.ndarray | None = None,
+    avoid_limits: Sequence[np.ndarray] | np.ndarray | None = None,
     decide_by: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """Decide b streams at once: v̂ (b, d), their shortlists, per-stream memories of picked ids.
@@ -384,8 +392,9 @@ def choose_next_vectors(
     `recent_ids[i]` / `used_ids[i]`: stream i's picked ids (most recent last) and the concepts it
     may not show again (removed from its shortlist); either may be a (b, m) array right-aligned
     and padded with -1 (see `id_rows`). `draws`: one uniform number in [0, 1) per stream, needed
-    when `sampling` is not greedy. `avoid[i]` (m_i, d) unit vectors and `avoid_limits[i]` (m_i,):
-    candidates at a limit's cosine or closer to a vector are passed over (paraphrases). `decide_by`
+    when `sampling` is not greedy. `avoid[i]` (m_i, d) unit vectors and `avoid_limits[i]` (m_i,), or
+    both stacked as `avoid_rows` returns them: candidates at a limit's cosine or closer to a vector
+    are passed over (paraphrases). `decide_by`
     (b,): a c per stream (NaN: its own) that the rules read instead of n*'s, with no near-duplicate
     drop (the random-mix baseline). Returns the outputs (b, d) float32, unit-norm, and one record per
     stream (step 0; latency is the call's time divided by b). Each stream's result equals

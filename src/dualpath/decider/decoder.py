@@ -33,11 +33,12 @@ class DualPathDecoder:
 
     Two memories of one entry per step, capped at `memory_cap` steps: the picked id (n* of a SNAP
     or BLEND, else -1; the near-duplicate guard reads it, see `decision.py`) and the shown ids (the
-    concept the step was rendered as and the bank's paraphrases of it, told by `shown()`; else the
-    picked id). The lane's last `repeat_window` steps' shown ids (at most the whole memory) are taken
-    out of every shortlist, so a stream does not say the same thing twice, in the same words or in
-    others. With sampling, draws come from this decoder's own
-    generator seeded by `seed`. Not thread-safe: one decoder per stream.
+    concept the step was rendered as, and any ids a caller knows to say the same, told by `shown()`;
+    else the picked id). The lane's last `repeat_window` steps' shown ids (at most the whole memory)
+    are taken out of every shortlist, so a stream does not show the same concept twice. Paraphrases
+    found by their vectors are the `avoid` argument of `step` (the generator passes what the stream
+    said). With sampling, draws come from this decoder's own generator seeded by `seed`. Not
+    thread-safe: one decoder per stream.
     """
 
     def __init__(
@@ -138,8 +139,9 @@ class DualPathDecoder:
         return record
 
     def shown(self, concept_id: int, paraphrases: Sequence[int] = ()) -> None:
-        """The concept the last step was rendered as (-1: none) and the bank's paraphrases of it: the
-        stream may not show any of them again within its repeat window."""
+        """The concept the last step was rendered as (-1: none) and ids known to say the same (optional;
+        the generator finds paraphrases by their vectors instead): the stream may not show any of
+        them again within its repeat window."""
         if not self._shown:
             raise DeciderError("shown() comes after a step")
         self._shown[-1] = (int(concept_id), *map(int, paraphrases))
@@ -156,15 +158,15 @@ def step_streams(
     decoders: Sequence[DualPathDecoder],
     v_hat: np.ndarray,
     batch: ShortlistBatch,
-    avoid: Sequence[np.ndarray] | None = None,
-    avoid_limits: Sequence[np.ndarray] | None = None,
+    avoided: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """One step of b streams, each with its own decoder: `choose_next_vectors` once per group of
     decoders that decide alike (lane, schedule, dup threshold, sampling), not once per stream.
 
-    Each stream's output and record equal `decoders[i].step(v_hat[i], its shortlist, avoid[i],
-    avoid_limits[i])`: the batched decision is bit-for-bit the single one, and every decoder keeps
-    its own memory and draws.
+    `avoided`: what each stream said, stacked as `avoid_rows` returns it ((b, m, d) vectors, (b, m)
+    limits). Each stream's output and record equal `decoders[i].step(v_hat[i], its shortlist,
+    avoided[0][i], avoided[1][i])`: the batched decision is bit-for-bit the single one, and every
+    decoder keeps its own memory and draws.
     """
     start = time.perf_counter()
     b = len(decoders)
@@ -188,8 +190,8 @@ def step_streams(
         decided, group_records = choose_next_vectors(
             v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
             first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
-            None if avoid is None else [avoid[i] for i in rows],
-            None if avoid_limits is None else [avoid_limits[i] for i in rows],
+            None if avoided is None else avoided[0] if whole else avoided[0][rows],
+            None if avoided is None else avoided[1] if whole else avoided[1][rows],
             decide_by,
         )
         out[rows] = decided

@@ -113,14 +113,14 @@ class NearestConceptRenderer:
             candidates = gather_vectors(self.bank, np.where(found, ids, 0).ravel()).reshape(*ids.shape, -1)
             best, _ = nearest_unsaid(np.where(found, scores, -np.inf), candidates, avoided)
             pick = np.maximum(best, 0)
-        out = []
-        for row, j in enumerate(pick.tolist()):
-            cid, score = int(ids[row, j]), float(scores[row, j])
-            if cid < 0:
-                out.append(RenderedText("", -1, float("nan"), True))
-            else:
-                out.append(RenderedText(self.bank.texts([cid])[0], cid, score, True))
-        return out
+        rows = np.arange(len(ids))
+        chosen, cosines = ids[rows, pick].tolist(), scores[rows, pick].tolist()
+        found = [cid for cid in chosen if cid >= 0]
+        texts = dict(zip(found, self.bank.texts(found), strict=True))  # one metadata read for the batch
+        return [
+            RenderedText(texts[cid], cid, float(cos), True) if cid >= 0 else RenderedText("", -1, float("nan"), True)
+            for cid, cos in zip(chosen, cosines, strict=True)
+        ]
 
 
 @dataclass
@@ -592,16 +592,13 @@ class Generator:
             t0 = time.perf_counter()
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
             avoided = self._avoided(contexts, said, decoders)
-            avoid = None if avoided is None else list(avoided[0])
-            limits = None if avoided is None else list(avoided[1])
             if b == 1:
                 one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
-                output, record = decoders[0].step(
-                    v_hat[0], one, None if avoid is None else avoid[0], None if limits is None else limits[0]
-                )
+                own = (None, None) if avoided is None else (avoided[0][0], avoided[1][0])
+                output, record = decoders[0].step(v_hat[0], one, *own)
                 outputs, records = output[None], [record]
             else:
-                outputs, records = step_streams(decoders, v_hat, shortlists, avoid, limits)
+                outputs, records = step_streams(decoders, v_hat, shortlists, avoided)
             lat["decide"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used, avoided)
