@@ -15,6 +15,7 @@ from dualpath.config import DualPathConfig
 TINY = {
     "lvm": {"hidden": 64, "epochs": 2, "batch_size": 64},
     "tower": {"hidden": 64, "epochs": 2, "batch_size": 64},
+    "sampler": {"hidden": 64, "layers": 2, "epochs": 2, "batch_size": 64},
     "split": {"heldout_fraction": 0.2, "context": 4},
 }
 

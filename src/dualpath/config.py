@@ -92,6 +92,22 @@ class LVMConfig(_Section):
     seed: int = 0
 
 
+class SamplerConfig(_Section):
+    # The LVM's sampler (models/sampler.py): a flow-matching head that draws the next vector around the
+    # LVM's mean, so free-running streams move as documents do instead of settling on a fixed point.
+    # Trained after the LVM by `dualpath train lvm` (epochs 0: none). Measured in docs/lvm.md.
+    hidden: int = Field(768, ge=8)
+    layers: int = Field(3, ge=1)
+    ode_steps: int = Field(16, ge=1, le=256)  # Euler steps from noise to a draw
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    threads: int = Field(0, ge=0)  # torch intra-op threads while training; 0 = half the cores
+    watchdog_seconds: float = Field(300.0, gt=0)
+    seed: int = 0
+
+
 DOC_TOWER_REFUSAL = (
     "--doc-tower mlp is not supported: the bank index and the decider use the encoder's vectors, "
     "so only the query side may learn (see docs/retriever.md)"
@@ -174,6 +190,9 @@ class GenerationConfig(_Section):
     top_k: int = Field(0, ge=0)  # 0 = every candidate of the shortlist
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     seed: int = 0  # the same seed, prompt and settings repeat a run exactly
+    # The LVM's sampler (when the bank has one): 0 = the LVM's mean vector, 1 = a draw from the spread
+    # the sampler learned; values between narrow the draw.
+    lvm_temperature: float = Field(1.0, ge=0.0, le=2.0)
     # What each step feeds back to the LVM: "output" = the decided vector (SNAP: the bank concept, NOVEL:
     # v̂, BLEND: the mix), so lanes lead to different continuations; "rendered" = the concept the reader is
     # shown, which makes every lane's text the same (docs/generation.md has the measurements).
@@ -224,6 +243,7 @@ class DualPathConfig(_Section):
     bank: BankConfig = BankConfig()
     split: SplitConfig = SplitConfig()
     lvm: LVMConfig = LVMConfig()
+    sampler: SamplerConfig = SamplerConfig()
     tower: TowerConfig = TowerConfig()
     decider: DeciderConfig = DeciderConfig()
     generation: GenerationConfig = GenerationConfig()

@@ -57,6 +57,11 @@ def generate_command(
     seed: int | None = typer.Option(
         None, "--seed", help=f"Seed of the sampling draws: the same seed repeats a run. \\[default: {GEN.seed}]"
     ),
+    lvm_temperature: float | None = typer.Option(
+        None, "--lvm-temperature", min=0.0, max=2.0,
+        help="How widely the LVM's sampler draws each vector around the LVM's mean (0: the mean itself; "
+        f"used when the bank's LVM has a sampler). \\[default: {GEN.lvm_temperature:g}]",
+    ),
     as_json: bool = typer.Option(False, "--json", help="One JSON record per step (telemetry + text)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -71,7 +76,10 @@ def generate_command(
     cfg = load_config(
         config,
         device=device,
-        generation={"steps": steps, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed},
+        generation={
+            "steps": steps, "temperature": temperature, "top_k": top_k, "top_p": top_p, "seed": seed,
+            "lvm_temperature": lvm_temperature,
+        },
         decider={"lanes_file": lanes_file},
         bank={"milvus_uri": milvus_uri},
     )

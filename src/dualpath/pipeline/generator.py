@@ -61,6 +61,7 @@ from dualpath.errors import CheckpointError, DualPathError
 from dualpath.models.heuristics import normalize_rows
 from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import LatentVectorModel
+from dualpath.models.sampler import LVMSampler, load_lvm_sampler
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration
 from dualpath.runtime import one_blas_thread, resolve_device, torch_threads
@@ -71,6 +72,10 @@ log = logging.getLogger(__name__)
 VERBATIM_COSINE = 0.999  # a bank concept this close to a prompt concept is that concept
 BIG_COPY = 1 << 22  # values: a shortlist read this large is widened on BIG_COPY_THREADS threads
 BIG_COPY_THREADS = 2
+# The sampler's noise is drawn from a generator seeded by (the stream's seed, LVM_NOISE): its own
+# sequence, so sampling v̂ does not shift the decoder's shortlist draws.
+LVM_NOISE = 1
+LVM_TEMPERATURE_MAX = 2.0  # as GenerationConfig.lvm_temperature allows
 RENDER_DEPTH = 16  # nearest concepts a rendering search looks through for one that is no paraphrase
 
 
@@ -327,9 +332,12 @@ class Generator:
         cfg: DualPathConfig,
         miner: SyncMiner | ThreadedMiner | None = None,
         renderer: TextRenderer | None = None,
+        sampler: LVMSampler | None = None,
     ) -> None:
         self.bank = bank
         self.lvm = lvm
+        # Draws each step's v̂ around the LVM's mean (models/sampler.py); None: v̂ is the mean.
+        self.sampler = sampler
         self.tower = tower
         self.lanes = lanes
         self.cfg = cfg
@@ -364,6 +372,7 @@ class Generator:
             raise DualPathError(
                 f"{err}; train one with `dualpath train lvm --bank {bank.path}` (or run `dualpath demo`)"
             ) from None
+        sampler = load_lvm_sampler(lvm_path, lvm.net, bank.dim, bank.encoder_name, resolve_device(cfg.device))
         tower_path = Path(tower_dir) if tower_dir else layout.tower_dir(bank.path)
         tower = None
         if tower_dir is not None or tower_path.exists():
@@ -371,7 +380,7 @@ class Generator:
         else:
             log.warning("no trained query tower at %s: retrieval uses the LVM's vector as the query", tower_path)
         miner = ThreadedMiner(bank) if threaded else SyncMiner(bank)
-        generator = cls(bank, lvm, tower, {}, cfg, miner=miner)
+        generator = cls(bank, lvm, tower, {}, cfg, miner=miner, sampler=sampler)
         generator.apply_calibration(warn=not calibrating)
         return generator
 
@@ -441,21 +450,24 @@ class Generator:
         sampling: Sampling | None = None,
         seed: int | None = None,
         decoder: DualPathDecoder | None = None,
+        lvm_temperature: float | None = None,
     ) -> Iterator[GenerationStep]:
         """Yield one GenerationStep per step. `prompt` is text or an already encoded (t, d) context.
 
         `context_ids` are bank ids of the prompt's concepts: they are removed from shortlists and
         renderings (the context must not find itself). Bank concepts that are the prompt's verbatim,
         or paraphrase it, are passed over too, by their vectors. Concepts the stream shows (and
-        their paraphrases) are passed over for the lane's repeat window. `sampling` and `seed`
-        default to `cfg.generation`'s; `decoder` (one made by `self.decoder`, or a baseline's)
-        replaces the lane's own.
+        their paraphrases) are passed over for the lane's repeat window. `sampling`, `seed` and
+        `lvm_temperature` (how widely the sampler draws v̂ around the LVM's mean; 0 = the mean) default
+        to `cfg.generation`'s; `decoder` (one made by `self.decoder`, or a baseline's) replaces the
+        lane's own.
         """
         steps = self._check_steps(steps)
         decoder = decoder if decoder is not None else self.decoder(lane, sampling, seed)
         contexts, excludes, encode_ms = self._prepare([prompt], [context_ids])
         context, exclude = contexts[0], excludes[0]
-        for number, batch in enumerate(self._run([context], [exclude], [decoder], steps, render)):
+        runs = self._run([context], [exclude], [decoder], steps, render, lvm_temperature)
+        for number, batch in enumerate(runs):
             step = batch[0]
             if number == 0 and encode_ms:
                 step.latency_ms["encode"] = encode_ms
@@ -472,6 +484,7 @@ class Generator:
         sampling: Sampling | None = None,
         seed: int | None = None,
         decoders: Sequence[DualPathDecoder] | None = None,
+        lvm_temperature: float | None = None,
     ) -> list[list[GenerationStep]]:
         """Many streams at once: one LVM call, one tower call, one search and one rendering search per step.
 
@@ -492,7 +505,7 @@ class Generator:
             raise DualPathError(f"{len(prompts)} prompts but {len(ids)} context id lists")
         contexts, excludes, _ = self._prepare(prompts, ids)
         streams: list[list[GenerationStep]] = [[] for _ in prompts]
-        for batch in self._run(contexts, excludes, list(decoders), steps, render):
+        for batch in self._run(contexts, excludes, list(decoders), steps, render, lvm_temperature):
             for stream, step in zip(streams, batch, strict=True):
                 stream.append(step)
         return streams
@@ -551,14 +564,20 @@ class Generator:
         decoders: list[DualPathDecoder],
         steps: int,
         render: bool,
+        lvm_temperature: float | None = None,
     ) -> Iterator[list[GenerationStep]]:
         """The step loop over b streams: every model, index and rendering call is made once per step.
 
         The LVM and the tower keep per-stream state (`generation.incremental`) and read only the
         concept each step appends; shortlists come as one batch read at the bank's dtype; the
-        decisions are made once per group of streams that decide alike.
+        decisions are made once per group of streams that decide alike. With a sampler, each stream's
+        v̂ is drawn around the LVM's mean from noise of its own generator (seeded by its decoder's seed).
         """
         b = len(contexts)
+        temperature = self._lvm_temperature(lvm_temperature)
+        sampler = self.sampler if temperature > 0 else None
+        noise = [np.random.default_rng(None if d.seed is None else [d.seed, LVM_NOISE]) for d in decoders]
+        newest = np.stack([context[-1] for context in contexts])  # each stream's newest concept
         feedback = self.cfg.generation.feedback
         timeout = self.cfg.decider.retrieval_timeout_s
         incremental = self.cfg.generation.incremental
@@ -577,6 +596,9 @@ class Generator:
             with torch_threads(1):
                 t0 = time.perf_counter()
                 v_hat = lvm_state.output()
+                if sampler is not None:
+                    draws = np.stack([rng.standard_normal(self.bank.dim, dtype=np.float32) for rng in noise])
+                    v_hat = sampler.sample(v_hat, newest, draws, temperature)
                 lat["lvm"] = (time.perf_counter() - t0) * 1000
                 t0 = time.perf_counter()
                 if tower_state is not None:
@@ -625,6 +647,7 @@ class Generator:
                 if swap:  # every stream that feeds back the concept it showed
                     fed[swap] = shown_vectors[swap]
                 # Reading the new concept is the models' work for the next step: counted in their stages.
+                newest[:] = fed
                 with torch_threads(1):
                     t0 = time.perf_counter()
                     lvm_state.push(fed)
@@ -660,6 +683,12 @@ class Generator:
             with one_blas_thread():  # not across the yield: the caller's code runs there
                 batch = one_step(number)
             yield batch
+
+    def _lvm_temperature(self, value: float | None) -> float:
+        temperature = self.cfg.generation.lvm_temperature if value is None else float(value)
+        if not (np.isfinite(temperature) and 0 <= temperature <= LVM_TEMPERATURE_MAX):
+            raise DualPathError(f"lvm_temperature must be between 0 and {LVM_TEMPERATURE_MAX}, got {value}")
+        return temperature
 
     def _concept_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """(len(ids), d) float32 bank vectors in one read; rows of -1 (nothing shown) are zero."""

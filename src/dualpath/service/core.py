@@ -241,7 +241,8 @@ class DualPathService:
 
     def _run(self, request: GenerateRequest, lane: Lane, steps: int) -> Iterator[dict[str, Any]]:
         run = self.generator.generate(
-            request.prompt, steps=steps, lane=lane, sampling=self._sampling(request), seed=request.seed
+            request.prompt, steps=steps, lane=lane, sampling=self._sampling(request), seed=request.seed,
+            lvm_temperature=request.lvm_temperature,
         )
         for step in run:
             yield self._record(step, request.with_vectors)
@@ -262,23 +263,25 @@ class DualPathService:
         at a time, so only that request gets the error.
         """
         results: list[dict[str, Any] | DualPathError | None] = [None] * len(requests)
-        groups: dict[int, list[tuple[int, Lane]]] = {}
+        # Streams computed together share a step count and the LVM sampler's temperature.
+        groups: dict[tuple[int, float | None], list[tuple[int, Lane]]] = {}
         for i, request in enumerate(requests):
             try:
                 lane, steps = self.check_generation(request)
             except InputError as err:
                 results[i] = err
                 continue
-            groups.setdefault(steps, []).append((i, lane))
+            groups.setdefault((steps, request.lvm_temperature), []).append((i, lane))
         self.metrics.generate_batch.observe(len(requests))
-        for steps, members in groups.items():
+        for (steps, lvm_temperature), members in groups.items():
             start = time.perf_counter()
             decoders = [
                 self.generator.decoder(lane, self._sampling(requests[i]), requests[i].seed) for i, lane in members
             ]
             try:
                 runs = self.generator.generate_batch(
-                    [requests[i].prompt for i, _ in members], steps=steps, decoders=decoders
+                    [requests[i].prompt for i, _ in members], steps=steps, decoders=decoders,
+                    lvm_temperature=lvm_temperature,
                 )
             except DualPathError as err:
                 if len(members) == 1:

@@ -52,3 +52,8 @@ class GenerateRequest(_Request):
     top_k: int | None = Field(None, ge=0, description="Sample among the k best candidates only (0: all).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Sample within this share of the weight.")
     seed: int | None = Field(None, description="Seed of the sampling draws: the same seed repeats a run.")
+    lvm_temperature: float | None = Field(
+        None, ge=0.0, le=2.0,
+        description="How widely the LVM's sampler draws each vector around its mean (0: the mean; "
+        "default generation.lvm_temperature).",
+    )

@@ -149,7 +149,7 @@ def _read_history(out_dir: Path) -> list[dict[str, Any]]:
 
 def _check_same_task(saved: dict[str, Any], current: dict[str, Any], where: Path) -> None:
     # Resuming a different architecture or bank would load weights into the wrong shapes.
-    for key in ("kind", "arch", "dim"):
+    for key in ("kind", "arch", "dim", "lvm_digest"):
         if key in current and saved.get(key) != current[key]:
             raise CheckpointError(
                 f"cannot resume {where}: it was trained with {key}={saved.get(key)!r}, now {current[key]!r}"

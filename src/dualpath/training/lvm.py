@@ -40,8 +40,10 @@ from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
 from dualpath.locking import models_lock
 from dualpath.models.lvm import LatentVectorModel
+from dualpath.models.sampler import sampler_dir
 from dualpath.runtime import batch_progress, resolve_device, torch_threads
 from dualpath.training.loop import EpochReport, TrainingResult, run_training
+from dualpath.training.sampler import train_sampler
 from dualpath.training.schedule import learning_rate, set_learning_rate
 
 if TYPE_CHECKING:
@@ -213,6 +215,8 @@ def train_lvm(
 ) -> TrainingResult:
     """Train an LVM on `bank`'s documents (held-out split from `cfg.split`); default out `bank/models/lvm`.
 
+    Then, unless `cfg.sampler.epochs` is 0, its sampler into `out/sampler` (training/sampler.py).
+
     Holds the bank's writer lock while training into the bank (see `locking.models_lock`).
     """
     out = Path(out_dir) if out_dir is not None else lvm_dir(bank.path)
@@ -242,6 +246,13 @@ def _train_lvm(
         cfg.split.heldout_fraction,
         cfg.split.context,
     )
+    vectors = bank.all_vectors()
     with torch_threads(cfg.lvm.threads):
-        task = LVMTrainingTask(bank.all_vectors(), split, cfg, bank.encoder_name, bank.search)
-        return run_training(task, out, cfg.lvm.epochs, resume, cfg.lvm.watchdog_seconds, on_epoch)
+        task = LVMTrainingTask(vectors, split, cfg, bank.encoder_name, bank.search)
+        result = run_training(task, out, cfg.lvm.epochs, resume, cfg.lvm.watchdog_seconds, on_epoch)
+    if cfg.sampler.epochs:
+        # The sampler learns the spread around the mean of the LVM that will be used: the best epoch's.
+        lvm = LatentVectorModel.load(out, vectors.shape[1], bank.encoder_name, resolve_device(cfg.device))
+        with torch_threads(cfg.sampler.threads):
+            train_sampler(vectors, split, lvm, cfg, bank.encoder_name, sampler_dir(out), resume)
+    return result
