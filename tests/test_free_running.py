@@ -42,6 +42,11 @@ def generator(trained_bank_path):
     gen.close()
 
 
+def grounding_lane(generator: Generator):
+    """Conservative with thresholds where the tiny LVM's draws reach this uncalibrated bank (c 0.35-0.55)."""
+    return generator.lane("conservative").model_copy(update={"tau_snap": 0.45, "tau_novel": 0.35})
+
+
 def _doc_prompts(generator: Generator, n: int) -> list[np.ndarray]:
     documents = [ids for ids in generator.bank.documents().values() if len(ids) >= 3]
     return documents[:n]
@@ -92,11 +97,11 @@ def test_a_seed_repeats_a_sampled_run_exactly(generator):
 
 
 def test_free_running_evaluation_measures_every_lane_and_baseline(generator):
-    lanes = {name: generator.lane(name) for name in ("conservative", "creative")}
+    lanes = {"conservative": grounding_lane(generator), "creative": generator.lane("creative")}
     result = evaluate_free_running(generator, lanes, docs=12, steps=4)
     names = set(result["lanes"])
     assert names == {"conservative", "creative", "random-conservative", "random-creative", "lvm-only", "bank-only",
-                     "knn"}
+                     "knn", "lvm-mean"}  # lvm-mean: the trained LVM has a sampler, drawing at temperature 1
     for name, m in result["lanes"].items():
         assert m["steps"] == result["prompts"] * 4
         assert 0.0 <= m["repeat_rate"] <= 0.05, name  # the no-repeat rule holds in every lane and baseline
@@ -107,6 +112,10 @@ def test_free_running_evaluation_measures_every_lane_and_baseline(generator):
     assert result["lanes"]["knn"]["grounded_share"] == 1.0
     assert result["lanes"]["bank-only"]["shares"]["SNAP"] == 1.0
     assert result["lanes"]["lvm-only"]["grounded_share"] == 0.0
+    # The sampler's draws move from step to step; the LVM's mean (lvm-mean) settles.
+    drawn, mean = (np.nanmean(np.asarray(result["lanes"][n]["successive_lvm_cos_by_step"], dtype=float))
+                   for n in ("lvm-only", "lvm-mean"))
+    assert drawn < mean - 0.05
     # The random mix decides by chance at the lane's own shares: close to the lane's, not equal by construction.
     lane, random = result["lanes"]["conservative"]["shares"], result["lanes"]["random-conservative"]["shares"]
     assert abs(lane["NOVEL"] - random["NOVEL"]) < 0.35
@@ -301,7 +310,7 @@ def test_a_stream_does_not_restate_its_prompt_or_itself_in_other_words(trained_b
 def test_a_baseline_decoder_decides_its_own_way_inside_a_batch(generator):
     """generate_batch groups alike decoders into one decision call; a decoder with its own `step` (the
     random mix) must still decide by it. A c sample of -1 makes the random mix NOVEL at every step."""
-    lane = generator.lane("conservative")
+    lane = grounding_lane(generator)
     prompts = heldout_prompts(generator.bank, generator.lvm.training_split(generator.cfg.split), 6, steps=4)
     schedule = generator.cfg.decider.schedule
     lane_streams = generator_streams(generator, prompts, lambda i: generator.decoder(lane, seed=i), steps=4)

@@ -192,7 +192,8 @@ def test_metric_ranges(n: int, width: int, seed: int) -> None:
 
 def write_config(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump({"lvm": TINY, "split": {"heldout_fraction": 0.2}}))
+    sampler = {"hidden": 64, "layers": 2, "epochs": 2}
+    path.write_text(yaml.safe_dump({"lvm": TINY, "sampler": sampler, "split": {"heldout_fraction": 0.2}}))
     return path
 
 
@@ -234,7 +235,9 @@ def test_cli_resume_continues_a_run(wiki_bank, tmp_path: Path, capsys: pytest.Ca
     main([*common, "--epochs", "1"])
     main([*common, "--epochs", "2", "--resume"])
     printed = capsys.readouterr().err  # the epochs' log lines
-    assert "epoch 2/2" in printed and printed.count("epoch 1/") == 1
+    assert "lvm epoch 2/2" in printed and printed.count("lvm epoch 1/") == 1
+    # The LVM changed, so its sampler was trained afresh after each run.
+    assert printed.count("sampler epoch 1/2") == 2
     assert [h["epoch"] for h in json.loads((out / "history.json").read_text())] == [1, 2]
 
 

@@ -43,7 +43,7 @@ def test_thirty_notes_go_end_to_end(tmp_path: Path) -> None:
     out, err = step("train", "lvm", "--bank", str(bank), "--epochs", "2", *cfg)
     assert (bank / "models" / "lvm").is_dir()
     assert "held-out share 0.25 instead of 0.10" in err, err  # the share chosen for this corpus is said
-    epoch_lines = [line for line in (out + err).splitlines() if "epoch 1/2" in line]
+    epoch_lines = [line for line in (out + err).splitlines() if "lvm epoch 1/2" in line]
     assert len(epoch_lines) == 1, out + err  # each epoch is printed once
 
     step("train", "retriever", "--bank", str(bank), "--epochs", "2", *cfg)

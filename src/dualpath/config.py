@@ -192,7 +192,7 @@ class GenerationConfig(_Section):
     seed: int = 0  # the same seed, prompt and settings repeat a run exactly
     # The LVM's sampler (when the bank has one): 0 = the LVM's mean vector, 1 = a draw from the spread
     # the sampler learned; values between narrow the draw.
-    lvm_temperature: float = Field(1.0, ge=0.0, le=2.0)
+    lvm_temperature: float = Field(0.5, ge=0.0, le=2.0)
     # What each step feeds back to the LVM: "output" = the decided vector (SNAP: the bank concept, NOVEL:
     # v̂, BLEND: the mix), so lanes lead to different continuations; "rendered" = the concept the reader is
     # shown, which makes every lane's text the same (docs/generation.md has the measurements).

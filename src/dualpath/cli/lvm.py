@@ -62,9 +62,10 @@ def train_lvm_command(
     milvus_uri: str | None = MILVUS_URI_OPTION,
     device: str | None = DEVICE_OPTION,
 ) -> None:
-    """Train an LVM on a bank's documents; held-out metrics every epoch, checkpoint every epoch."""
+    """Train an LVM on a bank's documents, then its sampler; held-out metrics and a checkpoint every epoch."""
     from dualpath.bank.layout import lvm_dir
     from dualpath.logs import configure_logging
+    from dualpath.models.sampler import sampler_dir
     from dualpath.training.lvm import SELECT_METRIC, train_lvm
 
     configure_logging(logging.getLogger("dualpath").level or logging.INFO, log_file)
@@ -78,6 +79,8 @@ def train_lvm_command(
     best = result.best
     where = f"best epoch {best.epoch}, {SELECT_METRIC} {best.metrics[SELECT_METRIC]:.4f}" if best else "no best epoch"
     console.print(f"LVM ({cfg.lvm.arch}) saved to {out_dir} ({where})")
+    if cfg.sampler.epochs:
+        console.print(f"its sampler saved to {sampler_dir(out_dir)} (draws at generation.lvm_temperature)")
 
 
 @eval_app.command("lvm")

@@ -41,8 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# What a calibration measures changed (2: the paraphrase cosine): a cached calibration older than this is redone.
-CALIBRATION_VERSION = 2
+# What a calibration measures changed (2: the paraphrase cosine; 3: streams drawn by the LVM's sampler):
+# a cached calibration older than this is redone.
+CALIBRATION_VERSION = 3
 QUANTILES = (5, 25, 50, 75, 95)
 DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the same concept again"
 FREE_DOCS = 200  # held-out prompts of the free-running calibration
@@ -220,7 +221,10 @@ def _calibrate_bank(
     if generator is not None and free_docs > 0:
         calibrated, free = calibrate_free_running(generator, calibrated, free_docs)
         if free["free_running_steps"] >= MIN_FREE_STEPS:
-            measured = {**measured, **free, "basis": "free-running"}
+            # A sampler's draws sit further from the bank than the LVM's mean: c, and so the
+            # thresholds, hold for the temperature the streams ran at.
+            lvm_temperature = generator.cfg.generation.lvm_temperature if generator.sampler is not None else 0.0
+            measured = {**measured, **free, "basis": "free-running", "lvm_temperature": lvm_temperature}
         else:
             log.info(
                 "free-running streams gave %d c values, fewer than %d: the teacher-forced thresholds stay "

@@ -4,9 +4,10 @@ Stages (each skipped when its output is already there and was made with the same
   1. bank      build a bank from the wiki sample (a subset by default, all ~10k articles with `full`)
   2. lvm       train the LVM briefly
   3. tower     train the query tower briefly
-  4. calibrate measure c_max on held-out documents, set each lane's thresholds
-  5. generate  a few prompts in every lane
-  6. report    the Markdown report with plots
+  4. sampler   train the LVM's sampler (the spread of next vectors around the LVM's mean)
+  5. calibrate measure c on held-out documents, set each lane's thresholds
+  6. generate  a few prompts in every lane
+  7. report    the Markdown report with plots
 """
 
 from __future__ import annotations
@@ -27,11 +28,12 @@ from dualpath.corpus import WIKI_SAMPLE
 from dualpath.errors import DualPathError
 from dualpath.fileio import write_json_atomic
 from dualpath.models.checkpoint import BEST
+from dualpath.models.sampler import sampler_dir
 from dualpath.pipeline.calibrate import CALIBRATION_VERSION, calibrate_bank
 from dualpath.pipeline.calibrated_lanes import read_calibration
 from dualpath.pipeline.generator import GenerationStep, Generator
 from dualpath.pipeline.report import measure, write_report
-from dualpath.training.lvm import train_lvm
+from dualpath.training.lvm import train_lvm, train_lvm_sampler
 from dualpath.training.retriever import train_retriever
 
 log = logging.getLogger(__name__)
@@ -115,17 +117,25 @@ def run_demo(
     bank = ConceptBank.open(bank_dir, cfg)
     try:
         train_key = {"split": cfg.split.model_dump(), "lvm": cfg.lvm.model_dump(), "bank": bank_key}
+        # The LVM, then its sampler as a stage of its own (a cache from before samplers keeps its LVM).
+        no_sampler = cfg.model_copy(update={"sampler": cfg.sampler.model_copy(update={"epochs": 0})})
         stage("lvm", train_key, (lvm_dir(bank_dir) / BEST).is_dir(),
-              lambda: train_lvm(bank, cfg, lvm_dir(bank_dir)))
+              lambda: train_lvm(bank, no_sampler, lvm_dir(bank_dir)))
         # Knobs added after caches existed count only when set: at their default they train the same tower.
         unset = {name for name in ("mine_pairs", "eval_pairs") if getattr(cfg.tower, name) is None}
         tower_key = {"split": cfg.split.model_dump(), "tower": cfg.tower.model_dump(mode="json", exclude=unset),
                      "bank": bank_key}
         stage("tower", tower_key, (tower_dir(bank_dir) / BEST).is_dir(),
               lambda: train_retriever(bank, cfg, tower_dir(bank_dir)))
+        if cfg.sampler.epochs:
+            stage("sampler", {"sampler": cfg.sampler.model_dump(), "lvm": train_key},
+                  (sampler_dir(lvm_dir(bank_dir)) / BEST).is_dir(),
+                  lambda: train_lvm_sampler(bank, cfg, lvm_dir(bank_dir)))
         generator = Generator.from_bank(bank, cfg, calibrating=True)  # the next stage calibrates it if need be
         try:
-            stage("calibrate", {"lanes": cfg.decider.model_dump(mode="json"), "version": CALIBRATION_VERSION},
+            calibrate_key = {"lanes": cfg.decider.model_dump(mode="json"), "version": CALIBRATION_VERSION,
+                             "lvm_temperature": cfg.generation.lvm_temperature}
+            stage("calibrate", calibrate_key,
                   read_calibration(bank_dir) is not None,
                   lambda: _calibrate(generator, cfg))
             for prompt in prompts or DEMO_PROMPTS:
@@ -143,7 +153,7 @@ def run_demo(
     return result
 
 
-STAGES = ["bank", "lvm", "tower", "calibrate", "report"]
+STAGES = ["bank", "lvm", "tower", "sampler", "calibrate", "report"]
 
 
 def _calibrate(generator: Generator, cfg: DualPathConfig) -> None:

@@ -15,10 +15,11 @@ baseline generates `steps` concepts, rendered as text, and we measure per lane:
 - three sample continuations.
 
 Baselines, run through the same generator where they can be: `lvm-only` (never snaps),
-`bank-only` (always snaps), `random-<lane>` (the lane's own decisions in the lane's own shares, but
-drawn by chance instead of by c: does choosing by c beat chance?) and `knn` (kNN continuation: the
-concept that follows the last concept's nearest bank neighbour in that neighbour's own document,
-chained; the nonparametric baseline that kNN-LM and RETRO stand for).
+`lvm-mean` (never snaps, and each step is the LVM's mean, not a draw of its sampler; only when the
+generator has a sampler), `bank-only` (always snaps), `random-<lane>` (the lane's own decisions in
+the lane's own shares, but drawn by chance instead of by c: does choosing by c beat chance?) and
+`knn` (kNN continuation: the concept that follows the last concept's nearest bank neighbour in that
+neighbour's own document, chained; the nonparametric baseline that kNN-LM and RETRO stand for).
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ def generator_streams(
     prompt_len: int = PROMPT_CONCEPTS,
     steps: int = STEPS,
     unseen: bool = False,
+    lvm_temperature: float | None = None,
 ) -> list[Stream]:
     """Run the generator from every prompt with a fresh decoder each (`make_decoder(stream index)`, so
     that seeded draws differ between streams), rendering every step.
@@ -118,6 +120,7 @@ def generator_streams(
         steps,
         context_ids=[p.document if unseen else p.window[:prompt_len] for p in prompts],
         decoders=[make_decoder(i) for i in range(len(streams))],
+        lvm_temperature=lvm_temperature,
     )
     for stream, run in zip(streams, runs, strict=True):
         for step in run:
@@ -386,7 +389,8 @@ def evaluate_free_running(
     to its prompt or an earlier step; the documents' own rate (`truth_near_repeat_rate`) is beside it.
 
     `lanes` are the lanes to measure (calibrated ones, as the generator holds them); the baselines
-    `lvm-only`, `bank-only`, `random-<lane>` for each lane, and `knn` are added here.
+    `lvm-only`, `bank-only`, `random-<lane>` for each lane, and `knn` are added here, and `lvm-mean`
+    (LVM-only with every step the LVM's mean) when the generator draws with a sampler.
     """
     bank = generator.bank
     split = split or generator.lvm.training_split(generator.cfg.split)
@@ -430,6 +434,13 @@ def evaluate_free_running(
                 prompt_len, steps,
             )
             record(f"random-{name}", random)
+    if generator.sampler is not None and generator.cfg.generation.lvm_temperature > 0:
+        # What the sampler changes: LVM-only again, each step the LVM's mean instead of a draw.
+        lvm_only = extreme_lanes(k)["lvm-only"]
+        record("lvm-mean", generator_streams(
+            generator, prompts, lambda i: generator.decoder(lvm_only, seed=seed + i), prompt_len, steps,
+            lvm_temperature=0.0,
+        ))
     record("knn", knn_streams(bank, prompts, prompt_len, steps))
     # Each lane against its baselines on the same prompts: is the gap in text cosine more than noise?
     for name in lanes:

@@ -394,6 +394,13 @@ class Generator:
             self.cfg = self.cfg.model_copy(update={"decider": decider})
         if "paraphrase_cosine" in calibration:
             self.use_paraphrase_cosine(calibration["paraphrase_cosine"])
+        calibrated_at = calibration.get("lvm_temperature")
+        used = self.cfg.generation.lvm_temperature if self.sampler is not None else 0.0
+        if warn and calibrated_at is not None and abs(float(calibrated_at) - used) > 1e-6:
+            log.warning(
+                "the lanes were calibrated on streams at LVM temperature %g, generation runs at %g: their "
+                "SNAP/BLEND/NOVEL shares will differ (recalibrate with `dualpath calibrate`)", calibrated_at, used,
+            )
 
     def use_paraphrase_cosine(self, value: float) -> None:
         """Use a bank's measured paraphrase cosine, unless the configuration sets its own."""

@@ -132,8 +132,8 @@ def run_training(
                 save_checkpoint(out_dir / BEST, task.model, config)
             save_checkpoint(out_dir / LAST, task.model, config, task.optimizer, with_rng=True)
             log.info(
-                "epoch %d/%d loss %.4f %s %.1fs rss %.0f MiB%s",
-                epoch, epochs, loss, _fmt(metrics), seconds, rss, " (best)" if report.best else "",
+                "%s epoch %d/%d loss %.4f %s %.1fs rss %.0f MiB%s",
+                out_dir.name, epoch, epochs, loss, _fmt(metrics), seconds, rss, " (best)" if report.best else "",
             )
             if on_epoch is not None:
                 on_epoch(report)

@@ -39,8 +39,9 @@ from dualpath.errors import CorpusError
 from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
 from dualpath.locking import models_lock
+from dualpath.models.checkpoint import LAST, read_config
 from dualpath.models.lvm import LatentVectorModel
-from dualpath.models.sampler import sampler_dir
+from dualpath.models.sampler import sampler_dir, weights_digest
 from dualpath.runtime import batch_progress, resolve_device, torch_threads
 from dualpath.training.loop import EpochReport, TrainingResult, run_training
 from dualpath.training.sampler import train_sampler
@@ -246,13 +247,34 @@ def _train_lvm(
         cfg.split.heldout_fraction,
         cfg.split.context,
     )
-    vectors = bank.all_vectors()
     with torch_threads(cfg.lvm.threads):
-        task = LVMTrainingTask(vectors, split, cfg, bank.encoder_name, bank.search)
+        task = LVMTrainingTask(bank.all_vectors(), split, cfg, bank.encoder_name, bank.search)
         result = run_training(task, out, cfg.lvm.epochs, resume, cfg.lvm.watchdog_seconds, on_epoch)
     if cfg.sampler.epochs:
-        # The sampler learns the spread around the mean of the LVM that will be used: the best epoch's.
-        lvm = LatentVectorModel.load(out, vectors.shape[1], bank.encoder_name, resolve_device(cfg.device))
-        with torch_threads(cfg.sampler.threads):
-            train_sampler(vectors, split, lvm, cfg, bank.encoder_name, sampler_dir(out), resume)
+        _train_lvm_sampler(bank, cfg, out, resume)
     return result
+
+
+def train_lvm_sampler(
+    bank: ConceptBank, cfg: DualPathConfig, lvm_out: str | Path, resume: bool = False
+) -> TrainingResult:
+    """Train the sampler of the LVM trained into `lvm_out` (its best epoch) into `lvm_out/sampler`,
+    on the document split that LVM was trained on. `train_lvm` calls it; alone, it adds a sampler
+    to an LVM trained without one."""
+    with models_lock(bank.path, Path(lvm_out)):
+        bank.ensure_current()
+        return _train_lvm_sampler(bank, cfg, Path(lvm_out), resume)
+
+
+def _train_lvm_sampler(bank: ConceptBank, cfg: DualPathConfig, lvm_out: Path, resume: bool) -> TrainingResult:
+    # The sampler learns the spread around the mean of the LVM that will be used: the best epoch's.
+    lvm = LatentVectorModel.load(lvm_out, bank.dim, bank.encoder_name, resolve_device(cfg.device))
+    split_cfg = lvm.training_split(cfg.split)
+    split = split_from_config(bank.documents(), split_cfg)
+    cfg = cfg.model_copy(update={"split": split_cfg})
+    out = sampler_dir(lvm_out)
+    if resume and (out / LAST).is_dir() and read_config(out / LAST).get("lvm_digest") != weights_digest(lvm.net):
+        log.info("the LVM changed since its sampler was saved: the sampler is trained afresh")
+        resume = False
+    with torch_threads(cfg.sampler.threads):
+        return train_sampler(bank.all_vectors(), split, lvm, cfg, bank.encoder_name, out, resume)
