@@ -66,6 +66,8 @@ def demo_config(cfg: DualPathConfig | None = None) -> DualPathConfig:
         update={
             "lvm": cfg.lvm.model_copy(update={"epochs": min(cfg.lvm.epochs, 4)}),
             "tower": cfg.tower.model_copy(update={"epochs": min(cfg.tower.epochs, 3)}),
+            # The held-out spread and sample cosine settle within ~5 epochs (docs/lvm.md).
+            "sampler": cfg.sampler.model_copy(update={"epochs": min(cfg.sampler.epochs, 10)}),
         }
     )
 
