@@ -219,3 +219,14 @@ def test_cli_lvm_temperature_and_its_bounds(trained_bank_path) -> None:
     assert len(steps(drawn)) == 3
     assert steps(drawn) == steps(run("--lvm-temperature", "1", "--seed", "5"))
     assert_one_line_error(run("--lvm-temperature", "5"), "--lvm-temperature")
+
+
+def test_integration_equals_euler_steps_of_the_velocity_field() -> None:
+    sampler = small_sampler()
+    mean, last = torch.from_numpy(unit_rows(4, 0)), torch.from_numpy(unit_rows(4, 1))
+    x0 = torch.from_numpy(np.random.default_rng(2).normal(size=(4, DIM)).astype(np.float32))
+    with torch.no_grad():
+        x = x0.clone()
+        for j in range(5):
+            x = x + sampler.net(x, torch.full((4,), j / 5), mean, last) / 5
+        torch.testing.assert_close(sampler.net.integrate(x0, mean, last, 5), x, atol=1e-5, rtol=1e-5)

@@ -7,7 +7,8 @@ BANK/
   metadata.sqlite    concept id → document, position, text, domain, title (bank/metadata.py)
   index.faiss, ...   the index backend's own files (bank/faiss_backend.py; Milvus keeps none)
   calibration.json   lane thresholds measured on the bank's held-out documents (pipeline/calibrated_lanes.py)
-  models/lvm/        the trained LVM (a training output: best/, last/, history.json)
+  models/lvm/        the trained LVM (a training output: best/, last/, history.json), and its
+                     sampler in models/lvm/sampler/ (the same layout)
   models/tower/      the trained query tower (the same layout)
 ```
 

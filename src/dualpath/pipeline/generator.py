@@ -583,7 +583,8 @@ class Generator:
         b = len(contexts)
         temperature = self._lvm_temperature(lvm_temperature)
         sampler = self.sampler if temperature > 0 else None
-        noise = [np.random.default_rng(None if d.seed is None else [d.seed, LVM_NOISE]) for d in decoders]
+        seeds = [None if d.seed is None else [d.seed, LVM_NOISE] for d in decoders]
+        noise = [np.random.default_rng(seed) for seed in seeds] if sampler is not None else []
         newest = np.stack([context[-1] for context in contexts])  # each stream's newest concept
         feedback = self.cfg.generation.feedback
         timeout = self.cfg.decider.retrieval_timeout_s
