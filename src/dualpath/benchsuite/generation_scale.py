@@ -58,7 +58,7 @@ def bench_generation_scale(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, facts): per index kind, per K, the generation rows on `n` synthetic vectors of the models' dim.
 
-    `models` lends its LVM, query tower and lanes; `lane` is run with each K in `ks`.
+    `models` lends its LVM (with its sampler), query tower and lanes; `lane` is run with each K in `ks`.
     """
     start = time.perf_counter()
     vectors, queries = synthetic_set(n, RECALL_QUERIES, models.lvm.dim)
@@ -101,7 +101,7 @@ def bench_generation_per_index(
         t0 = time.perf_counter()
         bank = vector_bank(path, vectors, kind, cfg)
         facts["builds"][kind] = {"index": bank.index_spec, "build_s": time.perf_counter() - t0}
-        generator = Generator(bank, models.lvm, models.tower, models.lanes, cfg)
+        generator = Generator(bank, models.lvm, models.tower, models.lanes, cfg, sampler=models.sampler)
         try:
             found, _ = bank.search(queries, RECALL_K)
             recall = recall_at_k(found, truth)
