@@ -96,6 +96,12 @@ def demo_command(
                 "stayed below every lane's τ_novel, so the bank holds nothing close enough to ground on and each "
                 "lane keeps the LVM's vectors. ≈ marks the nearest bank sentence shown for a novel vector.[/]"
             )
+        elif everything and differ == 0:
+            console.print(
+                "[dim]The lanes decided differently but show the same sentences: a BLEND or NOVEL step is shown "
+                "as the bank sentence nearest its vector (≈), which here is the same in every lane; what differs "
+                "is how much each step leans on the bank (α) and which steps are the bank's own text.[/]"
+            )
     console.rule()
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
     console.print(f"bank:   [bold]{result.bank}[/]")
