@@ -254,6 +254,7 @@ def test_generate_default_lane_and_steps_and_vectors(client, service):
         ({"steps": 3}, "prompt: Field required"),
         ({"prompt": PROMPT, "temperature": -0.5}, "temperature: Input should be greater than or equal to 0"),
         ({"prompt": PROMPT, "top_p": 0}, "top_p: Input should be greater than 0"),
+        ({"prompt": PROMPT, "lvm_temperature": 3}, "lvm_temperature: Input should be less than or equal to 2"),
         ({"prompt": PROMPT, "nucleus": 0.7}, "nucleus: unknown field"),
     ],
 )

@@ -25,6 +25,7 @@ REQUESTS = [
     {"prompt": PROMPT, "steps": 4, "lane": "legal", "with_vectors": True},
     {"prompt": OTHER, "steps": 3},
     {"prompt": OTHER, "steps": 3},
+    {"prompt": OTHER, "steps": 3, "lvm_temperature": 0.0},  # the LVM's mean: batched apart from the draws
     {"prompt": PROMPT, "steps": 10_000},
 ]
 
@@ -80,13 +81,15 @@ def test_concurrent_requests_are_batched_and_each_gets_its_answer_alone(service_
     finally:
         svc.close()
     assert requests == len(REQUESTS) and batches < len(REQUESTS) / 2, (requests, batches)
-    assert [a.status_code for a in answers] == [s for s, _ in alone] == [200] * 7 + [422]
+    assert [a.status_code for a in answers] == [s for s, _ in alone] == [200] * 8 + [422]
     assert "steps must be at most" in answers[-1].json()["detail"]
     for request, answer, (_, single) in zip(REQUESTS[:-1], answers, alone, strict=False):
         body = answer.json()
         assert len(body["steps"]) == request["steps"]
         assert_same(body, single)
     assert answers[2].json()["steps"] != answers[3].json()["steps"]  # the seeds drew differently
+    mean, drawn = ([s["c_max"] for s in answers[i].json()["steps"]] for i in (7, 6))
+    assert mean != drawn  # the same request with the LVM's mean instead of its sampler's draw
     assert "vector" in answers[4].json()["steps"][0] and "vector" not in answers[0].json()["steps"][0]
 
 
