@@ -230,3 +230,18 @@ def test_integration_equals_euler_steps_of_the_velocity_field() -> None:
         for j in range(5):
             x = x + sampler.net(x, torch.full((4,), j / 5), mean, last) / 5
         torch.testing.assert_close(sampler.net.integrate(x0, mean, last, 5), x, atol=1e-5, rtol=1e-5)
+
+
+def test_a_corrupt_sampler_is_a_one_line_error_that_says_what_to_do(trained_bank_path, tmp_path) -> None:
+    import shutil
+
+    bank = tmp_path / "bank"
+    shutil.copytree(trained_bank_path, bank)
+    (sampler_dir(bank / "models" / "lvm") / "best" / "model.safetensors").write_bytes(b"not safetensors")
+    proc = run_dualpath("generate", "--bank", str(bank), "--steps", "2", PROMPT)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    # The LVM loaded (its log line comes first); the error is one line that says what to do.
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error:") and "corrupt" in last, err
+    assert "dualpath train lvm" in last and "sampler/ folder" in last

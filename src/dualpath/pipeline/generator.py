@@ -372,7 +372,13 @@ class Generator:
             raise DualPathError(
                 f"{err}; train one with `dualpath train lvm --bank {bank.path}` (or run `dualpath demo`)"
             ) from None
-        sampler = load_lvm_sampler(lvm_path, lvm.net, bank.dim, bank.encoder_name, resolve_device(cfg.device))
+        try:
+            sampler = load_lvm_sampler(lvm_path, lvm.net, bank.dim, bank.encoder_name, resolve_device(cfg.device))
+        except CheckpointError as err:
+            raise DualPathError(
+                f"{err}; retrain it with `dualpath train lvm --bank {bank.path}`, or remove the LVM's sampler/ "
+                "folder to generate with the LVM's mean"
+            ) from None
         tower_path = Path(tower_dir) if tower_dir else layout.tower_dir(bank.path)
         tower = None
         if tower_dir is not None or tower_path.exists():
