@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -233,8 +234,6 @@ def test_integration_equals_euler_steps_of_the_velocity_field() -> None:
 
 
 def test_a_corrupt_sampler_is_a_one_line_error_that_says_what_to_do(trained_bank_path, tmp_path) -> None:
-    import shutil
-
     bank = tmp_path / "bank"
     shutil.copytree(trained_bank_path, bank)
     (sampler_dir(bank / "models" / "lvm") / "best" / "model.safetensors").write_bytes(b"not safetensors")

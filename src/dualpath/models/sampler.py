@@ -179,7 +179,8 @@ class LVMSampler:
         directory, config = load_model_config(path, KIND, "an LVM sampler", expected_dim, expected_encoder)
         try:
             net = FlowNet(int(config["dim"]), int(config["hidden"]), int(config["layers"]))
-            int(config["ode_steps"]), float(config["scale"]), str(config["lvm_digest"])
+            config = {**config, "ode_steps": int(config["ode_steps"]), "scale": float(config["scale"]),
+                      "lvm_digest": str(config["lvm_digest"])}
         except (KeyError, TypeError, ValueError) as err:
             raise CheckpointError(f"LVM sampler config in {directory} is incomplete or invalid: {err}") from None
         load_weights(directory, net)

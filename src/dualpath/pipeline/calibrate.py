@@ -223,8 +223,7 @@ def _calibrate_bank(
         if free["free_running_steps"] >= MIN_FREE_STEPS:
             # A sampler's draws sit further from the bank than the LVM's mean: c, and so the
             # thresholds, hold for the temperature the streams ran at.
-            lvm_temperature = generator.cfg.generation.lvm_temperature if generator.sampler is not None else 0.0
-            measured = {**measured, **free, "basis": "free-running", "lvm_temperature": lvm_temperature}
+            measured = {**measured, **free, "basis": "free-running", "lvm_temperature": generator.lvm_temperature}
         else:
             log.info(
                 "free-running streams gave %d c values, fewer than %d: the teacher-forced thresholds stay "

@@ -434,7 +434,7 @@ def evaluate_free_running(
                 prompt_len, steps,
             )
             record(f"random-{name}", random)
-    if generator.sampler is not None and generator.cfg.generation.lvm_temperature > 0:
+    if generator.lvm_temperature > 0:
         # What the sampler changes: LVM-only again, each step the LVM's mean instead of a draw.
         lvm_only = extreme_lanes(k)["lvm-only"]
         record("lvm-mean", generator_streams(

@@ -401,12 +401,17 @@ class Generator:
         if "paraphrase_cosine" in calibration:
             self.use_paraphrase_cosine(calibration["paraphrase_cosine"])
         calibrated_at = calibration.get("lvm_temperature")
-        used = self.cfg.generation.lvm_temperature if self.sampler is not None else 0.0
+        used = self.lvm_temperature
         if warn and calibrated_at is not None and abs(float(calibrated_at) - used) > 1e-6:
             log.warning(
                 "the lanes were calibrated on streams at LVM temperature %g, generation runs at %g: their "
                 "SNAP/BLEND/NOVEL shares will differ (recalibrate with `dualpath calibrate`)", calibrated_at, used,
             )
+
+    @property
+    def lvm_temperature(self) -> float:
+        """The temperature this generator draws v̂ at by default: 0 (the LVM's mean) without a sampler."""
+        return self.cfg.generation.lvm_temperature if self.sampler is not None else 0.0
 
     def use_paraphrase_cosine(self, value: float) -> None:
         """Use a bank's measured paraphrase cosine, unless the configuration sets its own."""

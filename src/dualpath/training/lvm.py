@@ -39,9 +39,8 @@ from dualpath.errors import CorpusError
 from dualpath.evaluation.lvm import contrastive_accuracy, hit_rates, mean_cosine
 from dualpath.evaluation.ranking import SearchFn
 from dualpath.locking import models_lock
-from dualpath.models.checkpoint import LAST, read_config
 from dualpath.models.lvm import LatentVectorModel
-from dualpath.models.sampler import sampler_dir, weights_digest
+from dualpath.models.sampler import sampler_dir
 from dualpath.runtime import batch_progress, resolve_device, torch_threads
 from dualpath.training.loop import EpochReport, TrainingResult, run_training
 from dualpath.training.sampler import train_sampler
@@ -272,9 +271,5 @@ def _train_lvm_sampler(bank: ConceptBank, cfg: DualPathConfig, lvm_out: Path, re
     split_cfg = lvm.training_split(cfg.split)
     split = split_from_config(bank.documents(), split_cfg)
     cfg = cfg.model_copy(update={"split": split_cfg})
-    out = sampler_dir(lvm_out)
-    if resume and (out / LAST).is_dir() and read_config(out / LAST).get("lvm_digest") != weights_digest(lvm.net):
-        log.info("the LVM changed since its sampler was saved: the sampler is trained afresh")
-        resume = False
     with torch_threads(cfg.sampler.threads):
-        return train_sampler(bank.all_vectors(), split, lvm, cfg, bank.encoder_name, out, resume)
+        return train_sampler(bank.all_vectors(), split, lvm, cfg, bank.encoder_name, sampler_dir(lvm_out), resume)

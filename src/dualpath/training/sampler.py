@@ -23,6 +23,7 @@ import torch
 
 from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import ContextPairs, PairSplit, gather_context
+from dualpath.models.checkpoint import LAST, read_config
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.sampler import LVMSampler, flow_matching_loss, weights_digest
 from dualpath.runtime import batch_progress, resolve_device
@@ -140,7 +141,14 @@ def train_sampler(
     resume: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> TrainingResult:
-    """Train the sampler of `lvm` (frozen) on `split`'s pairs into `out` (best/, last/, history.json)."""
+    """Train the sampler of `lvm` (frozen) on `split`'s pairs into `out` (best/, last/, history.json).
+
+    `resume` continues `out/last` only if it was trained for this LVM; a sampler of an LVM that has
+    changed since is trained afresh."""
     task = SamplerTrainingTask(vectors, split, lvm, cfg, encoder_name)
+    last = Path(out) / LAST
+    if resume and last.is_dir() and read_config(last).get("lvm_digest") != task.sampler.lvm_digest:
+        log.info("the LVM changed since its sampler was saved: the sampler is trained afresh")
+        resume = False
     log.info("LVM sampler: residual scale %.4f, %d epochs, into %s", task.sampler.scale, cfg.sampler.epochs, out)
     return run_training(task, out, cfg.sampler.epochs, resume, cfg.sampler.watchdog_seconds, on_epoch)
