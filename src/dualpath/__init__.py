@@ -5,7 +5,12 @@ retriever searches a bank of real concepts; at each step a decider SNAPs to a ba
 BLENDs with it, or keeps the NOVEL generated vector.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from dualpath.errors import DualPathError
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("dualpath")  # pyproject.toml's, so the package states one version
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
 __all__ = ["DualPathError", "__version__"]

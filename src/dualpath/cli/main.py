@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
 import os
 import sys
@@ -24,15 +25,43 @@ app = typer.Typer(
     help="Dual-path next-vector generation: an LVM grounded on a bank of real concepts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    # --install-completion / --show-completion: shell completion for bash, zsh, fish and PowerShell.
+    add_completion=True,
 )
 err_console = Console(stderr=True)
+
+
+def _flags_show_no_type() -> None:
+    """typer (0.29) labels every flag `<bool>` in --help, though a flag takes no value; show flags bare."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_dualpath_flags_bare", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else shown(self, ctx)
+
+    display_type_rich._dualpath_flags_bare = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_show_no_type()
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"dualpath {importlib.metadata.version('dualpath')}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Warnings and errors only."),
+    version: bool = typer.Option(
+        False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+    ),
 ) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     configure_logging(level)
