@@ -191,7 +191,9 @@ class GenerationConfig(_Section):
     temperature: float = Field(0.0, ge=0.0, le=10.0)
     top_k: int = Field(0, ge=0)  # 0 = every candidate of the shortlist
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 0  # the same seed, prompt and settings repeat a run exactly
+    seed: int = Field(0, ge=0)  # the same seed, prompt and settings repeat a run exactly
+    # The longest prompt `dualpath generate` takes (characters); a longer one is refused in one line.
+    max_prompt_chars: int = Field(200_000, ge=1, le=100_000_000)
     # The LVM's sampler (when the bank has one): 0 = the LVM's mean vector, 1 = a draw from the spread
     # the sampler learned; values between narrow the draw. 0.25: the text closest to the documents' own
     # continuations on both benchmark corpora (docs/lvm.md).
@@ -211,13 +213,21 @@ class GenerationConfig(_Section):
     incremental: bool = True
 
 
+# The most text one request field may hold whatever service.max_prompt_chars says (the request schemas' bound).
+MAX_SERVICE_TEXT = 1_000_000
+
+
 class ServiceConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     api_key: str | None = None  # None: no key; an empty or whitespace-only key is refused (see below)
-    max_prompt_chars: int = Field(4000, ge=1)
+    max_prompt_chars: int = Field(4000, ge=1, le=MAX_SERVICE_TEXT)
     max_k: int = Field(1000, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies get 413
+    # Seconds a request's whole body may take to arrive (408 after that), and an idle connection is kept
+    # open: before its first request, and between requests (keep-alive).
+    body_timeout_s: float = Field(10.0, gt=0.0, le=3600.0)
+    idle_timeout_s: float = Field(5.0, gt=0.0, le=3600.0)
     generation_workers: int = Field(2, ge=1)  # generations computed at once; more wait their turn
     search_workers: int = Field(4, ge=1)  # searches computed at once
     telemetry_records: int = Field(1000, ge=1)  # recent steps kept for /telemetry and the dashboard
@@ -262,6 +272,10 @@ class DualPathConfig(_Section):
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config file {path} is a directory, not a YAML file") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
         except (yaml.YAMLError, UnicodeDecodeError) as err:
             raise ConfigError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from None
         if not isinstance(data, dict):
