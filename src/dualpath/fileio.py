@@ -17,7 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dualpath.errors import DualPathError
+
 log = logging.getLogger(__name__)
+
+
+def real_path(path: str | Path) -> Path:
+    """`path` absolute with every symlink resolved (the final component too, even if it does not exist yet).
+
+    Writers lock and replace the real directory, so a bank reached through a link (`current -> bank-v7`)
+    is written in place, behind the link, and two writers reaching it by different names share one lock.
+    """
+    return Path(os.path.realpath(path))
 
 
 def _fsync_dir(path: Path) -> None:
@@ -158,7 +169,7 @@ def recover_directory(target: str | Path, wait_s: float = 5.0) -> bool:
     Only the no-RENAME_EXCHANGE swap has a moment without `target`; a swapper still alive is given
     `wait_s` to finish its second rename before anything is touched.
     """
-    target = Path(target)
+    target = real_path(target)
     deadline = time.monotonic() + wait_s
     while not target.exists():
         asides = _leftovers(target, "old")
@@ -199,7 +210,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     `recover_directory` (run here and when a bank is opened) puts it back. Temporary names carry
     the writer's pid, and only a dead writer's leftovers are removed.
     """
-    target = Path(target)
+    target = real_path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_directory(target)
     _clean_leftovers(target)
@@ -223,3 +234,46 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_output_directory(path: str | Path, what: str = "--out") -> Path:
+    """`path`, refused in one line if it exists and is not a directory (a file is never turned into one)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DualPathError(f"refusing to write to {path} ({what}): it exists and is not a directory")
+    return path
+
+
+def output_directory(path: str | Path, what: str = "--out") -> Path:
+    """`path` as a directory to write into, created if missing; a one-line refusal if something else is there."""
+    path = check_output_directory(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DualPathError(f"cannot create the directory {path} ({what}): {err.strerror or err}") from None
+    return path
+
+
+@contextlib.contextmanager
+def staged_files(out: str | Path, what: str = "--out") -> Iterator[Path]:
+    """Yield a fresh temporary directory inside `out`; on success each file written there replaces its
+    namesake in `out`, one atomic rename each.
+
+    Only the files written are replaced: whatever else `out` holds (a user's notes, an older file of
+    another name) is never touched, and on an exception nothing in `out` changes.
+    """
+    out = output_directory(out, what)
+    tmp = Path(tempfile.mkdtemp(prefix=f".staging.{os.getpid()}.", suffix=".tmpdir", dir=out))
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            if entry.is_file():
+                with open(entry, "rb+") as fh:
+                    os.fsync(fh.fileno())
+                destination = out / entry.name
+                if destination.is_dir() and not destination.is_symlink():
+                    raise DualPathError(f"refusing to replace the directory {destination} with a file")
+                os.replace(entry, destination)
+        _fsync_dir(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

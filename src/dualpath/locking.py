@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dualpath.errors import LockedError
+from dualpath.errors import DualPathError, LockedError
+from dualpath.fileio import real_path
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ _held_guard = threading.Lock()
 
 
 def lock_path(target: str | Path) -> Path:
-    target = Path(os.path.abspath(target))
+    """`.<name>.lock` beside the real directory: a bank reached through a symlink has the one lock of its target."""
+    target = real_path(target)
     return target.parent / f".{target.name}.lock"
 
 
@@ -105,7 +107,14 @@ def _acquire(path: Path, target: Path, wait: float, what: str) -> int:
     deadline = time.monotonic() + wait
     logged = False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except IsADirectoryError:
+            raise DualPathError(
+                f"cannot lock {what} {target}: its lock file {path} is a directory, not a file (remove it)"
+            ) from None
+        except OSError as err:
+            raise DualPathError(f"cannot lock {what} {target}: {path}: {err.strerror or err}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -157,6 +166,8 @@ def models_lock(bank_path: str | Path | None, out: str | Path) -> contextlib.Abs
     model saved meanwhile would be lost. Elsewhere the output directory gets a lock of its own.
     """
     target = Path(out).resolve()
+    if target.exists() and not target.is_dir():
+        raise DualPathError(f"refusing to write models to {out}: it exists and is not a directory")
     if bank_path is not None:
         bank = Path(bank_path).resolve()
         if target == bank or bank in target.parents:

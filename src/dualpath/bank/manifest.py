@@ -45,6 +45,8 @@ def _full_hash(path: Path) -> str:
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST_FILE
     if not directory.is_dir():
+        if directory.exists():
+            raise BankError(f"{directory} is not a bank: it is a file, not a directory")
         raise BankError(f"bank not found: {directory}")
     if not path.is_file():
         raise BankError(f"{directory} is not a bank: {MANIFEST_FILE} is missing")

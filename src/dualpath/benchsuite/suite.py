@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -32,7 +33,7 @@ from dualpath.benchsuite.tables import Section, finite_or_none, render_markdown
 from dualpath.benchsuite.timing import with_ratio
 from dualpath.config import DualPathConfig
 from dualpath.corpus import PYTHON_DOCS
-from dualpath.fileio import write_json_atomic, write_text_atomic
+from dualpath.fileio import check_output_directory, output_directory, write_json_atomic, write_text_atomic
 from dualpath.pipeline.demo import DEMO_DOCS, DEMO_PROMPTS, run_demo
 from dualpath.pipeline.generator import Generator
 from dualpath.pipeline.report import measure
@@ -131,7 +132,7 @@ def run_suite(
     """
     cfg = cfg or DualPathConfig()
     sizes = sizes or (QUICK if quick else FULL)
-    out = Path(out)
+    out = check_output_directory(out)  # a file at `out` is refused; other files inside it are left alone
     started = time.perf_counter()
     machine_start = describe_machine()
     seconds: dict[str, float] = {}
@@ -142,9 +143,8 @@ def run_suite(
     generator = Generator.from_bank(bank, cfg)  # a missing bank or model fails here, before anything is written
     bank_path = generator.bank.path
     seconds["bank"] = time.perf_counter() - t0
-    workdir = out / ".work"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
+    # A directory of this run's own (never a fixed name that may hold someone's files), removed after.
+    workdir = Path(tempfile.mkdtemp(prefix=".work.", dir=output_directory(out)))
     try:
         runner = _Sections(generator, cfg, sizes, workdir, out / CACHE)
         sections: dict[str, Section] = {}

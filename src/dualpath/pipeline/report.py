@@ -20,7 +20,7 @@ import numpy as np
 from dualpath.config import DualPathConfig
 from dualpath.evaluation.lvm import evaluate_bank
 from dualpath.evaluation.retrieval import heldout_eval_pairs, relative_gain, retrieval_table
-from dualpath.fileio import atomic_directory, json_default
+from dualpath.fileio import json_default, staged_files
 from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation
 from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_note, free_running_rows
 from dualpath.pipeline.generator import Generator
@@ -62,9 +62,13 @@ def measure(generator: Generator, cfg: DualPathConfig, max_pairs: int = 2000, fr
 
 
 def write_report(results: dict[str, Any], out: str | Path) -> Path:
-    """Write report.md, results.json and the PNG plots to `out` (replacing it atomically)."""
+    """Write report.md, results.json and the PNG plots into `out`, each file replaced atomically.
+
+    `out` may hold other files: only the report's own files are replaced, nothing else is removed, and a
+    path that exists and is not a directory is refused.
+    """
     out = Path(out)
-    with atomic_directory(out) as tmp:
+    with staged_files(out) as tmp:
         plots = {
             "decision_mix": _plot_decision_mix(results, tmp / "decision_mix.png"),
             "c_max": _plot_c_max(results, tmp / "c_max.png"),
