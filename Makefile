@@ -7,8 +7,10 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 export PYTHONUNBUFFERED=1
+# Material for MkDocs prints a banner about MkDocs 2 on every build; mkdocs is held below 2 in pyproject.toml.
+export NO_MKDOCS_2_WARNING=1
 
-.PHONY: setup demo test lint bench bench-quick clean
+.PHONY: setup demo test lint docs bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -27,11 +29,16 @@ test: $(STAMP)
 	bash scripts/test-deps.sh
 	$(BIN)/python -m ruff check src tests bench examples
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/python -m ruff check src tests bench examples
 	$(BIN)/lint-imports --no-cache
+
+# The docs site (MkDocs + Material, API reference from the docstrings) into site/; offline.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 bench-quick: $(STAMP)
 	$(BIN)/dualpath bench --quick --out bench-results
@@ -40,4 +47,4 @@ bench: $(STAMP)
 	$(BIN)/dualpath bench --out bench-results
 
 clean:
-	rm -rf $(VENV) .pytest_cache bench-results
+	rm -rf $(VENV) .pytest_cache bench-results site

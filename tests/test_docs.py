@@ -167,8 +167,12 @@ def test_documented_commands_and_options_exist() -> None:
         command, path = resolve_command(root, line)
         if is_group(command):
             rest = line.split()[len(path):]
-            if rest and rest[0] not in ("…", "...", "CMD"):  # `dualpath eval …` names the group on purpose
+            options = [word for word in rest if word.startswith("-")]
+            words = [word for word in rest if not word.startswith("-")]
+            if words and words[0] not in ("…", "...", "CMD"):  # `dualpath eval …` names the group on purpose
                 problems.append(f"{page}: `dualpath {line}`: not a command")
+            known = option_names(command) | root_options | {"--help"}
+            problems += [f"{page}: `dualpath {line}`: no option {o}" for o in options if o not in known]
             continue
         known = option_names(command) | root_options | {"--help"}
         for option in OPTION.findall(line.split(" ", len(path))[-1] if path else line):
