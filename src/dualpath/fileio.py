@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -29,6 +30,26 @@ def real_path(path: str | Path) -> Path:
     is written in place, behind the link, and two writers reaching it by different names share one lock.
     """
     return Path(os.path.realpath(path))
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _give_mode(tmp: Path, target: Path, default: int) -> None:
+    """The temporary file or directory that will replace `target` gets `target`'s permissions, or for a new
+    one the usual `default & ~umask`: mkstemp/mkdtemp make them private (0600/0700), and the swap would
+    otherwise hide a bank from the other users (a service account) that could read it."""
+    try:
+        mode = stat.S_IMODE(target.stat().st_mode)
+    except OSError:
+        mode = default & ~_UMASK
+    os.chmod(tmp, mode)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -52,6 +73,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        _give_mode(tmp, target, 0o666)
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -217,6 +239,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     pid = os.getpid()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{pid}.", suffix=".tmpdir", dir=target.parent))
     try:
+        _give_mode(tmp, target, 0o777)
         yield tmp
         pause_point("swap")
         if not target.exists():
