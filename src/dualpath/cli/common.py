@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -78,6 +79,54 @@ def check_text(text: str, what: str) -> None:
     problem = unicode_problem(text)
     if problem:
         raise DualPathError(f"{what} is not valid UTF-8 text: {problem}")
+
+
+STDIN = "-"
+
+
+def read_prompt(prompt: str | None, prompt_file: Path | None, limit: int) -> str:
+    """The prompt from the argument, a file (`--prompt-file`) or standard input (`-` as either), at most
+    `limit` characters: a longer one is refused in one line, without reading more than the limit."""
+    if prompt is not None and prompt_file is not None:
+        raise DualPathError("give the prompt as an argument or with --prompt-file, not both")
+    if prompt is None and prompt_file is None:
+        raise DualPathError("give a prompt: as an argument, - to read standard input, or --prompt-file FILE")
+    source = STDIN if prompt == STDIN else str(prompt_file) if prompt_file is not None else None
+    if source is None:
+        text = prompt or ""
+    elif source == STDIN:
+        stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape")
+        text = stream.read(limit + 1)
+    else:
+        try:
+            with open(source, encoding="utf-8", errors="surrogateescape") as fh:
+                text = fh.read(limit + 1)
+        except FileNotFoundError:
+            raise DualPathError(f"prompt file not found: {source}") from None
+        except IsADirectoryError:
+            raise DualPathError(f"the prompt file {source} is a directory") from None
+        except OSError as err:
+            raise DualPathError(f"cannot read the prompt file {source}: {err.strerror or err}") from None
+    if len(text) > limit:
+        raise DualPathError(
+            f"the prompt is longer than {limit:,} characters (generation.max_prompt_chars); the generator uses "
+            "only its last sentences, so pass those"
+        )
+    return text
+
+
+def open_telemetry(path: Path | None) -> Any:
+    """The TelemetrySink appending to `path` (None: no telemetry); a path that cannot be written is one line."""
+    if path is None:
+        return None
+    from dualpath.decider import TelemetrySink
+
+    if path.is_dir():
+        raise DualPathError(f"--telemetry {path} is a directory; give a file to append JSON lines to")
+    try:
+        return TelemetrySink(path)
+    except OSError as err:
+        raise DualPathError(f"cannot write telemetry to {path}: {err.strerror or err}") from None
 
 
 def config_and_bank(

@@ -17,7 +17,9 @@ from dualpath.cli.common import (
     load_config,
     make_console,
     open_bank,
+    open_telemetry,
     print_json,
+    read_prompt,
 )
 from dualpath.cli.groups import eval_app
 from dualpath.config import DeciderConfig, GenerationConfig
@@ -36,7 +38,12 @@ def register(app: typer.Typer) -> None:
 
 
 def generate_command(
-    prompt: str = typer.Argument(..., help="Prompt text (one or more sentences)."),
+    prompt: str | None = typer.Argument(
+        None, help="Prompt text (one or more sentences); - reads it from standard input."
+    ),
+    prompt_file: Path | None = typer.Option(
+        None, "--prompt-file", help="Read the prompt from this UTF-8 text file (- for standard input).",
+    ),
     bank: Path = BANK_OPTION,
     steps: int | None = typer.Option(None, "--steps", "-n", help=f"Concepts to generate. \\[default: {GEN.steps}]"),
     lane: str | None = typer.Option(
@@ -55,7 +62,7 @@ def generate_command(
         None, "--top-p", help=f"Sample within this share of the weight (nucleus). \\[default: {GEN.top_p:g}]"
     ),
     seed: int | None = typer.Option(
-        None, "--seed", help=f"Seed of the sampling draws: the same seed repeats a run. \\[default: {GEN.seed}]"
+        None, "--seed", min=0, help=f"Seed of the sampling draws: the same seed repeats a run. \\[default: {GEN.seed}]"
     ),
     lvm_temperature: float | None = typer.Option(
         None, "--lvm-temperature", min=0.0, max=2.0,
@@ -69,9 +76,6 @@ def generate_command(
     device: str | None = DEVICE_OPTION,
 ) -> None:
     """Generate from a prompt: each step SNAPs, BLENDs or stays NOVEL, and says why."""
-    check_text(prompt, "the prompt")  # before the heavy imports: a bad prompt answers at once
-    from dualpath.decider import TelemetrySink
-    from dualpath.pipeline.generator import Generator
 
     cfg = load_config(
         config,
@@ -83,9 +87,20 @@ def generate_command(
         decider={"lanes_file": lanes_file},
         bank={"milvus_uri": milvus_uri},
     )
-    generator = Generator.from_bank(open_bank(bank, cfg), cfg)
-    if telemetry is not None:
-        generator.telemetry = TelemetrySink(telemetry)
+    # Before the heavy imports: a bad prompt, or a telemetry path that cannot be written, answers at once.
+    prompt = read_prompt(prompt, prompt_file, cfg.generation.max_prompt_chars)
+    check_text(prompt, "the prompt")
+    sink = open_telemetry(telemetry)
+    from dualpath.pipeline.generator import Generator
+
+    try:
+        generator = Generator.from_bank(open_bank(bank, cfg), cfg)
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        raise
+    if sink is not None:
+        generator.telemetry = sink
     try:
         if as_json:
             for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane):
@@ -122,7 +137,9 @@ def generate_command(
 
 def calibrate_command(
     bank: Path = BANK_OPTION,
-    max_pairs: int = typer.Option(3000, "--max-pairs", help="Held-out pairs to measure c_max on (teacher-forced)."),
+    max_pairs: int = typer.Option(
+        3000, "--max-pairs", min=1, help="Held-out pairs to measure c_max on (teacher-forced)."
+    ),
     free_docs: int = typer.Option(
         200, "--free-docs", min=0, help="Held-out prompts of the free-running calibration (0: teacher-forced only)."
     ),
@@ -168,7 +185,7 @@ def eval_generation_command(
         help="Lanes to evaluate, repeatable: a name, or a lanes YAML (.yaml/.yml) whose lanes are added and evaluated. "
         "\\[default: all but reference-*]",
     ),
-    max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs (teacher-forced)."),
+    max_pairs: int = typer.Option(2000, "--max-pairs", min=1, help="Held-out pairs (teacher-forced)."),
     free_docs: int = typer.Option(
         200, "--free-docs", min=0, help="Held-out documents for the free-running test (0: teacher-forced only)."
     ),

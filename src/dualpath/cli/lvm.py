@@ -56,7 +56,7 @@ def train_lvm_command(
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs to train (in all, counting resumed ones)."),
     context: int | None = typer.Option(None, "--context", min=1, max=1024, help="Previous concepts per pair (C)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last after a kill."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for weights and shuffling."),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for weights and shuffling."),
     log_file: Path | None = typer.Option(None, "--log-file", help="Append timestamped log lines to this file."),
     config: Path | None = typer.Option(None, "--config", help="YAML configuration (lvm and split sections)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,

@@ -17,6 +17,7 @@ from dualpath.cli.common import (
     open_bank,
 )
 from dualpath.cli.generate import DECISION_STYLE
+from dualpath.fileio import check_output_directory
 
 console = make_console()
 
@@ -29,7 +30,7 @@ def register(app: typer.Typer) -> None:
 def report_command(
     bank: Path = BANK_OPTION,
     out: Path = typer.Option(Path("report"), "--out", help="Directory for report.md, results.json and plots."),
-    max_pairs: int = typer.Option(2000, "--max-pairs", help="Held-out pairs for the dual-path evaluation."),
+    max_pairs: int = typer.Option(2000, "--max-pairs", min=1, help="Held-out pairs for the dual-path evaluation."),
     free_docs: int = typer.Option(200, "--free-docs", min=0, help="Held-out documents for the free-running test."),
     milvus_uri: str | None = MILVUS_URI_OPTION,
     config: Path | None = CONFIG_OPTION,
@@ -40,6 +41,7 @@ def report_command(
     from dualpath.pipeline.report import measure, write_report
 
     cfg = load_config(config, device=device, bank={"milvus_uri": milvus_uri})
+    check_output_directory(out)  # before the measuring: a file at --out is refused at once
     generator = Generator.from_bank(open_bank(bank, cfg), cfg)
     try:
         path = write_report(measure(generator, cfg, max_pairs=max_pairs, free_docs=free_docs), out)

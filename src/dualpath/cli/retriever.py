@@ -60,7 +60,7 @@ def train_retriever_command(
         None, "--hard-negatives/--no-hard-negatives", help="Mine hard negatives from the bank (ANCE-style)."
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/last after a kill."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for weights, shuffling and mining."),
+    seed: int | None = typer.Option(None, "--seed", min=0, help="Seed for weights, shuffling and mining."),
     log_file: Path | None = typer.Option(None, "--log-file", help="Append timestamped log lines to this file."),
     config: Path | None = typer.Option(None, "--config", help="YAML configuration (the tower section)."),
     milvus_uri: str | None = MILVUS_URI_OPTION,

@@ -15,6 +15,7 @@ from dualpath.cli.common import (
     TELEMETRY_OPTION,
     load_config,
     make_console,
+    open_telemetry,
 )
 
 console = make_console(stderr=True)
@@ -42,9 +43,9 @@ def serve_command(
     """Serve search, generation (whole or streamed), telemetry, metrics and the dashboard at /."""
     import uvicorn
 
-    from dualpath.decider import TelemetrySink
     from dualpath.runtime import torch_threads
     from dualpath.service import DualPathService, check_bind, create_app
+    from dualpath.service.server import server_options
 
     cfg = load_config(
         config,
@@ -58,9 +59,10 @@ def serve_command(
     _route_uvicorn_logs()
     # Requests run in parallel worker threads; more intra-op threads per request only oversubscribe the cores.
     with torch_threads(settings.threads_per_request):
+        sink = open_telemetry(telemetry)  # before the slow load: a path that cannot be written fails at once
         service = DualPathService.load(bank, cfg)
-        if telemetry is not None:
-            service.generator.telemetry = TelemetrySink(telemetry)
+        if sink is not None:
+            service.generator.telemetry = sink
         try:
             shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
             url = f"http://{shown_host}:{settings.port}"
@@ -73,6 +75,7 @@ def serve_command(
                 log_config=None,  # our handlers (below), not uvicorn's own format
                 access_log=access_log,
                 timeout_graceful_shutdown=5,
+                **server_options(settings),  # the idle timeout of a connection (body_timeout_s is the app's)
             )
         finally:
             service.close()
