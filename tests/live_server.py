@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from dualpath.service import DualPathService, create_app
+from dualpath.service.server import server_options
 
 
 @contextmanager
@@ -18,7 +19,8 @@ def serving(service: DualPathService) -> Iterator[str]:
     """uvicorn on a free loopback port in a thread; yields the base URL, stops the server after."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning"))
+    options = server_options(service.cfg.service)  # the protocol and timeouts `dualpath serve` runs with
+    server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", **options))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -37,7 +37,7 @@ from dualpath import __version__
 from dualpath.errors import DualPathError
 from dualpath.service.batching import GenerateBatcher
 from dualpath.service.core import DualPathService, lane_info
-from dualpath.service.guards import APIKeyMiddleware, BodySizeLimitMiddleware
+from dualpath.service.guards import APIKeyMiddleware, BodyLimitMiddleware, InternalErrorMiddleware
 from dualpath.service.metrics import CONTENT_TYPE, HTTPMetricsMiddleware
 from dualpath.service.schemas import GenerateRequest, SearchRequest
 
@@ -101,7 +101,7 @@ def create_app(service: DualPathService) -> FastAPI:
     async def in_worker(kind: str, fn: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(limited, fn, *args, limiter=limiter(kind))
 
-    async def generate_batch(requests: list[GenerateRequest]) -> list[dict[str, Any] | DualPathError]:
+    async def generate_batch(requests: list[GenerateRequest]) -> list[dict[str, Any] | Exception]:
         # The batch already holds a generation worker's token (GenerateBatcher), so no limiter here.
         return await anyio.to_thread.run_sync(limited, service.generate_many, requests)
 
@@ -218,8 +218,10 @@ def create_app(service: DualPathService) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _add_docs(app)
 
-    # Outermost last: metrics see every answer (401s and 413s too), the key is checked before a body is read.
-    app.add_middleware(BodySizeLimitMiddleware, limit=cfg.max_body_bytes)
+    # Outermost last: metrics see every answer (401s, 408s, 413s and 500s too), the key is checked before a
+    # body is read, and a bug in one request is a JSON 500 for that request alone.
+    app.add_middleware(InternalErrorMiddleware)
+    app.add_middleware(BodyLimitMiddleware, limit=cfg.max_body_bytes, timeout_s=cfg.body_timeout_s)
     if cfg.api_key:
         app.add_middleware(APIKeyMiddleware, api_key=cfg.api_key)
     app.add_middleware(HTTPMetricsMiddleware, metrics=service.metrics, routes=app.routes)

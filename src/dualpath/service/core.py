@@ -185,10 +185,13 @@ class DualPathService:
             raise InputError(f"vector has {query.size} dimensions, the bank's concepts have {dim}")
         if not np.isfinite(query).all():
             raise InputError("vector holds NaN or infinite values")
-        norm = float(np.linalg.norm(query))
-        if norm == 0.0:
+        # Scaled by its largest entry first: the norm of [1e160, ...] overflows to inf (and of [1e-320, ...]
+        # underflows to 0), which would turn a valid direction into zeros or refuse it.
+        largest = float(np.abs(query).max())
+        if largest == 0.0:
             raise InputError("vector is all zeros")
-        return (query / norm).astype(np.float32)[None, :]
+        query = query / largest
+        return (query / np.linalg.norm(query)).astype(np.float32)[None, :]
 
     def _check_text(self, field: str, text: str) -> None:
         limit = self.cfg.service.max_prompt_chars
@@ -253,55 +256,56 @@ class DualPathService:
         lane, iterator = self.start_generation(request)
         return _generation(lane, list(iterator), start)
 
-    def generate_many(self, requests: Sequence[GenerateRequest]) -> list[dict[str, Any] | DualPathError]:
+    def generate_many(self, requests: Sequence[GenerateRequest]) -> list[dict[str, Any] | Exception]:
         """`generate` for each request, computed together: one `Generator.generate_batch` call per step count.
 
         Each request keeps its own lane, steps, sampling and seed (its own decoder), so its answer is
         the one `generate` gives it alone (to float tolerance in the scores: batched matrix products
         round differently). A request that breaks a limit gets its InputError in its place; a batch
         that fails on one request's input (e.g. a prompt with no sentence in it) is rerun one request
-        at a time, so only that request gets the error.
+        at a time, so only that request gets the error. Any error, a bug's included, stays with the request
+        that raised it: the others still get their answers.
         """
-        results: list[dict[str, Any] | DualPathError | None] = [None] * len(requests)
+        results: list[dict[str, Any] | Exception | None] = [None] * len(requests)
         # Streams computed together share a step count and the LVM sampler's temperature.
-        groups: dict[tuple[int, float | None], list[tuple[int, Lane]]] = {}
+        groups: dict[tuple[int, float | None], list[tuple[int, Lane, Any]]] = {}
         for i, request in enumerate(requests):
             try:
                 lane, steps = self.check_generation(request)
-            except InputError as err:
-                results[i] = err
+                decoder = self.generator.decoder(lane, self._sampling(request), request.seed)
+            except Exception as err:
+                results[i] = _own_error(err)
                 continue
-            groups.setdefault((steps, request.lvm_temperature), []).append((i, lane))
+            groups.setdefault((steps, request.lvm_temperature), []).append((i, lane, decoder))
         self.metrics.generate_batch.observe(len(requests))
         for (steps, lvm_temperature), members in groups.items():
             start = time.perf_counter()
-            decoders = [
-                self.generator.decoder(lane, self._sampling(requests[i]), requests[i].seed) for i, lane in members
-            ]
             try:
                 runs = self.generator.generate_batch(
-                    [requests[i].prompt for i, _ in members], steps=steps, decoders=decoders,
+                    [requests[i].prompt for i, _, _ in members], steps=steps, decoders=[d for _, _, d in members],
                     lvm_temperature=lvm_temperature,
                 )
-            except DualPathError as err:
+                answers = []
+                for (i, lane, _), run in zip(members, runs, strict=True):
+                    answers.append((i, lane, [self._record(step, requests[i].with_vectors) for step in run]))
+            except Exception as err:
                 if len(members) == 1:
-                    results[members[0][0]] = err
+                    results[members[0][0]] = _own_error(err)
                     continue
-                for i, _ in members:  # find the request at fault: each alone
+                for i, _, _ in members:  # find the request at fault: each alone
                     results[i] = self._generate_or_error(requests[i])
                 continue
-            for (i, lane), run in zip(members, runs, strict=True):
+            for i, lane, steps_ in answers:
                 self.metrics.generations.labels(lane.name).inc()
-                steps_ = [self._record(step, requests[i].with_vectors) for step in run]
                 results[i] = _generation(lane, steps_, start)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
-    def _generate_or_error(self, request: GenerateRequest) -> dict[str, Any] | DualPathError:
+    def _generate_or_error(self, request: GenerateRequest) -> dict[str, Any] | Exception:
         try:
             return self.generate(request)
-        except DualPathError as err:
-            return err
+        except Exception as err:
+            return _own_error(err)
 
     # -- telemetry ----------------------------------------------------------------------------------
 
@@ -325,6 +329,14 @@ class DualPathService:
                 "c_max_histogram": c_max_histogram(records),
             }
         )
+
+
+def _own_error(err: Exception) -> Exception:
+    """A request's own error, kept as its answer; one that is not bad input (a bug) is logged here, with its
+    traceback, since the request's answer will say only that it failed."""
+    if not isinstance(err, DualPathError):
+        log.error("a generation in a batch failed", exc_info=err)
+    return err
 
 
 def _generation(lane: Lane, steps: list[dict[str, Any]], start: float) -> dict[str, Any]:

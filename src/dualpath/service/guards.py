@@ -1,4 +1,5 @@
-"""What stands in front of the routes: the bind rule, the API key and the request-body size limit.
+"""What stands in front of the routes: the bind rule, the API key, the request body's size and time limits, and
+the one-line JSON 500 of a request that failed on a bug.
 
 Both checks are plain ASGI middleware, so they cover every route alike (mounted static files and
 the docs included) and never buffer a streaming response.
@@ -15,12 +16,17 @@ import binascii
 import hmac
 import ipaddress
 import json
+import logging
+import time
 from collections.abc import Iterable
 
+import anyio
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dualpath.errors import DualPathError
+
+log = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
@@ -110,12 +116,22 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body larger than {limit} bytes")
 
 
-class BodySizeLimitMiddleware:
-    """413 for a request body over `limit` bytes, by its Content-Length or, when chunked, as it arrives."""
+class BodyTimeout(HTTPException):
+    """Raised while the body is read, when it has not all arrived in time: answered 408, connection closed."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"request body not received within {timeout_s:g} s")
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over `limit` bytes, by its Content-Length or, when chunked, as it arrives; 408
+    for a body that has not all arrived `timeout_s` after the request started (a stalled or trickling client
+    would otherwise hold its connection, and a worker's wait, for ever)."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float) -> None:
         self.app = app
         self.limit = limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,14 +144,23 @@ class BodySizeLimitMiddleware:
                 return
         received = 0
         started = False
+        body_done = False
+        deadline = time.monotonic() + self.timeout_s
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body only a disconnect can come: waiting for it is not timed
+                return await receive()
+            try:
+                with anyio.fail_after(max(0.0, deadline - time.monotonic())):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeout(self.timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
                     raise too_large
+                body_done = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -149,3 +174,36 @@ class BodySizeLimitMiddleware:
             if started:
                 raise
             await send_json(send, 413, too_large.detail)
+        except BodyTimeout as err:
+            if started:
+                raise
+            # The rest of the body may still come: the connection cannot serve another request, so close it.
+            await send_json(send, 408, err.detail, [(b"connection", b"close")])
+
+
+class InternalErrorMiddleware:
+    """Any exception a route lets through (a bug, never bad input) becomes a one-line JSON 500 for that request
+    alone, logged with its traceback, and the connection stays usable; after a response has started the
+    exception goes on (a stream reports its own errors as events)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:
+                raise
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            await send_json(send, 500, "internal error; see the server log")

@@ -1,4 +1,6 @@
-"""Request bodies of the HTTP API. Unknown fields are refused so that a typo is an error, not a default.
+"""Request bodies of the HTTP API. Unknown fields are refused so that a typo is an error, not a default,
+and types are strict: `"steps": true` or `"steps": "3"` is a 422, not 1 or 3 (a float field still takes an
+integer, as JSON does not tell 1 from 1.0).
 
 Static bounds live here (they appear in the OpenAPI docs); bounds that depend on the configuration
 or the bank (prompt length, steps, k, vector dimension, lane names) are checked by DualPathService.
@@ -8,11 +10,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dualpath.config import MAX_SERVICE_TEXT
 from dualpath.corpus.sources import unicode_problem
+
+MAX_SEED = 2**64 - 1  # seeds are any non-negative 64-bit integer
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     @model_validator(mode="after")
     def _valid_unicode(self) -> _Request:
@@ -27,7 +32,9 @@ class _Request(BaseModel):
 class SearchRequest(_Request):
     """Nearest bank concepts to a text (encoded by the bank's encoder) or to a vector in the bank's space."""
 
-    text: str | None = Field(None, description="Text to encode and search for (≤ service.max_prompt_chars).")
+    text: str | None = Field(
+        None, max_length=MAX_SERVICE_TEXT, description="Text to encode and search for (≤ service.max_prompt_chars)."
+    )
     vector: list[float] | None = Field(None, description="A query vector of the bank's dimension (normalised).")
     k: int = Field(10, ge=1, description="Results wanted (≤ service.max_k).")
     domain: str | None = Field(None, description="Only concepts of this domain (e.g. a wiki topic).")
@@ -42,7 +49,9 @@ class SearchRequest(_Request):
 class GenerateRequest(_Request):
     """A prompt to continue, concept by concept, under one lane."""
 
-    prompt: str = Field(..., description="One or more sentences (≤ service.max_prompt_chars).")
+    prompt: str = Field(
+        ..., max_length=MAX_SERVICE_TEXT, description="One or more sentences (≤ service.max_prompt_chars)."
+    )
     steps: int | None = Field(None, ge=1, description="Concepts to generate (default generation.steps).")
     lane: str | None = Field(None, description="Lane name (default decider.default_lane); see GET /info.")
     with_vectors: bool = Field(False, description="Include each step's output vector.")
@@ -51,7 +60,9 @@ class GenerateRequest(_Request):
     )
     top_k: int | None = Field(None, ge=0, description="Sample among the k best candidates only (0: all).")
     top_p: float | None = Field(None, gt=0.0, le=1.0, description="Sample within this share of the weight.")
-    seed: int | None = Field(None, description="Seed of the sampling draws: the same seed repeats a run.")
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Seed of the sampling draws (0 to 2^64-1): the same seed repeats a run."
+    )
     lvm_temperature: float | None = Field(
         None, ge=0.0, le=2.0,
         description="How widely the LVM's sampler draws each vector around its mean (0: the mean; "
