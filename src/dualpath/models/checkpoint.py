@@ -6,11 +6,14 @@ Layout of one checkpoint directory:
     optimizer.safetensors  the optimizer's tensors (resumable checkpoints only)
     optimizer.json         the optimizer's non-tensor state: param_groups, step counters
     rng.json               Python, NumPy and torch RNG states, so a resumed run continues exactly
+    checksums.json         size and SHA-256 of model.safetensors, checked before the weights are loaded
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import random
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,10 @@ CONFIG_FILE = "config.json"
 OPTIM_TENSORS = "optimizer.safetensors"
 OPTIM_STATE = "optimizer.json"
 RNG_FILE = "rng.json"
+CHECKSUM_FILE = "checksums.json"
+_HASH_BLOCK = 1 << 22
+
+log = logging.getLogger(__name__)
 # A training output holds two checkpoints: last/ (resumable, every epoch) and best/ (by held-out metric).
 LAST = "last"
 BEST = "best"
@@ -54,6 +61,7 @@ def save_checkpoint(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(directory) as tmp:
         save_file(state, str(tmp / MODEL_FILE))
+        (tmp / CHECKSUM_FILE).write_text(json.dumps({MODEL_FILE: file_checksum(tmp / MODEL_FILE)}, indent=2) + "\n")
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=json_default) + "\n")
         if optimizer is not None:
             tensors, rest = _split_optimizer_state(optimizer.state_dict())
@@ -114,6 +122,7 @@ def load_weights(directory: str | Path, model: torch.nn.Module) -> None:
     path = Path(directory) / MODEL_FILE
     if not path.is_file():
         raise CheckpointError(f"checkpoint {directory} has no {MODEL_FILE}")
+    verify_weights(path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
@@ -123,6 +132,36 @@ def load_weights(directory: str | Path, model: torch.nn.Module) -> None:
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"checkpoint {directory} does not fit the model: {first}") from None
+
+
+def file_checksum(path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(_HASH_BLOCK):
+            digest.update(block)
+    return {"size": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def verify_weights(path: Path) -> None:
+    """Refuse weights whose size or SHA-256 differs from the checkpoint's checksums.json, naming the file.
+
+    A checkpoint written before checksums were recorded has none: it is loaded as it is.
+    """
+    listed = path.parent / CHECKSUM_FILE
+    if not listed.is_file():
+        log.debug("%s has no %s: its weights are loaded unchecked", path.parent, CHECKSUM_FILE)
+        return
+    try:
+        expected = json.loads(listed.read_text(encoding="utf-8"))[path.name]
+        size, sha256 = int(expected["size"]), str(expected["sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"checkpoint checksums {listed} are corrupt: {err!r}") from None
+    actual = file_checksum(path)
+    if actual["size"] != size or actual["sha256"] != sha256:
+        raise CheckpointError(
+            f"checkpoint weights {path} are corrupt: their checksum does not match {CHECKSUM_FILE} "
+            f"({actual['size']} bytes, {size} recorded); retrain the model or restore the file"
+        )
 
 
 def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer) -> None:
