@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     except UnicodeError as err:
         # Text that is not UTF-8 which reached a codec before any check did: still one line.
         _fail(f"text is not valid UTF-8: {err}")
+    except OSError as err:
+        # A path no check caught (a directory where a file goes, no permission, a full disk): still one line.
+        where = f"{err.filename}: " if err.filename else ""
+        _fail(f"{where}{err.strerror or err}")
     except usage_errors as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":
             exc.show()  # `dualpath bank` alone: the help text is the useful answer
