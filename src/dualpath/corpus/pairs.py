@@ -184,3 +184,23 @@ def gather_context(vectors: np.ndarray, context_ids: np.ndarray) -> tuple[np.nda
     ctx = np.asarray(vectors[safe.reshape(-1)], dtype=np.float32).reshape(*safe.shape, vectors.shape[1])
     ctx[~mask] = 0.0
     return ctx, mask
+
+
+CALIBRATION_SHARE = 0.5  # of the held-out documents: calibration fits on these, evaluation scores the rest
+
+
+def calibration_documents(heldout: Sequence[str] | set[str] | frozenset[str], seed: int = 0) -> set[str]:
+    """The held-out documents that calibration fits on; the rest are the evaluation's alone, so no
+    figure is scored on what it was fitted on. A stable hash, as for the held-out split itself."""
+    return heldout_documents(tuple(sorted(heldout)), CALIBRATION_SHARE, seed + 1)
+
+
+def heldout_half(split: PairSplit, half: str | None, seed: int = 0) -> ContextPairs:
+    """The held-out pairs of one half: "calibration", "evaluation", or None for both."""
+    if half is None:
+        return split.heldout
+    if half not in ("calibration", "evaluation"):
+        raise ValueError(f"half must be 'calibration' or 'evaluation', got {half!r}")
+    fitted = calibration_documents(split.heldout_docs, seed)
+    inside = np.array([split.doc_ids[d] in fitted for d in split.heldout.doc], dtype=bool)
+    return split.heldout.subset(np.flatnonzero(inside if half == "calibration" else ~inside))

@@ -13,15 +13,18 @@ from dualpath.decider.decision import (
     Shortlist,
     ShortlistBatch,
     avoid_rows,
+    choose_grounded,
     choose_next_vector,
     choose_next_vectors,
     id_member,
     id_rows,
     nearest_unsaid,
 )
-from dualpath.decider.decoder import DualPathDecoder, step_streams
+from dualpath.decider.decoder import DualPathDecoder, ground_streams, step_streams
+from dualpath.decider.grounding import FEATURES, Grounding, SnapConfidence
 from dualpath.decider.lanes import (
     Lane,
+    Risk,
     Shares,
     calibrate_lane,
     extreme_lanes,
@@ -45,6 +48,7 @@ from dualpath.decider.telemetry import RecentRecords, TelemetrySink, read_record
 from dualpath.errors import DeciderError
 
 __all__ = [
+    "FEATURES",
     "GREEDY",
     "NEAR_DUP_COSINE",
     "SCHEDULES",
@@ -52,25 +56,30 @@ __all__ = [
     "Decision",
     "DecisionRecord",
     "DualPathDecoder",
+    "Grounding",
     "Lane",
     "MinerResult",
     "RecentRecords",
+    "Risk",
     "Sampling",
     "SearchIndex",
     "Shares",
     "Shortlist",
     "ShortlistBatch",
+    "SnapConfidence",
     "SyncMiner",
     "TelemetrySink",
     "ThreadedMiner",
     "avoid_rows",
     "calibrate_lane",
+    "choose_grounded",
     "choose_next_vector",
     "choose_next_vectors",
     "continuous_alpha",
     "extreme_lanes",
     "get_lane",
     "get_schedule",
+    "ground_streams",
     "id_member",
     "id_rows",
     "load_lanes",

@@ -36,6 +36,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from dualpath.decider.grounding import SOURCES, Grounding
 from dualpath.decider.lanes import Lane
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
 from dualpath.errors import DeciderError
@@ -163,9 +164,14 @@ class DecisionRecord:
     near_dup: bool
     fallback_reason: str | None
     latency_ms: float
-    c_pick: float | None = None  # cos(v̂, n*): the c the thresholds saw (= c_max unless sampled)
+    c_pick: float | None = None  # what the thresholds saw: cos(v̂, n*) (= c_max unless sampled), or the confidence
     skipped_used: int = 0  # shortlist candidates removed because the stream already showed them
     skipped_paraphrases: int = 0  # better candidates passed over as paraphrases of what the stream said
+    # Lanes that ground on evidence (`rule: confidence`): p that n* is the true next concept, where n*
+    # came from (tower / lvm / successor) and the features p was computed from (decider/grounding.py).
+    confidence: float | None = None
+    candidate_source: str | None = None
+    evidence: dict[str, float] | None = None
 
     @property
     def picked_id(self) -> int:
@@ -669,3 +675,93 @@ def _choose_one(
         skipped_paraphrases=passed_over,
     )
     return out.astype(np.float32, copy=False), record
+
+
+def choose_grounded(
+    v_hat: np.ndarray,
+    grounding: Grounding,
+    lane: Lane,
+    recent_ids: Sequence[Sequence[int]] | np.ndarray | None = None,
+    schedule: str | AlphaSchedule = "continuous",
+    dup_threshold: float = NEAR_DUP_COSINE,
+    c_max: np.ndarray | None = None,
+    fallbacks: Sequence[str | None] | None = None,
+    decide_by: np.ndarray | None = None,
+) -> tuple[np.ndarray, list[DecisionRecord]]:
+    """Decide b streams of a lane that grounds on evidence (`rule: confidence`).
+
+    n* is the candidate `grounding` chose per stream (decider/grounding.py: allowed, and the most
+    probable true next concept) and p its confidence; the lane's thresholds are read on p:
+      n* picked within the lane's last `dup_window` steps and cos(v̂, n*) > dup_threshold → NOVEL_DUP_DROP
+      p ≥ τ_snap → SNAP (output n*);  p ≤ τ_novel → NOVEL (keep v̂);  otherwise BLEND, α from the schedule on p.
+    A stream with no candidate, or whose retrieval failed (`fallbacks`), is NOVEL. `c_max` (b,): the
+    best cos(v̂, shortlist), recorded as telemetry. `decide_by` (b,): a p per stream (NaN: its own)
+    that the rules read instead, with no near-duplicate drop (the random-mix baseline).
+    """
+    start = time.perf_counter()
+    alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
+    queries = _as_queries(v_hat)
+    b, d = queries.shape
+    q_norms = _row_norms(queries)
+    if not (q_norms.min() > 0 and q_norms.max() < np.inf):
+        good = np.isfinite(q_norms) & (q_norms > 0)
+        raise DeciderError(f"v̂ of stream {int(np.argmin(good))} is zero, NaN/inf or overflows float32")
+    queries = queries / q_norms[:, None]
+    ids = np.asarray(grounding.ids, dtype=np.int64)
+    if ids.shape != (b,) or grounding.vectors.shape != (b, d):
+        raise DeciderError(f"grounding must hold one candidate per stream ({b}, d={d})")
+    reasons = list(fallbacks) if fallbacks is not None else [None] * b
+    empty = (ids < 0) | np.array([r is not None for r in reasons], dtype=bool)
+    picked = np.where(empty[:, None], queries, grounding.vectors)
+    neighbours = picked / _row_norms(picked)[:, None]
+    c_pick = np.einsum("bd,bd->b", queries, neighbours).astype(np.float64)
+    p = np.asarray(grounding.confidence, dtype=np.float64)
+    overridden = np.zeros(b, bool)
+    c_rule = p
+    if decide_by is not None:
+        given = np.asarray(decide_by, dtype=np.float64)
+        overridden = ~np.isnan(given)
+        c_rule = np.where(overridden, given, p)
+    code = np.full(b, 3)
+    code[c_rule <= lane.tau_novel] = 0
+    code[c_rule >= lane.tau_snap] = 2
+    memory = id_rows(recent_ids, b, "memory of picked ids")
+    near_dup = np.zeros(b, bool)
+    if memory.shape[1]:
+        remembered = memory == ids[:, None]
+        near_dup = ~empty & ~overridden & (c_pick > dup_threshold) & remembered.any(axis=1)
+        window = min(lane.dup_window, memory.shape[1])
+        if window > 0:
+            code[near_dup & remembered[:, memory.shape[1] - window :].any(axis=1)] = 1
+    code[empty] = 0
+    is_snap, is_blend = code == 2, code == 3
+    alpha = is_snap.astype(np.float64)
+    out = queries.copy()
+    out[is_snap] = neighbours[is_snap]
+    if is_blend.any():
+        scheduled = np.asarray(alpha_of(c_rule, lane.tau_snap, lane.tau_novel), dtype=np.float64)
+        alpha[is_blend] = scheduled[is_blend]
+        a32 = alpha.astype(np.float32)[is_blend, None]
+        mixed = (1.0 - a32) * queries[is_blend] + a32 * neighbours[is_blend]
+        out[is_blend] = mixed / _row_norms(mixed)[:, None]
+    c_best = np.full(b, np.nan) if c_max is None else np.asarray(c_max, dtype=np.float64)
+    latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
+    records = []
+    for i in range(b):
+        none = bool(empty[i])
+        records.append(DecisionRecord(
+            step=0,
+            c_max=None if not np.isfinite(c_best[i]) else float(c_best[i]),
+            decision=_DECISIONS[int(code[i])],
+            neighbour_id=None if none else int(ids[i]),
+            alpha=float(alpha[i]),
+            lane=lane.name,
+            near_dup=bool(near_dup[i]),
+            fallback_reason=reasons[i] if reasons[i] is not None else FALLBACK_EMPTY if none else None,
+            latency_ms=latency_ms,
+            c_pick=float(c_rule[i]),
+            confidence=float(p[i]),
+            candidate_source=None if none else SOURCES[int(grounding.sources[i])],
+            evidence=None if none else grounding.evidence(i),
+        ))
+    return out, records

@@ -18,9 +18,11 @@ from dualpath.decider.decision import (
     Sampling,
     Shortlist,
     ShortlistBatch,
+    choose_grounded,
     choose_next_vector,
     choose_next_vectors,
 )
+from dualpath.decider.grounding import Grounding
 from dualpath.decider.lanes import Lane, get_lane, load_lanes
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
 from dualpath.errors import ConfigError, DeciderError
@@ -192,6 +194,47 @@ def step_streams(
             first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
             None if avoided is None else avoided[0] if whole else avoided[0][rows],
             None if avoided is None else avoided[1] if whole else avoided[1][rows],
+            decide_by,
+        )
+        out[rows] = decided
+        for i, d, record in zip(rows, members, group_records, strict=True):
+            records[i] = d.remember(record)
+    latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
+    return out, [dataclasses.replace(r, latency_ms=latency_ms) for r in records if r is not None]
+
+
+def ground_streams(
+    decoders: Sequence[DualPathDecoder],
+    v_hat: np.ndarray,
+    grounding: Grounding,
+    c_max: np.ndarray | None = None,
+    fallbacks: Sequence[str | None] | None = None,
+) -> tuple[np.ndarray, list[DecisionRecord]]:
+    """One step of b streams whose lanes ground on evidence (`rule: confidence`): `choose_grounded` once
+    per group of decoders that decide alike, each decoder remembering its own record. `grounding` holds
+    each stream's chosen candidate (decider/grounding.py); `c_max` and `fallbacks` are per stream."""
+    start = time.perf_counter()
+    b = len(decoders)
+    out = np.empty((b, v_hat.shape[1]), np.float32)
+    records: list[DecisionRecord | None] = [None] * b
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(decoders):
+        if d.lane.rule != "confidence":
+            raise DeciderError(f"lane '{d.lane.name}' decides by c_max; ground_streams is for confidence lanes")
+        groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold), []).append(i)
+    for rows in groups.values():
+        first = decoders[rows[0]]
+        members = [decoders[i] for i in rows]
+        own_c = [d.decision_c() for d in members]
+        decide_by = None if all(c is None for c in own_c) else np.array(
+            [np.nan if c is None else c for c in own_c], dtype=np.float64
+        )
+        sub = Grounding(*(np.asarray(a)[rows] for a in (
+            grounding.ids, grounding.vectors, grounding.confidence, grounding.sources, grounding.features)))
+        decided, group_records = choose_grounded(
+            v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule, first.dup_threshold,
+            None if c_max is None else np.asarray(c_max)[rows],
+            None if fallbacks is None else [fallbacks[i] for i in rows],
             decide_by,
         )
         out[rows] = decided

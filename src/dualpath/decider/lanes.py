@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -41,13 +41,45 @@ class Shares(BaseModel):
         return self
 
 
+HELPS = "helps"  # a risk level fitted at calibration: wherever grounding raises held-out cosine to the truth
+NONE = "none"
+
+
+class Risk(BaseModel):
+    """A `rule: confidence` lane's intent, as risk on p (the SNAP confidence: the probability that the
+    candidate is the true next concept). `snap`: SNAP at p ≥ this, or "helps" (the p above which
+    snapping raises held-out cosine to the truth, fitted at calibration). `blend`: BLEND between this
+    and the SNAP level, "helps" (fitted the same way) or "none" (never BLEND: a step is grounded or not)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    snap: float | Literal["helps"] = Field(union_mode="left_to_right")
+    blend: float | Literal["helps", "none"] = Field(NONE, union_mode="left_to_right")
+
+    @model_validator(mode="after")
+    def _levels(self) -> Risk:
+        for name in ("snap", "blend"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1] or '{HELPS}', got {value:g}")
+        if isinstance(self.snap, float) and isinstance(self.blend, float) and not self.blend < self.snap:
+            raise ValueError(f"blend ({self.blend:g}) must be below snap ({self.snap:g})")
+        return self
+
+
 class Lane(BaseModel):
-    """One decision profile. Thresholds are cosines: a lower τ_snap snaps more, a lower τ_novel keeps
-    fewer steps NOVEL."""
+    """One decision profile.
+
+    `rule: c_max` (the reference's quota rule): thresholds are cosines of v̂ to its nearest candidate; a
+    lower τ_snap snaps more, a lower τ_novel keeps fewer steps NOVEL. `rule: confidence`: thresholds are
+    probabilities that the candidate is the true next concept (decider/grounding.py), set from `risk`
+    at calibration; a lower τ_snap grounds more, on weaker evidence.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1)
+    rule: Literal["c_max", "confidence"] = "c_max"
     tau_snap: float = Field(ge=-1.0, le=1.0)
     tau_novel: float = Field(ge=-1.0, le=1.0)
     # Shortlist size asked of the retriever. Bounded: with k 1e11 every search failed and each step
@@ -57,7 +89,8 @@ class Lane(BaseModel):
     # Past steps whose shown concepts this stream may not show again (SNAP, BLEND and rendering take the
     # best unused candidate). 1 = a concept may come back, but never at two consecutive steps; 0 = off.
     repeat_window: int = Field(64, ge=0)
-    shares: Shares | None = None
+    shares: Shares | None = None  # rule c_max: target shares of SNAP / BLEND / NOVEL, set at calibration
+    risk: Risk | None = None  # rule confidence: the p levels, set at calibration
     calibrated: bool = False
     provenance: str = ""
     description: str = ""
@@ -66,12 +99,16 @@ class Lane(BaseModel):
     def _ordered(self) -> Lane:
         if not self.tau_novel < self.tau_snap:
             raise ValueError(f"must be below tau_snap (got {self.tau_novel:g} ≥ {self.tau_snap:g})")
+        if self.rule == "confidence" and self.shares is not None:
+            raise ValueError("a confidence lane states its intent as risk, not shares")
+        if self.rule == "c_max" and self.risk is not None:
+            raise ValueError("risk levels are for lanes with rule: confidence")
         return self
 
 
 def _error_line(err: ValidationError, lane: str, source: str) -> str:
     first = err.errors()[0]
-    field = ".".join(str(p) for p in first["loc"]) or "tau_novel"  # the only model-level check
+    field = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("float", "literal"))) or "tau_novel"
     message = first["msg"].removeprefix("Value error, ")
     return f"{source}: lane '{lane}': {field}: {message}"
 

@@ -26,15 +26,28 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import MIN_HELDOUT_PAIRS
-from dualpath.decider import Lane, calibrate_lane
+from dualpath.corpus.pairs import MIN_HELDOUT_PAIRS, heldout_half, split_from_config
+from dualpath.decider import Lane, calibrate_lane, make_lane
 from dualpath.errors import CorpusError
 from dualpath.locking import write_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.calibrated_lanes import known_lanes, stored_lane_definitions, write_calibration
-from dualpath.pipeline.evaluate import heldout_pairs, teacher_forced
+from dualpath.pipeline.calibrated_lanes import (
+    known_lanes,
+    model_digests,
+    stored_lane_definitions,
+    write_calibration,
+)
+from dualpath.pipeline.evaluate import heldout_pairs, sample_pairs, teacher_forced
 from dualpath.pipeline.free_running import generator_streams, heldout_prompts
+from dualpath.pipeline.grounding import (
+    MODES,
+    bank_successors,
+    case_rows,
+    fit_confidence,
+    grounded_outputs,
+    risk_thresholds,
+)
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator
@@ -43,7 +56,11 @@ log = logging.getLogger(__name__)
 
 # What a calibration measures changed (2: the paraphrase cosine; 3: streams drawn by the LVM's sampler):
 # a cached calibration older than this is redone.
-CALIBRATION_VERSION = 3
+CALIBRATION_VERSION = 4  # 4: the SNAP confidence and the lanes that ground on it
+# A fitted "helps" level may cost the unknown case (the bank does not hold the document) at most this much
+# teacher-forced cosine to the truth against LVM-only.
+HELPS_SLACK = 0.003
+DEFAULT_DEPTH = 500
 QUANTILES = (5, 25, 50, 75, 95)
 DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the same concept again"
 FREE_DOCS = 200  # held-out prompts of the free-running calibration
@@ -105,7 +122,7 @@ def calibrate_lanes(
     if not targets:
         raise ValueError("no lane states target shares; nothing to calibrate")
     depth = max(lane.k for lane in targets.values())
-    pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs)
+    pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs, half="calibration")
     if len(pairs) < MIN_HELDOUT_PAIRS:
         raise CorpusError(
             f"only {len(pairs)} held-out pairs: calibration needs {MIN_HELDOUT_PAIRS}; add documents, or set "
@@ -150,7 +167,7 @@ def calibrate_free_running(
     than MIN_FREE_STEPS values keeps its thresholds.
     """
     split = generator.lvm.training_split(generator.cfg.split)
-    prompts = heldout_prompts(generator.bank, split, docs)
+    prompts = heldout_prompts(generator.bank, split, docs, half="calibration")
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out: dict[str, Lane] = {}
     quantiles: dict[str, list[float]] = {}
@@ -173,6 +190,58 @@ def calibrate_free_running(
         out[name] = lane
         log.info("lane %s (free-running): tau_snap %.4f tau_novel %.4f", name, lane.tau_snap, lane.tau_novel)
     return out, {"free_running_steps": steps, "free_running_c_quantiles": {"levels": list(QUANTILES), **quantiles}}
+
+
+def calibrate_confidence(
+    bank: ConceptBank,
+    lvm: LatentVectorModel,
+    tower: QueryTower | None,
+    lanes: dict[str, Lane],
+    cfg: DualPathConfig,
+    max_pairs: int | None = 3000,
+) -> tuple[dict[str, Lane], dict[str, Any]]:
+    """The SNAP confidence fitted on the calibration half of the held-out documents, and the p levels
+    of every `rule: confidence` lane's risk (pipeline/grounding.py, `risk_thresholds`).
+
+    The pairs run in three cases (added, restated, unknown), so the confidence learns what the bank
+    knowing looks like and what it not knowing looks like; the evaluation half is never read here."""
+    split_cfg = lvm.training_split(cfg.split)
+    split = split_from_config(bank.documents(), split_cfg)
+    pairs = sample_pairs(heldout_half(split, "calibration", split_cfg.seed), max_pairs, split_cfg.seed)
+    if len(pairs) < MIN_HELDOUT_PAIRS:
+        raise CorpusError(
+            f"only {len(pairs)} held-out pairs to fit the SNAP confidence on: calibration needs {MIN_HELDOUT_PAIRS}; "
+            "add documents, or set split.heldout_fraction higher in --config and retrain both models"
+        )
+    depth = max((lane.k for lane in lanes.values()), default=DEFAULT_DEPTH)
+    table = bank_successors(bank)
+    cases = {mode: case_rows(bank, lvm, tower, pairs, depth, table, mode, split.doc_ids) for mode in MODES}
+    model, fit = fit_confidence([c.candidates for c in cases.values()], [c.labels for c in cases.values()])
+    parts = {mode: grounded_outputs(c, model) for mode, c in cases.items()}
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out: dict[str, Lane] = {}
+    for name, lane in lanes.items():
+        if lane.risk is None:
+            continue
+        tau_snap, tau_novel, score = risk_thresholds(lane.risk, parts, HELPS_SLACK)
+        provenance = (
+            f"calibrated {when} on {len(pairs)} held-out pairs of {bank.path.name} in {len(MODES)} cases "
+            f"(risk snap={lane.risk.snap}, blend={lane.risk.blend})"
+        )
+        out[name] = make_lane(name, lane.model_dump() | {
+            "tau_snap": tau_snap, "tau_novel": tau_novel, "calibrated": True, "provenance": provenance,
+        }, source="calibration")
+        log.info("lane %s: SNAP at p ≥ %.3f, BLEND above %.3f (calibration mean cos %.4f)", name, tau_snap,
+                 tau_novel, score)
+    measured = {
+        "model": model.to_dict(),
+        "fit": fit,
+        "pairs": len(pairs),
+        "created": when,
+        "cases": {mode: {"lvm_only": float(x["a"].mean()), "grounded_share_at_0.5": float((x["p"] >= 0.5).mean())}
+                  for mode, x in parts.items()},
+    }
+    return out, measured
 
 
 def calibrate_bank(
@@ -211,7 +280,10 @@ def _calibrate_bank(
     # as defined, not as last calibrated: thresholds come from the shares alone.
     lanes = known_lanes(bank.path, cfg.decider.lanes_file)
     custom = stored_lane_definitions(bank.path, cfg.decider.lanes_file)
-    calibrated, measured = calibrate_lanes(bank, lvm, tower, lanes, cfg, max_pairs)
+    confident = {name: lane for name, lane in lanes.items() if lane.rule == "confidence"}
+    grounded, confidence = calibrate_confidence(bank, lvm, tower, confident, cfg, max_pairs)
+    quota = {name: lane for name, lane in lanes.items() if lane.rule == "c_max"}
+    calibrated, measured = calibrate_lanes(bank, lvm, tower, quota, cfg, max_pairs)
     measured["paraphrase_cosine"] = paraphrase_cosine(
         bank.documents(), bank.all_vectors(), cfg.generation.paraphrase_cosine
     )
@@ -229,10 +301,16 @@ def _calibrate_bank(
                 "free-running streams gave %d c values, fewer than %d: the teacher-forced thresholds stay "
                 "(more held-out documents give more)", free["free_running_steps"], MIN_FREE_STEPS,
             )
+    calibrated.update(grounded)
     calibration = {
         **measured,
+        "version": CALIBRATION_VERSION,
+        # The models the thresholds were measured with: generation warns when they have changed since.
+        "models": model_digests(lvm, tower, generator.sampler if generator is not None else None),
+        "confidence": confidence,
         "lanes": {
             name: {
+                "rule": lane.rule,
                 "tau_snap": lane.tau_snap,
                 "tau_novel": lane.tau_novel,
                 "calibrated": True,

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from dualpath.bank import ConceptBank
 from dualpath.bank.layout import calibration_path
-from dualpath.decider import Lane, load_lanes, make_lane
+from dualpath.decider import Lane, SnapConfidence, load_lanes, make_lane
 from dualpath.errors import ConfigError
 from dualpath.fileio import write_json_atomic
 from dualpath.locking import write_lock
@@ -82,13 +83,16 @@ def stored_lane_definitions(bank_path: str | Path, user_file: str | Path | None 
     return {**(stored if isinstance(stored, dict) else {}), **user_lane_definitions(user_file)}
 
 
-def bank_lanes(bank: ConceptBank, user_file: str | Path | None = None, warn: bool = True) -> dict[str, Lane]:
+def bank_lanes(
+    bank: ConceptBank, user_file: str | Path | None = None, warn: bool = True, use_calibration: bool = True
+) -> dict[str, Lane]:
     """Known lanes (shipped, the bank's own, `user_file`) with the bank's calibrated thresholds applied by name.
 
-    `warn=False` silences the "uncalibrated" warning, for calibration itself.
+    `warn=False` silences the "uncalibrated" warning, for calibration itself; `use_calibration=False`
+    leaves the thresholds uncalibrated (a calibration measured with other models).
     """
     lanes = known_lanes(bank.path, user_file)
-    calibration = read_calibration(bank.path)
+    calibration = read_calibration(bank.path) if use_calibration else None
     if calibration is None:
         if warn:
             log.warning(
@@ -97,6 +101,42 @@ def bank_lanes(bank: ConceptBank, user_file: str | Path | None = None, warn: boo
             )
         return lanes
     for name, fields in calibration.get("lanes", {}).items():
-        if name in lanes:
+        # A threshold is a level of one rule's quantity (c, or p): it never carries over to the other rule.
+        if name in lanes and fields.get("rule", "c_max") == lanes[name].rule:
             lanes[name] = make_lane(name, lanes[name].model_dump() | fields, f"{calibration_path(bank.path)}")
     return lanes
+
+
+def model_digests(lvm: Any, tower: Any | None, sampler: Any | None) -> dict[str, str | None]:
+    """Short digests of the weights a calibration was measured with (LVM, query tower, LVM sampler)."""
+    from dualpath.models.sampler import weights_digest
+
+    return {
+        "lvm": weights_digest(lvm.net),
+        "tower": None if tower is None else weights_digest(tower.net),
+        "sampler": None if sampler is None else weights_digest(sampler.net),
+    }
+
+
+def stale_models(calibration: dict[str, Any], lvm: Any, tower: Any | None, sampler: Any | None) -> list[str]:
+    """The models that changed since `calibration` was measured (none when it recorded no digests)."""
+    recorded = calibration.get("models")
+    if not isinstance(recorded, dict):
+        return []
+    now = model_digests(lvm, tower, sampler)
+    return [name for name in ("lvm", "tower", "sampler") if name in recorded and recorded[name] != now[name]]
+
+
+DEFAULT_CONFIDENCE = "confidence.json"  # shipped beside lanes.yaml: used until a bank is calibrated
+
+
+def read_confidence(bank_path: str | Path | None) -> SnapConfidence:
+    """The SNAP confidence of `rule: confidence` lanes: the one fitted on the bank's held-out documents
+    (calibration.json), else the shipped default (fitted on the Wikipedia sample with all-MiniLM-L6-v2;
+    other spaces should calibrate)."""
+    calibration = read_calibration(bank_path) if bank_path is not None else None
+    fitted = (calibration or {}).get("confidence", {}).get("model")
+    if fitted is not None:
+        return SnapConfidence.from_dict(fitted, f"{calibration_path(bank_path)}: confidence")
+    shipped = resources.files("dualpath.decider").joinpath(DEFAULT_CONFIDENCE).read_text(encoding="utf-8")
+    return SnapConfidence.from_dict(json.loads(shipped)["model"], f"shipped {DEFAULT_CONFIDENCE}")

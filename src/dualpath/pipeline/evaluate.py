@@ -19,10 +19,11 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig, SplitConfig
-from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
+from dualpath.corpus.pairs import ContextPairs, gather_context, heldout_half, split_from_config
 from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, extreme_lanes, get_schedule
 from dualpath.decider.decision import Shortlist
 from dualpath.evaluation.ranking import target_ranks
+from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.free_running import evaluate_free_running
@@ -50,6 +51,10 @@ class TeacherForced:
     query_source: str
 
     bank_vectors: Callable[[np.ndarray], np.ndarray]  # ids → (n, d) float32: the bank's `vectors`
+    queries: np.ndarray | None = None  # (n, d) the retrieval queries, unit
+    query_scores: np.ndarray | None = None  # (n, depth) float32 q·n of the shortlist, -inf at padding
+    hidden: list[np.ndarray] | None = None  # per pair, ids kept out of the bank (the *unknown* case)
+    contexts: np.ndarray | None = None  # (n, C, d) the context vectors the models read
 
     def c_max(self, k: int) -> np.ndarray:
         """Best cosine of v̂ to its top-k shortlist, per pair (-inf where the shortlist is empty)."""
@@ -57,12 +62,22 @@ class TeacherForced:
 
 
 def heldout_pairs(
-    bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None
+    bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None, half: str | None = None
 ) -> ContextPairs:
+    """Held-out pairs (of one `half`: "calibration", "evaluation"; None: all), at most `max_pairs`."""
     split = split_from_config(bank.documents(), split_cfg)
-    pairs = split.heldout
+    pairs = heldout_half(split, half, split_cfg.seed)
+    return sample_pairs(pairs, max_pairs, split_cfg.seed)
+
+
+def known_pairs(bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None) -> ContextPairs:
+    """Pairs of the documents the models trained on (the *known* case), at most `max_pairs`."""
+    return sample_pairs(split_from_config(bank.documents(), split_cfg).train, max_pairs, split_cfg.seed)
+
+
+def sample_pairs(pairs: ContextPairs, max_pairs: int | None, seed: int) -> ContextPairs:
     if max_pairs is not None and len(pairs) > max_pairs:
-        rng = np.random.default_rng(split_cfg.seed)
+        rng = np.random.default_rng(seed)
         pairs = pairs.subset(np.sort(rng.choice(len(pairs), max_pairs, replace=False)))
     return pairs
 
@@ -73,13 +88,27 @@ def teacher_forced(
     tower: QueryTower | None,
     pairs: ContextPairs,
     depth: int,
+    hidden: Sequence[np.ndarray] | None = None,
+    paraphrase: tuple[float, float] | None = None,
+    seed: int = 0,
 ) -> TeacherForced:
-    """Predict, query and search for every pair (context removed from each shortlist)."""
+    """Predict, query and search for every pair (context removed from each shortlist).
+
+    `hidden[i]`: ids that pair i's searches treat as absent from the bank (its whole document, for
+    the *unknown* case: a prompt from text the bank does not hold). `paraphrase` (lo, hi): each context
+    vector is moved to a cosine drawn in [lo, hi] of the bank's own, in a random direction: a prompt that
+    restates bank text in other words."""
     vectors = bank.all_vectors()
     ctx, mask = gather_context(vectors, pairs.context)
+    if paraphrase is not None:
+        ctx = restate(ctx, mask, paraphrase, seed)
     v_hat = lvm.predict(ctx, mask)
     queries = tower.encode_queries(ctx, mask) if tower is not None else v_hat
-    ids, _ = search_excluding(bank.search, queries, depth, pairs.context_sets())
+    queries = normalize_rows(np.asarray(queries, dtype=np.float32))
+    exclude = pairs.context_sets()
+    if hidden is not None:
+        exclude = [np.union1d(c, h) for c, h in zip(exclude, hidden, strict=True)]
+    ids, scores = search_excluding(bank.search, queries, depth, exclude)
     c = np.full(ids.shape, -np.inf, dtype=np.float32)
     for start in range(0, len(pairs), _CHUNK):
         block = ids[start : start + _CHUNK]
@@ -88,7 +117,22 @@ def teacher_forced(
         sims = np.einsum("bkd,bd->bk", cand, v_hat[start : start + _CHUNK])
         c[start : start + _CHUNK] = np.where(valid, sims, -np.inf)
     targets = bank.vectors(pairs.target)
-    return TeacherForced(pairs, v_hat, targets, ids, c, "tower" if tower is not None else "lvm", bank.vectors)
+    return TeacherForced(
+        pairs, v_hat, targets, ids, c, "tower" if tower is not None else "lvm", bank.vectors,
+        queries, scores, None if hidden is None else list(hidden), ctx,
+    )
+
+
+def restate(ctx: np.ndarray, mask: np.ndarray, cosines: tuple[float, float], seed: int) -> np.ndarray:
+    """Context vectors (n, C, d) each turned to a cosine drawn uniformly in `cosines` of itself."""
+    rng = np.random.default_rng(seed)
+    noise = rng.standard_normal(ctx.shape).astype(np.float32)
+    noise -= np.einsum("ncd,ncd->nc", noise, ctx)[..., None] * ctx  # orthogonal to each vector
+    noise /= np.maximum(np.linalg.norm(noise, axis=-1, keepdims=True), 1e-12)
+    cos = rng.uniform(*cosines, size=ctx.shape[:2]).astype(np.float32)[..., None]
+    out = cos * ctx + np.sqrt(1 - cos * cos) * noise
+    out[~mask] = 0.0
+    return out
 
 
 def decide_lane(

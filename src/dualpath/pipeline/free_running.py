@@ -33,7 +33,7 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import SplitConfig
-from dualpath.corpus.pairs import heldout_documents
+from dualpath.corpus.pairs import calibration_documents, heldout_documents, resolve_split
 from dualpath.decider import (
     Decision,
     DualPathDecoder,
@@ -77,7 +77,13 @@ class Stream:
 
 
 def heldout_prompts(
-    bank: ConceptBank, split: SplitConfig, docs: int, prompt_len: int = PROMPT_CONCEPTS, steps: int = STEPS
+    bank: ConceptBank,
+    split: SplitConfig,
+    docs: int,
+    prompt_len: int = PROMPT_CONCEPTS,
+    steps: int = STEPS,
+    half: str | None = None,
+    known: bool = False,
 ) -> list[Prompt]:
     """Prompts from up to `docs` held-out documents.
 
@@ -87,7 +93,13 @@ def heldout_prompts(
     steps still have a truth to compare with; then by id, for a stable choice.
     """
     documents = bank.documents()
+    split = resolve_split(split, documents)
     held = heldout_documents(tuple(documents), split.heldout_fraction, split.seed)
+    if known:  # the documents the models trained on, instead
+        held = set(documents) - held
+    elif half is not None:
+        fitted = calibration_documents(held, split.seed)
+        held = fitted if half == "calibration" else held - fitted
     usable = [(d, documents[d]) for d in sorted(held) if len(documents[d]) > prompt_len]
     usable.sort(key=lambda item: -min(len(item[1]) - prompt_len, steps))
     prompts = []

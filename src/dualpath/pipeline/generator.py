@@ -45,11 +45,13 @@ from dualpath.decider import (
     Sampling,
     Shortlist,
     ShortlistBatch,
+    SnapConfidence,
     SyncMiner,
     TelemetrySink,
     ThreadedMiner,
     avoid_rows,
     get_lane,
+    ground_streams,
     id_member,
     id_rows,
     nearest_unsaid,
@@ -63,7 +65,8 @@ from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.sampler import LVMSampler, load_lvm_sampler
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration
+from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration, read_confidence, stale_models
+from dualpath.pipeline.grounding import StreamAnchors, bank_successors, ground_step
 from dualpath.runtime import one_blas_thread, resolve_device, torch_threads
 from dualpath.search import excluded_depth, search_excluding
 
@@ -347,6 +350,10 @@ class Generator:
         # Every step's decision record goes here as one JSON line when set (`--telemetry FILE`).
         self.telemetry: TelemetrySink | None = None
         self._paraphrase_set_by_user = "paraphrase_cosine" in cfg.generation.model_fields_set
+        # The SNAP confidence of `rule: confidence` lanes (the bank's calibration, else the shipped default).
+        self.confidence: SnapConfidence = read_confidence(None)
+        self.calibration_stale: list[str] = []  # models changed since the bank was calibrated
+        self._successors: tuple[int, np.ndarray] | None = None
 
     @classmethod
     def from_bank(
@@ -391,15 +398,27 @@ class Generator:
         return generator
 
     def apply_calibration(self, warn: bool = True) -> None:
-        """(Re)read the bank's calibration: each lane's thresholds and the near-duplicate cosine."""
-        self.lanes = bank_lanes(self.bank, self.cfg.decider.lanes_file, warn=warn)
+        """(Re)read the bank's calibration: each lane's thresholds, the SNAP confidence and the near-duplicate
+        cosine. A calibration measured with other models than this generator's is not used (it says so)."""
         calibration = read_calibration(self.bank.path) or {}
+        changed = stale_models(calibration, self.lvm, self.tower, self.sampler)
+        if changed:
+            log.warning(
+                "the calibration of %s was measured with other models (%s changed since): it is not used, and "
+                "the lanes run uncalibrated until `dualpath calibrate --bank %s`", self.bank.path,
+                ", ".join(changed), self.bank.path,
+            )
+            calibration = {}
+        self.lanes = bank_lanes(self.bank, self.cfg.decider.lanes_file, warn=warn and not changed,
+                                use_calibration=not changed)
         if "dup_threshold" in calibration:
             # Measured where "the same concept again" begins in this bank's embedding space.
             decider = self.cfg.decider.model_copy(update={"dup_threshold": calibration["dup_threshold"]})
             self.cfg = self.cfg.model_copy(update={"decider": decider})
         if "paraphrase_cosine" in calibration:
             self.use_paraphrase_cosine(calibration["paraphrase_cosine"])
+        self.confidence = read_confidence(self.bank.path if calibration else None)
+        self.calibration_stale = changed
         calibrated_at = calibration.get("lvm_temperature")
         used = self.lvm_temperature
         if warn and calibrated_at is not None and abs(float(calibrated_at) - used) > 1e-6:
@@ -419,6 +438,12 @@ class Generator:
             return
         generation = self.cfg.generation.model_copy(update={"paraphrase_cosine": float(value)})
         self.cfg = self.cfg.model_copy(update={"generation": generation})
+
+    def successors(self) -> np.ndarray:
+        """The bank's successor table (made once per bank size: `bank add` appends documents)."""
+        if self._successors is None or self._successors[0] != len(self.bank):
+            self._successors = (len(self.bank), bank_successors(self.bank))
+        return self._successors[1]
 
     def close(self) -> None:
         self.miner.close()
@@ -469,6 +494,7 @@ class Generator:
         seed: int | None = None,
         decoder: DualPathDecoder | None = None,
         lvm_temperature: float | None = None,
+        hidden_ids: Sequence[int] = (),
     ) -> Iterator[GenerationStep]:
         """Yield one GenerationStep per step. `prompt` is text or an already encoded (t, d) context.
 
@@ -478,13 +504,15 @@ class Generator:
         their paraphrases) are passed over for the lane's repeat window. `sampling`, `seed` and
         `lvm_temperature` (how widely the sampler draws v̂ around the LVM's mean; 0 = the mean) default
         to `cfg.generation`'s; `decoder` (one made by `self.decoder`, or a baseline's) replaces the
-        lane's own.
+        lane's own. `hidden_ids`: bank ids the stream treats as absent from the bank (never shown, never
+        matched: a document kept out, as evaluation's *unknown* case does).
         """
         steps = self._check_steps(steps)
         decoder = decoder if decoder is not None else self.decoder(lane, sampling, seed)
         contexts, excludes, encode_ms = self._prepare([prompt], [context_ids])
-        context, exclude = contexts[0], excludes[0]
-        runs = self._run([context], [exclude], [decoder], steps, render, lvm_temperature)
+        hidden = [np.unique(np.asarray(hidden_ids, dtype=np.int64))]
+        runs = self._run(contexts, [np.union1d(excludes[0], hidden[0])], [decoder], steps, render,
+                         lvm_temperature, hidden)
         for number, batch in enumerate(runs):
             step = batch[0]
             if number == 0 and encode_ms:
@@ -503,6 +531,7 @@ class Generator:
         seed: int | None = None,
         decoders: Sequence[DualPathDecoder] | None = None,
         lvm_temperature: float | None = None,
+        hidden_ids: Sequence[Sequence[int]] | None = None,
     ) -> list[list[GenerationStep]]:
         """Many streams at once: one LVM call, one tower call, one search and one rendering search per step.
 
@@ -522,8 +551,12 @@ class Generator:
         if len(ids) != len(prompts):
             raise DualPathError(f"{len(prompts)} prompts but {len(ids)} context id lists")
         contexts, excludes, _ = self._prepare(prompts, ids)
+        hidden = [np.unique(np.asarray(h, dtype=np.int64)) for h in (hidden_ids or [()] * len(prompts))]
+        if len(hidden) != len(prompts):
+            raise DualPathError(f"{len(prompts)} prompts but {len(hidden)} hidden id lists")
+        excludes = [np.union1d(e, h) for e, h in zip(excludes, hidden, strict=True)]
         streams: list[list[GenerationStep]] = [[] for _ in prompts]
-        for batch in self._run(contexts, excludes, list(decoders), steps, render, lvm_temperature):
+        for batch in self._run(contexts, excludes, list(decoders), steps, render, lvm_temperature, hidden):
             for stream, step in zip(streams, batch, strict=True):
                 stream.append(step)
         return streams
@@ -583,6 +616,7 @@ class Generator:
         steps: int,
         render: bool,
         lvm_temperature: float | None = None,
+        hidden: list[np.ndarray] | None = None,
     ) -> Iterator[list[GenerationStep]]:
         """The step loop over b streams: every model, index and rendering call is made once per step.
 
@@ -603,6 +637,15 @@ class Generator:
         lane_k = [d.lane.k for d in decoders]
         said: list[list[np.ndarray]] = [[] for _ in contexts]  # each stream's shown concepts' vectors
         reader = ShortlistReader(self.bank)
+        # Streams whose lanes ground on evidence: their anchors, the bank's successors, the confidence.
+        grounded = [i for i, d in enumerate(decoders) if d.lane.rule == "confidence"]
+        plain = [i for i in range(b) if i not in set(grounded)]
+        anchors = None
+        if grounded:
+            anchors = StreamAnchors(
+                self.bank, [contexts[i] for i in grounded],
+                [(hidden or [np.zeros(0, np.int64)] * b)[i] for i in grounded],
+            )
         with torch_threads(1):
             lvm_state = lvm_stream(self.lvm, contexts, incremental)
             tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None
@@ -633,18 +676,29 @@ class Generator:
             t0 = time.perf_counter()
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
             avoided = self._avoided(contexts, said, decoders)
-            if b == 1:
+            if b == 1 and not grounded:
                 one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
                 own = (None, None) if avoided is None else (avoided[0][0], avoided[1][0])
                 output, record = decoders[0].step(v_hat[0], one, *own)
                 outputs, records = output[None], [record]
-            else:
+            elif not grounded:
                 outputs, records = step_streams(decoders, v_hat, shortlists, avoided)
+            else:
+                outputs, records = self._decide_mixed(
+                    decoders, grounded, plain, v_hat, queries, shortlists, avoided, used, excludes, anchors
+                )
             lat["decide"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used, avoided)
             shown_ids = [r.concept_id for r in rendered]
             shown_vectors = self._concept_vectors(shown_ids)
+            if anchors is not None:  # the next step's newest context concept is anchored where it was shown
+                fed_as_shown = self.cfg.generation.feedback == "rendered"
+                anchors.push(
+                    np.array([shown_ids[i] for i in grounded]),
+                    np.array([1.0 if fed_as_shown or records[i].decision is Decision.SNAP
+                              else rendered[i].cosine if shown_ids[i] >= 0 else 0.0 for i in grounded]),
+                )
             if render:  # what each stream showed leaves its next shortlists, as do its paraphrases
                 for i, decoder in enumerate(decoders):
                     decoder.shown(shown_ids[i])
@@ -702,6 +756,54 @@ class Generator:
             with one_blas_thread():  # not across the yield: the caller's code runs there
                 batch = one_step(number)
             yield batch
+
+    def _decide_mixed(
+        self,
+        decoders: list[DualPathDecoder],
+        grounded: list[int],
+        plain: list[int],
+        v_hat: np.ndarray,
+        queries: np.ndarray,
+        shortlists: ShortlistBatch,
+        avoided: tuple[np.ndarray, np.ndarray] | None,
+        used: list[np.ndarray],
+        excludes: list[np.ndarray],
+        anchors: StreamAnchors | None,
+    ) -> tuple[np.ndarray, list[DecisionRecord]]:
+        """A step whose streams include lanes that ground on evidence: those are decided on their
+        grounding (`ground_step`, `ground_streams`), the rest by `step_streams`, each on its own rows."""
+        assert anchors is not None
+        b = len(decoders)
+        outputs = np.empty((b, self.bank.dim), np.float32)
+        records: list[DecisionRecord | None] = [None] * b
+
+        def rows_of(batch: ShortlistBatch, rows: list[int]) -> ShortlistBatch:
+            if len(rows) == b:
+                return batch
+            return ShortlistBatch(batch.ids[rows], batch.vectors[rows], tuple(batch.fallbacks[i] for i in rows),
+                                  batch.unit)
+
+        def avoided_of(rows: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
+            return None if avoided is None else (avoided[0][rows], avoided[1][rows])
+
+        sub = rows_of(shortlists, grounded)
+        grounding, c_max = ground_step(
+            self.confidence, self.successors(), anchors, v_hat[grounded], queries[grounded], sub,
+            [used[i] for i in grounded], [excludes[i] for i in grounded], avoided_of(grounded),
+            lambda ids: gather_vectors(self.bank, ids.reshape(-1)).reshape(*ids.shape, self.bank.dim),
+        )
+        out, decided = ground_streams([decoders[i] for i in grounded], v_hat[grounded], grounding, c_max,
+                                      sub.fallbacks)
+        outputs[grounded] = out
+        for i, record in zip(grounded, decided, strict=True):
+            records[i] = record
+        if plain:
+            out, decided = step_streams([decoders[i] for i in plain], v_hat[plain], rows_of(shortlists, plain),
+                                        avoided_of(plain))
+            outputs[plain] = out
+            for i, record in zip(plain, decided, strict=True):
+                records[i] = record
+        return outputs, [r for r in records if r is not None]
 
     def _lvm_temperature(self, value: float | None) -> float:
         temperature = self.cfg.generation.lvm_temperature if value is None else float(value)

@@ -1,0 +1,289 @@
+"""Evidence that the bank holds the next concept, and the SNAP confidence fitted on it.
+
+The c_max rule grounds by closeness to v̂ alone. Here each step weighs a few candidates on all the
+evidence at hand and asks one question of each: how likely is it to be the true next concept?
+
+Candidates of a step (at most 2 + A, duplicates allowed):
+  tower         the retriever's best allowed shortlist candidate (highest q·n)
+  lvm           the allowed shortlist candidate nearest v̂ (the c_max rule's n*)
+  successor j   the concept that follows, j + 1 places on in its own document, the bank concept that
+                the context's (j+1)-th newest concept matched (its *anchor*): the continuation a kNN-LM
+                or RETRO reads off its neighbours. A context that is bank text anchors at cosine 1.
+
+Features of a candidate (`FEATURES`), all cosines or flags, so one model fits any unit-norm space:
+  tower_score / tower_gap / tower_margin   q·n, its gap to the best q·n, the best's margin over the 2nd
+  lvm_cos / lvm_gap                        cos(v̂, n) and its gap to c_max
+  tower_top / lvm_top                      the candidate is the tower's / the LVM's first choice
+  successor / anchor_cos / anchor_exact / anchor_age
+                                           it continues an anchor; the anchor's match cosine; the
+                                           match is exact (≥ EXACT_ANCHOR); which context concept
+
+`SnapConfidence` is a logistic regression over them, p = P(candidate is the true next concept), fitted
+at calibration on held-out documents (pipeline/calibrate.py), both with their documents in the bank and
+kept out of it. A step grounds on its most probable allowed candidate; lanes set thresholds on p.
+
+Plain numpy in and out; no index, model or bank here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from dualpath.errors import ConfigError
+
+FEATURES = (
+    "tower_score", "tower_gap", "tower_margin", "lvm_cos", "lvm_gap", "tower_top", "lvm_top",
+    "successor", "anchor_cos", "anchor_exact", "anchor_age",
+)
+SOURCES = ("none", "tower", "lvm", "successor")  # candidate_source codes (0: no candidate)
+ANCHORS = 2  # context concepts (newest first) whose bank matches propose their successors
+EXACT_ANCHOR = 0.995  # a context concept this close to a bank concept is that concept
+L2 = 1e-2  # ridge on the standardised weights: keeps rare flags from running off to ±inf
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A step's candidates for b streams: ids (b, m) int64 (-1: none), vectors (b, m, d) float32,
+    features (b, m, len(FEATURES)) float64 and sources (b, m) int8 codes into SOURCES."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    features: np.ndarray
+    sources: np.ndarray
+
+
+@dataclass(frozen=True)
+class Grounding:
+    """Per stream, the candidate a step grounds on: id (-1: none), unit vector, p, source code, features."""
+
+    ids: np.ndarray
+    vectors: np.ndarray
+    confidence: np.ndarray
+    sources: np.ndarray
+    features: np.ndarray
+
+    def evidence(self, i: int) -> dict[str, float] | None:
+        """Stream i's features by name (None when it has no candidate): what telemetry shows."""
+        if self.ids[i] < 0:
+            return None
+        return {name: round(float(x), 4) for name, x in zip(FEATURES, self.features[i], strict=True)}
+
+
+def successor_table(documents: Mapping[str, np.ndarray], size: int, reach: int = ANCHORS) -> np.ndarray:
+    """(reach, size) int64: row j holds, for every concept id, the concept j + 1 places after it in its
+    document (-1 past the document's end or for ids no document holds)."""
+    table = np.full((reach, size), -1, dtype=np.int64)
+    for ids in documents.values():
+        ids = np.asarray(ids, dtype=np.int64)
+        for j in range(reach):
+            if len(ids) > j + 1:
+                table[j, ids[: -(j + 1)]] = ids[j + 1 :]
+    return table
+
+
+def successor_ids(table: np.ndarray, anchor_ids: np.ndarray) -> np.ndarray:
+    """(b, A) successors of (b, A) anchors: column j is j + 1 places on (-1 where there is none)."""
+    out = np.full(anchor_ids.shape, -1, dtype=np.int64)
+    for j in range(min(anchor_ids.shape[1], table.shape[0])):
+        col = anchor_ids[:, j]
+        ok = (col >= 0) & (col < table.shape[1])
+        out[ok, j] = table[j, col[ok]]
+    return out
+
+
+def _top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: index of the best score, the best and the second best (-inf where missing)."""
+    b, k = scores.shape
+    if k == 0:
+        empty = np.full(b, -np.inf)
+        return np.zeros(b, np.int64), empty, empty
+    best = np.argmax(scores, axis=1)
+    top = scores[np.arange(b), best].astype(np.float64)
+    rest = scores.copy()
+    rest[np.arange(b), best] = -np.inf
+    second = rest.max(axis=1).astype(np.float64) if k > 1 else np.full(b, -np.inf)
+    return best, top, second
+
+
+def gather_candidates(
+    ids: np.ndarray,
+    tower_scores: np.ndarray,
+    lvm_cos: np.ndarray,
+    successors: np.ndarray,
+    anchor_cos: np.ndarray,
+    successor_allowed: np.ndarray,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    queries: np.ndarray,
+    v_hat: np.ndarray,
+) -> Candidates:
+    """The candidates of b streams and their features.
+
+    `ids` (b, k) shortlist ids; `tower_scores` / `lvm_cos` (b, k) q·n and cos(v̂, n) with -inf where
+    a candidate is not allowed (padding, shown, the context); `successors` (b, A) successor ids of the
+    anchors (`successor_ids`), `anchor_cos` (b, A) the anchors' match cosines, `successor_allowed`
+    (b, A); `vectors_of(ids)` unit float32 vectors of bank ids (any shape); `queries` and `v_hat`
+    (b, d) unit rows.
+    """
+    b = ids.shape[0]
+    rows = np.arange(b)
+    t_best, t_top, t_second = _top_two(tower_scores)
+    l_best, l_top, _ = _top_two(lvm_cos)
+    tower_id = np.where(np.isfinite(t_top), ids[rows, t_best] if ids.shape[1] else -1, -1)
+    lvm_id = np.where(np.isfinite(l_top), ids[rows, l_best] if ids.shape[1] else -1, -1)
+    succ = np.where(successor_allowed & (successors >= 0), successors, -1)
+    cand = np.concatenate([tower_id[:, None], lvm_id[:, None], succ], axis=1).astype(np.int64)
+    sources = np.concatenate([
+        np.full((b, 1), SOURCES.index("tower")), np.full((b, 1), SOURCES.index("lvm")),
+        np.full(succ.shape, SOURCES.index("successor")),
+    ], axis=1).astype(np.int8)
+    sources[cand < 0] = 0
+    vectors = np.asarray(vectors_of(np.maximum(cand, 0)), dtype=np.float32)
+    tower_score = np.einsum("bmd,bd->bm", vectors, queries).astype(np.float64)
+    cos = np.einsum("bmd,bd->bm", vectors, v_hat).astype(np.float64)
+    # Successor flags by id, so a shortlist candidate that is also a successor carries that evidence too.
+    same = (cand[:, :, None] == succ[:, None, :]) & (succ[:, None, :] >= 0)  # (b, m, A)
+    anchor = np.where(same, anchor_cos[:, None, :], 0.0)
+    best_anchor = anchor.max(axis=2, initial=0.0)
+    age = np.where(same, np.arange(succ.shape[1])[None, None, :], 99).min(axis=2, initial=99)
+    margin = np.where(np.isfinite(t_second), t_top - t_second, 1.0)
+    features = np.stack([
+        tower_score,
+        tower_score - np.where(np.isfinite(t_top), t_top, tower_score.max(axis=1))[:, None],
+        np.broadcast_to(margin[:, None], cand.shape),
+        cos,
+        cos - np.where(np.isfinite(l_top), l_top, cos.max(axis=1))[:, None],
+        (cand == tower_id[:, None]) & (tower_id[:, None] >= 0),
+        (cand == lvm_id[:, None]) & (lvm_id[:, None] >= 0),
+        same.any(axis=2),
+        best_anchor,
+        best_anchor >= EXACT_ANCHOR,
+        np.where(same.any(axis=2), age, 0),
+    ], axis=2).astype(np.float64)
+    features[cand < 0] = 0.0
+    return Candidates(cand, vectors, features, sources)
+
+
+@dataclass(frozen=True)
+class SnapConfidence:
+    """p = σ(w · (x - mean) / scale + bias): the probability that a candidate is the true next concept."""
+
+    features: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """p for features x (..., F); float64 in [0, 1]."""
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale @ self.weights + self.bias
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+    @classmethod
+    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = L2, iterations: int = 50) -> SnapConfidence:
+        """Logistic regression by Newton's method (IRLS) on standardised features, ridge `l2`."""
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(FEATURES) or len(x) != len(y) or len(x) == 0:
+            raise ValueError(f"need (n, {len(FEATURES)}) features and n labels, got {x.shape} and {y.shape}")
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale = np.where(scale > 1e-9, scale, 1.0)
+        z = np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], axis=1)
+        w = np.zeros(z.shape[1])
+        ridge = np.full(z.shape[1], l2 * len(x))
+        ridge[-1] = 0.0
+        for _ in range(iterations):
+            p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -40, 40)))
+            gradient = z.T @ (p - y) + ridge * w
+            hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(ridge) + 1e-9 * np.eye(len(w))
+            step = np.linalg.solve(hessian, gradient)
+            w -= step
+            if np.abs(step).max() < 1e-8:
+                break
+        return cls(FEATURES, mean, scale, w[:-1], float(w[-1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": list(self.features),
+            "mean": self.mean.tolist(),
+            "scale": self.scale.tolist(),
+            "weights": self.weights.tolist(),
+            "bias": self.bias,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "confidence model") -> SnapConfidence:
+        try:
+            features = tuple(str(f) for f in data["features"])
+            arrays = [np.asarray(data[key], dtype=np.float64) for key in ("mean", "scale", "weights")]
+            bias = float(data["bias"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(
+                f"{source} is corrupt ({type(err).__name__}: {err}); rerun `dualpath calibrate`"
+            ) from None
+        if features != FEATURES:
+            raise ConfigError(
+                f"{source} was fitted on features {list(features)}, this version uses {list(FEATURES)}; "
+                "rerun `dualpath calibrate`"
+            )
+        if any(a.shape != (len(FEATURES),) or not np.isfinite(a).all() for a in arrays) or not np.isfinite(bias):
+            raise ConfigError(
+                f"{source} is corrupt (weights of the wrong shape or not finite); rerun `dualpath calibrate`"
+            )
+        if (arrays[1] <= 0).any():
+            raise ConfigError(f"{source} is corrupt (a feature scale ≤ 0); rerun `dualpath calibrate`")
+        return cls(features, arrays[0], arrays[1], arrays[2], bias)
+
+
+def choose_grounding(
+    candidates: Candidates,
+    model: SnapConfidence,
+    pick: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> Grounding:
+    """Each stream's most probable candidate. `pick(scores, vectors)` may refuse some (it returns each
+    row's chosen index, -1 for none; e.g. `nearest_unsaid` passing over paraphrases); by default the
+    argmax of p over the valid candidates."""
+    p = model.predict(candidates.features)
+    scores = np.where(candidates.ids >= 0, p, -np.inf)
+    if pick is None:
+        best = np.argmax(scores, axis=1) if scores.shape[1] else np.zeros(len(scores), np.int64)
+        best = np.where(np.isfinite(scores[np.arange(len(scores)), best]) if scores.shape[1] else False, best, -1)
+    else:
+        best = pick(scores, candidates.vectors)
+    rows = np.arange(len(best))
+    at = np.maximum(best, 0)
+    found = best >= 0
+    ids = np.where(found, candidates.ids[rows, at] if scores.shape[1] else -1, -1)
+    d = candidates.vectors.shape[2]
+    vectors = candidates.vectors[rows, at] if scores.shape[1] else np.zeros((len(best), d), np.float32)
+    return Grounding(
+        ids=ids.astype(np.int64),
+        vectors=np.asarray(vectors, dtype=np.float32),
+        confidence=np.where(found, p[rows, at] if scores.shape[1] else 0.0, 0.0),
+        sources=np.where(found, candidates.sources[rows, at] if scores.shape[1] else 0, 0).astype(np.int8),
+        features=np.where(found[:, None], candidates.features[rows, at], 0.0) if scores.shape[1]
+        else np.zeros((len(best), len(FEATURES))),
+    )
+
+
+def brier_score(p: np.ndarray, y: np.ndarray) -> float:
+    return float(np.mean((np.asarray(p, dtype=np.float64) - np.asarray(y, dtype=np.float64)) ** 2))
+
+
+def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
+    """The reliability curve: per bin of predicted p, its mean p, the observed frequency and the count."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    out = []
+    for i in range(bins):
+        at = which == i
+        if at.any():
+            out.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "mean_p": float(p[at].mean()),
+                        "observed": float(y[at].mean()), "n": int(at.sum())})
+    return out
