@@ -160,7 +160,7 @@ def verify_weights(path: Path) -> None:
     if actual["size"] != size or actual["sha256"] != sha256:
         raise CheckpointError(
             f"checkpoint weights {path} are corrupt: their checksum does not match {CHECKSUM_FILE} "
-            f"({actual['size']} bytes, {size} recorded); retrain the model or restore the file"
+            f"({actual['size']} bytes, {size} recorded; restore the file or retrain)"
         )
 
 

@@ -120,7 +120,8 @@ class BodyTimeout(HTTPException):
     """Raised while the body is read, when it has not all arrived in time: answered 408, connection closed."""
 
     def __init__(self, timeout_s: float) -> None:
-        super().__init__(408, f"request body not received within {timeout_s:g} s")
+        # The rest of the body may still come, so the connection cannot carry another request: close it.
+        super().__init__(408, f"request body not received within {timeout_s:g} s", headers={"Connection": "close"})
 
 
 class BodyLimitMiddleware:
@@ -177,7 +178,6 @@ class BodyLimitMiddleware:
         except BodyTimeout as err:
             if started:
                 raise
-            # The rest of the body may still come: the connection cannot serve another request, so close it.
             await send_json(send, 408, err.detail, [(b"connection", b"close")])
 
 
