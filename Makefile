@@ -29,7 +29,7 @@ test: $(STAMP)
 	bash scripts/test-deps.sh
 	$(BIN)/python -m ruff check src tests bench examples
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/mkdocs build --strict --quiet
+	$(BIN)/mkdocs build --strict
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -142,6 +142,7 @@ def run_suite(
         bank = prepare_bank(out / CACHE / sizes.name, sizes, cfg)
     generator = Generator.from_bank(bank, cfg)  # a missing bank or model fails here, before anything is written
     bank_path = generator.bank.path
+    run = {"quick": quick, "own_bank": bank is not None, "only": list(only), "bank_concepts": len(generator.bank)}
     seconds["bank"] = time.perf_counter() - t0
     # A directory of this run's own (never a fixed name that may hold someone's files), removed after.
     workdir = Path(tempfile.mkdtemp(prefix=".work.", dir=output_directory(out)))
@@ -168,7 +169,8 @@ def run_suite(
     total = time.perf_counter() - started
     machine_end = describe_machine()
     results = finite_or_none({
-        "suite": {"sizes": asdict(sizes), "bank": str(bank_path), "seconds": total, "section_seconds": seconds},
+        "suite": {"sizes": asdict(sizes), "bank": str(bank_path), "seconds": total, "section_seconds": seconds,
+                  "run": run},
         "machine": {"start": machine_start, "end": machine_end},
         "sections": {key: s.to_dict() for key, s in sections.items()},
         "quality": {k: v for k, v in quality_raw.items() if k not in ("settings",)},
