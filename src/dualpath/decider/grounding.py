@@ -42,7 +42,7 @@ FEATURES = (
 SOURCES = ("none", "tower", "lvm", "successor")  # candidate_source codes (0: no candidate)
 ANCHORS = 2  # context concepts (newest first) whose bank matches propose their successors
 EXACT_ANCHOR = 0.995  # a context concept this close to a bank concept is that concept
-L2 = 1e-2  # ridge on the standardised weights: keeps rare flags from running off to ±inf
+L2 = 1e-4  # ridge on the standardised weights (times n): keeps rare flags from running off to ±inf
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,26 @@ import numpy as np
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig, SplitConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, heldout_half, split_from_config
-from dualpath.decider import Decision, Lane, ShortlistBatch, choose_next_vectors, extreme_lanes, get_schedule
+from dualpath.decider import (
+    Decision,
+    Grounding,
+    Lane,
+    ShortlistBatch,
+    SnapConfidence,
+    choose_grounded,
+    choose_next_vectors,
+    extreme_lanes,
+    get_schedule,
+)
 from dualpath.decider.decision import Shortlist
+from dualpath.decider.grounding import brier_score, choose_grounding, reliability
 from dualpath.evaluation.ranking import target_ranks
 from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
-from dualpath.pipeline.free_running import evaluate_free_running
+from dualpath.pipeline.calibrated_lanes import read_confidence
+from dualpath.pipeline.free_running import evaluate_free_running, paired_difference
+from dualpath.pipeline.grounding import CASES, ModeRows, bank_successors, case_rows
 from dualpath.search import search_excluding
 
 if TYPE_CHECKING:
@@ -136,13 +149,15 @@ def restate(ctx: np.ndarray, mask: np.ndarray, cosines: tuple[float, float], see
 
 
 def decide_lane(
-    bank: ConceptBank, rows: TeacherForced, lane: Lane, schedule: str
-) -> tuple[np.ndarray, list[str]]:
-    """Outputs (n, d) and decisions for every teacher-forced row in one lane (no stream memory)."""
+    bank: ConceptBank, rows: TeacherForced, lane: Lane, schedule: str, decide_by: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Outputs (n, d), decisions and n* ids (-1: none) for every teacher-forced row in one `rule: c_max`
+    lane (no stream memory). `decide_by` (n,): a c per row that the rules read instead (the random mix)."""
     n, d = rows.v_hat.shape
     k = min(lane.k, rows.shortlist_ids.shape[1])
     outputs = np.empty((n, d), dtype=np.float32)
     decisions: list[str] = []
+    neighbours = np.full(n, -1, np.int64)
     for start in range(0, n, _CHUNK):
         block = rows.shortlist_ids[start : start + _CHUNK, :k]
         shortlists = []
@@ -153,11 +168,23 @@ def decide_lane(
             )
         batch = ShortlistBatch.stack(shortlists, d)
         out, records = choose_next_vectors(
-            rows.v_hat[start : start + _CHUNK], batch, lane, [()] * len(shortlists), schedule
+            rows.v_hat[start : start + _CHUNK], batch, lane, [()] * len(shortlists), schedule,
+            decide_by=None if decide_by is None else decide_by[start : start + _CHUNK],
         )
         outputs[start : start + len(shortlists)] = out
         decisions.extend(r.decision.value for r in records)
-    return outputs, decisions
+        neighbours[start : start + len(records)] = [-1 if r.neighbour_id is None else r.neighbour_id for r in records]
+    return outputs, decisions, neighbours
+
+
+def decide_grounded(
+    rows: TeacherForced, grounding: Grounding, lane: Lane, schedule: str, decide_by: np.ndarray | None = None
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """`decide_lane` for a `rule: confidence` lane: every row decided on its grounding (no stream memory)."""
+    k = min(lane.k, rows.shortlist_ids.shape[1])
+    out, records = choose_grounded(rows.v_hat, grounding, lane, None, schedule, c_max=rows.c_max(k),
+                                   decide_by=decide_by)
+    return out, [r.decision.value for r in records], np.asarray(grounding.ids, dtype=np.int64)
 
 
 def hit_at(bank: ConceptBank, outputs: np.ndarray, pairs: ContextPairs, k: int = HIT_K) -> float:
@@ -166,10 +193,29 @@ def hit_at(bank: ConceptBank, outputs: np.ndarray, pairs: ContextPairs, k: int =
 
 
 def summarize_lane(
-    bank: ConceptBank, rows: TeacherForced, lane: Lane, outputs: np.ndarray, decisions: Sequence[str]
+    bank: ConceptBank,
+    rows: TeacherForced,
+    lane: Lane,
+    outputs: np.ndarray,
+    decisions: Sequence[str],
+    neighbours: np.ndarray | None = None,
 ) -> dict[str, Any]:
+    """Mean cos(output, truth), hit@5, the decision mix and, with the n* ids, how the SNAPs went:
+    `exact` (the share of steps that output the true next concept itself) and `false_grounding` (the
+    share of SNAPs whose concept is not the truth and is further from it than v̂)."""
     cos = np.einsum("nd,nd->n", outputs, rows.targets)
     decided = np.asarray(decisions)
+    snaps = decided == Decision.SNAP.value
+    grounding: dict[str, Any] = {}
+    if neighbours is not None:
+        truth = neighbours == rows.pairs.target
+        v = normalize_rows(rows.v_hat)
+        further = np.einsum("nd,nd->n", bank.vectors(np.maximum(neighbours, 0)), rows.targets) < np.einsum(
+            "nd,nd->n", v, rows.targets)
+        grounding = {
+            "exact": float(np.mean(snaps & truth)),
+            "false_grounding": float(np.mean((~truth & further)[snaps])) if snaps.any() else 0.0,
+        }
     by_decision = {
         d: {"share": float(np.mean(decided == d)), "mean_cos": float(cos[decided == d].mean())}
         if np.any(decided == d)
@@ -185,7 +231,9 @@ def summarize_lane(
         "n": len(decided),
         "mean_cos": float(cos.mean()),
         f"hit@{HIT_K}": hit_at(bank, outputs, rows.pairs),
+        **grounding,
         "by_decision": by_decision,
+        "per_pair_cos": cos,  # for paired comparisons; dropped from what is reported
     }
 
 
@@ -198,38 +246,110 @@ def evaluate_generation(
     max_pairs: int | None = 2000,
     free_docs: int = 0,
     generator: Generator | None = None,
+    cases: Sequence[str] = CASES,
 ) -> dict[str, Any]:
-    """Teacher-forced decision mix and output quality per lane, with LVM-only and bank-only beside them.
+    """Teacher-forced decision mix and output quality per lane in each case a user meets, beside the
+    baselines of the same pairs: LVM-only, bank-only, kNN continuation and each lane's random mix.
 
-    With `free_docs` > 0 and a `generator`, also the free-running test on that many held-out documents
-    (`free_running.evaluate_free_running`: every lane and every baseline, as a reader sees them).
+    Cases (pipeline/grounding.py): *known* (pairs of the documents the models trained on), *added*
+    (the evaluation half of the held-out documents, in the bank: never seen by the models, nor by the
+    calibration) and *unknown* (the same pairs with their documents hidden from every search). The
+    top-level `lanes`, `pairs` and c_max figures are the added case's. With `free_docs` > 0 and a
+    `generator`, also the free-running test in each case (`free_running.evaluate_free_running`).
     """
     depth = max(lane.k for lane in lanes.values())
-    pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs)
-    if len(pairs) == 0:
+    split_cfg = lvm.training_split(cfg.split)
+    split = split_from_config(bank.documents(), split_cfg)
+    held = sample_pairs(heldout_half(split, "evaluation", split_cfg.seed), max_pairs, split_cfg.seed)
+    if len(held) == 0:
         raise ValueError("no held-out pairs: the bank needs more documents with at least two concepts")
-    rows = teacher_forced(bank, lvm, tower, pairs, depth)
-    everything = {**lanes, **extreme_lanes(depth)}
-    results = {}
-    for name, lane in everything.items():
-        outputs, decisions = decide_lane(bank, rows, lane, cfg.decider.schedule)
-        results[name] = summarize_lane(bank, rows, lane, outputs, decisions)
-        log.info("lane %s: mean cos %.4f, hit@5 %.4f", name, results[name]["mean_cos"], results[name]["hit@5"])
-    c_max = rows.c_max(default_k(lanes, cfg))
-    c_max = c_max[np.isfinite(c_max)]
-    out: dict[str, Any] = {
-        "pairs": len(pairs),
-        "query_source": rows.query_source,
-        "c_max_quantiles": {f"{q}%": float(np.quantile(c_max, q / 100)) for q in (5, 25, 50, 75, 95)},
-        "c_max_sample": [float(x) for x in c_max[:2000]],
+    pair_sets = {"known": sample_pairs(split.train, max_pairs, split_cfg.seed), "added": held, "unknown": held}
+    model = generator.confidence if generator is not None else read_confidence(bank.path)
+    table = bank_successors(bank)
+    measured: dict[str, Any] = {}
+    added_rows: TeacherForced | None = None
+    for case in cases:
+        if not len(pair_sets[case]):
+            continue
+        mode = case_rows(bank, lvm, tower, pair_sets[case], depth, table, case, split.doc_ids)
+        measured[case] = evaluate_case(bank, mode, lanes, model, cfg, split_cfg.seed)
+        if case == "added":
+            added_rows = mode.rows
+    first = added_rows if added_rows is not None else None
+    out: dict[str, Any] = {"pairs": len(held), "cases": measured}
+    if first is not None:
+        c_max = first.c_max(default_k(lanes, cfg))
+        c_max = c_max[np.isfinite(c_max)]
+        out |= {
+            "query_source": first.query_source,
+            "c_max_quantiles": {f"{q}%": float(np.quantile(c_max, q / 100)) for q in (5, 25, 50, 75, 95)},
+            "c_max_sample": [float(x) for x in c_max[:2000]],
+            "lanes": measured["added"]["lanes"],
+            # What the best c_max thresholds would give: the ceiling a quota lane can reach on these pairs.
+            "quality_optimum": quality_thresholds(first, default_k(lanes, cfg), cfg.decider.schedule),
+        }
+    if free_docs > 0 and generator is not None:
+        free = {case: evaluate_free_running(generator, lanes, docs=free_docs, split=split_cfg, case=case)
+                for case in cases}
+        out["free_running_cases"] = free
+        if "added" in free:
+            out["free_running"] = free["added"]
+    return out
+
+
+def evaluate_case(
+    bank: ConceptBank, mode: ModeRows, lanes: dict[str, Lane], model: SnapConfidence, cfg: DualPathConfig,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every lane, its random mix and the baselines on one case's teacher-forced pairs."""
+    rows = mode.rows
+    depth = rows.shortlist_ids.shape[1]
+    schedule = cfg.decider.schedule
+    grounding = choose_grounding(mode.candidates, model)
+    rng = np.random.default_rng(seed)
+    results: dict[str, Any] = {}
+
+    def run(lane: Lane, decide_by: np.ndarray | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
+        if lane.rule == "confidence":
+            return decide_grounded(rows, grounding, lane, schedule, decide_by)
+        return decide_lane(bank, rows, lane, schedule, decide_by)
+
+    for name, lane in {**lanes, **extreme_lanes(depth)}.items():
+        outputs, decisions, neighbours = run(lane)
+        results[name] = summarize_lane(bank, rows, lane, outputs, decisions, neighbours)
+        if name in lanes:
+            # The lane's own decisions dealt out at random over the pairs: the same shares, chosen by chance.
+            own = grounding.confidence if lane.rule == "confidence" else rows.c_max(min(lane.k, depth))
+            shuffled = rng.permutation(np.where(np.isfinite(own), own, -1.0).astype(np.float64))
+            outputs, decisions, neighbours = run(lane, shuffled)
+            twin = lane.model_copy(update={"name": f"random-{name}"})
+            results[f"random-{name}"] = summarize_lane(bank, rows, twin, outputs, decisions, neighbours)
+            results[name]["versus_random"] = paired_difference(
+                results[name]["per_pair_cos"], results[f"random-{name}"]["per_pair_cos"], seed
+            )
+    # kNN continuation: the successor of the bank concept the context's newest concept matches, else v̂.
+    successor = mode.candidates.ids[:, 2]
+    knn = np.where((successor >= 0)[:, None], mode.candidates.vectors[:, 2], normalize_rows(rows.v_hat))
+    knn_lane = extreme_lanes(depth)["bank-only"].model_copy(update={"name": "knn"})
+    results["knn"] = summarize_lane(
+        bank, rows, knn_lane, knn, [Decision.SNAP.value if s >= 0 else Decision.NOVEL.value for s in successor],
+        successor,
+    )
+    found = grounding.ids >= 0
+    truth = grounding.ids == rows.pairs.target
+    for result in results.values():
+        result.pop("per_pair_cos", None)
+    return {
+        "pairs": len(rows.pairs),
+        "lvm_only_cos": results["lvm-only"]["mean_cos"],
+        "tower_top1": float(np.mean(rows.shortlist_ids[:, 0] == rows.pairs.target)),
+        "candidate_holds_truth": float(np.mean(mode.labels.any(axis=1))),
+        "confidence": {
+            "brier": brier_score(grounding.confidence[found], truth[found]) if found.any() else None,
+            "reliability": reliability(grounding.confidence[found], truth[found]) if found.any() else [],
+        },
         "lanes": results,
     }
-    # What the best thresholds for this schedule would give: the ceiling a lane can reach on these pairs.
-    out["quality_optimum"] = quality_thresholds(rows, default_k(lanes, cfg), cfg.decider.schedule)
-    if free_docs > 0 and generator is not None:
-        split = lvm.training_split(cfg.split)
-        out["free_running"] = evaluate_free_running(generator, lanes, docs=free_docs, split=split)
-    return out
 
 
 def default_k(lanes: dict[str, Lane], cfg: DualPathConfig) -> int:

@@ -40,6 +40,7 @@ from dualpath.decider import (
     Lane,
     extreme_lanes,
 )
+from dualpath.decider.grounding import successor_table
 from dualpath.pipeline.generator import left_padded
 
 if TYPE_CHECKING:
@@ -130,9 +131,10 @@ def generator_streams(
     runs = generator.generate_batch(
         [bank.vectors(s.prompt_ids) for s in streams],
         steps,
-        context_ids=[p.document if unseen else p.window[:prompt_len] for p in prompts],
+        context_ids=[p.window[:prompt_len] for p in prompts],
         decoders=[make_decoder(i) for i in range(len(streams))],
         lvm_temperature=lvm_temperature,
+        hidden_ids=[p.document for p in prompts] if unseen else None,
     )
     for stream, run in zip(streams, runs, strict=True):
         for step in run:
@@ -152,28 +154,29 @@ def knn_streams(
     prompts: Sequence[Prompt],
     prompt_len: int = PROMPT_CONCEPTS,
     steps: int = STEPS,
+    unseen: bool = False,
 ) -> list[Stream]:
     """kNN continuation: follow the last shown concept's nearest neighbour to its successor, chained.
 
-    Neighbours and successors already shown (the prompt included) are skipped, the same no-repeat
-    rule the lanes follow. One search per step for all streams.
+    The nearest neighbour may be the concept itself (a prompt from a bank document continues with the
+    document); successors already shown (the prompt included) are skipped, the same no-repeat rule the
+    lanes follow. `unseen`: the prompt's document is hidden from the search. One search per step.
     """
-    successor = np.full(len(bank), -1, dtype=np.int64)
-    for ids in bank.documents().values():
-        successor[ids[:-1]] = ids[1:]
+    successor = successor_table(bank.documents(), len(bank), 1)[0]
     streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
     used = [set(map(int, s.prompt_ids)) for s in streams]
+    hidden = [set(map(int, p.document)) if unseen else set() for p in prompts]
     last = bank.vectors([int(s.prompt_ids[-1]) for s in streams])
     for _ in range(steps):
-        depth = min(len(bank), KNN_DEPTH + max(len(u) for u in used))
+        depth = min(len(bank), KNN_DEPTH + max(len(u) + len(h) for u, h in zip(used, hidden, strict=True)))
         found, _ = bank.search(last, depth)
         for i, stream in enumerate(streams):
             pick = -1
             for neighbour in found[i]:
-                if neighbour < 0 or int(neighbour) in used[i]:
+                if neighbour < 0 or int(neighbour) in hidden[i]:
                     continue
                 nxt = int(successor[neighbour])
-                if nxt >= 0 and nxt not in used[i]:
+                if nxt >= 0 and nxt not in used[i] and nxt not in hidden[i]:
                     pick = nxt
                     break
             stream.shown_ids.append(pick)
@@ -254,6 +257,7 @@ def stream_metrics(
     successive = [[] for _ in range(steps)]
     decisions: list[str] = []
     grounded: list[bool] = []
+    in_order: list[float] = []  # per stream: the share of the document's next concepts shown, in order, from step 0
     for index, s in enumerate(streams):
         prompt = bank.vectors(s.prompt_ids)
         centroid = prompt.mean(axis=0)
@@ -286,6 +290,11 @@ def stream_metrics(
             per_stream_vector[index] = float(np.mean([s.outputs[t] @ truth[t] for t in range(n)]))
         shown = [i for i in s.shown_ids if i >= 0]
         distinct.append(len(set(shown)) / max(len(s.shown_ids), 1))
+        if len(s.truth_ids):
+            reach = min(steps, len(s.truth_ids))
+            agree = [int(a) == int(b) for a, b in zip(s.shown_ids[:reach], s.truth_ids[:reach], strict=False)]
+            prefix = agree.index(False) if False in agree else len(agree)
+            in_order.append(prefix / reach)
         decisions.extend(s.decisions)
         grounded.extend(s.grounded)
 
@@ -310,6 +319,7 @@ def stream_metrics(
         "cos_true_output_by_step": by_step(cos_output),
         "drift_by_step": by_step(drift),
         "grounded_share": float(np.mean(grounded)) if grounded else 0.0,
+        "in_order": float(np.mean(in_order)) if in_order else None,
         "successive_lvm_cos_by_step": by_step(successive)[1:],
         "shares": {d.value: float(np.mean(decided == d.value)) if len(decided) else 0.0 for d in Decision},
     }
@@ -394,8 +404,12 @@ def evaluate_free_running(
     steps: int = STEPS,
     split: SplitConfig | None = None,
     near_cosine: float | None = None,
+    case: str = "added",
 ) -> dict[str, Any]:
-    """Every lane and every baseline from the same held-out prompts: metrics and samples per name.
+    """Every lane and every baseline from the same prompts of one case: metrics and samples per name.
+
+    `case` (pipeline/grounding.py): "added" (the evaluation half of the held-out documents, in the bank),
+    "known" (documents the models trained on) or "unknown" (held-out documents hidden from every search).
 
     A near repeat is a step at `near_cosine` (default: the generator's paraphrase cosine) or closer
     to its prompt or an earlier step; the documents' own rate (`truth_near_repeat_rate`) is beside it.
@@ -406,7 +420,10 @@ def evaluate_free_running(
     """
     bank = generator.bank
     split = split or generator.lvm.training_split(generator.cfg.split)
-    prompts = heldout_prompts(bank, split, docs, prompt_len, steps)
+    if case not in ("known", "added", "unknown"):
+        raise ValueError(f"case must be known, added or unknown, got {case!r}")
+    prompts = heldout_prompts(bank, split, docs, prompt_len, steps, half="evaluation", known=case == "known")
+    unseen = case == "unknown"
     near_cosine = generator.cfg.generation.paraphrase_cosine if near_cosine is None else near_cosine
     if not prompts:
         return {}
@@ -434,7 +451,8 @@ def evaluate_free_running(
     shown: dict[str, np.ndarray] = {}
     for name, lane in {**lanes, **extreme_lanes(k)}.items():
         streams = generator_streams(
-            generator, prompts, lambda i, lane=lane: generator.decoder(lane, seed=seed + i), prompt_len, steps
+            generator, prompts, lambda i, lane=lane: generator.decoder(lane, seed=seed + i), prompt_len, steps,
+            unseen,
         )
         record(name, streams)
         shown[name] = np.array([s.shown_ids for s in streams])
@@ -443,17 +461,17 @@ def evaluate_free_running(
             random = generator_streams(
                 generator, prompts,
                 lambda i, lane=lane, c_sample=c_sample: RandomMixDecoder(lane, c_sample, schedule, seed + i),
-                prompt_len, steps,
+                prompt_len, steps, unseen,
             )
             record(f"random-{name}", random)
     if generator.lvm_temperature > 0:
         # What the sampler changes: LVM-only again, each step the LVM's mean instead of a draw.
         lvm_only = extreme_lanes(k)["lvm-only"]
         record("lvm-mean", generator_streams(
-            generator, prompts, lambda i: generator.decoder(lvm_only, seed=seed + i), prompt_len, steps,
+            generator, prompts, lambda i: generator.decoder(lvm_only, seed=seed + i), prompt_len, steps, unseen,
             lvm_temperature=0.0,
         ))
-    record("knn", knn_streams(bank, prompts, prompt_len, steps))
+    record("knn", knn_streams(bank, prompts, prompt_len, steps, unseen))
     # Each lane against its baselines on the same prompts: is the gap in text cosine more than noise?
     for name in lanes:
         # Does the lane change what the reader sees? The share of steps showing what LVM-only shows.
@@ -474,20 +492,21 @@ def evaluate_free_running(
     truth = [near_repeats(bank.vectors(p.window[:prompt_len]), bank.vectors(p.window[prompt_len:]), near_cosine)
              for p in prompts if len(p.window) > prompt_len]
     truth_rate = float(np.concatenate(truth).mean()) if truth else None
-    return {"docs": documents, "prompts": len(prompts), "prompt_concepts": prompt_len, "steps": steps,
+    return {"case": case, "docs": documents, "prompts": len(prompts), "prompt_concepts": prompt_len, "steps": steps,
             "near_cosine": near_cosine, "truth_near_repeat_rate": truth_rate,
             "successive_cos": successive_cosines(generator, prompts, prompt_len), "lanes": results}
 
 
 PERCENT_KEYS = {
     "repeat_rate", "consecutive_repeat_rate", "near_repeat_rate", "same_text_as_lvm_only", "grounded_share",
-    "snap", "blend", "novel",
+    "snap", "blend", "novel", "in_order",
 }
 FREE_RUNNING_COLUMNS = {
     "name": "lane", "repeat_rate": "repeat", "consecutive_repeat_rate": "repeat at t-1",
     "near_repeat_rate": "near repeat", "same_text_as_lvm_only": "same text as LVM-only",
     "distinct_per_stream": "distinct", "cos_true": "cos to truth (text)", "cos_true_output": "cos to truth (vector)",
     "grounded_share": "grounded", "grounded_cos_true": "grounded: cos to truth",
+    "in_order": "document's own next concepts, in order",
     "snap": "SNAP", "blend": "BLEND", "novel": "NOVEL",
     "successive_lvm_cos": "LVM successive cos", "x_random": "text cos × random mix",
     "vs_random": "− random mix (95 % CI)", "vs_random_vector": "− random mix, vector (95 % CI)",
@@ -508,6 +527,7 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
                                        "distinct_per_stream", "cos_true",
                                        "cos_true_output", "grounded_share")},
             "grounded_cos_true": m.get("grounded_cos_true"),
+            "in_order": m.get("in_order"),
             "same_text_as_lvm_only": m.get("same_text_as_lvm_only"),
             "snap": m["shares"]["SNAP"], "blend": m["shares"]["BLEND"], "novel": m["shares"]["NOVEL"],
             "successive_lvm_cos": float(np.mean(successive)) if successive else None,

@@ -5,6 +5,9 @@ The three cases a user meets (docs/protocol.md):
   known    the prompt comes from a document in the bank that the models trained on
   added    the document is in the bank but the models never saw it (held-out documents; `bank add`)
   unknown  the bank does not hold the document: its concepts are hidden from every search
+Calibration also fits on a fourth, *restated*: the document is in the bank, the context's own wording is
+not (its concepts are hidden from the anchor search), as when a prompt says in its own words what a
+bank document says.
 """
 
 from __future__ import annotations
@@ -198,6 +201,8 @@ def ground_step(
 
 
 MODES = ("added", "restated", "unknown")  # the cases calibration fits the confidence on (module docstring)
+BLEND_GAIN = 0.002  # mean teacher-forced cosine a fitted BLEND band must add to be kept
+UNKNOWN_TOUCH = 0.05  # the most steps of the unknown case a fitted level may SNAP or BLEND
 
 
 @dataclass
@@ -267,7 +272,10 @@ def risk_thresholds(
 
     A fixed level is taken as it is. "helps" is fitted: the levels that give the highest mean cosine to
     the truth over the cases (each case weighs the same), among those that keep the unknown case within
-    `slack` of LVM-only: where the bank does not know, grounding must not cost more than that."""
+    `slack` of LVM-only and leave at least 1 - UNKNOWN_TOUCH of its steps NOVEL: where the bank does not
+    know, the stream stays the LVM's own (the free-running stream a blend would nudge away). A fitted
+    BLEND band is kept only where it adds at least BLEND_GAIN to the mean over SNAP-or-NOVEL at the same
+    SNAP level: a blend moves every later step of a free-running stream, for little teacher-forced gain."""
     p_all = np.concatenate([x["p"] for x in parts.values()])
     levels = np.unique(np.concatenate([np.quantile(p_all, np.linspace(0, 1, grid)), [0.0, 1.0]]))
     snaps = levels if risk.snap == HELPS else np.array([float(risk.snap)])
@@ -283,11 +291,19 @@ def risk_thresholds(
         for tau_novel in novels:
             scores = {name: float(lane_cosines(x, tau_snap, float(tau_novel)).mean()) for name, x in parts.items()}
             unknown = parts.get("unknown")
-            if unknown is not None and scores["unknown"] < float(unknown["a"].mean()) - slack:
+            fitted = risk.snap == HELPS or risk.blend == HELPS
+            if unknown is not None and fitted and (
+                scores["unknown"] < float(unknown["a"].mean()) - slack
+                or float(np.mean(unknown["p"] > tau_novel)) > UNKNOWN_TOUCH
+            ):
                 continue
             mean = float(np.mean(list(scores.values())))
+            if tau_novel < np.nextafter(tau_snap, -np.inf):
+                mean -= BLEND_GAIN  # a band must pay for itself (docstring)
             if best is None or mean > best[2] + 1e-9:
                 best = (tau_snap, float(tau_novel), mean)
+    if best is not None and best[1] < np.nextafter(best[0], -np.inf):
+        best = (best[0], best[1], best[2] + BLEND_GAIN)
     if best is None:  # nothing keeps the unknown case: ground only when certain
         best = (1.0, float(np.nextafter(1.0, -np.inf)), float("nan"))
     return best
