@@ -102,19 +102,13 @@ def teacher_forced(
     pairs: ContextPairs,
     depth: int,
     hidden: Sequence[np.ndarray] | None = None,
-    paraphrase: tuple[float, float] | None = None,
-    seed: int = 0,
 ) -> TeacherForced:
     """Predict, query and search for every pair (context removed from each shortlist).
 
     `hidden[i]`: ids that pair i's searches treat as absent from the bank (its whole document, for
-    the *unknown* case: a prompt from text the bank does not hold). `paraphrase` (lo, hi): each context
-    vector is moved to a cosine drawn in [lo, hi] of the bank's own, in a random direction: a prompt that
-    restates bank text in other words."""
+    the *unknown* case: a prompt from text the bank does not hold)."""
     vectors = bank.all_vectors()
     ctx, mask = gather_context(vectors, pairs.context)
-    if paraphrase is not None:
-        ctx = restate(ctx, mask, paraphrase, seed)
     v_hat = lvm.predict(ctx, mask)
     queries = tower.encode_queries(ctx, mask) if tower is not None else v_hat
     queries = normalize_rows(np.asarray(queries, dtype=np.float32))
@@ -134,18 +128,6 @@ def teacher_forced(
         pairs, v_hat, targets, ids, c, "tower" if tower is not None else "lvm", bank.vectors,
         queries, scores, None if hidden is None else list(hidden), ctx,
     )
-
-
-def restate(ctx: np.ndarray, mask: np.ndarray, cosines: tuple[float, float], seed: int) -> np.ndarray:
-    """Context vectors (n, C, d) each turned to a cosine drawn uniformly in `cosines` of itself."""
-    rng = np.random.default_rng(seed)
-    noise = rng.standard_normal(ctx.shape).astype(np.float32)
-    noise -= np.einsum("ncd,ncd->nc", noise, ctx)[..., None] * ctx  # orthogonal to each vector
-    noise /= np.maximum(np.linalg.norm(noise, axis=-1, keepdims=True), 1e-12)
-    cos = rng.uniform(*cosines, size=ctx.shape[:2]).astype(np.float32)[..., None]
-    out = cos * ctx + np.sqrt(1 - cos * cos) * noise
-    out[~mask] = 0.0
-    return out
 
 
 def decide_lane(

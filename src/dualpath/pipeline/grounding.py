@@ -285,13 +285,14 @@ def risk_thresholds(
         if risk.blend == NONE:
             novels = np.array([np.nextafter(tau_snap, -np.inf)])
         elif risk.blend == HELPS:
-            novels = np.concatenate([levels[levels < tau_snap], [np.nextafter(tau_snap, -np.inf)]])
+            novels = np.concatenate([[np.nextafter(tau_snap, -np.inf)], levels[levels < tau_snap]])
         else:
             novels = np.array([min(float(risk.blend), float(np.nextafter(tau_snap, -np.inf)))])
         for tau_novel in novels:
             scores = {name: float(lane_cosines(x, tau_snap, float(tau_novel)).mean()) for name, x in parts.items()}
             unknown = parts.get("unknown")
-            fitted = risk.snap == HELPS or risk.blend == HELPS
+            # Only fitted levels answer to the unknown case: a stated SNAP level without a band is the user's.
+            fitted = risk.snap == HELPS or (risk.blend == HELPS and tau_novel < np.nextafter(tau_snap, -np.inf))
             if unknown is not None and fitted and (
                 scores["unknown"] < float(unknown["a"].mean()) - slack
                 or float(np.mean(unknown["p"] > tau_novel)) > UNKNOWN_TOUCH
