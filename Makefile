@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1
 # Material for MkDocs prints a banner about MkDocs 2 on every build; mkdocs is held below 2 in pyproject.toml.
 export NO_MKDOCS_2_WARNING=1
 
-.PHONY: setup demo test lint docs bench bench-quick clean
+.PHONY: setup demo test lint docs bench bench-quick bench-page clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-quick: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/dualpath bench --out bench-results
+
+# The docs' benchmark results page (docs/benchmarks-results.md) from the last run's results.json.
+bench-page: $(STAMP)
+	$(BIN)/python bench/results_page.py --results bench-results/results.json --out docs/benchmarks-results.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache bench-results site

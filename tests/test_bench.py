@@ -66,6 +66,19 @@ def test_suite_writes_every_section(suite_run: tuple[Path, dict]) -> None:
     assert results["machine"]["start"]["logical_cores"] >= 1
 
 
+def test_results_say_how_the_suite_ran_and_make_the_docs_page(suite_run: tuple[Path, dict]) -> None:
+    from dualpath.benchsuite.report import results_page
+
+    out, results = suite_run
+    run = _strict_json(out / "results.json")["suite"]["run"]
+    assert run["own_bank"] is True and run["quick"] is False and run["only"] == []
+    assert run["bank_concepts"] > 0
+    page = results_page(results)
+    for section in results["sections"].values():
+        assert f"## {section['title']}\n" in page
+    assert str(out) not in page and results["suite"]["bank"] not in page
+
+
 def test_scale_section_measures_build_and_training_memory(suite_run: tuple[Path, dict]) -> None:
     sections = suite_run[1]["sections"]
     build, training, tower = sections["scale"]["rows"]
