@@ -108,13 +108,19 @@ def generate_command(
             return
         chosen = generator.lane(lane)
         state = "calibrated" if chosen.calibrated else "UNCALIBRATED"
+        on = "p" if chosen.rule == "confidence" else "c"  # what the thresholds are levels of
         table = Table(
-            title=f"lane {chosen.name} ({state}: τ_snap {chosen.tau_snap:.3f}, τ_novel {chosen.tau_novel:.3f}, "
-            f"K {chosen.k}); query from {'tower' if generator.tower else 'LVM'}",
+            title=f"lane {chosen.name} ({state}: SNAP at {on} ≥ {chosen.tau_snap:.3f}, NOVEL at {on} ≤ "
+            f"{chosen.tau_novel:.3f}, K {chosen.k}); query from {'tower' if generator.tower else 'LVM'}",
             title_justify="left",
+            caption="p: the probability that the candidate is the true next concept; from: where it came from "
+            "(tower, lvm, or the successor of the bank concept the context matched)" if on == "p" else None,
+            caption_justify="left",
         )
-        for column, justify in [("#", "right"), ("decision", "left"), ("c_max", "right"), ("α", "right"),
-                                ("text", "left"), ("ms", "right")]:
+        columns = [("#", "right"), ("decision", "left"), ("c_max", "right")]
+        columns += [("p", "right"), ("from", "left")] if on == "p" else []
+        columns += [("α", "right"), ("text", "left"), ("ms", "right")]
+        for column, justify in columns:
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane):
             r = step.record
@@ -122,10 +128,14 @@ def generate_command(
             text = step.text if not step.approximate else f"≈ {step.text} [dim](cos {step.text_cosine:.2f})[/]"
             if r.fallback_reason:
                 text += f" [red](retrieval: {r.fallback_reason})[/]"
+            evidence = [
+                "-" if r.confidence is None else f"{r.confidence:.3f}", r.candidate_source or "-",
+            ] if on == "p" else []
             table.add_row(
                 str(r.step),
                 f"[{DECISION_STYLE.get(decision, 'white')}]{decision}[/]",
                 "-" if r.c_max is None else f"{r.c_max:.3f}",
+                *evidence,
                 f"{r.alpha:.2f}",
                 text,
                 f"{step.latency_ms['total']:.0f}",
@@ -166,14 +176,23 @@ def calibrate_command(
         f"{result['free_running_steps']} free-running steps" if result.get("basis") == "free-running"
         else f"{result['pairs']} teacher-forced held-out pairs"
     )
-    table = Table(title=f"calibrated on {basis} ({bank})", title_justify="left")
-    for column in ("lane", "τ_snap", "τ_novel", "c p5/p50/p95"):
+    confidence = result.get("confidence", {})
+    fit = confidence.get("fit", {})
+    table = Table(
+        title=f"calibrated ({bank}): quota lanes on {basis}; the SNAP confidence on {confidence.get('pairs', 0)} "
+        f"held-out pairs in 3 cases (Brier {fit.get('brier', float('nan')):.4f}, base rate "
+        f"{fit.get('brier_base_rate', float('nan')):.4f})",
+        title_justify="left",
+    )
+    for column in ("lane", "rule", "τ_snap", "τ_novel", "c p5/p50/p95"):
         table.add_column(column)
     quantiles = result.get("free_running_c_quantiles") if result.get("basis") == "free-running" else None
     for name, lane in result["lanes"].items():
-        q = (quantiles or result["c_max_quantiles"])[name]
-        spread = f"{q[0]:.3f} / {q[2]:.3f} / {q[4]:.3f}"
-        table.add_row(name, f"{lane['tau_snap']:.4f}", f"{lane['tau_novel']:.4f}", spread)
+        q = (quantiles or result["c_max_quantiles"]).get(name)
+        spread = "-" if q is None else f"{q[0]:.3f} / {q[2]:.3f} / {q[4]:.3f}"
+        rule = lane.get("rule", "c_max")
+        levels = "p" if rule == "confidence" else "c"
+        table.add_row(name, rule, f"{levels} {lane['tau_snap']:.4f}", f"{levels} {lane['tau_novel']:.4f}", spread)
     console.print(table)
 
 
@@ -219,14 +238,35 @@ def eval_generation_command(
     if as_json:
         print_json(result)
         return
+    console.print(cases_table(result))
     console.print(generation_table(result))
-    if result.get("free_running"):
-        console.print(free_running_table(result["free_running"]))
+    for case, free in result.get("free_running_cases", {}).items():
+        console.print(free_running_table(free, case))
+
+
+def cases_table(result: dict) -> Table:
+    """Every lane in the three cases, teacher-forced beside free-running (pipeline.evaluate.case_summary)."""
+    from dualpath.pipeline.evaluate import SUMMARY_COLUMNS, SUMMARY_PERCENT, case_summary
+
+    table = Table(
+        title="known: documents the models trained on · added: in the bank, never seen by the models · "
+        "unknown: not in the bank",
+        title_justify="left",
+    )
+    for key, column in SUMMARY_COLUMNS.items():
+        table.add_column(column, justify="left" if key in ("case", "lane") else "right")
+    for row in case_summary(result):
+        table.add_row(*[
+            "-" if row[key] is None else row[key] if isinstance(row[key], str)
+            else f"{row[key]:.1%}" if key in SUMMARY_PERCENT else f"{row[key]:.4f}"
+            for key in SUMMARY_COLUMNS
+        ], style="dim" if row["lane"] in ("lvm-only", "knn") else None)
+    return table
 
 
 def generation_table(result: dict) -> Table:
     table = Table(
-        title=f"teacher-forced on {result['pairs']} held-out pairs (query from {result['query_source']})",
+        title=f"added case, teacher-forced on {result['pairs']} held-out pairs (query from {result['query_source']})",
         title_justify="left",
     )
     for column in ("lane", "τ_snap", "τ_novel", "SNAP", "BLEND", "NOVEL", "DUP", "mean cos", "hit@5"):
@@ -248,12 +288,12 @@ def generation_table(result: dict) -> Table:
     return table
 
 
-def free_running_table(result: dict) -> Table:
+def free_running_table(result: dict, case: str = "added") -> Table:
     from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_note, free_running_rows
 
     table = Table(
-        title=f"free-running: {result['prompts']} prompts of {result['prompt_concepts']} concepts from "
-        f"{result['docs']} held-out documents, "
+        title=f"{case} case, free-running: {result['prompts']} prompts of {result['prompt_concepts']} concepts from "
+        f"{result['docs']} documents, "
         f"{result['steps']} steps each, as a reader sees them",
         title_justify="left",
         caption=free_running_note(result).replace("`", ""),

@@ -38,7 +38,7 @@ from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import read_confidence
-from dualpath.pipeline.free_running import evaluate_free_running, paired_difference
+from dualpath.pipeline.free_running import evaluate_free_running, interval, paired_difference
 from dualpath.pipeline.grounding import CASES, ModeRows, bank_successors, case_rows
 from dualpath.search import search_excluding
 
@@ -372,3 +372,43 @@ def quality_thresholds(
             if score > result["mean_cos"]:
                 result = {"tau_snap": float(tau_snap), "tau_novel": float(tau_novel), "mean_cos": score}
     return result
+
+
+SUMMARY_COLUMNS = {
+    "case": "case", "lane": "lane", "snap": "SNAP", "cos": "cos (teacher-forced)", "x_lvm": "× LVM-only",
+    "exact": "exact next", "false_grounding": "false grounding", "vs_random": "− random mix (95 % CI)",
+    "free_cos": "cos (free-running text)", "free_vs_lvm": "free − LVM-only (95 % CI)",
+    "free_vs_random": "free − random mix (95 % CI)", "in_order": "own next concepts in order",
+}
+SUMMARY_PERCENT = {"snap", "exact", "false_grounding", "in_order"}
+
+
+def case_summary(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per case and lane (and LVM-only, kNN) of `evaluate_generation`'s result: the teacher-forced
+    figures beside the free-running ones, for tables in the CLI, the report and the bench."""
+    rows = []
+    free_cases = result.get("free_running_cases", {})
+    for case, measured in result.get("cases", {}).items():
+        lvm = measured["lvm_only_cos"]
+        free = free_cases.get(case, {}).get("lanes", {})
+        for name, lane in measured["lanes"].items():
+            if name.startswith("random-") or name == "bank-only":
+                continue
+            f = free.get(name, {})
+            versus = f.get("versus", {})
+            rows.append({
+                "case": case,
+                "lane": name,
+                "snap": lane["by_decision"]["SNAP"]["share"],
+                "cos": lane["mean_cos"],
+                "x_lvm": lane["mean_cos"] / lvm if lvm else None,
+                "exact": lane.get("exact"),
+                "false_grounding": lane.get("false_grounding"),
+                "vs_random": interval(lane.get("versus_random")),
+                "free_cos": f.get("cos_true"),
+                "free_vs_lvm": interval(versus.get("lvm-only")),
+                "free_vs_random": interval(versus.get("random")),
+                "in_order": f.get("in_order"),
+            })
+    return rows
+

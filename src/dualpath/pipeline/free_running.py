@@ -532,10 +532,10 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
             "snap": m["shares"]["SNAP"], "blend": m["shares"]["BLEND"], "novel": m["shares"]["NOVEL"],
             "successive_lvm_cos": float(np.mean(successive)) if successive else None,
             "x_random": m["cos_true"] / random if random and m["cos_true"] is not None else None,
-            "vs_random": _interval(m.get("versus", {}).get("random")),
-            "vs_random_vector": _interval(m.get("versus", {}).get("random (vector)")),
-            "vs_random_grounded": _interval(m.get("versus", {}).get("random (grounded steps)")),
-            "vs_lvm_only": _interval(m.get("versus", {}).get("lvm-only")),
+            "vs_random": interval(m.get("versus", {}).get("random")),
+            "vs_random_vector": interval(m.get("versus", {}).get("random (vector)")),
+            "vs_random_grounded": interval(m.get("versus", {}).get("random (grounded steps)")),
+            "vs_lvm_only": interval(m.get("versus", {}).get("lvm-only")),
         })
     return rows
 
@@ -556,7 +556,8 @@ def free_running_note(result: dict[str, Any]) -> str:
     )
 
 
-def _interval(d: dict[str, float] | None) -> str | None:
+def interval(d: dict[str, float] | None) -> str | None:
+    """A paired difference as "+0.0123 [+0.0050, +0.0190]" (None where there is none)."""
     if not d or not np.isfinite(d["diff"]):
         return None
     return f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]"
