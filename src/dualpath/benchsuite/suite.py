@@ -109,7 +109,7 @@ def prepare_bank(cache: Path, sizes: SuiteSizes, cfg: DualPathConfig) -> Path:
         log.info("bench bank: %s %s", name, status)
 
     result = run_demo(
-        cache, full=sizes.demo_docs is None, cfg=cfg, steps=1, prompts=DEMO_PROMPTS[:1],
+        cache, full=sizes.demo_docs is None, cfg=cfg, steps=1, prompts=[DEMO_PROMPTS["known"]],
         limit_docs=sizes.demo_docs, on_stage=on_stage,
     )
     return result.bank
@@ -412,7 +412,7 @@ class _Sections:
         source = self.sizes.second_corpus
         if source is None:
             return {}
-        built = run_demo(self.cache / source, cfg=self.cfg, steps=1, prompts=DEMO_PROMPTS[:1], full=True,
+        built = run_demo(self.cache / source, cfg=self.cfg, steps=1, prompts=[DEMO_PROMPTS["known"]], full=True,
                          source=source, on_stage=lambda name, status: log.info("bench %s bank: %s %s", source,
                                                                                  name, status))
         generator = Generator.from_bank(built.bank, self.cfg)

@@ -50,6 +50,14 @@ def report_command(
     console.print(f"report written to [bold]{path}[/]")
 
 
+CASE_NOTES = {
+    "known": "known: from an article the models trained on",
+    "added": "added: from an article added to the bank after training",
+    "restated": "restated: an article of the bank, in a user's own words",
+    "unknown": "unknown: the bank holds no article on it",
+}
+
+
 def demo_command(
     out: Path = typer.Option(Path("demo-output"), "--out", help="Where the bank, models and report go."),
     full: bool = typer.Option(False, "--full", help="All ~10,000 articles instead of the default subset."),
@@ -70,17 +78,20 @@ def demo_command(
 
     result = run_demo(out, full=full, fresh=fresh, cfg=cfg, steps=steps, on_stage=on_stage)
     for prompt, lanes in result.generations.items():
-        console.rule(f"[bold]{prompt}")
+        case = result.cases.get(prompt)
+        console.rule(f"[bold]{prompt}" + (f" [dim]({CASE_NOTES.get(case, case)})[/]" if case else ""))
         for lane, steps_done in lanes.items():
             console.print(f"[bold]{lane}[/]")
             for step in steps_done:
                 r = step.record
                 d = r.decision.value
                 c = "-" if r.c_max is None else f"{r.c_max:.3f}"
+                why = f"c={c}" if r.confidence is None else f"p={r.confidence:.2f} ({r.candidate_source or 'none'})"
                 mark = "≈ " if step.approximate else ""
                 far = f" [dim](cos {step.text_cosine:.2f})[/]" if step.approximate and step.text else ""
                 style = DECISION_STYLE.get(d, "white")
-                console.print(f"  [{style}]{d:<14}[/] c={c} α={r.alpha:.2f}  {mark}{step.text}{far}", highlight=False)
+                console.print(f"  [{style}]{d:<14}[/] {why:<22} α={r.alpha:.2f}  {mark}{step.text}{far}",
+                              highlight=False)
         shown = [[step.text_concept_id for step in steps_done] for steps_done in lanes.values()]
         differ = sum(len(set(column)) > 1 for column in zip(*shown, strict=True))
         exact = ", ".join(
@@ -94,9 +105,10 @@ def demo_command(
         if everything and all(step.record.decision.value == "NOVEL" for step in everything):
             # Identical lanes look like a bug to a reader; say why they are identical.
             console.print(
-                "[dim]Every step of every lane stayed NOVEL: c (the best cosine of the LVM's vector to the bank) "
-                "stayed below every lane's τ_novel, so the bank holds nothing close enough to ground on and each "
-                "lane keeps the LVM's vectors. ≈ marks the nearest bank sentence shown for a novel vector.[/]"
+                "[dim]Every step of every lane stayed NOVEL: no candidate carried evidence that the bank holds the "
+                "continuation (p, the probability that it is the true next concept, stayed below every lane's "
+                "level), so each lane keeps the LVM's vectors. ≈ marks the nearest bank sentence shown for a novel "
+                "vector.[/]"
             )
         elif everything and differ == 0:
             console.print(
@@ -104,6 +116,11 @@ def demo_command(
                 "as the bank sentence nearest its vector (≈), which here is the same in every lane; what differs "
                 "is how much each step leans on the bank (α) and which steps are the bank's own text.[/]"
             )
+    console.print(
+        "[dim]p: the probability that a step's candidate is the true next concept, from the evidence in brackets "
+        "(successor: the bank concept that follows the one the text so far matches). quota-neutral is the "
+        "reference's rule on c, kept as a baseline.[/]"
+    )
     console.rule()
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
     console.print(f"bank:   [bold]{result.bank}[/]")

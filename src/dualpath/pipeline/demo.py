@@ -5,14 +5,16 @@ Stages (each skipped when its output is already there and was made with the same
   2. lvm       train the LVM briefly
   3. tower     train the query tower briefly
   4. sampler   train the LVM's sampler (the spread of next vectors around the LVM's mean)
-  5. calibrate measure c on held-out documents, set each lane's thresholds
-  6. generate  a few prompts in every lane
-  7. report    the Markdown report with plots
+  5. add       add more articles to the bank after training (`bank add`: knowledge without retraining)
+  6. calibrate fit the SNAP confidence and set each lane's levels on held-out documents
+  7. generate  a prompt for each case a user meets, in every lane
+  8. report    the Markdown report with plots
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -25,6 +27,7 @@ from dualpath.bank import ConceptBank
 from dualpath.bank.layout import lvm_dir, tower_dir
 from dualpath.config import DualPathConfig
 from dualpath.corpus import WIKI_SAMPLE
+from dualpath.corpus.sources import load_documents
 from dualpath.errors import DualPathError
 from dualpath.fileio import write_json_atomic
 from dualpath.models.checkpoint import BEST
@@ -39,15 +42,23 @@ from dualpath.training.retriever import train_retriever
 log = logging.getLogger(__name__)
 
 DEMO_DOCS = 3000  # articles in the default subset: the cold demo fits in minutes on two cores
-# Typed prompts, not bank sentences: two on topics the demo bank's 3,000 articles cover (the lanes
-# ground differently there) and one it does not cover (every lane stays NOVEL: the bank has nothing to add).
-DEMO_PROMPTS = [
-    "The budgerigar is a small parrot native to Australia. It is often kept as a pet.",
-    "The Congo River is the deepest river in the world.",
-    "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of 384,400 km.",
-]
+ADDED_DOCS = 200  # the articles after them, added once the models are trained (the "added" case)
+# One prompt for each case a user meets (docs/protocol.md), and one typed in a user's own words:
+DEMO_PROMPTS = {
+    # known: the opening of a bank article the models trained on; the stream should walk its continuation.
+    "known": "The budgerigar, also known as the common parakeet, shell parakeet or budgie, is a small, long-tailed, "
+    "seed-eating parrot native to Australia. Naturally, the species is green and yellow with black, scalloped "
+    "markings on the nape, back, and wings.",
+    # added: the opening of an article added with `bank add` after training; grounded the same way.
+    "added": "Mount Kenya is the second highest mountain in Africa and the namesake of the country Kenya.",
+    # restated: the Budgerigar article said in other words; the bank holds the article, not this wording.
+    "restated": "The budgerigar is a small parrot native to Australia. It is often kept as a pet.",
+    # unknown: the demo bank has no article on the Moon; every lane should stay NOVEL and say so.
+    "unknown": "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of "
+    "384,400 km.",
+}
 STAMP = "demo-stages.json"
-REPORT_VERSION = 2  # 2: near repeats, lanes against LVM-only's text, grounded steps against chance
+REPORT_VERSION = 3  # 3: the three cases a user meets
 
 
 @dataclass
@@ -57,6 +68,7 @@ class DemoResult:
     report: Path
     stages: dict[str, str] = field(default_factory=dict)  # stage → "built in 12 s" / "cached"
     generations: dict[str, dict[str, list[GenerationStep]]] = field(default_factory=dict)  # prompt → lane → steps
+    cases: dict[str, str] = field(default_factory=dict)  # prompt → the case it stands for (known, added, ...)
 
 
 def demo_config(cfg: DualPathConfig | None = None) -> DualPathConfig:
@@ -133,6 +145,10 @@ def run_demo(
             stage("sampler", {"sampler": cfg.sampler.model_dump(), "lvm": train_key},
                   (sampler_dir(lvm_dir(bank_dir)) / BEST).is_dir(),
                   lambda: train_lvm_sampler(bank, cfg, lvm_dir(bank_dir)))
+        if limit is not None and source == WIKI_SAMPLE:  # the full sample has nothing left to add
+            added = limit + ADDED_DOCS
+            stage("add", {"after": limit, "docs": ADDED_DOCS, "bank": bank_key}, len(bank.documents()) >= added,
+                  lambda: bank.add(itertools.islice(load_documents(source), limit, added)))
         generator = Generator.from_bank(bank, cfg, calibrating=True)  # the next stage calibrates it if need be
         try:
             calibrate_key = {"lanes": cfg.decider.model_dump(mode="json"), "version": CALIBRATION_VERSION,
@@ -140,10 +156,12 @@ def run_demo(
             stage("calibrate", calibrate_key,
                   read_calibration(bank_dir) is not None,
                   lambda: _calibrate(generator, cfg))
-            for prompt in prompts or DEMO_PROMPTS:
+            chosen = {prompt: "" for prompt in prompts} if prompts else {p: c for c, p in DEMO_PROMPTS.items()}
+            for prompt, case in chosen.items():
+                result.cases[prompt] = case
                 result.generations[prompt] = {
                     lane: list(generator.generate(prompt, steps=steps, lane=lane))
-                    for lane in ("conservative", "neutral", "creative", "legal")
+                    for lane in ("conservative", "neutral", "creative", "legal", "quota-neutral")
                 }
             result.stages["generate"] = f"{len(result.generations)} prompts x 4 lanes"
             stage("report", {"report": REPORT_VERSION}, result.report.is_file(),
@@ -155,7 +173,7 @@ def run_demo(
     return result
 
 
-STAGES = ["bank", "lvm", "tower", "sampler", "calibrate", "report"]
+STAGES = ["bank", "lvm", "tower", "sampler", "add", "calibrate", "report"]
 
 
 def _calibrate(generator: Generator, cfg: DualPathConfig) -> None:

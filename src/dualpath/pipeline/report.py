@@ -21,7 +21,7 @@ from dualpath.config import DualPathConfig
 from dualpath.evaluation.lvm import evaluate_bank
 from dualpath.evaluation.retrieval import heldout_eval_pairs, relative_gain, retrieval_table
 from dualpath.fileio import json_default, staged_files
-from dualpath.pipeline.evaluate import DECISIONS, evaluate_generation
+from dualpath.pipeline.evaluate import DECISIONS, SUMMARY_COLUMNS, SUMMARY_PERCENT, case_summary, evaluate_generation
 from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_note, free_running_rows
 from dualpath.pipeline.generator import Generator
 
@@ -115,7 +115,21 @@ def render_markdown(results: dict[str, Any], plots: dict[str, str]) -> str:
         "",
         f"![lvm]({plots['lvm']})",
         "",
-        "## The dual path",
+        "## Grounding: when does the bank know?",
+        "",
+        "Each lane in the three cases a user meets: *known* (documents the models trained on), *added* (held-out "
+        "documents in the bank, never seen by the models nor by the calibration) and *unknown* (the same documents "
+        "hidden from every search). Teacher-forced figures beside free-running ones (the text a reader sees, 8 steps "
+        "from a document's first two concepts). `exact next`: the step outputs the true next concept itself; "
+        "`false grounding`: SNAPs whose concept is not the truth and is further from it than the LVM's vector; "
+        "`own next concepts in order`: the share of the document's next concepts a stream shows, in order, from its "
+        "first step. Intervals are 95 % paired bootstraps.",
+        "",
+        _summary_table(gen),
+        "",
+        _confidence_note(gen),
+        "",
+        "## The dual path (added case)",
         "",
         f"Teacher-forced on {gen['pairs']} held-out pairs, retrieval query from the {gen['query_source']}. "
         "`lvm-only` never snaps and `bank-only` always snaps to the best shortlist concept: the same code "
@@ -319,3 +333,30 @@ def _plot_lvm(results: dict[str, Any], path: Path) -> str:
     ax.set_title("LVM vs copy-last and mean-of-context (held-out)")
     ax.legend()
     return _save(plt, fig, path)
+
+
+def _summary_table(gen: dict[str, Any]) -> str:
+    """pipeline.evaluate.case_summary as a Markdown table."""
+    rows = case_summary(gen)
+    head = "| " + " | ".join(SUMMARY_COLUMNS.values()) + " |"
+    lines = [head, "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(
+            "-" if row[key] is None else row[key] if isinstance(row[key], str)
+            else f"{row[key]:.1%}" if key in SUMMARY_PERCENT else f"{row[key]:.4f}"
+            for key in SUMMARY_COLUMNS
+        ) + " |")
+    return "\n".join(lines)
+
+
+def _confidence_note(gen: dict[str, Any]) -> str:
+    """How well the SNAP confidence is calibrated on the evaluation's pairs, per case."""
+    parts = []
+    for case, measured in gen.get("cases", {}).items():
+        brier = measured.get("confidence", {}).get("brier")
+        if brier is not None:
+            parts.append(f"{case} {brier:.4f} (tower's top-1 is the truth for {measured['tower_top1']:.1%} of pairs)")
+    if not parts:
+        return ""
+    return ("Brier score of the SNAP confidence of each step's chosen candidate (lower is better; results.json "
+            "holds the reliability curves): " + "; ".join(parts) + ".")
