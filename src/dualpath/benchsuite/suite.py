@@ -403,6 +403,7 @@ class _Sections:
                 "concept around the output; free-running: mean cos over generated steps of held-out documents. "
                 "Baselines: LVM-only and bank-only (the same code with extreme thresholds).",
                 quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
+            **quality.case_sections(r, f"the benchmark bank ({len(self.bank):,} concepts)", "grounding_cases"),
             **quality.free_running_sections(r, f"the benchmark bank ({len(self.bank):,} concepts)",
                                             "free_running_quality"),
         }
@@ -426,6 +427,7 @@ class _Sections:
                 f"Quality: dual path on {source}", f"Teacher-forced on {r['generation']['pairs']:,} held-out pairs "
                 f"of the {source} bank ({r['bank']['count']:,} concepts).",
                 quality.DUAL_PATH_COLUMNS, quality.dual_path_rows(r)),
+            **quality.case_sections(r, source, f"grounding_cases_{source}"),
             **quality.free_running_sections(r, source, f"free_running_quality_{source}"),
         }
 

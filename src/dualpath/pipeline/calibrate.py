@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_VERSION = 4  # 4: the SNAP confidence and the lanes that ground on it
 # A fitted "helps" level may cost the unknown case (the bank does not hold the document) at most this much
 # teacher-forced cosine to the truth against LVM-only.
-HELPS_SLACK = 0.003
+HELPS_SLACK = 0.002
 DEFAULT_DEPTH = 500
 QUANTILES = (5, 25, 50, 75, 95)
 DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the same concept again"

@@ -202,7 +202,7 @@ def ground_step(
 
 MODES = ("added", "restated", "unknown")  # the cases calibration fits the confidence on (module docstring)
 BLEND_GAIN = 0.002  # mean teacher-forced cosine a fitted BLEND band must add to be kept
-UNKNOWN_TOUCH = 0.05  # the most steps of the unknown case a fitted level may SNAP or BLEND
+UNKNOWN_TOUCH = 0.02  # the most steps of the unknown case a fitted level may SNAP or BLEND
 
 
 @dataclass
