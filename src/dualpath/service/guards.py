@@ -109,6 +109,18 @@ class APIKeyMiddleware:
         )
 
 
+class TrackedSend:
+    """`send`, noting whether the response has started (after that, an error can no longer be answered)."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        self.started = self.started or message["type"] == "http.response.start"
+        await self.send(message)
+
+
 class BodyTooLarge(HTTPException):
     """Raised while the body is read; an HTTPException, so FastAPI's body parsing passes it on as a 413."""
 
@@ -144,7 +156,6 @@ class BodyLimitMiddleware:
                 await send_json(send, 413, too_large.detail)
                 return
         received = 0
-        started = False
         body_done = False
         deadline = time.monotonic() + self.timeout_s
 
@@ -164,19 +175,15 @@ class BodyLimitMiddleware:
                 body_done = not message.get("more_body", False)
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, tracked)
         except BodyTooLarge:
-            if started:
+            if tracked.started:
                 raise
             await send_json(send, 413, too_large.detail)
         except BodyTimeout as err:
-            if started:
+            if tracked.started:
                 raise
             await send_json(send, 408, err.detail, [(b"connection", b"close")])
 
@@ -193,17 +200,11 @@ class InternalErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except Exception:
-            if started:
+            if tracked.started:
                 raise
             log.exception("%s %s failed", scope.get("method"), scope.get("path"))
             await send_json(send, 500, "internal error; see the server log")

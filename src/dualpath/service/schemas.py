@@ -1,6 +1,7 @@
 """Request bodies of the HTTP API. Unknown fields are refused so that a typo is an error, not a default,
-and types are strict: `"steps": true` or `"steps": "3"` is a 422, not 1 or 3 (a float field still takes an
-integer, as JSON does not tell 1 from 1.0).
+and numbers and booleans are strict: `"steps": true` or `"steps": "3"` is a 422, not 1 or 3 (a float field
+still takes an integer, as JSON does not tell 1 from 1.0). Text fields are plain `str` (lax mode takes no
+other type either), so a lone surrogate reaches `_valid_unicode` and is refused with its own message.
 
 Static bounds live here (they appear in the OpenAPI docs); bounds that depend on the configuration
 or the bank (prompt length, steps, k, vector dimension, lane names) are checked by DualPathService.
@@ -8,7 +9,7 @@ or the bank (prompt length, steps, k, vector dimension, lane names) are checked 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
 from dualpath.config import MAX_SERVICE_TEXT
 from dualpath.corpus.sources import unicode_problem
@@ -17,7 +18,7 @@ MAX_SEED = 2**64 - 1  # seeds are any non-negative 64-bit integer
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
 
     @model_validator(mode="after")
     def _valid_unicode(self) -> _Request:
@@ -35,8 +36,10 @@ class SearchRequest(_Request):
     text: str | None = Field(
         None, max_length=MAX_SERVICE_TEXT, description="Text to encode and search for (≤ service.max_prompt_chars)."
     )
-    vector: list[float] | None = Field(None, description="A query vector of the bank's dimension (normalised).")
-    k: int = Field(10, ge=1, description="Results wanted (≤ service.max_k).")
+    vector: list[StrictFloat] | None = Field(
+        None, description="A query vector of the bank's dimension (normalised)."
+    )
+    k: int = Field(10, ge=1, strict=True, description="Results wanted (≤ service.max_k).")
     domain: str | None = Field(None, description="Only concepts of this domain (e.g. a wiki topic).")
 
     @model_validator(mode="after")
@@ -52,19 +55,26 @@ class GenerateRequest(_Request):
     prompt: str = Field(
         ..., max_length=MAX_SERVICE_TEXT, description="One or more sentences (≤ service.max_prompt_chars)."
     )
-    steps: int | None = Field(None, ge=1, description="Concepts to generate (default generation.steps).")
-    lane: str | None = Field(None, description="Lane name (default decider.default_lane); see GET /info.")
-    with_vectors: bool = Field(False, description="Include each step's output vector.")
-    temperature: float | None = Field(
-        None, ge=0.0, le=10.0, description="Sample n* among the shortlist at this temperature (0: greedy)."
+    steps: int | None = Field(
+        None, ge=1, strict=True, description="Concepts to generate (default generation.steps)."
     )
-    top_k: int | None = Field(None, ge=0, description="Sample among the k best candidates only (0: all).")
-    top_p: float | None = Field(None, gt=0.0, le=1.0, description="Sample within this share of the weight.")
+    lane: str | None = Field(None, description="Lane name (default decider.default_lane); see GET /info.")
+    with_vectors: bool = Field(False, strict=True, description="Include each step's output vector.")
+    temperature: float | None = Field(
+        None, ge=0.0, le=10.0, strict=True, description="Sample n* among the shortlist at this temperature (0: greedy)."
+    )
+    top_k: int | None = Field(
+        None, ge=0, strict=True, description="Sample among the k best candidates only (0: all)."
+    )
+    top_p: float | None = Field(
+        None, gt=0.0, le=1.0, strict=True, description="Sample within this share of the weight."
+    )
     seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="Seed of the sampling draws (0 to 2^64-1): the same seed repeats a run."
+        None, ge=0, le=MAX_SEED, strict=True,
+        description="Seed of the sampling draws (0 to 2^64-1): the same seed repeats a run.",
     )
     lvm_temperature: float | None = Field(
-        None, ge=0.0, le=2.0,
+        None, ge=0.0, le=2.0, strict=True,
         description="How widely the LVM's sampler draws each vector around its mean (0: the mean; "
         "default generation.lvm_temperature).",
     )
