@@ -24,11 +24,22 @@ from dualpath.decider import (
     continuous_alpha,
     get_schedule,
     load_lanes,
+    make_lane,
     reference_alpha,
 )
 from dualpath.errors import ConfigError, DeciderError, DualPathError
 
-LANES = load_lanes()
+# The c_max rule's mechanics, on quota lanes with the thresholds and shares the c_max lanes ship with for
+# MiniLM (quota-neutral; conservative, legal and creative as they were before they grounded on evidence).
+_QUOTA = {
+    "conservative": {"tau_snap": 0.73, "tau_novel": 0.65, "shares": {"snap": 0.30, "blend": 0.50, "novel": 0.20}},
+    "legal": {"tau_snap": 0.73, "tau_novel": 0.65, "dup_window": 0, "repeat_window": 8,
+              "shares": {"snap": 0.30, "blend": 0.50, "novel": 0.20}},
+    "neutral": {"tau_snap": 0.76, "tau_novel": 0.68, "shares": {"snap": 0.15, "blend": 0.50, "novel": 0.35}},
+    "creative": {"tau_snap": 0.80, "tau_novel": 0.72, "k": 300,
+                 "shares": {"snap": 0.05, "blend": 0.35, "novel": 0.60}},
+}
+LANES = {**load_lanes(), **{name: make_lane(name, fields) for name, fields in _QUOTA.items()}}
 NEUTRAL = LANES["neutral"]
 RANK = {Decision.NOVEL: 0, Decision.BLEND: 1, Decision.SNAP: 2}
 
@@ -515,8 +526,8 @@ def test_blend_neighbours_count_as_picked() -> None:
 
 
 def test_decoder_reset_and_config() -> None:
-    decoder = DualPathDecoder.from_config(DeciderConfig())
-    assert decoder.lane.name == "neutral"
+    assert DualPathDecoder.from_config(DeciderConfig()).lane.name == "neutral"
+    decoder = DualPathDecoder.from_config(DeciderConfig(), lane=NEUTRAL)  # the c_max rule's memory
     _repeat_scenario(decoder, gap=3)
     decoder.reset()
     assert decoder.steps == 0 and decoder.recent_ids == ()

@@ -20,17 +20,18 @@ INTENT = ("conservative", "legal", "neutral", "creative")
 def test_shipped_lanes_follow_the_intent() -> None:
     lanes = load_lanes()
     assert set(INTENT) <= set(lanes)
-    for grounding in ("conservative", "legal"):
-        # Lower thresholds ground more: SNAP sooner, NOVEL only further out.
-        assert lanes[grounding].tau_snap < lanes["neutral"].tau_snap < lanes["creative"].tau_snap
-        assert lanes[grounding].tau_novel < lanes["neutral"].tau_novel < lanes["creative"].tau_novel
-        assert lanes[grounding].shares.snap > lanes["creative"].shares.snap
+    # Levels of p, the probability that the candidate is the true next concept: a lower SNAP level grounds
+    # more. Conservative and legal ground more than creative; legal never blends (grounded or not).
+    assert lanes["conservative"].tau_snap < lanes["neutral"].tau_snap < lanes["legal"].tau_snap
+    assert lanes["legal"].tau_snap < lanes["creative"].tau_snap
+    assert lanes["legal"].tau_novel == pytest.approx(lanes["legal"].tau_snap, abs=1e-3)
     assert lanes["legal"].dup_window == 0
     assert all(lanes[name].dup_window == 8 for name in ("conservative", "neutral", "creative"))
     assert lanes["creative"].k == 300 and lanes["neutral"].k == 500
     for name in INTENT:
+        assert lanes[name].rule == "confidence" and lanes[name].risk is not None and lanes[name].shares is None
         assert not lanes[name].calibrated and "uncalibrated" in lanes[name].provenance
-        assert lanes[name].shares is not None
+    assert lanes["quota-neutral"].rule == "c_max" and lanes["quota-neutral"].shares is not None
 
 
 def test_reference_lanes_are_kept_verbatim() -> None:
@@ -47,14 +48,13 @@ def test_reference_lanes_are_kept_verbatim() -> None:
         assert "reference" in lane.provenance
 
 
-def test_shipped_defaults_are_their_shares_on_the_measured_distribution() -> None:
+def test_shipped_quota_defaults_are_their_shares_on_the_measured_distribution() -> None:
     # The YAML says: thresholds = the shares' quantiles of N(0.70, 0.061), rounded to 0.01.
     sample = np.random.default_rng(0).normal(0.70, 0.0608, size=200_000)
-    for name in INTENT:
-        lane = load_lanes()[name]
-        tau_snap, tau_novel = thresholds_from_shares(sample, lane.shares)
-        assert lane.tau_snap == pytest.approx(tau_snap, abs=0.006)
-        assert lane.tau_novel == pytest.approx(tau_novel, abs=0.006)
+    lane = load_lanes()["quota-neutral"]
+    tau_snap, tau_novel = thresholds_from_shares(sample, lane.shares)
+    assert lane.tau_snap == pytest.approx(tau_snap, abs=0.006)
+    assert lane.tau_novel == pytest.approx(tau_novel, abs=0.006)
 
 
 def _write(tmp_path: Path, data: object, name: str = "lanes.yaml") -> Path:
@@ -187,9 +187,9 @@ def test_thresholds_from_shares_edge_cases() -> None:
 def test_calibrate_lane() -> None:
     lanes = load_lanes()
     c = np.random.default_rng(1).normal(0.5, 0.1, size=1000)
-    calibrated = calibrate_lane(lanes["conservative"], c, provenance="bank X held-out, 1000 steps")
+    calibrated = calibrate_lane(lanes["quota-neutral"], c, provenance="bank X held-out, 1000 steps")
     assert calibrated.calibrated and calibrated.provenance == "bank X held-out, 1000 steps"
-    assert float(np.mean(c >= calibrated.tau_snap)) == pytest.approx(0.30, abs=1e-3)
-    assert (calibrated.k, calibrated.dup_window, calibrated.shares) == (500, 8, lanes["conservative"].shares)
+    assert float(np.mean(c >= calibrated.tau_snap)) == pytest.approx(0.15, abs=1e-3)
+    assert (calibrated.k, calibrated.dup_window, calibrated.shares) == (500, 8, lanes["quota-neutral"].shares)
     with pytest.raises(ConfigError, match="states no target shares"):
         calibrate_lane(lanes["reference-neutral"], c, provenance="x")

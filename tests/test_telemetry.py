@@ -43,7 +43,7 @@ def record(
 def test_sink_appends_lines_from_a_real_decoder(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     bank = rng.normal(size=(50, 8)).astype(np.float32)
-    decoder = DualPathDecoder(load_lanes()["creative"])
+    decoder = DualPathDecoder(load_lanes()["quota-neutral"])
     path = tmp_path / "runs" / "telemetry.jsonl"
     written = []
     with TelemetrySink(path) as sink:
@@ -57,7 +57,7 @@ def test_sink_appends_lines_from_a_real_decoder(tmp_path: Path) -> None:
     with TelemetrySink(path) as sink:  # a second sink appends, never truncates
         sink.write(written[0])
     lines = path.read_text().splitlines()
-    assert len(lines) == 11 and all(json.loads(line)["lane"] == "creative" for line in lines)
+    assert len(lines) == 11 and all(json.loads(line)["lane"] == "quota-neutral" for line in lines)
     assert list(read_records(path)) == [*written, written[0]]
 
 

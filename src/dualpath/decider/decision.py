@@ -407,6 +407,11 @@ def choose_next_vectors(
     `choose_next_vector` on it alone.
     """
     start = time.perf_counter()
+    if lane.rule != "c_max":
+        raise DeciderError(
+            f"lane '{lane.name}' grounds on evidence (rule: confidence): decide it with choose_grounded, as the "
+            "Generator does; choose_next_vector(s) apply the c_max rule"
+        )
     alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
     queries = _as_queries(v_hat)
     b, d = queries.shape
@@ -580,6 +585,11 @@ def choose_next_vector(
     the concepts the stream may not show again, (when sampling) one uniform draw in [0, 1), the
     vectors whose paraphrases it may not pick (m, d) with their limits (m,), and a baseline's c."""
     start = time.perf_counter()
+    if lane.rule != "c_max":
+        raise DeciderError(
+            f"lane '{lane.name}' grounds on evidence (rule: confidence): decide it with choose_grounded, as the "
+            "Generator does; choose_next_vector(s) apply the c_max rule"
+        )
     v = np.asarray(v_hat)
     if v.ndim != 1:
         raise DeciderError(f"v̂ must be a 1-d vector, got shape {v.shape}")

@@ -1,0 +1,281 @@
+"""Grounding on evidence: successors, candidates, the SNAP confidence, confidence lanes and their risk levels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualpath.decider import (
+    FEATURES,
+    Decision,
+    DualPathDecoder,
+    Grounding,
+    SnapConfidence,
+    choose_grounded,
+    choose_next_vector,
+    ground_streams,
+    load_lanes,
+    make_lane,
+)
+from dualpath.decider.decision import Shortlist
+from dualpath.decider.grounding import (
+    SOURCES,
+    brier_score,
+    choose_grounding,
+    gather_candidates,
+    reliability,
+    successor_ids,
+    successor_table,
+)
+from dualpath.errors import ConfigError, DeciderError
+from dualpath.pipeline.grounding import lane_cosines, risk_thresholds
+
+LANES = load_lanes()
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+# ---- successors -------------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 7), min_size=1, max_size=6), seed=st.integers(0, 1000))
+def test_successors_are_the_concepts_j_plus_one_places_on_in_the_same_document(lengths, seed) -> None:
+    ids = np.random.default_rng(seed).permutation(sum(lengths))
+    documents, start = {}, 0
+    for d, n in enumerate(lengths):
+        documents[f"d{d}"] = ids[start : start + n]
+        start += n
+    table = successor_table(documents, int(sum(lengths)), reach=3)
+    for doc in documents.values():
+        for i, concept in enumerate(doc):
+            for j in range(3):
+                expected = doc[i + j + 1] if i + j + 1 < len(doc) else -1
+                assert table[j, concept] == expected
+    anchors = np.array([[doc[0] if len(doc) else -1, -1] for doc in documents.values()])
+    found = successor_ids(table, anchors)
+    assert (found[:, 1] == -1).all()
+    for row, doc in zip(found, documents.values(), strict=True):
+        assert row[0] == (doc[1] if len(doc) > 1 else -1)
+
+
+# ---- candidates and the confidence ---------------------------------------------------------------------
+
+
+def _candidates(seed: int = 0, b: int = 5, k: int = 6, d: int = 16):
+    rng = np.random.default_rng(seed)
+    bank = unit(rng.normal(size=(40, d)))
+    ids = np.stack([rng.choice(40, size=k, replace=False) for _ in range(b)])
+    q = unit(rng.normal(size=(b, d)))
+    v = unit(rng.normal(size=(b, d)))
+    tower = np.einsum("bkd,bd->bk", bank[ids], q)
+    lvm = np.einsum("bkd,bd->bk", bank[ids], v)
+    succ = np.stack([[ids[i, 2], rng.integers(0, 40)] for i in range(b)])
+    anchor_cos = np.tile([1.0, 0.7], (b, 1))
+    allowed = np.ones_like(succ, dtype=bool)
+    allowed[0] = False  # stream 0 has no successor
+    return gather_candidates(ids, tower, lvm, succ, anchor_cos, allowed, lambda x: bank[x], q, v), ids, tower, lvm
+
+
+def test_candidates_carry_the_tower_and_lvm_favourites_and_flag_successors() -> None:
+    cand, ids, tower, lvm = _candidates()
+    f = {name: cand.features[..., i] for i, name in enumerate(FEATURES)}
+    rows = np.arange(len(ids))
+    assert (cand.ids[:, 0] == ids[rows, tower.argmax(axis=1)]).all()
+    assert (cand.ids[:, 1] == ids[rows, lvm.argmax(axis=1)]).all()
+    assert (f["tower_top"][:, 0] == 1).all() and (f["lvm_top"][:, 1] == 1).all()
+    np.testing.assert_allclose(f["tower_gap"][:, 0], 0.0, atol=1e-6)
+    np.testing.assert_allclose(f["lvm_gap"][:, 1], 0.0, atol=1e-6)
+    assert (f["tower_gap"] <= 1e-6).all() and (f["lvm_gap"] <= 1e-6).all()
+    # Stream 0's successors are refused: no id, no features. The others' exact-anchor successor is flagged.
+    assert (cand.ids[0, 2:] == -1).all() and (cand.features[0, 2:] == 0).all()
+    assert (f["successor"][1:, 2] == 1).all() and (f["anchor_exact"][1:, 2] == 1).all()
+    assert (f["anchor_age"][1:, 3] == 1).all()
+    np.testing.assert_allclose(f["anchor_cos"][1:, 3], 0.7)
+    assert (cand.sources[1:, 2] == SOURCES.index("successor")).all()
+
+
+def test_the_confidence_learns_which_evidence_predicts_the_truth_and_round_trips() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4000, len(FEATURES)))
+    truth = rng.random(4000) < 1 / (1 + np.exp(-(3 * x[:, FEATURES.index("anchor_exact")] - 1)))
+    model = SnapConfidence.fit(x, truth)
+    assert model.weights[FEATURES.index("anchor_exact")] > 5 * np.abs(np.delete(model.weights, FEATURES.index(
+        "anchor_exact"))).max()
+    p = model.predict(x)
+    assert ((p >= 0) & (p <= 1)).all()
+    assert brier_score(p, truth) < brier_score(np.full(len(p), truth.mean()), truth)
+    curve = reliability(p, truth)
+    assert sum(b["n"] for b in curve) == len(p)
+    assert all(abs(b["mean_p"] - b["observed"]) < 0.1 for b in curve if b["n"] > 200)  # calibrated
+    again = SnapConfidence.from_dict(json.loads(json.dumps(model.to_dict())))
+    np.testing.assert_allclose(again.predict(x), p)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"features": ["x"] * len(FEATURES)}, "fitted on features"),
+        ({"weights": [1.0]}, "wrong shape"),
+        ({"scale": [0.0] * len(FEATURES)}, "scale"),
+        ({"bias": "nan"}, "not finite"),
+        ({"mean": None}, "corrupt"),
+    ],
+)
+def test_a_corrupt_confidence_is_a_one_line_error(change, message) -> None:
+    good = SnapConfidence.fit(np.random.default_rng(0).normal(size=(50, len(FEATURES))), np.arange(50) % 2)
+    with pytest.raises(ConfigError, match=message) as err:
+        SnapConfidence.from_dict({**good.to_dict(), **change}, "bank/calibration.json")
+    assert "\n" not in str(err.value) and "dualpath calibrate" in str(err.value)
+
+
+def test_the_most_probable_allowed_candidate_is_chosen() -> None:
+    cand, *_ = _candidates()
+    model = SnapConfidence.fit(cand.features[cand.ids >= 0], cand.features[cand.ids >= 0][:, 7] > 0)
+    grounding = choose_grounding(cand, model)
+    p = np.where(cand.ids >= 0, model.predict(cand.features), -np.inf)
+    np.testing.assert_allclose(grounding.confidence, p.max(axis=1))
+    refuse_first = choose_grounding(cand, model, pick=lambda s, _: np.where(np.arange(len(s)) == 0, -1, s.argmax(1)))
+    assert refuse_first.ids[0] == -1 and refuse_first.confidence[0] == 0 and refuse_first.evidence(0) is None
+    assert set(refuse_first.evidence(1)) == set(FEATURES)
+
+
+# ---- the decision on a confidence lane ---------------------------------------------------------------
+
+
+def _grounding(p: np.ndarray, d: int = 12, seed: int = 0) -> tuple[np.ndarray, Grounding]:
+    rng = np.random.default_rng(seed)
+    b = len(p)
+    v = unit(rng.normal(size=(b, d)))
+    n = unit(rng.normal(size=(b, d)))
+    ids = np.arange(b, dtype=np.int64) + 100
+    return v, Grounding(ids, n, np.asarray(p, dtype=np.float64), np.full(b, 3, np.int8), np.zeros((b, len(FEATURES))))
+
+
+def test_thresholds_on_p_decide_snap_blend_and_novel() -> None:
+    lane = make_lane("x", {"rule": "confidence", "tau_snap": 0.6, "tau_novel": 0.2, "risk": {"snap": 0.6}})
+    v, g = _grounding(np.array([0.9, 0.6, 0.4, 0.2, 0.05]))
+    out, records = choose_grounded(v, g, lane)
+    assert [r.decision for r in records] == [Decision.SNAP, Decision.SNAP, Decision.BLEND, Decision.NOVEL,
+                                             Decision.NOVEL]
+    np.testing.assert_allclose(out[0], g.vectors[0], atol=1e-6)
+    np.testing.assert_allclose(out[3], v[3], atol=1e-6)
+    assert records[2].alpha == pytest.approx(0.5) and records[2].confidence == pytest.approx(0.4)
+    assert records[0].candidate_source == "successor" and records[0].neighbour_id == 100
+    assert np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+
+
+def test_no_candidate_or_a_failed_retrieval_is_novel_with_its_reason() -> None:
+    lane = LANES["conservative"]
+    v, g = _grounding(np.array([0.99, 0.99]))
+    g = Grounding(np.array([-1, 101]), g.vectors, g.confidence, g.sources, g.features)
+    out, records = choose_grounded(v, g, lane, fallbacks=[None, "timeout"])
+    assert [r.decision for r in records] == [Decision.NOVEL, Decision.NOVEL]
+    assert [r.fallback_reason for r in records] == ["empty", "timeout"]
+    np.testing.assert_allclose(out, v, atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(p=st.lists(st.floats(0, 1), min_size=1, max_size=12), seed=st.integers(0, 100))
+def test_a_stream_decides_the_same_alone_or_in_a_batch(p, seed) -> None:
+    v, g = _grounding(np.array(p), seed=seed)
+    lane = LANES["neutral"]
+    batch_out, batch_records = choose_grounded(v, g, lane)
+    for i in range(len(p)):
+        one = Grounding(*(np.asarray(a)[[i]] for a in (g.ids, g.vectors, g.confidence, g.sources, g.features)))
+        out, (record,) = choose_grounded(v[[i]], one, lane)
+        np.testing.assert_array_equal(out[0], batch_out[i])
+        assert record.decision == batch_records[i].decision and record.alpha == batch_records[i].alpha
+
+
+def test_a_repeat_of_a_recent_pick_is_dropped_and_the_random_mix_reads_its_own_p() -> None:
+    lane = LANES["creative"]
+    v, g = _grounding(np.array([0.99]))
+    g = Grounding(g.ids, v.copy(), g.confidence, g.sources, g.features)  # the candidate is v̂ itself: cos 1
+    _, (record,) = choose_grounded(v, g, lane, recent_ids=[[100]])
+    assert record.decision is Decision.NOVEL_DUP_DROP and record.near_dup
+    _, (drawn,) = choose_grounded(v, g, lane, recent_ids=[[100]], decide_by=np.array([0.1]))
+    assert drawn.decision is Decision.NOVEL and drawn.c_pick == pytest.approx(0.1)
+
+
+def test_the_shipped_lanes_move_the_mix_as_intended() -> None:
+    # Conservative grounds most, creative least; legal grounds more than creative and never blends.
+    p = np.random.default_rng(5).beta(0.6, 0.9, size=3000)
+    v, g = _grounding(p)
+
+    def mix(name: str) -> dict[Decision, float]:
+        _, records = choose_grounded(v, g, LANES[name])
+        return {d: float(np.mean([r.decision is d for r in records])) for d in Decision}
+
+    m = {name: mix(name) for name in ("conservative", "neutral", "legal", "creative")}
+    assert m["conservative"][Decision.SNAP] > m["neutral"][Decision.SNAP] > m["legal"][Decision.SNAP]
+    assert m["legal"][Decision.SNAP] > m["creative"][Decision.SNAP] > 0
+    assert m["legal"][Decision.BLEND] == 0 and m["creative"][Decision.BLEND] == 0
+
+
+def test_the_c_max_rule_refuses_a_confidence_lane_and_ground_streams_refuses_a_quota_lane() -> None:
+    v, g = _grounding(np.array([0.5]))
+    with pytest.raises(DeciderError, match="choose_grounded"):
+        choose_next_vector(v[0], Shortlist(np.array([1]), g.vectors), LANES["neutral"])
+    with pytest.raises(DeciderError, match="c_max"):
+        ground_streams([DualPathDecoder(LANES["quota-neutral"])], v, g)
+
+
+def test_ground_streams_gives_each_decoder_its_own_memory() -> None:
+    v, g = _grounding(np.array([0.99, 0.99, 0.01]))
+    decoders = [DualPathDecoder(LANES[name]) for name in ("conservative", "legal", "neutral")]
+    _, records = ground_streams(decoders, v, g)
+    assert [r.lane for r in records] == ["conservative", "legal", "neutral"]
+    assert [d.recent_ids for d in decoders] == [(100,), (101,), (-1,)]
+    assert [r.step for r in records] == [0, 0, 0]
+
+
+# ---- risk levels ---------------------------------------------------------------------------------------
+
+
+def _parts(seed: int = 0, n: int = 800) -> dict[str, dict[str, np.ndarray]]:
+    """Closed-form ingredients of three cases: the bank knows (p high, candidate right), is unsure, does not."""
+    rng = np.random.default_rng(seed)
+
+    def case(p: np.ndarray, right: np.ndarray) -> dict[str, np.ndarray]:
+        a = rng.uniform(0.4, 0.7, size=len(p))
+        g = np.where(right, 1.0, rng.uniform(0.1, 0.4, size=len(p)))
+        return {"p": p, "a": a, "g": g, "c": rng.uniform(0.3, 0.7, size=len(p)), "exact": right}
+
+    known_p = rng.uniform(0.8, 1.0, size=n)
+    unsure_p = rng.uniform(0.0, 0.6, size=n)
+    unknown_p = rng.uniform(0.0, 0.35, size=n)
+    return {"added": case(known_p, rng.random(n) < known_p), "restated": case(unsure_p, rng.random(n) < unsure_p),
+            "unknown": case(unknown_p, np.zeros(n, bool))}
+
+
+def test_fitted_levels_ground_where_it_helps_and_keep_the_unknown_case_free() -> None:
+    parts = _parts()
+    helps = LANES["conservative"].risk
+    tau_snap, tau_novel, score = risk_thresholds(helps, parts, slack=0.002)
+    unknown = parts["unknown"]
+    assert lane_cosines(unknown, tau_snap, tau_novel).mean() >= unknown["a"].mean() - 0.002
+    assert np.mean(unknown["p"] > tau_novel) <= 0.02
+    never = np.mean([lane_cosines(x, 1.0, np.nextafter(1.0, 0)).mean() for x in parts.values()])
+    assert score > never  # grounding where the evidence is strong pays
+    # A stated level stands as it is; "none" means no BLEND band.
+    fixed = risk_thresholds(LANES["creative"].risk, parts, slack=0.002)
+    assert fixed[0] == 0.9 and fixed[1] == pytest.approx(0.9, abs=1e-9) and fixed[1] < 0.9
+
+
+def test_a_lane_states_risk_only_with_the_confidence_rule() -> None:
+    with pytest.raises(ConfigError, match="risk"):
+        make_lane("x", {"tau_snap": 0.5, "tau_novel": 0.2, "risk": {"snap": 0.5}})
+    with pytest.raises(ConfigError, match="shares"):
+        make_lane("x", {"rule": "confidence", "tau_snap": 0.5, "tau_novel": 0.2,
+                        "shares": {"snap": 0.2, "blend": 0.3, "novel": 0.5}})
+    with pytest.raises(ConfigError, match="probability"):
+        make_lane("x", {"rule": "confidence", "tau_snap": 0.5, "tau_novel": 0.2, "risk": {"snap": 1.5}})
+    with pytest.raises(ConfigError, match="below snap"):
+        make_lane("x", {"rule": "confidence", "tau_snap": 0.5, "tau_novel": 0.2, "risk": {"snap": 0.5, "blend": 0.7}})
