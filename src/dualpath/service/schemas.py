@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, model_validator
 
-from dualpath.config import MAX_SERVICE_TEXT
 from dualpath.corpus.sources import unicode_problem
 
 MAX_SEED = 2**64 - 1  # seeds are any non-negative 64-bit integer
@@ -33,9 +32,7 @@ class _Request(BaseModel):
 class SearchRequest(_Request):
     """Nearest bank concepts to a text (encoded by the bank's encoder) or to a vector in the bank's space."""
 
-    text: str | None = Field(
-        None, max_length=MAX_SERVICE_TEXT, description="Text to encode and search for (≤ service.max_prompt_chars)."
-    )
+    text: str | None = Field(None, description="Text to encode and search for (≤ service.max_prompt_chars).")
     vector: list[StrictFloat] | None = Field(
         None, description="A query vector of the bank's dimension (normalised)."
     )
@@ -52,9 +49,9 @@ class SearchRequest(_Request):
 class GenerateRequest(_Request):
     """A prompt to continue, concept by concept, under one lane."""
 
-    prompt: str = Field(
-        ..., max_length=MAX_SERVICE_TEXT, description="One or more sentences (≤ service.max_prompt_chars)."
-    )
+    # No max_length here: a constrained str is checked by pydantic-core as UTF-8 and would refuse a lone
+    # surrogate with its own vaguer message; DualPathService checks the length before any work is done.
+    prompt: str = Field(..., description="One or more sentences (≤ service.max_prompt_chars).")
     steps: int | None = Field(
         None, ge=1, strict=True, description="Concepts to generate (default generation.steps)."
     )
