@@ -177,6 +177,16 @@ def test_bad_numbers_and_paths_are_one_line(args, expected, service_bank, tmp_pa
     assert listing(service_bank) == before, "a refused command changes nothing"
 
 
+def test_other_counts_below_their_bound_are_one_line(service_bank, tmp_path):  # noqa: F811
+    more = tmp_path / "x.jsonl"
+    more.write_text(json.dumps({"id": "x", "text": "One more document. With two sentences."}) + "\n")
+    before = listing(service_bank)
+    assert_one_line_error(run("bank", "add", service_bank, more, "--limit-docs", "-1"), "'--limit-docs'")
+    assert_one_line_error(run("bank", "build", more, "--out", tmp_path / "new", "--limit-docs", "0"), "'--limit-docs'")
+    assert_one_line_error(run("demo", "--steps", "0", "--out", tmp_path / "demo"), "'--steps'")
+    assert listing(service_bank) == before and sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]
+
+
 def test_a_negative_seed_in_a_config_file_is_one_line(service_bank, tmp_path):  # noqa: F811
     config = tmp_path / "config.yaml"
     config.write_text("generation:\n  seed: -1\n")

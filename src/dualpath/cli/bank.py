@@ -49,7 +49,8 @@ def build_command(
     ),
     dtype: str | None = typer.Option(None, "--dtype", help="Stored vector precision: float16 | float32."),
     limit_docs: int | None = typer.Option(
-        None, "--limit-docs", help="Use only the first N documents, in source order (wiki-sample is grouped by topic)."
+        None, "--limit-docs", min=1,
+        help="Use only the first N documents, in source order (wiki-sample is grouped by topic).",
     ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed lines/files instead of stopping."),
     backend: str | None = BACKEND_OPTION,
@@ -91,7 +92,8 @@ def add_command(
     bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
     source: str = typer.Argument(..., help=SOURCE_HELP),
     limit_docs: int | None = typer.Option(
-        None, "--limit-docs", help="Use only the first N documents, in source order (wiki-sample is grouped by topic)."
+        None, "--limit-docs", min=1,
+        help="Use only the first N documents, in source order (wiki-sample is grouped by topic).",
     ),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip malformed lines/files instead of stopping."),
     milvus_uri: str | None = MILVUS_URI_OPTION,

@@ -62,7 +62,7 @@ def demo_command(
     out: Path = typer.Option(Path("demo-output"), "--out", help="Where the bank, models and report go."),
     full: bool = typer.Option(False, "--full", help="All ~10,000 articles instead of the default subset."),
     fresh: bool = typer.Option(False, "--fresh", help="Redo every stage instead of reusing cached ones."),
-    steps: int = typer.Option(4, "--steps", help="Concepts generated per prompt."),
+    steps: int = typer.Option(4, "--steps", min=1, help="Concepts generated per prompt."),
     config: Path | None = CONFIG_OPTION,
     device: str | None = DEVICE_OPTION,
 ) -> None:
