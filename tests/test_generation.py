@@ -17,7 +17,7 @@ from dualpath.bank import ConceptBank
 from dualpath.bank.layout import CALIBRATION_FILE
 from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane, read_records
 from dualpath.pipeline.calibrate import calibrate_bank
-from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, teacher_forced
+from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, heldout_pairs, teacher_forced
 from dualpath.pipeline.generator import Generator
 from trained_models import tiny_config
 
@@ -116,22 +116,35 @@ def test_slow_index_times_out_to_novel(generator):
     assert not [t for t in threading.enumerate() if t.name.startswith("miner")]
 
 
-def test_lane_thresholds_move_the_decision_mix(generator):
-    """Lower thresholds ground more: conservative/legal ≥ neutral ≥ creative in SNAP + BLEND share."""
-    rows = teacher_forced(generator.bank, generator.lvm, generator.tower, _heldout(generator), depth=500)
-    grounded = {}
-    for name in MAIN_LANES:
-        _, decisions = decide_lane(generator.bank, rows, generator.lanes[name], "continuous")
-        d = np.asarray(decisions)
-        grounded[name] = float(np.mean((d == "SNAP") | (d == "BLEND")))
-    assert grounded["conservative"] >= grounded["neutral"] >= grounded["creative"]
-    assert grounded["legal"] >= grounded["neutral"]
-    assert grounded["conservative"] > grounded["creative"]
-    # And a lane that snaps on anything snaps everywhere; one that never snaps never does.
+def test_lane_levels_move_the_decision_mix(generator):
+    """A lower SNAP level grounds more: conservative ≥ neutral ≥ legal ≥ creative in SNAP share, over pairs
+    whose documents the bank holds and pairs whose documents it does not."""
+    from dualpath.corpus.pairs import split_from_config
+    from dualpath.decider.grounding import choose_grounding
+    from dualpath.pipeline.evaluate import decide_grounded
+    from dualpath.pipeline.grounding import bank_successors, case_rows
+
+    bank, lvm = generator.bank, generator.lvm
+    split = split_from_config(bank.documents(), lvm.training_split(generator.cfg.split))
+    table = bank_successors(bank)
+    snapped = {name: [] for name in MAIN_LANES}
+    for case in ("added", "unknown"):
+        mode = case_rows(bank, lvm, generator.tower, split.heldout, 500, table, case, split.doc_ids)
+        grounding = choose_grounding(mode.candidates, generator.confidence)
+        for name in MAIN_LANES:
+            _, decisions, ids = decide_grounded(mode.rows, grounding, generator.lanes[name], "continuous")
+            snapped[name] += [d == "SNAP" for d in decisions]
+            if case == "unknown":  # nothing of the document is left to snap to
+                assert not set(ids[np.asarray(decisions) == "SNAP"]) & set(np.concatenate(mode.rows.hidden))
+    share = {name: float(np.mean(v)) for name, v in snapped.items()}
+    assert share["conservative"] >= share["neutral"] >= share["legal"] >= share["creative"]
+    assert share["conservative"] > 0
+    # And a c_max lane that snaps on anything snaps everywhere; one that never snaps never does.
+    rows = teacher_forced(bank, lvm, generator.tower, _heldout(generator), depth=500)
     always = make_lane("always", {"tau_snap": -0.99, "tau_novel": -1.0, "dup_window": 0})
     never = make_lane("never", {"tau_snap": 1.0, "tau_novel": 0.9999, "dup_window": 0})
-    assert set(decide_lane(generator.bank, rows, always, "continuous")[1]) == {"SNAP"}
-    assert set(decide_lane(generator.bank, rows, never, "continuous")[1]) == {"NOVEL"}
+    assert set(decide_lane(bank, rows, always, "continuous")[1]) == {"SNAP"}
+    assert set(decide_lane(bank, rows, never, "continuous")[1]) == {"NOVEL"}
 
 
 def _heldout(generator):
@@ -152,28 +165,66 @@ def test_calibration_gives_a_real_mix_and_generation_uses_it(trained_bank_path, 
     uncalibrated.close()
     assert (bank_dir / CALIBRATION_FILE).is_file()
     lanes = result["lanes"]
-    # Intent: conservative and legal ground more, so their thresholds sit below creative's.
-    assert lanes["conservative"]["tau_snap"] < lanes["neutral"]["tau_snap"] < lanes["creative"]["tau_snap"]
-    assert lanes["conservative"]["tau_novel"] < lanes["creative"]["tau_novel"]
+    # Intent: conservative grounds more than creative (a lower level of p); the quota baseline is set on c.
+    assert lanes["conservative"]["rule"] == "confidence" and lanes["quota-neutral"]["rule"] == "c_max"
+    assert lanes["conservative"]["tau_snap"] <= lanes["creative"]["tau_snap"] == pytest.approx(0.9)
+    assert lanes["neutral"]["tau_snap"] == pytest.approx(0.5) and lanes["legal"]["tau_snap"] == pytest.approx(0.8)
+    fit = result["confidence"]["fit"]
+    assert fit["brier"] < fit["brier_base_rate"] and fit["positives"] > 0
+    assert set(result["models"]) == {"lvm", "tower", "sampler"} and result["version"] >= 4
 
     # The near-duplicate cosine is measured in this space too, never above the configured 0.98.
     assert 0.0 < result["dup_threshold"] <= cfg.decider.dup_threshold
     calibrated = Generator.from_bank(bank_dir, cfg)
     try:
         assert calibrated.cfg.decider.dup_threshold == pytest.approx(result["dup_threshold"])
-        neutral = calibrated.lane("neutral")
-        assert neutral.calibrated and neutral.tau_snap == pytest.approx(lanes["neutral"]["tau_snap"])
+        quota = calibrated.lane("quota-neutral")
+        assert quota.calibrated and quota.tau_snap == pytest.approx(lanes["quota-neutral"]["tau_snap"])
+        assert calibrated.lane("conservative").tau_snap == pytest.approx(lanes["conservative"]["tau_snap"])
         report = evaluate_generation(
-            calibrated.bank, calibrated.lvm, calibrated.tower, {"neutral": neutral}, cfg, max_pairs=None
+            calibrated.bank, calibrated.lvm, calibrated.tower, {"quota-neutral": quota}, cfg, max_pairs=None,
+            cases=("added",),
         )
     finally:
         calibrated.close()
-    shares = {d: report["lanes"]["neutral"]["by_decision"][d]["share"] for d in DECISIONS}
-    # Calibrated on the same held-out pairs, the mix matches the lane's target shares (15/50/35) closely.
-    assert shares["SNAP"] == pytest.approx(0.15, abs=0.05)
-    assert shares["NOVEL"] == pytest.approx(0.35, abs=0.05)
+    shares = {d: report["lanes"]["quota-neutral"]["by_decision"][d]["share"] for d in DECISIONS}
+    # Scored on the evaluation half of the held-out documents, a real mix (the thresholds came from the other half).
+    assert 0.0 < shares["NOVEL"] < 1.0 and shares["SNAP"] + shares["BLEND"] > 0.0
+    # On the calibration half itself, the thresholds deliver the lane's shares (15/50/35) by construction.
+    with ConceptBank.open(bank_dir, cfg) as bank:
+        pairs = heldout_pairs(bank, calibrated.lvm.training_split(cfg.split), 3000, half="calibration")
+        rows = teacher_forced(bank, calibrated.lvm, calibrated.tower, pairs, depth=500)
+        fitted = np.asarray(decide_lane(bank, rows, quota, "continuous")[1])
+    assert float(np.mean(fitted == "SNAP")) == pytest.approx(0.15, abs=0.02)
+    assert float(np.mean(fitted == "NOVEL")) == pytest.approx(0.35, abs=0.02)
     assert report["lanes"]["bank-only"]["by_decision"]["SNAP"]["share"] == 1.0
     assert report["lanes"]["lvm-only"]["by_decision"]["NOVEL"]["share"] == 1.0
+
+
+def test_a_calibration_of_other_models_is_not_used(trained_bank_path, tmp_path, caplog):
+    bank_dir = tmp_path / "bank"
+    shutil.copytree(trained_bank_path, bank_dir)
+    cfg = tiny_config()
+    generator = Generator.from_bank(bank_dir, cfg, calibrating=True)
+    calibrate_bank(generator.bank, generator.lvm, generator.tower, cfg)
+    generator.close()
+    generator = Generator.from_bank(bank_dir, cfg)
+    assert generator.lane("neutral").calibrated and not generator.calibration_stale
+    generator.close()
+    # What `train lvm` does to the calibration: the LVM's weights are no longer the ones it was measured with.
+    from dualpath.training.lvm import train_lvm
+
+    with ConceptBank.open(bank_dir, cfg) as bank:
+        train_lvm(bank, cfg.model_copy(update={"lvm": cfg.lvm.model_copy(update={"epochs": 1})}),
+                  bank_dir / "models" / "lvm")
+    with caplog.at_level("WARNING"):
+        generator = Generator.from_bank(bank_dir, cfg)
+    try:
+        assert "lvm" in generator.calibration_stale
+        assert not generator.lane("neutral").calibrated and not generator.lane("quota-neutral").calibrated
+    finally:
+        generator.close()
+    assert any("measured with other models (lvm" in r.message for r in caplog.records)
 
 
 def test_generator_without_tower_queries_with_the_lvm_vector(trained_bank_path, tmp_path, caplog):
@@ -247,7 +298,7 @@ def test_quality_thresholds_closed_form_matches_the_decider(generator):
     rows = teacher_forced(generator.bank, generator.lvm, generator.tower, _heldout(generator), depth=100)
     best = quality_thresholds(rows, k=100, grid=11)
     lane = make_lane("best", {"tau_snap": best["tau_snap"], "tau_novel": best["tau_novel"], "k": 100})
-    outputs, decisions = decide_lane(generator.bank, rows, lane, "continuous")
+    outputs, decisions, _ = decide_lane(generator.bank, rows, lane, "continuous")
     measured = summarize_lane(generator.bank, rows, lane, outputs, decisions)["mean_cos"]
     assert measured == pytest.approx(best["mean_cos"], abs=1e-5)
     # It is a maximum over a grid that includes both single paths, so it is at least as good as either.
@@ -255,7 +306,7 @@ def test_quality_thresholds_closed_form_matches_the_decider(generator):
         from dualpath.decider import extreme_lanes
 
         x = extreme_lanes(100)[extreme]
-        out_x, dec_x = decide_lane(generator.bank, rows, x, "continuous")
+        out_x, dec_x, _ = decide_lane(generator.bank, rows, x, "continuous")
         assert best["mean_cos"] >= summarize_lane(generator.bank, rows, x, out_x, dec_x)["mean_cos"] - 1e-6
 
 

@@ -149,7 +149,8 @@ def gather_candidates(
     anchor = np.where(same, anchor_cos[:, None, :], 0.0)
     best_anchor = anchor.max(axis=2, initial=0.0)
     age = np.where(same, np.arange(succ.shape[1])[None, None, :], 99).min(axis=2, initial=99)
-    margin = np.where(np.isfinite(t_second), t_top - t_second, 1.0)
+    with np.errstate(invalid="ignore"):  # rows with fewer than two candidates: no margin to speak of
+        margin = np.where(np.isfinite(t_second) & np.isfinite(t_top), t_top - t_second, 1.0)
     features = np.stack([
         tower_score,
         tower_score - np.where(np.isfinite(t_top), t_top, tower_score.max(axis=1))[:, None],
