@@ -126,7 +126,8 @@ def stale_models(calibration: dict[str, Any], lvm: Any, tower: Any | None, sampl
     now = model_digests(lvm, tower, sampler)
     # A model the calibration did not use (None: no tower, or no free-running streams drawn by a sampler)
     # cannot have changed under it.
-    return [name for name in ("lvm", "tower", "sampler") if recorded.get(name) is not None and recorded[name] != now[name]]
+    return [name for name in ("lvm", "tower", "sampler")
+            if recorded.get(name) is not None and recorded[name] != now[name]]
 
 
 DEFAULT_CONFIDENCE = "confidence.json"  # shipped beside lanes.yaml: used until a bank is calibrated
