@@ -196,10 +196,10 @@ def test_a_negative_seed_in_a_config_file_is_one_line(service_bank, tmp_path):  
 # -- Weak 2: the prompt from a file or standard input, with a size limit ------------------------------------------
 
 
-def steps_of(proc: subprocess.CompletedProcess) -> list[dict]:
-    """The steps a `generate --json` printed, timings left out (they differ run to run)."""
+def steps_of(proc: subprocess.CompletedProcess) -> list[tuple]:
+    """What each step a `generate --json` printed decided and showed (not its timings)."""
     steps = [json.loads(line) for line in assert_ok(proc).splitlines()]
-    return [{k: v for k, v in step.items() if "latency" not in k} for step in steps]
+    return [(s["step"], s["decision"], s["neighbour_id"], round(s["c_max"], 5), s["text"]) for s in steps]
 
 
 def test_a_prompt_from_standard_input_or_a_file_is_the_same_prompt(service_bank, tmp_path):  # noqa: F811
