@@ -288,6 +288,8 @@ def test_stalled_bodies_get_a_408_and_idle_connections_close(impatient):
         sock = socket.create_connection(address, timeout=15)
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHo")
         slow_headers.append(sock)
+    kept_alive = socket.create_connection(address, timeout=15)  # one answered request, then idle
+    kept_alive.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     # Meanwhile the server answers others at once.
     assert httpx.get(f"{impatient}/healthz", timeout=5).status_code == 200
     for sock in stalled:
@@ -298,9 +300,10 @@ def test_stalled_bodies_get_a_408_and_idle_connections_close(impatient):
         assert "not received within 1 s" in detail and "\n" not in detail
     for sock in silent + slow_headers:
         assert read_until_closed(sock) == b"", "closed without an answer"
+    assert read_until_closed(kept_alive).startswith(b"HTTP/1.1 200 "), "answered, then closed once idle"
     elapsed = time.monotonic() - start
     assert elapsed < 10, f"stalled connections were held {elapsed:.1f} s"
-    for sock in stalled + silent + slow_headers:
+    for sock in [*stalled, *silent, *slow_headers, kept_alive]:
         sock.close()
     # A client that sends its body in time is served as before.
     answer = httpx.post(f"{impatient}/generate", json={"prompt": PROMPT, "steps": 1}, timeout=60)
