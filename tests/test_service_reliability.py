@@ -236,6 +236,8 @@ def test_every_route_answers_every_numeric_extreme(batched):
     with httpx.Client(base_url=base, timeout=120) as client:
         for path in GET_ROUTES:
             assert client.get(path).status_code == 200, path
+        limits = client.get("/info").json()["limits"]
+        assert limits["body_timeout_s"] == 10.0 and limits["idle_timeout_s"] == 5.0, limits
         for value in EXTREMES:
             if isinstance(value, int | float | str):
                 assert_answered(client.get("/telemetry", params={"limit": value}), f"/telemetry?limit={value}")

@@ -145,6 +145,8 @@ class DualPathService:
                 "max_steps": self.cfg.generation.max_steps,
                 "default_steps": self.cfg.generation.steps,
                 "max_body_bytes": s.max_body_bytes,
+                "body_timeout_s": s.body_timeout_s,
+                "idle_timeout_s": s.idle_timeout_s,
             },
         }
 
