@@ -96,6 +96,24 @@ def test_training_and_bench_refuse_a_file_at_out(service_bank, tmp_path):  # noq
     assert tfile.read_text() == "x\n" and sorted(p.name for p in tmp_path.iterdir()) == ["tfile"]
 
 
+def test_training_never_replaces_a_directory_that_is_not_its_checkpoint(service_bank, tmp_path):  # noqa: F811
+    out = tmp_path / "tower"
+    (out / "last").mkdir(parents=True)
+    (out / "last" / "notes.txt").write_text("mine\n")
+    (out / "keep.txt").write_text("also mine\n")
+    config = tmp_path / "tiny.yaml"
+    config.write_text("tower: {hidden: 16, epochs: 1, batch_size: 64}\n")
+    args = ("train", "retriever", "--bank", service_bank, "--out", out, "--config", config)
+    assert_one_line_error(run("-q", *args), f"refusing to write a checkpoint to {out / 'last'}")
+    assert (out / "last" / "notes.txt").read_text() == "mine\n" and (out / "keep.txt").read_text() == "also mine\n"
+    # Into a directory of the user's own files, training writes its own entries beside them.
+    (out / "last" / "notes.txt").rename(out / "notes.txt")
+    (out / "last").rmdir()
+    assert_ok(run("-q", *args))
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / "keep.txt").read_text() == "also mine\n"
+    assert (out / "last" / "checksums.json").is_file() and (out / "best" / "model.safetensors").is_file()
+
+
 # -- Broken 5: a bank reached through a symlink is one bank, with one lock ------------------------------------------
 
 

@@ -58,6 +58,11 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory atomically: readers see the old checkpoint or the new one."""
     directory = Path(directory)
+    # The swap replaces the whole directory: only ever a checkpoint (a training output's last/ or best/).
+    if directory.exists() and not (directory / CONFIG_FILE).is_file() and (
+        not directory.is_dir() or any(directory.iterdir())
+    ):
+        raise CheckpointError(f"refusing to write a checkpoint to {directory}: it exists and is not a checkpoint")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_directory(directory) as tmp:
         save_file(state, str(tmp / MODEL_FILE))
