@@ -277,6 +277,9 @@ def output_directory(path: str | Path, what: str = "--out") -> Path:
     return path
 
 
+STAGING_PREFIX = ".staging."
+
+
 @contextlib.contextmanager
 def staged_files(out: str | Path, what: str = "--out") -> Iterator[Path]:
     """Yield a fresh temporary directory inside `out`; on success each file written there replaces its
@@ -286,7 +289,11 @@ def staged_files(out: str | Path, what: str = "--out") -> Iterator[Path]:
     another name) is never touched, and on an exception nothing in `out` changes.
     """
     out = output_directory(out, what)
-    tmp = Path(tempfile.mkdtemp(prefix=f".staging.{os.getpid()}.", suffix=".tmpdir", dir=out))
+    for leftover in out.glob(f"{STAGING_PREFIX}*.tmpdir"):  # a killed writer's, never a live one's
+        pid = leftover.name[len(STAGING_PREFIX) :].split(".")[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}.", suffix=".tmpdir", dir=out))
     try:
         yield tmp
         for entry in sorted(tmp.iterdir()):
