@@ -26,7 +26,7 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig
-from dualpath.corpus.pairs import MIN_HELDOUT_PAIRS, heldout_half, split_from_config
+from dualpath.corpus.pairs import MIN_HELDOUT_PAIRS, split_from_config
 from dualpath.decider import Lane, calibrate_lane, make_lane
 from dualpath.errors import CorpusError
 from dualpath.locking import write_lock
@@ -38,7 +38,7 @@ from dualpath.pipeline.calibrated_lanes import (
     stored_lane_definitions,
     write_calibration,
 )
-from dualpath.pipeline.evaluate import heldout_pairs, sample_pairs, teacher_forced
+from dualpath.pipeline.evaluate import calibration_pairs, teacher_forced
 from dualpath.pipeline.free_running import generator_streams, heldout_prompts
 from dualpath.pipeline.grounding import (
     MODES,
@@ -122,7 +122,7 @@ def calibrate_lanes(
     if not targets:
         raise ValueError("no lane states target shares; nothing to calibrate")
     depth = max(lane.k for lane in targets.values())
-    pairs = heldout_pairs(bank, lvm.training_split(cfg.split), max_pairs, half="calibration")
+    pairs, source = calibration_pairs(bank, lvm.training_split(cfg.split), max_pairs)
     if len(pairs) < MIN_HELDOUT_PAIRS:
         raise CorpusError(
             f"only {len(pairs)} held-out pairs: calibration needs {MIN_HELDOUT_PAIRS}; add documents, or set "
@@ -147,6 +147,7 @@ def calibrate_lanes(
         )
     measured = {
         "basis": "teacher-forced",
+        "fitted_on": source,
         "dup_threshold": dup_threshold(rows.c_max(depth), cfg.decider.dup_threshold),
         "created": when,
         "pairs": len(pairs),
@@ -207,7 +208,7 @@ def calibrate_confidence(
     knowing looks like and what it not knowing looks like; the evaluation half is never read here."""
     split_cfg = lvm.training_split(cfg.split)
     split = split_from_config(bank.documents(), split_cfg)
-    pairs = sample_pairs(heldout_half(split, "calibration", split_cfg.seed), max_pairs, split_cfg.seed)
+    pairs, source = calibration_pairs(bank, split_cfg, max_pairs)
     if len(pairs) < MIN_HELDOUT_PAIRS:
         raise CorpusError(
             f"only {len(pairs)} held-out pairs to fit the SNAP confidence on: calibration needs {MIN_HELDOUT_PAIRS}; "
@@ -237,6 +238,7 @@ def calibrate_confidence(
         "model": model.to_dict(),
         "fit": fit,
         "pairs": len(pairs),
+        "fitted_on": source,
         "created": when,
         "cases": {mode: {"lvm_only": float(x["a"].mean()), "grounded_share_at_0.5": float((x["p"] >= 0.5).mean())}
                   for mode, x in parts.items()},

@@ -19,7 +19,7 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.config import DualPathConfig, SplitConfig
-from dualpath.corpus.pairs import ContextPairs, gather_context, heldout_half, split_from_config
+from dualpath.corpus.pairs import MIN_HELDOUT_PAIRS, ContextPairs, gather_context, heldout_half, split_from_config
 from dualpath.decider import (
     Decision,
     Grounding,
@@ -81,6 +81,21 @@ def heldout_pairs(
     split = split_from_config(bank.documents(), split_cfg)
     pairs = heldout_half(split, half, split_cfg.seed)
     return sample_pairs(pairs, max_pairs, split_cfg.seed)
+
+
+def calibration_pairs(bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None) -> tuple[ContextPairs, str]:
+    """The pairs calibration fits on, and which held-out documents they come from: the calibration half, or,
+    where that half holds fewer than MIN_HELDOUT_PAIRS pairs (a small corpus), every held-out document (then
+    the evaluation's figures on this bank are scored on pairs calibration also saw, and calibration.json
+    says so)."""
+    pairs = heldout_pairs(bank, split_cfg, max_pairs, half="calibration")
+    if len(pairs) >= MIN_HELDOUT_PAIRS:
+        return pairs, "calibration half of the held-out documents"
+    log.warning(
+        "the calibration half of the held-out documents holds %d pairs (< %d): calibrating on every held-out "
+        "document, so evaluation on this bank scores pairs calibration saw too", len(pairs), MIN_HELDOUT_PAIRS,
+    )
+    return heldout_pairs(bank, split_cfg, max_pairs), "every held-out document (a small corpus)"
 
 
 def known_pairs(bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None) -> ContextPairs:
