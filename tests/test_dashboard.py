@@ -146,7 +146,9 @@ def test_dashboard_streams_a_generation_and_shows_live_telemetry(service, browse
             assert cells[0] == str(number)
             assert cells[1] in DECISION_LABELS
             assert cells[2] == "–" or 0.0 <= float(cells[2]) <= 1.0
-            assert cells[4].strip()  # the step's text
+            assert 0.0 <= float(cells[3]) <= 1.0  # p, the SNAP confidence of the step's candidate
+            assert cells[4] in ("tower", "lvm", "successor")  # where the candidate came from
+            assert cells[6].strip()  # the step's text
         assert page.text_content("#stream-text").strip()
         assert page.is_hidden("#run-error")
 
@@ -156,7 +158,13 @@ def test_dashboard_streams_a_generation_and_shows_live_telemetry(service, browse
         assert recent[:4] == ["creative"] * 4
         assert page.locator("#mix-chart rect").count() >= 1
         assert page.locator("#hist-chart rect").count() >= 1
-        assert "creative" in page.text_content("#hist-chart")  # the lane's threshold band is labelled
+        # Creative's levels are probabilities, not cosines: no band on the c_max axis. A quota lane's is drawn.
+        assert "creative" not in page.text_content("#hist-chart")
+        page.select_option("#lane", "quota-neutral")
+        page.fill("#steps", "2")
+        page.click("#run")
+        page.wait_for_function("document.querySelectorAll('#stream-table tbody tr').length === 2")
+        page.wait_for_function("document.querySelector('#hist-chart').textContent.includes('quota-neutral')")
 
 
 def test_dashboard_shows_a_refused_request(service, browser):

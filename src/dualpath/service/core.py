@@ -54,6 +54,7 @@ def json_safe(value: Any) -> Any:
 def lane_info(lane: Lane) -> dict[str, Any]:
     return {
         "name": lane.name,
+        "rule": lane.rule,  # c_max: thresholds are cosines; confidence: levels of p (the SNAP confidence)
         "tau_snap": lane.tau_snap,
         "tau_novel": lane.tau_novel,
         "k": lane.k,

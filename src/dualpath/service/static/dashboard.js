@@ -82,8 +82,9 @@ async function init() {
 
 function showLane() {
   const lane = info.lanes[$("lane").value];
+  const on = lane.rule === "confidence" ? "p" : "c";
   $("lane-info").textContent =
-    `τ_novel ${fmt(lane.tau_novel)} · τ_snap ${fmt(lane.tau_snap)} · K ${lane.k}` +
+    `SNAP at ${on} ≥ ${fmt(lane.tau_snap)} · NOVEL at ${on} ≤ ${fmt(lane.tau_novel)} · K ${lane.k}` +
     (lane.calibrated ? " · calibrated on this bank" : " · uncalibrated defaults");
 }
 
@@ -156,7 +157,8 @@ function drawHistogram(histogram) {
     return total;
   });
   const stacked = new Array(bins).fill(0).map((_, i) => counts.reduce((s, c) => s + c[i], 0));
-  const thresholds = shown.filter((n) => info.lanes[n]).map((n) => info.lanes[n]);
+  // Only the quota lanes' thresholds are cosines; confidence lanes set levels of p.
+  const thresholds = shown.filter((n) => info.lanes[n] && info.lanes[n].rule !== "confidence").map((n) => info.lanes[n]);
 
   // Zoom the x axis on where the data and the thresholds are, in steps of 0.1.
   let lo = 1, hi = 0;
@@ -218,6 +220,16 @@ function drawHistogram(histogram) {
   }
 }
 
+// Where a step's candidate came from, with every feature of its SNAP confidence on hover.
+function evidence(record) {
+  if (!record.candidate_source) return "–";
+  const span = el("span", { class: "evidence" }, record.candidate_source);
+  if (record.evidence) {
+    span.title = Object.entries(record.evidence).map(([k, v]) => `${k} ${Number(v).toFixed(3)}`).join("\n");
+  }
+  return span;
+}
+
 function fillRecent(telemetry) {
   const body = $("recent-table").querySelector("tbody");
   const records = telemetry.records;
@@ -230,6 +242,8 @@ function fillRecent(telemetry) {
     cell(row, r.lane);
     cell(row, pill(r.decision));
     cell(row, fmt(r.c_max), "num");
+    cell(row, fmt(r.confidence), "num");
+    cell(row, evidence(r));
     cell(row, fmt(r.alpha, 2), "num");
     cell(row, r.neighbour_text === null ? "–" : r.neighbour_text);
     const notes = [];
@@ -273,6 +287,8 @@ async function generate() {
       cell(row, String(data.step), "num");
       cell(row, pill(data.decision));
       cell(row, fmt(data.c_max), "num");
+      cell(row, fmt(data.confidence), "num");
+      cell(row, evidence(data));
       cell(row, fmt(data.alpha, 2), "num");
       const text = el("span", data.approximate ? { class: "approx" } : {}, (data.approximate ? "≈ " : "") + data.text);
       if (data.fallback_reason) text.title = `retrieval: ${data.fallback_reason}`;
