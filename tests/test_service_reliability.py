@@ -281,7 +281,7 @@ def test_stalled_bodies_get_a_408_and_idle_connections_close(impatient):
     )
     stalled, silent, slow_headers = [], [], []
     start = time.monotonic()
-    for _ in range(20):
+    for _ in range(60):
         sock = socket.create_connection(address, timeout=15)
         sock.sendall(head)
         stalled.append(sock)
