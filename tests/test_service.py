@@ -18,7 +18,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from dualpath.decider import Decision
+from dualpath.decider import FEATURES, Decision
 from dualpath.pipeline.calibrate import calibrate_bank
 from dualpath.pipeline.generator import Generator, NearestConceptRenderer
 from dualpath.service import DualPathService, GenerateRequest, SearchRequest, check_bind, create_app, is_loopback
@@ -221,6 +221,12 @@ def test_generate_returns_every_step_with_its_decision(client):
         assert s["lane"] == "conservative" and s["decision"] in DECISIONS
         assert s["query_source"] == "tower" and "vector" not in s
         assert set(s["stage_latency_ms"]) >= {"lvm", "query", "search", "decide", "render", "total"}
+        # Conservative grounds on evidence: every step says how likely its candidate was, and why.
+        assert 0.0 <= s["confidence"] <= 1.0 and s["c_pick"] == s["confidence"]
+        if s["candidate_source"] is not None:
+            assert s["candidate_source"] in ("tower", "lvm", "successor")
+            assert set(s["evidence"]) == set(FEATURES)
+    assert body["lane"]["rule"] == "confidence"
     assert body["text"] == " ".join(s["text"] for s in steps if s["text"])
 
 
