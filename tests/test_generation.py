@@ -16,6 +16,7 @@ import pytest
 from dualpath.bank import ConceptBank
 from dualpath.bank.layout import CALIBRATION_FILE
 from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane, read_records
+from dualpath.errors import CorpusError
 from dualpath.pipeline.calibrate import calibrate_bank
 from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, heldout_pairs, teacher_forced
 from dualpath.pipeline.generator import Generator
@@ -347,3 +348,17 @@ def test_rendering_from_the_shortlist_is_what_the_index_returns(generator):
     for i, (cid, cosine) in found.items():
         assert cid == exact[i].concept_id
         assert cosine == pytest.approx(exact[i].cosine, abs=1e-3)
+
+
+def test_a_long_prompt_is_read_only_as_far_as_generation_uses_it(trained_bank_path):
+    generator = Generator.from_bank(trained_bank_path, tiny_config())
+    try:
+        sentences = [f"Sentence number {i} talks about topic {i % 7}." for i in range(300)]
+        concepts, vectors = generator.encode_prompt(" ".join(sentences))
+        keep = generator.prompt_concepts
+        assert keep == max(generator.context_size, generator.cfg.decider.memory_cap)
+        assert concepts == sentences[-keep:] and vectors.shape == (keep, generator.bank.dim)
+        with pytest.raises(CorpusError, match="max_pairs must be at least 20"):
+            calibrate_bank(generator.bank, generator.lvm, generator.tower, generator.cfg, max_pairs=0)
+    finally:
+        generator.close()

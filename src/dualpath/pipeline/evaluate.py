@@ -33,6 +33,7 @@ from dualpath.decider import (
 )
 from dualpath.decider.decision import Shortlist
 from dualpath.decider.grounding import brier_score, choose_grounding, reliability
+from dualpath.errors import CorpusError
 from dualpath.evaluation.ranking import target_ranks
 from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
@@ -88,6 +89,8 @@ def calibration_pairs(bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int 
     where that half holds fewer than MIN_HELDOUT_PAIRS pairs (a small corpus), every held-out document (then
     the evaluation's figures on this bank are scored on pairs calibration also saw, and calibration.json
     says so)."""
+    if max_pairs is not None and max_pairs < MIN_HELDOUT_PAIRS:
+        raise CorpusError(f"max_pairs must be at least {MIN_HELDOUT_PAIRS} to calibrate on, got {max_pairs}")
     pairs = heldout_pairs(bank, split_cfg, max_pairs, half="calibration")
     if len(pairs) >= MIN_HELDOUT_PAIRS:
         return pairs, "calibration half of the held-out documents"

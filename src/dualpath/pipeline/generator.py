@@ -472,14 +472,22 @@ class Generator:
         )
 
     def segment_prompt(self, prompt: str) -> list[str]:
-        """A prompt's concepts (its sentences); a DualPathError if it holds none."""
+        """The prompt's concepts a generation reads (its sentences, the last `prompt_concepts` of them); a
+        DualPathError if it holds none."""
         concepts = segment_sentences(prompt, self.cfg.segment)
         if not concepts:
             raise DualPathError("the prompt holds no text to generate from")
-        return concepts
+        return concepts[-self.prompt_concepts :]
+
+    @property
+    def prompt_concepts(self) -> int:
+        """How many of a prompt's last concepts are encoded: the models' context, and the decoder's memory
+        (the stream may not restate them), whichever is longer. Earlier sentences are never read, so a
+        long prompt costs no more than this many sentences."""
+        return max(self.context_size, self.cfg.decider.memory_cap)
 
     def encode_prompt(self, prompt: str) -> tuple[list[str], np.ndarray]:
-        """Segment a prompt into concepts and encode them: (texts, (t, d) vectors)."""
+        """Segment a prompt into concepts and encode the ones a generation reads: (texts, (t, d) vectors)."""
         concepts = self.segment_prompt(prompt)
         return concepts, self.bank.encoder().encode(concepts)
 
