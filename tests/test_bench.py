@@ -27,7 +27,8 @@ TINY = replace(
 SECTIONS = {
     "encode", "lvm_step", "tower", "decision", "generation", "generation_index", "generation_scale", "search",
     "memory_bank", "training",
-    "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality", "free_running_quality",
+    "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality", "grounding_cases",
+    "free_running_quality",
     "scale_encode", "scale", "scale_epochs",
 }
 
@@ -150,8 +151,14 @@ def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:
     for row in sections["dual_path_quality"]["rows"]:
         shares = [row[k] for k in ("snap_share", "blend_share", "novel_share", "novel_dup_drop_share")]
         assert sum(shares) == pytest.approx(1.0)
-        assert -1.0 <= row["mean_cos"] <= 1.0
+        assert -1.0 <= row["mean_cos"] <= 1.0 + 1e-5  # a SNAP to the truth itself: 1 up to float32
     lanes = {r["name"]: r for r in sections["dual_path_quality"]["rows"]}
+    cases = sections["grounding_cases"]["rows"]
+    assert {r["case"] for r in cases} == {"known", "added", "unknown"}
+    for row in cases:
+        assert 0.0 <= row["snap"] <= 1.0 and -1.0 <= row["cos"] <= 1.0 + 1e-5
+        if row["case"] == "unknown":  # the bank holds nothing of the document: nothing exact to show
+            assert row["exact"] == 0.0
     assert lanes["lvm-only"]["novel_share"] == 1.0 and lanes["bank-only"]["snap_share"] == 1.0
     archs = {(r["model"], r["name"].split()[0]) for r in sections["training"]["rows"]}
     assert ("LVM", "transformer") in archs and ("tower", "attn") in archs

@@ -16,9 +16,12 @@ import numpy as np
 
 from dualpath.benchsuite.timing import stats, timings_ms
 from dualpath.decider import (
+    FEATURES,
     DualPathDecoder,
+    Grounding,
     Shortlist,
     ShortlistBatch,
+    choose_grounded,
     choose_next_vector,
     choose_next_vectors,
     load_lanes,
@@ -33,7 +36,8 @@ HOT_BASELINE = "bare matvec + argmax, shortlist in cache"
 def bench_decisions(d: int, steps: int, batch: int, k: int = K) -> dict[str, dict[str, float]]:
     """Per-step figures over `steps` steps cycling through `batch` distinct shortlists (k × d each)."""
     rng = np.random.default_rng(d)
-    lane = load_lanes()["neutral"]
+    lane = load_lanes()["quota-neutral"]  # the c_max rule on a shortlist; the evidence rule's decision below
+    grounded_lane = load_lanes()["neutral"]
     v_hat = normalize_rows(rng.normal(size=(batch, d)))
     vectors = normalize_rows(rng.normal(size=(batch, k, d)))
     # One neighbour per stream at a cosine spread over the lane's range, so all decisions occur.
@@ -72,6 +76,16 @@ def bench_decisions(d: int, steps: int, batch: int, k: int = K) -> dict[str, dic
     def batched(i: int) -> None:
         choose_next_vectors(v_hat, all_streams, lane)
 
+    # The evidence rule decides on one chosen candidate per stream (its p computed beforehand).
+    p = rng.uniform(size=batch)
+    grounding = Grounding(np.arange(batch, dtype=np.int64), np.ascontiguousarray(vectors[:, 0]), p,
+                          np.full(batch, 3, np.int8), np.zeros((batch, len(FEATURES))))
+    one = [Grounding(*(np.asarray(a)[[i]] for a in (grounding.ids, grounding.vectors, p, grounding.sources,
+                                                  grounding.features))) for i in range(batch)]
+
+    def grounded_single(i: int) -> None:
+        choose_grounded(v_hat[[i % batch]], one[i % batch], grounded_lane)
+
     return {
         BASELINE: stats(timings_ms(bare, steps)),
         "choose_next_vector": stats(timings_ms(single, steps)),
@@ -82,4 +96,5 @@ def bench_decisions(d: int, steps: int, batch: int, k: int = K) -> dict[str, dic
         ),
         HOT_BASELINE: stats(timings_ms(bare_hot, steps)),
         "choose_next_vector, shortlist in cache": stats(timings_ms(single_hot, steps)),
+        "choose_grounded (evidence rule, the candidate given)": stats(timings_ms(grounded_single, steps)),
     }
