@@ -122,8 +122,8 @@ def test_lane_levels_move_the_decision_mix(generator):
     whose documents the bank holds and pairs whose documents it does not."""
     from dualpath.corpus.pairs import split_from_config
     from dualpath.decider.grounding import choose_grounding
-    from dualpath.pipeline.evaluate import decide_grounded
-    from dualpath.pipeline.grounding import bank_successors, case_rows
+    from dualpath.pipeline.evaluate import case_rows, decide_grounded
+    from dualpath.pipeline.grounding import bank_successors
 
     bank, lvm = generator.bank, generator.lvm
     split = split_from_config(bank.documents(), lvm.training_split(generator.cfg.split))

@@ -38,16 +38,9 @@ from dualpath.pipeline.calibrated_lanes import (
     stored_lane_definitions,
     write_calibration,
 )
-from dualpath.pipeline.evaluate import calibration_pairs, teacher_forced
+from dualpath.pipeline.evaluate import calibration_pairs, case_rows, grounded_outputs, teacher_forced
 from dualpath.pipeline.free_running import generator_streams, heldout_prompts
-from dualpath.pipeline.grounding import (
-    MODES,
-    bank_successors,
-    case_rows,
-    fit_confidence,
-    grounded_outputs,
-    risk_thresholds,
-)
+from dualpath.pipeline.grounding import MODES, bank_successors, fit_confidence, risk_thresholds
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator

@@ -30,9 +30,19 @@ from dualpath.decider import (
     choose_next_vectors,
     extreme_lanes,
     get_schedule,
+    id_member,
+    id_rows,
 )
 from dualpath.decider.decision import Shortlist
-from dualpath.decider.grounding import brier_score, choose_grounding, reliability
+from dualpath.decider.grounding import (
+    ANCHORS,
+    Candidates,
+    brier_score,
+    choose_grounding,
+    gather_candidates,
+    reliability,
+    successor_ids,
+)
 from dualpath.errors import CorpusError
 from dualpath.evaluation.ranking import target_ranks
 from dualpath.models.heuristics import normalize_rows
@@ -40,7 +50,7 @@ from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import read_confidence
 from dualpath.pipeline.free_running import evaluate_free_running, interval, paired_difference
-from dualpath.pipeline.grounding import CASES, ModeRows, bank_successors, case_rows
+from dualpath.pipeline.grounding import CASES, bank_successors, find_anchors, truth_labels
 from dualpath.search import search_excluding
 
 if TYPE_CHECKING:
@@ -430,3 +440,96 @@ def case_summary(result: dict[str, Any]) -> list[dict[str, Any]]:
             })
     return rows
 
+
+# -- the cases a user meets: candidates of teacher-forced pairs (pipeline/grounding.py) -------------------
+
+
+def teacher_forced_candidates(
+    bank: ConceptBank, rows: TeacherForced, table: np.ndarray, restated: bool = False
+) -> Candidates:
+    """The grounding candidates of every teacher-forced pair (decider.grounding.gather_candidates).
+
+    The anchors are the context's newest concepts matched in the bank (themselves, unless the pair's
+    document is hidden); their successors may not be in the context or hidden. `restated`: the context's
+    own concepts are hidden from the anchor search, as when a prompt says in its own words what a bank
+    document says (the document's continuation is in the bank, its wording is not)."""
+    pairs = rows.pairs
+    n = len(pairs)
+    hidden = rows.hidden
+    if restated:
+        context = pairs.context_sets()
+        hidden = context if hidden is None else [np.union1d(c, h) for c, h in zip(context, hidden, strict=True)]
+    anchor_ids = np.full((n, ANCHORS), -1, np.int64)
+    anchor_cos = np.zeros((n, ANCHORS))
+    for j in range(ANCHORS):
+        if pairs.width <= j:
+            break
+        own = pairs.context[:, -1 - j]
+        real = np.flatnonzero(own >= 0)
+        assert rows.contexts is not None
+        ids, cos = find_anchors(
+            bank, rows.contexts[real, -1 - j], None if hidden is None else [hidden[i] for i in real]
+        )
+        anchor_ids[real, j] = ids
+        anchor_cos[real, j] = cos
+    succ = successor_ids(table, anchor_ids)
+    blocked = [pairs.context[i] if hidden is None else np.union1d(pairs.context[i], hidden[i]) for i in range(n)]
+    allowed = succ >= 0
+    refused = id_rows(blocked, n, "blocked ids")
+    if refused.shape[1]:
+        allowed &= ~id_member(succ, refused)
+    assert rows.queries is not None and rows.query_scores is not None
+    return gather_candidates(
+        rows.shortlist_ids, rows.query_scores, rows.similarity, succ, anchor_cos, allowed, bank.vectors,
+        rows.queries, normalize_rows(rows.v_hat),
+    )
+
+
+@dataclass
+class ModeRows:
+    """One case of teacher-forced pairs with its candidates and labels."""
+
+    rows: TeacherForced
+    candidates: Candidates
+    labels: np.ndarray
+
+
+def case_rows(
+    bank: ConceptBank,
+    lvm: LatentVectorModel,
+    tower: QueryTower | None,
+    pairs: ContextPairs,
+    depth: int,
+    table: np.ndarray,
+    mode: str,
+    doc_order: Sequence[str] | None = None,
+) -> ModeRows:
+    """Teacher-forced rows, candidates and labels of `pairs` in one case: "known" / "added" (the document
+    in the bank), "restated" (in the bank, its wording not: the context is hidden from the anchor search)
+    or "unknown" (the document hidden from every search; `doc_order` names each pair's document)."""
+    hidden = None
+    if mode == "unknown":
+        if doc_order is None:
+            raise ValueError("the unknown case needs the pairs' document ids")
+        documents = bank.documents()
+        hidden = [documents[doc_order[d]] for d in pairs.doc]
+    rows = teacher_forced(bank, lvm, tower, pairs, depth, hidden)
+    candidates = teacher_forced_candidates(bank, rows, table, restated=mode == "restated")
+    return ModeRows(rows, candidates, truth_labels(bank, candidates, pairs.target))
+
+
+def grounded_outputs(cases: ModeRows, model: SnapConfidence) -> dict[str, np.ndarray]:
+    """Closed-form ingredients of a confidence lane's teacher-forced output per pair: p, a = cos(v̂, t),
+    g = cos(n, t), c = cos(v̂, n) for the chosen candidate n, and whether n is the truth."""
+    grounding = choose_grounding(cases.candidates, model)
+    v = normalize_rows(cases.rows.v_hat)
+    t = cases.rows.targets
+    found = grounding.ids >= 0
+    return {
+        "p": np.where(found, grounding.confidence, 0.0),
+        "a": np.einsum("nd,nd->n", v, t).astype(np.float64),
+        "g": np.where(found, np.einsum("nd,nd->n", grounding.vectors, t), 0.0).astype(np.float64),
+        "c": np.where(found, np.einsum("nd,nd->n", grounding.vectors, v), 1.0).astype(np.float64),
+        "exact": found & (grounding.ids == cases.rows.pairs.target),
+        "ids": grounding.ids,
+    }
