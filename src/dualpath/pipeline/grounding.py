@@ -1,5 +1,7 @@
-"""Grounding on evidence, as the pipeline runs it: anchors in a bank, candidates of teacher-forced pairs,
-and the SNAP confidence fitted and scored on held-out documents.
+"""Grounding on evidence, as the pipeline runs it: anchors in a bank, a generation step's grounding
+(`StreamAnchors`, `ground_step`), and the SNAP confidence and the lanes' risk levels fitted on held-out
+documents (`fit_confidence`, `risk_thresholds`). The teacher-forced pairs of each case are built in
+pipeline/evaluate.py (`case_rows`).
 
 The three cases a user meets (docs/protocol.md):
   known    the prompt comes from a document in the bank that the models trained on
