@@ -138,11 +138,12 @@ def run_suite(
     seconds: dict[str, float] = {}
 
     t0 = time.perf_counter()
+    own_bank = bank is not None
     if bank is None:
         bank = prepare_bank(out / CACHE / sizes.name, sizes, cfg)
     generator = Generator.from_bank(bank, cfg)  # a missing bank or model fails here, before anything is written
     bank_path = generator.bank.path
-    run = {"quick": quick, "own_bank": bank is not None, "only": list(only), "bank_concepts": len(generator.bank)}
+    run = {"quick": quick, "own_bank": own_bank, "only": list(only), "bank_concepts": len(generator.bank)}
     seconds["bank"] = time.perf_counter() - t0
     # A directory of this run's own (never a fixed name that may hold someone's files), removed after.
     workdir = Path(tempfile.mkdtemp(prefix=".work.", dir=output_directory(out)))
