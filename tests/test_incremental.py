@@ -120,3 +120,30 @@ def test_only_the_kinds_without_an_incremental_form_reread_the_window() -> None:
     assert not isinstance(tower_stream(tower("lstm", "none"), windows, CONTEXT), WindowStream)
     assert isinstance(tower_stream(tower("bigru", "none"), windows, CONTEXT), WindowStream)
     assert isinstance(lvm_stream(lvm("gru", "none", 1), windows, incremental=False), WindowStream)
+
+
+@pytest.mark.parametrize("arch", ["gru", "lstm"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_the_numpy_kernels_equal_the_torch_streams(arch: str, layers: int) -> None:
+    """On the CPU the recurrent streams run as numpy kernels; the torch streams (the GPU path) give the
+    same outputs within float tolerance, step by step."""
+    from dualpath.models.incremental import (
+        _NumpyLVMStream,
+        _NumpyTowerStream,
+        _RecurrentLVMStream,
+        _RecurrentTowerStream,
+    )
+
+    model, query = lvm(arch, "mean", layers), tower(arch, "last")
+    rng = np.random.default_rng(layers)
+    contexts = [normalize_rows(rng.normal(size=(n, DIM))) for n in (1, 3, 6)]
+    pairs = [(_NumpyLVMStream(model, contexts), _RecurrentLVMStream(model, contexts)),
+             (_NumpyTowerStream(query, contexts, CONTEXT), _RecurrentTowerStream(query, contexts, CONTEXT))]
+    for _ in range(2 * CONTEXT):
+        new = normalize_rows(rng.normal(size=(len(contexts), DIM)))
+        for fast, reference in pairs:
+            got = fast.output()
+            assert got.dtype == np.float32
+            np.testing.assert_allclose(got, reference.output(), atol=TOLERANCE)
+            fast.push(new)
+            reference.push(new)

@@ -244,3 +244,20 @@ def test_a_corrupt_sampler_is_a_one_line_error_that_says_what_to_do(trained_bank
     last = err.strip().splitlines()[-1]
     assert last.startswith("error:") and "corrupt" in last, err
     assert "dualpath train lvm" in last and "sampler/ folder" in last
+
+
+def test_the_numpy_draw_equals_the_torch_integration() -> None:
+    """On the CPU `sample` integrates in numpy (models.sampler.integrate_numpy); the torch integration (the
+    GPU path) gives the same draw within float tolerance."""
+    from dualpath.models.sampler import integrate_numpy
+
+    sampler = small_sampler()
+    mean, last = unit_rows(6, 0), unit_rows(6, 1)
+    x0 = np.random.default_rng(3).normal(size=(6, DIM)).astype(np.float32)
+    with torch.no_grad():
+        expected = sampler.net.integrate(torch.from_numpy(x0), torch.from_numpy(mean), torch.from_numpy(last), 8)
+    np.testing.assert_allclose(integrate_numpy(sampler.net, x0, mean, last, 8), expected.numpy(), atol=1e-5)
+    draw = sampler.sample(mean, last, x0)
+    with torch.no_grad():
+        reference = torch.nn.functional.normalize(torch.from_numpy(mean) + sampler.scale * expected, dim=-1)
+    np.testing.assert_allclose(draw, reference.numpy(), atol=1e-5)

@@ -16,6 +16,10 @@ one from zero; the state of age min(t, C) - 1 has read exactly the window, as th
 Outputs equal the full-window path within float tolerance at every step, before and after the
 window is full (tests/test_incremental.py checks it for every architecture).
 
+On the CPU the recurrent streams run as numpy/BLAS kernels (`_NumpyRing`, the heads in numpy): a
+single stream's step is ~30 small calls, and torch's per-call cost (~5-10 µs each) was most of it;
+numpy's is ~1 µs, and each product is one BLAS call as before. On a GPU the torch path runs.
+
     LVM gru / lstm        the ring of states above, every layer; head and residual on the window
     LVM transformer       no KV cache is exact: positions count back from the newest concept, so
                           every key and value changes each step. The state keeps the window's
@@ -248,6 +252,225 @@ class _RecurrentTowerStream:
         self.window.push(x)
 
 
+def _on_cpu(module: nn.Module) -> bool:
+    """Every parameter a float32 CPU tensor: the numpy kernels can read them in place."""
+    return all(p.device.type == "cpu" and p.dtype == torch.float32 for p in module.parameters())
+
+
+def _array(tensor: torch.Tensor | None) -> np.ndarray | None:
+    """A numpy view of a CPU parameter (no copy: it follows the parameter's later in-place updates)."""
+    return None if tensor is None else tensor.detach().numpy()
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """σ(x) in place, in its tanh form: no overflow for large |x|, where 1 / (1 + exp(-x)) warns."""
+    x *= 0.5
+    np.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    """F.normalize on rows (x / max(‖x‖, 1e-12)), float32."""
+    return x / np.maximum(np.sqrt(np.einsum("bd,bd->b", x, x))[:, None], np.float32(1e-12))
+
+
+def _run_modules(modules: Sequence[nn.Module], x: np.ndarray) -> np.ndarray:
+    """`nn.Sequential(*modules)(x)` in eval mode: Linear as one BLAS call, Dropout as nothing, any other
+    module (an activation) through torch on the same memory."""
+    for module in modules:
+        if isinstance(module, nn.Linear):
+            x = x @ _array(module.weight).T  # type: ignore[union-attr]
+            if module.bias is not None:
+                x += _array(module.bias)
+        elif not isinstance(module, (nn.Dropout, nn.Identity)):
+            x = module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+    return x
+
+
+class _NumpyWindow:
+    """`_Window` as numpy arrays: (b, C, d) float32 context, left-padded, and its (b, C) mask."""
+
+    def __init__(self, windows: Sequence[np.ndarray], size: int, dim: int) -> None:
+        self.ctx = np.zeros((len(windows), size, dim), np.float32)
+        self.mask = np.zeros((len(windows), size), bool)
+        for i, w in enumerate(windows):
+            w = np.asarray(w, dtype=np.float32)[-size:]
+            if len(w):
+                self.ctx[i, size - len(w) :] = w
+                self.mask[i, size - len(w) :] = True
+
+    def push(self, x: np.ndarray) -> None:
+        ctx = np.empty_like(self.ctx)
+        ctx[:, :-1], ctx[:, -1] = self.ctx[:, 1:], x
+        mask = np.empty_like(self.mask)
+        mask[:, :-1], mask[:, -1] = self.mask[:, 1:], True
+        self.ctx, self.mask = ctx, mask
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return self.mask.sum(axis=1)
+
+    def mean(self) -> np.ndarray:
+        """context_mean: the unit-norm mean of the real concepts."""
+        return _unit(np.einsum("bcd,bc->bd", self.ctx, self.mask.astype(np.float32)))
+
+    def heuristic(self, kind: str) -> np.ndarray:
+        """heuristic_query by name: the last concept or the mean, unit-norm."""
+        return _unit(self.ctx[:, -1]) if kind == "last" else self.mean()
+
+
+class _NumpyRing:
+    """`_Ring` in numpy: the same states and ages, each layer's cell as two BLAS products and a few ufuncs.
+
+    The newest concept enters all C states of a stream, so the first layer's input product is made once
+    per stream (b rows, not b × C) and broadcast over its states.
+    """
+
+    def __init__(self, rnn: nn.GRU | nn.LSTM, b: int, size: int, pooled: bool = False) -> None:
+        self.lstm = isinstance(rnn, nn.LSTM)
+        self.layers = rnn.num_layers
+        self.size = size
+        self.weights = [
+            tuple(_array(getattr(rnn, f"{name}_l{layer}", None)) for name in ("weight_ih", "weight_hh", "bias_ih",
+                                                                               "bias_hh"))
+            for layer in range(self.layers)
+        ]
+        shape = (self.layers, b, size, rnn.hidden_size)
+        self.h = np.zeros(shape, np.float32)
+        self.c = np.zeros(shape, np.float32) if self.lstm else None
+        self.sum = np.zeros((b, size, rnn.hidden_size), np.float32) if pooled else None
+
+    @staticmethod
+    def _aged(state: np.ndarray) -> np.ndarray:
+        out = np.empty_like(state)
+        out[..., 0, :] = 0.0
+        out[..., 1:, :] = state[..., :-1, :]
+        return out
+
+    def push(self, x: np.ndarray, real: np.ndarray | None = None) -> None:
+        """Advance every state by x (b, d); rows where `real` is False keep their state (padding)."""
+        b, size = x.shape[0], self.size
+        h_prev = self._aged(self.h)
+        c_prev = self._aged(self.c) if self.c is not None else None
+        new_h = np.empty_like(self.h)
+        new_c = np.empty_like(self.h) if self.lstm else None
+        inp: np.ndarray = x
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.weights):
+            gi = inp @ w_ih.T
+            if b_ih is not None:
+                gi += b_ih
+            gi = gi.reshape(b, 1 if layer == 0 else size, -1)  # layer 0: one row per stream, broadcast
+            h = h_prev[layer]
+            gh = h.reshape(b * size, -1) @ w_hh.T
+            if b_hh is not None:
+                gh += b_hh
+            gh = gh.reshape(b, size, -1)
+            hidden = h.shape[-1]
+            if self.lstm:
+                assert c_prev is not None and new_c is not None
+                gates = gh + gi
+                i, f = _sigmoid(gates[..., :hidden]), _sigmoid(gates[..., hidden : 2 * hidden])
+                g, o = np.tanh(gates[..., 2 * hidden : 3 * hidden]), _sigmoid(gates[..., 3 * hidden :])
+                c = f * c_prev[layer] + i * g
+                new_c[layer] = c
+                new_h[layer] = o * np.tanh(c)
+            else:
+                rz = _sigmoid(gi[..., : 2 * hidden] + gh[..., : 2 * hidden])
+                r, z = rz[..., :hidden], rz[..., hidden:]
+                n = np.tanh(gi[..., 2 * hidden :] + r * gh[..., 2 * hidden :])
+                new_h[layer] = (1.0 - z) * n + z * h
+            inp = new_h[layer].reshape(b * size, -1)
+        new_sum = self._aged(self.sum) + new_h[-1] if self.sum is not None else None
+        if real is not None and not real.all():
+            keep = ~real
+            new_h[:, keep] = self.h[:, keep]
+            if new_c is not None and self.c is not None:
+                new_c[:, keep] = self.c[:, keep]
+            if new_sum is not None and self.sum is not None:
+                new_sum[keep] = self.sum[keep]
+        self.h, self.c, self.sum = new_h, new_c, new_sum
+
+    def prime(self, window: _NumpyWindow) -> None:
+        for column in range(window.ctx.shape[1]):
+            real = window.mask[:, column]
+            if real.any():
+                self.push(window.ctx[:, column], real)
+
+    def covering(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        age = np.clip(lengths, 1, self.size) - 1
+        rows = np.arange(len(age))
+        return self.h[-1, rows, age], self.sum[rows, age] if self.sum is not None else None
+
+
+class _NumpyLVMStream:
+    """`_RecurrentLVMStream` on the CPU: the numpy ring, then the head and residual in numpy."""
+
+    def __init__(self, lvm: LatentVectorModel, windows: Sequence[np.ndarray]) -> None:
+        self.net = lvm.net
+        self.window = _NumpyWindow(windows, lvm.context, lvm.dim)
+        backbone = lvm.net.backbone
+        assert isinstance(backbone, RecurrentBackbone)
+        self.ring = _NumpyRing(backbone.rnn, len(windows), lvm.context)
+        with torch.no_grad():
+            self.ring.prime(self.window)
+
+    @torch.no_grad()
+    def output(self) -> np.ndarray:
+        summary, _ = self.ring.covering(self.window.lengths)
+        out = _run_modules(list(self.net.head), summary)
+        if self.net.residual == "last":
+            out = out + self.window.ctx[:, -1]
+        elif self.net.residual == "mean":
+            out = out + self.window.mean()
+        return _unit(out)
+
+    @torch.no_grad()
+    def push(self, vectors: np.ndarray) -> None:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.ring.push(x)
+        self.window.push(x)
+
+
+class _NumpyTowerStream:
+    """`_RecurrentTowerStream` on the CPU: the numpy ring with pooled sums, LayerNorm and projection in numpy."""
+
+    def __init__(self, tower: QueryTower, windows: Sequence[np.ndarray], size: int) -> None:
+        self.net = tower.net
+        encoder = tower.net.encoder
+        assert isinstance(encoder, RecurrentEncoder)
+        self.norm = encoder.norm
+        self.window = _NumpyWindow(windows, size, tower.dim)
+        self.ring = _NumpyRing(encoder.rnn, len(windows), size, pooled=True)
+        with torch.no_grad():
+            self.ring.prime(self.window)
+
+    @torch.no_grad()
+    def output(self) -> np.ndarray:
+        lengths = self.window.lengths
+        _, pooled = self.ring.covering(lengths)
+        assert pooled is not None
+        x = pooled / np.maximum(lengths, 1)[:, None].astype(np.float32)
+        x = x - x.mean(axis=1, keepdims=True)
+        x /= np.sqrt((x * x).mean(axis=1, keepdims=True) + np.float32(self.norm.eps))
+        if self.norm.weight is not None:
+            x *= _array(self.norm.weight)
+        if self.norm.bias is not None:
+            x += _array(self.norm.bias)
+        net = self.net
+        out = _run_modules([net.proj], x)
+        if net.residual != "none":
+            out = _array(net.gate) * out + self.window.heuristic(net.residual)
+        return _unit(out)
+
+    @torch.no_grad()
+    def push(self, vectors: np.ndarray) -> None:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.ring.push(x)
+        self.window.push(x)
+
+
 class WindowStream:
     """No incremental form: keeps each stream's window and calls the full model on it every step."""
 
@@ -271,7 +494,7 @@ def lvm_stream(lvm: LatentVectorModel, windows: Sequence[np.ndarray], incrementa
     if not incremental:
         return WindowStream(lvm, windows, lvm.context)
     if isinstance(lvm.net.backbone, RecurrentBackbone):
-        return _RecurrentLVMStream(lvm, windows)
+        return _NumpyLVMStream(lvm, windows) if _on_cpu(lvm.net) else _RecurrentLVMStream(lvm, windows)
     if isinstance(lvm.net.backbone, TransformerBackbone):
         return _TransformerLVMStream(lvm, windows)
     return WindowStream(lvm, windows, lvm.context)
@@ -284,5 +507,7 @@ def tower_stream(
     tower.net.eval()
     encoder = tower.net.encoder
     if incremental and isinstance(encoder, RecurrentEncoder) and not encoder.rnn.bidirectional:
+        if _on_cpu(tower.net):
+            return _NumpyTowerStream(tower, windows, size)
         return _RecurrentTowerStream(tower, windows, size)
     return WindowStream(tower, windows, size)
