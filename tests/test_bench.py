@@ -25,7 +25,8 @@ TINY = replace(
     scale_epochs=2, encode_processes=24, generation_scale=2_000, generation_scale_ks=(50, 10),
 )
 SECTIONS = {
-    "encode", "lvm_step", "tower", "decision", "generation", "generation_index", "generation_scale", "search",
+    "encode", "lvm_step", "tower", "decision", "generation", "generation_floors", "generation_index",
+    "generation_scale", "search",
     "memory_bank", "training",
     "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality", "grounding_cases",
     "free_running_quality",
@@ -133,6 +134,12 @@ def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:
     for row in per_index:
         assert 0.0 <= row["recall_at_10"] <= 1.0
         assert row["x_baseline"] == pytest.approx(row["median_ms"] / flat_step["median_ms"])
+    floors = sections["generation_floors"]["rows"]
+    assert {r["streams"] for r in floors} == {1, 4}
+    for row in floors:
+        if "floor_ms" in row:  # each stage beside its floor, measured in the same run
+            assert row["x_floor"] == pytest.approx(row["median_ms"] / row["floor_ms"])
+    assert {r["name"].strip() for r in floors} >= {"whole step", "search", "decide", "render"}
     decision = {r["name"]: r for r in sections["decision"]["rows"]}
     in_cache = decision["choose_next_vector, shortlist in cache"]
     assert in_cache["x_baseline"] == pytest.approx(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from dualpath.benchsuite.timing import stats, timings_ms, with_ratio
 from dualpath.config import DualPathConfig
@@ -23,15 +24,19 @@ from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_confi
 from dualpath.decider import Lane
 from dualpath.encoding import Encoder
 from dualpath.models.heuristics import last_vector, mean_vector
+from dualpath.models.incremental import lvm_stream, tower_stream
+from dualpath.models.lvm import RecurrentBackbone
+from dualpath.models.towers import RecurrentEncoder
 from dualpath.pipeline.evaluate import heldout_pairs
-from dualpath.pipeline.generator import Generator
-from dualpath.runtime import torch_threads
+from dualpath.pipeline.generator import Generator, ShortlistReader, search_shortlist_batch
+from dualpath.runtime import one_blas_thread, torch_threads
+from dualpath.search import excluded_depth
 
 SINGLE_BASELINE = "1 per call (baseline)"
 # Torch's intra-op team on a busy machine: each op waits at a barrier for a descheduled thread, so
 # single small calls can be many times slower with two threads than with one.
 ONE_THREAD = "1 per call, 1 torch thread"
-STAGES = ("lvm", "query", "search", "decide", "render")
+STAGES = ("lvm", "sample", "query", "search", "decide", "render")
 
 Batchable = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -124,7 +129,7 @@ def bench_generation(
 
     def parts(latencies: list[dict[str, float]], name: str, per_call: float = 1) -> dict[str, dict[str, float]]:
         rows = {name: stats(np.array([x["total"] for x in latencies]), per_call)}
-        for stage in STAGES:
+        for stage in (s for s in STAGES if any(s in x for x in latencies)):
             rows[f"  {stage}"] = stats(np.array([x.get(stage, 0.0) for x in latencies]), per_call)
         return rows
 
@@ -157,3 +162,141 @@ def bench_generation(
 TIMING_COLUMNS = {
     "name": "", "median_ms": "median ms", "p99_ms": "p99 ms", "per_s": "per s", "x_baseline": "× baseline",
 }
+
+
+FLOOR_COLUMNS = {
+    "streams": "streams", "name": "stage", "median_ms": "median ms", "floor_ms": "floor ms", "x_floor": "× floor",
+    "floor": "floor: the same work with nothing around it",
+}
+FLOOR_CALLS = 200  # single-stream floor calls; a batch's floor is timed over fewer, longer calls
+
+
+def _weights(module: nn.Module, name: str) -> np.ndarray:
+    return getattr(module, name).detach().cpu().float().numpy()
+
+
+def _recurrent_products(rnn: nn.GRU | nn.LSTM, b: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(input, weight) of each BLAS product one ring step makes (models/incremental.py): the first layer's
+    input product once per stream, every other product over the stream's `size` states."""
+    rng = np.random.default_rng(0)
+    out = []
+    for layer in range(rnn.num_layers):
+        w_ih, w_hh = _weights(rnn, f"weight_ih_l{layer}"), _weights(rnn, f"weight_hh_l{layer}")
+        rows = b if layer == 0 else b * size
+        out.append((rng.standard_normal((rows, w_ih.shape[1]), np.float32), w_ih))
+        out.append((rng.standard_normal((b * size, w_hh.shape[1]), np.float32), w_hh))
+    return out
+
+
+def _linear_products(modules: Sequence[nn.Module], b: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(1)
+    return [(rng.standard_normal((b, m.in_features), np.float32), _weights(m, "weight"))
+            for m in modules if isinstance(m, nn.Linear)]
+
+
+def _products(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> Callable[[int], None]:
+    def run(i: int) -> None:
+        for x, w in pairs:
+            x @ w.T
+    return run
+
+
+def model_floors(generator: Generator, b: int) -> dict[str, tuple[Callable[[int], None], str] | None]:
+    """The bare BLAS products of a step's model stages for b streams (None where the model has no such
+    form here: a transformer LVM, a tower without a recurrent ring, no sampler)."""
+    floors: dict[str, tuple[Callable[[int], None], str] | None] = {"lvm": None, "sample": None, "query": None}
+    net = generator.lvm.net
+    if isinstance(net.backbone, RecurrentBackbone):
+        pairs = _recurrent_products(net.backbone.rnn, b, generator.lvm.context) + _linear_products(list(net.head), b)
+        floors["lvm"] = (_products(pairs), f"{len(pairs)} BLAS products: the ring step and the head")
+    sampler = generator.sampler
+    if sampler is not None:
+        layers = [m for m in sampler.net.net if isinstance(m, nn.Linear)]
+        dim, steps = sampler.dim, int(sampler.config["ode_steps"])
+        rng = np.random.default_rng(2)
+        first = _weights(layers[0], "weight")
+        cond = (rng.standard_normal((b, 2 * dim), np.float32), first[:, dim : 3 * dim])
+        per_step = [(rng.standard_normal((b, dim), np.float32), first[:, :dim])]
+        per_step += _linear_products(layers[1:], b)
+        floors["sample"] = (_products([cond] + per_step * steps),
+                            f"{1 + len(per_step) * steps} BLAS products: {steps} Euler steps of the flow MLP")
+    tower = generator.tower
+    encoder = tower.net.encoder if tower is not None else None
+    if tower is not None and isinstance(encoder, RecurrentEncoder) and not encoder.rnn.bidirectional:
+        pairs = _recurrent_products(tower.net.encoder.rnn, b, generator.context_size)
+        pairs += _linear_products([tower.net.proj], b)
+        floors["query"] = (_products(pairs), f"{len(pairs)} BLAS products: the ring step and the projection")
+    return floors
+
+
+def _io_floors(
+    generator: Generator, lane: Lane, chosen: Sequence[np.ndarray]
+) -> dict[str, tuple[Callable[[int], None], str]]:
+    """Floors of the search, decide and render stages for the streams of `chosen` prompts, on their own
+    queries and shortlists."""
+    bank = generator.bank
+    b = len(chosen)
+    windows = [bank.vectors(p) for p in chosen]
+    excludes = [np.unique(np.asarray(p, np.int64)) for p in chosen]
+    state = tower_stream(generator.tower, windows, generator.context_size) if generator.tower else None
+    queries = state.output() if state is not None else lvm_stream(generator.lvm, windows).output()
+    depth = excluded_depth(lane.k, excludes)
+    reader = ShortlistReader(bank)
+    shortlists, _ = search_shortlist_batch(bank, generator.miner, queries, [lane.k] * b, excludes, None, reader)
+    vectors = np.ascontiguousarray(shortlists.vectors)
+    ids = np.where(shortlists.ids >= 0, shortlists.ids, 0).ravel()
+    grounded = lane.rule == "confidence"
+    two = np.ascontiguousarray(np.stack([queries, queries], axis=2))  # q and v̂: the same cost
+    one_vector = np.ascontiguousarray(queries[:, :, None])
+
+    def search(i: int) -> None:
+        bank.search(queries, depth)
+        reader(ids)
+
+    def scan(against: np.ndarray) -> Callable[[int], None]:
+        def run(i: int) -> None:
+            np.matmul(vectors, against).argmax(axis=1)
+        return run
+
+    return {
+        "search": (search, f"index search alone ({bank.index_spec}, depth {depth}) + the shortlist read"),
+        "decide": (scan(two if grounded else one_vector),
+                   "one pass over the shortlist: K×d scores against q and v̂, argmax" if grounded
+                   else "one pass over the shortlist: K×d cosines to v̂, argmax"),
+        "render": (scan(one_vector), "one pass over the shortlist: K×d scores against the output, argmax"),
+    }
+
+
+def stage_floors(
+    generator: Generator, lane: Lane, prompts: Sequence[np.ndarray], rows: Sequence[dict[str, Any]], batch: int
+) -> list[dict[str, Any]]:
+    """Each stage of the single step and of the `batch`-stream step (medians from `bench_generation`'s
+    `rows`, measured just before in the same run) beside its floor: the same work with nothing around it,
+    timed now on the same shapes and data. Per stream, like the rows."""
+    measured = {row["name"].strip(): row["median_ms"] for row in rows}
+    out: list[dict[str, Any]] = []
+    for b in (1, batch):
+        chosen = [prompts[i % len(prompts)] for i in range(b)]
+        with torch_threads(1), one_blas_thread():
+            floors: dict[str, tuple[Callable[[int], None], str] | None] = {
+                **model_floors(generator, b), **_io_floors(generator, lane, chosen),
+            }
+            calls = FLOOR_CALLS if b == 1 else 10
+            timed = {name: None if f is None else float(np.median(timings_ms(f[0], calls))) / b
+                     for name, f in floors.items()}
+        suffix = "" if b == 1 else f" ({b})"
+        whole = measured["whole step (baseline)" if b == 1 else f"batched step, {b} streams"]
+        total_floor = sum(t for t in timed.values() if t is not None)
+        out.append({"streams": b, "name": "whole step", "median_ms": whole, "floor_ms": total_floor,
+                    "x_floor": whole / total_floor if total_floor else None, "floor": "the sum of the floors below"})
+        for name in STAGES:
+            ms, floor, spec = measured.get(name + suffix), timed.get(name), floors.get(name)
+            if ms is None:  # a stage this step does not have (no sampler)
+                continue
+            row = {"streams": b, "name": f"  {name}", "median_ms": ms}
+            if floor is not None and spec is not None:
+                row.update(floor_ms=floor, x_floor=ms / floor, floor=spec[1])
+            else:
+                row["floor"] = "not measured for this model"
+            out.append(row)
+    return out

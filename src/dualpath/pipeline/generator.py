@@ -666,10 +666,12 @@ class Generator:
             with torch_threads(1):
                 t0 = time.perf_counter()
                 v_hat = lvm_state.output()
-                if sampler is not None:
+                lat["lvm"] = (time.perf_counter() - t0) * 1000
+                if sampler is not None:  # its own stage: its floor (the flow MLP's products) is not the LVM's
+                    t0 = time.perf_counter()
                     draws = np.stack([rng.standard_normal(self.bank.dim, dtype=np.float32) for rng in noise])
                     v_hat = sampler.sample(v_hat, newest, draws, temperature)
-                lat["lvm"] = (time.perf_counter() - t0) * 1000
+                    lat["sample"] = (time.perf_counter() - t0) * 1000
                 t0 = time.perf_counter()
                 if tower_state is not None:
                     queries, source = tower_state.output(), "tower"
