@@ -362,3 +362,33 @@ def test_a_long_prompt_is_read_only_as_far_as_generation_uses_it(trained_bank_pa
             calibrate_bank(generator.bank, generator.lvm, generator.tower, generator.cfg, max_pairs=0)
     finally:
         generator.close()
+
+
+def test_rendering_reuses_the_grounding_scores_and_steps_are_bit_for_bit_the_same(generator, monkeypatch):
+    """A step whose streams all ground on evidence renders from the grounding's scores of its shortlists
+    (one pass over each): every step, single and batched, equals a run that scores them again."""
+    import dualpath.pipeline.generator as module
+
+    bank = generator.bank
+    prompts = [np.array([i, i + 1]) for i in range(0, 40, 5)]
+    reused = {"count": 0}
+    original = module.shortlist_nearest
+
+    def counting(*args, **kwargs):
+        reused["count"] += args[-1] is not None
+        return original(*args, **kwargs)
+
+    def rescoring(*args, **kwargs):
+        return original(*args[:-1], None, **kwargs)
+
+    runs = {}
+    for name, fn in (("reused", counting), ("rescored", rescoring)):
+        monkeypatch.setattr(module, "shortlist_nearest", fn)
+        single = [list(generator.generate(bank.vectors(p), 4, "neutral", p, seed=3)) for p in prompts[:3]]
+        batched = generator.generate_batch([bank.vectors(p) for p in prompts], 4, "neutral", prompts, seed=3)
+        runs[name] = [step for stream in single + batched for step in stream]
+    assert reused["count"] > 0
+    for a, b in zip(runs["reused"], runs["rescored"], strict=True):
+        assert a.record.to_dict() | {"latency_ms": 0} == b.record.to_dict() | {"latency_ms": 0}
+        assert (a.text_concept_id, a.text_cosine) == (b.text_concept_id, b.text_cosine)
+        np.testing.assert_array_equal(a.vector, b.vector)

@@ -287,6 +287,7 @@ def shortlist_nearest(
     skips: Sequence[np.ndarray],
     rows: Sequence[int],
     avoided: tuple[np.ndarray, np.ndarray] | None = None,
+    scored: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[int, tuple[int, float]]:
     """{row: (id, cosine)} for the rows whose nearest allowed bank concept to the output is provably a
     shortlist candidate, so rendering needs no search. Allowed: not in the row's `skips`, and no
@@ -297,6 +298,11 @@ def shortlist_nearest(
     o·n ≤ cos(arccos s - arccos t) = s t + √(1 - s²) √(1 - t²) (and ≤ 1 when t ≤ s). A candidate
     above that bound is the nearest in the whole bank, which is what the rendering search would
     return; rows without such a candidate are left to it.
+
+    `scored` = (u (b, d), s (b, K)): scores of the same shortlists against unit vectors u, made earlier in
+    the step (the grounding's pass over them). Where every row scored here has an output equal to its u,
+    those scores are the ones this pass would compute (the same product on the same arrays), and the
+    shortlists are not read again.
     """
     rows = [i for i in rows if np.isfinite(floors[i]) and shortlists.fallbacks[i] is None]
     if not rows or not shortlists.ids.shape[1]:
@@ -310,7 +316,11 @@ def shortlist_nearest(
     skipped = id_rows(list(skips), len(shortlists), "skip list")
     if skipped.shape[1]:
         allowed &= ~id_member(ids, skipped)
-    scores = np.where(allowed, np.matmul(shortlists.vectors, o[:, :, None])[:, :, 0], -np.inf)
+    if scored is not None and np.array_equal(o[rows], scored[0][rows]):
+        raw = scored[1]
+    else:
+        raw = np.matmul(shortlists.vectors, o[:, :, None])[:, :, 0]
+    scores = np.where(allowed, raw, -np.inf)
     best, _ = nearest_unsaid(scores, shortlists.vectors, avoided)
     best = best[rows]
     top = np.where(best >= 0, scores[rows, np.maximum(best, 0)], -np.inf)
@@ -684,6 +694,7 @@ class Generator:
             )
             lat["search"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
+            scored: dict[str, np.ndarray] = {}  # the grounding's pass over the shortlists, for rendering
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
             avoided = self._avoided(contexts, said, decoders)
             if b == 1 and not grounded:
@@ -695,11 +706,12 @@ class Generator:
                 outputs, records = step_streams(decoders, v_hat, shortlists, avoided)
             else:
                 outputs, records = self._decide_mixed(
-                    decoders, grounded, plain, v_hat, queries, shortlists, avoided, used, excludes, anchors
+                    decoders, grounded, plain, v_hat, queries, shortlists, avoided, used, excludes, anchors, scored
                 )
             lat["decide"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
-            rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used, avoided)
+            rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used, avoided,
+                                    (scored["v"], scored["lvm"]) if scored else None)
             shown_ids = [r.concept_id for r in rendered]
             shown_vectors = self._concept_vectors(shown_ids)
             if anchors is not None:  # the next step's newest context concept is anchored where it was shown
@@ -779,9 +791,12 @@ class Generator:
         used: list[np.ndarray],
         excludes: list[np.ndarray],
         anchors: StreamAnchors | None,
+        scored: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, list[DecisionRecord]]:
         """A step whose streams include lanes that ground on evidence: those are decided on their
-        grounding (`ground_step`, `ground_streams`), the rest by `step_streams`, each on its own rows."""
+        grounding (`ground_step`, `ground_streams`), the rest by `step_streams`, each on its own rows.
+        `scored` receives the grounding's scores of the shortlists when it scored all of them (every
+        stream grounds): rendering reuses them (`shortlist_nearest`)."""
         assert anchors is not None
         b = len(decoders)
         outputs = np.empty((b, self.bank.dim), np.float32)
@@ -801,6 +816,7 @@ class Generator:
             self.confidence, self.successors(), anchors, v_hat[grounded], queries[grounded], sub,
             [used[i] for i in grounded], [excludes[i] for i in grounded], avoided_of(grounded),
             lambda ids: gather_vectors(self.bank, ids.reshape(-1)).reshape(*ids.shape, self.bank.dim),
+            scored if len(grounded) == b else None,
         )
         out, decided = ground_streams([decoders[i] for i in grounded], v_hat[grounded], grounding, c_max,
                                       sub.fallbacks)
@@ -840,6 +856,7 @@ class Generator:
         excludes: list[np.ndarray],
         used: list[np.ndarray],
         avoided: tuple[np.ndarray, np.ndarray] | None,
+        scored: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> list[RenderedText]:
         """Each step's text. A SNAP is its n*. With the default renderer, a step whose nearest allowed
         concept (not shown, no paraphrase of what the stream said) is provably in its shortlist
@@ -860,7 +877,7 @@ class Generator:
         found: dict[int, tuple[int, float]] = {}
         default = type(self.renderer) is NearestConceptRenderer  # a subclass may render otherwise
         if rest and default:
-            found = shortlist_nearest(outputs, shortlists, floors, queries, skips, rest, avoided)
+            found = shortlist_nearest(outputs, shortlists, floors, queries, skips, rest, avoided, scored)
         ids = [records[i].neighbour_id for i in snaps] + [found[i][0] for i in rest if i in found]
         texts = dict(zip(ids, self.bank.texts(ids), strict=True))
         for i in snaps:

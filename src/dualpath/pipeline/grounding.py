@@ -121,9 +121,14 @@ def ground_step(
     blocked: Sequence[np.ndarray],
     avoided: tuple[np.ndarray, np.ndarray] | None,
     vectors_of: Callable[[np.ndarray], np.ndarray],
+    scores_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[Grounding, np.ndarray]:
     """One generation step's grounding for b streams: their candidates (the shortlist's tower and LVM
     favourites, the anchors' successors), each stream's most probable allowed one, and c_max.
+
+    `scores_out`, when given, receives the pass over the shortlists it made: "v" (b, d), the unit v̂ it
+    scored against, and "lvm" (b, K), every candidate's v̂·n before masking, so that rendering a step
+    whose output is that v̂ reads no shortlist a second time.
 
     Allowed: a real candidate the stream has not shown (`used`), not in `blocked` (its context and hidden
     ids), and no paraphrase of what it said (`avoided`, as `avoid_rows` stacks it)."""
@@ -141,7 +146,10 @@ def ground_step(
     vectors = np.asarray(batch.vectors, dtype=np.float32)
     with np.errstate(all="ignore"):  # padding rows may hold anything: they are masked
         tower = np.where(allowed, np.matmul(vectors, q[:, :, None])[:, :, 0], -np.inf)
-        lvm = np.where(allowed, np.matmul(vectors, v[:, :, None])[:, :, 0], -np.inf)
+        lvm_raw = np.matmul(vectors, v[:, :, None])[:, :, 0]
+        lvm = np.where(allowed, lvm_raw, -np.inf)
+    if scores_out is not None:
+        scores_out.update(v=v, lvm=lvm_raw)
     c_max = lvm.max(axis=1, initial=-np.inf).astype(np.float64)
     succ = successor_ids(table, anchors.ids)
     refused = id_rows([np.concatenate([np.asarray(x, np.int64), np.asarray(u, np.int64)])
