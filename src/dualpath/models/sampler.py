@@ -192,21 +192,25 @@ class LVMSampler:
                 )
         if temperature == 0 or len(mean) == 0:
             return mean.copy()
+        # Switching modes walks every submodule (~50 µs each way, a quarter of a draw): only when training.
         was_training = self.net.training
-        self.net.eval()
+        if was_training:
+            self.net.eval()
         device = next(self.net.parameters()).device
-        mu = torch.from_numpy(mean).to(device)
-        previous = torch.from_numpy(np.asarray(last, dtype=np.float32)).to(device)
-        x = float(temperature) * torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device)
         try:
             if device.type == "cpu" and all(p.dtype == torch.float32 for p in self.net.parameters()):
-                z = integrate_numpy(self.net, x.numpy(), mean, np.asarray(last, dtype=np.float32),
+                start = np.float32(temperature) * np.asarray(noise, dtype=np.float32)
+                z = integrate_numpy(self.net, start, mean, np.asarray(last, dtype=np.float32),
                                     int(self.config["ode_steps"]))
                 out = mean + np.float32(self.scale) * z
                 return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+            mu = torch.from_numpy(mean).to(device)
+            previous = torch.from_numpy(np.asarray(last, dtype=np.float32)).to(device)
+            x = float(temperature) * torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device)
             x = self.net.integrate(x, mu, previous, int(self.config["ode_steps"]))
         finally:
-            self.net.train(was_training)
+            if was_training:
+                self.net.train()
         return F.normalize(mu + self.scale * x, dim=-1).cpu().numpy()
 
     def save(self, directory: str | Path) -> Path:
