@@ -206,7 +206,7 @@ def test_faiss_index_and_shortlists_feed_the_decoder() -> None:
     bank = rng.normal(size=(300, 16)).astype(np.float32)
     bank /= np.linalg.norm(bank, axis=1, keepdims=True)
     index = FaissBackend.exact(bank)
-    decoder = DualPathDecoder(load_lanes()["neutral"])
+    decoder = DualPathDecoder(load_lanes()["quota-neutral"])
     with ThreadedMiner(index, workers=2, queue_size=4) as miner:
         result = miner.search(bank[[5, 17]], k=10, timeout=5.0)
         assert result.ok and list(result.ids[:, 0]) == [5, 17]

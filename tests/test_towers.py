@@ -96,7 +96,8 @@ def test_save_load_round_trip(tmp_path, kind: str) -> None:
     ctx, mask = contexts(5, 5, np.array([5, 4, 3, 2, 1]))
     np.testing.assert_array_equal(loaded.encode_queries(ctx, mask), tower.encode_queries(ctx, mask))
     assert loaded.cfg == tower.cfg and not loaded.net.training
-    assert sorted(p.name for p in (tmp_path / "tower").iterdir()) == ["config.json", "model.safetensors"]
+    files = sorted(p.name for p in (tmp_path / "tower").iterdir())
+    assert files == ["checksums.json", "config.json", "model.safetensors"]
 
 
 def test_load_refuses_another_space(tmp_path) -> None:
