@@ -139,6 +139,7 @@ def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:
     for row in floors:
         if "floor_ms" in row:  # each stage beside its floor, measured in the same run
             assert row["x_floor"] == pytest.approx(row["median_ms"] / row["floor_ms"])
+            assert row["x_cold_floor"] == pytest.approx(row["median_ms"] / row["cold_floor_ms"])
     assert {r["name"].strip() for r in floors} >= {"whole step", "search", "decide", "render"}
     decision = {r["name"]: r for r in sections["decision"]["rows"]}
     in_cache = decision["choose_next_vector, shortlist in cache"]

@@ -12,7 +12,8 @@ baseline is the speed-up batching buys on this machine.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,7 +29,7 @@ from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import RecurrentBackbone
 from dualpath.models.towers import RecurrentEncoder
 from dualpath.pipeline.evaluate import heldout_pairs
-from dualpath.pipeline.generator import Generator, ShortlistReader, search_shortlist_batch
+from dualpath.pipeline.generator import RENDER_DEPTH, Generator, ShortlistReader, search_shortlist_batch
 from dualpath.runtime import one_blas_thread, torch_threads
 from dualpath.search import excluded_depth
 
@@ -115,47 +116,65 @@ def generation_prompts(generator: Generator, cfg: DualPathConfig, count: int, le
 
 def bench_generation(
     generator: Generator, lane: Lane, prompts: Sequence[np.ndarray], steps: int, batches: Sequence[int]
-) -> tuple[list[dict[str, Any]], dict[str, int]]:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, counts): the single step and its parts from Generator.generate (baseline), the same steps
     with the models re-reading the whole window (the reference path), and Generator.generate_batch
-    at each batch size with its parts (time per stream-step; per s is stream-steps per second)."""
+    at each batch size with its parts (time per stream-step; per s is stream-steps per second).
+    counts["render_searched"][b]: the share of stream-steps at b streams rendered by a rendering search
+    (the rest from their shortlist or their SNAP), which the stage table's render floor counts."""
     bank = generator.bank
-    counts = {"fallbacks": 0}
+    counts: dict[str, Any] = {"fallbacks": 0, "render_searched": {}}
+    renderer = generator.renderer
+    searched = [0]
+    original = renderer.render
 
-    def run(prompt_ids: np.ndarray) -> list[dict[str, float]]:
-        steps_ = list(generator.generate(bank.vectors(prompt_ids), steps, lane, prompt_ids))
-        counts["fallbacks"] += sum(s.record.fallback_reason is not None for s in steps_)
-        return [s.latency_ms for s in steps_]
+    def counted(vectors: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        searched[0] += len(vectors)
+        return original(vectors, *args, **kwargs)
 
-    def parts(latencies: list[dict[str, float]], name: str, per_call: float = 1) -> dict[str, dict[str, float]]:
-        rows = {name: stats(np.array([x["total"] for x in latencies]), per_call)}
-        for stage in (s for s in STAGES if any(s in x for x in latencies)):
-            rows[f"  {stage}"] = stats(np.array([x.get(stage, 0.0) for x in latencies]), per_call)
-        return rows
-
-    run(prompts[0])  # warm-up: first calls allocate
-    counts["fallbacks"] = 0
-    latencies = [lat for p in prompts for lat in run(p)]
-    rows: dict[str, dict[str, float]] = parts(latencies, "whole step (baseline)")
-    cfg = generator.cfg
-    generator.cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"incremental": False})})
+    renderer.render = counted  # type: ignore[method-assign]  # an instance attribute: the type still reads as is
     try:
-        reference = [lat for p in prompts for lat in run(p)]
-    finally:
-        generator.cfg = cfg
-    rows["whole step, models re-read the window"] = stats(np.array([x["total"] for x in reference]))
-    rows["  lvm + query, window re-read"] = stats(np.array([x["lvm"] + x["query"] for x in reference]))
 
-    for size in batches:
-        chosen = [prompts[i % len(prompts)] for i in range(size)]
-        vectors = [bank.vectors(p) for p in chosen]
-        generator.generate_batch(vectors[:2], 1, lane, chosen[:2])  # warm-up
-        runs = generator.generate_batch(vectors, steps, lane, chosen)
-        per_step = [stream[t].latency_ms for t in range(steps) for stream in runs[:1]]  # the batch's, per stream
-        counts["fallbacks"] += sum(s.record.fallback_reason is not None for r in runs for s in r)
-        batch_rows = parts(per_step, f"batched step, {size} streams")
-        rows.update({(k if k.startswith("batched") else f"{k} ({size})"): v for k, v in batch_rows.items()})
-    counts.update({"steps": len(latencies), "prompts": len(prompts)})
+        def run(prompt_ids: np.ndarray) -> list[dict[str, float]]:
+            steps_ = list(generator.generate(bank.vectors(prompt_ids), steps, lane, prompt_ids))
+            counts["fallbacks"] += sum(s.record.fallback_reason is not None for s in steps_)
+            return [s.latency_ms for s in steps_]
+
+        def parts(latencies: list[dict[str, float]], name: str, per_call: float = 1) -> dict[str, dict[str, float]]:
+            rows = {name: stats(np.array([x["total"] for x in latencies]), per_call)}
+            for stage in (s for s in STAGES if any(s in x for x in latencies)):
+                rows[f"  {stage}"] = stats(np.array([x.get(stage, 0.0) for x in latencies]), per_call)
+            return rows
+
+        run(prompts[0])  # warm-up: first calls allocate
+        counts["fallbacks"] = 0
+        searched[0] = 0
+        latencies = [lat for p in prompts for lat in run(p)]
+        counts["render_searched"][1] = searched[0] / max(len(latencies), 1)
+        rows: dict[str, dict[str, float]] = parts(latencies, "whole step (baseline)")
+        cfg = generator.cfg
+        generator.cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"incremental": False})})
+        try:
+            reference = [lat for p in prompts for lat in run(p)]
+        finally:
+            generator.cfg = cfg
+        rows["whole step, models re-read the window"] = stats(np.array([x["total"] for x in reference]))
+        rows["  lvm + query, window re-read"] = stats(np.array([x["lvm"] + x["query"] for x in reference]))
+
+        for size in batches:
+            chosen = [prompts[i % len(prompts)] for i in range(size)]
+            vectors = [bank.vectors(p) for p in chosen]
+            generator.generate_batch(vectors[:2], 1, lane, chosen[:2])  # warm-up
+            searched[0] = 0
+            runs = generator.generate_batch(vectors, steps, lane, chosen)
+            counts["render_searched"][size] = searched[0] / (size * steps)
+            per_step = [stream[t].latency_ms for t in range(steps) for stream in runs[:1]]  # the batch's, per stream
+            counts["fallbacks"] += sum(s.record.fallback_reason is not None for r in runs for s in r)
+            batch_rows = parts(per_step, f"batched step, {size} streams")
+            rows.update({(k if k.startswith("batched") else f"{k} ({size})"): v for k, v in batch_rows.items()})
+        counts.update({"steps": len(latencies), "prompts": len(prompts)})
+    finally:
+        del renderer.render
     return with_ratio(rows, "whole step (baseline)"), counts
 
 
@@ -166,8 +185,10 @@ TIMING_COLUMNS = {
 
 FLOOR_COLUMNS = {
     "streams": "streams", "name": "stage", "median_ms": "median ms", "floor_ms": "floor ms", "x_floor": "× floor",
+    "cold_floor_ms": "floor ms, cache flushed", "x_cold_floor": "× cold floor",
     "floor": "floor: the same work with nothing around it",
 }
+FLUSH_BYTES = 64 << 20  # read before each cold floor call: more than this VM's caches hold
 FLOOR_CALLS = 200  # single-stream floor calls; a batch's floor is timed over fewer, longer calls
 
 
@@ -230,10 +251,11 @@ def model_floors(generator: Generator, b: int) -> dict[str, tuple[Callable[[int]
 
 
 def _io_floors(
-    generator: Generator, lane: Lane, chosen: Sequence[np.ndarray]
+    generator: Generator, lane: Lane, chosen: Sequence[np.ndarray], render_share: float
 ) -> dict[str, tuple[Callable[[int], None], str]]:
     """Floors of the search, decide and render stages for the streams of `chosen` prompts, on their own
-    queries and shortlists."""
+    queries and shortlists. `render_share` of the stream-steps took a rendering search (their nearest
+    concept was not provably in their shortlist): the render floor counts that search too, alone."""
     bank = generator.bank
     b = len(chosen)
     windows = [bank.vectors(p) for p in chosen]
@@ -258,17 +280,53 @@ def _io_floors(
             np.matmul(vectors, against).argmax(axis=1)
         return run
 
+    # The rows a rendering search takes: round(share × b) of them in one call, every other call for a single
+    # stream whose share is about a half (so the timed median carries the share, not all or nothing).
+    searched = render_share * b
+    render_depth = excluded_depth(RENDER_DEPTH, excludes)
+    render_rows = max(1, round(searched))
+    every = max(1, round(render_rows / searched)) if searched > 0 else 0
+
+    def render(i: int) -> None:
+        np.matmul(vectors, one_vector).argmax(axis=1)
+        if every and i % every == 0:
+            bank.search(queries[:render_rows], render_depth)
+
     return {
         "search": (search, f"index search alone ({bank.index_spec}, depth {depth}) + the shortlist read"),
         "decide": (scan(two if grounded else one_vector),
                    "one pass over the shortlist: K×d scores against q and v̂, argmax" if grounded
                    else "one pass over the shortlist: K×d cosines to v̂, argmax"),
-        "render": (scan(one_vector), "one pass over the shortlist: K×d scores against the output, argmax"),
+        "render": (render, "one pass over the shortlist: K×d scores against the output, argmax; + the index "
+                   f"search alone (depth {render_depth}) for the {render_share:.0%} of stream-steps rendered by one"),
     }
 
 
+_flush_buffer: list[np.ndarray] = []
+
+
+def _cold_timings_ms(fn: Callable[[int], None], n: int) -> np.ndarray:
+    """`timings_ms` with every cache flushed before each call (FLUSH_BYTES read, untimed): the work with its
+    weights and data in memory, as a step leaves them after the index search has scanned its lists."""
+    if not _flush_buffer:
+        _flush_buffer.append(np.ones(FLUSH_BYTES // 8))
+    out = np.empty(max(n, 1))
+    fn(0)
+    for i in range(len(out)):
+        _flush_buffer[0].sum()
+        start = time.perf_counter()
+        fn(i)
+        out[i] = (time.perf_counter() - start) * 1000.0
+    return out
+
+
 def stage_floors(
-    generator: Generator, lane: Lane, prompts: Sequence[np.ndarray], rows: Sequence[dict[str, Any]], batch: int
+    generator: Generator,
+    lane: Lane,
+    prompts: Sequence[np.ndarray],
+    rows: Sequence[dict[str, Any]],
+    batch: int,
+    render_share: Mapping[int, float],
 ) -> list[dict[str, Any]]:
     """Each stage of the single step and of the `batch`-stream step (medians from `bench_generation`'s
     `rows`, measured just before in the same run) beside its floor: the same work with nothing around it,
@@ -279,24 +337,31 @@ def stage_floors(
         chosen = [prompts[i % len(prompts)] for i in range(b)]
         with torch_threads(1), one_blas_thread():
             floors: dict[str, tuple[Callable[[int], None], str] | None] = {
-                **model_floors(generator, b), **_io_floors(generator, lane, chosen),
+                **model_floors(generator, b), **_io_floors(generator, lane, chosen, render_share.get(b, 0.0)),
             }
             calls = FLOOR_CALLS if b == 1 else 10
             timed = {name: None if f is None else float(np.median(timings_ms(f[0], calls))) / b
                      for name, f in floors.items()}
+            cold = {name: None if f is None else float(np.median(_cold_timings_ms(f[0], calls // 4))) / b
+                    for name, f in floors.items()}
         suffix = "" if b == 1 else f" ({b})"
         whole = measured["whole step (baseline)" if b == 1 else f"batched step, {b} streams"]
         total_floor = sum(t for t in timed.values() if t is not None)
+        total_cold = sum(t for t in cold.values() if t is not None)
         out.append({"streams": b, "name": "whole step", "median_ms": whole, "floor_ms": total_floor,
-                    "x_floor": whole / total_floor if total_floor else None, "floor": "the sum of the floors below"})
+                    "x_floor": whole / total_floor, "cold_floor_ms": total_cold, "x_cold_floor": whole / total_cold,
+                    "floor": "the sum of the floors below"})
         for name in STAGES:
             ms, floor, spec = measured.get(name + suffix), timed.get(name), floors.get(name)
             if ms is None:  # a stage this step does not have (no sampler)
                 continue
             row = {"streams": b, "name": f"  {name}", "median_ms": ms}
-            if floor is not None and spec is not None:
-                row.update(floor_ms=floor, x_floor=ms / floor, floor=spec[1])
+            cold_floor = cold.get(name)
+            if floor is not None and cold_floor is not None and spec is not None:
+                row.update(floor_ms=floor, x_floor=ms / floor, cold_floor_ms=cold_floor, x_cold_floor=ms / cold_floor,
+                           floor=spec[1])
             else:
                 row["floor"] = "not measured for this model"
             out.append(row)
+    _flush_buffer.clear()
     return out
