@@ -67,7 +67,7 @@ def test_thirty_notes_go_end_to_end(tmp_path: Path) -> None:
     result = json.loads(out)
     # Scored on the evaluation half of the held-out documents, in the three cases.
     assert result["pairs"] >= 10 and {"neutral", "lvm-only", "bank-only"} <= set(result["lanes"])
-    assert set(result["cases"]) == {"known", "added", "unknown"}
+    assert set(result["cases"]) == {"known", "added", "restated", "unknown"}
 
     step("report", "--bank", str(bank), "--out", str(tmp_path / "report"), *cfg)
     assert (tmp_path / "report" / "report.md").is_file()

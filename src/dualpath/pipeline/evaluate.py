@@ -273,7 +273,8 @@ def evaluate_generation(
     held = sample_pairs(heldout_half(split, "evaluation", split_cfg.seed), max_pairs, split_cfg.seed)
     if len(held) == 0:
         raise ValueError("no held-out pairs: the bank needs more documents with at least two concepts")
-    pair_sets = {"known": sample_pairs(split.train, max_pairs, split_cfg.seed), "added": held, "unknown": held}
+    pair_sets = {"known": sample_pairs(split.train, max_pairs, split_cfg.seed), "added": held, "restated": held,
+                 "unknown": held}
     model = generator.confidence if generator is not None else read_confidence(bank.path)
     table = bank_successors(bank)
     measured: dict[str, Any] = {}

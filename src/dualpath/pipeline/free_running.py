@@ -119,12 +119,15 @@ def generator_streams(
     steps: int = STEPS,
     unseen: bool = False,
     lvm_temperature: float | None = None,
+    hide_prompt: bool = False,
 ) -> list[Stream]:
     """Run the generator from every prompt with a fresh decoder each (`make_decoder(stream index)`, so
     that seeded draws differ between streams), rendering every step.
 
     `unseen`: the prompt's whole document is kept out of the search, as if the prompt were text the
-    bank has never seen (a user's own prompt); by default only the prompt's concepts are.
+    bank has never seen (a user's own prompt); by default only the prompt's concepts are. `hide_prompt`:
+    the prompt's own concepts are absent from the bank (nothing matches them), the rest of the document
+    is there: a prompt that says in its own words what a bank document says.
     """
     bank = generator.bank
     streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
@@ -134,7 +137,8 @@ def generator_streams(
         context_ids=[p.window[:prompt_len] for p in prompts],
         decoders=[make_decoder(i) for i in range(len(streams))],
         lvm_temperature=lvm_temperature,
-        hidden_ids=[p.document for p in prompts] if unseen else None,
+        hidden_ids=[p.document for p in prompts] if unseen
+        else [p.window[:prompt_len] for p in prompts] if hide_prompt else None,
     )
     for stream, run in zip(streams, runs, strict=True):
         for step in run:
@@ -155,17 +159,20 @@ def knn_streams(
     prompt_len: int = PROMPT_CONCEPTS,
     steps: int = STEPS,
     unseen: bool = False,
+    hide_prompt: bool = False,
 ) -> list[Stream]:
     """kNN continuation: follow the last shown concept's nearest neighbour to its successor, chained.
 
     The nearest neighbour may be the concept itself (a prompt from a bank document continues with the
     document); successors already shown (the prompt included) are skipped, the same no-repeat rule the
-    lanes follow. `unseen`: the prompt's document is hidden from the search. One search per step.
+    lanes follow. `unseen`: the prompt's document is hidden from the search (`hide_prompt`: its prompt's
+    concepts only). One search per step.
     """
     successor = successor_table(bank.documents(), len(bank), 1)[0]
     streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
     used = [set(map(int, s.prompt_ids)) for s in streams]
-    hidden = [set(map(int, p.document)) if unseen else set() for p in prompts]
+    hidden = [set(map(int, p.document)) if unseen else set(map(int, p.window[:prompt_len])) if hide_prompt
+              else set() for p in prompts]
     last = bank.vectors([int(s.prompt_ids[-1]) for s in streams])
     for _ in range(steps):
         depth = min(len(bank), KNN_DEPTH + max(len(u) + len(h) for u, h in zip(used, hidden, strict=True)))
@@ -409,7 +416,8 @@ def evaluate_free_running(
     """Every lane and every baseline from the same prompts of one case: metrics and samples per name.
 
     `case` (pipeline/grounding.py): "added" (the evaluation half of the held-out documents, in the bank),
-    "known" (documents the models trained on) or "unknown" (held-out documents hidden from every search).
+    "known" (documents the models trained on), "restated" (as added, the prompt's own concepts hidden) or
+    "unknown" (held-out documents hidden from every search).
 
     A near repeat is a step at `near_cosine` (default: the generator's paraphrase cosine) or closer
     to its prompt or an earlier step; the documents' own rate (`truth_near_repeat_rate`) is beside it.
@@ -420,10 +428,11 @@ def evaluate_free_running(
     """
     bank = generator.bank
     split = split or generator.lvm.training_split(generator.cfg.split)
-    if case not in ("known", "added", "unknown"):
-        raise ValueError(f"case must be known, added or unknown, got {case!r}")
+    if case not in ("known", "added", "restated", "unknown"):
+        raise ValueError(f"case must be known, added, restated or unknown, got {case!r}")
     prompts = heldout_prompts(bank, split, docs, prompt_len, steps, half="evaluation", known=case == "known")
     unseen = case == "unknown"
+    hide = case == "restated"
     near_cosine = generator.cfg.generation.paraphrase_cosine if near_cosine is None else near_cosine
     if not prompts:
         return {}
@@ -452,7 +461,7 @@ def evaluate_free_running(
     for name, lane in {**lanes, **extreme_lanes(k)}.items():
         streams = generator_streams(
             generator, prompts, lambda i, lane=lane: generator.decoder(lane, seed=seed + i), prompt_len, steps,
-            unseen,
+            unseen, hide_prompt=hide,
         )
         record(name, streams)
         shown[name] = np.array([s.shown_ids for s in streams])
@@ -461,7 +470,7 @@ def evaluate_free_running(
             random = generator_streams(
                 generator, prompts,
                 lambda i, lane=lane, c_sample=c_sample: RandomMixDecoder(lane, c_sample, schedule, seed + i),
-                prompt_len, steps, unseen,
+                prompt_len, steps, unseen, hide_prompt=hide,
             )
             record(f"random-{name}", random)
     if generator.lvm_temperature > 0:
@@ -469,9 +478,9 @@ def evaluate_free_running(
         lvm_only = extreme_lanes(k)["lvm-only"]
         record("lvm-mean", generator_streams(
             generator, prompts, lambda i: generator.decoder(lvm_only, seed=seed + i), prompt_len, steps, unseen,
-            lvm_temperature=0.0,
+            lvm_temperature=0.0, hide_prompt=hide,
         ))
-    record("knn", knn_streams(bank, prompts, prompt_len, steps, unseen))
+    record("knn", knn_streams(bank, prompts, prompt_len, steps, unseen, hide))
     # Each lane against its baselines on the same prompts: is the gap in text cosine more than noise?
     for name in lanes:
         # Does the lane change what the reader sees? The share of steps showing what LVM-only shows.

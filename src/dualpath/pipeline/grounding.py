@@ -40,7 +40,7 @@ from dualpath.search import search_excluding
 
 log = logging.getLogger(__name__)
 
-CASES = ("known", "added", "unknown")
+CASES = ("known", "added", "restated", "unknown")  # what evaluation measures (restated: beyond the three cases)
 EXACT_TRUTH = 0.999  # a candidate this close to the true next concept is it (the same sentence twice)
 
 
