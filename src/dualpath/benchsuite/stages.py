@@ -294,6 +294,9 @@ def _io_floors(
 
     return {
         "search": (search, f"index search alone ({bank.index_spec}, depth {depth}) + the shortlist read"),
+        # The search floor's two parts, shown under it: which of them stops a batch.
+        "search/index": (lambda i: bank.search(queries, depth), "of which the index call"),
+        "search/read": (lambda i: reader(ids), f"of which reading the {ids.size:,} shortlist rows as float32"),
         "decide": (scan(two if grounded else one_vector),
                    "one pass over the shortlist: K×d scores against q and v̂, argmax" if grounded
                    else "one pass over the shortlist: K×d cosines to v̂, argmax"),
@@ -346,8 +349,8 @@ def stage_floors(
                     for name, f in floors.items()}
         suffix = "" if b == 1 else f" ({b})"
         whole = measured["whole step (baseline)" if b == 1 else f"batched step, {b} streams"]
-        total_floor = sum(t for t in timed.values() if t is not None)
-        total_cold = sum(t for t in cold.values() if t is not None)
+        total_floor = sum(t for n, t in timed.items() if t is not None and "/" not in n)
+        total_cold = sum(t for n, t in cold.items() if t is not None and "/" not in n)
         out.append({"streams": b, "name": "whole step", "median_ms": whole, "floor_ms": total_floor,
                     "x_floor": whole / total_floor, "cold_floor_ms": total_cold, "x_cold_floor": whole / total_cold,
                     "floor": "the sum of the floors below"})
@@ -363,5 +366,10 @@ def stage_floors(
             else:
                 row["floor"] = "not measured for this model"
             out.append(row)
+            for part in (n for n in floors if n.startswith(f"{name}/")):
+                part_floor, part_cold, part_spec = timed[part], cold[part], floors[part]
+                if part_floor is not None and part_cold is not None and part_spec is not None:
+                    out.append({"streams": b, "name": f"    {part_spec[1]}", "floor_ms": part_floor,
+                                "cold_floor_ms": part_cold, "floor": "(part of the floor above)"})
     _flush_buffer.clear()
     return out
