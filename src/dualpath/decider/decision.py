@@ -478,9 +478,6 @@ def choose_next_vectors(
         neighbour_ids = np.full(b, NO_ID, np.int64)
         neighbours = queries
 
-    # Codes into _DECISIONS, set from the last rule to the first so that the first that holds wins
-    # (the module docstring's order). Thresholds compare in float64 so that a threshold computed from
-    # recorded c_max values (thresholds_from_shares) splits them exactly as it was computed to.
     c_rule = c_max
     overridden = np.zeros(b, bool)
     if decide_by is not None:
@@ -489,27 +486,9 @@ def choose_next_vectors(
             raise DeciderError(f"decide_by needs one c per stream ({b}), got shape {given.shape}")
         overridden = ~np.isnan(given)
         c_rule = np.where(overridden, given, c_max)
-    code = np.full(b, 3)
-    code[c_rule <= lane.tau_novel] = 0
-    code[c_rule >= lane.tau_snap] = 2
-    near_dup = np.zeros(b, bool)
-    if memory.shape[1]:
-        remembered = memory == neighbour_ids[:, None]
-        near_dup = ~empty & ~overridden & (c_max > dup_threshold) & remembered.any(axis=1)
-        window = min(lane.dup_window, memory.shape[1])
-        if window > 0:
-            code[near_dup & remembered[:, memory.shape[1] - window :].any(axis=1)] = 1
-    code[empty] = 0
-    is_snap, is_blend = code == 2, code == 3
-    alpha = is_snap.astype(np.float64)
-    out = queries.copy()
-    out[is_snap] = neighbours[is_snap]
-    if is_blend.any():
-        scheduled = np.asarray(alpha_of(c_rule, lane.tau_snap, lane.tau_novel), dtype=np.float64)
-        alpha[is_blend] = scheduled[is_blend]
-        a32 = alpha.astype(np.float32)[is_blend, None]
-        mixed = (1.0 - a32) * queries[is_blend] + a32 * neighbours[is_blend]
-        out[is_blend] = mixed / _row_norms(mixed)[:, None]
+    out, code, alpha, near_dup = _apply_rules(
+        queries, neighbours, neighbour_ids, c_rule, c_max, empty, overridden, memory, lane, alpha_of, dup_threshold
+    )
 
     latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
     reasons = [
@@ -537,6 +516,51 @@ def choose_next_vectors(
         )
     ]
     return out, records
+
+
+def _apply_rules(
+    queries: np.ndarray,
+    neighbours: np.ndarray,
+    neighbour_ids: np.ndarray,
+    c_rule: np.ndarray,
+    c_near: np.ndarray,
+    empty: np.ndarray,
+    overridden: np.ndarray,
+    memory: np.ndarray,
+    lane: Lane,
+    alpha_of: AlphaSchedule,
+    dup_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The decision rules of both rules' lanes, on (b,) arrays: codes into _DECISIONS, set from the last rule
+    to the first so that the first that holds wins (the module docstring's order), α and the outputs.
+
+    `c_rule` is what the thresholds read (c, or p for a confidence lane), `c_near` the cosine of v̂ to n*
+    that the near-duplicate guard reads. Thresholds compare in float64, so a threshold computed from recorded
+    values (thresholds_from_shares) splits them exactly as it was computed to.
+    """
+    b = len(queries)
+    code = np.full(b, 3)
+    code[c_rule <= lane.tau_novel] = 0
+    code[c_rule >= lane.tau_snap] = 2
+    near_dup = np.zeros(b, bool)
+    if memory.shape[1]:
+        remembered = memory == neighbour_ids[:, None]
+        near_dup = ~empty & ~overridden & (c_near > dup_threshold) & remembered.any(axis=1)
+        window = min(lane.dup_window, memory.shape[1])
+        if window > 0:
+            code[near_dup & remembered[:, memory.shape[1] - window :].any(axis=1)] = 1
+    code[empty] = 0
+    is_snap, is_blend = code == 2, code == 3
+    alpha = is_snap.astype(np.float64)
+    out = queries.copy()
+    out[is_snap] = neighbours[is_snap]
+    if is_blend.any():
+        scheduled = np.asarray(alpha_of(c_rule, lane.tau_snap, lane.tau_novel), dtype=np.float64)
+        alpha[is_blend] = scheduled[is_blend]
+        a32 = alpha.astype(np.float32)[is_blend, None]
+        mixed = (1.0 - a32) * queries[is_blend] + a32 * neighbours[is_blend]
+        out[is_blend] = mixed / _row_norms(mixed)[:, None]
+    return out, code, alpha, near_dup
 
 
 def _sample(cos: np.ndarray, sampling: Sampling, draws: np.ndarray) -> np.ndarray:
@@ -732,28 +756,10 @@ def choose_grounded(
         given = np.asarray(decide_by, dtype=np.float64)
         overridden = ~np.isnan(given)
         c_rule = np.where(overridden, given, p)
-    code = np.full(b, 3)
-    code[c_rule <= lane.tau_novel] = 0
-    code[c_rule >= lane.tau_snap] = 2
     memory = id_rows(recent_ids, b, "memory of picked ids")
-    near_dup = np.zeros(b, bool)
-    if memory.shape[1]:
-        remembered = memory == ids[:, None]
-        near_dup = ~empty & ~overridden & (c_pick > dup_threshold) & remembered.any(axis=1)
-        window = min(lane.dup_window, memory.shape[1])
-        if window > 0:
-            code[near_dup & remembered[:, memory.shape[1] - window :].any(axis=1)] = 1
-    code[empty] = 0
-    is_snap, is_blend = code == 2, code == 3
-    alpha = is_snap.astype(np.float64)
-    out = queries.copy()
-    out[is_snap] = neighbours[is_snap]
-    if is_blend.any():
-        scheduled = np.asarray(alpha_of(c_rule, lane.tau_snap, lane.tau_novel), dtype=np.float64)
-        alpha[is_blend] = scheduled[is_blend]
-        a32 = alpha.astype(np.float32)[is_blend, None]
-        mixed = (1.0 - a32) * queries[is_blend] + a32 * neighbours[is_blend]
-        out[is_blend] = mixed / _row_norms(mixed)[:, None]
+    out, code, alpha, near_dup = _apply_rules(
+        queries, neighbours, ids, c_rule, c_pick, empty, overridden, memory, lane, alpha_of, dup_threshold
+    )
     c_best = np.full(b, np.nan) if c_max is None else np.asarray(c_max, dtype=np.float64)
     latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
     records = []
