@@ -392,3 +392,23 @@ def test_rendering_reuses_the_grounding_scores_and_steps_are_bit_for_bit_the_sam
         assert a.record.to_dict() | {"latency_ms": 0} == b.record.to_dict() | {"latency_ms": 0}
         assert (a.text_concept_id, a.text_cosine) == (b.text_concept_id, b.text_cosine)
         np.testing.assert_array_equal(a.vector, b.vector)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.04, 0.2])
+def test_calibration_pairs_come_from_their_half_or_say_why_not(wiki_bank, fraction):
+    from dualpath.config import SplitConfig
+    from dualpath.corpus.pairs import MIN_HELDOUT_PAIRS
+    from dualpath.pipeline.evaluate import calibration_pairs
+
+    split = SplitConfig(heldout_fraction=fraction, context=4)
+    half = len(heldout_pairs(wiki_bank, split, None, half="calibration"))
+    every = len(heldout_pairs(wiki_bank, split, None))
+    if every < MIN_HELDOUT_PAIRS:
+        with pytest.raises(CorpusError, match=f"only {every} held-out pairs"):
+            calibration_pairs(wiki_bank, split, None)
+        return
+    pairs, source = calibration_pairs(wiki_bank, split, None)
+    if half >= MIN_HELDOUT_PAIRS:
+        assert (len(pairs), source) == (half, "calibration half of the held-out documents")
+    else:
+        assert (len(pairs), source) == (every, "every held-out document (a small corpus)")

@@ -98,17 +98,23 @@ def calibration_pairs(bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int 
     """The pairs calibration fits on, and which held-out documents they come from: the calibration half, or,
     where that half holds fewer than MIN_HELDOUT_PAIRS pairs (a small corpus), every held-out document (then
     the evaluation's figures on this bank are scored on pairs calibration also saw, and calibration.json
-    says so)."""
+    says so). A CorpusError, in one line, where even that is too few."""
     if max_pairs is not None and max_pairs < MIN_HELDOUT_PAIRS:
         raise CorpusError(f"max_pairs must be at least {MIN_HELDOUT_PAIRS} to calibrate on, got {max_pairs}")
     pairs = heldout_pairs(bank, split_cfg, max_pairs, half="calibration")
     if len(pairs) >= MIN_HELDOUT_PAIRS:
         return pairs, "calibration half of the held-out documents"
+    pairs = heldout_pairs(bank, split_cfg, max_pairs)
+    if len(pairs) < MIN_HELDOUT_PAIRS:
+        raise CorpusError(
+            f"only {len(pairs)} held-out pairs: calibration needs {MIN_HELDOUT_PAIRS}; add documents, or set "
+            "split.heldout_fraction higher in --config and retrain both models"
+        )
     log.warning(
-        "the calibration half of the held-out documents holds %d pairs (< %d): calibrating on every held-out "
-        "document, so evaluation on this bank scores pairs calibration saw too", len(pairs), MIN_HELDOUT_PAIRS,
+        "the calibration half of the held-out documents holds too few pairs: calibrating on all %d held-out pairs, "
+        "so evaluation on this bank scores pairs calibration saw too", len(pairs),
     )
-    return heldout_pairs(bank, split_cfg, max_pairs), "every held-out document (a small corpus)"
+    return pairs, "every held-out document (a small corpus)"
 
 
 def known_pairs(bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None) -> ContextPairs:
