@@ -117,11 +117,6 @@ def calibration_pairs(bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int 
     return pairs, "every held-out document (a small corpus)"
 
 
-def known_pairs(bank: ConceptBank, split_cfg: SplitConfig, max_pairs: int | None) -> ContextPairs:
-    """Pairs of the documents the models trained on (the *known* case), at most `max_pairs`."""
-    return sample_pairs(split_from_config(bank.documents(), split_cfg).train, max_pairs, split_cfg.seed)
-
-
 def sample_pairs(pairs: ContextPairs, max_pairs: int | None, seed: int) -> ContextPairs:
     if max_pairs is not None and len(pairs) > max_pairs:
         rng = np.random.default_rng(seed)
