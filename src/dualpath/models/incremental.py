@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dualpath.models.context import context_mean, heuristic_query
+from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import CausalBlock, LatentVectorModel, RecurrentBackbone, TransformerBackbone
 from dualpath.models.towers import QueryTower, RecurrentEncoder
 
@@ -271,11 +272,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    """F.normalize on rows (x / max(‖x‖, 1e-12)), float32."""
-    return x / np.maximum(np.sqrt(np.einsum("bd,bd->b", x, x))[:, None], np.float32(1e-12))
-
-
 def _run_modules(modules: Sequence[nn.Module], x: np.ndarray) -> np.ndarray:
     """`nn.Sequential(*modules)(x)` in eval mode: Linear as one BLAS call, Dropout as nothing, any other
     module (an activation) through torch on the same memory."""
@@ -314,11 +310,11 @@ class _NumpyWindow:
 
     def mean(self) -> np.ndarray:
         """context_mean: the unit-norm mean of the real concepts."""
-        return _unit(np.einsum("bcd,bc->bd", self.ctx, self.mask.astype(np.float32)))
+        return normalize_rows(np.einsum("bcd,bc->bd", self.ctx, self.mask.astype(np.float32)))
 
     def heuristic(self, kind: str) -> np.ndarray:
         """heuristic_query by name: the last concept or the mean, unit-norm."""
-        return _unit(self.ctx[:, -1]) if kind == "last" else self.mean()
+        return normalize_rows(self.ctx[:, -1]) if kind == "last" else self.mean()
 
 
 class _NumpyRing:
@@ -424,7 +420,7 @@ class _NumpyLVMStream:
             out = out + self.window.ctx[:, -1]
         elif self.net.residual == "mean":
             out = out + self.window.mean()
-        return _unit(out)
+        return normalize_rows(out)
 
     @torch.no_grad()
     def push(self, vectors: np.ndarray) -> None:
@@ -462,7 +458,7 @@ class _NumpyTowerStream:
         out = _run_modules([net.proj], x)
         if net.residual != "none":
             out = _array(net.gate) * out + self.window.heuristic(net.residual)
-        return _unit(out)
+        return normalize_rows(out)
 
     @torch.no_grad()
     def push(self, vectors: np.ndarray) -> None:

@@ -37,6 +37,7 @@ from torch import nn
 from dualpath.config import SamplerConfig
 from dualpath.errors import CheckpointError, ModelInputError
 from dualpath.models.checkpoint import BEST, LAST, load_model_config, load_weights, save_checkpoint
+from dualpath.models.heuristics import normalize_rows
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class LVMSampler:
                 z = integrate_numpy(self.net, start, mean, np.asarray(last, dtype=np.float32),
                                     int(self.config["ode_steps"]))
                 out = mean + np.float32(self.scale) * z
-                return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+                return normalize_rows(out)
             mu = torch.from_numpy(mean).to(device)
             previous = torch.from_numpy(np.asarray(last, dtype=np.float32)).to(device)
             x = float(temperature) * torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device)
