@@ -412,3 +412,30 @@ def test_calibration_pairs_come_from_their_half_or_say_why_not(wiki_bank, fracti
         assert (len(pairs), source) == (half, "calibration half of the held-out documents")
     else:
         assert (len(pairs), source) == (every, "every held-out document (a small corpus)")
+
+
+def test_the_numpy_kernels_decide_and_show_what_the_torch_models_do(generator, monkeypatch):
+    """On the CPU the recurrent models and the sampler run as numpy kernels (models/incremental.py,
+    models/sampler.py): streams decide and show the same concepts as with the torch path, and their
+    vectors agree within float tolerance."""
+    import torch
+
+    import dualpath.models.incremental as incremental
+    import dualpath.models.sampler as sampler_module
+
+    bank = generator.bank
+    prompts = [np.array([i, i + 1]) for i in range(0, 48, 6)]
+    vectors = [bank.vectors(p) for p in prompts]
+
+    def torch_integrate(net, x, mean, last, steps):
+        with torch.no_grad():
+            return net.integrate(torch.from_numpy(x), torch.from_numpy(mean), torch.from_numpy(last), steps).numpy()
+
+    runs = {"numpy": generator.generate_batch(vectors, 4, "neutral", prompts, seed=5)}
+    monkeypatch.setattr(incremental, "_on_cpu", lambda module: False)
+    monkeypatch.setattr(sampler_module, "integrate_numpy", torch_integrate)
+    runs["torch"] = generator.generate_batch(vectors, 4, "neutral", prompts, seed=5)
+    for fast, reference in zip(runs["numpy"], runs["torch"], strict=True):
+        for a, b in zip(fast, reference, strict=True):
+            assert (a.record.decision, a.text_concept_id) == (b.record.decision, b.text_concept_id)
+            np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
