@@ -26,7 +26,7 @@ TINY = replace(
 )
 SECTIONS = {
     "encode", "lvm_step", "tower", "decision", "generation", "generation_floors", "generation_index",
-    "generation_scale", "search",
+    "generation_scale", "generation_scale_floors", "search",
     "memory_bank", "training",
     "memory_training", "tower_kinds", "retrieval_quality", "lvm_quality", "dual_path_quality", "grounding_cases",
     "free_running_quality",
@@ -136,7 +136,10 @@ def test_suite_figures_are_sane(suite_run: tuple[Path, dict]) -> None:
         assert row["x_baseline"] == pytest.approx(row["median_ms"] / flat_step["median_ms"])
     floors = sections["generation_floors"]["rows"]
     assert {r["streams"] for r in floors} == {1, 4}
-    for row in floors:
+    scale_floors = sections["generation_scale_floors"]["rows"]
+    assert {(r["index"].split(",")[0][:3], r["k"]) for r in scale_floors} == {
+        (kind, k) for kind in ("IVF", "HNS") for k in (50, 10)}
+    for row in floors + scale_floors:
         if "floor_ms" in row and "median_ms" in row:  # each stage beside its floor, measured in the same run
             assert row["x_floor"] == pytest.approx(row["median_ms"] / row["floor_ms"])
             assert row["x_cold_floor"] == pytest.approx(row["median_ms"] / row["cold_floor_ms"])

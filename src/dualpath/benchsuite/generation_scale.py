@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from dualpath.benchsuite.stages import bench_generation
+from dualpath.benchsuite.stages import bench_generation, stage_floors
 from dualpath.benchsuite.synthetic import CONCEPTS_PER_DOCUMENT, exact_top_k, recall_at_k, synthetic_set, vector_bank
 from dualpath.config import DualPathConfig
 from dualpath.decider import Lane
@@ -67,7 +67,7 @@ def bench_generation_scale(
     rng = np.random.default_rng(0)
     prompt_ids = [d * CONCEPTS_PER_DOCUMENT + np.arange(2) for d in rng.choice(documents, prompts, replace=False)]
     rows, facts = bench_generation_per_index(
-        models, lane, vectors, queries, prompt_ids, ks, steps, batches, workdir, cfg, kinds
+        models, lane, vectors, queries, prompt_ids, ks, steps, batches, workdir, cfg, kinds, with_floors=True
     )
     facts["vectors_s"] = made_s
     facts["seconds"] = time.perf_counter() - start
@@ -86,13 +86,15 @@ def bench_generation_per_index(
     workdir: Path,
     cfg: DualPathConfig,
     kinds: Sequence[str] = KINDS,
+    with_floors: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, facts): `vectors` built into a bank per index kind (one at a time), the generation rows on
-    each for every K, beside the index's recall@10 for `queries` against exact float32 search."""
+    each for every K, beside the index's recall@10 for `queries` against exact float32 search.
+    With `with_floors`, facts["floors"] holds the stage table (`stages.stage_floors`) of each index and K."""
     start = time.perf_counter()
     n = len(vectors)
     truth = exact_top_k(queries, vectors, RECALL_K)
-    facts: dict[str, Any] = {"n": n, "builds": {}, "fallbacks": {}}
+    facts: dict[str, Any] = {"n": n, "builds": {}, "fallbacks": {}, "floors": []}
     rows: list[dict[str, Any]] = []
     for kind in kinds:
         path = workdir / f"generation-{n}-{kind}"
@@ -110,6 +112,10 @@ def bench_generation_per_index(
                 measured, counts = bench_generation(generator, k_lane, prompt_ids, steps, batches)
                 facts["fallbacks"][f"{kind}, K={k}"] = counts["fallbacks"]
                 rows += [{"index": bank.index_spec, "k": k, "recall_at_10": recall, **row} for row in measured]
+                if with_floors:
+                    floors = stage_floors(generator, k_lane, prompt_ids, measured, max(batches),
+                                          counts["render_searched"])
+                    facts["floors"] += [{"index": bank.index_spec, "k": k, **row} for row in floors]
         finally:
             generator.close()
             bank.close()

@@ -339,10 +339,18 @@ class _Sections:
                 "bank's own (same shapes as in production; on synthetic vectors only their cost means anything). "
                 "Batched rows: time per stream-step, per s = stream-steps per second. Baseline: the whole single "
                 f"step of the same index and K. Retrieval fallbacks: {sum(facts['fallbacks'].values())}.")
-        return {"generation_scale": Section(
-            f"Generation step at {_size_name(s.generation_scale)} vectors", note, generation_scale.SCALE_COLUMNS,
-            _ratios_per_group(rows),
-        )}
+        floor_note = (f"Each stage of the single step and of the {max(s.generation_batches)}-stream step above beside "
+                      "its floor, per index and K, as in the generation step's stage table (same run).")
+        return {
+            "generation_scale": Section(
+                f"Generation step at {_size_name(s.generation_scale)} vectors", note, generation_scale.SCALE_COLUMNS,
+                _ratios_per_group(rows),
+            ),
+            "generation_scale_floors": Section(
+                f"Generation step at {_size_name(s.generation_scale)} vectors, each stage beside its floor",
+                floor_note, {"index": "index", "k": "K", **stages.FLOOR_COLUMNS}, facts["floors"],
+            ),
+        }
 
     def search(self) -> dict[str, Section]:
         s = self.sizes
