@@ -102,6 +102,10 @@ def demo_command(
             f"exact bank sentences: {exact}.[/]"
         )
         everything = [step for steps_done in lanes.values() for step in steps_done]
+        grounded = {lane: steps_done for lane, steps_done in lanes.items()
+                    if steps_done and steps_done[0].record.confidence is not None}
+        decided = {tuple((s.record.decision, s.text_concept_id) for s in steps_done)
+                   for steps_done in grounded.values()}
         if everything and all(step.record.decision.value == "NOVEL" for step in everything):
             # Identical lanes look like a bug to a reader; say why they are identical.
             console.print(
@@ -109,6 +113,13 @@ def demo_command(
                 "continuation (p, the probability that it is the true next concept, stayed below every lane's "
                 "level), so each lane keeps the LVM's vectors. ≈ marks the nearest bank sentence shown for a novel "
                 "vector.[/]"
+            )
+        elif len(grounded) > 1 and len(decided) == 1:
+            levels = ", ".join(f"{lane} {result.lanes[lane].tau_snap:.2f}" for lane in grounded)
+            console.print(
+                "[dim]The lanes that ground on evidence agree here: at every step p was near 1 or below every "
+                f"lane's SNAP level ({levels}), so their risk levels make no difference. They part where p falls "
+                "between those levels.[/]"
             )
         elif everything and differ == 0:
             console.print(

@@ -28,6 +28,7 @@ from dualpath.bank.layout import lvm_dir, tower_dir
 from dualpath.config import DualPathConfig
 from dualpath.corpus import WIKI_SAMPLE
 from dualpath.corpus.sources import load_documents
+from dualpath.decider import Lane
 from dualpath.errors import DualPathError
 from dualpath.fileio import write_json_atomic
 from dualpath.models.checkpoint import BEST
@@ -57,6 +58,7 @@ DEMO_PROMPTS = {
     "unknown": "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of "
     "384,400 km.",
 }
+DEMO_LANES = ("conservative", "neutral", "creative", "legal", "quota-neutral")  # the shipped lanes, the baseline
 STAMP = "demo-stages.json"
 REPORT_VERSION = 3  # 3: the three cases a user meets
 
@@ -69,6 +71,7 @@ class DemoResult:
     stages: dict[str, str] = field(default_factory=dict)  # stage → "built in 12 s" / "cached"
     generations: dict[str, dict[str, list[GenerationStep]]] = field(default_factory=dict)  # prompt → lane → steps
     cases: dict[str, str] = field(default_factory=dict)  # prompt → the case it stands for (known, added, ...)
+    lanes: dict[str, Lane] = field(default_factory=dict)  # the lanes generated in, as calibrated on the bank
 
 
 def demo_config(cfg: DualPathConfig | None = None) -> DualPathConfig:
@@ -156,12 +159,13 @@ def run_demo(
             stage("calibrate", calibrate_key,
                   read_calibration(bank_dir) is not None,
                   lambda: _calibrate(generator, cfg))
+            result.lanes = {name: generator.lane(name) for name in DEMO_LANES}
             chosen = {prompt: "" for prompt in prompts} if prompts else {p: c for c, p in DEMO_PROMPTS.items()}
             for prompt, case in chosen.items():
                 result.cases[prompt] = case
                 result.generations[prompt] = {
                     lane: list(generator.generate(prompt, steps=steps, lane=lane))
-                    for lane in ("conservative", "neutral", "creative", "legal", "quota-neutral")
+                    for lane in DEMO_LANES
                 }
             result.stages["generate"] = f"{len(result.generations)} prompts x 4 lanes"
             stage("report", {"report": REPORT_VERSION}, result.report.is_file(),
