@@ -156,6 +156,14 @@ class DualPathDecoder:
         self._step = 0
 
 
+def _decision_values(decoders: Sequence[DualPathDecoder]) -> np.ndarray | None:
+    """Each decoder's own value for the rules (`decision_c`, NaN: its own), or None when none has one."""
+    own = [d.decision_c() for d in decoders]
+    if all(c is None for c in own):
+        return None
+    return np.array([np.nan if c is None else c for c in own], dtype=np.float64)
+
+
 def step_streams(
     decoders: Sequence[DualPathDecoder],
     v_hat: np.ndarray,
@@ -185,10 +193,7 @@ def step_streams(
         )
         members = [decoders[i] for i in rows]
         draws = None if first.sampling.greedy else np.array([float(d._rng.random()) for d in members])
-        own_c = [d.decision_c() for d in members]
-        decide_by = None if all(c is None for c in own_c) else np.array(
-            [np.nan if c is None else c for c in own_c], dtype=np.float64
-        )
+        decide_by = _decision_values(members)
         decided, group_records = choose_next_vectors(
             v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
             first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
@@ -225,10 +230,7 @@ def ground_streams(
     for rows in groups.values():
         first = decoders[rows[0]]
         members = [decoders[i] for i in rows]
-        own_c = [d.decision_c() for d in members]
-        decide_by = None if all(c is None for c in own_c) else np.array(
-            [np.nan if c is None else c for c in own_c], dtype=np.float64
-        )
+        decide_by = _decision_values(members)
         sub = Grounding(*(np.asarray(a)[rows] for a in (
             grounding.ids, grounding.vectors, grounding.confidence, grounding.sources, grounding.features)))
         decided, group_records = choose_grounded(
