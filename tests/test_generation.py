@@ -225,7 +225,7 @@ def test_a_calibration_of_other_models_is_not_used(trained_bank_path, tmp_path, 
         assert not generator.lane("neutral").calibrated and not generator.lane("quota-neutral").calibrated
     finally:
         generator.close()
-    assert any("measured with other models (lvm" in r.message for r in caplog.records)
+    assert any("out of date (lvm" in r.message for r in caplog.records)
 
 
 def test_generator_without_tower_queries_with_the_lvm_vector(trained_bank_path, tmp_path, caplog):

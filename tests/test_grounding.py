@@ -78,9 +78,11 @@ def _candidates(seed: int = 0, b: int = 5, k: int = 6, d: int = 16):
     lvm = np.einsum("bkd,bd->bk", bank[ids], v)
     succ = np.stack([[ids[i, 2], rng.integers(0, 40)] for i in range(b)])
     anchor_cos = np.tile([1.0, 0.7], (b, 1))
+    anchor_margin = np.tile([0.3, 0.12], (b, 1))
     allowed = np.ones_like(succ, dtype=bool)
     allowed[0] = False  # stream 0 has no successor
-    return gather_candidates(ids, tower, lvm, succ, anchor_cos, allowed, lambda x: bank[x], q, v), ids, tower, lvm
+    cand = gather_candidates(ids, tower, lvm, succ, anchor_cos, anchor_margin, allowed, lambda x: bank[x], q, v)
+    return cand, ids, tower, lvm
 
 
 def test_candidates_carry_the_tower_and_lvm_favourites_and_flag_successors() -> None:
@@ -98,6 +100,9 @@ def test_candidates_carry_the_tower_and_lvm_favourites_and_flag_successors() -> 
     assert (f["successor"][1:, 2] == 1).all() and (f["anchor_exact"][1:, 2] == 1).all()
     assert (f["anchor_age"][1:, 3] == 1).all()
     np.testing.assert_allclose(f["anchor_cos"][1:, 3], 0.7)
+    # A non-exact anchor's lead over its runner-up is evidence; an exact one's is said by its flag alone.
+    np.testing.assert_allclose(f["anchor_margin"][1:, 3], 0.12)
+    assert (f["anchor_margin"][1:, 2] == 0).all()
     assert (cand.sources[1:, 2] == SOURCES.index("successor")).all()
 
 

@@ -17,6 +17,12 @@ Features of a candidate (`FEATURES`), all cosines or flags, so one model fits an
   successor / anchor_cos / anchor_exact / anchor_age
                                            it continues an anchor; the anchor's match cosine; the
                                            match is exact (≥ EXACT_ANCHOR); which context concept
+  anchor_margin                            a non-exact anchor's lead over the context concept's
+                                           runner-up match (0 for an exact one): a sentence said in
+                                           other words matches its original well ahead of the rest,
+                                           a sentence the bank does not hold matches many about equally
+  anchor_votes                             how many anchors it continues: two when the context's newest
+                                           concepts match one document's consecutive concepts
 
 `SnapConfidence` is a logistic regression over them, p = P(candidate is the true next concept), fitted
 at calibration on held-out documents (pipeline/calibrate.py), both with their documents in the bank and
@@ -37,7 +43,7 @@ from dualpath.errors import ConfigError
 
 FEATURES = (
     "tower_score", "tower_gap", "tower_margin", "lvm_cos", "lvm_gap", "tower_top", "lvm_top",
-    "successor", "anchor_cos", "anchor_exact", "anchor_age",
+    "successor", "anchor_cos", "anchor_exact", "anchor_age", "anchor_margin", "anchor_votes",
 )
 SOURCES = ("none", "tower", "lvm", "successor")  # candidate_source codes (0: no candidate)
 ANCHORS = 2  # context concepts (newest first) whose bank matches propose their successors
@@ -115,6 +121,7 @@ def gather_candidates(
     lvm_cos: np.ndarray,
     successors: np.ndarray,
     anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
     successor_allowed: np.ndarray,
     vectors_of: Callable[[np.ndarray], np.ndarray],
     queries: np.ndarray,
@@ -124,9 +131,9 @@ def gather_candidates(
 
     `ids` (b, k) shortlist ids; `tower_scores` / `lvm_cos` (b, k) q·n and cos(v̂, n) with -inf where
     a candidate is not allowed (padding, shown, the context); `successors` (b, A) successor ids of the
-    anchors (`successor_ids`), `anchor_cos` (b, A) the anchors' match cosines, `successor_allowed`
-    (b, A); `vectors_of(ids)` unit float32 vectors of bank ids (any shape); `queries` and `v_hat`
-    (b, d) unit rows.
+    anchors (`successor_ids`), `anchor_cos` (b, A) the anchors' match cosines, `anchor_margin` (b, A)
+    their leads over the runner-up matches (`find_anchors`; 0 where unknown), `successor_allowed` (b, A);
+    `vectors_of(ids)` unit float32 vectors of bank ids (any shape); `queries` and `v_hat` (b, d) unit rows.
     """
     b = ids.shape[0]
     rows = np.arange(b)
@@ -148,6 +155,9 @@ def gather_candidates(
     same = (cand[:, :, None] == succ[:, None, :]) & (succ[:, None, :] >= 0)  # (b, m, A)
     anchor = np.where(same, anchor_cos[:, None, :], 0.0)
     best_anchor = anchor.max(axis=2, initial=0.0)
+    # The margin of the anchor behind the best match; an exact anchor's is 0, as the flag says all.
+    lead = np.where(same, np.where(anchor_cos >= EXACT_ANCHOR, 0.0, anchor_margin)[:, None, :], -np.inf)
+    lead = np.take_along_axis(lead, np.argmax(anchor, axis=2)[:, :, None], axis=2)[:, :, 0]
     age = np.where(same, np.arange(succ.shape[1])[None, None, :], 99).min(axis=2, initial=99)
     with np.errstate(invalid="ignore"):  # rows with fewer than two candidates: no margin to speak of
         margin = np.where(np.isfinite(t_second) & np.isfinite(t_top), t_top - t_second, 1.0)
@@ -163,6 +173,8 @@ def gather_candidates(
         best_anchor,
         best_anchor >= EXACT_ANCHOR,
         np.where(same.any(axis=2), age, 0),
+        np.where(np.isfinite(lead), lead, 0.0),
+        same.sum(axis=2),
     ], axis=2).astype(np.float64)
     features[cand < 0] = 0.0
     return Candidates(cand, vectors, features, sources)
@@ -184,23 +196,29 @@ class SnapConfidence:
         return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
     @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = L2, iterations: int = 50) -> SnapConfidence:
-        """Logistic regression by Newton's method (IRLS) on standardised features, ridge `l2`."""
+    def fit(
+        cls, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None, l2: float = L2, iterations: int = 50
+    ) -> SnapConfidence:
+        """Logistic regression by Newton's method (IRLS) on standardised features, ridge `l2`; `weights`
+        (n,): how much each candidate counts (the prior of its case), 1 each by default."""
         x = np.asarray(x, dtype=np.float64)
         y = np.asarray(y, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != len(FEATURES) or len(x) != len(y) or len(x) == 0:
             raise ValueError(f"need (n, {len(FEATURES)}) features and n labels, got {x.shape} and {y.shape}")
+        counts = np.ones(len(y)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if counts.shape != y.shape or not (np.isfinite(counts).all() and (counts >= 0).all() and counts.sum() > 0):
+            raise ValueError("weights must be n finite non-negative numbers, not all 0")
         mean = x.mean(axis=0)
         scale = x.std(axis=0)
         scale = np.where(scale > 1e-9, scale, 1.0)
         z = np.concatenate([(x - mean) / scale, np.ones((len(x), 1))], axis=1)
         w = np.zeros(z.shape[1])
-        ridge = np.full(z.shape[1], l2 * len(x))
+        ridge = np.full(z.shape[1], l2 * counts.sum())
         ridge[-1] = 0.0
         for _ in range(iterations):
             p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -40, 40)))
-            gradient = z.T @ (p - y) + ridge * w
-            hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(ridge) + 1e-9 * np.eye(len(w))
+            gradient = z.T @ (counts * (p - y)) + ridge * w
+            hessian = (z * (counts * p * (1 - p))[:, None]).T @ z + np.diag(ridge) + 1e-9 * np.eye(len(w))
             step = np.linalg.solve(hessian, gradient)
             w -= step
             if np.abs(step).max() < 1e-8:

@@ -32,6 +32,7 @@ from dualpath.locking import write_lock
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import (
+    CALIBRATION_VERSION,
     known_lanes,
     model_digests,
     stored_lane_definitions,
@@ -39,19 +40,23 @@ from dualpath.pipeline.calibrated_lanes import (
 )
 from dualpath.pipeline.evaluate import calibration_pairs, case_rows, grounded_outputs, teacher_forced
 from dualpath.pipeline.free_running import generator_streams, heldout_prompts
-from dualpath.pipeline.grounding import MODES, bank_successors, fit_confidence, risk_thresholds
+from dualpath.pipeline.grounding import (
+    EVEN_ODDS,
+    MODES,
+    UNKNOWN_SLACK,
+    UNKNOWN_TOUCH,
+    UNKNOWN_WEIGHTS,
+    bank_successors,
+    fit_confidence,
+    risk_thresholds,
+    unknown_cost,
+)
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator
 
 log = logging.getLogger(__name__)
 
-# What a calibration measures changed (2: the paraphrase cosine; 3: streams drawn by the LVM's sampler):
-# a cached calibration older than this is redone.
-CALIBRATION_VERSION = 4  # 4: the SNAP confidence and the lanes that ground on it
-# A fitted "helps" level may cost the unknown case (the bank does not hold the document) at most this much
-# teacher-forced cosine to the truth against LVM-only.
-HELPS_SLACK = 0.002
 DEFAULT_DEPTH = 500
 QUANTILES = (5, 25, 50, 75, 95)
 DUP_QUANTILE = 0.99  # c_max above this share of held-out steps counts as "the same concept again"
@@ -199,14 +204,22 @@ def calibrate_confidence(
     depth = max((lane.k for lane in lanes.values()), default=DEFAULT_DEPTH)
     table = bank_successors(bank)
     cases = {mode: case_rows(bank, lvm, tower, pairs, depth, table, mode, split.doc_ids) for mode in MODES}
-    model, fit = fit_confidence([c.candidates for c in cases.values()], [c.labels for c in cases.values()])
-    parts = {mode: grounded_outputs(c, model) for mode, c in cases.items()}
+    # The prior: the unknown case weighs more until even odds (p ≥ 0.5) is safe where the bank does not know.
+    for unknown_weight in UNKNOWN_WEIGHTS:
+        model, fit = fit_confidence([c.candidates for c in cases.values()], [c.labels for c in cases.values()],
+                                    [unknown_weight if mode == "unknown" else 1.0 for mode in cases])
+        parts = {mode: grounded_outputs(c, model) for mode, c in cases.items()}
+        lost, touched = unknown_cost(parts["unknown"], EVEN_ODDS, float(np.nextafter(EVEN_ODDS, 0)))
+        if lost <= UNKNOWN_SLACK and touched <= UNKNOWN_TOUCH:
+            break
+    log.info("SNAP confidence: the unknown case weighs %g (at p ≥ %.1f it loses %.4f cosine, %.1f %% of steps "
+             "grounded)", unknown_weight, EVEN_ODDS, lost, 100 * touched)
     when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out: dict[str, Lane] = {}
     for name, lane in lanes.items():
         if lane.risk is None:
             continue
-        tau_snap, tau_novel, score = risk_thresholds(lane.risk, parts, HELPS_SLACK)
+        tau_snap, tau_novel, score = risk_thresholds(lane.risk, parts, UNKNOWN_SLACK)
         provenance = (
             f"calibrated {when} on {len(pairs)} held-out pairs of {bank.path.name} in {len(MODES)} cases "
             f"(risk snap={lane.risk.snap}, blend={lane.risk.blend})"
@@ -219,6 +232,8 @@ def calibrate_confidence(
     measured = {
         "model": model.to_dict(),
         "fit": fit,
+        "unknown_weight": unknown_weight,
+        "unknown_cost_at_even_odds": {"cos": lost, "grounded_share": touched},
         "pairs": len(pairs),
         "fitted_on": source,
         "created": when,

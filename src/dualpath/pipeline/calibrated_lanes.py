@@ -20,12 +20,17 @@ from typing import Any
 
 from dualpath.bank import ConceptBank
 from dualpath.bank.layout import calibration_path
-from dualpath.decider import Lane, SnapConfidence, load_lanes, make_lane
+from dualpath.decider import FEATURES, Lane, SnapConfidence, load_lanes, make_lane
 from dualpath.errors import ConfigError
 from dualpath.fileio import write_json_atomic
 from dualpath.locking import write_lock
 
 log = logging.getLogger(__name__)
+
+# What a calibration measures changed (2: the paraphrase cosine; 3: streams drawn by the LVM's sampler;
+# 4: the SNAP confidence and the lanes that ground on it; 5: restated prompts and anchor margins): a
+# calibration older than this is not used, and the demo's cached one is redone.
+CALIBRATION_VERSION = 5
 
 
 def read_calibration(bank_path: str | Path) -> dict[str, Any] | None:
@@ -119,7 +124,17 @@ def model_digests(lvm: Any, tower: Any | None, sampler: Any | None) -> dict[str,
 
 
 def stale_models(calibration: dict[str, Any], lvm: Any, tower: Any | None, sampler: Any | None) -> list[str]:
-    """The models that changed since `calibration` was measured (none when it recorded no digests)."""
+    """What changed since `calibration` was measured: the models (none when it recorded no digests), or
+    what a calibration measures ("calibration version N": an older dualpath made it)."""
+    version = calibration.get("version")
+    confidence = calibration.get("confidence")
+    fitted = confidence.get("model") if isinstance(confidence, dict) else None
+    features = fitted.get("features") if isinstance(fitted, dict) else None
+    if (isinstance(version, int) and version < CALIBRATION_VERSION) or (
+        features is not None and tuple(features) != FEATURES
+    ):
+        return [f"what a calibration measures: version {version}, features {len(features or ())}; this dualpath "
+                f"measures version {CALIBRATION_VERSION}, features {len(FEATURES)}"]
     recorded = calibration.get("models")
     if not isinstance(recorded, dict):
         return []

@@ -50,7 +50,7 @@ from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import read_confidence
 from dualpath.pipeline.free_running import evaluate_free_running, interval, paired_difference
-from dualpath.pipeline.grounding import CASES, bank_successors, find_anchors, truth_labels
+from dualpath.pipeline.grounding import CASES, bank_successors, find_anchors, restated_vectors, truth_labels
 from dualpath.search import search_excluding
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 
 DECISIONS = [d.value for d in Decision]
 HIT_K = 5
+RESTATED_PAIRS = 1000  # restated pairs per case: their context sentences are restated and encoded (~200/s)
 _CHUNK = 128  # rows per decision chunk: (rows, K, d) float32 shortlist vectors stay ~100 MB at K=500
 
 
@@ -131,13 +132,22 @@ def teacher_forced(
     pairs: ContextPairs,
     depth: int,
     hidden: Sequence[np.ndarray] | None = None,
+    said_as: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> TeacherForced:
     """Predict, query and search for every pair (context removed from each shortlist).
 
     `hidden[i]`: ids that pair i's searches treat as absent from the bank (its whole document, for
-    the *unknown* case: a prompt from text the bank does not hold)."""
+    the *unknown* case: a prompt from text the bank does not hold). `said_as` (ids, vectors): those
+    context concepts are read as these vectors instead of their own (the *restated* case: the prompt
+    says them in other words)."""
     vectors = bank.all_vectors()
     ctx, mask = gather_context(vectors, pairs.context)
+    if said_as is not None and len(said_as[0]):
+        order = np.argsort(said_as[0])
+        known_ids = np.asarray(said_as[0], np.int64)[order]
+        at = np.clip(np.searchsorted(known_ids, pairs.context), 0, len(known_ids) - 1)
+        swap = mask & (known_ids[at] == pairs.context)
+        ctx[swap] = np.asarray(said_as[1], np.float32)[order][at[swap]]
     v_hat = lvm.predict(ctx, mask)
     queries = tower.encode_queries(ctx, mask) if tower is not None else v_hat
     queries = normalize_rows(np.asarray(queries, dtype=np.float32))
@@ -446,34 +456,30 @@ def case_summary(result: dict[str, Any]) -> list[dict[str, Any]]:
 # -- the cases a user meets: candidates of teacher-forced pairs (pipeline/grounding.py) -------------------
 
 
-def teacher_forced_candidates(
-    bank: ConceptBank, rows: TeacherForced, table: np.ndarray, restated: bool = False
-) -> Candidates:
+def teacher_forced_candidates(bank: ConceptBank, rows: TeacherForced, table: np.ndarray) -> Candidates:
     """The grounding candidates of every teacher-forced pair (decider.grounding.gather_candidates).
 
-    The anchors are the context's newest concepts matched in the bank (themselves, unless the pair's
-    document is hidden); their successors may not be in the context or hidden. `restated`: the context's
-    own concepts are hidden from the anchor search, as when a prompt says in its own words what a bank
-    document says (the document's continuation is in the bank, its wording is not)."""
+    The anchors are the context's newest concepts, as the pairs read them, matched in the bank (a bank
+    concept finds itself unless the pair's document is hidden; a restated one finds its original, or not);
+    their successors may not be in the context or hidden."""
     pairs = rows.pairs
     n = len(pairs)
     hidden = rows.hidden
-    if restated:
-        context = pairs.context_sets()
-        hidden = context if hidden is None else [np.union1d(c, h) for c, h in zip(context, hidden, strict=True)]
     anchor_ids = np.full((n, ANCHORS), -1, np.int64)
     anchor_cos = np.zeros((n, ANCHORS))
+    anchor_margin = np.zeros((n, ANCHORS))
     for j in range(ANCHORS):
         if pairs.width <= j:
             break
         own = pairs.context[:, -1 - j]
         real = np.flatnonzero(own >= 0)
         assert rows.contexts is not None
-        ids, cos = find_anchors(
+        ids, cos, margin = find_anchors(
             bank, rows.contexts[real, -1 - j], None if hidden is None else [hidden[i] for i in real]
         )
         anchor_ids[real, j] = ids
         anchor_cos[real, j] = cos
+        anchor_margin[real, j] = margin
     succ = successor_ids(table, anchor_ids)
     blocked = [pairs.context[i] if hidden is None else np.union1d(pairs.context[i], hidden[i]) for i in range(n)]
     allowed = succ >= 0
@@ -482,8 +488,8 @@ def teacher_forced_candidates(
         allowed &= ~id_member(succ, refused)
     assert rows.queries is not None and rows.query_scores is not None
     return gather_candidates(
-        rows.shortlist_ids, rows.query_scores, rows.similarity, succ, anchor_cos, allowed, bank.vectors,
-        rows.queries, normalize_rows(rows.v_hat),
+        rows.shortlist_ids, rows.query_scores, rows.similarity, succ, anchor_cos, anchor_margin, allowed,
+        bank.vectors, rows.queries, normalize_rows(rows.v_hat),
     )
 
 
@@ -507,16 +513,24 @@ def case_rows(
     doc_order: Sequence[str] | None = None,
 ) -> ModeRows:
     """Teacher-forced rows, candidates and labels of `pairs` in one case: "known" / "added" (the document
-    in the bank), "restated" (in the bank, its wording not: the context is hidden from the anchor search)
-    or "unknown" (the document hidden from every search; `doc_order` names each pair's document)."""
+    in the bank), "restated" (in the bank, the context said in other words: corpus.restate, at most
+    RESTATED_PAIRS pairs, since each restated sentence is encoded) or "unknown" (the document hidden from
+    every search; `doc_order` names each pair's document)."""
     hidden = None
+    said_as = None
     if mode == "unknown":
         if doc_order is None:
             raise ValueError("the unknown case needs the pairs' document ids")
         documents = bank.documents()
         hidden = [documents[doc_order[d]] for d in pairs.doc]
-    rows = teacher_forced(bank, lvm, tower, pairs, depth, hidden)
-    candidates = teacher_forced_candidates(bank, rows, table, restated=mode == "restated")
+    if mode == "restated":
+        if len(pairs) > RESTATED_PAIRS:
+            pairs = pairs.subset(np.sort(np.random.default_rng(len(pairs)).choice(len(pairs), RESTATED_PAIRS,
+                                                                                replace=False)))
+        context_ids = np.unique(pairs.context[pairs.context >= 0])
+        said_as = (context_ids, restated_vectors(bank, context_ids))
+    rows = teacher_forced(bank, lvm, tower, pairs, depth, hidden, said_as)
+    candidates = teacher_forced_candidates(bank, rows, table)
     return ModeRows(rows, candidates, truth_labels(bank, candidates, pairs.target))
 
 

@@ -42,6 +42,7 @@ from dualpath.decider import (
 )
 from dualpath.decider.grounding import successor_table
 from dualpath.pipeline.generator import left_padded
+from dualpath.pipeline.grounding import restated_vectors
 
 if TYPE_CHECKING:
     from dualpath.pipeline.generator import Generator
@@ -111,6 +112,14 @@ def heldout_prompts(
     return prompts
 
 
+def restated_prompts(bank: ConceptBank, streams: Sequence[Stream]) -> list[np.ndarray]:
+    """Each stream's prompt said in other words (pipeline.grounding.restated_vectors), one encoding call."""
+    ids = np.concatenate([np.asarray(s.prompt_ids, np.int64) for s in streams]) if streams else np.zeros(0, np.int64)
+    vectors = restated_vectors(bank, ids)
+    cuts = np.cumsum([len(s.prompt_ids) for s in streams])[:-1]
+    return list(np.split(vectors, cuts))
+
+
 def generator_streams(
     generator: Generator,
     prompts: Sequence[Prompt],
@@ -119,26 +128,25 @@ def generator_streams(
     steps: int = STEPS,
     unseen: bool = False,
     lvm_temperature: float | None = None,
-    hide_prompt: bool = False,
+    restated: bool = False,
 ) -> list[Stream]:
     """Run the generator from every prompt with a fresh decoder each (`make_decoder(stream index)`, so
     that seeded draws differ between streams), rendering every step.
 
     `unseen`: the prompt's whole document is kept out of the search, as if the prompt were text the
-    bank has never seen (a user's own prompt); by default only the prompt's concepts are. `hide_prompt`:
-    the prompt's own concepts are absent from the bank (nothing matches them), the rest of the document
-    is there: a prompt that says in its own words what a bank document says.
+    bank has never seen (a user's own prompt); by default only the prompt's concepts are. `restated`: the
+    prompt's concepts said in other words (`restated_prompts`), as a user types what a bank document
+    says: the prompt is not bank text, so nothing is excluded as its own.
     """
     bank = generator.bank
     streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
     runs = generator.generate_batch(
-        [bank.vectors(s.prompt_ids) for s in streams],
+        restated_prompts(bank, streams) if restated else [bank.vectors(s.prompt_ids) for s in streams],
         steps,
-        context_ids=[p.window[:prompt_len] for p in prompts],
+        context_ids=None if restated else [p.window[:prompt_len] for p in prompts],
         decoders=[make_decoder(i) for i in range(len(streams))],
         lvm_temperature=lvm_temperature,
-        hidden_ids=[p.document for p in prompts] if unseen
-        else [p.window[:prompt_len] for p in prompts] if hide_prompt else None,
+        hidden_ids=[p.document for p in prompts] if unseen else None,
     )
     for stream, run in zip(streams, runs, strict=True):
         for step in run:
@@ -159,21 +167,23 @@ def knn_streams(
     prompt_len: int = PROMPT_CONCEPTS,
     steps: int = STEPS,
     unseen: bool = False,
-    hide_prompt: bool = False,
+    restated: bool = False,
 ) -> list[Stream]:
     """kNN continuation: follow the last shown concept's nearest neighbour to its successor, chained.
 
     The nearest neighbour may be the concept itself (a prompt from a bank document continues with the
     document); successors already shown (the prompt included) are skipped, the same no-repeat rule the
-    lanes follow. `unseen`: the prompt's document is hidden from the search (`hide_prompt`: its prompt's
-    concepts only). One search per step.
+    lanes follow. `unseen`: the prompt's document is hidden from the search; `restated`: the chain starts
+    from the prompt's last concept said in other words. One search per step.
     """
     successor = successor_table(bank.documents(), len(bank), 1)[0]
     streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
     used = [set(map(int, s.prompt_ids)) for s in streams]
-    hidden = [set(map(int, p.document)) if unseen else set(map(int, p.window[:prompt_len])) if hide_prompt
-              else set() for p in prompts]
-    last = bank.vectors([int(s.prompt_ids[-1]) for s in streams])
+    hidden = [set(map(int, p.document)) if unseen else set() for p in prompts]
+    if restated:
+        last = np.stack([v[-1] for v in restated_prompts(bank, streams)]) if streams else np.zeros((0, bank.dim))
+    else:
+        last = bank.vectors([int(s.prompt_ids[-1]) for s in streams])
     for _ in range(steps):
         depth = min(len(bank), KNN_DEPTH + max(len(u) + len(h) for u, h in zip(used, hidden, strict=True)))
         found, _ = bank.search(last, depth)
@@ -416,7 +426,7 @@ def evaluate_free_running(
     """Every lane and every baseline from the same prompts of one case: metrics and samples per name.
 
     `case` (pipeline/grounding.py): "added" (the evaluation half of the held-out documents, in the bank),
-    "known" (documents the models trained on), "restated" (as added, the prompt's own concepts hidden) or
+    "known" (documents the models trained on), "restated" (as added, the prompt said in other words) or
     "unknown" (held-out documents hidden from every search).
 
     A near repeat is a step at `near_cosine` (default: the generator's paraphrase cosine) or closer
@@ -432,7 +442,7 @@ def evaluate_free_running(
         raise ValueError(f"case must be known, added, restated or unknown, got {case!r}")
     prompts = heldout_prompts(bank, split, docs, prompt_len, steps, half="evaluation", known=case == "known")
     unseen = case == "unknown"
-    hide = case == "restated"
+    restated = case == "restated"
     near_cosine = generator.cfg.generation.paraphrase_cosine if near_cosine is None else near_cosine
     if not prompts:
         return {}
@@ -461,7 +471,7 @@ def evaluate_free_running(
     for name, lane in {**lanes, **extreme_lanes(k)}.items():
         streams = generator_streams(
             generator, prompts, lambda i, lane=lane: generator.decoder(lane, seed=seed + i), prompt_len, steps,
-            unseen, hide_prompt=hide,
+            unseen, restated=restated,
         )
         record(name, streams)
         shown[name] = np.array([s.shown_ids for s in streams])
@@ -470,7 +480,7 @@ def evaluate_free_running(
             random = generator_streams(
                 generator, prompts,
                 lambda i, lane=lane, c_sample=c_sample: RandomMixDecoder(lane, c_sample, schedule, seed + i),
-                prompt_len, steps, unseen, hide_prompt=hide,
+                prompt_len, steps, unseen, restated=restated,
             )
             record(f"random-{name}", random)
     if generator.lvm_temperature > 0:
@@ -478,9 +488,9 @@ def evaluate_free_running(
         lvm_only = extreme_lanes(k)["lvm-only"]
         record("lvm-mean", generator_streams(
             generator, prompts, lambda i: generator.decoder(lvm_only, seed=seed + i), prompt_len, steps, unseen,
-            lvm_temperature=0.0, hide_prompt=hide,
+            lvm_temperature=0.0, restated=restated,
         ))
-    record("knn", knn_streams(bank, prompts, prompt_len, steps, unseen, hide))
+    record("knn", knn_streams(bank, prompts, prompt_len, steps, unseen, restated))
     # Each lane against its baselines on the same prompts: is the gap in text cosine more than noise?
     for name in lanes:
         # Does the lane change what the reader sees? The share of steps showing what LVM-only shows.

@@ -414,7 +414,7 @@ class Generator:
         changed = stale_models(calibration, self.lvm, self.tower, self.sampler)
         if changed:
             log.warning(
-                "the calibration of %s was measured with other models (%s changed since): it is not used, and "
+                "the calibration of %s is out of date (%s changed since): it is not used, and "
                 "the lanes run uncalibrated until `dualpath calibrate --bank %s`", self.bank.path,
                 ", ".join(changed), self.bank.path,
             )

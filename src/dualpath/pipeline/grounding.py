@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from dualpath.bank import ConceptBank
+from dualpath.corpus.restate import restate
 from dualpath.decider import ShortlistBatch, id_member, id_rows, nearest_unsaid
 from dualpath.decider.grounding import (
     ANCHORS,
@@ -51,15 +52,27 @@ def bank_successors(bank: ConceptBank) -> np.ndarray:
 
 def find_anchors(
     bank: ConceptBank, vectors: np.ndarray, hidden: Sequence[np.ndarray] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each vector's nearest bank concept and its cosine, `hidden[i]` treated as absent: (n,) ids (-1:
-    none), (n,) cosines. A concept of the bank finds itself at cosine 1."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each vector's nearest bank concept, its cosine and its lead over the runner-up, `hidden[i]` treated
+    as absent: (n,) ids (-1: none), (n,) cosines, (n,) margins. A concept of the bank finds itself at 1."""
     n = len(vectors)
     if n == 0:
-        return np.zeros(0, np.int64), np.zeros(0)
+        return np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
     exclude = list(hidden) if hidden is not None else [np.zeros(0, np.int64)] * n
-    ids, scores = search_excluding(bank.search, normalize_rows(vectors), 1, exclude)
-    return ids[:, 0], np.where(ids[:, 0] >= 0, scores[:, 0], 0.0).astype(np.float64)
+    ids, scores = search_excluding(bank.search, normalize_rows(vectors), 2, exclude)
+    cos = np.where(ids[:, 0] >= 0, scores[:, 0], 0.0).astype(np.float64)
+    runner_up = np.where(ids[:, 1] >= 0, scores[:, 1], 0.0).astype(np.float64) if ids.shape[1] > 1 else 0.0
+    return ids[:, 0], cos, np.where(ids[:, 0] >= 0, cos - runner_up, 0.0)
+
+
+def restated_vectors(bank: ConceptBank, ids: np.ndarray, seed: int = 0) -> np.ndarray:
+    """(n, d) unit vectors of bank concepts `ids` said again in other words (corpus.restate), encoded
+    with the bank's encoder: the prompts of the restated case."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if ids.size == 0:
+        return np.zeros((0, bank.dim), np.float32)
+    texts = [restate(text, seed) for text in bank.texts(ids)]
+    return normalize_rows(np.asarray(bank.encoder().encode(texts), dtype=np.float32))
 
 
 def truth_labels(bank: ConceptBank, candidates: Candidates, targets: np.ndarray) -> np.ndarray:
@@ -70,13 +83,18 @@ def truth_labels(bank: ConceptBank, candidates: Candidates, targets: np.ndarray)
 
 
 def fit_confidence(
-    candidate_sets: Sequence[Candidates], label_sets: Sequence[np.ndarray]
+    candidate_sets: Sequence[Candidates], label_sets: Sequence[np.ndarray], weights: Sequence[float] | None = None
 ) -> tuple[SnapConfidence, dict[str, Any]]:
-    """The SNAP confidence fitted on every valid candidate of the given pairs, with its fit report
-    (Brier score and reliability curve on the same candidates)."""
+    """The SNAP confidence fitted on every valid candidate of the given pairs (set i's candidates counting
+    `weights[i]` each, 1 by default), with its fit report (Brier score and reliability curve on the same
+    candidates, unweighted)."""
     x = np.concatenate([c.features[c.ids >= 0] for c in candidate_sets])
     y = np.concatenate([lab[c.ids >= 0] for c, lab in zip(candidate_sets, label_sets, strict=True)])
-    model = SnapConfidence.fit(x, y)
+    counts = np.concatenate([
+        np.full(int((c.ids >= 0).sum()), 1.0 if weights is None else float(w))
+        for c, w in zip(candidate_sets, weights if weights is not None else [1.0] * len(candidate_sets), strict=True)
+    ])
+    model = SnapConfidence.fit(x, y, counts)
     p = model.predict(x)
     report = {"candidates": len(y), "positives": int(y.sum()), "brier": brier_score(p, y),
               "brier_base_rate": brier_score(np.full(len(y), y.mean()), y), "reliability": reliability(p, y)}
@@ -96,18 +114,22 @@ class StreamAnchors:
         b = len(contexts)
         self.ids = np.full((b, ANCHORS), -1, np.int64)
         self.cos = np.zeros((b, ANCHORS))
+        self.margin = np.zeros((b, ANCHORS))
         where = [(i, j) for i, context in enumerate(contexts) for j in range(min(ANCHORS, len(context)))]
         if where:
             vectors = np.stack([contexts[i][-1 - j] for i, j in where])
-            ids, cos = find_anchors(bank, vectors, [hidden[i] for i, _ in where])
+            ids, cos, margin = find_anchors(bank, vectors, [hidden[i] for i, _ in where])
             rows, cols = (np.array(x) for x in zip(*where, strict=True))
             self.ids[rows, cols] = ids
             self.cos[rows, cols] = cos
+            self.margin[rows, cols] = margin
 
     def push(self, ids: np.ndarray, cos: np.ndarray) -> None:
-        """Each stream's newest concept was shown as bank concept `ids` (-1: none) at cosine `cos`."""
+        """Each stream's newest concept was shown as bank concept `ids` (-1: none) at cosine `cos`. Its
+        margin is not searched for (a step would pay a second search): 0, the weakest evidence."""
         self.ids = np.concatenate([np.asarray(ids, np.int64)[:, None], self.ids[:, :-1]], axis=1)
         self.cos = np.concatenate([np.asarray(cos, np.float64)[:, None], self.cos[:, :-1]], axis=1)
+        self.margin = np.concatenate([np.zeros((len(self.ids), 1)), self.margin[:, :-1]], axis=1)
 
 
 def ground_step(
@@ -157,7 +179,9 @@ def ground_step(
     succ_allowed = succ >= 0
     if refused.shape[1]:
         succ_allowed &= ~id_member(succ, refused)
-    candidates = gather_candidates(ids, tower, lvm, succ, anchors.cos, succ_allowed, vectors_of, q, v)
+    candidates = gather_candidates(
+        ids, tower, lvm, succ, anchors.cos, anchors.margin, succ_allowed, vectors_of, q, v
+    )
     grounding = choose_grounding(candidates, model, pick=lambda s, vv: nearest_unsaid(s, vv, avoided)[0])
     return grounding, c_max
 
@@ -165,6 +189,16 @@ def ground_step(
 MODES = ("added", "restated", "unknown")  # the cases calibration fits the confidence on (module docstring)
 BLEND_GAIN = 0.002  # mean teacher-forced cosine a fitted BLEND band must add to be kept
 UNKNOWN_TOUCH = 0.02  # the most steps of the unknown case a fitted level may SNAP or BLEND
+UNKNOWN_SLACK = 0.002  # the most teacher-forced cosine grounding may cost the unknown case, against LVM-only
+UNKNOWN_WEIGHTS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0)  # the unknown case's prior, tried in turn
+EVEN_ODDS = 0.5  # p at which a candidate is as likely right as wrong: grounding there must be safe
+
+
+def unknown_cost(unknown: dict[str, np.ndarray], tau_snap: float, tau_novel: float) -> tuple[float, float]:
+    """What thresholds on p cost the unknown case (`grounded_outputs` of its pairs): the teacher-forced
+    cosine lost against LVM-only, and the share of its steps that SNAP or BLEND."""
+    lost = float(unknown["a"].mean() - lane_cosines(unknown, tau_snap, tau_novel).mean())
+    return lost, float(np.mean(unknown["p"] > tau_novel))
 
 
 def lane_cosines(parts: dict[str, np.ndarray], tau_snap: float, tau_novel: float) -> np.ndarray:
@@ -176,7 +210,7 @@ def lane_cosines(parts: dict[str, np.ndarray], tau_snap: float, tau_novel: float
 
 
 def risk_thresholds(
-    risk: Risk, parts: dict[str, dict[str, np.ndarray]], slack: float, grid: int = 41
+    risk: Risk, parts: dict[str, dict[str, np.ndarray]], slack: float, grid: int = 81
 ) -> tuple[float, float, float]:
     """(τ_snap, τ_novel, mean cos) on p for a lane's `risk`, from teacher-forced calibration pairs.
 
@@ -187,7 +221,7 @@ def risk_thresholds(
     BLEND band is kept only where it adds at least BLEND_GAIN to the mean over SNAP-or-NOVEL at the same
     SNAP level: a blend moves every later step of a free-running stream, for little teacher-forced gain."""
     p_all = np.concatenate([x["p"] for x in parts.values()])
-    levels = np.unique(np.concatenate([np.quantile(p_all, np.linspace(0, 1, grid)), [0.0, 1.0]]))
+    levels = np.unique(np.concatenate([np.quantile(p_all, np.linspace(0, 1, grid)), [0.0, EVEN_ODDS, 1.0]]))
     snaps = levels if risk.snap == HELPS else np.array([float(risk.snap)])
     best: tuple[float, float, float] | None = None
     for tau_snap in snaps:
