@@ -102,8 +102,8 @@ def case_sections(results: dict[str, Any], corpus: str, key: str) -> dict[str, S
     top1 = ", ".join(f"{case} {m['tower_top1']:.1%}" for case, m in gen.get("cases", {}).items())
     note = (
         f"{corpus}. known: documents the models trained on; added: the evaluation half of the held-out documents, "
-        "in the bank, never seen by the models or the calibration; restated: the same, with the prompt's own "
-        "concepts not in the bank; unknown: the same documents hidden from every "
+        "in the bank, never seen by the models or the calibration; restated: the same, the prompt's sentences "
+        "said in other words (simulated); unknown: the same documents hidden from every "
         f"search. The tower's top-1 is the true next concept for {top1} of the teacher-forced pairs. Intervals are "
         "95 % paired bootstraps against LVM-only and against the lane's own decisions dealt out at random."
     )

@@ -250,7 +250,7 @@ def cases_table(result: dict) -> Table:
 
     table = Table(
         title="known: documents the models trained on · added: in the bank, never seen by the models · "
-        "restated: added, the prompt's own sentences not in the bank · unknown: not in the bank",
+        "restated: added, the prompt in other words · unknown: not in the bank",
         title_justify="left",
     )
     for key, column in SUMMARY_COLUMNS.items():

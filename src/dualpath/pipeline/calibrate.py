@@ -197,7 +197,8 @@ def calibrate_confidence(
     of every `rule: confidence` lane's risk (pipeline/grounding.py, `risk_thresholds`).
 
     The pairs run in three cases (added, restated, unknown), so the confidence learns what the bank
-    knowing looks like and what it not knowing looks like; the evaluation half is never read here."""
+    knowing looks like and what it not knowing looks like; the unknown case weighs more until grounding at
+    even odds is safe there (pipeline/grounding.py). The evaluation half is never read here."""
     split_cfg = lvm.training_split(cfg.split)
     split = split_from_config(bank.documents(), split_cfg)
     pairs, source = calibration_pairs(bank, split_cfg, max_pairs)

@@ -124,8 +124,8 @@ def model_digests(lvm: Any, tower: Any | None, sampler: Any | None) -> dict[str,
 
 
 def stale_models(calibration: dict[str, Any], lvm: Any, tower: Any | None, sampler: Any | None) -> list[str]:
-    """What changed since `calibration` was measured: the models (none when it recorded no digests), or
-    what a calibration measures ("calibration version N": an older dualpath made it)."""
+    """Why `calibration` no longer holds, one phrase each: a model changed since (none when it recorded
+    no digests), or an older dualpath measured it (what a calibration measures has changed)."""
     version = calibration.get("version")
     confidence = calibration.get("confidence")
     fitted = confidence.get("model") if isinstance(confidence, dict) else None
@@ -133,15 +133,14 @@ def stale_models(calibration: dict[str, Any], lvm: Any, tower: Any | None, sampl
     if (isinstance(version, int) and version < CALIBRATION_VERSION) or (
         features is not None and tuple(features) != FEATURES
     ):
-        return [f"what a calibration measures: version {version}, features {len(features or ())}; this dualpath "
-                f"measures version {CALIBRATION_VERSION}, features {len(FEATURES)}"]
+        return [f"an older dualpath measured it: calibration version {version}, now {CALIBRATION_VERSION}"]
     recorded = calibration.get("models")
     if not isinstance(recorded, dict):
         return []
     now = model_digests(lvm, tower, sampler)
     # A model the calibration did not use (None: no tower, or no free-running streams drawn by a sampler)
     # cannot have changed under it.
-    return [name for name in ("lvm", "tower", "sampler")
+    return [f"the {name} changed since" for name in ("lvm", "tower", "sampler")
             if recorded.get(name) is not None and recorded[name] != now[name]]
 
 

@@ -112,12 +112,14 @@ def heldout_prompts(
     return prompts
 
 
-def restated_prompts(bank: ConceptBank, streams: Sequence[Stream]) -> list[np.ndarray]:
-    """Each stream's prompt said in other words (pipeline.grounding.restated_vectors), one encoding call."""
-    ids = np.concatenate([np.asarray(s.prompt_ids, np.int64) for s in streams]) if streams else np.zeros(0, np.int64)
-    vectors = restated_vectors(bank, ids)
-    cuts = np.cumsum([len(s.prompt_ids) for s in streams])[:-1]
-    return list(np.split(vectors, cuts))
+def restated_prompts(
+    bank: ConceptBank, prompts: Sequence[Prompt], prompt_len: int = PROMPT_CONCEPTS
+) -> list[np.ndarray]:
+    """Each prompt said in other words (pipeline.grounding.restated_vectors), in one encoding call: what
+    `generator_streams` and `knn_streams` take as `said_as`."""
+    heads = [np.asarray(p.window[:prompt_len], np.int64) for p in prompts]
+    vectors = restated_vectors(bank, np.concatenate(heads) if heads else np.zeros(0, np.int64))
+    return list(np.split(vectors, np.cumsum([len(h) for h in heads])[:-1])) if heads else []
 
 
 def generator_streams(
@@ -128,22 +130,22 @@ def generator_streams(
     steps: int = STEPS,
     unseen: bool = False,
     lvm_temperature: float | None = None,
-    restated: bool = False,
+    said_as: Sequence[np.ndarray] | None = None,
 ) -> list[Stream]:
     """Run the generator from every prompt with a fresh decoder each (`make_decoder(stream index)`, so
     that seeded draws differ between streams), rendering every step.
 
     `unseen`: the prompt's whole document is kept out of the search, as if the prompt were text the
-    bank has never seen (a user's own prompt); by default only the prompt's concepts are. `restated`: the
-    prompt's concepts said in other words (`restated_prompts`), as a user types what a bank document
-    says: the prompt is not bank text, so nothing is excluded as its own.
+    bank has never seen (a user's own prompt); by default only the prompt's concepts are. `said_as`: each
+    prompt's vectors as the user says them (`restated_prompts`: in other words, as a user types what a bank
+    document says); such a prompt is not bank text, so nothing is excluded as its own.
     """
     bank = generator.bank
     streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
     runs = generator.generate_batch(
-        restated_prompts(bank, streams) if restated else [bank.vectors(s.prompt_ids) for s in streams],
+        list(said_as) if said_as is not None else [bank.vectors(s.prompt_ids) for s in streams],
         steps,
-        context_ids=None if restated else [p.window[:prompt_len] for p in prompts],
+        context_ids=None if said_as is not None else [p.window[:prompt_len] for p in prompts],
         decoders=[make_decoder(i) for i in range(len(streams))],
         lvm_temperature=lvm_temperature,
         hidden_ids=[p.document for p in prompts] if unseen else None,
@@ -167,21 +169,21 @@ def knn_streams(
     prompt_len: int = PROMPT_CONCEPTS,
     steps: int = STEPS,
     unseen: bool = False,
-    restated: bool = False,
+    said_as: Sequence[np.ndarray] | None = None,
 ) -> list[Stream]:
     """kNN continuation: follow the last shown concept's nearest neighbour to its successor, chained.
 
     The nearest neighbour may be the concept itself (a prompt from a bank document continues with the
     document); successors already shown (the prompt included) are skipped, the same no-repeat rule the
-    lanes follow. `unseen`: the prompt's document is hidden from the search; `restated`: the chain starts
-    from the prompt's last concept said in other words. One search per step.
+    lanes follow. `unseen`: the prompt's document is hidden from the search; `said_as`: the chain starts
+    from each prompt's last vector as the user said it (`generator_streams`). One search per step.
     """
     successor = successor_table(bank.documents(), len(bank), 1)[0]
     streams = [Stream(p.name, p.window[:prompt_len], p.window[prompt_len : prompt_len + steps]) for p in prompts]
     used = [set(map(int, s.prompt_ids)) for s in streams]
     hidden = [set(map(int, p.document)) if unseen else set() for p in prompts]
-    if restated:
-        last = np.stack([v[-1] for v in restated_prompts(bank, streams)]) if streams else np.zeros((0, bank.dim))
+    if said_as is not None:
+        last = np.stack([np.asarray(v[-1], np.float32) for v in said_as]) if streams else np.zeros((0, bank.dim))
     else:
         last = bank.vectors([int(s.prompt_ids[-1]) for s in streams])
     for _ in range(steps):
@@ -442,7 +444,7 @@ def evaluate_free_running(
         raise ValueError(f"case must be known, added, restated or unknown, got {case!r}")
     prompts = heldout_prompts(bank, split, docs, prompt_len, steps, half="evaluation", known=case == "known")
     unseen = case == "unknown"
-    restated = case == "restated"
+    said_as = restated_prompts(bank, prompts, prompt_len) if case == "restated" else None
     near_cosine = generator.cfg.generation.paraphrase_cosine if near_cosine is None else near_cosine
     if not prompts:
         return {}
@@ -471,7 +473,7 @@ def evaluate_free_running(
     for name, lane in {**lanes, **extreme_lanes(k)}.items():
         streams = generator_streams(
             generator, prompts, lambda i, lane=lane: generator.decoder(lane, seed=seed + i), prompt_len, steps,
-            unseen, restated=restated,
+            unseen, said_as=said_as,
         )
         record(name, streams)
         shown[name] = np.array([s.shown_ids for s in streams])
@@ -480,7 +482,7 @@ def evaluate_free_running(
             random = generator_streams(
                 generator, prompts,
                 lambda i, lane=lane, c_sample=c_sample: RandomMixDecoder(lane, c_sample, schedule, seed + i),
-                prompt_len, steps, unseen, restated=restated,
+                prompt_len, steps, unseen, said_as=said_as,
             )
             record(f"random-{name}", random)
     if generator.lvm_temperature > 0:
@@ -488,9 +490,9 @@ def evaluate_free_running(
         lvm_only = extreme_lanes(k)["lvm-only"]
         record("lvm-mean", generator_streams(
             generator, prompts, lambda i: generator.decoder(lvm_only, seed=seed + i), prompt_len, steps, unseen,
-            lvm_temperature=0.0, restated=restated,
+            lvm_temperature=0.0, said_as=said_as,
         ))
-    record("knn", knn_streams(bank, prompts, prompt_len, steps, unseen, restated))
+    record("knn", knn_streams(bank, prompts, prompt_len, steps, unseen, said_as))
     # Each lane against its baselines on the same prompts: is the gap in text cosine more than noise?
     for name in lanes:
         # Does the lane change what the reader sees? The share of steps showing what LVM-only shows.

@@ -362,7 +362,7 @@ class Generator:
         self._paraphrase_set_by_user = "paraphrase_cosine" in cfg.generation.model_fields_set
         # The SNAP confidence of `rule: confidence` lanes (the bank's calibration, else the shipped default).
         self.confidence: SnapConfidence = read_confidence(None)
-        self.calibration_stale: list[str] = []  # models changed since the bank was calibrated
+        self.calibration_stale: list[str] = []  # why the bank's calibration is not used (stale_models)
         self._successors: tuple[int, np.ndarray] | None = None
 
     @classmethod
@@ -414,7 +414,7 @@ class Generator:
         changed = stale_models(calibration, self.lvm, self.tower, self.sampler)
         if changed:
             log.warning(
-                "the calibration of %s is out of date (%s changed since): it is not used, and "
+                "the calibration of %s is out of date (%s): it is not used, and "
                 "the lanes run uncalibrated until `dualpath calibrate --bank %s`", self.bank.path,
                 ", ".join(changed), self.bank.path,
             )

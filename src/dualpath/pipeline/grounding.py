@@ -7,9 +7,11 @@ The three cases a user meets (docs/protocol.md):
   known    the prompt comes from a document in the bank that the models trained on
   added    the document is in the bank but the models never saw it (held-out documents; `bank add`)
   unknown  the bank does not hold the document: its concepts are hidden from every search
-Calibration also fits on a fourth, *restated*: the document is in the bank, the context's own wording is
-not (its concepts are hidden from the anchor search), as when a prompt says in its own words what a
-bank document says.
+Calibration also fits on a fourth, *restated*: the document is in the bank and the context says its
+sentences in other words (corpus/restate.py), as when a user types what a bank article says. Its anchors
+are matches below cosine 1, as are the unknown case's chance lookalikes; the confidence is fitted with the
+unknown case weighted up (`UNKNOWN_WEIGHTS`) until even odds (p ≥ 0.5) costs the unknown case at most
+UNKNOWN_SLACK: where the evidence cannot tell a restatement from a lookalike, it stays free.
 """
 
 from __future__ import annotations
