@@ -117,6 +117,28 @@ def test_slow_index_times_out_to_novel(generator):
     assert not [t for t in threading.enumerate() if t.name.startswith("miner")]
 
 
+def test_a_restated_context_anchors_below_cosine_1_and_its_successors_find_the_truth(generator):
+    """The restated case reads each context sentence said in other words: no anchor is exact, yet the
+    successors of its anchors are the true next concept far more often than where the bank lacks the
+    document."""
+    from dualpath.corpus.pairs import split_from_config
+    from dualpath.decider import FEATURES
+    from dualpath.pipeline.evaluate import case_rows
+    from dualpath.pipeline.grounding import bank_successors
+
+    bank, lvm = generator.bank, generator.lvm
+    split = split_from_config(bank.documents(), lvm.training_split(generator.cfg.split))
+    table = bank_successors(bank)
+    found = {}
+    for case in ("restated", "unknown"):
+        mode = case_rows(bank, lvm, generator.tower, split.heldout, 500, table, case, split.doc_ids)
+        features = mode.candidates.features
+        successor = (features[..., FEATURES.index("successor")] == 1) & (mode.candidates.ids >= 0)
+        assert not (features[..., FEATURES.index("anchor_exact")][successor] == 1).any()
+        found[case] = float((mode.labels & successor).any(axis=1).mean())
+    assert found["restated"] > found["unknown"] + 0.2
+
+
 def test_lane_levels_move_the_decision_mix(generator):
     """A lower SNAP level grounds more: conservative ≥ neutral ≥ legal ≥ creative in SNAP share, over pairs
     whose documents the bank holds and pairs whose documents it does not."""
@@ -173,7 +195,15 @@ def test_calibration_gives_a_real_mix_and_generation_uses_it(trained_bank_path, 
     assert lanes["neutral"]["tau_snap"] == pytest.approx(0.5) and lanes["legal"]["tau_snap"] == pytest.approx(0.8)
     fit = result["confidence"]["fit"]
     assert fit["brier"] < fit["brier_base_rate"] and fit["positives"] > 0
-    assert set(result["models"]) == {"lvm", "tower", "sampler"} and result["version"] >= 4
+    assert set(result["models"]) == {"lvm", "tower", "sampler"} and result["version"] >= 5
+    # The unknown case weighs up until even odds is safe there, or as far as the weights go.
+    from dualpath.pipeline.grounding import UNKNOWN_SLACK, UNKNOWN_TOUCH, UNKNOWN_WEIGHTS
+
+    confidence = result["confidence"]
+    at_even_odds = confidence["unknown_cost_at_even_odds"]
+    assert confidence["unknown_weight"] in UNKNOWN_WEIGHTS
+    assert confidence["unknown_weight"] == UNKNOWN_WEIGHTS[-1] or (
+        at_even_odds["cos"] <= UNKNOWN_SLACK and at_even_odds["grounded_share"] <= UNKNOWN_TOUCH)
 
     # The near-duplicate cosine is measured in this space too, never above the configured 0.98.
     assert 0.0 < result["dup_threshold"] <= cfg.decider.dup_threshold

@@ -284,3 +284,20 @@ def test_a_lane_states_risk_only_with_the_confidence_rule() -> None:
         make_lane("x", {"rule": "confidence", "tau_snap": 0.5, "tau_novel": 0.2, "risk": {"snap": 1.5}})
     with pytest.raises(ConfigError, match="below snap"):
         make_lane("x", {"rule": "confidence", "tau_snap": 0.5, "tau_novel": 0.2, "risk": {"snap": 0.5, "blend": 0.7}})
+
+
+def test_a_heavier_unknown_case_lowers_p_where_the_evidence_is_ambiguous() -> None:
+    """Weighting the unknown case's candidates up (its prior) lowers p for the evidence it shares with the
+    restated case, and leaves evidence only one case shows where it was."""
+    rng = np.random.default_rng(3)
+    n = 3000
+    x = rng.normal(size=(n, len(FEATURES)))
+    ambiguous = x[:, FEATURES.index("anchor_cos")]
+    truth = rng.random(n) < 1 / (1 + np.exp(-2 * ambiguous))
+    even = SnapConfidence.fit(x, truth)
+    heavy = SnapConfidence.fit(x, truth, np.where(truth, 1.0, 4.0))
+    probe = np.zeros((1, len(FEATURES)))
+    probe[0, FEATURES.index("anchor_cos")] = 1.0
+    assert heavy.predict(probe)[0] < even.predict(probe)[0]
+    with pytest.raises(ValueError, match="weights"):
+        SnapConfidence.fit(x, truth, np.full(n, -1.0))
