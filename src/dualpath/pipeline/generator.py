@@ -179,15 +179,20 @@ def search_shortlists(
     return to_shortlists(result, bank.vectors, bank.dim, exclude=exclude, k=k)
 
 
+SMALL_READ = 64  # rows below which numpy widens float16 faster than torch's call overhead
+
+
 def gather_vectors(bank: ConceptBank, ids: np.ndarray) -> np.ndarray:
     """Float32 vectors of bank concepts, read at the bank's dtype (float16: half the bytes) and widened once.
 
     numpy widens float16 one element at a time (~2 ns each: 0.3 ms for a 500 × 384 shortlist,
     more than the decision); torch's vectorised kernel does it ~13× faster, on one thread (with its
-    default team a loaded 2-core machine measured 12 ms for the same rows).
+    default team a loaded 2-core machine measured 12 ms for the same rows). Below SMALL_READ rows
+    (a step's few candidates) numpy is quicker than the hand-over to torch.
     """
-    rows = bank.all_vectors()[np.asarray(ids, dtype=np.int64)]
-    if rows.dtype == np.float16:
+    # The plain array under the memory map: a memmap's own indexing wraps every result (~40 µs a call).
+    rows = np.asarray(bank.all_vectors())[np.asarray(ids, dtype=np.int64)]
+    if rows.dtype == np.float16 and rows.shape[0] >= SMALL_READ:
         with torch_threads(1):
             return torch.from_numpy(np.ascontiguousarray(rows)).float().numpy()
     return np.asarray(rows, dtype=np.float32)
