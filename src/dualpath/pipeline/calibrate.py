@@ -228,8 +228,8 @@ def calibrate_confidence(
         out[name] = make_lane(name, lane.model_dump() | {
             "tau_snap": tau_snap, "tau_novel": tau_novel, "calibrated": True, "provenance": provenance,
         }, source="calibration")
-        log.info("lane %s: SNAP at p ≥ %.3f, BLEND above %.3f (calibration mean cos %.4f)", name, tau_snap,
-                 tau_novel, score)
+        band = f"BLEND above {tau_novel:.3f}" if tau_novel < np.nextafter(tau_snap, 0) else "no BLEND"
+        log.info("lane %s: SNAP at p ≥ %.3f, %s (calibration mean cos %.4f)", name, tau_snap, band, score)
     measured = {
         "model": model.to_dict(),
         "fit": fit,
