@@ -231,11 +231,12 @@ def ground_streams(
         first = decoders[rows[0]]
         members = [decoders[i] for i in rows]
         decide_by = _decision_values(members)
-        sub = Grounding(*(np.asarray(a)[rows] for a in (
+        whole = len(rows) == b  # one group (the usual case): its rows are the batch as it is
+        sub = grounding if whole else Grounding(*(np.asarray(a)[rows] for a in (
             grounding.ids, grounding.vectors, grounding.confidence, grounding.sources, grounding.features)))
         decided, group_records = choose_grounded(
-            v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule, first.dup_threshold,
-            None if c_max is None else np.asarray(c_max)[rows],
+            v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
+            first.dup_threshold, None if c_max is None else np.asarray(c_max) if whole else np.asarray(c_max)[rows],
             None if fallbacks is None else [fallbacks[i] for i in rows],
             decide_by,
         )
