@@ -301,3 +301,19 @@ def test_a_heavier_unknown_case_lowers_p_where_the_evidence_is_ambiguous() -> No
     assert heavy.predict(probe)[0] < even.predict(probe)[0]
     with pytest.raises(ValueError, match="weights"):
         SnapConfidence.fit(x, truth, np.full(n, -1.0))
+
+
+def test_a_snap_along_an_anchor_walks_past_the_anchor_and_what_lies_between() -> None:
+    """The anchor a SNAP continues, and for an older anchor the concepts between, are what the stream's
+    text already said: StreamAnchors.walked_past names them; a SNAP that continues no anchor names none."""
+    from dualpath.pipeline.grounding import StreamAnchors
+
+    table = successor_table({"d": np.array([10, 11, 12, 13, 14]), "e": np.array([20, 21])}, 30)
+    anchors = StreamAnchors.__new__(StreamAnchors)
+    anchors.ids = np.array([[11, 10], [21, -1], [-1, 12]])
+    anchors.cos = np.zeros((3, 2))
+    anchors.margin = np.zeros((3, 2))
+    assert anchors.walked_past(0, 12, table) == [11]  # the newest anchor's next concept
+    assert anchors.walked_past(2, 14, table) == [12, 13]  # the older anchor, two places on
+    assert anchors.walked_past(1, 12, table) == []  # 12 continues none of stream 1's anchors
+    assert anchors.walked_past(1, 22, table) == []  # past the end of its document

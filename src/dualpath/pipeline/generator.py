@@ -719,6 +719,12 @@ class Generator:
                                     (scored["v"], scored["lvm"]) if scored else None)
             shown_ids = [r.concept_id for r in rendered]
             shown_vectors = self._concept_vectors(shown_ids)
+            # A SNAP that continues an anchor walked past it: what the prompt said in other words is not shown.
+            walked: dict[int, list[int]] = {}
+            if anchors is not None:
+                for row, i in enumerate(grounded):
+                    if records[i].decision is Decision.SNAP and shown_ids[i] >= 0:
+                        walked[i] = anchors.walked_past(row, shown_ids[i], self.successors())
             if anchors is not None:  # the next step's newest context concept is anchored where it was shown
                 fed_as_shown = self.cfg.generation.feedback == "rendered"
                 anchors.push(
@@ -728,7 +734,7 @@ class Generator:
                 )
             if render:  # what each stream showed leaves its next shortlists, as do its paraphrases
                 for i, decoder in enumerate(decoders):
-                    decoder.shown(shown_ids[i])
+                    decoder.shown(shown_ids[i], walked.get(i, ()))
                     if shown_ids[i] >= 0:
                         said[i].append(shown_vectors[i][None])
             lat["render"] = (time.perf_counter() - t0) * 1000

@@ -126,6 +126,19 @@ class StreamAnchors:
             self.cos[rows, cols] = cos
             self.margin[rows, cols] = margin
 
+    def walked_past(self, row: int, snapped: int, table: np.ndarray) -> list[int]:
+        """The concepts of its document that stream `row` walked past to SNAP `snapped`, the successor of
+        one of its anchors: that anchor and any between (empty when `snapped` continues no anchor). They
+        are what the stream's text already said, in its own words or the bank's."""
+        for j, anchor in enumerate(self.ids[row].tolist()):
+            if anchor < 0 or j >= table.shape[0] or table[j, anchor] != snapped:
+                continue
+            passed = [anchor]
+            while len(passed) <= j:
+                passed.append(int(table[0, passed[-1]]))
+            return passed
+        return []
+
     def push(self, ids: np.ndarray, cos: np.ndarray) -> None:
         """Each stream's newest concept was shown as bank concept `ids` (-1: none) at cosine `cos`. Its
         margin is not searched for (a step would pay a second search): 0, the weakest evidence."""
