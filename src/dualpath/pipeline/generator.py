@@ -66,7 +66,7 @@ from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.sampler import LVMSampler, load_lvm_sampler
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration, read_confidence, stale_models
-from dualpath.pipeline.grounding import StreamAnchors, bank_successors, ground_step
+from dualpath.pipeline.grounding import EVEN_ODDS, StreamAnchors, bank_successors, ground_step
 from dualpath.runtime import one_blas_thread, resolve_device, torch_threads
 from dualpath.search import excluded_depth, search_excluding
 
@@ -715,16 +715,21 @@ class Generator:
                 )
             lat["decide"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
+            # A candidate that continues an anchor at even odds or better says the stream's text restated that
+            # anchor (and for an older anchor, the concepts between): they count as shown from this step on.
+            walked: dict[int, list[int]] = {}
+            if anchors is not None:
+                for row, i in enumerate(grounded):
+                    pick = records[i].neighbour_id
+                    if pick is not None and (records[i].decision is Decision.SNAP
+                                             or (records[i].confidence or 0.0) >= EVEN_ODDS):
+                        walked[i] = anchors.walked_past(row, pick, self.successors())
+                        if walked[i]:
+                            used[i] = np.concatenate([used[i], np.asarray(walked[i], np.int64)])
             rendered = self._render(render, records, outputs, shortlists, floors, queries, excludes, used, avoided,
                                     (scored["v"], scored["lvm"]) if scored else None)
             shown_ids = [r.concept_id for r in rendered]
             shown_vectors = self._concept_vectors(shown_ids)
-            # A SNAP that continues an anchor walked past it: what the prompt said in other words is not shown.
-            walked: dict[int, list[int]] = {}
-            if anchors is not None:
-                for row, i in enumerate(grounded):
-                    if records[i].decision is Decision.SNAP and shown_ids[i] >= 0:
-                        walked[i] = anchors.walked_past(row, shown_ids[i], self.successors())
             if anchors is not None:  # the next step's newest context concept is anchored where it was shown
                 fed_as_shown = self.cfg.generation.feedback == "rendered"
                 anchors.push(
