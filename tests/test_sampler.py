@@ -48,6 +48,20 @@ def test_temperature_zero_is_the_mean_and_a_draw_is_a_unit_vector_off_it() -> No
     assert not np.allclose(sampler.sample(mean, last, noise + 1.0), draw)
 
 
+def test_the_step_count_refines_the_same_flow() -> None:
+    """Fewer Euler steps integrate the same velocity field coarser: closer to a fine draw as steps grow,
+    and a count below one is refused in one line."""
+    sampler = small_sampler(scale=0.3)
+    mean, last, noise = unit_rows(64, 0), unit_rows(64, 1), np.random.default_rng(2).normal(size=(64, DIM))
+    fine = sampler.sample(mean, last, noise, 1.0, steps=64)
+    gaps = [float(np.mean(1 - np.einsum("nd,nd->n", sampler.sample(mean, last, noise, 1.0, steps=k), fine)))
+            for k in (1, 4, 16)]
+    assert gaps[0] > gaps[1] > gaps[2] >= 0
+    np.testing.assert_array_equal(sampler.sample(mean, last, noise, 1.0), sampler.sample(mean, last, noise, 1.0, 8))
+    with pytest.raises(ModelInputError, match="at least one Euler step"):
+        sampler.sample(mean, last, noise, 1.0, steps=0)
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     rows=st.integers(1, 6),
@@ -190,6 +204,20 @@ def test_training_the_lvm_trains_its_sampler_and_generation_draws_with_it(genera
     assert not np.allclose(mean, drawn)
     with pytest.raises(DualPathError, match="lvm_temperature"):
         lvm_vectors(generator, lvm_temperature=3.0)
+
+
+def test_generation_draws_with_its_configured_step_count(generator) -> None:
+    """`generation.sampler_steps` is the draw's Euler step count: one step draws other vectors than the
+    default, from the same seed."""
+    default = lvm_vectors(generator, seed=3)
+    cfg = generator.cfg
+    generator.cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"sampler_steps": 1})})
+    try:
+        coarse = lvm_vectors(generator, seed=3)
+    finally:
+        generator.cfg = cfg
+    assert not np.allclose(coarse[0], default[0])
+    assert float(coarse[0] @ default[0]) > 0.9
 
 
 def test_a_batch_draws_what_each_stream_draws_alone(generator) -> None:

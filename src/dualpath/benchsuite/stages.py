@@ -233,7 +233,7 @@ def model_floors(generator: Generator, b: int) -> dict[str, tuple[Callable[[int]
     sampler = generator.sampler
     if sampler is not None:
         layers = [m for m in sampler.net.net if isinstance(m, nn.Linear)]
-        dim, steps = sampler.dim, int(sampler.config["ode_steps"])
+        dim, steps = sampler.dim, generator.cfg.generation.sampler_steps
         rng = np.random.default_rng(2)
         first = _weights(layers[0], "weight")
         cond = (rng.standard_normal((b, 2 * dim), np.float32), first[:, dim : 3 * dim])

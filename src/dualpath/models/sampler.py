@@ -181,9 +181,12 @@ class LVMSampler:
         return str(self.config["lvm_digest"])
 
     @torch.no_grad()
-    def sample(self, mean: np.ndarray, last: np.ndarray, noise: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    def sample(
+        self, mean: np.ndarray, last: np.ndarray, noise: np.ndarray, temperature: float = 1.0, steps: int | None = None
+    ) -> np.ndarray:
         """Unit-norm draws `(b, d)` around the LVM's means `(b, d)`, given the newest context concepts
-        `(b, d)` and standard normal noise `(b, d)`; temperature 0 returns the means."""
+        `(b, d)` and standard normal noise `(b, d)`; temperature 0 returns the means. `steps`: Euler steps
+        of the draw (default: the checkpoint's `ode_steps`)."""
         mean = np.asarray(mean, dtype=np.float32)
         for name, array in (("last", last), ("noise", noise)):
             if np.shape(array) != mean.shape or mean.ndim != 2 or mean.shape[1] != self.dim:
@@ -193,6 +196,9 @@ class LVMSampler:
                 )
         if temperature == 0 or len(mean) == 0:
             return mean.copy()
+        steps = int(self.config["ode_steps"]) if steps is None else int(steps)
+        if steps < 1:
+            raise ModelInputError(f"the sampler needs at least one Euler step, got {steps}")
         # Switching modes walks every submodule (~50 µs each way, a quarter of a draw): only when training.
         was_training = self.net.training
         if was_training:
@@ -201,14 +207,13 @@ class LVMSampler:
         try:
             if device.type == "cpu" and all(p.dtype == torch.float32 for p in self.net.parameters()):
                 start = np.float32(temperature) * np.asarray(noise, dtype=np.float32)
-                z = integrate_numpy(self.net, start, mean, np.asarray(last, dtype=np.float32),
-                                    int(self.config["ode_steps"]))
+                z = integrate_numpy(self.net, start, mean, np.asarray(last, dtype=np.float32), steps)
                 out = mean + np.float32(self.scale) * z
                 return normalize_rows(out)
             mu = torch.from_numpy(mean).to(device)
             previous = torch.from_numpy(np.asarray(last, dtype=np.float32)).to(device)
             x = float(temperature) * torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device)
-            x = self.net.integrate(x, mu, previous, int(self.config["ode_steps"]))
+            x = self.net.integrate(x, mu, previous, steps)
         finally:
             if was_training:
                 self.net.train()

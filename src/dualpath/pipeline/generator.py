@@ -685,7 +685,7 @@ class Generator:
                 if sampler is not None:  # its own stage: its floor (the flow MLP's products) is not the LVM's
                     t0 = time.perf_counter()
                     draws = np.stack([rng.standard_normal(self.bank.dim, dtype=np.float32) for rng in noise])
-                    v_hat = sampler.sample(v_hat, newest, draws, temperature)
+                    v_hat = sampler.sample(v_hat, newest, draws, temperature, self.cfg.generation.sampler_steps)
                     lat["sample"] = (time.perf_counter() - t0) * 1000
                 t0 = time.perf_counter()
                 if tower_state is not None:
