@@ -92,9 +92,9 @@ def fit_confidence(
     candidates, unweighted)."""
     x = np.concatenate([c.features[c.ids >= 0] for c in candidate_sets])
     y = np.concatenate([lab[c.ids >= 0] for c, lab in zip(candidate_sets, label_sets, strict=True)])
+    weights = [1.0] * len(candidate_sets) if weights is None else weights
     counts = np.concatenate([
-        np.full(int((c.ids >= 0).sum()), 1.0 if weights is None else float(w))
-        for c, w in zip(candidate_sets, weights if weights is not None else [1.0] * len(candidate_sets), strict=True)
+        np.full(int((c.ids >= 0).sum()), float(w)) for c, w in zip(candidate_sets, weights, strict=True)
     ])
     model = SnapConfidence.fit(x, y, counts)
     p = model.predict(x)
@@ -127,7 +127,7 @@ class StreamAnchors:
             self.margin[rows, cols] = margin
 
     def walked_past(self, row: int, snapped: int, table: np.ndarray) -> list[int]:
-        """The concepts of its document that stream `row` walked past to SNAP `snapped`, the successor of
+        """The concepts of its document that stream `row` walks past to reach `snapped`, the successor of
         one of its anchors: that anchor and any between (empty when `snapped` continues no anchor). They
         are what the stream's text already said, in its own words or the bank's."""
         for j, anchor in enumerate(self.ids[row].tolist()):
@@ -252,11 +252,10 @@ def risk_thresholds(
             unknown = parts.get("unknown")
             # Only fitted levels answer to the unknown case: a stated SNAP level without a band is the user's.
             fitted = risk.snap == HELPS or (risk.blend == HELPS and tau_novel < np.nextafter(tau_snap, -np.inf))
-            if unknown is not None and fitted and (
-                scores["unknown"] < float(unknown["a"].mean()) - slack
-                or float(np.mean(unknown["p"] > tau_novel)) > UNKNOWN_TOUCH
-            ):
-                continue
+            if unknown is not None and fitted:
+                lost, touched = unknown_cost(unknown, tau_snap, float(tau_novel))
+                if lost > slack or touched > UNKNOWN_TOUCH:
+                    continue
             mean = float(np.mean(list(scores.values())))
             if tau_novel < np.nextafter(tau_snap, -np.inf):
                 mean -= BLEND_GAIN  # a band must pay for itself (docstring)
