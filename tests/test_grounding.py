@@ -309,10 +309,10 @@ def test_a_snap_along_an_anchor_walks_past_the_anchor_and_what_lies_between() ->
     from dualpath.pipeline.grounding import StreamAnchors
 
     table = successor_table({"d": np.array([10, 11, 12, 13, 14]), "e": np.array([20, 21])}, 30)
-    anchors = StreamAnchors.__new__(StreamAnchors)
-    anchors.ids = np.array([[11, 10], [21, -1], [-1, 12]])
-    anchors.cos = np.zeros((3, 2))
-    anchors.margin = np.zeros((3, 2))
+    # Three streams with no prompt concepts (no bank needed), then each stream's two newest anchors pushed.
+    anchors = StreamAnchors(None, [np.zeros((0, 4))] * 3, [np.zeros(0, np.int64)] * 3)  # type: ignore[arg-type]
+    anchors.push(np.array([10, -1, 12]), np.ones(3))
+    anchors.push(np.array([11, 21, -1]), np.ones(3))
     assert anchors.walked_past(0, 12, table) == [11]  # the newest anchor's next concept
     assert anchors.walked_past(2, 14, table) == [12, 13]  # the older anchor, two places on
     assert anchors.walked_past(1, 12, table) == []  # 12 continues none of stream 1's anchors
