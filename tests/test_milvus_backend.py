@@ -21,7 +21,7 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from dualpath.bank.faiss_backend import FaissBackend
-from dualpath.bank.index_policy import AUTO_FLAT_MAX
+from dualpath.bank.index_policy import AUTO_FLAT_MAX, AUTO_HNSW_MAX
 from dualpath.bank.milvus_backend import MilvusBackend, milvus_index
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
@@ -265,6 +265,8 @@ def test_hnsw_on_milvus_lite_finds_nearly_all_true_neighbours(milvus_uri):
 def test_index_kinds_map_to_milvus_indexes():
     assert milvus_index("auto", AUTO_FLAT_MAX - 1) == ("FLAT", {})
     assert milvus_index("auto", AUTO_FLAT_MAX)[0] == "HNSW"
+    assert milvus_index("auto", AUTO_HNSW_MAX - 1)[0] == "HNSW"
+    assert milvus_index("auto", AUTO_HNSW_MAX)[0] == "IVF_FLAT"
     assert milvus_index("ivf", 100_000) == ("IVF_FLAT", {"nlist": 1264})
     assert milvus_index("DISKANN", 10) == ("DISKANN", {})
     with pytest.raises(BankError, match="not a Milvus index"):

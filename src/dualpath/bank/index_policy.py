@@ -13,11 +13,15 @@ KINDS = ("auto", "flat", "ivf", "hnsw")
 # `auto`: exact search up to this many vectors. A flat scan of 50k × 384 is ~20 M multiply-adds
 # per query (~2-5 ms on one core) and needs no tuning; past that, approximate search pays off.
 AUTO_FLAT_MAX = 50_000
-# `auto` above AUTO_FLAT_MAX: HNSW up to this size. HNSW has the best recall-per-millisecond on
-# CPU at this scale, needs no training (so `bank add` never works against stale centroids) and
-# costs ~256 bytes of graph per vector. Beyond it the graph's memory and build time dominate and
-# IVF (trained once on a sample, cheap adds, memory ≈ the codes) is the better trade.
-AUTO_HNSW_MAX = 2_000_000
+# `auto` above AUTO_FLAT_MAX: HNSW below this size. HNSW has the best recall-per-millisecond for small k
+# on CPU at this scale, needs no training (so `bank add` never works against stale centroids) and
+# costs ~256 bytes of graph per vector. From 1M on, IVF (trained once on a sample, cheap adds, memory ≈
+# the codes) is the better trade for generation: its beam must cover the shortlist (efSearch ≥ K), so
+# an HNSW search grows with K. Measured at 1M (docs/benchmarks.md, 2026-12-05): one generation step
+# 2.59 ms with IVF (recall@10 0.975) against 5.47 ms with HNSW (0.999) at K = 500, 2.22 against 2.87 ms
+# at K = 100; 256 streams 1,768 against 551 stream-steps/s at K = 500. The graph's build (311 s against
+# 98 s) and memory point the same way.
+AUTO_HNSW_MAX = 1_000_000
 HNSW_M = 32
 # The graph's build beam. FAISS's default, 40, is fine at 100k vectors (recall@10 0.998 at
 # efSearch 128) but not at 1M: 0.908 at efSearch 128 and 0.968 even at 1024 on the benchmark's
