@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -164,6 +164,32 @@ def _decision_values(decoders: Sequence[DualPathDecoder]) -> np.ndarray | None:
     return np.array([np.nan if c is None else c for c in own], dtype=np.float64)
 
 
+GroupDecision = Callable[[list[int], list[DualPathDecoder], bool], tuple[np.ndarray, list[DecisionRecord]]]
+
+
+def _decide_in_groups(
+    decoders: Sequence[DualPathDecoder], d_out: int, key: Callable[[DualPathDecoder], tuple], decide: GroupDecision
+) -> tuple[np.ndarray, list[DecisionRecord]]:
+    """One decision call per group of decoders with the same `key`: `decide(rows, members, whole)` gives the
+    group's outputs and records (`whole`: its rows are the whole batch, in order, so nothing need be sliced);
+    each decoder remembers its own record, and every record carries the step's latency per stream."""
+    start = time.perf_counter()
+    b = len(decoders)
+    out = np.empty((b, d_out), np.float32)
+    records: list[DecisionRecord | None] = [None] * b
+    groups: dict[tuple, list[int]] = {}
+    for i, d in enumerate(decoders):
+        groups.setdefault(key(d), []).append(i)
+    for rows in groups.values():
+        members = [decoders[i] for i in rows]
+        decided, group_records = decide(rows, members, len(rows) == b)
+        out[rows] = decided
+        for i, d, record in zip(rows, members, group_records, strict=True):
+            records[i] = d.remember(record)
+    latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
+    return out, [dataclasses.replace(r, latency_ms=latency_ms) for r in records if r is not None]
+
+
 def step_streams(
     decoders: Sequence[DualPathDecoder],
     v_hat: np.ndarray,
@@ -178,34 +204,24 @@ def step_streams(
     avoided[0][i], avoided[1][i])`: the batched decision is bit-for-bit the single one, and every
     decoder keeps its own memory and draws.
     """
-    start = time.perf_counter()
-    b = len(decoders)
-    groups: dict[tuple, list[int]] = {}
-    out = np.empty((b, v_hat.shape[1]), np.float32)
-    records: list[DecisionRecord | None] = [None] * b
-    for i, d in enumerate(decoders):
-        groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold, d.sampling), []).append(i)
-    for rows in groups.values():
-        first = decoders[rows[0]]
-        whole = len(rows) == b
+
+    def decide(rows: list[int], members: list[DualPathDecoder], whole: bool) -> tuple[np.ndarray, list]:
+        first = members[0]
         sub = batch if whole else ShortlistBatch(
             batch.ids[rows], batch.vectors[rows], tuple(batch.fallbacks[i] for i in rows), batch.unit
         )
-        members = [decoders[i] for i in rows]
         draws = None if first.sampling.greedy else np.array([float(d._rng.random()) for d in members])
-        decide_by = _decision_values(members)
-        decided, group_records = choose_next_vectors(
+        return choose_next_vectors(
             v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
             first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
             None if avoided is None else avoided[0] if whole else avoided[0][rows],
             None if avoided is None else avoided[1] if whole else avoided[1][rows],
-            decide_by,
+            _decision_values(members),
         )
-        out[rows] = decided
-        for i, d, record in zip(rows, members, group_records, strict=True):
-            records[i] = d.remember(record)
-    latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
-    return out, [dataclasses.replace(r, latency_ms=latency_ms) for r in records if r is not None]
+
+    return _decide_in_groups(
+        decoders, v_hat.shape[1], lambda d: (id(d.lane), id(d.schedule), d.dup_threshold, d.sampling), decide
+    )
 
 
 def ground_streams(
@@ -218,30 +234,19 @@ def ground_streams(
     """One step of b streams whose lanes ground on evidence (`rule: confidence`): `choose_grounded` once
     per group of decoders that decide alike, each decoder remembering its own record. `grounding` holds
     each stream's chosen candidate (decider/grounding.py); `c_max` and `fallbacks` are per stream."""
-    start = time.perf_counter()
-    b = len(decoders)
-    out = np.empty((b, v_hat.shape[1]), np.float32)
-    records: list[DecisionRecord | None] = [None] * b
-    groups: dict[tuple, list[int]] = {}
-    for i, d in enumerate(decoders):
+    for d in decoders:
         if d.lane.rule != "confidence":
             raise DeciderError(f"lane '{d.lane.name}' decides by c_max; ground_streams is for confidence lanes")
-        groups.setdefault((id(d.lane), id(d.schedule), d.dup_threshold), []).append(i)
-    for rows in groups.values():
-        first = decoders[rows[0]]
-        members = [decoders[i] for i in rows]
-        decide_by = _decision_values(members)
-        whole = len(rows) == b  # one group (the usual case): its rows are the batch as it is
+
+    def decide(rows: list[int], members: list[DualPathDecoder], whole: bool) -> tuple[np.ndarray, list]:
+        first = members[0]
         sub = grounding if whole else Grounding(*(np.asarray(a)[rows] for a in (
             grounding.ids, grounding.vectors, grounding.confidence, grounding.sources, grounding.features)))
-        decided, group_records = choose_grounded(
+        return choose_grounded(
             v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
-            first.dup_threshold, None if c_max is None else np.asarray(c_max) if whole else np.asarray(c_max)[rows],
+            first.dup_threshold, None if c_max is None else np.asarray(c_max)[rows],
             None if fallbacks is None else [fallbacks[i] for i in rows],
-            decide_by,
+            _decision_values(members),
         )
-        out[rows] = decided
-        for i, d, record in zip(rows, members, group_records, strict=True):
-            records[i] = d.remember(record)
-    latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
-    return out, [dataclasses.replace(r, latency_ms=latency_ms) for r in records if r is not None]
+
+    return _decide_in_groups(decoders, v_hat.shape[1], lambda d: (id(d.lane), id(d.schedule), d.dup_threshold), decide)
