@@ -238,13 +238,19 @@ def id_rows(rows: Sequence[Sequence[int]] | np.ndarray | None, b: int, what: str
     return out
 
 
+SMALL_MEMBER = 512  # ids × used pairs below which one broadcast comparison beats the sort and search
+
+
 def id_member(ids: np.ndarray, used: np.ndarray) -> np.ndarray:
     """(b, k) bool: ids[i, j] is in used[i] (rows of -1 padding match nothing real).
 
     One sort and one binary search for the whole batch (rows offset into disjoint key ranges), instead
-    of a (b, k, m) comparison or `np.isin`'s per-call sort and set-up (~60 µs for one stream).
+    of a (b, k, m) comparison or `np.isin`'s per-call sort and set-up (~60 µs for one stream); the
+    comparison only for a few pairs (a step's candidates), where it is the quicker.
     """
     b = ids.shape[0]
+    if ids.size * used.shape[1] <= SMALL_MEMBER:
+        return (ids[:, :, None] == used[:, None, :]).any(axis=2) & (ids >= 0)
     span = int(max(ids.max(initial=0), used.max(initial=0))) + 2
     offsets = (np.arange(b, dtype=np.int64) * span)[:, None]
     keys = (np.sort(used, axis=1) + 1 + offsets).ravel()

@@ -126,17 +126,20 @@ class DualPathDecoder:
             v_hat, shortlist, self.lane, self._recent, self.schedule, self.dup_threshold,
             self.used_ids, self.sampling, draw, avoid, avoid_limits, self.decision_c(),
         )
-        record = dataclasses.replace(record, latency_ms=(time.perf_counter() - start) * 1000.0)
-        return v_out, self.remember(record)
+        return v_out, self.remember(record, (time.perf_counter() - start) * 1000.0)
 
-    def remember(self, record: DecisionRecord) -> DecisionRecord:
-        """Count a decided step into this stream's memories; returns the record numbered as this step.
+    def remember(self, record: DecisionRecord, latency_ms: float | None = None) -> DecisionRecord:
+        """Count a decided step into this stream's memories; returns the record numbered as this step
+        (with `latency_ms` when given).
 
         `step` calls it; a decoder that decides differently (a baseline) calls it with its own record.
         """
         self._recent.append(record.picked_id)
         self._shown.append((record.picked_id,))
-        record = dataclasses.replace(record, step=self._step)
+        changes: dict[str, float | int] = {"step": self._step}
+        if latency_ms is not None:
+            changes["latency_ms"] = latency_ms
+        record = dataclasses.replace(record, **changes)  # type: ignore[arg-type]
         self._step += 1
         return record
 
@@ -180,14 +183,17 @@ def _decide_in_groups(
     groups: dict[tuple, list[int]] = {}
     for i, d in enumerate(decoders):
         groups.setdefault(key(d), []).append(i)
+    decided_groups = []
     for rows in groups.values():
         members = [decoders[i] for i in rows]
         decided, group_records = decide(rows, members, len(rows) == b)
         out[rows] = decided
-        for i, d, record in zip(rows, members, group_records, strict=True):
-            records[i] = d.remember(record)
+        decided_groups.append((rows, members, group_records))
     latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
-    return out, [dataclasses.replace(r, latency_ms=latency_ms) for r in records if r is not None]
+    for rows, members, group_records in decided_groups:
+        for i, d, record in zip(rows, members, group_records, strict=True):
+            records[i] = d.remember(record, latency_ms)
+    return out, [r for r in records if r is not None]
 
 
 def step_streams(

@@ -76,7 +76,7 @@ class Grounding:
         """Stream i's features by name (None when it has no candidate): what telemetry shows."""
         if self.ids[i] < 0:
             return None
-        return {name: round(float(x), 4) for name, x in zip(FEATURES, self.features[i], strict=True)}
+        return dict(zip(FEATURES, np.round(self.features[i], 4).tolist(), strict=True))
 
 
 def successor_table(documents: Mapping[str, np.ndarray], size: int, reach: int = ANCHORS) -> np.ndarray:
@@ -93,12 +93,15 @@ def successor_table(documents: Mapping[str, np.ndarray], size: int, reach: int =
 
 def successor_ids(table: np.ndarray, anchor_ids: np.ndarray) -> np.ndarray:
     """(b, A) successors of (b, A) anchors: column j is j + 1 places on (-1 where there is none)."""
+    reach = min(anchor_ids.shape[1], table.shape[0]) if table.shape[1] else 0
     out = np.full(anchor_ids.shape, -1, dtype=np.int64)
-    for j in range(min(anchor_ids.shape[1], table.shape[0])):
-        col = anchor_ids[:, j]
-        ok = (col >= 0) & (col < table.shape[1])
-        out[ok, j] = table[j, col[ok]]
+    at = anchor_ids[:, :reach]
+    ok = (at >= 0) & (at < table.shape[1])
+    out[:, :reach] = np.where(ok, table[np.arange(reach), np.where(ok, at, 0)], -1)
     return out
+
+
+_COLUMN = {name: j for j, name in enumerate(FEATURES)}
 
 
 def _top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,10 +112,11 @@ def _top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.zeros(b, np.int64), empty, empty
     best = np.argmax(scores, axis=1)
     top = scores[np.arange(b), best].astype(np.float64)
+    if k == 1:
+        return best, top, np.full(b, -np.inf)
     rest = scores.copy()
     rest[np.arange(b), best] = -np.inf
-    second = rest.max(axis=1).astype(np.float64) if k > 1 else np.full(b, -np.inf)
-    return best, top, second
+    return best, top, rest.max(axis=1).astype(np.float64)
 
 
 def gather_candidates(
@@ -134,48 +138,54 @@ def gather_candidates(
     anchors (`successor_ids`), `anchor_cos` (b, A) the anchors' match cosines, `anchor_margin` (b, A)
     their leads over the runner-up matches (`find_anchors`; 0 where unknown), `successor_allowed` (b, A);
     `vectors_of(ids)` unit float32 vectors of bank ids (any shape); `queries` and `v_hat` (b, d) unit rows.
+
+    A step calls this for one stream as often as for many, so it is written as few whole-array calls
+    (each costs microseconds whatever its size), not as a loop over streams or candidates.
     """
-    b = ids.shape[0]
+    b, k = ids.shape
+    a = successors.shape[1]
     rows = np.arange(b)
     t_best, t_top, t_second = _top_two(tower_scores)
-    l_best, l_top, _ = _top_two(lvm_cos)
-    tower_id = np.where(np.isfinite(t_top), ids[rows, t_best] if ids.shape[1] else -1, -1)
-    lvm_id = np.where(np.isfinite(l_top), ids[rows, l_best] if ids.shape[1] else -1, -1)
+    l_best = np.argmax(lvm_cos, axis=1) if k else np.zeros(b, np.int64)
+    l_top = lvm_cos[rows, l_best].astype(np.float64) if k else np.full(b, -np.inf)
+    cand = np.empty((b, 2 + a), np.int64)
+    cand[:, 0] = np.where(np.isfinite(t_top), ids[rows, t_best], -1) if k else -1
+    cand[:, 1] = np.where(np.isfinite(l_top), ids[rows, l_best], -1) if k else -1
     succ = np.where(successor_allowed & (successors >= 0), successors, -1)
-    cand = np.concatenate([tower_id[:, None], lvm_id[:, None], succ], axis=1).astype(np.int64)
-    sources = np.concatenate([
-        np.full((b, 1), SOURCES.index("tower")), np.full((b, 1), SOURCES.index("lvm")),
-        np.full(succ.shape, SOURCES.index("successor")),
-    ], axis=1).astype(np.int8)
-    sources[cand < 0] = 0
+    cand[:, 2:] = succ
+    tower_id, lvm_id = cand[:, :1], cand[:, 1:2]
+    kinds = np.array([SOURCES.index("tower"), SOURCES.index("lvm")] + [SOURCES.index("successor")] * a, np.int8)
+    sources = np.where(cand >= 0, kinds, np.int8(0)).astype(np.int8, copy=False)
     vectors = np.asarray(vectors_of(np.maximum(cand, 0)), dtype=np.float32)
-    tower_score = np.einsum("bmd,bd->bm", vectors, queries).astype(np.float64)
-    cos = np.einsum("bmd,bd->bm", vectors, v_hat).astype(np.float64)
+    # Both scores of every candidate in one product: (b, m, d) against the (b, d, 2) pair q, v̂.
+    scores = np.matmul(vectors, np.stack([queries, v_hat], axis=2).astype(np.float32, copy=False))
+    scores = scores.astype(np.float64)
+    tower_score, cos = scores[:, :, 0], scores[:, :, 1]
     # Successor flags by id, so a shortlist candidate that is also a successor carries that evidence too.
     same = (cand[:, :, None] == succ[:, None, :]) & (succ[:, None, :] >= 0)  # (b, m, A)
     anchor = np.where(same, anchor_cos[:, None, :], 0.0)
-    best_anchor = anchor.max(axis=2, initial=0.0)
+    which = np.argmax(anchor, axis=2)  # the best-matching anchor each candidate continues
+    at = (rows[:, None], np.arange(2 + a)[None, :], which)
+    continues = same.any(axis=2)
     # The margin of the anchor behind the best match; an exact anchor's is 0, as the flag says all.
-    lead = np.where(same, np.where(anchor_cos >= EXACT_ANCHOR, 0.0, anchor_margin)[:, None, :], -np.inf)
-    lead = np.take_along_axis(lead, np.argmax(anchor, axis=2)[:, :, None], axis=2)[:, :, 0]
-    age = np.where(same, np.arange(succ.shape[1])[None, None, :], 99).min(axis=2, initial=99)
-    with np.errstate(invalid="ignore"):  # rows with fewer than two candidates: no margin to speak of
-        margin = np.where(np.isfinite(t_second) & np.isfinite(t_top), t_top - t_second, 1.0)
-    features = np.stack([
-        tower_score,
-        tower_score - np.where(np.isfinite(t_top), t_top, tower_score.max(axis=1))[:, None],
-        np.broadcast_to(margin[:, None], cand.shape),
-        cos,
-        cos - np.where(np.isfinite(l_top), l_top, cos.max(axis=1))[:, None],
-        (cand == tower_id[:, None]) & (tower_id[:, None] >= 0),
-        (cand == lvm_id[:, None]) & (lvm_id[:, None] >= 0),
-        same.any(axis=2),
-        best_anchor,
-        best_anchor >= EXACT_ANCHOR,
-        np.where(same.any(axis=2), age, 0),
-        np.where(np.isfinite(lead), lead, 0.0),
-        same.sum(axis=2),
-    ], axis=2).astype(np.float64)
+    lead = np.where(anchor_cos >= EXACT_ANCHOR, 0.0, anchor_margin)
+    features = np.empty((b, 2 + a, len(FEATURES)))
+    features[:, :, _COLUMN["tower_score"]] = tower_score
+    features[:, :, _COLUMN["tower_gap"]] = tower_score - np.where(
+        np.isfinite(t_top), t_top, tower_score.max(axis=1))[:, None]
+    two = np.isfinite(t_second) & np.isfinite(t_top)  # rows with fewer than two: no margin to speak of
+    features[:, :, _COLUMN["tower_margin"]] = np.where(two, t_top - np.where(two, t_second, 0.0), 1.0)[:, None]
+    features[:, :, _COLUMN["lvm_cos"]] = cos
+    features[:, :, _COLUMN["lvm_gap"]] = cos - np.where(np.isfinite(l_top), l_top, cos.max(axis=1))[:, None]
+    features[:, :, _COLUMN["tower_top"]] = (cand == tower_id) & (tower_id >= 0)
+    features[:, :, _COLUMN["lvm_top"]] = (cand == lvm_id) & (lvm_id >= 0)
+    features[:, :, _COLUMN["successor"]] = continues
+    best_anchor = np.maximum(anchor[at], 0.0)
+    features[:, :, _COLUMN["anchor_cos"]] = best_anchor
+    features[:, :, _COLUMN["anchor_exact"]] = best_anchor >= EXACT_ANCHOR
+    features[:, :, _COLUMN["anchor_age"]] = np.where(continues, np.argmax(same, axis=2), 0)
+    features[:, :, _COLUMN["anchor_margin"]] = np.where(same[at], lead[rows[:, None], which], 0.0)
+    features[:, :, _COLUMN["anchor_votes"]] = same.sum(axis=2)
     features[cand < 0] = 0.0
     return Candidates(cand, vectors, features, sources)
 
