@@ -180,6 +180,13 @@ class DecisionRecord:
             return self.neighbour_id
         return NO_ID
 
+    def renumbered(self, step: int, latency_ms: float | None = None) -> DecisionRecord:
+        """This record as step `step` (with `latency_ms` when given). A copy of its fields without
+        `dataclasses.replace`'s re-initialisation: a generation step makes one per stream."""
+        new = object.__new__(DecisionRecord)
+        new.__dict__.update(self.__dict__, step=step, latency_ms=self.latency_ms if latency_ms is None else latency_ms)
+        return new
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["decision"] = self.decision.value

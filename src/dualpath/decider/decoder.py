@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -136,10 +135,7 @@ class DualPathDecoder:
         """
         self._recent.append(record.picked_id)
         self._shown.append((record.picked_id,))
-        changes: dict[str, float | int] = {"step": self._step}
-        if latency_ms is not None:
-            changes["latency_ms"] = latency_ms
-        record = dataclasses.replace(record, **changes)  # type: ignore[arg-type]
+        record = record.renumbered(self._step, latency_ms)
         self._step += 1
         return record
 
