@@ -20,6 +20,7 @@ from dualpath.decider import (
     ground_streams,
     load_lanes,
     make_lane,
+    nearest_unsaid,
 )
 from dualpath.decider.decision import Shortlist
 from dualpath.decider.grounding import (
@@ -27,6 +28,7 @@ from dualpath.decider.grounding import (
     brier_score,
     choose_grounding,
     gather_candidates,
+    ground_one,
     reliability,
     successor_ids,
     successor_table,
@@ -104,6 +106,50 @@ def test_candidates_carry_the_tower_and_lvm_favourites_and_flag_successors() -> 
     np.testing.assert_allclose(f["anchor_margin"][1:, 3], 0.12)
     assert (f["anchor_margin"][1:, 2] == 0).all()
     assert (cand.sources[1:, 2] == SOURCES.index("successor")).all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 6), k=st.integers(0, 9), with_avoid=st.booleans())
+def test_one_streams_grounding_is_the_batched_one_bit_for_bit(seed: int, b: int, k: int, with_avoid: bool) -> None:
+    """ground_one (a step of one stream, its candidates on Python scalars) against gather_candidates and
+    choose_grounding on the whole batch: the same candidate, p, source and features, bit for bit."""
+    rng = np.random.default_rng(seed)
+    d = 8
+    bank = unit(rng.normal(size=(30, d)))
+    ids = rng.integers(-1, 30, size=(b, k))
+    q, v = unit(rng.normal(size=(b, d))), unit(rng.normal(size=(b, d)))
+    allowed = (ids >= 0) & (rng.random((b, k)) < 0.8)
+    tower = np.where(allowed, np.einsum("bkd,bd->bk", bank[np.maximum(ids, 0)], q), -np.inf).astype(np.float32)
+    lvm = np.where(allowed, np.einsum("bkd,bd->bk", bank[np.maximum(ids, 0)], v), -np.inf).astype(np.float32)
+    succ = rng.integers(-1, 30, size=(b, 2))
+    if k:  # successors that are also shortlist favourites, and two anchors proposing one successor
+        succ[:, 0] = np.where(rng.random(b) < 0.5, ids[:, 0], succ[:, 0])
+        succ[:, 1] = np.where(rng.random(b) < 0.3, succ[:, 0], succ[:, 1])
+    succ = np.where(rng.random((b, 2)) < 0.8, succ, -1)  # refused ones are -1, as ground_step passes them
+    anchor_cos = rng.choice([1.0, 0.999, 0.8, 0.6], size=(b, 2))
+    anchor_margin = rng.uniform(0, 0.3, size=(b, 2))
+    model = SnapConfidence(FEATURES, rng.normal(size=len(FEATURES)), rng.uniform(0.5, 2, len(FEATURES)),
+                           rng.normal(size=len(FEATURES)), float(rng.normal()))
+    avoided = None
+    if with_avoid:  # what each stream said, some of it its own candidates (paraphrases to pass over)
+        said = unit(rng.normal(size=(b, 3, d)))
+        said[:, 0] = bank[np.maximum(succ[:, 0], 0)]
+        avoided = (said, np.full((b, 3), 0.9))
+
+    def pick(scores: np.ndarray, vectors: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
+        return nearest_unsaid(scores, vectors, None if avoided is None else (avoided[0][rows], avoided[1][rows]))[0]
+
+    def vectors_of(x: np.ndarray) -> np.ndarray:
+        return bank[x]
+
+    batch = choose_grounding(gather_candidates(ids, tower, lvm, succ, anchor_cos, anchor_margin, succ >= 0,
+                                               vectors_of, q, v), model, pick=pick)
+    for i in range(b):
+        one = ground_one(ids[[i]], tower[[i]], lvm[[i]], succ[[i]], anchor_cos[[i]], anchor_margin[[i]], vectors_of,
+                         q[[i]], v[[i]], model, lambda s, vv, i=i: pick(s, vv, slice(i, i + 1)))
+        for name in ("ids", "vectors", "confidence", "sources", "features"):
+            assert np.array_equal(getattr(one, name)[0], getattr(batch, name)[i]), (name, i)
+        assert one.evidence(0) == batch.evidence(i)
 
 
 def test_the_confidence_learns_which_evidence_predicts_the_truth_and_round_trips() -> None:
@@ -186,17 +232,33 @@ def test_no_candidate_or_a_failed_retrieval_is_novel_with_its_reason() -> None:
     np.testing.assert_allclose(out, v, atol=1e-6)
 
 
-@settings(max_examples=40, deadline=None)
-@given(p=st.lists(st.floats(0, 1), min_size=1, max_size=12), seed=st.integers(0, 100))
-def test_a_stream_decides_the_same_alone_or_in_a_batch(p, seed) -> None:
+@settings(max_examples=60, deadline=None)
+@given(p=st.lists(st.floats(0, 1), min_size=1, max_size=12), seed=st.integers(0, 100),
+       schedule=st.sampled_from(["continuous", "reference"]))
+def test_a_stream_decides_the_same_alone_or_in_a_batch(p, seed, schedule) -> None:
+    """A stream alone (choose_grounded's scalar form) and in a batch: the same output bit for bit and the
+    same record, with memories that repeat picks, failed retrievals, absent candidates and drawn p's."""
     v, g = _grounding(np.array(p), seed=seed)
-    lane = LANES["neutral"]
-    batch_out, batch_records = choose_grounded(v, g, lane)
-    for i in range(len(p)):
+    rng = np.random.default_rng(seed)
+    b = len(p)
+    ids = np.where(rng.random(b) < 0.15, -1, g.ids)
+    near = rng.random(b) < 0.3  # a candidate at v̂ itself: the near-duplicate guard's cosine
+    g = Grounding(ids, np.where(near[:, None], v, g.vectors), g.confidence, g.sources,
+                  rng.uniform(0, 1, (b, len(FEATURES))))
+    memories = [list(rng.choice([100 + i, 7, 8], size=int(rng.integers(0, 4)))) for i in range(b)]
+    fallbacks = [("timeout" if rng.random() < 0.1 else None) for _ in range(b)]
+    decide_by = np.where(rng.random(b) < 0.3, rng.uniform(0, 1, b), np.nan)
+    c_max = np.where(rng.random(b) < 0.2, np.nan, rng.uniform(-1, 1, b))
+    lane = make_lane("x", {"rule": "confidence", "tau_snap": 0.7, "tau_novel": 0.3, "dup_window": 2,
+                           "risk": {"snap": 0.7, "blend": 0.3}})
+    batch_out, batch_records = choose_grounded(v, g, lane, memories, schedule, c_max=c_max, fallbacks=fallbacks,
+                                               decide_by=decide_by)
+    for i in range(b):
         one = Grounding(*(np.asarray(a)[[i]] for a in (g.ids, g.vectors, g.confidence, g.sources, g.features)))
-        out, (record,) = choose_grounded(v[[i]], one, lane)
-        np.testing.assert_array_equal(out[0], batch_out[i])
-        assert record.decision == batch_records[i].decision and record.alpha == batch_records[i].alpha
+        out, (record,) = choose_grounded(v[[i]], one, lane, [memories[i]], schedule, c_max=c_max[[i]],
+                                         fallbacks=[fallbacks[i]], decide_by=decide_by[[i]])
+        assert np.array_equal(out[0], batch_out[i])
+        assert {**record.to_dict(), "latency_ms": 0} == {**batch_records[i].to_dict(), "latency_ms": 0}
 
 
 def test_a_repeat_of_a_recent_pick_is_dropped_and_the_random_mix_reads_its_own_p() -> None:

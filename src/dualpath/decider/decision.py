@@ -29,6 +29,7 @@ recomputed per step; only the picked row is normalised for the output.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -758,6 +759,9 @@ def choose_grounded(
     if ids.shape != (b,) or grounding.vectors.shape != (b, d):
         raise DeciderError(f"grounding must hold one candidate per stream ({b}, d={d})")
     reasons = list(fallbacks) if fallbacks is not None else [None] * b
+    if b == 1:
+        return _grounded_one(queries, grounding, lane, recent_ids, alpha_of, dup_threshold, c_max, reasons[0],
+                             decide_by, start)
     empty = (ids < 0) | np.array([r is not None for r in reasons], dtype=bool)
     picked = np.where(empty[:, None], queries, grounding.vectors)
     neighbours = picked / _row_norms(picked)[:, None]
@@ -794,3 +798,67 @@ def choose_grounded(
             evidence=None if none else grounding.evidence(i),
         ))
     return out, records
+
+
+def _grounded_one(
+    queries: np.ndarray,
+    grounding: Grounding,
+    lane: Lane,
+    recent_ids: Sequence[Sequence[int]] | np.ndarray | None,
+    alpha_of: AlphaSchedule,
+    dup_threshold: float,
+    c_max: np.ndarray | None,
+    reason: str | None,
+    decide_by: np.ndarray | None,
+    start: float,
+) -> tuple[np.ndarray, list[DecisionRecord]]:
+    """`choose_grounded` for one stream (unit `queries` (1, d)), as `_choose_one` is to `choose_next_vectors`:
+    every vector computation is the batched form's own on a batch of one, and `_apply_rules` runs on Python
+    scalars. The tests hold the two forms equal."""
+    n_id = int(grounding.ids[0])
+    empty = n_id < 0 or reason is not None
+    picked = np.where(empty, queries, grounding.vectors)
+    neighbours = picked / _row_norms(picked)[:, None]
+    c_pick = float(np.einsum("bd,bd->b", queries, neighbours)[0])
+    p = float(np.asarray(grounding.confidence, dtype=np.float64)[0])
+    given = math.nan if decide_by is None else float(np.asarray(decide_by, dtype=np.float64)[0])
+    overridden = not math.isnan(given)
+    c_rule = given if overridden else p
+    memory = id_rows(recent_ids, 1, "memory of picked ids")[0].tolist()
+    code = 3
+    if c_rule <= lane.tau_novel:
+        code = 0
+    if c_rule >= lane.tau_snap:
+        code = 2
+    near_dup = bool(memory) and not empty and not overridden and c_pick > dup_threshold and n_id in memory
+    window = min(lane.dup_window, len(memory))
+    if near_dup and window > 0 and n_id in memory[len(memory) - window :]:
+        code = 1
+    if empty:
+        code = 0
+    alpha = 1.0 if code == 2 else 0.0
+    out = queries.copy()
+    if code == 2:
+        out[0] = neighbours[0]
+    elif code == 3:
+        alpha = float(np.asarray(alpha_of(np.array([c_rule]), lane.tau_snap, lane.tau_novel), dtype=np.float64)[0])
+        a32 = np.array([alpha]).astype(np.float32)[:, None]
+        mixed = (1.0 - a32) * queries + a32 * neighbours
+        out[0] = (mixed / _row_norms(mixed)[:, None])[0]
+    c_best = math.nan if c_max is None else float(np.asarray(c_max, dtype=np.float64)[0])
+    record = DecisionRecord(
+        step=0,
+        c_max=c_best if math.isfinite(c_best) else None,
+        decision=_DECISIONS[code],
+        neighbour_id=None if empty else n_id,
+        alpha=alpha,
+        lane=lane.name,
+        near_dup=near_dup,
+        fallback_reason=reason if reason is not None else FALLBACK_EMPTY if empty else None,
+        latency_ms=(time.perf_counter() - start) * 1000.0,
+        c_pick=c_rule,
+        confidence=p,
+        candidate_source=None if empty else SOURCES[int(grounding.sources[0])],
+        evidence=None if empty else grounding.evidence(0),
+    )
+    return out, [record]

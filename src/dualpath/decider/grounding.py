@@ -190,6 +190,92 @@ def gather_candidates(
     return Candidates(cand, vectors, features, sources)
 
 
+def ground_one(
+    ids: np.ndarray,
+    tower_scores: np.ndarray,
+    lvm_cos: np.ndarray,
+    successors: np.ndarray,
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    queries: np.ndarray,
+    v_hat: np.ndarray,
+    model: SnapConfidence,
+    pick: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+) -> Grounding:
+    """`choose_grounding(gather_candidates(...), model, pick)` for a batch of one (the same arguments, each
+    with its one row; `successors` already -1 where not allowed).
+
+    Every array computation is theirs on a batch of one (`_top_two`, the candidates' product, `predict`,
+    `pick`), so the result is bit-for-bit the batched one; the few candidates' features are set on Python
+    scalars instead of (1, m)-arrays, which is most of a single stream's decide stage otherwise. The
+    hypothesis test holds the two forms equal.
+    """
+    k = ids.shape[1]
+    t_best, t_tops, t_seconds = _top_two(tower_scores)
+    t_top, t_second = float(t_tops[0]), float(t_seconds[0])
+    l_best = int(lvm_cos[0].argmax()) if k else 0
+    l_top = float(lvm_cos[0, l_best]) if k else -np.inf
+    tower_id = int(ids[0, int(t_best[0])]) if np.isfinite(t_top) else -1
+    lvm_id = int(ids[0, l_best]) if np.isfinite(l_top) else -1
+    succ = [int(x) for x in successors[0].tolist()]
+    cand = [tower_id, lvm_id, *(x if x >= 0 else -1 for x in succ)]
+    vectors = np.asarray(vectors_of(np.maximum(np.array([cand], np.int64), 0)), dtype=np.float32)
+    scores = np.matmul(vectors, np.stack([queries, v_hat], axis=2).astype(np.float32, copy=False))[0]
+    tower_score, cos = scores[:, 0].astype(np.float64).tolist(), scores[:, 1].astype(np.float64).tolist()
+    t_ref = t_top if np.isfinite(t_top) else max(tower_score)
+    l_ref = l_top if np.isfinite(l_top) else max(cos)
+    margin = t_top - t_second if np.isfinite(t_second) and np.isfinite(t_top) else 1.0
+    a_cos, a_margin = anchor_cos[0].tolist(), anchor_margin[0].tolist()
+    rows = []
+    for j, c in enumerate(cand):
+        row = [0.0] * len(FEATURES)
+        rows.append(row)
+        if c < 0:
+            continue
+        same = [a for a, x in enumerate(succ) if x >= 0 and x == c]
+        anchor = [a_cos[a] if a in same else 0.0 for a in range(len(succ))]
+        which = anchor.index(max(anchor)) if anchor else 0
+        best_anchor = max(anchor[which], 0.0) if anchor else 0.0
+        row[_COLUMN["tower_score"]] = tower_score[j]
+        row[_COLUMN["tower_gap"]] = tower_score[j] - t_ref
+        row[_COLUMN["tower_margin"]] = margin
+        row[_COLUMN["lvm_cos"]] = cos[j]
+        row[_COLUMN["lvm_gap"]] = cos[j] - l_ref
+        row[_COLUMN["tower_top"]] = float(c == tower_id)
+        row[_COLUMN["lvm_top"]] = float(c == lvm_id)
+        row[_COLUMN["successor"]] = float(bool(same))
+        row[_COLUMN["anchor_cos"]] = best_anchor
+        row[_COLUMN["anchor_exact"]] = float(best_anchor >= EXACT_ANCHOR)
+        row[_COLUMN["anchor_age"]] = float(same[0]) if same else 0.0
+        if which in same and a_cos[which] < EXACT_ANCHOR:
+            row[_COLUMN["anchor_margin"]] = a_margin[which]
+        row[_COLUMN["anchor_votes"]] = float(len(same))
+    features = np.array([rows], dtype=np.float64)
+    p = model.predict(features)
+    valid = np.array([[c >= 0 for c in cand]])
+    if pick is None:
+        best = _argmax_valid(np.where(valid, p, -np.inf))
+    else:
+        best = int(pick(np.where(valid, p, -np.inf), vectors)[0])
+    at = max(best, 0)
+    found = best >= 0
+    kinds = [SOURCES.index("tower"), SOURCES.index("lvm")] + [SOURCES.index("successor")] * len(succ)
+    return Grounding(
+        ids=np.array([cand[at] if found else -1], np.int64),
+        vectors=vectors[:, at],
+        confidence=np.array([float(p[0, at]) if found else 0.0]),
+        sources=np.array([kinds[at] if found else 0], np.int8),
+        features=features[:, at] if found else np.zeros((1, len(FEATURES))),
+    )
+
+
+def _argmax_valid(scores: np.ndarray) -> int:
+    """The first best of one row of scores, -1 when none is finite."""
+    best = int(np.argmax(scores[0])) if scores.shape[1] else -1
+    return best if best >= 0 and np.isfinite(scores[0, best]) else -1
+
+
 @dataclass(frozen=True)
 class SnapConfidence:
     """p = σ(w · (x - mean) / scale + bias): the probability that a candidate is the true next concept."""

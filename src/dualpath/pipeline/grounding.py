@@ -33,6 +33,7 @@ from dualpath.decider.grounding import (
     brier_score,
     choose_grounding,
     gather_candidates,
+    ground_one,
     reliability,
     successor_ids,
     successor_table,
@@ -188,7 +189,16 @@ def ground_step(
     if scores_out is not None:
         scores_out.update(v=v, lvm=lvm_raw)
     c_max = lvm.max(axis=1, initial=-np.inf).astype(np.float64)
+
+    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
+        return nearest_unsaid(scores, candidate_vectors, avoided)[0]
+
     succ = successor_ids(table, anchors.ids)
+    if b == 1:  # one stream: the same numbers, its few candidates on Python scalars (ground_one)
+        refused_ids = set(np.asarray(blocked[0], np.int64).tolist()) | set(np.asarray(used[0], np.int64).tolist())
+        allowed_succ = np.array([[x if x >= 0 and x not in refused_ids else -1 for x in succ[0].tolist()]], np.int64)
+        one = ground_one(ids, tower, lvm, allowed_succ, anchors.cos, anchors.margin, vectors_of, q, v, model, pick)
+        return one, c_max
     refused = id_rows([np.concatenate([np.asarray(x, np.int64), np.asarray(u, np.int64)])
                        for x, u in zip(blocked, used, strict=True)], b, "blocked ids")
     succ_allowed = succ >= 0
@@ -197,7 +207,7 @@ def ground_step(
     candidates = gather_candidates(
         ids, tower, lvm, succ, anchors.cos, anchors.margin, succ_allowed, vectors_of, q, v
     )
-    grounding = choose_grounding(candidates, model, pick=lambda s, vv: nearest_unsaid(s, vv, avoided)[0])
+    grounding = choose_grounding(candidates, model, pick=pick)
     return grounding, c_max
 
 
