@@ -25,6 +25,7 @@ from dualpath.decider import (
     get_schedule,
     load_lanes,
     make_lane,
+    nearest_unsaid,
     reference_alpha,
 )
 from dualpath.errors import ConfigError, DeciderError, DualPathError
@@ -603,6 +604,30 @@ def test_greedy_n_star_is_the_best_candidate_neither_used_nor_a_paraphrase(
     assert record.neighbour_id == int(ids[np.flatnonzero(allowed)[np.argmax(cos[allowed])]])
     assert record.skipped_used == int(np.isin(ids, used).sum())
     assert record.skipped_paraphrases == int((paraphrase & ~np.isin(ids, used) & (cos > cos[allowed].max())).sum())
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 5), c=st.integers(0, 9), m=st.integers(0, 4))
+def test_nearest_unsaid_gives_each_row_alone_what_it_gives_the_batch(seed: int, b: int, c: int, m: int) -> None:
+    """A row alone (the scalar form) and in a batch: the same pick and the same count of paraphrases passed
+    over, and the pick is the best finite score whose candidate paraphrases nothing said."""
+    rng = np.random.default_rng(seed)
+    d = 6
+    vectors = unit(rng.normal(size=(b, c, d)))
+    scores = np.where(rng.random((b, c)) < 0.8, rng.normal(size=(b, c)), -np.inf).astype(np.float32)
+    said = unit(vectors[:, rng.integers(0, max(c, 1), size=m)] + 0.2 * rng.normal(size=(b, m, d))) if c else (
+        unit(rng.normal(size=(b, m, d))))
+    avoided = (said.astype(np.float32), rng.uniform(0.7, 0.99, size=(b, m))) if m else None
+    best, passed = nearest_unsaid(scores, vectors, avoided)
+    for i in range(b):
+        alone = nearest_unsaid(scores[[i]], vectors[[i]], None if avoided is None else (avoided[0][[i]],
+                                                                                         avoided[1][[i]]))
+        assert (int(alone[0][0]), int(alone[1][0])) == (int(best[i]), int(passed[i]))
+        unit_rows = (vectors[i] / np.linalg.norm(vectors[i], axis=1, keepdims=True)).astype(np.float64)
+        paraphrase = ((unit_rows @ said[i].T.astype(np.float64)) >= avoided[1][i]).any(axis=1) if m else (
+            np.zeros(c, bool))
+        ok = np.isfinite(scores[i]) & ~paraphrase
+        assert best[i] == (int(np.flatnonzero(ok)[np.argmax(scores[i][ok])]) if ok.any() else -1)
 
 
 def test_a_baseline_c_decides_but_n_star_stays_the_best_candidate() -> None:

@@ -347,6 +347,18 @@ def nearest_unsaid(
     many better candidates each row passed over. `scores` is not changed.
     """
     scores = np.array(scores, dtype=np.float32)
+    if not scores.shape[1]:
+        return np.full(len(scores), -1, np.int64), np.zeros(len(scores), np.int64)
+    if len(scores) == 1:  # one row: the same passes over its picks, on scalars
+        row, count = scores[0], 0
+        pick = int(row.argmax())
+        while avoided is not None and np.isfinite(row[pick]) and _paraphrases(
+            vectors[0, [pick]], avoided[0], avoided[1]
+        )[0]:
+            row[pick] = -np.inf
+            count += 1
+            pick = int(row.argmax())
+        return np.array([pick if np.isfinite(row[pick]) else -1]), np.array([count])
     best = np.argmax(scores, axis=1)
     passed = np.zeros(len(best), np.int64)
     if avoided is not None:

@@ -827,15 +827,18 @@ class Generator:
         def avoided_of(rows: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
             return None if avoided is None else (avoided[0][rows], avoided[1][rows])
 
+        whole = len(grounded) == b  # every stream grounds (the usual step): nothing to select
         sub = rows_of(shortlists, grounded)
+        v_sub = v_hat if whole else v_hat[grounded]
         grounding, c_max = ground_step(
-            self.confidence, self.successors(), anchors, v_hat[grounded], queries[grounded], sub,
-            [used[i] for i in grounded], [excludes[i] for i in grounded], avoided_of(grounded),
+            self.confidence, self.successors(), anchors, v_sub, queries if whole else queries[grounded], sub,
+            used if whole else [used[i] for i in grounded], excludes if whole else [excludes[i] for i in grounded],
+            avoided if whole else avoided_of(grounded),
             lambda ids: gather_vectors(self.bank, ids.reshape(-1)).reshape(*ids.shape, self.bank.dim),
-            scored if len(grounded) == b else None,
+            scored if whole else None,
         )
-        out, decided = ground_streams([decoders[i] for i in grounded], v_hat[grounded], grounding, c_max,
-                                      sub.fallbacks)
+        out, decided = ground_streams(decoders if whole else [decoders[i] for i in grounded], v_sub, grounding,
+                                      c_max, sub.fallbacks)
         outputs[grounded] = out
         for i, record in zip(grounded, decided, strict=True):
             records[i] = record
