@@ -123,16 +123,20 @@ def small_bank(path, n: int = 400, dim: int = 32, index: str = "flat", dtype: st
     ],
 )
 def test_every_index_kind_finds_the_exact_neighbours(tmp_path, index, factory):
-    vectors = clustered_unit_vectors(3000, 48, 40)
-    cfg = DualPathConfig.from_dict({"bank": {"index": index, "nprobe": 16}})
+    """Each kind, its search settings tuned to the stated recall (0.95 of the exact top-k) on the bank's own
+    vectors, finds that share of the exact neighbours of queries from the same clusters, at k 10 and 100."""
+    points = clustered_unit_vectors(3200, 48, 40)
+    vectors, queries = points[:3000], points[3000:]
+    cfg = DualPathConfig.from_dict({"bank": {"index": index}})
     bank = ConceptBank.from_vectors(tmp_path / "b", vectors, synthetic_concepts(3000), "synthetic", cfg)
     assert bank.manifest["index"]["factory"] == factory
     stored = bank.vectors(np.arange(3000))
-    queries = clustered_unit_vectors(200, 48, 40, seed=1)
-    exact = np.argsort(-(queries @ stored.T), axis=1)[:, :10]
-    ids, _ = bank.search(queries, 10)
-    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact, strict=True)])
-    assert recall >= (0.999 if factory == "SQfp16" else 0.85)
+    for k in (10, 100):
+        exact = np.argsort(-(queries @ stored.T), axis=1)[:, :k]
+        ids, _ = bank.search(queries, k)
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact, strict=True)])
+        # 200 held-out queries measure recall to about ±0.015 (the bank's 200 tuning queries the same).
+        assert recall >= (0.999 if factory == "SQfp16" else 0.92), (k, recall)
     ids, _ = bank.search(queries[:20], 10, domain="b")
     assert {c.domain for c in bank.concepts(ids[ids >= 0])} == {"b"}
     bank.close()

@@ -47,6 +47,10 @@ class BankConfig(_Section):
     milvus_uri: str | None = None
     nprobe: int = Field(16, ge=1)
     ef_search: int = Field(128, ge=1)
+    # The share of the exact top-k an approximate index (IVF, HNSW) must return at each search depth: its
+    # nprobe / efSearch per depth are measured to it when the index is built or grown (bank/tuning.py).
+    # null: search with nprobe and ef_search as given, at every depth.
+    recall: float | None = Field(0.95, gt=0, le=1)
     # Concepts encoded per step of `bank build` / `bank add`: one encoder call, one metadata insert, and (build)
     # one resume checkpoint. Memory does not grow with the corpus: vectors go to disk batch by batch.
     build_batch: int | None = Field(None, ge=1)  # None: bank.bank.BUILD_BATCH (1024)

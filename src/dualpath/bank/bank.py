@@ -706,6 +706,7 @@ def _write_vectors_and_index(
         os.fsync(fh.fileno())
     stored = np.load(directory / VECTORS_FILE, mmap_mode="r")
     backend.add(np.arange(first_id, total, dtype=np.int64), stored[first_id:], domains)
+    backend.tune(stored)
     _release(stored)
     backend.save(directory)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from dualpath.bank.ids import checked_ids
 from dualpath.bank.index_policy import AUTO_FLAT_MAX, HNSW_EF_CONSTRUCTION, HNSW_M, KINDS, index_kind, ivf_nlist
+from dualpath.bank.tuning import SearchTuning, tune_search
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.fileio import atomic_path
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
 DOMAINS_FILE = "index_domains.npz"
 ADD_BLOCK = 65_536  # vectors converted to float32 at a time while adding
+MAX_EF_SEARCH = 16_384  # the widest HNSW beam a search uses (a filtered search's included)
 _FAISS_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: ")
 
 
@@ -68,6 +70,7 @@ class FaissBackend:
         # domain → sorted concept ids; concepts without a domain are in no filter.
         self.domain_ids: dict[str, np.ndarray] = domains or {}
         self._selectors: dict[str, tuple[faiss.IDSelector, np.ndarray]] = {}
+        self.tuning: SearchTuning | None = None  # nprobe / efSearch per depth (tune)
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -108,6 +111,7 @@ class FaissBackend:
             domains=_load_domains(Path(directory) / DOMAINS_FILE),
         )
         backend.factory = description.get("factory", backend.factory)
+        backend.tuning = SearchTuning.from_dict(description.get("search"))
         return backend
 
     def _new_index(self, n: int, dtype: str) -> faiss.IndexIDMap:
@@ -170,6 +174,36 @@ class FaissBackend:
             self.domain_ids[domain] = np.union1d(old, np.asarray(new, dtype=np.int64))
         self._selectors.clear()
 
+    def tune(self, vectors: np.ndarray) -> None:
+        """nprobe (IVF) or efSearch (HNSW) per depth for `bank.recall`, measured on `vectors` (the bank's
+        rows, ids 0..n-1); none for an exact index, or with `bank.recall` null."""
+        self.tuning = None
+        if self.index is None or self.cfg.recall is None:
+            return
+        inner = self._searched_index(self.index.index)
+        ivf = faiss.try_extract_index_ivf(inner)
+        if isinstance(inner, faiss.IndexHNSW):
+            def ladder(depth: int) -> list[int]:
+                return [v for v in (depth << i for i in range(16)) if v <= MAX_EF_SEARCH] or [MAX_EF_SEARCH]
+            knob = "efSearch"
+        elif ivf is not None:
+            def ladder(depth: int) -> list[int]:  # steps of √2: a setting within 1.41x of the least that holds
+                return sorted({min(round(2 ** (i / 2)), ivf.nlist) for i in range(2 * ivf.nlist.bit_length() + 1)})
+            knob = "nprobe"
+        else:
+            return
+
+        def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
+            params = self._search_params(self.index.index, None, k, 1.0, value)
+            return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)[1]
+
+        self.tuning = tune_search(search_at, vectors, ladder, knob, self.cfg.recall)
+
+    @staticmethod
+    def _searched_index(index: faiss.Index) -> faiss.Index:
+        index = faiss.downcast_index(index)
+        return FaissBackend._searched_index(index.index) if isinstance(index, faiss.IndexPreTransform) else index
+
     def search(self, queries: np.ndarray, k: int, domain: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n = queries.shape[0]
@@ -203,21 +237,26 @@ class FaissBackend:
         return self._selectors[domain][0]
 
     def _search_params(
-        self, index: faiss.Index, selector: faiss.IDSelector | None, k: int, share: float
+        self, index: faiss.Index, selector: faiss.IDSelector | None, k: int, share: float, setting: int | None = None
     ) -> faiss.SearchParameters:
+        """The search's parameters at depth k: the tuned setting for k (`tune`), else the configured one;
+        `setting` given (while tuning) overrides both."""
         index = faiss.downcast_index(index)
         if isinstance(index, faiss.IndexPreTransform):
-            inner = self._search_params(index.index, selector, k, share)
+            inner = self._search_params(index.index, selector, k, share, setting)
             return faiss.SearchParametersPreTransform(index_params=inner)
+        if setting is None and self.tuning is not None and self.cfg.recall is not None:
+            setting = self.tuning.setting(k)
         if isinstance(index, faiss.IndexHNSW):
-            # A filter hides part of the graph; widen the beam in proportion so k hits survive.
-            ef = max(self.cfg.ef_search, k)
+            # The beam must hold the k results; a filter hides part of the graph, so it widens in proportion.
+            ef = max(self.cfg.ef_search if setting is None else setting, k)
             if selector is not None:
-                ef = min(max(ef, int(ef / max(share, 1e-3))), 16_384)
+                ef = min(max(ef, int(ef / max(share, 1e-3))), MAX_EF_SEARCH)
             return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
         if faiss.try_extract_index_ivf(index) is not None:
             nlist = faiss.try_extract_index_ivf(index).nlist
-            return faiss.SearchParametersIVF(sel=selector, nprobe=min(self.cfg.nprobe, nlist))
+            return faiss.SearchParametersIVF(sel=selector, nprobe=min(self.cfg.nprobe if setting is None else setting,
+                                                                      nlist))
         return faiss.SearchParameters(sel=selector)
 
     def delete(self, ids: np.ndarray) -> None:
@@ -236,7 +275,11 @@ class FaissBackend:
         return 0 if self.index is None else int(self.index.ntotal)
 
     def describe(self) -> dict[str, Any]:
-        return {"requested": self.requested, "factory": self.factory, "files": [INDEX_FILE, DOMAINS_FILE]}
+        out: dict[str, Any] = {"requested": self.requested, "factory": self.factory,
+                               "files": [INDEX_FILE, DOMAINS_FILE]}
+        if self.tuning is not None:
+            out["search"] = self.tuning.to_dict()
+        return out
 
     def save(self, directory: Path) -> None:
         if self.index is None:

@@ -309,6 +309,13 @@ class MilvusBackend:
         )
         return int(result[0]["count(*)"])
 
+    def tune(self, vectors: np.ndarray) -> None:
+        """Milvus searches with `bank.nprobe` / `bank.ef_search` as given (at least k): its settings are not
+        tuned per depth (bank/tuning.py is the FAISS backend's)."""
+        if self.cfg.recall is not None and self.index_type not in ("FLAT", "AUTOINDEX"):
+            log.info("Milvus index %s searches with nprobe %d / ef %d at every depth (not tuned to recall %.2f)",
+                     self.index_type, self.cfg.nprobe, self.cfg.ef_search, self.cfg.recall)
+
     def describe(self) -> dict[str, Any]:
         if self._unflushed:
             # The manifest must never record rows that a crash could still lose.

@@ -139,6 +139,12 @@ def info_command(
     table.add_column("value")
     for key in ("concepts", "documents", "dim", "encoder", "dtype", "backend", "index"):
         table.add_row(key, str(summary[key]))
+    tuned = manifest["index"].get("search")
+    if tuned:  # the search settings tuned per depth to the stated recall (bank/tuning.py)
+        table.add_row("search", "; ".join(
+            f"k ≤ {d}: {tuned['knob']} {s} (recall {r:.3f})"
+            for d, s, r in zip(tuned["depths"], tuned["settings"], tuned["measured"], strict=True)
+        ) + f" (stated {tuned['recall']:.2f}, {tuned['queries']} queries)")
     table.add_row("created / updated", f"{manifest.get('created')} / {manifest.get('updated')}")
     table.add_row("domains", ", ".join(f"{d} {n}" for d, n in summary["domains"].items()))
     console.print(table)

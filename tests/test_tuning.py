@@ -1,0 +1,88 @@
+"""Search settings tuned per depth to a stated recall (bank/tuning.py), and the FAISS backend using them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualpath.bank import ConceptBank
+from dualpath.bank import tuning as tuning_module
+from dualpath.bank.tuning import SearchTuning, exact_neighbours
+from dualpath.config import DualPathConfig
+from test_bank import clustered_unit_vectors, synthetic_concepts
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(3, 60), q=st.integers(1, 8), k=st.integers(1, 10),
+       block=st.integers(1, 70))
+def test_exact_neighbours_are_the_best_other_rows_whatever_the_block(seed, n, q, k, block) -> None:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, 5)).astype(np.float32)
+    query_ids = rng.choice(n, size=min(q, n), replace=False).astype(np.int64)
+    k = min(k, n - 1)
+    original = tuning_module.EXACT_BLOCK
+    tuning_module.EXACT_BLOCK = block
+    try:
+        found = exact_neighbours(vectors, query_ids, k)
+    finally:
+        tuning_module.EXACT_BLOCK = original
+    scores = vectors[query_ids] @ vectors.T
+    scores[np.arange(len(query_ids)), query_ids] = -np.inf
+    for row, found_row, own in zip(scores, found, query_ids, strict=True):
+        assert own not in found_row.tolist()
+        # The k best scores (ties may be broken either way).
+        np.testing.assert_allclose(np.sort(row[found_row])[::-1], np.sort(row)[::-1][:k], rtol=1e-6)
+
+
+def test_a_setting_is_the_tuned_one_at_a_tuned_depth_and_grows_with_depth_between() -> None:
+    tuned = SearchTuning("nprobe", 0.95, (10, 100, 500, 1000), (4, 16, 64, 90), (0.96, 0.95, 0.97, 0.95), 200)
+    assert [tuned.setting(k) for k in (1, 10, 100, 500, 1000, 5000)] == [4, 4, 16, 64, 90, 90]
+    between = [tuned.setting(k) for k in range(1, 1200, 7)]
+    assert between == sorted(between) and 16 < tuned.setting(200) < 64
+    assert tuned.setting(502) in (64, 65)  # a step's K = 500 plus two excluded ids: the K = 500 setting
+    assert SearchTuning.from_dict(tuned.to_dict()) == tuned
+    assert SearchTuning.from_dict({"knob": "nprobe"}) is None
+    assert SearchTuning.from_dict({**tuned.to_dict(), "settings": [0, 1, 2, 3]}) is None
+
+
+def _bank(tmp_path, name: str, bank_cfg: dict) -> tuple[ConceptBank, np.ndarray]:
+    points = clustered_unit_vectors(4200, 32, 60)
+    cfg = DualPathConfig.from_dict({"bank": bank_cfg})
+    return ConceptBank.from_vectors(tmp_path / name, points[:4000], synthetic_concepts(4000), "synthetic", cfg), (
+        points[4000:])
+
+
+def _recall(bank: ConceptBank, queries: np.ndarray, k: int) -> float:
+    exact = np.argsort(-(queries @ bank.vectors(np.arange(len(bank))).T), axis=1)[:, :k]
+    ids, _ = bank.search(queries, k)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact, strict=True)]))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_an_approximate_bank_is_tuned_to_its_stated_recall_at_each_depth(tmp_path, kind) -> None:
+    bank, queries = _bank(tmp_path, kind, {"index": kind, "recall": 0.95})
+    tuned = SearchTuning.from_dict(bank.manifest["index"]["search"])
+    assert tuned is not None and tuned.knob == ("nprobe" if kind == "ivf" else "efSearch")
+    assert list(tuned.settings) == sorted(tuned.settings) and min(tuned.measured) >= 0.95
+    for k in (10, 100, 500):  # held-out queries of the same clusters: the stated share, within sampling
+        assert _recall(bank, queries, k) >= 0.92, k
+    bank.close()
+    with ConceptBank.open(tmp_path / kind) as reopened:  # the manifest carries the settings
+        assert _recall(reopened, queries, 100) >= 0.92
+
+
+def test_a_fixed_nprobe_without_a_stated_recall_misses_deep_neighbours_the_tuned_one_finds(tmp_path) -> None:
+    fixed, queries = _bank(tmp_path, "fixed", {"index": "ivf", "recall": None, "nprobe": 2})
+    assert "search" not in fixed.manifest["index"]
+    tuned, _ = _bank(tmp_path, "tuned", {"index": "ivf", "nprobe": 2})
+    assert _recall(fixed, queries, 500) < 0.9 <= _recall(tuned, queries, 500)
+    fixed.close()
+    tuned.close()
+
+
+def test_a_flat_bank_has_nothing_to_tune(tmp_path) -> None:
+    bank, queries = _bank(tmp_path, "flat", {"index": "flat"})
+    assert "search" not in bank.manifest["index"] and _recall(bank, queries, 100) > 0.999
+    bank.close()
