@@ -309,9 +309,14 @@ class _Sections:
             base = next(r["median_ms"] for r in rows if r["name"] == "whole step (baseline)")
             index_rows = [{**r, "x_baseline": r["median_ms"] / base} for r in index_rows]
             builds = ", ".join(f"`{b['index']}` built in {b['build_s']:.1f} s" for b in facts["builds"].values())
+            tuned = "; ".join(f"`{facts['builds'][kind]['index']}` {t['knob']} " + "/".join(map(str, t["settings"]))
+                              + " at k ≤ " + "/".join(map(str, t["depths"]))
+                              for kind, t in facts.get("search", {}).items() if t)
+            settings = (f"search settings tuned to recall {self.cfg.bank.recall:.2f} per depth: {tuned}"
+                        if tuned else f"nprobe {self.cfg.bank.nprobe}, efSearch {self.cfg.bank.ef_search}, at least K")
             index_note = (f"The rows above on this bank's own {len(self.bank):,} vectors and prompts, indexed "
-                          f"approximately ({builds}; nprobe {self.cfg.bank.nprobe}, efSearch "
-                          f"{self.cfg.bank.ef_search}, at least K), each beside its recall@10 against exact search "
+                          f"approximately ({builds}; {settings}), each beside its recall@10 and its recall at the "
+                          "step's depth K against exact search "
                           "for the query tower's queries of held-out contexts. Texts are placeholders; every other "
                           "part is the bank's. Baseline: the whole single step on the bank's own "
                           f"`{self.bank.index_spec}` index above. "
@@ -334,7 +339,8 @@ class _Sections:
                            for kind, b in facts["builds"].items())
         note = (f"The generation rows on {_size_name(s.generation_scale)} synthetic clustered {self.bank.dim}-d "
                 f"vectors (one set, made once; {builds}; nprobe {self.cfg.bank.nprobe}, efSearch "
-                f"{self.cfg.bank.ef_search}), lane `{self.lane.name}` at each K, each beside its index's recall@10 "
+                f"{self.cfg.bank.ef_search} at least K, not tuned: generation_scale.py says why), lane "
+                f"`{self.lane.name}` at each K, each beside its index's recall@10 and recall@K "
                 f"against exact float32 search on the same bank in this run. The LVM and query tower are this "
                 "bank's own (same shapes as in production; on synthetic vectors only their cost means anything). "
                 "Batched rows: time per stream-step, per s = stream-steps per second. Baseline: the whole single "
