@@ -112,6 +112,10 @@ class FaissBackend:
         )
         backend.factory = description.get("factory", backend.factory)
         backend.tuning = SearchTuning.from_dict(description.get("search"))
+        tuned = backend.tuning
+        if tuned is not None and cfg.recall is not None and abs(tuned.recall - cfg.recall) > 1e-9:
+            log.warning("bank %s searches with settings tuned to recall %.2f, not bank.recall %.2f: `bank add` or a "
+                        "rebuild tunes them again", directory, tuned.recall, cfg.recall)
         return backend
 
     def _new_index(self, n: int, dtype: str) -> faiss.IndexIDMap:

@@ -17,10 +17,13 @@ AUTO_FLAT_MAX = 50_000
 # on CPU at this scale, needs no training (so `bank add` never works against stale centroids) and
 # costs ~256 bytes of graph per vector. From 1M on, IVF (trained once on a sample, cheap adds, memory ≈
 # the codes) is the better trade for generation: its beam must cover the shortlist (efSearch ≥ K), so
-# an HNSW search grows with K. Measured at 1M (docs/benchmarks.md, 2026-12-05): one generation step
-# 2.59 ms with IVF (recall@10 0.975) against 5.47 ms with HNSW (0.999) at K = 500, 2.22 against 2.87 ms
-# at K = 100; 256 streams 1,768 against 551 stream-steps/s at K = 500. The graph's build (311 s against
-# 98 s) and memory point the same way.
+# an HNSW search grows with K. Measured at 1M synthetic vectors with nprobe 16 (docs/benchmarks.md,
+# 2026-12-05): one generation step 2.59 ms with IVF against 5.47 ms with HNSW at K = 500, 2.22 against
+# 2.87 ms at K = 100; 256 streams 1,768 against 551 stream-steps/s at K = 500. At the stated recall
+# (bank/tuning.py; a fixed nprobe of 16 finds 58 % of the exact top 500 on real vectors) IVF stays the
+# faster on real vectors: one search 502 deep on the 36k wiki-sample bank takes 0.32 ms at nprobe 181
+# (recall@500 0.96) against 0.55 ms for HNSW at efSearch 512 (0.985), and a generation step on the quick
+# bank 1.45 against 1.86 ms. The graph's build (311 s against 98 s at 1M) and memory point the same way.
 AUTO_HNSW_MAX = 1_000_000
 HNSW_M = 32
 # The graph's build beam. FAISS's default, 40, is fine at 100k vectors (recall@10 0.998 at
