@@ -86,3 +86,12 @@ def test_a_flat_bank_has_nothing_to_tune(tmp_path) -> None:
     bank, queries = _bank(tmp_path, "flat", {"index": "flat"})
     assert "search" not in bank.manifest["index"] and _recall(bank, queries, 100) > 0.999
     bank.close()
+
+
+def test_a_bank_opened_with_another_stated_recall_says_its_settings_were_tuned_to_its_own(tmp_path, caplog) -> None:
+    bank, _ = _bank(tmp_path, "ivf", {"index": "ivf", "recall": 0.95})
+    bank.close()
+    with caplog.at_level("WARNING"), ConceptBank.open(tmp_path / "ivf", DualPathConfig.from_dict(
+            {"bank": {"recall": 0.99}})):
+        pass
+    assert "tuned to recall 0.95, not bank.recall 0.99" in caplog.text
