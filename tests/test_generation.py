@@ -425,6 +425,27 @@ def test_rendering_reuses_the_grounding_scores_and_steps_are_bit_for_bit_the_sam
         np.testing.assert_array_equal(a.vector, b.vector)
 
 
+@pytest.mark.parametrize("lane", ["neutral", "quota-neutral"])
+def test_a_stream_alone_steps_as_it_does_in_a_batch_bit_for_bit(generator, lane):
+    """One stream takes the single-stream forms of the decision (ground_one, choose_grounded's and
+    nearest_unsaid's scalar forms, _choose_one); in a batch it takes the batched ones. Stream i of a batch
+    runs as `generate(..., seed=seed + i)`: the same decisions, candidates and texts, and the same vectors
+    to float32 rounding (the models' BLAS products round a batch's rows differently from one row's)."""
+    bank = generator.bank
+    prompts = [np.array([i, i + 1]) for i in range(0, 30, 5)]
+    batched = generator.generate_batch([bank.vectors(p) for p in prompts], 5, lane, prompts, seed=11)
+    for i, prompt in enumerate(prompts):
+        alone = list(generator.generate(bank.vectors(prompt), 5, lane, prompt, seed=11 + i))
+        for a, b in zip(alone, batched[i], strict=True):
+            same = ("decision", "neighbour_id", "candidate_source", "near_dup", "fallback_reason",
+                    "skipped_used", "skipped_paraphrases")
+            assert [getattr(a.record, f) for f in same] == [getattr(b.record, f) for f in same]
+            assert a.record.confidence == pytest.approx(b.record.confidence, abs=1e-6)
+            assert a.record.alpha == pytest.approx(b.record.alpha, abs=1e-5)
+            assert (a.text_concept_id, a.text) == (b.text_concept_id, b.text)
+            np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
+
+
 @pytest.mark.parametrize("fraction", [0.01, 0.04, 0.2])
 def test_calibration_pairs_come_from_their_half_or_say_why_not(wiki_bank, fraction):
     from dualpath.config import SplitConfig
