@@ -426,7 +426,7 @@ def test_rendering_reuses_the_grounding_scores_and_steps_are_bit_for_bit_the_sam
 
 
 @pytest.mark.parametrize("lane", ["neutral", "quota-neutral"])
-def test_a_stream_alone_steps_as_it_does_in_a_batch_bit_for_bit(generator, lane):
+def test_a_stream_alone_steps_as_it_does_in_a_batch(generator, lane):
     """One stream takes the single-stream forms of the decision (ground_one, choose_grounded's and
     nearest_unsaid's scalar forms, _choose_one); in a batch it takes the batched ones. Stream i of a batch
     runs as `generate(..., seed=seed + i)`: the same decisions, candidates and texts, and the same vectors
