@@ -21,8 +21,8 @@ AUTO_FLAT_MAX = 50_000
 # 2026-12-05): one generation step 2.59 ms with IVF against 5.47 ms with HNSW at K = 500, 2.22 against
 # 2.87 ms at K = 100; 256 streams 1,768 against 551 stream-steps/s at K = 500. At the stated recall
 # (bank/tuning.py; a fixed nprobe of 16 finds 58 % of the exact top 500 on real vectors) IVF stays the
-# faster on real vectors: one search 502 deep on the 36k wiki-sample bank takes 0.32 ms at nprobe 181
-# (recall@500 0.96) against 0.55 ms for HNSW at efSearch 512 (0.985), and a generation step on the quick
+# faster on real vectors: one search 502 deep on the 36k wiki-sample bank takes 0.28 ms at nprobe 181
+# (recall@500 0.960) against 0.52 ms for HNSW at efSearch 500 (0.984), and a generation step on the quick
 # bank 1.45 against 1.86 ms. The graph's build (311 s against 98 s at 1M) and memory point the same way.
 AUTO_HNSW_MAX = 1_000_000
 HNSW_M = 32
