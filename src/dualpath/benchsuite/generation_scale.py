@@ -101,7 +101,7 @@ def bench_generation_per_index(
     start = time.perf_counter()
     n = len(vectors)
     truth = exact_top_k(queries, vectors, max(RECALL_K, *ks))
-    facts: dict[str, Any] = {"n": n, "builds": {}, "fallbacks": {}, "floors": []}
+    facts: dict[str, Any] = {"n": n, "builds": {}, "fallbacks": {}, "empty": {}, "floors": []}
     rows: list[dict[str, Any]] = []
     for kind in kinds:
         path = workdir / f"generation-{n}-{kind}"
@@ -121,6 +121,7 @@ def bench_generation_per_index(
                 recall_k = recall_at_k(deep, truth[:, :k])
                 measured, counts = bench_generation(generator, k_lane, prompt_ids, steps, batches)
                 facts["fallbacks"][f"{kind}, K={k}"] = counts["fallbacks"]
+                facts["empty"][f"{kind}, K={k}"] = counts["empty"]
                 rows += [{"index": bank.index_spec, "k": k, "recall_at_10": recall, "recall_at_k": recall_k, **row}
                          for row in measured]
                 if with_floors:

@@ -23,6 +23,7 @@ from dualpath.benchsuite.timing import stats, timings_ms, with_ratio
 from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.decider import Lane
+from dualpath.decider.decision import FALLBACK_EMPTY
 from dualpath.encoding import Encoder
 from dualpath.models.heuristics import last_vector, mean_vector
 from dualpath.models.incremental import lvm_stream, tower_stream
@@ -114,6 +115,15 @@ def generation_prompts(generator: Generator, cfg: DualPathConfig, count: int, le
     return chosen[:count]
 
 
+def _count_fallbacks(counts: dict[str, Any], steps: Sequence[Any]) -> None:
+    """Steps whose retrieval failed (timeout, error) into counts["fallbacks"]; steps left with nothing to
+    ground on or pick (reason `empty`: no result, or every candidate refused as shown or a paraphrase)
+    into counts["empty"]."""
+    reasons = [s.record.fallback_reason for s in steps]
+    counts["fallbacks"] += sum(r is not None and r != FALLBACK_EMPTY for r in reasons)
+    counts["empty"] += sum(r == FALLBACK_EMPTY for r in reasons)
+
+
 def bench_generation(
     generator: Generator, lane: Lane, prompts: Sequence[np.ndarray], steps: int, batches: Sequence[int]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -123,7 +133,7 @@ def bench_generation(
     counts["render_searched"][b]: the share of stream-steps at b streams rendered by a rendering search
     (the rest from their shortlist or their SNAP), which the stage table's render floor counts."""
     bank = generator.bank
-    counts: dict[str, Any] = {"fallbacks": 0, "render_searched": {}}
+    counts: dict[str, Any] = {"fallbacks": 0, "empty": 0, "render_searched": {}}
     renderer = generator.renderer
     searched = [0]
     original = renderer.render
@@ -137,7 +147,7 @@ def bench_generation(
 
         def run(prompt_ids: np.ndarray) -> list[dict[str, float]]:
             steps_ = list(generator.generate(bank.vectors(prompt_ids), steps, lane, prompt_ids))
-            counts["fallbacks"] += sum(s.record.fallback_reason is not None for s in steps_)
+            _count_fallbacks(counts, steps_)
             return [s.latency_ms for s in steps_]
 
         def parts(latencies: list[dict[str, float]], name: str, per_call: float = 1) -> dict[str, dict[str, float]]:
@@ -147,7 +157,7 @@ def bench_generation(
             return rows
 
         run(prompts[0])  # warm-up: first calls allocate
-        counts["fallbacks"] = 0
+        counts["fallbacks"] = counts["empty"] = 0
         searched[0] = 0
         latencies = [lat for p in prompts for lat in run(p)]
         counts["render_searched"][1] = searched[0] / max(len(latencies), 1)
@@ -169,7 +179,7 @@ def bench_generation(
             runs = generator.generate_batch(vectors, steps, lane, chosen)
             counts["render_searched"][size] = searched[0] / (size * steps)
             per_step = [stream[t].latency_ms for t in range(steps) for stream in runs[:1]]  # the batch's, per stream
-            counts["fallbacks"] += sum(s.record.fallback_reason is not None for r in runs for s in r)
+            _count_fallbacks(counts, [s for r in runs for s in r])
             batch_rows = parts(per_step, f"batched step, {size} streams")
             rows.update({(k if k.startswith("batched") else f"{k} ({size})"): v for k, v in batch_rows.items()})
         counts.update({"steps": len(latencies), "prompts": len(prompts)})

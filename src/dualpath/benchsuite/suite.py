@@ -285,7 +285,8 @@ class _Sections:
                 "per-stream state (`generation.incremental`); the reference row re-reads the window each step. "
                 f"`Generator.generate_batch` runs {sizes} streams of the same prompts (time per stream-step; per s "
                 "is stream-steps per second). Baseline: the whole single step. "
-                f"Retrieval fallbacks: {counts['fallbacks']}.")
+                f"Retrieval fallbacks (timeout, error): {counts['fallbacks']}; steps with no result or every "
+                f"candidate refused (NOVEL, reason `empty`): {counts['empty']}.")
         sections = {"generation": Section("Generation step", note, stages.TIMING_COLUMNS, rows)}
         batch = max(s.generation_batches)
         floor_rows = stages.stage_floors(self.generator, self.lane, prompts, rows, batch,
@@ -320,7 +321,8 @@ class _Sections:
                           "for the query tower's queries of held-out contexts. Texts are placeholders; every other "
                           "part is the bank's. Baseline: the whole single step on the bank's own "
                           f"`{self.bank.index_spec}` index above. "
-                          f"Retrieval fallbacks: {sum(facts['fallbacks'].values())}.")
+                          f"Retrieval fallbacks (timeout, error): {sum(facts['fallbacks'].values())}; steps with no "
+                          f"result or every candidate refused (NOVEL, `empty`): {sum(facts['empty'].values())}.")
             sections["generation_index"] = Section(
                 "Generation step per index kind, this bank's vectors", index_note,
                 {**generation_scale.SCALE_COLUMNS, "x_baseline": "× flat step"}, index_rows,
@@ -344,7 +346,9 @@ class _Sections:
                 f"against exact float32 search on the same bank in this run. The LVM and query tower are this "
                 "bank's own (same shapes as in production; on synthetic vectors only their cost means anything). "
                 "Batched rows: time per stream-step, per s = stream-steps per second. Baseline: the whole single "
-                f"step of the same index and K. Retrieval fallbacks: {sum(facts['fallbacks'].values())}.")
+                f"step of the same index and K. Retrieval fallbacks (timeout, error): "
+                f"{sum(facts['fallbacks'].values())}; steps with no result or every candidate refused (NOVEL, "
+                f"`empty`): {sum(facts['empty'].values())}.")
         floor_note = (f"Each stage of the single step and of the {max(s.generation_batches)}-stream step above beside "
                       "its floor, per index and K, as in the generation step's stage table (same run).")
         return {
