@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dualpath.bank import ConceptBank
 from dualpath.bank.layout import CALIBRATION_FILE
@@ -19,7 +21,7 @@ from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane, read
 from dualpath.errors import CorpusError
 from dualpath.pipeline.calibrate import calibrate_bank
 from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, heldout_pairs, teacher_forced
-from dualpath.pipeline.generator import Generator
+from dualpath.pipeline.generator import VERBATIM_COSINE, Generator, Unsayable
 from trained_models import tiny_config
 
 PROMPT = "The Moon is Earth's only natural satellite. It orbits the planet at an average distance of 384,400 km."
@@ -491,3 +493,31 @@ def test_the_numpy_kernels_decide_and_show_what_the_torch_models_do(generator, m
         for a, b in zip(fast, reference, strict=True):
             assert (a.record.decision, a.text_concept_id) == (b.record.decision, b.text_concept_id)
             np.testing.assert_allclose(a.vector, b.vector, atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 10_000), windows=st.lists(st.integers(0, 4), min_size=1, max_size=4),
+       theta=st.sampled_from([0.9, 1.0]), steps=st.integers(0, 9))
+def test_what_a_stream_may_not_say_is_its_prompt_and_its_last_window_of_shown_concepts(
+    seed, windows, theta, steps
+) -> None:
+    """Unsayable's rows with a finite limit are, per stream, the prompt's concepts (verbatim limit when the
+    paraphrase rule is off) and the last `repeat_window` concepts it showed (none with the rule off)."""
+    rng = np.random.default_rng(seed)
+    contexts = [rng.normal(size=(int(rng.integers(1, 4)), 3)).astype(np.float32) for _ in windows]
+    unsayable = Unsayable(contexts, windows, theta, 3)
+    shown: list[list[np.ndarray]] = [[] for _ in windows]
+    for _ in range(steps):
+        showed = np.flatnonzero(rng.random(len(windows)) < 0.7)
+        vectors = rng.normal(size=(len(windows), 3)).astype(np.float32)
+        unsayable.push(showed, vectors[showed])
+        for i in showed:
+            shown[i].append(vectors[i])
+    vectors, limits = unsayable.stacked()
+    for i, window in enumerate(windows):
+        recent = shown[i][-window:] if theta < 1.0 and window else []
+        want = sorted([(tuple(v), min(theta, VERBATIM_COSINE)) for v in contexts[i]] + [(tuple(v), theta)
+                                                                                        for v in recent])
+        got = sorted((tuple(v), float(limit)) for v, limit in zip(vectors[i], limits[i], strict=True)
+                     if np.isfinite(limit))
+        assert got == want

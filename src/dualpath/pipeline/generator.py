@@ -49,7 +49,6 @@ from dualpath.decider import (
     SyncMiner,
     TelemetrySink,
     ThreadedMiner,
-    avoid_rows,
     get_lane,
     ground_streams,
     id_member,
@@ -266,6 +265,40 @@ def search_shortlist_batch(
     return batch, floor
 
 
+class Unsayable:
+    """What each stream may not say again, as `avoid_rows` stacks it, kept from step to step: its prompt's
+    concepts (at the paraphrase cosine, or verbatim when the rule is off) and, for its lane's repeat window,
+    the concepts it showed. The shown ones sit in a ring per stream (a paraphrase is a match to any row,
+    so their order does not matter); a step reads the arrays as they are and writes only the new rows."""
+
+    def __init__(self, contexts: Sequence[np.ndarray], windows: Sequence[int], theta: float, dim: int) -> None:
+        b = len(contexts)
+        prompt = max((len(c) for c in contexts), default=0)
+        self.windows = np.array([w if theta < 1.0 else 0 for w in windows], dtype=np.int64)
+        self.vectors = np.zeros((b, prompt + int(self.windows.max(initial=0)), dim), np.float32)
+        self.limits = np.full(self.vectors.shape[:2], np.inf)
+        for i, context in enumerate(contexts):
+            self.vectors[i, : len(context)] = context
+            self.limits[i, : len(context)] = min(theta, VERBATIM_COSINE)
+        self.prompt = prompt
+        self.theta = theta
+        self.count = np.zeros(b, np.int64)
+
+    def stacked(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(b, m, d) vectors and (b, m) limits (inf: an empty row), None when there is nothing to avoid."""
+        return (self.vectors, self.limits) if self.vectors.shape[1] else None
+
+    def push(self, rows: np.ndarray, vectors: np.ndarray) -> None:
+        """Streams `rows` showed `vectors` (one each): each replaces the oldest in the stream's window."""
+        keep = self.windows[rows] > 0
+        rows, vectors = rows[keep], vectors[keep]
+        if rows.size:
+            slots = self.prompt + self.count[rows] % self.windows[rows]
+            self.vectors[rows, slots] = vectors
+            self.limits[rows, slots] = self.theta
+            self.count[rows] += 1
+
+
 def left_padded(windows: Sequence[np.ndarray], dim: int) -> tuple[np.ndarray, np.ndarray]:
     """Context windows of different lengths as one left-padded (b, C, d) batch and its mask."""
     width = max(len(w) for w in windows)
@@ -323,8 +356,9 @@ def shortlist_nearest(
         allowed &= ~id_member(ids, skipped)
     if scored is not None and np.array_equal(o[rows], scored[0][rows]):
         raw = scored[1]
-    else:
-        raw = np.matmul(shortlists.vectors, o[:, :, None])[:, :, 0]
+    else:  # the grounding's shape of product, (b, d, 2): a BLAS call rounds by its shape, so these equal reused ones
+        with np.errstate(all="ignore"):  # padding rows may hold anything: they are masked
+            raw = np.matmul(shortlists.vectors, np.stack([o, o], axis=2))[:, :, 1]
     scores = np.where(allowed, raw, -np.inf)
     best, _ = nearest_unsaid(scores, shortlists.vectors, avoided)
     best = best[rows]
@@ -615,22 +649,6 @@ class Generator:
             contexts.append(context)
         return contexts, [np.unique(np.asarray(ids, dtype=np.int64)) for ids in context_ids], encode_ms
 
-    def _avoided(
-        self, contexts: list[np.ndarray], said: list[list[np.ndarray]], decoders: list[DualPathDecoder]
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """What each stream may not say again, as `avoid_rows`: its prompt's concepts (at the paraphrase
-        cosine, or verbatim when the rule is off) and, for the lane's repeat window, the concepts it showed."""
-        theta = self.cfg.generation.paraphrase_cosine
-        vectors, limits = [], []
-        for context, shown, decoder in zip(contexts, said, decoders, strict=True):
-            window = decoder.lane.repeat_window
-            recent = shown[-window:] if theta < 1.0 and window and shown else []
-            vectors.append(np.concatenate([context, *recent]) if recent else context)
-            limits.append(np.concatenate([
-                np.full(len(context), min(theta, VERBATIM_COSINE)), np.full(len(recent), theta)
-            ]))
-        return avoid_rows(vectors, limits, len(contexts), self.bank.dim)
-
     def _run(
         self,
         contexts: list[np.ndarray],
@@ -658,7 +676,8 @@ class Generator:
         timeout = self.cfg.decider.retrieval_timeout_s
         incremental = self.cfg.generation.incremental
         lane_k = [d.lane.k for d in decoders]
-        said: list[list[np.ndarray]] = [[] for _ in contexts]  # each stream's shown concepts' vectors
+        unsayable = Unsayable(contexts, [d.lane.repeat_window for d in decoders],
+                              self.cfg.generation.paraphrase_cosine, self.bank.dim)
         reader = ShortlistReader(self.bank)
         # Streams whose lanes ground on evidence: their anchors, the bank's successors, the confidence.
         grounded = [i for i, d in enumerate(decoders) if d.lane.rule == "confidence"]
@@ -701,7 +720,7 @@ class Generator:
             t0 = time.perf_counter()
             scored: dict[str, np.ndarray] = {}  # the grounding's pass over the shortlists, for rendering
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
-            avoided = self._avoided(contexts, said, decoders)
+            avoided = unsayable.stacked()
             if b == 1 and not grounded:
                 one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
                 own = (None, None) if avoided is None else (avoided[0][0], avoided[1][0])
@@ -740,8 +759,8 @@ class Generator:
             if render:  # what each stream showed leaves its next shortlists, as do its paraphrases
                 for i, decoder in enumerate(decoders):
                     decoder.shown(shown_ids[i], walked.get(i, ()))
-                    if shown_ids[i] >= 0:
-                        said[i].append(shown_vectors[i][None])
+                showed = np.flatnonzero(np.asarray(shown_ids) >= 0)
+                unsayable.push(showed, shown_vectors[showed])
             lat["render"] = (time.perf_counter() - t0) * 1000
             neighbour_ids = [r.neighbour_id for r in records if r.neighbour_id is not None]
             neighbour_text = dict(zip(neighbour_ids, self.bank.texts(neighbour_ids), strict=True))
