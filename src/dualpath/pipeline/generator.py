@@ -285,8 +285,10 @@ class Unsayable:
         self.count = np.zeros(b, np.int64)
 
     def stacked(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """(b, m, d) vectors and (b, m) limits (inf: an empty row), None when there is nothing to avoid."""
-        return (self.vectors, self.limits) if self.vectors.shape[1] else None
+        """(b, m, d) vectors and (b, m) limits (inf: an empty row), None when there is nothing to avoid. The
+        rings fill their slots in order, so only as many as the most any stream has shown are read."""
+        width = self.prompt + int(np.minimum(self.windows, self.count).max(initial=0))
+        return (self.vectors[:, :width], self.limits[:, :width]) if width else None
 
     def push(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         """Streams `rows` showed `vectors` (one each): each replaces the oldest in the stream's window."""
@@ -356,9 +358,8 @@ def shortlist_nearest(
         allowed &= ~id_member(ids, skipped)
     if scored is not None and np.array_equal(o[rows], scored[0][rows]):
         raw = scored[1]
-    else:  # the grounding's shape of product, (b, d, 2): a BLAS call rounds by its shape, so these equal reused ones
-        with np.errstate(all="ignore"):  # padding rows may hold anything: they are masked
-            raw = np.matmul(shortlists.vectors, np.stack([o, o], axis=2))[:, :, 1]
+    else:
+        raw = np.matmul(shortlists.vectors, o[:, :, None])[:, :, 0]
     scores = np.where(allowed, raw, -np.inf)
     best, _ = nearest_unsaid(scores, shortlists.vectors, avoided)
     best = best[rows]
