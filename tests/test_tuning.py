@@ -95,3 +95,36 @@ def test_a_bank_opened_with_another_stated_recall_says_its_settings_were_tuned_t
             {"bank": {"recall": 0.99}})):
         pass
     assert "tuned to recall 0.95, not bank.recall 0.99" in caplog.text
+
+
+def test_bank_tune_measures_the_settings_an_untuned_bank_lacks(tmp_path, caplog) -> None:
+    """A bank without tuned settings (an earlier dualpath's, or built with bank.recall null) says so when
+    opened; `dualpath bank tune` (the installed command) measures them into its manifest, and the bank
+    then returns the stated share of deep neighbours."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bank, queries = _bank(tmp_path, "old", {"index": "ivf", "recall": None, "nprobe": 2})
+    bank.close()
+    with caplog.at_level("WARNING"), ConceptBank.open(tmp_path / "old") as reopened:
+        before = _recall(reopened, queries, 500)
+    assert "no search settings tuned to a recall" in caplog.text and "bank tune" in caplog.text
+    dualpath = Path(sys.executable).with_name("dualpath")
+    done = subprocess.run([str(dualpath), "bank", "tune", str(tmp_path / "old"), "--json"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    tuned = json.loads(done.stdout)["search"]
+    assert tuned["knob"] == "nprobe" and tuned["recall"] == 0.95 and min(tuned["measured"]) >= 0.95
+    with ConceptBank.open(tmp_path / "old") as reopened:
+        assert reopened.manifest["index"]["search"] == tuned
+        assert before < 0.9 <= _recall(reopened, queries, 500)
+    flat, _ = _bank(tmp_path, "flat", {"index": "flat"})
+    flat.close()
+    done = subprocess.run([str(dualpath), "bank", "tune", str(tmp_path / "flat")], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0 and "nothing" not in done.stderr and "no search settings to tune" in done.stdout
+    bad = subprocess.run([str(dualpath), "bank", "tune", str(tmp_path / "old"), "--recall", "2"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr

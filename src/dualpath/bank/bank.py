@@ -378,6 +378,23 @@ class ConceptBank:
         if read_manifest(self.path) != self.manifest:
             raise BankError(f"bank {self.path} changed since it was opened (another process wrote it); run again")
 
+    def tune(self) -> dict[str, Any] | None:
+        """Measure the index's search settings for `bank.recall` again (bank/tuning.py) and record them in
+        the manifest, under the bank's writer lock: for a bank an earlier dualpath built, or to state another
+        recall. Returns them as the manifest records them (None: an exact index, nothing to tune)."""
+        with write_lock(self.path):
+            if read_manifest(self.path) != self.manifest:
+                self._reload()
+            backend = open_backend(self.manifest["backend"], self.path, self.dim, self.cfg.bank, self.manifest["index"])
+            with closing(backend):
+                backend.tune(self._vectors)
+                index = backend.describe()
+            # The index's files are untouched (their checksums stand): only the manifest's record changes.
+            updated = datetime.now(UTC).isoformat(timespec="seconds")
+            write_json_atomic(self.path / MANIFEST_FILE, {**self.manifest, "index": index, "updated": updated})
+        self._reload()
+        return self.manifest["index"].get("search")
+
     def _reload(self) -> None:
         encoder = self._encoder
         self.close()

@@ -114,8 +114,15 @@ class FaissBackend:
         backend.tuning = SearchTuning.from_dict(description.get("search"))
         tuned = backend.tuning
         if tuned is not None and cfg.recall is not None and abs(tuned.recall - cfg.recall) > 1e-9:
-            log.warning("bank %s searches with settings tuned to recall %.2f, not bank.recall %.2f: `bank add` or a "
-                        "rebuild tunes them again", directory, tuned.recall, cfg.recall)
+            log.warning("bank %s searches with settings tuned to recall %.2f, not bank.recall %.2f: "
+                        "`dualpath bank tune %s` measures them again", directory, tuned.recall, cfg.recall, directory)
+        approximate = isinstance(backend._searched_index(index.index), faiss.IndexHNSW) or (
+            faiss.try_extract_index_ivf(backend._searched_index(index.index)) is not None)
+        if tuned is None and approximate and cfg.recall is not None:
+            log.warning("bank %s has no search settings tuned to a recall (an earlier dualpath built it, or "
+                        "bank.recall was null): it searches with nprobe %d / efSearch %d at every depth, which can "
+                        "miss many of a deep shortlist's neighbours; `dualpath bank tune %s` measures them",
+                        directory, cfg.nprobe, cfg.ef_search, directory)
         return backend
 
     def _new_index(self, n: int, dtype: str) -> faiss.IndexIDMap:

@@ -115,6 +115,42 @@ def add_command(
     console.print(f"added {added} concepts to [bold]{bank_dir}[/] (now {summary['concepts']})", highlight=False)
 
 
+@bank_app.command("tune")
+def tune_command(
+    bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
+    recall: float | None = typer.Option(
+        None, "--recall", min=0.01, max=1.0,
+        help="The share of the exact top-k every search must return (default: bank.recall, 0.95).",
+    ),
+    milvus_uri: str | None = MILVUS_URI_OPTION,
+    config: Path | None = CONFIG_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the settings as JSON."),
+) -> None:
+    """Measure an IVF or HNSW bank's search settings (nprobe / efSearch per depth) for a stated recall."""
+    from dualpath.bank import ConceptBank
+    from dualpath.errors import DualPathError
+
+    overrides: dict[str, Any] = {"milvus_uri": milvus_uri}
+    if recall is not None:
+        overrides["recall"] = recall
+    cfg = load_config(config, bank=overrides)
+    if cfg.bank.recall is None:
+        raise DualPathError("bank.recall is null in the config: give --recall to state one")
+    with ConceptBank.open(bank_dir, cfg) as bank:
+        tuned = bank.tune()
+        index = bank.index_spec
+    if as_json:
+        print_json({"path": str(bank_dir), "index": index, "search": tuned})
+        return
+    if tuned is None:
+        console.print(f"{bank_dir}: index {index} has no search settings to tune (exact, or not FAISS)",
+                      highlight=False)
+        return
+    rows = "; ".join(f"k ≤ {d}: {tuned['knob']} {s} (recall {r:.3f})"
+                     for d, s, r in zip(tuned["depths"], tuned["settings"], tuned["measured"], strict=True))
+    console.print(f"{bank_dir} ({index}) tuned to recall {tuned['recall']:.2f}: {rows}", highlight=False)
+
+
 @bank_app.command("info")
 def info_command(
     bank_dir: Path = typer.Argument(..., metavar="DIR", help="Bank directory."),
