@@ -31,7 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np
 
 from dualpath.bank import ConceptBank
-from dualpath.benchsuite.synthetic import exact_top_k, recall_at_k, synthetic_set, vector_bank
+from dualpath.bank.tuning import recall_at_k
+from dualpath.benchsuite.synthetic import exact_top_k, synthetic_set, vector_bank
 from dualpath.config import DualPathConfig
 
 KINDS = {  # name → (index, dtype); the first is the baseline

@@ -30,7 +30,8 @@ import numpy as np
 
 from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.bank.milvus_backend import MilvusBackend
-from dualpath.benchsuite.synthetic import clustered_unit_vectors, recall_at_k
+from dualpath.bank.tuning import recall_at_k
+from dualpath.benchsuite.synthetic import clustered_unit_vectors
 from dualpath.config import BankConfig
 from dualpath.fileio import write_json_atomic
 

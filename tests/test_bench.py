@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dualpath.bank.tuning import recall_at_k
 from dualpath.benchsuite.search import add_marginal_memory
 from dualpath.benchsuite.suite import QUICK, run_suite
-from dualpath.benchsuite.synthetic import exact_top_k, recall_at_k, synthetic_set
+from dualpath.benchsuite.synthetic import exact_top_k, synthetic_set
 from dualpath.benchsuite.tables import finite_or_none, format_value
 from dualpath.benchsuite.timing import stats, with_ratio
 

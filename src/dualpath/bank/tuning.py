@@ -95,9 +95,11 @@ def exact_neighbours(vectors: np.ndarray, query_ids: np.ndarray, k: int) -> np.n
     return np.take_along_axis(best_ids, order, axis=1)
 
 
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of each row's true ids that `found` holds (-1 padding finds nothing)."""
-    hits = [np.intersect1d(f[f >= 0], t).size / max(t.size, 1) for f, t in zip(found, truth, strict=True)]
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each query's true top-k (`truth`, k columns) that the search returned among its first
+    k results (`found`; -1 padding finds nothing)."""
+    k = truth.shape[1]
+    hits = [np.intersect1d(f[f >= 0], t).size / k for f, t in zip(found[:, :k], truth, strict=True)]
     return float(np.mean(hits)) if hits else 0.0
 
 
@@ -131,7 +133,7 @@ def tune_search(
             found = search(value, q, depth + 1)
             found = np.stack([np.concatenate([row[row != own], [-1]])[:depth] for row, own in zip(
                 found, query_ids, strict=True)])  # its own match left out, as in the truth
-            got = recall(found, truth[:, :depth])
+            got = recall_at_k(found, truth[:, :depth])
             if got >= target:
                 break
         if got < target:

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from dualpath.bank.tuning import recall_at_k
 from dualpath.benchsuite.stages import bench_generation, stage_floors
-from dualpath.benchsuite.synthetic import CONCEPTS_PER_DOCUMENT, exact_top_k, recall_at_k, synthetic_set, vector_bank
+from dualpath.benchsuite.synthetic import CONCEPTS_PER_DOCUMENT, exact_top_k, synthetic_set, vector_bank
 from dualpath.config import DualPathConfig
 from dualpath.decider import Lane
 from dualpath.pipeline.generator import Generator

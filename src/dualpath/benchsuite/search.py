@@ -28,8 +28,9 @@ from typing import Any
 import faiss
 import numpy as np
 
+from dualpath.bank.tuning import recall_at_k
 from dualpath.benchsuite.memory import opened_bank_rss
-from dualpath.benchsuite.synthetic import exact_top_k, recall_at_k, vector_bank
+from dualpath.benchsuite.synthetic import exact_top_k, vector_bank
 from dualpath.benchsuite.timing import stats, timings_ms
 from dualpath.config import DualPathConfig
 

@@ -51,13 +51,6 @@ def exact_top_k(queries: np.ndarray, vectors: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of each query's true top-k that the index returned among its k results."""
-    k = truth.shape[1]
-    hits = [len(np.intersect1d(f[f >= 0], t)) / k for f, t in zip(found[:, :k], truth, strict=True)]
-    return float(np.mean(hits)) if hits else 0.0
-
-
 def vector_bank(out: str | Path, vectors: np.ndarray, index: str, cfg: DualPathConfig | None = None) -> ConceptBank:
     """A bank of `vectors` with placeholder concepts (no encoder): what `bank build` writes, minus encoding."""
     cfg = cfg or DualPathConfig()
