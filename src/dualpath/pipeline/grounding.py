@@ -183,7 +183,7 @@ def ground_step(
         allowed &= ~id_member(ids, used_rows)
     vectors = np.asarray(batch.vectors, dtype=np.float32)
     # Two mat-vecs, not one product against (b, d, 2): BLAS copies a matrix product's operand into panels
-    # first, and that copy of every shortlist made the 256-stream decide stage 25 % slower.
+    # first, and that copy of every shortlist made the 256-stream decide stage a third slower.
     with np.errstate(all="ignore"):  # padding rows may hold anything: they are masked
         tower = np.where(allowed, np.matmul(vectors, q[:, :, None])[:, :, 0], -np.inf)
         lvm_raw = np.matmul(vectors, v[:, :, None])[:, :, 0]
