@@ -116,9 +116,7 @@ class FaissBackend:
         if tuned is not None and cfg.recall is not None and abs(tuned.recall - cfg.recall) > 1e-9:
             log.warning("bank %s searches with settings tuned to recall %.2f, not bank.recall %.2f: "
                         "`dualpath bank tune %s` measures them again", directory, tuned.recall, cfg.recall, directory)
-        approximate = isinstance(backend._searched_index(index.index), faiss.IndexHNSW) or (
-            faiss.try_extract_index_ivf(backend._searched_index(index.index)) is not None)
-        if tuned is None and approximate and cfg.recall is not None:
+        if tuned is None and backend._knob() is not None and cfg.recall is not None:
             log.warning("bank %s has no search settings tuned to a recall (an earlier dualpath built it, or "
                         "bank.recall was null): it searches with nprobe %d / efSearch %d at every depth, which can "
                         "miss many of a deep shortlist's neighbours; `dualpath bank tune %s` measures them",
@@ -189,26 +187,31 @@ class FaissBackend:
         """nprobe (IVF) or efSearch (HNSW) per depth for `bank.recall`, measured on `vectors` (the bank's
         rows, ids 0..n-1); none for an exact index, or with `bank.recall` null."""
         self.tuning = None
-        if self.index is None or self.cfg.recall is None:
+        knob = self._knob()
+        if knob is None or self.cfg.recall is None:
             return
-        inner = self._searched_index(self.index.index)
-        ivf = faiss.try_extract_index_ivf(inner)
-        if isinstance(inner, faiss.IndexHNSW):
-            def ladder(depth: int) -> list[int]:
+        nlist = 0 if knob == "efSearch" else faiss.try_extract_index_ivf(self._searched_index(self.index.index)).nlist
+
+        def ladder(depth: int) -> list[int]:
+            if knob == "efSearch":
                 return [v for v in (depth << i for i in range(16)) if v <= MAX_EF_SEARCH] or [MAX_EF_SEARCH]
-            knob = "efSearch"
-        elif ivf is not None:
-            def ladder(depth: int) -> list[int]:  # steps of √2: a setting within 1.41x of the least that holds
-                return sorted({min(round(2 ** (i / 2)), ivf.nlist) for i in range(2 * ivf.nlist.bit_length() + 1)})
-            knob = "nprobe"
-        else:
-            return
+            # steps of √2: a setting within 1.41x of the least that holds
+            return sorted({min(round(2 ** (i / 2)), nlist) for i in range(2 * nlist.bit_length() + 1)})
 
         def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
             params = self._search_params(self.index.index, None, k, 1.0, value)
             return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)[1]
 
         self.tuning = tune_search(search_at, vectors, ladder, knob, self.cfg.recall)
+
+    def _knob(self) -> str | None:
+        """The search setting an approximate index trades recall for (`nprobe`, `efSearch`); None when exact."""
+        if self.index is None:
+            return None
+        inner = self._searched_index(self.index.index)
+        if isinstance(inner, faiss.IndexHNSW):
+            return "efSearch"
+        return "nprobe" if faiss.try_extract_index_ivf(inner) is not None else None
 
     @staticmethod
     def _searched_index(index: faiss.Index) -> faiss.Index:

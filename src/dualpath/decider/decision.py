@@ -705,30 +705,13 @@ def _choose_one(
             return None  # nothing left: the batched form records the empty step
     c = float(cos[best])
     n_id = int(ids[best])
-    memory = list(recent_ids)
-    near_dup = c > dup_threshold and n_id in memory
-    if near_dup and lane.dup_window > 0 and n_id in memory[-lane.dup_window :]:
-        decision = Decision.NOVEL_DUP_DROP
-    elif c >= lane.tau_snap:
-        decision = Decision.SNAP
-    elif c <= lane.tau_novel:
-        decision = Decision.NOVEL
-    else:
-        decision = Decision.BLEND
-    alpha = 0.0
+    decision, near_dup = _rules_one(c, c, n_id, list(recent_ids), lane, dup_threshold, guard=True)
+    neighbours = queries
     if decision is Decision.SNAP or decision is Decision.BLEND:
         picked = vectors[[best]]
         neighbours = picked / _row_norms(picked)[:, None]
-        if decision is Decision.SNAP:
-            alpha, out = 1.0, neighbours[0]
-        else:
-            alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
-            alpha = float(np.asarray(alpha_of(np.array([c]), lane.tau_snap, lane.tau_novel), dtype=np.float64)[0])
-            a32 = np.array([alpha]).astype(np.float32)[:, None]
-            mixed = (1.0 - a32) * queries + a32 * neighbours
-            out = (mixed / _row_norms(mixed)[:, None])[0]
-    else:
-        out = queries[0]
+    alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
+    out, alpha = _output_one(decision, queries, neighbours, c, lane, alpha_of)
     record = DecisionRecord(
         step=0, c_max=c, decision=decision, neighbour_id=n_id, alpha=alpha, lane=lane.name, near_dup=near_dup,
         fallback_reason=None, latency_ms=(time.perf_counter() - start) * 1000.0, c_pick=c, skipped_used=skipped,
@@ -837,31 +820,17 @@ def _grounded_one(
     overridden = not math.isnan(given)
     c_rule = given if overridden else p
     memory = id_rows(recent_ids, 1, "memory of picked ids")[0].tolist()
-    code = 3
-    if c_rule <= lane.tau_novel:
-        code = 0
-    if c_rule >= lane.tau_snap:
-        code = 2
-    near_dup = bool(memory) and not empty and not overridden and c_pick > dup_threshold and n_id in memory
-    window = min(lane.dup_window, len(memory))
-    if near_dup and window > 0 and n_id in memory[len(memory) - window :]:
-        code = 1
+    decision, near_dup = _rules_one(c_rule, c_pick, n_id, memory, lane, dup_threshold,
+                                    guard=not empty and not overridden)
     if empty:
-        code = 0
-    alpha = 1.0 if code == 2 else 0.0
-    out = queries.copy()
-    if code == 2:
-        out[0] = neighbours[0]
-    elif code == 3:
-        alpha = float(np.asarray(alpha_of(np.array([c_rule]), lane.tau_snap, lane.tau_novel), dtype=np.float64)[0])
-        a32 = np.array([alpha]).astype(np.float32)[:, None]
-        mixed = (1.0 - a32) * queries + a32 * neighbours
-        out[0] = (mixed / _row_norms(mixed)[:, None])[0]
+        decision = Decision.NOVEL
+    row, alpha = _output_one(decision, queries, neighbours, c_rule, lane, alpha_of)
+    out = row[None].astype(np.float32)
     c_best = math.nan if c_max is None else float(np.asarray(c_max, dtype=np.float64)[0])
     record = DecisionRecord(
         step=0,
         c_max=c_best if math.isfinite(c_best) else None,
-        decision=_DECISIONS[code],
+        decision=decision,
         neighbour_id=None if empty else n_id,
         alpha=alpha,
         lane=lane.name,
@@ -874,3 +843,33 @@ def _grounded_one(
         evidence=None if empty else grounding.evidence(0),
     )
     return out, [record]
+
+
+def _rules_one(
+    c_rule: float, c_near: float, n_id: int, memory: list[int], lane: Lane, dup_threshold: float, guard: bool
+) -> tuple[Decision, bool]:
+    """`_apply_rules` for one stream on Python scalars: (decision, near_dup). `guard` False turns the
+    near-duplicate drop off (no candidate, or a baseline's c decides)."""
+    near_dup = guard and c_near > dup_threshold and n_id in memory
+    window = min(lane.dup_window, len(memory))
+    if near_dup and window > 0 and n_id in memory[len(memory) - window :]:
+        return Decision.NOVEL_DUP_DROP, near_dup
+    if c_rule >= lane.tau_snap:
+        return Decision.SNAP, near_dup
+    if c_rule <= lane.tau_novel:
+        return Decision.NOVEL, near_dup
+    return Decision.BLEND, near_dup
+
+
+def _output_one(
+    decision: Decision, queries: np.ndarray, neighbours: np.ndarray, c_rule: float, lane: Lane, alpha_of: AlphaSchedule
+) -> tuple[np.ndarray, float]:
+    """`_apply_rules`' output and α for one stream: unit `queries` and `neighbours` (1, d) in, (d,) out."""
+    if decision is Decision.SNAP:
+        return neighbours[0], 1.0
+    if decision is not Decision.BLEND:
+        return queries[0], 0.0
+    alpha = float(np.asarray(alpha_of(np.array([c_rule]), lane.tau_snap, lane.tau_novel), dtype=np.float64)[0])
+    a32 = np.array([alpha]).astype(np.float32)[:, None]
+    mixed = (1.0 - a32) * queries + a32 * neighbours
+    return (mixed / _row_norms(mixed)[:, None])[0], alpha
