@@ -109,10 +109,15 @@ def test_candidates_carry_the_tower_and_lvm_favourites_and_flag_successors() -> 
 
 
 @settings(max_examples=80, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 6), k=st.integers(0, 9), with_avoid=st.booleans())
-def test_one_streams_grounding_is_the_batched_one_bit_for_bit(seed: int, b: int, k: int, with_avoid: bool) -> None:
+@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 6), k=st.integers(0, 9), with_avoid=st.booleans(),
+       held=st.booleans())
+def test_one_streams_grounding_is_the_batched_one(
+    seed: int, b: int, k: int, with_avoid: bool, held: bool
+) -> None:
     """ground_one (a step of one stream, its candidates on Python scalars) against gather_candidates and
-    choose_grounding on the whole batch: the same candidate, p, source and features, bit for bit."""
+    choose_grounding on the whole batch: the same candidate, source and features bit for bit and p within
+    float rounding, with the shortlists' rows given (`held`, as a generation step has them) or read through
+    `vectors_of`."""
     rng = np.random.default_rng(seed)
     d = 8
     bank = unit(rng.normal(size=(30, d)))
@@ -142,14 +147,59 @@ def test_one_streams_grounding_is_the_batched_one_bit_for_bit(seed: int, b: int,
     def vectors_of(x: np.ndarray) -> np.ndarray:
         return bank[x]
 
+    rows = bank[np.maximum(ids, 0)].astype(np.float32) if held else None
     batch = choose_grounding(gather_candidates(ids, tower, lvm, succ, anchor_cos, anchor_margin, succ >= 0,
-                                               vectors_of, q, v), model, pick=pick)
+                                               vectors_of, q, v, rows), model, pick=pick)
     for i in range(b):
         one = ground_one(ids[[i]], tower[[i]], lvm[[i]], succ[[i]], anchor_cos[[i]], anchor_margin[[i]], vectors_of,
-                         q[[i]], v[[i]], model, lambda s, vv, i=i: pick(s, vv, slice(i, i + 1)))
-        for name in ("ids", "vectors", "confidence", "sources", "features"):
+                         q[[i]], v[[i]], model, lambda s, vv, i=i: pick(s, vv, slice(i, i + 1)),
+                         None if rows is None else rows[[i]])
+        for name in ("ids", "vectors", "sources", "features"):
             assert np.array_equal(getattr(one, name)[0], getattr(batch, name)[i]), (name, i)
+        # p on Python floats (`predict_row`) sums the same terms in another order
+        np.testing.assert_allclose(one.confidence[0], batch.confidence[i], rtol=1e-12, atol=1e-15)
         assert one.evidence(0) == batch.evidence(i)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 5), one=st.booleans())
+def test_a_step_reads_from_the_bank_only_the_successors_its_shortlist_lacks(seed: int, b: int, one: bool) -> None:
+    """One pass over each shortlist: with its rows given, a candidate that is a shortlist row (the two
+    favourites, a successor listed there) takes its scores and vector from the step's pass; the bank is
+    read for, and only for, the successors outside it, and their scores match the shortlist's own."""
+    rng = np.random.default_rng(seed)
+    d, k = 8, 7
+    bank = unit(rng.normal(size=(30, d))).astype(np.float32)
+    ids = np.stack([rng.choice(30, size=k, replace=False) for _ in range(b)])
+    q, v = unit(rng.normal(size=(b, d))), unit(rng.normal(size=(b, d)))
+    rows = bank[ids]
+    tower = np.einsum("bkd,bd->bk", rows, q).astype(np.float32)
+    lvm = np.einsum("bkd,bd->bk", rows, v).astype(np.float32)
+    succ = np.stack([[ids[i, rng.integers(k)] if rng.random() < 0.5 else int(rng.integers(30)),
+                      -1 if rng.random() < 0.3 else int(rng.integers(30))] for i in range(b)])
+    read: list[int] = []
+
+    def vectors_of(x: np.ndarray) -> np.ndarray:
+        read.extend(int(i) for i in np.asarray(x).ravel())
+        return bank[x]
+
+    model = SnapConfidence(FEATURES, np.zeros(len(FEATURES)), np.ones(len(FEATURES)),
+                           rng.normal(size=len(FEATURES)), 0.0)
+    if one:
+        ground_one(ids[:1], tower[:1], lvm[:1], succ[:1], np.ones((1, 2)), np.zeros((1, 2)), vectors_of,
+                   q[:1], v[:1], model, shortlist_vectors=rows[:1])
+        expected = {int(s) for s in succ[0] if s >= 0 and s not in ids[0]}
+    else:
+        cand = gather_candidates(ids, tower, lvm, succ, np.ones((b, 2)), np.zeros((b, 2)), succ >= 0, vectors_of,
+                                 q, v, rows)
+        expected = {int(s) for i in range(b) for s in succ[i] if s >= 0 and s not in ids[i]}
+        real = cand.ids >= 0
+        exact = np.einsum("bmd,bd->bm", bank[np.maximum(cand.ids, 0)], q)
+        np.testing.assert_allclose(cand.features[..., 0][real], exact[real], atol=1e-5)
+        np.testing.assert_array_equal(cand.vectors[real], bank[cand.ids[real]])
+    assert set(read) - {0} == expected - {0}
+    if not expected:
+        assert read == []
 
 
 def test_the_confidence_learns_which_evidence_predicts_the_truth_and_round_trips() -> None:

@@ -460,7 +460,8 @@ def choose_next_vectors(
             raise DeciderError(f"sampling needs one draw in [0, 1) per stream ({b})")
 
     q_norms = _row_norms(queries)
-    if not (q_norms.min() > 0 and q_norms.max() < np.inf):  # NaN fails both
+    # NaN fails both; one stream reads its one norm
+    if not (0 < float(q_norms[0]) < np.inf if b == 1 else q_norms.min() > 0 and q_norms.max() < np.inf):
         good = np.isfinite(q_norms) & (q_norms > 0)
         raise DeciderError(f"v̂ of stream {int(np.argmin(good))} is zero, NaN/inf or overflows float32")
     queries = queries / q_norms[:, None]
@@ -746,7 +747,7 @@ def choose_grounded(
     queries = _as_queries(v_hat)
     b, d = queries.shape
     q_norms = _row_norms(queries)
-    if not (q_norms.min() > 0 and q_norms.max() < np.inf):
+    if not (0 < float(q_norms[0]) < np.inf if b == 1 else q_norms.min() > 0 and q_norms.max() < np.inf):
         good = np.isfinite(q_norms) & (q_norms > 0)
         raise DeciderError(f"v̂ of stream {int(np.argmin(good))} is zero, NaN/inf or overflows float32")
     queries = queries / q_norms[:, None]
@@ -812,21 +813,26 @@ def _grounded_one(
     scalars. The tests hold the two forms equal."""
     n_id = int(grounding.ids[0])
     empty = n_id < 0 or reason is not None
-    picked = np.where(empty, queries, grounding.vectors)
+    picked = queries if empty else np.asarray(grounding.vectors, dtype=np.float32)
     neighbours = picked / _row_norms(picked)[:, None]
     c_pick = float(np.einsum("bd,bd->b", queries, neighbours)[0])
-    p = float(np.asarray(grounding.confidence, dtype=np.float64)[0])
-    given = math.nan if decide_by is None else float(np.asarray(decide_by, dtype=np.float64)[0])
+    p = float(grounding.confidence[0])
+    given = math.nan if decide_by is None else float(decide_by[0])
     overridden = not math.isnan(given)
     c_rule = given if overridden else p
-    memory = id_rows(recent_ids, 1, "memory of picked ids")[0].tolist()
+    if recent_ids is None or isinstance(recent_ids, np.ndarray):
+        memory = id_rows(recent_ids, 1, "memory of picked ids")[0].tolist()
+    elif len(recent_ids) != 1:
+        raise DeciderError(f"need one memory of picked ids per stream (1), got {len(recent_ids)}")
+    else:
+        memory = [int(x) for x in recent_ids[0]]
     decision, near_dup = _rules_one(c_rule, c_pick, n_id, memory, lane, dup_threshold,
                                     guard=not empty and not overridden)
     if empty:
         decision = Decision.NOVEL
     row, alpha = _output_one(decision, queries, neighbours, c_rule, lane, alpha_of)
     out = row[None].astype(np.float32)
-    c_best = math.nan if c_max is None else float(np.asarray(c_max, dtype=np.float64)[0])
+    c_best = math.nan if c_max is None else float(c_max[0])
     record = DecisionRecord(
         step=0,
         c_max=c_best if math.isfinite(c_best) else None,

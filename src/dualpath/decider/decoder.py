@@ -176,8 +176,8 @@ def _decide_in_groups(
     b = len(decoders)
     out = np.empty((b, d_out), np.float32)
     records: list[DecisionRecord | None] = [None] * b
-    groups: dict[tuple, list[int]] = {}
-    for i, d in enumerate(decoders):
+    groups: dict[tuple, list[int]] = {(): [0]} if b == 1 else {}
+    for i, d in enumerate(decoders if b > 1 else ()):
         groups.setdefault(key(d), []).append(i)
     decided_groups = []
     for rows in groups.values():

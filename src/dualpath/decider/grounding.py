@@ -33,8 +33,10 @@ Plain numpy in and out; no index, model or bank here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -130,6 +132,7 @@ def gather_candidates(
     vectors_of: Callable[[np.ndarray], np.ndarray],
     queries: np.ndarray,
     v_hat: np.ndarray,
+    shortlist_vectors: np.ndarray | None = None,
 ) -> Candidates:
     """The candidates of b streams and their features.
 
@@ -137,10 +140,14 @@ def gather_candidates(
     a candidate is not allowed (padding, shown, the context); `successors` (b, A) successor ids of the
     anchors (`successor_ids`), `anchor_cos` (b, A) the anchors' match cosines, `anchor_margin` (b, A)
     their leads over the runner-up matches (`find_anchors`; 0 where unknown), `successor_allowed` (b, A);
-    `vectors_of(ids)` unit float32 vectors of bank ids (any shape); `queries` and `v_hat` (b, d) unit rows.
+    `vectors_of(ids)` unit float32 vectors of bank ids (any shape); `queries` and `v_hat` (b, d) unit rows;
+    `shortlist_vectors` (b, k, d), when the caller holds them, the rows of `ids`.
 
-    A step calls this for one stream as often as for many, so it is written as few whole-array calls
-    (each costs microseconds whatever its size), not as a loop over streams or candidates.
+    One pass over each shortlist: a candidate in it (the two favourites, and a successor that is also a
+    shortlist row) takes its scores from `tower_scores` and `lvm_cos` and its vector from
+    `shortlist_vectors` (or `vectors_of`); only a successor outside the shortlist is read from the bank
+    and scored here. A step calls this for one stream as often as for many, so it is written as few
+    whole-array calls (each costs microseconds whatever its size), not as a loop over streams or candidates.
     """
     b, k = ids.shape
     a = successors.shape[1]
@@ -156,11 +163,35 @@ def gather_candidates(
     tower_id, lvm_id = cand[:, :1], cand[:, 1:2]
     kinds = np.array([SOURCES.index("tower"), SOURCES.index("lvm")] + [SOURCES.index("successor")] * a, np.int8)
     sources = np.where(cand >= 0, kinds, np.int8(0)).astype(np.int8, copy=False)
-    vectors = np.asarray(vectors_of(np.maximum(cand, 0)), dtype=np.float32)
-    # Both scores of every candidate in one product: (b, m, d) against the (b, d, 2) pair q, v̂.
-    scores = np.matmul(vectors, np.stack([queries, v_hat], axis=2).astype(np.float32, copy=False))
-    scores = scores.astype(np.float64)
-    tower_score, cos = scores[:, :, 0], scores[:, :, 1]
+    # Where each candidate sits in its shortlist (-1: a successor outside it, or no candidate).
+    at_row = np.full((b, 2 + a), -1, np.int64)
+    if k:
+        at_row[:, 0], at_row[:, 1] = t_best, l_best
+        hit = (succ[:, :, None] == ids[:, None, :]) & (succ[:, :, None] >= 0) & np.isfinite(lvm_cos)[:, None, :]
+        at_row[:, 2:] = np.where(hit.any(axis=2), np.argmax(hit, axis=2), -1)
+    at_row[cand < 0] = -1
+    inside = at_row >= 0
+    listed = np.maximum(at_row, 0)
+    tower_score = np.take_along_axis(tower_scores, listed, 1).astype(np.float64) if k else np.zeros((b, 2 + a))
+    cos = np.take_along_axis(lvm_cos, listed, 1).astype(np.float64) if k else np.zeros((b, 2 + a))
+    outside = ~inside & (cand >= 0)
+    if shortlist_vectors is None or not k:  # every candidate read once, from the bank
+        vectors = fresh = np.asarray(vectors_of(np.maximum(cand, 0)), dtype=np.float32)
+    else:
+        vectors = np.asarray(shortlist_vectors[rows[:, None], listed], dtype=np.float32)
+        fresh = np.asarray(vectors_of(np.where(outside, cand, 0)), dtype=np.float32) if outside.any() else vectors
+    if outside.any():  # successors outside the shortlist: scored here (both scores in one product)
+        scores = np.matmul(fresh, np.stack([queries, v_hat], axis=2).astype(np.float32, copy=False))
+        vectors = np.where(outside[:, :, None], fresh, vectors)
+        tower_score = np.where(outside, scores[:, :, 0], tower_score)
+        cos = np.where(outside, scores[:, :, 1], cos)
+    real = cand >= 0
+    tower_score, cos = np.where(real, tower_score, 0.0), np.where(real, cos, 0.0)
+    # With no shortlist favourite, gaps are to the best candidate (a successor).
+    t_best_real = np.where(real, tower_score, -np.inf).max(axis=1)
+    l_best_real = np.where(real, cos, -np.inf).max(axis=1)
+    t_ref = np.where(np.isfinite(t_top), t_top, np.where(np.isfinite(t_best_real), t_best_real, 0.0))
+    l_ref = np.where(np.isfinite(l_top), l_top, np.where(np.isfinite(l_best_real), l_best_real, 0.0))
     # Successor flags by id, so a shortlist candidate that is also a successor carries that evidence too.
     same = (cand[:, :, None] == succ[:, None, :]) & (succ[:, None, :] >= 0)  # (b, m, A)
     anchor = np.where(same, anchor_cos[:, None, :], 0.0)
@@ -171,12 +202,11 @@ def gather_candidates(
     lead = np.where(anchor_cos >= EXACT_ANCHOR, 0.0, anchor_margin)
     features = np.empty((b, 2 + a, len(FEATURES)))
     features[:, :, _COLUMN["tower_score"]] = tower_score
-    features[:, :, _COLUMN["tower_gap"]] = tower_score - np.where(
-        np.isfinite(t_top), t_top, tower_score.max(axis=1))[:, None]
+    features[:, :, _COLUMN["tower_gap"]] = tower_score - t_ref[:, None]
     two = np.isfinite(t_second) & np.isfinite(t_top)  # rows with fewer than two: no margin to speak of
     features[:, :, _COLUMN["tower_margin"]] = np.where(two, t_top - np.where(two, t_second, 0.0), 1.0)[:, None]
     features[:, :, _COLUMN["lvm_cos"]] = cos
-    features[:, :, _COLUMN["lvm_gap"]] = cos - np.where(np.isfinite(l_top), l_top, cos.max(axis=1))[:, None]
+    features[:, :, _COLUMN["lvm_gap"]] = cos - l_ref[:, None]
     features[:, :, _COLUMN["tower_top"]] = (cand == tower_id) & (tower_id >= 0)
     features[:, :, _COLUMN["lvm_top"]] = (cand == lvm_id) & (lvm_id >= 0)
     features[:, :, _COLUMN["successor"]] = continues
@@ -202,29 +232,60 @@ def ground_one(
     v_hat: np.ndarray,
     model: SnapConfidence,
     pick: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    shortlist_vectors: np.ndarray | None = None,
 ) -> Grounding:
     """`choose_grounding(gather_candidates(...), model, pick)` for a batch of one (the same arguments, each
     with its one row; `successors` already -1 where not allowed).
 
-    Every array computation is theirs on a batch of one (`_top_two`, the candidates' product, `predict`,
-    `pick`), so the result is bit-for-bit the batched one; the few candidates' features are set on Python
+    Every array computation is theirs on a batch of one (the successors' product, `predict`, `pick`), so
+    the result is bit-for-bit the batched one; the few candidates' places and features are found on Python
     scalars instead of (1, m)-arrays, which is most of a single stream's decide stage otherwise. The
     hypothesis test holds the two forms equal.
     """
     k = ids.shape[1]
-    t_best, t_tops, t_seconds = _top_two(tower_scores)
-    t_top, t_second = float(t_tops[0]), float(t_seconds[0])
-    l_best = int(lvm_cos[0].argmax()) if k else 0
-    l_top = float(lvm_cos[0, l_best]) if k else -np.inf
-    tower_id = int(ids[0, int(t_best[0])]) if np.isfinite(t_top) else -1
-    lvm_id = int(ids[0, l_best]) if np.isfinite(l_top) else -1
-    succ = [int(x) for x in successors[0].tolist()]
-    cand = [tower_id, lvm_id, *(x if x >= 0 else -1 for x in succ)]
-    vectors = np.asarray(vectors_of(np.maximum(np.array([cand], np.int64), 0)), dtype=np.float32)
-    scores = np.matmul(vectors, np.stack([queries, v_hat], axis=2).astype(np.float32, copy=False))[0]
-    tower_score, cos = scores[:, 0].astype(np.float64).tolist(), scores[:, 1].astype(np.float64).tolist()
-    t_ref = t_top if np.isfinite(t_top) else max(tower_score)
-    l_ref = l_top if np.isfinite(l_top) else max(cos)
+    row_ids, t_row, l_row = ids[0], tower_scores[0], lvm_cos[0]
+    t_at = int(t_row.argmax()) if k else 0
+    t_top = float(t_row[t_at]) if k else -np.inf
+    t_second = -np.inf
+    if k > 1 and np.isfinite(t_top):  # _top_two's runner-up: the best of the rest
+        t_second = float(max(t_row[:t_at].max(initial=-np.inf), t_row[t_at + 1 :].max(initial=-np.inf)))
+    l_at = int(l_row.argmax()) if k else 0
+    l_top = float(l_row[l_at]) if k else -np.inf
+    tower_id = int(row_ids[t_at]) if np.isfinite(t_top) else -1
+    lvm_id = int(row_ids[l_at]) if np.isfinite(l_top) else -1
+    succ = [int(x) if x >= 0 else -1 for x in successors[0].tolist()]
+    cand = [tower_id, lvm_id, *succ]
+    at_row = [t_at if tower_id >= 0 else -1, l_at if lvm_id >= 0 else -1]
+    for s in succ:  # a successor that is a shortlist row (and allowed there) is read from it
+        places = np.flatnonzero(row_ids == s).tolist() if s >= 0 and k else []
+        at_row.append(next((x for x in places if math.isfinite(l_row[x])), -1))
+    listed = [max(x, 0) for x in at_row]
+    tower_score = t_row[listed].astype(np.float64).tolist() if k else [0.0] * len(cand)
+    cos = l_row[listed].astype(np.float64).tolist() if k else [0.0] * len(cand)
+    for j, c in enumerate(cand):
+        if c < 0:
+            tower_score[j] = cos[j] = 0.0
+    outside = [x < 0 and c >= 0 for x, c in zip(at_row, cand, strict=True)]
+    if shortlist_vectors is None or not k:
+        vectors = fresh = np.asarray(vectors_of(np.maximum(np.array([cand], np.int64), 0)), dtype=np.float32)
+    else:
+        vectors = np.asarray(shortlist_vectors[0][listed], dtype=np.float32)[None]
+        fresh = vectors
+        if any(outside):
+            fresh = np.asarray(vectors_of(np.array([[c if o else 0 for c, o in zip(cand, outside, strict=True)]],
+                                                   np.int64)), dtype=np.float32)
+    if any(outside):
+        scores = np.matmul(fresh, np.stack([queries, v_hat], axis=2).astype(np.float32, copy=False))[0]
+        fresh_tower, fresh_cos = scores[:, 0].astype(np.float64).tolist(), scores[:, 1].astype(np.float64).tolist()
+        for j, o in enumerate(outside):
+            if o:
+                tower_score[j], cos[j] = fresh_tower[j], fresh_cos[j]
+        if fresh is not vectors:  # `vectors` is this call's own copy of the shortlist rows
+            vectors[0, outside] = fresh[0, outside]
+    # With no shortlist favourite, gaps are to the best candidate (a successor).
+    real = [c >= 0 for c in cand]
+    t_ref = t_top if np.isfinite(t_top) else max((x for x, r in zip(tower_score, real, strict=True) if r), default=0.0)
+    l_ref = l_top if np.isfinite(l_top) else max((x for x, r in zip(cos, real, strict=True) if r), default=0.0)
     margin = t_top - t_second if np.isfinite(t_second) and np.isfinite(t_top) else 1.0
     a_cos, a_margin = anchor_cos[0].tolist(), anchor_margin[0].tolist()
     rows = []
@@ -251,22 +312,17 @@ def ground_one(
         if which in same and a_cos[which] < EXACT_ANCHOR:
             row[_COLUMN["anchor_margin"]] = a_margin[which]
         row[_COLUMN["anchor_votes"]] = float(len(same))
-    features = np.array([rows], dtype=np.float64)
-    p = model.predict(features)
-    valid = np.array([[c >= 0 for c in cand]])
-    if pick is None:
-        best = _argmax_valid(np.where(valid, p, -np.inf))
-    else:
-        best = int(pick(np.where(valid, p, -np.inf), vectors)[0])
+    p = [model.predict_row(row) if c >= 0 else -math.inf for row, c in zip(rows, cand, strict=True)]
+    best = _argmax_valid(np.array([p])) if pick is None else int(pick(np.array([p]), vectors)[0])
     at = max(best, 0)
-    found = best >= 0
+    found_one = best >= 0
     kinds = [SOURCES.index("tower"), SOURCES.index("lvm")] + [SOURCES.index("successor")] * len(succ)
     return Grounding(
-        ids=np.array([cand[at] if found else -1], np.int64),
+        ids=np.array([cand[at] if found_one else -1], np.int64),
         vectors=vectors[:, at],
-        confidence=np.array([float(p[0, at]) if found else 0.0]),
-        sources=np.array([kinds[at] if found else 0], np.int8),
-        features=features[:, at] if found else np.zeros((1, len(FEATURES))),
+        confidence=np.array([p[at] if found_one else 0.0]),
+        sources=np.array([kinds[at] if found_one else 0], np.int8),
+        features=np.array([rows[at] if found_one else [0.0] * len(FEATURES)]),
     )
 
 
@@ -290,6 +346,18 @@ class SnapConfidence:
         """p for features x (..., F); float64 in [0, 1]."""
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale @ self.weights + self.bias
         return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+    def predict_row(self, x: list[float]) -> float:
+        """`predict` of one candidate's features on Python floats (equal within float rounding: the sum's
+        order differs): a stream's step asks it of a few candidates, where numpy's per-call cost is most
+        of the work."""
+        terms = self._terms
+        z = sum((xi - m) / s * w for xi, (m, s, w) in zip(x, terms, strict=True)) + self.bias
+        return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
+
+    @cached_property
+    def _terms(self) -> list[tuple[float, float, float]]:
+        return list(zip(self.mean.tolist(), self.scale.tolist(), self.weights.tolist(), strict=True))
 
     @classmethod
     def fit(

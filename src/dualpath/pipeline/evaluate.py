@@ -77,7 +77,7 @@ class TeacherForced:
 
     bank_vectors: Callable[[np.ndarray], np.ndarray]  # ids → (n, d) float32: the bank's `vectors`
     queries: np.ndarray | None = None  # (n, d) the retrieval queries, unit
-    query_scores: np.ndarray | None = None  # (n, depth) float32 q·n of the shortlist, -inf at padding
+    query_scores: np.ndarray | None = None  # (n, depth) float32 q·n of the shortlist (bank vectors), -inf at padding
     hidden: list[np.ndarray] | None = None  # per pair, ids kept out of the bank (the *unknown* case)
     contexts: np.ndarray | None = None  # (n, C, d) the context vectors the models read
 
@@ -154,18 +154,23 @@ def teacher_forced(
     exclude = pairs.context_sets()
     if hidden is not None:
         exclude = [np.union1d(c, h) for c, h in zip(exclude, hidden, strict=True)]
-    ids, scores = search_excluding(bank.search, queries, depth, exclude)
+    ids, _ = search_excluding(bank.search, queries, depth, exclude)
+    # Both scores of every shortlist row from the bank's vectors, as a generation step computes them (the
+    # index's own scores may be of compressed vectors): the grounding's features read these.
     c = np.full(ids.shape, -np.inf, dtype=np.float32)
+    tower_scores = np.full(ids.shape, -np.inf, dtype=np.float32)
     for start in range(0, len(pairs), _CHUNK):
         block = ids[start : start + _CHUNK]
         valid = block >= 0
         cand = bank.vectors(np.where(valid, block, 0))
         sims = np.einsum("bkd,bd->bk", cand, v_hat[start : start + _CHUNK])
         c[start : start + _CHUNK] = np.where(valid, sims, -np.inf)
+        sims = np.einsum("bkd,bd->bk", cand, queries[start : start + _CHUNK])
+        tower_scores[start : start + _CHUNK] = np.where(valid, sims, -np.inf)
     targets = bank.vectors(pairs.target)
     return TeacherForced(
         pairs, v_hat, targets, ids, c, "tower" if tower is not None else "lvm", bank.vectors,
-        queries, scores, None if hidden is None else list(hidden), ctx,
+        queries, tower_scores, None if hidden is None else list(hidden), ctx,
     )
 
 

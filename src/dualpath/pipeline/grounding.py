@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -174,6 +175,9 @@ def ground_step(
     v = normalize_rows(v_hat)
     ids = batch.ids
     b = len(ids)
+    if b == 1:
+        return _ground_one_stream(model, table, anchors, q, v, batch, used[0], blocked[0], avoided, vectors_of,
+                                  scores_out)
     allowed = ids >= 0
     for i, reason in enumerate(batch.fallbacks):
         if reason is not None:
@@ -196,21 +200,69 @@ def ground_step(
         return nearest_unsaid(scores, candidate_vectors, avoided)[0]
 
     succ = successor_ids(table, anchors.ids)
-    if b == 1:  # one stream: the same numbers, its few candidates on Python scalars (ground_one)
-        refused_ids = set(np.asarray(blocked[0], np.int64).tolist()) | set(np.asarray(used[0], np.int64).tolist())
-        allowed_succ = np.array([[x if x >= 0 and x not in refused_ids else -1 for x in succ[0].tolist()]], np.int64)
-        one = ground_one(ids, tower, lvm, allowed_succ, anchors.cos, anchors.margin, vectors_of, q, v, model, pick)
-        return one, c_max
     refused = id_rows([np.concatenate([np.asarray(x, np.int64), np.asarray(u, np.int64)])
                        for x, u in zip(blocked, used, strict=True)], b, "blocked ids")
     succ_allowed = succ >= 0
     if refused.shape[1]:
         succ_allowed &= ~id_member(succ, refused)
     candidates = gather_candidates(
-        ids, tower, lvm, succ, anchors.cos, anchors.margin, succ_allowed, vectors_of, q, v
+        ids, tower, lvm, succ, anchors.cos, anchors.margin, succ_allowed, vectors_of, q, v, vectors
     )
     grounding = choose_grounding(candidates, model, pick=pick)
     return grounding, c_max
+
+
+def _ground_one_stream(
+    model: SnapConfidence,
+    table: np.ndarray,
+    anchors: StreamAnchors,
+    q: np.ndarray,
+    v: np.ndarray,
+    batch: ShortlistBatch,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    avoided: tuple[np.ndarray, np.ndarray] | None,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    scores_out: dict[str, np.ndarray] | None,
+) -> tuple[Grounding, np.ndarray]:
+    """`ground_step` for one stream (unit `q` and `v` (1, d)): the same scores and candidates, its masks and
+    successors on Python scalars and its candidates by `ground_one`. A step of one stream makes a few dozen
+    small calls, each cold after the index search; the batched form's whole-array calls cost it most of its
+    decide stage. The tests hold the two forms equal."""
+    ids = batch.ids
+    row = ids[0]
+    k = len(row)
+    vectors = np.asarray(batch.vectors, dtype=np.float32)
+    refused_used = {int(x) for x in np.asarray(used, np.int64).tolist() if x >= 0}
+    allowed = row >= 0
+    padded = not bool(allowed.all())
+    if batch.fallbacks[0] is not None:
+        allowed[:] = False
+    for u in refused_used:  # a handful of ids: one comparison each beats a sort and search
+        allowed &= row != u
+    with np.errstate(all="ignore") if padded else nullcontext():  # padding rows may hold anything
+        lvm_raw = vectors[0] @ v[0]
+        tower_raw = vectors[0] @ q[0]
+    if bool(allowed.all()):
+        tower, lvm = tower_raw, lvm_raw
+    else:
+        tower, lvm = np.where(allowed, tower_raw, -np.inf), np.where(allowed, lvm_raw, -np.inf)
+    if scores_out is not None:
+        scores_out.update(v=v, lvm=lvm_raw[None])
+    c_max = np.array([float(lvm.max()) if k else -np.inf])
+    refused = refused_used | {int(x) for x in np.asarray(blocked, np.int64).tolist()}
+    reach = min(len(anchors.ids[0]), table.shape[0]) if table.shape[1] else 0
+    succ = [-1] * anchors.ids.shape[1]
+    for j, anchor in enumerate(anchors.ids[0, :reach].tolist()):
+        s = int(table[j, anchor]) if 0 <= anchor < table.shape[1] else -1
+        succ[j] = s if s >= 0 and s not in refused else -1
+
+    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
+        return nearest_unsaid(scores, candidate_vectors, avoided)[0]
+
+    one = ground_one(ids, tower[None], lvm[None], np.array([succ], np.int64), anchors.cos, anchors.margin,
+                     vectors_of, q, v, model, pick, vectors)
+    return one, c_max
 
 
 MODES = ("added", "restated", "unknown")  # the cases calibration fits the confidence on (module docstring)
