@@ -189,8 +189,11 @@ class DecisionRecord:
         return new
 
     def to_dict(self) -> dict:
+        """The record as JSON-ready values; the evidence to 4 places (it is read, not recomputed)."""
         out = asdict(self)
         out["decision"] = self.decision.value
+        if self.evidence is not None:
+            out["evidence"] = {name: round(value, 4) for name, value in self.evidence.items()}
         return out
 
     @classmethod
@@ -306,7 +309,7 @@ def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> n
     around it or on how far its avoid rows are padded.
     """
     unit = (picked / _row_norms(picked)[:, None]).astype(np.float64)
-    scores = (avoid.astype(np.float64) * unit[:, None, :]).sum(axis=2)
+    scores = np.einsum("nmd,nd->nm", np.asarray(avoid, dtype=np.float64), unit)
     return (scores >= limits).any(axis=1)
 
 
@@ -349,16 +352,15 @@ def nearest_unsaid(
     scores = np.array(scores, dtype=np.float32)
     if not scores.shape[1]:
         return np.full(len(scores), -1, np.int64), np.zeros(len(scores), np.int64)
-    if len(scores) == 1:  # one row: the same passes over its picks, on scalars
-        row, count = scores[0], 0
-        pick = int(row.argmax())
-        while avoided is not None and np.isfinite(row[pick]) and _paraphrases(
-            vectors[0, [pick]], avoided[0], avoided[1]
-        )[0]:
-            row[pick] = -np.inf
+    if len(scores) == 1:  # one row: the same passes over its picks, ranked on Python floats
+        row = scores[0].tolist()
+        count = 0
+        # Best first, the first of equals first (argmax's order); a NaN or -inf is never picked.
+        for pick in sorted((j for j, x in enumerate(row) if math.isfinite(x)), key=lambda j: -row[j]):
+            if avoided is None or not _paraphrases(vectors[0, [pick]], avoided[0], avoided[1])[0]:
+                return np.array([pick]), np.array([count])
             count += 1
-            pick = int(row.argmax())
-        return np.array([pick if np.isfinite(row[pick]) else -1]), np.array([count])
+        return np.array([-1]), np.array([count])
     best = np.argmax(scores, axis=1)
     passed = np.zeros(len(best), np.int64)
     if avoided is not None:

@@ -174,7 +174,7 @@ def _decide_in_groups(
     each decoder remembers its own record, and every record carries the step's latency per stream."""
     start = time.perf_counter()
     b = len(decoders)
-    out = np.empty((b, d_out), np.float32)
+    out = np.empty((b, d_out) if len(decoders) > 1 else (0, d_out), np.float32)
     records: list[DecisionRecord | None] = [None] * b
     groups: dict[tuple, list[int]] = {(): [0]} if b == 1 else {}
     for i, d in enumerate(decoders if b > 1 else ()):
@@ -183,7 +183,10 @@ def _decide_in_groups(
     for rows in groups.values():
         members = [decoders[i] for i in rows]
         decided, group_records = decide(rows, members, len(rows) == b)
-        out[rows] = decided
+        if len(rows) == b:  # one group: its outputs are the step's
+            out = np.asarray(decided, dtype=np.float32)
+        else:
+            out[rows] = decided
         decided_groups.append((rows, members, group_records))
     latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
     for rows, members, group_records in decided_groups:

@@ -75,10 +75,11 @@ class Grounding:
     features: np.ndarray
 
     def evidence(self, i: int) -> dict[str, float] | None:
-        """Stream i's features by name (None when it has no candidate): what telemetry shows."""
+        """Stream i's features by name (None when it has no candidate): what its record carries (telemetry
+        and the service show them to 4 places, `DecisionRecord.to_dict`)."""
         if self.ids[i] < 0:
             return None
-        return dict(zip(FEATURES, np.round(self.features[i], 4).tolist(), strict=True))
+        return dict(zip(FEATURES, self.features[i].tolist(), strict=True))
 
 
 def successor_table(documents: Mapping[str, np.ndarray], size: int, reach: int = ANCHORS) -> np.ndarray:

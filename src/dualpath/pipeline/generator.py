@@ -275,7 +275,8 @@ class Unsayable:
         b = len(contexts)
         prompt = max((len(c) for c in contexts), default=0)
         self.windows = np.array([w if theta < 1.0 else 0 for w in windows], dtype=np.int64)
-        self.vectors = np.zeros((b, prompt + int(self.windows.max(initial=0)), dim), np.float32)
+        # float64, as the paraphrase check reads them (it would convert them at every check otherwise)
+        self.vectors = np.zeros((b, prompt + int(self.windows.max(initial=0)), dim), np.float64)
         self.limits = np.full(self.vectors.shape[:2], np.inf)
         for i, context in enumerate(contexts):
             self.vectors[i, : len(context)] = context
@@ -859,6 +860,8 @@ class Generator:
         )
         out, decided = ground_streams(decoders if whole else [decoders[i] for i in grounded], v_sub, grounding,
                                       c_max, sub.fallbacks)
+        if whole:  # the usual step: the grounding's outputs and records are the step's
+            return out, decided
         outputs[grounded] = out
         for i, record in zip(grounded, decided, strict=True):
             records[i] = record
