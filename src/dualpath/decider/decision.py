@@ -313,6 +313,12 @@ def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> n
     return (scores >= limits).any(axis=1)
 
 
+def _paraphrase_one(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> bool:
+    """`_paraphrases` of one picked row (d,) against its stream's avoid rows (m, d): the same products."""
+    unit = (picked / np.sqrt(np.square(picked).sum())).astype(np.float64)
+    return bool((np.einsum("md,d->m", np.asarray(avoid, dtype=np.float64), unit) >= limits).any())
+
+
 def _pass_over_paraphrases(
     cos: np.ndarray,
     vectors: np.ndarray,
@@ -357,7 +363,7 @@ def nearest_unsaid(
         count = 0
         # Best first, the first of equals first (argmax's order); a NaN or -inf is never picked.
         for pick in sorted((j for j, x in enumerate(row) if math.isfinite(x)), key=lambda j: -row[j]):
-            if avoided is None or not _paraphrases(vectors[0, [pick]], avoided[0], avoided[1])[0]:
+            if avoided is None or not _paraphrase_one(vectors[0, pick], avoided[0][0], avoided[1][0]):
                 return np.array([pick]), np.array([count])
             count += 1
         return np.array([-1]), np.array([count])
