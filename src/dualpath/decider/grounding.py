@@ -257,9 +257,14 @@ def ground_one(
     succ = [int(x) if x >= 0 else -1 for x in successors[0].tolist()]
     cand = [tower_id, lvm_id, *succ]
     at_row = [t_at if tower_id >= 0 else -1, l_at if lvm_id >= 0 else -1]
-    for s in succ:  # a successor that is a shortlist row (and allowed there) is read from it
-        places = np.flatnonzero(row_ids == s).tolist() if s >= 0 and k else []
-        at_row.append(next((x for x in places if math.isfinite(l_row[x])), -1))
+    wanted = [s for s in succ if s >= 0] if k else []
+    # Each successor's places in the shortlist, in one comparison: read from it when it is a row there, allowed.
+    places = np.nonzero(row_ids == np.array(wanted)[:, None]) if wanted else ((), ())
+    first: dict[int, int] = {}
+    for w, x in zip(places[0].tolist() if wanted else [], places[1].tolist() if wanted else [], strict=True):
+        if wanted[w] not in first and math.isfinite(l_row[x]):
+            first[wanted[w]] = x
+    at_row += [first.get(s, -1) if s >= 0 else -1 for s in succ]
     listed = [max(x, 0) for x in at_row]
     tower_score = t_row[listed].astype(np.float64).tolist() if k else [0.0] * len(cand)
     cos = l_row[listed].astype(np.float64).tolist() if k else [0.0] * len(cand)
