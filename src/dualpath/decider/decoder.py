@@ -174,16 +174,17 @@ def _decide_in_groups(
     each decoder remembers its own record, and every record carries the step's latency per stream."""
     start = time.perf_counter()
     b = len(decoders)
-    out = np.empty((b, d_out) if len(decoders) > 1 else (0, d_out), np.float32)
     records: list[DecisionRecord | None] = [None] * b
     groups: dict[tuple, list[int]] = {(): [0]} if b == 1 else {}
     for i, d in enumerate(decoders if b > 1 else ()):
         groups.setdefault(key(d), []).append(i)
+    # One group (the usual step): its outputs are the step's, not copied into a fresh array.
+    out = np.empty((b, d_out), np.float32) if len(groups) != 1 else None
     decided_groups = []
     for rows in groups.values():
         members = [decoders[i] for i in rows]
         decided, group_records = decide(rows, members, len(rows) == b)
-        if len(rows) == b:  # one group: its outputs are the step's
+        if out is None:
             out = np.asarray(decided, dtype=np.float32)
         else:
             out[rows] = decided
@@ -192,6 +193,7 @@ def _decide_in_groups(
     for rows, members, group_records in decided_groups:
         for i, d, record in zip(rows, members, group_records, strict=True):
             records[i] = d.remember(record, latency_ms)
+    assert out is not None
     return out, [r for r in records if r is not None]
 
 

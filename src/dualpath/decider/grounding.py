@@ -238,10 +238,11 @@ def ground_one(
     """`choose_grounding(gather_candidates(...), model, pick)` for a batch of one (the same arguments, each
     with its one row; `successors` already -1 where not allowed).
 
-    Every array computation is theirs on a batch of one (the successors' product, `predict`, `pick`), so
-    the result is bit-for-bit the batched one; the few candidates' places and features are found on Python
-    scalars instead of (1, m)-arrays, which is most of a single stream's decide stage otherwise. The
-    hypothesis test holds the two forms equal.
+    Every array computation is theirs on a batch of one (the successors' product, `pick`), so the candidate,
+    its features and source are bit-for-bit the batched ones; the few candidates' places and features are
+    found on Python scalars instead of (1, m)-arrays, which is most of a single stream's decide stage
+    otherwise, and p by `SnapConfidence.predict_row` (equal within float rounding). The hypothesis test
+    holds the two forms equal.
     """
     k = ids.shape[1]
     row_ids, t_row, l_row = ids[0], tower_scores[0], lvm_cos[0]
