@@ -249,12 +249,12 @@ def ground_one(
     t_at = int(t_row.argmax()) if k else 0
     t_top = float(t_row[t_at]) if k else -np.inf
     t_second = -np.inf
-    if k > 1 and np.isfinite(t_top):  # _top_two's runner-up: the best of the rest
+    if k > 1 and math.isfinite(t_top):  # _top_two's runner-up: the best of the rest
         t_second = float(max(t_row[:t_at].max(initial=-np.inf), t_row[t_at + 1 :].max(initial=-np.inf)))
     l_at = int(l_row.argmax()) if k else 0
     l_top = float(l_row[l_at]) if k else -np.inf
-    tower_id = int(row_ids[t_at]) if np.isfinite(t_top) else -1
-    lvm_id = int(row_ids[l_at]) if np.isfinite(l_top) else -1
+    tower_id = int(row_ids[t_at]) if math.isfinite(t_top) else -1
+    lvm_id = int(row_ids[l_at]) if math.isfinite(l_top) else -1
     succ = [int(x) if x >= 0 else -1 for x in successors[0].tolist()]
     cand = [tower_id, lvm_id, *succ]
     at_row = [t_at if tower_id >= 0 else -1, l_at if lvm_id >= 0 else -1]
@@ -291,9 +291,10 @@ def ground_one(
             vectors[0, outside] = fresh[0, outside]
     # With no shortlist favourite, gaps are to the best candidate (a successor).
     real = [c >= 0 for c in cand]
-    t_ref = t_top if np.isfinite(t_top) else max((x for x, r in zip(tower_score, real, strict=True) if r), default=0.0)
-    l_ref = l_top if np.isfinite(l_top) else max((x for x, r in zip(cos, real, strict=True) if r), default=0.0)
-    margin = t_top - t_second if np.isfinite(t_second) and np.isfinite(t_top) else 1.0
+    t_ref = t_top if math.isfinite(t_top) else max((x for x, r in zip(tower_score, real, strict=True) if r),
+                                                   default=0.0)
+    l_ref = l_top if math.isfinite(l_top) else max((x for x, r in zip(cos, real, strict=True) if r), default=0.0)
+    margin = t_top - t_second if math.isfinite(t_second) and math.isfinite(t_top) else 1.0
     a_cos, a_margin = anchor_cos[0].tolist(), anchor_margin[0].tolist()
     rows = []
     for j, c in enumerate(cand):
