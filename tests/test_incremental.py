@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from dualpath.config import LVMConfig, TowerConfig
 from dualpath.models.heuristics import normalize_rows
-from dualpath.models.incremental import WindowStream, lvm_stream, tower_stream
+from dualpath.models.incremental import WindowStream, _gelu, lvm_stream, tower_stream
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.runtime import torch_threads
@@ -147,3 +147,14 @@ def test_the_numpy_kernels_equal_the_torch_streams(arch: str, layers: int) -> No
             np.testing.assert_allclose(got, reference.output(), atol=TOLERANCE)
             fast.push(new)
             reference.push(new)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), approximate=st.sampled_from(["none", "tanh"]))
+def test_the_numpy_gelu_is_torchs(seed: int, approximate: str) -> None:
+    """The CPU streams run the LVM head's GELU in numpy: torch's values, both of its forms, tails included."""
+    x = (np.random.default_rng(seed).normal(size=(3, 64)) * 6).astype(np.float32)
+    expected = torch.nn.GELU(approximate=approximate)(torch.from_numpy(x)).numpy()
+    got = _gelu(x.copy(), approximate)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)

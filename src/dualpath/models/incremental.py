@@ -32,12 +32,14 @@ numpy's is ~1 µs, and each product is one BLAS call as before. On a GPU the tor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.special import erf
 from torch import nn
 
 from dualpath.models.context import context_mean, heuristic_query
@@ -272,14 +274,24 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    """nn.GELU in numpy: x Φ(x), Φ by erf (scipy's ufunc) or, for approximate="tanh", its tanh form."""
+    if approximate == "tanh":
+        inner = np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)
+        return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
+    return np.float32(0.5) * x * (np.float32(1.0) + erf(x * np.float32(1.0 / math.sqrt(2.0))))
+
+
 def _run_modules(modules: Sequence[nn.Module], x: np.ndarray) -> np.ndarray:
-    """`nn.Sequential(*modules)(x)` in eval mode: Linear as one BLAS call, Dropout as nothing, any other
-    module (an activation) through torch on the same memory."""
+    """`nn.Sequential(*modules)(x)` in eval mode: Linear as one BLAS call, GELU in numpy, Dropout as
+    nothing, any other module (an activation) through torch on the same memory."""
     for module in modules:
         if isinstance(module, nn.Linear):
             x = x @ _array(module.weight).T  # type: ignore[union-attr]
             if module.bias is not None:
                 x += _array(module.bias)
+        elif isinstance(module, nn.GELU):  # the LVM's head: torch's call cost more than the activation
+            x = _gelu(x, module.approximate)
         elif not isinstance(module, (nn.Dropout, nn.Identity)):
             x = module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
     return x
