@@ -289,3 +289,30 @@ def test_the_numpy_draw_equals_the_torch_integration() -> None:
     with torch.no_grad():
         reference = torch.nn.functional.normalize(torch.from_numpy(mean) + sampler.scale * expected, dim=-1)
     np.testing.assert_allclose(draw, reference.numpy(), atol=1e-5)
+
+
+def test_the_numpy_draw_follows_the_nets_updates_and_moves() -> None:
+    """The CPU draw reads the net's parameters through views kept from draw to draw: an in-place update
+    (an optimiser step) is seen, and a net whose storage moved (a dtype round trip) is viewed afresh."""
+    sampler = small_sampler()
+    mean, last = unit_rows(4, 0), unit_rows(4, 1)
+    noise = np.random.default_rng(5).normal(size=(4, DIM)).astype(np.float32)
+
+    def reference() -> np.ndarray:
+        with torch.no_grad():
+            x = sampler.net.integrate(torch.from_numpy(noise), torch.from_numpy(mean), torch.from_numpy(last), 8)
+            return torch.nn.functional.normalize(torch.from_numpy(mean) + sampler.scale * x, dim=-1).numpy()
+
+    first = sampler.sample(mean, last, noise)
+    np.testing.assert_allclose(first, reference(), atol=1e-5)
+    with torch.no_grad():
+        for p in sampler.net.parameters():
+            p.mul_(1.5)
+    updated = sampler.sample(mean, last, noise)
+    assert not np.allclose(updated, first, atol=1e-4)
+    np.testing.assert_allclose(updated, reference(), atol=1e-5)
+    sampler.net.double().float()  # new storage for every parameter, the same values
+    with torch.no_grad():
+        for p in sampler.net.parameters():
+            p.mul_(0.5)
+    np.testing.assert_allclose(sampler.sample(mean, last, noise), reference(), atol=1e-5)

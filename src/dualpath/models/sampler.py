@@ -81,32 +81,50 @@ class FlowNet(nn.Module):
         return x
 
 
-def integrate_numpy(net: FlowNet, x: np.ndarray, mean: np.ndarray, last: np.ndarray, steps: int) -> np.ndarray:
+class FlowViews:
+    """A FlowNet's CPU float32 parameters as numpy views, taken once: no copy, so an optimiser's in-place
+    updates are seen (the sampler's training draws through them), and `current` tells when the net's
+    storage moved (`.to()`, a dtype change) and the views must be taken again. A draw read them through
+    ~13 torch calls otherwise, more than a small draw's products."""
+
+    def __init__(self, net: FlowNet, dim: int) -> None:
+        first, rest = net.net[0], list(net.net)[1:]
+        if not isinstance(first, nn.Linear) or any(not isinstance(m, (nn.Linear, nn.SiLU)) for m in rest):
+            raise TypeError("integrate_numpy runs Linear and SiLU layers only")
+        self._first, self._weight, self._at = first, first.weight, first.weight.data_ptr()
+        weight = first.weight.detach().numpy()
+        self.weight_x, self.weight_cond = weight[:, :dim], weight[:, dim : 3 * dim]
+        self.weight_time = weight[:, 3 * dim :]
+        self.bias = first.bias.detach().numpy()
+        self.frequencies = net.frequencies.numpy()
+        self.layers = [(m.weight.detach().numpy().T, m.bias.detach().numpy()) if isinstance(m, nn.Linear) else None
+                       for m in rest]
+
+    def current(self) -> bool:
+        """The views still read the net's parameters (the same tensor, in the same storage)."""
+        return self._first.weight is self._weight and self._weight.data_ptr() == self._at
+
+
+def integrate_numpy(
+    net: FlowNet, x: np.ndarray, mean: np.ndarray, last: np.ndarray, steps: int, views: FlowViews | None = None
+) -> np.ndarray:
     """`FlowNet.integrate` on the CPU in numpy (eval mode): the same Euler steps, within float tolerance.
 
     A draw is 8 steps of three small products each; torch's per-call cost (~5-10 µs a call, ~10 calls
     a step) was more than the products. Here each product is one BLAS call on the weights in place
-    (numpy views of the parameters: no copy, and a trained net's later updates are seen)."""
-    first = net.net[0]
-    assert isinstance(first, nn.Linear)
-    dim = x.shape[1]
-    weight = first.weight.detach().numpy()
-    weight_x, weight_cond, weight_time = weight[:, :dim], weight[:, dim : 3 * dim], weight[:, 3 * dim :]
-    cond = np.concatenate([mean, last], axis=1) @ weight_cond.T + first.bias.detach().numpy()
-    angle = (np.arange(steps, dtype=np.float32) / np.float32(steps))[:, None] * net.frequencies.numpy()[None]
-    time_terms = np.concatenate([np.sin(angle), np.cos(angle)], axis=1) @ weight_time.T  # (steps, hidden)
-    rest = list(net.net)[1:]  # not net.net[1:]: slicing builds a new Sequential (~10 µs) per draw
-    layers = [(m.weight.detach().numpy().T, m.bias.detach().numpy()) if isinstance(m, nn.Linear) else None
-              for m in rest]
-    if any(not isinstance(m, (nn.Linear, nn.SiLU)) for m in rest):
-        raise TypeError("integrate_numpy runs Linear and SiLU layers only")
+    (`views`, the net's parameters as numpy views; taken here when not given)."""
+    views = FlowViews(net, x.shape[1]) if views is None else views
+    cond = np.concatenate([mean, last], axis=1) @ views.weight_cond.T + views.bias
+    angle = (np.arange(steps, dtype=np.float32) / np.float32(steps))[:, None] * views.frequencies[None]
+    time_terms = np.concatenate([np.sin(angle), np.cos(angle)], axis=1) @ views.weight_time.T  # (steps, hidden)
     offsets = cond[:, None, :] + time_terms[None]  # (b, steps, hidden): the first layer's bias of each step
     x = np.array(x, dtype=np.float32)
     inv = np.float32(1.0 / steps)
+    weight_x = views.weight_x.T
     for j in range(steps):
-        h = x @ weight_x.T
+        h = x @ weight_x
         h += offsets[:, j]
-        for layer in layers:
+        for layer in views.layers:
             if layer is None:  # SiLU: h σ(h), σ in its tanh form (no overflow), in place
                 gate = h * np.float32(0.5)
                 np.tanh(gate, out=gate)
@@ -153,6 +171,7 @@ class LVMSampler:
     def __init__(self, net: FlowNet, config: dict[str, Any]) -> None:
         self.net = net
         self.config = config
+        self._views: FlowViews | None = None  # the CPU draw's numpy views of the net (FlowViews)
 
     @classmethod
     def build(cls, dim: int, cfg: SamplerConfig, scale: float, encoder_name: str, lvm_digest: str) -> LVMSampler:
@@ -180,7 +199,6 @@ class LVMSampler:
     def lvm_digest(self) -> str:
         return str(self.config["lvm_digest"])
 
-    @torch.no_grad()
     def sample(
         self, mean: np.ndarray, last: np.ndarray, noise: np.ndarray, temperature: float = 1.0, steps: int | None = None
     ) -> np.ndarray:
@@ -203,20 +221,31 @@ class LVMSampler:
         was_training = self.net.training
         if was_training:
             self.net.eval()
-        device = next(self.net.parameters()).device
+        views = self._views
+        if views is None or not views.current():
+            on_cpu = all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self.net.parameters())
+            views = self._views = FlowViews(self.net, self.dim) if on_cpu else None
         try:
-            if device.type == "cpu" and all(p.dtype == torch.float32 for p in self.net.parameters()):
+            if views is not None:
                 start = np.float32(temperature) * np.asarray(noise, dtype=np.float32)
-                z = integrate_numpy(self.net, start, mean, np.asarray(last, dtype=np.float32), steps)
+                z = integrate_numpy(self.net, start, mean, np.asarray(last, dtype=np.float32), steps, views)
                 out = mean + np.float32(self.scale) * z
                 return normalize_rows(out)
-            mu = torch.from_numpy(mean).to(device)
-            previous = torch.from_numpy(np.asarray(last, dtype=np.float32)).to(device)
-            x = float(temperature) * torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device)
-            x = self.net.integrate(x, mu, previous, steps)
+            return self._sample_torch(mean, last, noise, temperature, steps)
         finally:
             if was_training:
                 self.net.train()
+
+    @torch.no_grad()
+    def _sample_torch(
+        self, mean: np.ndarray, last: np.ndarray, noise: np.ndarray, temperature: float, steps: int
+    ) -> np.ndarray:
+        """`sample` through torch, on the net's device (a GPU, or parameters numpy cannot view)."""
+        device = next(self.net.parameters()).device
+        mu = torch.from_numpy(mean).to(device)
+        previous = torch.from_numpy(np.asarray(last, dtype=np.float32)).to(device)
+        x = float(temperature) * torch.from_numpy(np.asarray(noise, dtype=np.float32)).to(device)
+        x = self.net.integrate(x, mu, previous, steps)
         return F.normalize(mu + self.scale * x, dim=-1).cpu().numpy()
 
     def save(self, directory: str | Path) -> Path:
