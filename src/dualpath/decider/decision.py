@@ -204,7 +204,7 @@ class DecisionRecord:
 def _check_shortlist(shortlist: Shortlist, dim: int) -> tuple[np.ndarray, np.ndarray]:
     ids = np.asarray(shortlist.ids)
     vectors = np.asarray(shortlist.vectors)
-    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":  # np.issubdtype(ids.dtype, np.integer), as _as_queries
         raise DeciderError(f"shortlist ids must be a 1-d integer array, got shape {ids.shape} {ids.dtype}")
     if vectors.shape != (ids.shape[0], dim):
         raise DeciderError(
