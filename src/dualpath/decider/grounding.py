@@ -122,6 +122,14 @@ def _top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return best, top, rest.max(axis=1).astype(np.float64)
 
 
+def _score_pair(queries: np.ndarray, v_hat: np.ndarray) -> np.ndarray:
+    """(b, d, 2) float32: q and v̂ side by side, both scores of a candidate in one product (np.stack's
+    argument handling cost a stream's step more than the copy)."""
+    pair = np.empty((*queries.shape, 2), np.float32)
+    pair[..., 0], pair[..., 1] = queries, v_hat
+    return pair
+
+
 def gather_candidates(
     ids: np.ndarray,
     tower_scores: np.ndarray,
@@ -182,7 +190,7 @@ def gather_candidates(
         vectors = np.asarray(shortlist_vectors[rows[:, None], listed], dtype=np.float32)
         fresh = np.asarray(vectors_of(np.where(outside, cand, 0)), dtype=np.float32) if outside.any() else vectors
     if outside.any():  # successors outside the shortlist: scored here (both scores in one product)
-        scores = np.matmul(fresh, np.stack([queries, v_hat], axis=2).astype(np.float32, copy=False))
+        scores = np.matmul(fresh, _score_pair(queries, v_hat))
         vectors = np.where(outside[:, :, None], fresh, vectors)
         tower_score = np.where(outside, scores[:, :, 0], tower_score)
         cos = np.where(outside, scores[:, :, 1], cos)
@@ -282,13 +290,12 @@ def ground_one(
             fresh = np.asarray(vectors_of(np.array([[c if o else 0 for c, o in zip(cand, outside, strict=True)]],
                                                    np.int64)), dtype=np.float32)
     if any(outside):
-        scores = np.matmul(fresh, np.stack([queries, v_hat], axis=2).astype(np.float32, copy=False))[0]
-        fresh_tower, fresh_cos = scores[:, 0].astype(np.float64).tolist(), scores[:, 1].astype(np.float64).tolist()
+        scores = np.matmul(fresh, _score_pair(queries, v_hat))[0].tolist()  # float32 values, exactly
         for j, o in enumerate(outside):
             if o:
-                tower_score[j], cos[j] = fresh_tower[j], fresh_cos[j]
-        if fresh is not vectors:  # `vectors` is this call's own copy of the shortlist rows
-            vectors[0, outside] = fresh[0, outside]
+                tower_score[j], cos[j] = scores[j]
+                if fresh is not vectors:  # `vectors` is this call's own copy of the shortlist rows
+                    vectors[0, j] = fresh[0, j]
     # With no shortlist favourite, gaps are to the best candidate (a successor).
     real = [c >= 0 for c in cand]
     t_ref = t_top if math.isfinite(t_top) else max((x for x, r in zip(tower_score, real, strict=True) if r),
