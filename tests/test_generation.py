@@ -481,7 +481,7 @@ def test_the_numpy_kernels_decide_and_show_what_the_torch_models_do(generator, m
     prompts = [np.array([i, i + 1]) for i in range(0, 48, 6)]
     vectors = [bank.vectors(p) for p in prompts]
 
-    def torch_integrate(net, x, mean, last, steps):
+    def torch_integrate(net, x, mean, last, steps, views=None):
         with torch.no_grad():
             return net.integrate(torch.from_numpy(x), torch.from_numpy(mean), torch.from_numpy(last), steps).numpy()
 
