@@ -141,8 +141,8 @@ def test_one_streams_grounding_is_the_batched_one(
         said[:, 0] = bank[np.maximum(succ[:, 0], 0)]
         avoided = (said, np.full((b, 3), 0.9))
 
-    def pick(scores: np.ndarray, vectors: np.ndarray, rows: slice = slice(None)) -> np.ndarray:
-        return nearest_unsaid(scores, vectors, None if avoided is None else (avoided[0][rows], avoided[1][rows]))[0]
+    def pick(scores: np.ndarray, vectors: np.ndarray, rows: slice = slice(None)) -> tuple[np.ndarray, np.ndarray]:
+        return nearest_unsaid(scores, vectors, None if avoided is None else (avoided[0][rows], avoided[1][rows]))
 
     def vectors_of(x: np.ndarray) -> np.ndarray:
         return bank[x]
@@ -154,7 +154,7 @@ def test_one_streams_grounding_is_the_batched_one(
         one = ground_one(ids[[i]], tower[[i]], lvm[[i]], succ[[i]], anchor_cos[[i]], anchor_margin[[i]], vectors_of,
                          q[[i]], v[[i]], model, lambda s, vv, i=i: pick(s, vv, slice(i, i + 1)),
                          None if rows is None else rows[[i]])
-        for name in ("ids", "vectors", "sources", "features"):
+        for name in ("ids", "vectors", "sources", "features", "passed"):
             assert np.array_equal(getattr(one, name)[0], getattr(batch, name)[i]), (name, i)
         # p on Python floats (`predict_row`) sums the same terms in another order
         np.testing.assert_allclose(one.confidence[0], batch.confidence[i], rtol=1e-12, atol=1e-15)
@@ -242,8 +242,10 @@ def test_the_most_probable_allowed_candidate_is_chosen() -> None:
     grounding = choose_grounding(cand, model)
     p = np.where(cand.ids >= 0, model.predict(cand.features), -np.inf)
     np.testing.assert_allclose(grounding.confidence, p.max(axis=1))
-    refuse_first = choose_grounding(cand, model, pick=lambda s, _: np.where(np.arange(len(s)) == 0, -1, s.argmax(1)))
+    refuse_first = choose_grounding(cand, model, pick=lambda s, _: (np.where(np.arange(len(s)) == 0, -1, s.argmax(1)),
+                                                                     np.where(np.arange(len(s)) == 0, 2, 0)))
     assert refuse_first.ids[0] == -1 and refuse_first.confidence[0] == 0 and refuse_first.evidence(0) is None
+    assert refuse_first.passed.tolist() == [2] + [0] * (len(refuse_first.ids) - 1)  # what the pick passed over
     assert set(refuse_first.evidence(1)) == set(FEATURES)
 
 
@@ -294,7 +296,7 @@ def test_a_stream_decides_the_same_alone_or_in_a_batch(p, seed, schedule) -> Non
     ids = np.where(rng.random(b) < 0.15, -1, g.ids)
     near = rng.random(b) < 0.3  # a candidate at v̂ itself: the near-duplicate guard's cosine
     g = Grounding(ids, np.where(near[:, None], v, g.vectors), g.confidence, g.sources,
-                  rng.uniform(0, 1, (b, len(FEATURES))))
+                  rng.uniform(0, 1, (b, len(FEATURES))), passed=rng.integers(0, 3, b))
     memories = [list(rng.choice([100 + i, 7, 8], size=int(rng.integers(0, 4)))) for i in range(b)]
     fallbacks = [("timeout" if rng.random() < 0.1 else None) for _ in range(b)]
     decide_by = np.where(rng.random(b) < 0.3, rng.uniform(0, 1, b), np.nan)
@@ -304,11 +306,12 @@ def test_a_stream_decides_the_same_alone_or_in_a_batch(p, seed, schedule) -> Non
     batch_out, batch_records = choose_grounded(v, g, lane, memories, schedule, c_max=c_max, fallbacks=fallbacks,
                                                decide_by=decide_by)
     for i in range(b):
-        one = Grounding(*(np.asarray(a)[[i]] for a in (g.ids, g.vectors, g.confidence, g.sources, g.features)))
+        one = g.rows([i])
         out, (record,) = choose_grounded(v[[i]], one, lane, [memories[i]], schedule, c_max=c_max[[i]],
                                          fallbacks=[fallbacks[i]], decide_by=decide_by[[i]])
         assert np.array_equal(out[0], batch_out[i])
         assert {**record.to_dict(), "latency_ms": 0} == {**batch_records[i].to_dict(), "latency_ms": 0}
+        assert record.skipped_paraphrases == int(g.passed[i])  # the grounding's passes reach the record
 
 
 def test_a_repeat_of_a_recent_pick_is_dropped_and_the_random_mix_reads_its_own_p() -> None:

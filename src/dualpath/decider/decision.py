@@ -800,6 +800,7 @@ def choose_grounded(
             confidence=float(p[i]),
             candidate_source=None if none else SOURCES[int(grounding.sources[i])],
             evidence=None if none else grounding.evidence(i),
+            skipped_paraphrases=0 if grounding.passed is None else int(grounding.passed[i]),
         ))
     return out, records
 
@@ -855,6 +856,7 @@ def _grounded_one(
         confidence=p,
         candidate_source=None if empty else SOURCES[int(grounding.sources[0])],
         evidence=None if empty else grounding.evidence(0),
+        skipped_paraphrases=0 if grounding.passed is None else int(grounding.passed[0]),
     )
     return out, [record]
 

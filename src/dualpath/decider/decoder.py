@@ -247,8 +247,7 @@ def ground_streams(
 
     def decide(rows: list[int], members: list[DualPathDecoder], whole: bool) -> tuple[np.ndarray, list]:
         first = members[0]
-        sub = grounding if whole else Grounding(*(np.asarray(a)[rows] for a in (
-            grounding.ids, grounding.vectors, grounding.confidence, grounding.sources, grounding.features)))
+        sub = grounding if whole else grounding.rows(rows)
         return choose_grounded(
             v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
             first.dup_threshold, None if c_max is None else np.asarray(c_max)[rows],

@@ -66,13 +66,22 @@ class Candidates:
 
 @dataclass(frozen=True)
 class Grounding:
-    """Per stream, the candidate a step grounds on: id (-1: none), unit vector, p, source code, features."""
+    """Per stream, the candidate a step grounds on: id (-1: none), unit vector, p, source code, features,
+    and how many more probable candidates it passed over as paraphrases of what the stream said (None:
+    none were checked)."""
 
     ids: np.ndarray
     vectors: np.ndarray
     confidence: np.ndarray
     sources: np.ndarray
     features: np.ndarray
+    passed: np.ndarray | None = None
+
+    def rows(self, rows: list[int] | np.ndarray) -> Grounding:
+        """The groundings of streams `rows`, in that order."""
+        return Grounding(*(np.asarray(a)[rows] for a in (self.ids, self.vectors, self.confidence, self.sources,
+                                                         self.features)),
+                         passed=None if self.passed is None else np.asarray(self.passed)[rows])
 
     def evidence(self, i: int) -> dict[str, float] | None:
         """Stream i's features by name (None when it has no candidate): what its record carries (telemetry
@@ -105,6 +114,8 @@ def successor_ids(table: np.ndarray, anchor_ids: np.ndarray) -> np.ndarray:
 
 
 _COLUMN = {name: j for j, name in enumerate(FEATURES)}
+# pick(scores (b, m), vectors (b, m, d)) -> (each row's chosen index, -1 for none; how many it passed over)
+Pick = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
 def _top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -240,7 +251,7 @@ def ground_one(
     queries: np.ndarray,
     v_hat: np.ndarray,
     model: SnapConfidence,
-    pick: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    pick: Pick | None = None,
     shortlist_vectors: np.ndarray | None = None,
 ) -> Grounding:
     """`choose_grounding(gather_candidates(...), model, pick)` for a batch of one (the same arguments, each
@@ -328,7 +339,12 @@ def ground_one(
             row[_COLUMN["anchor_margin"]] = a_margin[which]
         row[_COLUMN["anchor_votes"]] = float(len(same))
     p = [model.predict_row(row) if c >= 0 else -math.inf for row, c in zip(rows, cand, strict=True)]
-    best = _argmax_valid(np.array([p])) if pick is None else int(pick(np.array([p]), vectors)[0])
+    passed = 0
+    if pick is None:
+        best = _argmax_valid(np.array([p]))
+    else:
+        chosen, over = pick(np.array([p]), vectors)
+        best, passed = int(chosen[0]), int(over[0])
     at = max(best, 0)
     found_one = best >= 0
     kinds = [SOURCES.index("tower"), SOURCES.index("lvm")] + [SOURCES.index("successor")] * len(succ)
@@ -338,6 +354,7 @@ def ground_one(
         confidence=np.array([p[at] if found_one else 0.0]),
         sources=np.array([kinds[at] if found_one else 0], np.int8),
         features=np.array([rows[at] if found_one else [0.0] * len(FEATURES)]),
+        passed=np.array([passed]),
     )
 
 
@@ -440,18 +457,19 @@ class SnapConfidence:
 def choose_grounding(
     candidates: Candidates,
     model: SnapConfidence,
-    pick: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    pick: Pick | None = None,
 ) -> Grounding:
     """Each stream's most probable candidate. `pick(scores, vectors)` may refuse some (it returns each
-    row's chosen index, -1 for none; e.g. `nearest_unsaid` passing over paraphrases); by default the
-    argmax of p over the valid candidates."""
+    row's chosen index, -1 for none, and how many better ones it passed over; e.g. `nearest_unsaid`
+    passing over paraphrases); by default the argmax of p over the valid candidates."""
     p = model.predict(candidates.features)
     scores = np.where(candidates.ids >= 0, p, -np.inf)
+    passed = np.zeros(len(scores), np.int64)
     if pick is None:
         best = np.argmax(scores, axis=1) if scores.shape[1] else np.zeros(len(scores), np.int64)
         best = np.where(np.isfinite(scores[np.arange(len(scores)), best]) if scores.shape[1] else False, best, -1)
     else:
-        best = pick(scores, candidates.vectors)
+        best, passed = pick(scores, candidates.vectors)
     rows = np.arange(len(best))
     at = np.maximum(best, 0)
     found = best >= 0
@@ -465,6 +483,7 @@ def choose_grounding(
         sources=np.where(found, candidates.sources[rows, at] if scores.shape[1] else 0, 0).astype(np.int8),
         features=np.where(found[:, None], candidates.features[rows, at], 0.0) if scores.shape[1]
         else np.zeros((len(best), len(FEATURES))),
+        passed=np.asarray(passed, dtype=np.int64),
     )
 
 

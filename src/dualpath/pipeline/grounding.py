@@ -197,8 +197,8 @@ def ground_step(
         scores_out.update(v=v, lvm=lvm_raw)
     c_max = lvm.max(axis=1, initial=-np.inf).astype(np.float64)
 
-    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
-        return nearest_unsaid(scores, candidate_vectors, avoided)[0]
+    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return nearest_unsaid(scores, candidate_vectors, avoided)
 
     succ = successor_ids(table, anchors.ids)
     refused = id_rows([np.concatenate([np.asarray(x, np.int64), np.asarray(u, np.int64)])
@@ -264,8 +264,8 @@ def _ground_one_stream(
         s = int(table[j, anchor]) if 0 <= anchor < table.shape[1] else -1
         succ[j] = s if s >= 0 and s not in refused else -1
 
-    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> np.ndarray:
-        return nearest_unsaid(scores, candidate_vectors, avoided)[0]
+    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return nearest_unsaid(scores, candidate_vectors, avoided)
 
     one = ground_one(ids, tower[None], lvm[None], np.array([succ], np.int64), anchors.cos, anchors.margin,
                      vectors_of, q, v, model, pick, vectors)
