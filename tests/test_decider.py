@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from dualpath.config import DeciderConfig
 from dualpath.decider import (
     Decision,
+    DecisionRecord,
     DualPathDecoder,
     Lane,
     Sampling,
@@ -640,3 +641,18 @@ def test_a_baseline_c_decides_but_n_star_stays_the_best_candidate() -> None:
     assert own.decision is Decision.SNAP and low.decision is Decision.NOVEL and mid.decision is Decision.BLEND
     assert own.neighbour_id == low.neighbour_id == mid.neighbour_id and low.c_max == own.c_max
     assert low.c_pick == -1.0 and 0 < mid.alpha < 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(step=st.integers(0, 100), c=st.none() | st.floats(-1, 1), decision=st.sampled_from(list(Decision)),
+       n_id=st.none() | st.integers(-1, 10**6), skipped=st.integers(0, 5), confidence=st.none() | st.floats(0, 1))
+def test_a_record_built_from_its_fields_is_the_dataclasss(step, c, decision, n_id, skipped, confidence) -> None:
+    """The decider builds its records with DecisionRecord.from_fields (no per-field frozen setattr): the
+    same record as the dataclass's constructor, defaults included, and it round-trips through to_dict."""
+    values = {"step": step, "c_max": c, "decision": decision, "neighbour_id": n_id, "alpha": 0.5, "lane": "x",
+              "near_dup": False, "fallback_reason": None, "latency_ms": 0.1, "skipped_paraphrases": skipped,
+              "confidence": confidence}
+    fast = DecisionRecord.from_fields(**values)
+    assert fast == DecisionRecord(**values)
+    assert vars(fast) == vars(DecisionRecord(**values))
+    assert DecisionRecord.from_dict(fast.to_dict()) == fast

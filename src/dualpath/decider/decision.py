@@ -32,8 +32,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -181,6 +182,14 @@ class DecisionRecord:
             return self.neighbour_id
         return NO_ID
 
+    @classmethod
+    def from_fields(cls, **values: Any) -> DecisionRecord:
+        """`DecisionRecord(**values)` without the frozen dataclass's one `object.__setattr__` per field (a
+        step makes one record per stream; the fields are the decider's own, already checked)."""
+        record = object.__new__(cls)
+        record.__dict__.update(_RECORD_DEFAULTS, **values)
+        return record
+
     def renumbered(self, step: int, latency_ms: float | None = None) -> DecisionRecord:
         """This record as step `step` (with `latency_ms` when given). A copy of its fields without
         `dataclasses.replace`'s re-initialisation: a generation step makes one per stream."""
@@ -199,6 +208,9 @@ class DecisionRecord:
     @classmethod
     def from_dict(cls, data: dict) -> DecisionRecord:
         return cls(**{**data, "decision": Decision(data["decision"])})
+
+
+_RECORD_DEFAULTS = {f.name: f.default for f in fields(DecisionRecord) if f.default is not MISSING}
 
 
 def _check_shortlist(shortlist: Shortlist, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -531,7 +543,7 @@ def choose_next_vectors(
         for f, e in zip(batch.fallbacks, empty.tolist(), strict=True)
     ]
     records = [
-        DecisionRecord(
+        DecisionRecord.from_fields(
             step=0,
             c_max=None if e else cb,
             decision=_DECISIONS[c],
@@ -721,7 +733,7 @@ def _choose_one(
         neighbours = picked / _row_norms(picked)[:, None]
     alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
     out, alpha = _output_one(decision, queries, neighbours, c, lane, alpha_of)
-    record = DecisionRecord(
+    record = DecisionRecord.from_fields(
         step=0, c_max=c, decision=decision, neighbour_id=n_id, alpha=alpha, lane=lane.name, near_dup=near_dup,
         fallback_reason=None, latency_ms=(time.perf_counter() - start) * 1000.0, c_pick=c, skipped_used=skipped,
         skipped_paraphrases=passed_over,
@@ -786,7 +798,7 @@ def choose_grounded(
     records = []
     for i in range(b):
         none = bool(empty[i])
-        records.append(DecisionRecord(
+        records.append(DecisionRecord.from_fields(
             step=0,
             c_max=None if not np.isfinite(c_best[i]) else float(c_best[i]),
             decision=_DECISIONS[int(code[i])],
@@ -842,7 +854,7 @@ def _grounded_one(
     row, alpha = _output_one(decision, queries, neighbours, c_rule, lane, alpha_of)
     out = row[None].astype(np.float32)
     c_best = math.nan if c_max is None else float(c_max[0])
-    record = DecisionRecord(
+    record = DecisionRecord.from_fields(
         step=0,
         c_max=c_best if math.isfinite(c_best) else None,
         decision=decision,
