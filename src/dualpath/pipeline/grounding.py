@@ -17,7 +17,6 @@ UNKNOWN_SLACK: where the evidence cannot tell a restatement from a lookalike, it
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -175,8 +174,8 @@ def ground_step(
     ids = batch.ids
     b = len(ids)
     if b == 1:
-        return _ground_one_stream(model, table, anchors, _unit_row(queries), _unit_row(v_hat), batch, used[0],
-                                  blocked[0], avoided, vectors_of, scores_out)
+        return _ground_one_stream(model, table, anchors, normalize_rows(queries), normalize_rows(v_hat), batch,
+                                  used[0], blocked[0], avoided, vectors_of, scores_out)
     q = normalize_rows(queries)
     v = normalize_rows(v_hat)
     allowed = ids >= 0
@@ -211,12 +210,6 @@ def ground_step(
     )
     grounding = choose_grounding(candidates, model, pick=pick)
     return grounding, c_max
-
-
-def _unit_row(x: np.ndarray) -> np.ndarray:
-    """`normalize_rows` of one row (1, d), in two calls instead of its several."""
-    row = np.asarray(x, dtype=np.float32)
-    return row / np.float32(max(math.sqrt(float(np.dot(row[0], row[0]))), 1e-12))
 
 
 def _ground_one_stream(
