@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from dualpath.bank import ConceptBank
 from dualpath.bank.layout import CALIBRATION_FILE
-from dualpath.decider import Decision, SyncMiner, ThreadedMiner, make_lane, read_records
+from dualpath.decider import Decision, SyncMiner, ThreadedMiner, avoid_rows, make_lane, read_records
 from dualpath.errors import CorpusError
+from dualpath.models.heuristics import normalize_rows
 from dualpath.pipeline.calibrate import calibrate_bank
 from dualpath.pipeline.evaluate import DECISIONS, decide_lane, evaluate_generation, heldout_pairs, teacher_forced
 from dualpath.pipeline.generator import VERBATIM_COSINE, Generator, Unsayable
@@ -49,6 +50,8 @@ def test_generation_yields_well_formed_steps_in_every_lane(generator, lane):
         assert s.record.c_max is not None and -1.0 <= s.record.c_max <= 1.0 + 1e-6
         assert 0.0 <= s.record.alpha <= 1.0
         assert {"lvm", "query", "search", "decide", "render", "total"} <= set(s.latency_ms)
+        n_star = s.record.neighbour_id
+        assert s.neighbour_text == (None if n_star is None else generator.bank.texts([n_star])[0])
         if s.record.decision is Decision.SNAP:
             # SNAP outputs the bank vector exactly and renders its text, not an approximation.
             assert not s.approximate
@@ -381,6 +384,23 @@ def test_rendering_from_the_shortlist_is_what_the_index_returns(generator):
     for i, (cid, cosine) in found.items():
         assert cid == exact[i].concept_id
         assert cosine == pytest.approx(exact[i].cosine, abs=1e-3)
+    # A row alone takes the scalar form: the same answer as in the batch, with skips that hit its best
+    # candidates, paraphrases to pass over, and the scores of an earlier pass over the shortlists.
+    unit_outputs = normalize_rows(outputs)
+    scored = (unit_outputs, np.matmul(batch.vectors, unit_outputs[:, :, None])[:, :, 0])
+    order = np.argsort(-scored[1], axis=1, kind="stable")  # each row's candidates, nearest the output first
+    skips = [np.append(exclude[i], batch.ids[i, order[i, 0]]) if i % 3 == 1 else exclude[i] for i in range(64)]
+    far = normalize_rows(rng.normal(size=(64, bank.dim)).astype(np.float32))
+    said = [batch.vectors[i, order[i, int(i % 3 == 1)]] if i % 2 == 0 else far[i] for i in range(64)]
+    noise = 0.05 / np.sqrt(bank.dim) * rng.normal(size=(64, bank.dim))
+    avoided = avoid_rows([(said[i] + noise[i])[None].astype(np.float32) for i in range(64)],
+                         [np.array([0.9])] * 64, 64, bank.dim)
+    for earlier in (None, scored):
+        together = shortlist_nearest(outputs, batch, floors, queries, skips, range(64), avoided, earlier)
+        assert 0 < len(together) < 64
+        for i in range(64):
+            alone = shortlist_nearest(outputs, batch, floors, queries, skips, [i], avoided, earlier)
+            assert alone == ({i: together[i]} if i in together else {})
 
 
 def test_a_long_prompt_is_read_only_as_far_as_generation_uses_it(trained_bank_path):

@@ -18,6 +18,7 @@ from dualpath.decider.decision import (
     choose_next_vectors,
     id_member,
     id_rows,
+    is_paraphrase,
     nearest_unsaid,
 )
 from dualpath.decider.decoder import DualPathDecoder, ground_streams, step_streams
@@ -82,6 +83,7 @@ __all__ = [
     "ground_streams",
     "id_member",
     "id_rows",
+    "is_paraphrase",
     "load_lanes",
     "make_lane",
     "nearest_unsaid",

@@ -325,8 +325,9 @@ def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> n
     return (scores >= limits).any(axis=1)
 
 
-def _paraphrase_one(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> bool:
-    """`_paraphrases` of one picked row (d,) against its stream's avoid rows (m, d): the same products."""
+def is_paraphrase(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> bool:
+    """`_paraphrases` of one picked row (d,) against its stream's avoid rows (m, d) and their limits (m,), as
+    `avoid_rows` stacks them for one stream: the same products."""
     unit = (picked / np.sqrt(np.square(picked).sum())).astype(np.float64)
     return bool((np.einsum("md,d->m", np.asarray(avoid, dtype=np.float64), unit) >= limits).any())
 
@@ -370,15 +371,21 @@ def nearest_unsaid(
     scores = np.array(scores, dtype=np.float32)
     if not scores.shape[1]:
         return np.full(len(scores), -1, np.int64), np.zeros(len(scores), np.int64)
-    if len(scores) == 1:  # one row: the same passes over its picks, ranked on Python floats
-        row = scores[0].tolist()
+    if len(scores) == 1:  # one row: the same passes over its picks, one argmax each, on scalars
+        row = scores[0]  # a copy (above): passed-over picks are set to -inf in it
         count = 0
-        # Best first, the first of equals first (argmax's order); a NaN or -inf is never picked.
-        for pick in sorted((j for j, x in enumerate(row) if math.isfinite(x)), key=lambda j: -row[j]):
-            if avoided is None or not _paraphrase_one(vectors[0, pick], avoided[0][0], avoided[1][0]):
+        while True:
+            pick = int(row.argmax())  # best first, the first of equals first
+            best = float(row[pick])
+            if not math.isfinite(best):  # nothing finite left: none (a NaN is never picked)
+                if best != best and np.isfinite(row).any():
+                    row[np.isnan(row)] = -np.inf
+                    continue
+                return np.array([-1]), np.array([count])
+            if avoided is None or not is_paraphrase(vectors[0, pick], avoided[0][0], avoided[1][0]):
                 return np.array([pick]), np.array([count])
+            row[pick] = -np.inf
             count += 1
-        return np.array([-1]), np.array([count])
     best = np.argmax(scores, axis=1)
     passed = np.zeros(len(best), np.int64)
     if avoided is not None:

@@ -23,6 +23,7 @@ NOVEL with the reason recorded; generation always completes.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -53,6 +54,7 @@ from dualpath.decider import (
     ground_streams,
     id_member,
     id_rows,
+    is_paraphrase,
     nearest_unsaid,
     step_streams,
     to_shortlist_batch,
@@ -348,6 +350,8 @@ def shortlist_nearest(
     rows = [i for i in rows if np.isfinite(floors[i]) and shortlists.fallbacks[i] is None]
     if not rows or not shortlists.ids.shape[1]:
         return {}
+    if len(rows) == 1:
+        return _nearest_in_one_shortlist(outputs, shortlists, floors, queries, skips, rows[0], avoided, scored)
     # Scored over the whole batch and masked to `rows`: selecting rows would copy every (K, d) shortlist.
     chosen = np.zeros(len(shortlists), bool)
     chosen[rows] = True
@@ -372,6 +376,45 @@ def shortlist_nearest(
         bound = np.where(t > s, s * t + np.sqrt(np.clip(1 - s * s, 0, 1)) * np.sqrt(np.clip(1 - t * t, 0, 1)), 1.0)
     sure = top > bound + 1e-6  # a margin over float32 rounding of the scores
     return {i: (int(ids[j, best[j]]), float(top[j])) for j, i in enumerate(rows) if sure[j]}
+
+
+def _nearest_in_one_shortlist(
+    outputs: np.ndarray,
+    shortlists: ShortlistBatch,
+    floors: np.ndarray,
+    queries: np.ndarray,
+    skips: Sequence[np.ndarray],
+    i: int,
+    avoided: tuple[np.ndarray, np.ndarray] | None,
+    scored: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[int, tuple[int, float]]:
+    """`shortlist_nearest` for row i alone, on scalars: the candidates are tried best first, and only the one
+    that is best so far is checked against the row's skips and paraphrases (masking all K first cost a
+    single stream's step more than the proof saves). The same products, so the same answer as a batch's."""
+    o = normalize_rows(outputs[i : i + 1])
+    ids = shortlists.ids[i]
+    if scored is not None and np.array_equal(o, scored[0][i : i + 1]):
+        raw = scored[1][i]
+    else:
+        raw = np.matmul(shortlists.vectors[i : i + 1], o[:, :, None])[0, :, 0]
+    scores = np.where(ids >= 0, raw, -np.inf)
+    skipped = set(np.asarray(skips[i]).tolist())
+    while True:
+        j = int(scores.argmax())  # the first of equal scores first, as argmax is in the batched form
+        top = float(scores[j])
+        if not top > -math.inf:  # nothing left (or a NaN score): the rendering search decides
+            return {}
+        if int(ids[j]) not in skipped and (
+            avoided is None or not is_paraphrase(shortlists.vectors[i, j], avoided[0][i], avoided[1][i])
+        ):
+            break
+        scores[j] = -np.inf
+    s = float(floors[i])
+    t = float(np.einsum("bd,bd->b", o, queries[i : i + 1])[0])
+    bound = 1.0
+    if t > s:
+        bound = s * t + math.sqrt(min(max(1 - s * s, 0.0), 1.0)) * math.sqrt(min(max(1 - t * t, 0.0), 1.0))
+    return {i: (int(ids[j]), top)} if top > bound + 1e-6 else {}
 
 
 class Generator:
@@ -764,8 +807,7 @@ class Generator:
                 showed = np.flatnonzero(np.asarray(shown_ids) >= 0)
                 unsayable.push(showed, shown_vectors[showed])
             lat["render"] = (time.perf_counter() - t0) * 1000
-            neighbour_ids = [r.neighbour_id for r in records if r.neighbour_id is not None]
-            neighbour_text = dict(zip(neighbour_ids, self.bank.texts(neighbour_ids), strict=True))
+            neighbour_text = self._neighbour_texts(records, rendered)
             if number < steps - 1:  # the models read the step's vector (after the last, nothing asks them)
                 fed = outputs.copy()
                 swap = [
@@ -886,6 +928,18 @@ class Generator:
         if (ids >= 0).any():
             out[ids >= 0] = gather_vectors(self.bank, ids[ids >= 0])
         return out
+
+    def _neighbour_texts(self, records: list[DecisionRecord], rendered: list[RenderedText]) -> dict[int, str]:
+        """{n*: its bank text} for the steps' records. A step that showed n* itself (a SNAP, or any step when
+        the default renderer shows bank concepts) already read its text; only the rest are looked up."""
+        default = type(self.renderer) is NearestConceptRenderer
+        texts = {r.neighbour_id: shown.text for r, shown in zip(records, rendered, strict=True)
+                 if r.neighbour_id is not None and shown.concept_id == r.neighbour_id
+                 and (default or r.decision is Decision.SNAP)}
+        missing = [r.neighbour_id for r in records if r.neighbour_id is not None and r.neighbour_id not in texts]
+        if missing:
+            texts.update(zip(missing, self.bank.texts(missing), strict=True))
+        return texts
 
     def _render(
         self,
