@@ -21,6 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from dualpath.cli.generate import fallback_note
 from dualpath.service import DualPathService, create_app
 from dualpath.service.app import STATIC_DIR
 from live_server import serving
@@ -151,6 +152,10 @@ def test_dashboard_streams_a_generation_and_shows_live_telemetry(service, browse
             assert cells[6].strip()  # the step's text
         assert page.text_content("#stream-text").strip()
         assert page.is_hidden("#run-error")
+        # A step without a candidate says why in the page's words and the CLI's alike.
+        for reason, used, said in (("empty", 1, 2), ("empty", 0, 1), ("empty", 0, 0), ("timeout", 0, 0)):
+            record = {"fallback_reason": reason, "skipped_used": used, "skipped_paraphrases": said}
+            assert page.evaluate("(r) => fallbackNote(r)", record) == fallback_note(reason, used, said)
 
         # The telemetry panels catch up on their next poll.
         page.wait_for_function("document.querySelectorAll('#recent-table tbody tr').length >= 4")

@@ -300,6 +300,18 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.parametrize(("reason", "used", "said", "note"), [
+    ("empty", 0, 2, "every candidate refused: 2 paraphrases of what was said"),
+    ("empty", 1, 1, "every candidate refused: 1 already shown, 1 paraphrase of what was said"),
+    ("empty", 0, 0, "retrieval: empty"),
+    ("timeout", 3, 0, "retrieval: timeout"),
+])
+def test_a_step_without_a_candidate_says_whether_retrieval_failed_or_refused_them(reason, used, said, note):
+    from dualpath.cli.generate import fallback_note
+
+    assert fallback_note(reason, used, said) == note
+
+
 def test_cli_generate_json_and_errors(trained_bank_path):
     done = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "3", "--lane", "legal", "--json")
     assert done.returncode == 0, done.stderr

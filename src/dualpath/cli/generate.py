@@ -32,6 +32,18 @@ console = make_console()
 DECISION_STYLE = {"SNAP": "green", "BLEND": "cyan", "NOVEL": "yellow", "NOVEL_DUP_DROP": "magenta"}
 
 
+def fallback_note(reason: str, skipped_used: int, skipped_paraphrases: int) -> str:
+    """Why a step had no candidate, for a reader: an `empty` step whose candidates were all refused says so
+    (the shortlist came back; what it held was already shown or restated what was said)."""
+    if reason == "empty" and skipped_used + skipped_paraphrases:
+        refused = [f"{skipped_used} already shown"] if skipped_used else []
+        if skipped_paraphrases:
+            plural = "" if skipped_paraphrases == 1 else "s"
+            refused.append(f"{skipped_paraphrases} paraphrase{plural} of what was said")
+        return f"every candidate refused: {', '.join(refused)}"
+    return f"retrieval: {reason}"
+
+
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate_command)
     app.command("calibrate")(calibrate_command)
@@ -127,7 +139,8 @@ def generate_command(
             decision = r.decision.value
             text = step.text if not step.approximate else f"≈ {step.text} [dim](cos {step.text_cosine:.2f})[/]"
             if r.fallback_reason:
-                text += f" [red](retrieval: {r.fallback_reason})[/]"
+                note = fallback_note(r.fallback_reason, r.skipped_used, r.skipped_paraphrases)
+                text += f" [{'dim' if note.startswith('every') else 'red'}]({note})[/]"
             evidence = [
                 "-" if r.confidence is None else f"{r.confidence:.3f}", r.candidate_source or "-",
             ] if on == "p" else []

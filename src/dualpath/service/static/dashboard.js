@@ -230,6 +230,17 @@ function evidence(record) {
   return span;
 }
 
+// Why a step had no candidate (as `dualpath generate` says it): refused candidates are not a failed retrieval.
+function fallbackNote(record) {
+  const used = record.skipped_used || 0;
+  const said = record.skipped_paraphrases || 0;
+  if (record.fallback_reason !== "empty" || used + said === 0) return `retrieval: ${record.fallback_reason}`;
+  const refused = [];
+  if (used) refused.push(`${used} already shown`);
+  if (said) refused.push(`${said} paraphrase${said === 1 ? "" : "s"} of what was said`);
+  return `every candidate refused: ${refused.join(", ")}`;
+}
+
 function fillRecent(telemetry) {
   const body = $("recent-table").querySelector("tbody");
   const records = telemetry.records;
@@ -291,7 +302,7 @@ async function generate() {
       cell(row, evidence(data));
       cell(row, fmt(data.alpha, 2), "num");
       const text = el("span", data.approximate ? { class: "approx" } : {}, (data.approximate ? "≈ " : "") + data.text);
-      if (data.fallback_reason) text.title = `retrieval: ${data.fallback_reason}`;
+      if (data.fallback_reason) text.title = fallbackNote(data);
       cell(row, text);
       cell(row, fmt(data.stage_latency_ms.total, 0), "num");
       body.appendChild(row);
