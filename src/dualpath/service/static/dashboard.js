@@ -259,7 +259,7 @@ function fillRecent(telemetry) {
     cell(row, r.neighbour_text === null ? "–" : r.neighbour_text);
     const notes = [];
     if (r.near_dup) notes.push("near-duplicate");
-    if (r.fallback_reason) notes.push(`retrieval ${r.fallback_reason}`);
+    if (r.fallback_reason) notes.push(fallbackNote(r));
     cell(row, notes.join(", "));
     body.appendChild(row);
   });
