@@ -20,6 +20,7 @@ from dualpath.decider import (
     Shortlist,
     ShortlistBatch,
     avoid_rows,
+    best_first,
     choose_next_vector,
     choose_next_vectors,
     continuous_alpha,
@@ -605,6 +606,18 @@ def test_greedy_n_star_is_the_best_candidate_neither_used_nor_a_paraphrase(
     assert record.neighbour_id == int(ids[np.flatnonzero(allowed)[np.argmax(cos[allowed])]])
     assert record.skipped_used == int(np.isin(ids, used).sum())
     assert record.skipped_paraphrases == int((paraphrase & ~np.isin(ids, used) & (cos > cos[allowed].max())).sum())
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=st.lists(st.sampled_from([-np.inf, np.nan, -1.0, 0.0, 0.25, 0.5, 1.0, np.inf]) | st.floats(-2, 2),
+                       min_size=0, max_size=30))
+def test_best_first_gives_the_finite_scores_best_first_in_argmax_order(values: list[float]) -> None:
+    """Every finite score once, best first and the first of equals first (argmax's order, a stable sort on
+    the negated scores); no NaN or infinite one."""
+    row = np.array(values, dtype=np.float32)
+    given = list(best_first(row.copy())) if row.size else []
+    finite = np.flatnonzero(np.isfinite(row))
+    assert given == finite[np.argsort(-row[finite], kind="stable")].tolist()
 
 
 @settings(max_examples=80, deadline=None)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
@@ -359,6 +359,23 @@ def _pass_over_paraphrases(
     return skipped
 
 
+def best_first(scores: np.ndarray) -> Iterator[int]:
+    """The indices of a row of scores (c,), best first and the first of equal scores first (argmax's order),
+    over its finite scores (a NaN or infinite one is never given). Lazily, one argmax each: a caller that
+    stops at the first acceptable index pays for the few it tried, not for ranking all c. Sets each index
+    it has given to -inf in `scores`: pass a copy."""
+    while True:
+        j = int(scores.argmax())
+        top = float(scores[j])
+        if not math.isfinite(top):
+            if top != -math.inf and np.isfinite(scores).any():  # argmax stops at a NaN or +inf: leave them out
+                scores[~np.isfinite(scores)] = -np.inf
+                continue
+            return
+        yield j
+        scores[j] = -np.inf
+
+
 def nearest_unsaid(
     scores: np.ndarray, vectors: np.ndarray, avoided: tuple[np.ndarray, np.ndarray] | None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -371,21 +388,13 @@ def nearest_unsaid(
     scores = np.array(scores, dtype=np.float32)
     if not scores.shape[1]:
         return np.full(len(scores), -1, np.int64), np.zeros(len(scores), np.int64)
-    if len(scores) == 1:  # one row: the same passes over its picks, one argmax each, on scalars
-        row = scores[0]  # a copy (above): passed-over picks are set to -inf in it
+    if len(scores) == 1:  # one row: the same passes over its picks, on scalars
         count = 0
-        while True:
-            pick = int(row.argmax())  # best first, the first of equals first
-            best = float(row[pick])
-            if not math.isfinite(best):  # nothing finite left: none (a NaN is never picked)
-                if best != best and np.isfinite(row).any():
-                    row[np.isnan(row)] = -np.inf
-                    continue
-                return np.array([-1]), np.array([count])
+        for pick in best_first(scores[0]):  # a copy (above), which best_first masks
             if avoided is None or not is_paraphrase(vectors[0, pick], avoided[0][0], avoided[1][0]):
                 return np.array([pick]), np.array([count])
-            row[pick] = -np.inf
             count += 1
+        return np.array([-1]), np.array([count])
     best = np.argmax(scores, axis=1)
     passed = np.zeros(len(best), np.int64)
     if avoided is not None:

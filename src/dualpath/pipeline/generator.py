@@ -50,6 +50,7 @@ from dualpath.decider import (
     SyncMiner,
     TelemetrySink,
     ThreadedMiner,
+    best_first,
     get_lane,
     ground_streams,
     id_member,
@@ -399,16 +400,12 @@ def _nearest_in_one_shortlist(
         raw = np.matmul(shortlists.vectors[i : i + 1], o[:, :, None])[0, :, 0]
     scores = np.where(ids >= 0, raw, -np.inf)
     skipped = set(np.asarray(skips[i]).tolist())
-    while True:
-        j = int(scores.argmax())  # the first of equal scores first, as argmax is in the batched form
-        top = float(scores[j])
-        if not top > -math.inf:  # nothing left (or a NaN score): the rendering search decides
-            return {}
-        if int(ids[j]) not in skipped and (
-            avoided is None or not is_paraphrase(shortlists.vectors[i, j], avoided[0][i], avoided[1][i])
-        ):
-            break
-        scores[j] = -np.inf
+    allowed = (j for j in best_first(scores) if int(ids[j]) not in skipped and (
+        avoided is None or not is_paraphrase(shortlists.vectors[i, j], avoided[0][i], avoided[1][i])))
+    j = next(allowed, -1)
+    if j < 0:  # nothing allowed: the rendering search decides
+        return {}
+    top = float(raw[j])
     s = float(floors[i])
     t = float(np.einsum("bd,bd->b", o, queries[i : i + 1])[0])
     bound = 1.0
