@@ -30,6 +30,7 @@ from dualpath.decider.grounding import (
     ANCHORS,
     Candidates,
     Grounding,
+    Pick,
     SnapConfidence,
     brier_score,
     choose_grounding,
@@ -173,9 +174,13 @@ def ground_step(
     ids), and no paraphrase of what it said (`avoided`, as `avoid_rows` stacks it)."""
     ids = batch.ids
     b = len(ids)
+
+    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return nearest_unsaid(scores, candidate_vectors, avoided)
+
     if b == 1:
         return _ground_one_stream(model, table, anchors, normalize_rows(queries), normalize_rows(v_hat), batch,
-                                  used[0], blocked[0], avoided, vectors_of, scores_out)
+                                  used[0], blocked[0], pick, vectors_of, scores_out)
     q = normalize_rows(queries)
     v = normalize_rows(v_hat)
     allowed = ids >= 0
@@ -195,9 +200,6 @@ def ground_step(
     if scores_out is not None:
         scores_out.update(v=v, lvm=lvm_raw)
     c_max = lvm.max(axis=1, initial=-np.inf).astype(np.float64)
-
-    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return nearest_unsaid(scores, candidate_vectors, avoided)
 
     succ = successor_ids(table, anchors.ids)
     refused = id_rows([np.concatenate([np.asarray(x, np.int64), np.asarray(u, np.int64)])
@@ -221,7 +223,7 @@ def _ground_one_stream(
     batch: ShortlistBatch,
     used: np.ndarray,
     blocked: np.ndarray,
-    avoided: tuple[np.ndarray, np.ndarray] | None,
+    pick: Pick,
     vectors_of: Callable[[np.ndarray], np.ndarray],
     scores_out: dict[str, np.ndarray] | None,
 ) -> tuple[Grounding, np.ndarray]:
@@ -256,9 +258,6 @@ def _ground_one_stream(
     for j, anchor in enumerate(anchors.ids[0, :reach].tolist()):
         s = int(table[j, anchor]) if 0 <= anchor < table.shape[1] else -1
         succ[j] = s if s >= 0 and s not in refused else -1
-
-    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return nearest_unsaid(scores, candidate_vectors, avoided)
 
     one = ground_one(ids, tower[None], lvm[None], np.array([succ], np.int64), anchors.cos, anchors.margin,
                      vectors_of, q, v, model, pick, vectors)
