@@ -850,9 +850,6 @@ def _grounded_one(
     scalars. The tests hold the two forms equal."""
     n_id = int(grounding.ids[0])
     empty = n_id < 0 or reason is not None
-    picked = queries if empty else np.asarray(grounding.vectors, dtype=np.float32)
-    neighbours = picked / _row_norms(picked)[:, None]
-    c_pick = float(np.einsum("bd,bd->b", queries, neighbours)[0])
     p = float(grounding.confidence[0])
     given = math.nan if decide_by is None else float(decide_by[0])
     overridden = not math.isnan(given)
@@ -863,8 +860,15 @@ def _grounded_one(
         raise DeciderError(f"need one memory of picked ids per stream (1), got {len(recent_ids)}")
     else:
         memory = [int(x) for x in recent_ids[0]]
-    decision, near_dup = _rules_one(c_rule, c_pick, n_id, memory, lane, dup_threshold,
-                                    guard=not empty and not overridden)
+    guard = not empty and not overridden
+    near = guard and n_id in memory
+    neighbours = queries  # n* at unit length where it counts: the near-duplicate drop, a SNAP's or BLEND's output
+    if not empty and (near or not (c_rule < lane.tau_snap and c_rule <= lane.tau_novel)):  # NaN: as BLEND
+        picked = np.asarray(grounding.vectors, dtype=np.float32)
+        neighbours = picked / _row_norms(picked)[:, None]
+    # cos(v̂, n*) matters only to the drop of an n* the stream picked before; for any other, -inf drops nothing
+    c_pick = float(np.einsum("bd,bd->b", queries, neighbours)[0]) if near else -math.inf
+    decision, near_dup = _rules_one(c_rule, c_pick, n_id, memory, lane, dup_threshold, guard)
     if empty:
         decision = Decision.NOVEL
     row, alpha = _output_one(decision, queries, neighbours, c_rule, lane, alpha_of)

@@ -34,6 +34,7 @@ Plain numpy in and out; no index, model or bank here.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -314,31 +315,28 @@ def ground_one(
     l_ref = l_top if math.isfinite(l_top) else max((x for x, r in zip(cos, real, strict=True) if r), default=0.0)
     margin = t_top - t_second if math.isfinite(t_second) and math.isfinite(t_top) else 1.0
     a_cos, a_margin = anchor_cos[0].tolist(), anchor_margin[0].tolist()
-    rows = []
+    rows: list[list[float]] = []
+    p: list[float] = []
     for j, c in enumerate(cand):
-        row = [0.0] * len(FEATURES)
-        rows.append(row)
         if c < 0:
+            rows.append([0.0] * len(FEATURES))
+            p.append(-math.inf)
             continue
-        same = [a for a, x in enumerate(succ) if x >= 0 and x == c]
-        anchor = [a_cos[a] if a in same else 0.0 for a in range(len(succ))]
-        which = anchor.index(max(anchor)) if anchor else 0
-        best_anchor = max(anchor[which], 0.0) if anchor else 0.0
-        row[_COLUMN["tower_score"]] = tower_score[j]
-        row[_COLUMN["tower_gap"]] = tower_score[j] - t_ref
-        row[_COLUMN["tower_margin"]] = margin
-        row[_COLUMN["lvm_cos"]] = cos[j]
-        row[_COLUMN["lvm_gap"]] = cos[j] - l_ref
-        row[_COLUMN["tower_top"]] = float(c == tower_id)
-        row[_COLUMN["lvm_top"]] = float(c == lvm_id)
-        row[_COLUMN["successor"]] = float(bool(same))
-        row[_COLUMN["anchor_cos"]] = best_anchor
-        row[_COLUMN["anchor_exact"]] = float(best_anchor >= EXACT_ANCHOR)
-        row[_COLUMN["anchor_age"]] = float(same[0]) if same else 0.0
-        if which in same and a_cos[which] < EXACT_ANCHOR:
-            row[_COLUMN["anchor_margin"]] = a_margin[which]
-        row[_COLUMN["anchor_votes"]] = float(len(same))
-    p = [model.predict_row(row) if c >= 0 else -math.inf for row, c in zip(rows, cand, strict=True)]
+        same = [a for a, x in enumerate(succ) if x == c]  # the anchors it continues (c ≥ 0: real successors)
+        best_anchor = lead = 0.0
+        if same:  # the best anchor it continues, the first of equal ones, as `gather_candidates` takes it
+            anchor = [a_cos[a] if a in same else 0.0 for a in range(len(succ))]
+            which = anchor.index(max(anchor))
+            best_anchor = max(anchor[which], 0.0)
+            if which in same and a_cos[which] < EXACT_ANCHOR:
+                lead = a_margin[which]
+        row = [  # FEATURES, in order
+            tower_score[j], tower_score[j] - t_ref, margin, cos[j], cos[j] - l_ref, float(c == tower_id),
+            float(c == lvm_id), float(bool(same)), best_anchor, float(best_anchor >= EXACT_ANCHOR),
+            float(same[0]) if same else 0.0, lead, float(len(same)),
+        ]
+        rows.append(row)
+        p.append(model.predict_row(row))
     passed = 0
     if pick is None:
         best = _argmax_valid(np.array([p]))
@@ -380,16 +378,17 @@ class SnapConfidence:
         return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
     def predict_row(self, x: list[float]) -> float:
-        """`predict` of one candidate's features on Python floats (equal within float rounding: the sum's
-        order differs): a stream's step asks it of a few candidates, where numpy's per-call cost is most
-        of the work."""
-        terms = self._terms
-        z = sum((xi - m) / s * w for xi, (m, s, w) in zip(x, terms, strict=True)) + self.bias
+        """`predict` of one candidate's features on Python floats, as w / scale · x + (bias - w / scale · mean)
+        (equal within float rounding): a stream's step asks it of a few candidates, where numpy's per-call
+        cost is most of the work."""
+        coefficients, offset = self._linear
+        z = sum(map(operator.mul, x, coefficients)) + offset
         return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
 
     @cached_property
-    def _terms(self) -> list[tuple[float, float, float]]:
-        return list(zip(self.mean.tolist(), self.scale.tolist(), self.weights.tolist(), strict=True))
+    def _linear(self) -> tuple[list[float], float]:
+        coefficients = self.weights / self.scale
+        return coefficients.tolist(), self.bias - float(coefficients @ self.mean)
 
     @classmethod
     def fit(
