@@ -287,8 +287,8 @@ def ground_one(
             first[wanted[w]] = x
     at_row += [first.get(s, -1) if s >= 0 else -1 for s in succ]
     listed = [max(x, 0) for x in at_row]
-    tower_score = t_row[listed].astype(np.float64).tolist() if k else [0.0] * len(cand)
-    cos = l_row[listed].astype(np.float64).tolist() if k else [0.0] * len(cand)
+    tower_score = t_row[listed].tolist() if k else [0.0] * len(cand)  # Python floats: float64, exactly
+    cos = l_row[listed].tolist() if k else [0.0] * len(cand)
     for j, c in enumerate(cand):
         if c < 0:
             tower_score[j] = cos[j] = 0.0

@@ -875,8 +875,6 @@ class Generator:
         stream grounds): rendering reuses them (`shortlist_nearest`)."""
         assert anchors is not None
         b = len(decoders)
-        outputs = np.empty((b, self.bank.dim), np.float32)
-        records: list[DecisionRecord | None] = [None] * b
 
         def rows_of(batch: ShortlistBatch, rows: list[int]) -> ShortlistBatch:
             if len(rows) == b:
@@ -901,6 +899,8 @@ class Generator:
                                       c_max, sub.fallbacks)
         if whole:  # the usual step: the grounding's outputs and records are the step's
             return out, decided
+        outputs = np.empty((b, self.bank.dim), np.float32)
+        records: list[DecisionRecord | None] = [None] * b
         outputs[grounded] = out
         for i, record in zip(grounded, decided, strict=True):
             records[i] = record

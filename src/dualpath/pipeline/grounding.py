@@ -178,9 +178,10 @@ def ground_step(
     def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return nearest_unsaid(scores, candidate_vectors, avoided)
 
-    if b == 1:
-        return _ground_one_stream(model, table, anchors, normalize_rows(queries), normalize_rows(v_hat), batch,
-                                  used[0], blocked[0], pick, vectors_of, scores_out)
+    if b == 1:  # q and v̂ at unit length in one call (each row's values are its own: the same as two calls)
+        unit = normalize_rows(np.concatenate([queries, v_hat]))
+        return _ground_one_stream(model, table, anchors, unit[:1], unit[1:], batch, used[0], blocked[0], pick,
+                                  vectors_of, scores_out)
     q = normalize_rows(queries)
     v = normalize_rows(v_hat)
     allowed = ids >= 0
