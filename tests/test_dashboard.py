@@ -21,7 +21,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from dualpath.cli.generate import fallback_note
+from dualpath.cli.generate import fallback_note, step_ms
 from dualpath.service import DualPathService, create_app
 from dualpath.service.app import STATIC_DIR
 from live_server import serving
@@ -150,6 +150,11 @@ def test_dashboard_streams_a_generation_and_shows_live_telemetry(service, browse
             assert 0.0 <= float(cells[3]) <= 1.0  # p, the SNAP confidence of the step's candidate
             assert cells[4] in ("tower", "lvm", "successor")  # where the candidate came from
             assert cells[6].strip()  # the step's text
+            assert float(cells[7]) >= 0  # the step's own ms
+        # The first step's ms is its own; the prompt's encoding, which its total carries, is named apart.
+        assert "encoded in" in rows[0].query_selector("td:nth-child(8)").get_attribute("title")
+        for latency in ({"total": 30.0, "encode": 27.5}, {"total": 2.5}):
+            assert page.evaluate("(l) => stepMs(l)", latency) == step_ms(latency)
         assert page.text_content("#stream-text").strip()
         assert page.is_hidden("#run-error")
         # A step without a candidate says why in the page's words and the CLI's alike.

@@ -321,6 +321,8 @@ def test_cli_generate_json_and_errors(trained_bank_path):
 
     table = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "2")
     assert table.returncode == 0 and "lane neutral" in table.stdout
+    # The ms column is each step's own time; the prompt's encoding, before step 0, is stated apart.
+    assert "each step's own time. Before step 0 the prompt was encoded in" in " ".join(table.stdout.split())
 
     bad_lane = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--lane", "nope")
     assert bad_lane.returncode == 2

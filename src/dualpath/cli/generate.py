@@ -44,6 +44,11 @@ def fallback_note(reason: str, skipped_used: int, skipped_paraphrases: int) -> s
     return f"retrieval: {reason}"
 
 
+def step_ms(latency: dict[str, float]) -> float:
+    """A step's own time: its total less the prompt's encoding, which the first step's total also carries."""
+    return latency["total"] - latency.get("encode", 0.0)
+
+
 def register(app: typer.Typer) -> None:
     app.command("generate")(generate_command)
     app.command("calibrate")(calibrate_command)
@@ -134,7 +139,9 @@ def generate_command(
         columns += [("α", "right"), ("text", "left"), ("ms", "right")]
         for column, justify in columns:
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        encode_ms = None
         for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane):
+            encode_ms = step.latency_ms.get("encode", encode_ms)
             r = step.record
             decision = r.decision.value
             text = step.text if not step.approximate else f"≈ {step.text} [dim](cos {step.text_cosine:.2f})[/]"
@@ -151,9 +158,12 @@ def generate_command(
                 *evidence,
                 f"{r.alpha:.2f}",
                 text,
-                f"{step.latency_ms['total']:.0f}",
+                f"{step_ms(step.latency_ms):.0f}",
             )
         console.print(table)
+        if encode_ms is not None:
+            console.print(f"[dim]ms: each step's own time. Before step 0 the prompt was encoded in {encode_ms:,.0f} ms "
+                          "(a process's first prompt also loads the encoder).[/]")
     finally:
         generator.close()
 

@@ -231,6 +231,12 @@ function evidence(record) {
 }
 
 // Why a step had no candidate (as `dualpath generate` says it): refused candidates are not a failed retrieval.
+// A step's own time: its total less the prompt's encoding, which the first step's total also carries
+// (the CLI's step_ms).
+function stepMs(latency) {
+  return latency.total - (latency.encode || 0);
+}
+
 function fallbackNote(record) {
   const used = record.skipped_used || 0;
   const said = record.skipped_paraphrases || 0;
@@ -304,7 +310,10 @@ async function generate() {
       const text = el("span", data.approximate ? { class: "approx" } : {}, (data.approximate ? "≈ " : "") + data.text);
       if (data.fallback_reason) text.title = fallbackNote(data);
       cell(row, text);
-      cell(row, fmt(data.stage_latency_ms.total, 0), "num");
+      cell(row, fmt(stepMs(data.stage_latency_ms), 0), "num");
+      if (data.stage_latency_ms.encode) {
+        row.lastChild.title = `the step's own time; the prompt was encoded in ${fmt(data.stage_latency_ms.encode, 0)} ms before it`;
+      }
       body.appendChild(row);
       texts.push(data.text);
       $("stream-text").textContent = texts.join(" ");
