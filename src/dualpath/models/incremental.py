@@ -282,19 +282,36 @@ def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
     return np.float32(0.5) * x * (np.float32(1.0) + erf(x * np.float32(1.0 / math.sqrt(2.0))))
 
 
-def _run_modules(modules: Sequence[nn.Module], x: np.ndarray) -> np.ndarray:
-    """`nn.Sequential(*modules)(x)` in eval mode: Linear as one BLAS call, GELU in numpy, Dropout as
-    nothing, any other module (an activation) through torch on the same memory."""
-    for module in modules:
-        if isinstance(module, nn.Linear):
-            x = x @ _array(module.weight).T  # type: ignore[union-attr]
-            if module.bias is not None:
-                x += _array(module.bias)
-        elif isinstance(module, nn.GELU):  # the LVM's head: torch's call cost more than the activation
-            x = _gelu(x, module.approximate)
-        elif not isinstance(module, (nn.Dropout, nn.Identity)):
-            x = module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-    return x
+class _NumpyModules:
+    """`nn.Sequential(*modules)` in eval mode on numpy arrays: Linear as one BLAS call on views of its weights
+    taken once (a step reading them through torch paid more for the calls than for the products), GELU in
+    numpy, Dropout as nothing, any other module (an activation) through torch on the same memory. Views
+    follow the parameters' in-place updates; a stream lives for one generation."""
+
+    def __init__(self, modules: Sequence[nn.Module]) -> None:
+        self.steps: list[tuple[str, object, np.ndarray | None]] = []
+        for module in modules:
+            if isinstance(module, nn.Linear):
+                weight = _array(module.weight)
+                assert weight is not None
+                self.steps.append(("linear", weight.T, _array(module.bias)))
+            elif isinstance(module, nn.GELU):  # the LVM's head: torch's call cost more than the activation
+                self.steps.append(("gelu", module.approximate, None))
+            elif not isinstance(module, (nn.Dropout, nn.Identity)):
+                self.steps.append(("torch", module, None))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        for kind, what, bias in self.steps:
+            if kind == "linear":
+                x = x @ what  # type: ignore[operator]
+                if bias is not None:
+                    x += bias
+            elif kind == "gelu":
+                x = _gelu(x, what)  # type: ignore[arg-type]
+            else:
+                with torch.no_grad():
+                    x = what(torch.from_numpy(np.ascontiguousarray(x))).numpy()  # type: ignore[operator]
+        return x
 
 
 class _NumpyWindow:
@@ -421,20 +438,18 @@ class _NumpyLVMStream:
         backbone = lvm.net.backbone
         assert isinstance(backbone, RecurrentBackbone)
         self.ring = _NumpyRing(backbone.rnn, len(windows), lvm.context)
-        with torch.no_grad():
-            self.ring.prime(self.window)
+        self.ring.prime(self.window)
+        self.head = _NumpyModules(list(lvm.net.head))
 
-    @torch.no_grad()
     def output(self) -> np.ndarray:
         summary, _ = self.ring.covering(self.window.lengths)
-        out = _run_modules(list(self.net.head), summary)
+        out = self.head(summary)
         if self.net.residual == "last":
             out = out + self.window.ctx[:, -1]
         elif self.net.residual == "mean":
             out = out + self.window.mean()
         return normalize_rows(out)
 
-    @torch.no_grad()
     def push(self, vectors: np.ndarray) -> None:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         self.ring.push(x)
@@ -451,28 +466,28 @@ class _NumpyTowerStream:
         self.norm = encoder.norm
         self.window = _NumpyWindow(windows, size, tower.dim)
         self.ring = _NumpyRing(encoder.rnn, len(windows), size, pooled=True)
-        with torch.no_grad():
-            self.ring.prime(self.window)
+        self.ring.prime(self.window)
+        self.eps = np.float32(self.norm.eps)
+        self.norm_weight, self.norm_bias = _array(self.norm.weight), _array(self.norm.bias)
+        self.proj = _NumpyModules([tower.net.proj])
+        self.gate = _array(tower.net.gate) if tower.net.residual != "none" else None
 
-    @torch.no_grad()
     def output(self) -> np.ndarray:
         lengths = self.window.lengths
         _, pooled = self.ring.covering(lengths)
         assert pooled is not None
         x = pooled / np.maximum(lengths, 1)[:, None].astype(np.float32)
         x = x - x.mean(axis=1, keepdims=True)
-        x /= np.sqrt((x * x).mean(axis=1, keepdims=True) + np.float32(self.norm.eps))
-        if self.norm.weight is not None:
-            x *= _array(self.norm.weight)
-        if self.norm.bias is not None:
-            x += _array(self.norm.bias)
-        net = self.net
-        out = _run_modules([net.proj], x)
-        if net.residual != "none":
-            out = _array(net.gate) * out + self.window.heuristic(net.residual)
+        x /= np.sqrt((x * x).mean(axis=1, keepdims=True) + self.eps)
+        if self.norm_weight is not None:
+            x *= self.norm_weight
+        if self.norm_bias is not None:
+            x += self.norm_bias
+        out = self.proj(x)
+        if self.gate is not None:
+            out = self.gate * out + self.window.heuristic(self.net.residual)
         return normalize_rows(out)
 
-    @torch.no_grad()
     def push(self, vectors: np.ndarray) -> None:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         self.ring.push(x)
