@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dualpath.bank.faiss_backend import FaissBackend
 from dualpath.decider import (
@@ -18,6 +20,7 @@ from dualpath.decider import (
     SyncMiner,
     ThreadedMiner,
     load_lanes,
+    to_shortlist_batch,
     to_shortlists,
 )
 
@@ -234,3 +237,30 @@ def test_faiss_index_and_shortlists_feed_the_decoder() -> None:
         assert np.array_equal(trimmed.vectors, bank[result.ids[0, 2:5]])
         (gone,) = to_shortlists(result, lambda ids: bank[ids], 16, exclude=[result.ids[0]])
         assert gone.fallback == "empty"
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 5), depth=st.integers(0, 12), k=st.integers(0, 14),
+       excluding=st.booleans())
+def test_one_querys_shortlist_is_its_row_of_the_batch(seed: int, n: int, depth: int, k: int, excluding: bool) -> None:
+    """to_shortlist_batch for one query (its one-row form) gives what the same query gets in a batch: the same
+    ids, vectors, fallback and score floor, with missing results (-1), excluded ids, and fewer than k left."""
+    rng = np.random.default_rng(seed)
+    bank = rng.normal(size=(40, 4)).astype(np.float32)
+    ids = np.stack([rng.choice(40, depth, replace=False) for _ in range(n)]) if depth else np.zeros((n, 0), np.int64)
+    ids = np.where(rng.random(ids.shape) < 0.15, -1, ids).astype(np.int64)
+    scores = -np.sort(-rng.random(ids.shape), axis=1).astype(np.float32)
+    exclude = [rng.choice(40, int(rng.integers(0, 6)), replace=False) for _ in range(n)] if excluding else None
+
+    def gather(x: np.ndarray) -> np.ndarray:
+        return bank[x]
+
+    batch, floors = to_shortlist_batch(MinerResult(ids, scores), gather, 4, exclude, k)
+    for i in range(n):
+        one, floor = to_shortlist_batch(MinerResult(ids[i : i + 1], scores[i : i + 1]), gather, 4,
+                                        None if exclude is None else exclude[i : i + 1], k)
+        width = int((batch.ids[i] >= 0).sum())
+        assert np.array_equal(one.ids[0], batch.ids[i, :width])
+        assert np.array_equal(one.vectors[0], batch.vectors[i, :width])
+        assert one.fallbacks == (batch.fallbacks[i],)
+        assert np.array_equal(floor, floors[i : i + 1])

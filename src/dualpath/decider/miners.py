@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import queue
 import threading
 import time
@@ -309,6 +310,8 @@ def to_shortlist_batch(
         if excluded.shape[1]:
             keep &= ~id_member(ids, excluded)
     limit = ids.shape[1] if k is None else k
+    if n == 1:
+        return _one_shortlist(result, keep[0], limit, gather, dim, unit)
     keep &= np.cumsum(keep, axis=1) <= limit
     counts = keep.sum(axis=1)
     width = int(counts.max()) if n else 0
@@ -323,3 +326,18 @@ def to_shortlist_batch(
     floor = np.where(counts < limit, np.inf, last).astype(np.float32)
     fallbacks = tuple(None if c else FALLBACK_EMPTY for c in counts.tolist())
     return ShortlistBatch(out_ids, vectors, fallbacks, unit), floor
+
+
+def _one_shortlist(
+    result: MinerResult, keep: np.ndarray, limit: int, gather: Callable[[np.ndarray], np.ndarray], dim: int,
+    unit: bool,
+) -> tuple[ShortlistBatch, np.ndarray]:
+    """`to_shortlist_batch` for one query whose surviving results are `keep` (k,): its first `limit`
+    survivors taken by one index, where the batch sorts every row's survivors first (one stream's search
+    stage spent more on that bookkeeping than on reading its rows). The same ids, vectors and floor."""
+    positions = np.flatnonzero(keep)[:limit]
+    out_ids = result.ids[0, positions][None]
+    vectors = np.asarray(gather(out_ids.reshape(-1)), dtype=np.float32).reshape(1, len(positions), dim)
+    last = float(result.scores[0, positions[-1]]) if len(positions) else math.inf
+    floor = np.array([math.inf if len(positions) < limit else last], np.float32)
+    return ShortlistBatch(out_ids, vectors, (None if len(positions) else FALLBACK_EMPTY,), unit), floor
