@@ -33,7 +33,7 @@ numpy's is ~1 µs, and each product is one BLAS call as before. On a GPU the tor
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -289,29 +289,37 @@ class _NumpyModules:
     follow the parameters' in-place updates; a stream lives for one generation."""
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
-        self.steps: list[tuple[str, object, np.ndarray | None]] = []
-        for module in modules:
-            if isinstance(module, nn.Linear):
-                weight = _array(module.weight)
-                assert weight is not None
-                self.steps.append(("linear", weight.T, _array(module.bias)))
-            elif isinstance(module, nn.GELU):  # the LVM's head: torch's call cost more than the activation
-                self.steps.append(("gelu", module.approximate, None))
-            elif not isinstance(module, (nn.Dropout, nn.Identity)):
-                self.steps.append(("torch", module, None))
+        self.steps = [step for step in map(_numpy_step, modules) if step is not None]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        for kind, what, bias in self.steps:
-            if kind == "linear":
-                x = x @ what  # type: ignore[operator]
-                if bias is not None:
-                    x += bias
-            elif kind == "gelu":
-                x = _gelu(x, what)  # type: ignore[arg-type]
-            else:
-                with torch.no_grad():
-                    x = what(torch.from_numpy(np.ascontiguousarray(x))).numpy()  # type: ignore[operator]
+        for step in self.steps:
+            x = step(x)
         return x
+
+
+def _numpy_step(module: nn.Module) -> Callable[[np.ndarray], np.ndarray] | None:
+    """One module of `_NumpyModules` as a function of its input (None: it does nothing in eval mode)."""
+    if isinstance(module, nn.Linear):
+        weight_t, bias = module.weight.detach().numpy().T, _array(module.bias)
+
+        def linear(x: np.ndarray) -> np.ndarray:
+            x = x @ weight_t
+            if bias is not None:
+                x += bias
+            return x
+
+        return linear
+    if isinstance(module, nn.GELU):  # the LVM's head: torch's call cost more than the activation
+        approximate = module.approximate
+        return lambda x: _gelu(x, approximate)
+    if isinstance(module, (nn.Dropout, nn.Identity)):
+        return None
+
+    def through_torch(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+    return through_torch
 
 
 class _NumpyWindow:
