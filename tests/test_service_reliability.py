@@ -41,6 +41,19 @@ def batched(service_bank, text_encoder):  # noqa: F811
         svc.close()
 
 
+@pytest.fixture(scope="module")
+def answering(service_bank, text_encoder):  # noqa: F811
+    """(service, base URL) of a batching server with a short window: for a test that sends one request at a
+    time, each of which would otherwise wait out `batched`'s long window alone."""
+    cfg = service_config(max_batch=8, batch_wait_ms=10.0, generation_workers=1, max_prompt_chars=MAX_PROMPT)
+    svc = DualPathService.load(service_bank, cfg, encoder=text_encoder)
+    try:
+        with serving(svc) as base:
+            yield svc, base
+    finally:
+        svc.close()
+
+
 def normalised(answer: dict) -> dict:
     """An in-process answer as it arrives over HTTP (JSON types)."""
     return json.loads(json.dumps(answer))
@@ -230,8 +243,8 @@ def assert_answered(response: httpx.Response, where: str) -> None:
         assert isinstance(detail, str) and detail and "\n" not in detail, (where, detail)
 
 
-def test_every_route_answers_every_numeric_extreme(batched):
-    svc, base = batched
+def test_every_route_answers_every_numeric_extreme(answering):
+    svc, base = answering
     dim = svc.generator.bank.dim
     with httpx.Client(base_url=base, timeout=120) as client:
         for path in GET_ROUTES:
