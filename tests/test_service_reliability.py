@@ -9,6 +9,7 @@ import json
 import math
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
@@ -29,29 +30,28 @@ MAX_PROMPT = 500
 JSON_HEADERS = {"content-type": "application/json"}
 
 
-@pytest.fixture(scope="module")
-def batched(service_bank, text_encoder):  # noqa: F811
-    """(service, base URL) of a server that batches: one worker and a long window, so a burst shares batches."""
-    cfg = service_config(max_batch=8, batch_wait_ms=300.0, generation_workers=1, max_prompt_chars=MAX_PROMPT)
-    svc = DualPathService.load(service_bank, cfg, encoder=text_encoder)
+def batching_server(bank, encoder, window_ms: float) -> Iterator[tuple[DualPathService, str]]:
+    """(service, base URL) of a server that batches requests arriving within `window_ms`, on one worker."""
+    cfg = service_config(max_batch=8, batch_wait_ms=window_ms, generation_workers=1, max_prompt_chars=MAX_PROMPT)
+    svc = DualPathService.load(bank, cfg, encoder=encoder)
     try:
         with serving(svc) as base:
             yield svc, base
     finally:
         svc.close()
+
+
+@pytest.fixture(scope="module")
+def batched(service_bank, text_encoder):  # noqa: F811
+    """A long window: a burst shares batches."""
+    yield from batching_server(service_bank, text_encoder, 300.0)
 
 
 @pytest.fixture(scope="module")
 def answering(service_bank, text_encoder):  # noqa: F811
-    """(service, base URL) of a batching server with a short window: for a test that sends one request at a
-    time, each of which would otherwise wait out `batched`'s long window alone."""
-    cfg = service_config(max_batch=8, batch_wait_ms=10.0, generation_workers=1, max_prompt_chars=MAX_PROMPT)
-    svc = DualPathService.load(service_bank, cfg, encoder=text_encoder)
-    try:
-        with serving(svc) as base:
-            yield svc, base
-    finally:
-        svc.close()
+    """A short window, for a test that sends one request at a time: each would otherwise wait out `batched`'s
+    long window alone."""
+    yield from batching_server(service_bank, text_encoder, 10.0)
 
 
 def normalised(answer: dict) -> dict:
