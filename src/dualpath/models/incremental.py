@@ -333,6 +333,8 @@ class _NumpyWindow:
             if len(w):
                 self.ctx[i, size - len(w) :] = w
                 self.mask[i, size - len(w) :] = True
+        # Kept as the window fills, not summed from the mask at every step: the models read it each step.
+        self.lengths = self.mask.sum(axis=1)
 
     def push(self, x: np.ndarray) -> None:
         ctx = np.empty_like(self.ctx)
@@ -340,10 +342,7 @@ class _NumpyWindow:
         mask = np.empty_like(self.mask)
         mask[:, :-1], mask[:, -1] = self.mask[:, 1:], True
         self.ctx, self.mask = ctx, mask
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return self.mask.sum(axis=1)
+        self.lengths = np.minimum(self.lengths + 1, self.mask.shape[1])
 
     def mean(self) -> np.ndarray:
         """context_mean: the unit-norm mean of the real concepts."""
@@ -432,7 +431,7 @@ class _NumpyRing:
                 self.push(window.ctx[:, column], real)
 
     def covering(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        age = np.clip(lengths, 1, self.size) - 1
+        age = np.maximum(np.minimum(lengths, self.size), 1) - 1  # np.clip's wrapper costs more than the work
         rows = np.arange(len(age))
         return self.h[-1, rows, age], self.sum[rows, age] if self.sum is not None else None
 
@@ -485,8 +484,10 @@ class _NumpyTowerStream:
         _, pooled = self.ring.covering(lengths)
         assert pooled is not None
         x = pooled / np.maximum(lengths, 1)[:, None].astype(np.float32)
-        x = x - x.mean(axis=1, keepdims=True)
-        x /= np.sqrt((x * x).mean(axis=1, keepdims=True) + self.eps)
+        # LayerNorm's two means as sums over d (what ndarray.mean computes, without its Python-level wrapper)
+        d = x.shape[1]
+        x = x - np.add.reduce(x, axis=1, keepdims=True) / d
+        x /= np.sqrt(np.add.reduce(x * x, axis=1, keepdims=True) / d + self.eps)
         if self.norm_weight is not None:
             x *= self.norm_weight
         if self.norm_bias is not None:
