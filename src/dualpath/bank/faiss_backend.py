@@ -23,7 +23,7 @@ import numpy as np
 
 from dualpath.bank.ids import checked_ids
 from dualpath.bank.index_policy import AUTO_FLAT_MAX, HNSW_EF_CONSTRUCTION, HNSW_M, KINDS, index_kind, ivf_nlist
-from dualpath.bank.tuning import SearchTuning, tune_search
+from dualpath.bank.tuning import MAX_EF_SEARCH, SearchTuning, recorded_tuning, setting_ladder, tune_search
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.fileio import atomic_path
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
 DOMAINS_FILE = "index_domains.npz"
 ADD_BLOCK = 65_536  # vectors converted to float32 at a time while adding
-MAX_EF_SEARCH = 16_384  # the widest HNSW beam a search uses (a filtered search's included)
 _FAISS_LOCATION = re.compile(r"^Error in .*? at \S+:\d+: ")
 
 
@@ -111,16 +110,8 @@ class FaissBackend:
             domains=_load_domains(Path(directory) / DOMAINS_FILE),
         )
         backend.factory = description.get("factory", backend.factory)
-        backend.tuning = SearchTuning.from_dict(description.get("search"))
-        tuned = backend.tuning
-        if tuned is not None and cfg.recall is not None and abs(tuned.recall - cfg.recall) > 1e-9:
-            log.warning("bank %s searches with settings tuned to recall %.2f, not bank.recall %.2f: "
-                        "`dualpath bank tune %s` measures them again", directory, tuned.recall, cfg.recall, directory)
-        if tuned is None and backend._knob() is not None and cfg.recall is not None:
-            log.warning("bank %s has no search settings tuned to a recall (an earlier dualpath built it, or "
-                        "bank.recall was null): it searches with nprobe %d / efSearch %d at every depth, which can "
-                        "miss many of a deep shortlist's neighbours; `dualpath bank tune %s` measures them",
-                        directory, cfg.nprobe, cfg.ef_search, directory)
+        backend.tuning = recorded_tuning(description, cfg.recall, backend._knob() is not None, directory,
+                                         f"nprobe {cfg.nprobe} / efSearch {cfg.ef_search}")
         return backend
 
     def _new_index(self, n: int, dtype: str) -> faiss.IndexIDMap:
@@ -192,17 +183,11 @@ class FaissBackend:
             return
         nlist = 0 if knob == "efSearch" else faiss.try_extract_index_ivf(self._searched_index(self.index.index)).nlist
 
-        def ladder(depth: int) -> list[int]:
-            if knob == "efSearch":
-                return [v for v in (depth << i for i in range(16)) if v <= MAX_EF_SEARCH] or [MAX_EF_SEARCH]
-            # steps of √2: a setting within 1.41x of the least that holds
-            return sorted({min(round(2 ** (i / 2)), nlist) for i in range(2 * nlist.bit_length() + 1)})
-
         def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
             params = self._search_params(self.index.index, None, k, 1.0, value)
             return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)[1]
 
-        self.tuning = tune_search(search_at, vectors, ladder, knob, self.cfg.recall)
+        self.tuning = tune_search(search_at, vectors, setting_ladder(knob, nlist), knob, self.cfg.recall)
 
     def _knob(self) -> str | None:
         """The search setting an approximate index trades recall for (`nprobe`, `efSearch`); None when exact."""

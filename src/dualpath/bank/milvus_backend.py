@@ -43,6 +43,7 @@ import numpy as np
 
 from dualpath.bank.ids import checked_ids
 from dualpath.bank.index_policy import HNSW_EF_CONSTRUCTION, HNSW_M, index_kind, ivf_nlist
+from dualpath.bank.tuning import SearchTuning, recorded_tuning, setting_ladder, tune_search
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.logs import progress_enabled
@@ -55,6 +56,14 @@ DOMAIN_MAX_BYTES = 512
 INSERT_BATCH_BYTES = 8 << 20  # vectors per insert RPC: well under gRPC's 64 MiB default message cap
 SEARCH_RESULTS_PER_CALL = 65_536  # queries per search RPC = this // k, to bound the reply's size
 MAX_TOP_K = 16_384  # Milvus's limit on k
+INDEX_WAIT_S = 600.0  # how long tuning waits for a server to finish indexing a build's rows
+# A server indexes a sealed segment only from this many rows (Milvus's default
+# `minSegmentNumRowsToEnableIndex`); smaller ones it searches exhaustively.
+MIN_INDEXED_SEGMENT_ROWS = 1024
+# Milvus's limit on nprobe. A server reads at most all its lists (it takes a larger nprobe as nlist), and Milvus
+# Lite builds its IVF index with lists of its own choosing (a 1,500-row bank asked for 38 lists searched like
+# one of 128: nprobe 38 returned 440 of 1,001 results), so neither nprobe nor its tuning stops at the nlist asked.
+MAX_NPROBE = 65_536
 SERVER_SCHEMES = ("http", "https", "tcp", "unix")
 TOKEN_VARIABLE = "MILVUS_TOKEN"  # "user:password" or an API key, for servers with authentication
 # Milvus Lite runs its server in this process: no keep-alive pings (its gRPC server answers
@@ -89,6 +98,7 @@ class MilvusBackend:
         self.id_limit = id_limit  # the bank's ids are all below this
         self._foreign_rows = False  # rows at or above id_limit exist: filter them out of searches
         self._unflushed = False
+        self.tuning: SearchTuning | None = None  # nprobe / ef per depth (tune)
 
     # -- construction ----------------------------------------------------------------------------
 
@@ -119,6 +129,8 @@ class MilvusBackend:
                 id_limit=int(description.get("id_limit", -1)),
             )
             backend._verify(directory)
+            backend.tuning = recorded_tuning(description, cfg.recall, backend._knob() is not None, directory,
+                                             f"nprobe {cfg.nprobe} / ef {cfg.ef_search}")
         except BaseException:
             connection.close()
             raise
@@ -243,6 +255,12 @@ class MilvusBackend:
         return np.asarray([row[ID_FIELD] for row in found], dtype=np.int64)
 
     def search(self, queries: np.ndarray, k: int, domain: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._search(queries, k, self._search_params(k), domain)
+
+    def _search(
+        self, queries: np.ndarray, k: int, settings: dict[str, Any], domain: str | None = None,
+        consistency: str | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         n = queries.shape[0]
         ids = np.full((n, k), -1, dtype=np.int64)
@@ -256,7 +274,8 @@ class MilvusBackend:
             conditions.append(f"{DOMAIN_FIELD} == {_quote(_stored_domain(domain))}")
         if self._foreign_rows:
             conditions.append(f"{ID_FIELD} < {self.id_limit}")
-        params = {"metric_type": "IP", "params": self._search_params(k)}
+        params = {"metric_type": "IP", "params": settings}
+        options = {} if consistency is None else {"consistency_level": consistency}
         per_call = max(1, SEARCH_RESULTS_PER_CALL // k)
         for start in range(0, n, per_call):
             with self.connection.errors("searching"):
@@ -267,6 +286,7 @@ class MilvusBackend:
                     filter=" and ".join(conditions),
                     output_fields=[ID_FIELD],
                     search_params=params,
+                    **options,
                 )
             for row, found in enumerate(hits, start=start):
                 m = len(found)
@@ -275,15 +295,24 @@ class MilvusBackend:
                     scores[row, :m] = [hit["distance"] for hit in found]
         return ids, scores
 
-    def _search_params(self, k: int) -> dict[str, Any]:
+    def _search_params(self, k: int, setting: int | None = None) -> dict[str, Any]:
+        """The index's search parameters for a search k deep: the setting tuned for k (`tune`) where the bank
+        states a recall, else `bank.nprobe` / `bank.ef_search`; `setting` given (while tuning) overrides both."""
+        if setting is None and self.tuning is not None and self.cfg.recall is not None:
+            setting = self.tuning.setting(k)
         kind = self.index_type
         if kind.startswith("HNSW"):
-            return {"ef": max(self.cfg.ef_search, k)}
+            return {"ef": max(self.cfg.ef_search if setting is None else setting, k)}  # the beam holds the k results
         if kind.startswith("IVF"):
-            return {"nprobe": min(self.cfg.nprobe, int(self.index_params.get("nlist", self.cfg.nprobe)))}
+            return {"nprobe": min(self.cfg.nprobe if setting is None else setting, MAX_NPROBE)}
         if kind == "DISKANN":
             return {"search_list": max(self.cfg.ef_search, k)}
         return {}
+
+    def _knob(self) -> str | None:
+        """The setting an approximate index trades recall for (`nprobe`, `efSearch`); None for the other types."""
+        return "efSearch" if self.index_type.startswith("HNSW") else "nprobe" if self.index_type.startswith(
+            "IVF") else None
 
     def delete(self, ids: np.ndarray) -> None:
         ids = np.unique(np.asarray(ids, dtype=np.int64))
@@ -310,11 +339,31 @@ class MilvusBackend:
         return int(result[0]["count(*)"])
 
     def tune(self, vectors: np.ndarray) -> None:
-        """Milvus searches with `bank.nprobe` / `bank.ef_search` as given (at least k): its settings are not
-        tuned per depth (bank/tuning.py is the FAISS backend's)."""
-        if self.cfg.recall is not None and self.index_type not in ("FLAT", "AUTOINDEX"):
-            log.info("Milvus index %s searches with nprobe %d / ef %d at every depth (not tuned to recall %.2f)",
-                     self.index_type, self.cfg.nprobe, self.cfg.ef_search, self.cfg.recall)
+        """nprobe (IVF types) or ef (HNSW types) per depth for `bank.recall`, measured on `vectors` (the bank's
+        rows, ids 0..n-1) as the FAISS backend measures its own (bank/tuning.py); none for an exact index, or
+        with `bank.recall` null. Other approximate types (DISKANN, SCANN, ...) search with their defaults."""
+        self.tuning = None
+        knob = self._knob()
+        if self.cfg.recall is None:
+            return
+        if knob is None:
+            if self.index_type not in ("FLAT", "AUTOINDEX"):
+                log.info("Milvus index %s is not tuned to recall %.2f: only the IVF and HNSW types have a setting "
+                         "dualpath tunes", self.index_type, self.cfg.recall)
+            return
+
+        # Rows not yet flushed and indexed are searched exhaustively, whatever the setting: measured there, every
+        # setting would reach recall 1. So the rows are flushed, and the server's index build waited for.
+        self._flush()
+        if not self._indexed(INDEX_WAIT_S):
+            log.warning("Milvus has not finished indexing %s after %.0f s: its search settings are not tuned; "
+                        "`dualpath bank tune` measures them once it has", self.collection, INDEX_WAIT_S)
+            return
+
+        def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
+            return self._search(queries, k, self._search_params(k, value), consistency="Strong")[0]
+
+        self.tuning = tune_search(search_at, vectors, setting_ladder(knob, MAX_NPROBE), knob, self.cfg.recall)
 
     def describe(self) -> dict[str, Any]:
         if self._unflushed:
@@ -331,15 +380,39 @@ class MilvusBackend:
             "rows": self.rows,
             "id_limit": self.id_limit,
             "files": [],
+            **({"search": self.tuning.to_dict()} if self.tuning is not None else {}),
         }
 
     def save(self, directory: Path) -> None:
         """Flush: the vectors are in the collection (the bank's directory gets no index file)."""
         if self.collection is None:
             raise BankError("cannot save an empty index")
+        self._flush()
+
+    def _flush(self) -> None:
         with self.connection.errors(f"flushing {self.collection}"):
             self.connection.client.flush(self.collection)
         self._unflushed = False
+
+    def _indexed(self, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` until searches read the vector index wherever the server will build one: a
+        server builds it after the flush, in the background, and its query nodes then swap the indexed
+        segments in for the raw ones (Milvus Lite builds it at the flush). False if they still do not."""
+        if self.connection.lite_path is not None:
+            return True
+        client = self.connection.client
+        deadline = time.monotonic() + timeout_s
+        while True:
+            with self.connection.errors(f"reading the index state of {self.collection}"):
+                pending = int(client.describe_index(self.collection, VECTOR_FIELD).get("pending_index_rows", 0))
+                loaded = client.list_loaded_segments(self.collection)
+            served = sum(int(x.num_rows) for x in loaded) >= self.rows and all(
+                x.index_id or x.num_rows < MIN_INDEXED_SEGMENT_ROWS for x in loaded)
+            if pending == 0 and served:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.5)
 
     def close(self) -> None:
         self.connection.close()

@@ -12,7 +12,8 @@ at least the stated share of the exact top-k at each of a few depths. The querie
 0.01 at every depth and setting measured. A search at depth k then uses the setting tuned for k, or
 between two tuned depths a setting geometrically between theirs (`SearchTuning.setting`).
 
-Plain numpy in and out; the backend supplies `search(setting, queries, k) -> ids`.
+Both backends (FAISS and Milvus) tune the same way: each supplies `search(setting, queries, k) -> ids` and
+the number of lists of an IVF index; plain numpy in and out.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 TUNED_DEPTHS = (10, 100, 500, 1000)
 TUNING_QUERIES = 200  # recall over 200 queries: a standard error of ~0.01 at 0.95
 EXACT_BLOCK = 65_536  # bank rows scored at a time for the exact neighbours (bounded memory at 1M)
+MAX_EF_SEARCH = 16_384  # the widest HNSW beam a search uses (a filtered search's included; Milvus allows 32,768)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,40 @@ class SearchTuning:
             return None
         ok = len(tuning.depths) == len(tuning.settings) == len(tuning.measured) > 0 and min(tuning.settings) >= 1
         return tuning if ok else None
+
+
+def setting_ladder(knob: str, nlist: int = 0) -> Callable[[int], list[int]]:
+    """The settings `tune_search` tries at a depth, ascending: efSearch from the depth (the beam must hold
+    the k results) doubling up to MAX_EF_SEARCH; nprobe in steps of √2 up to the index's `nlist` lists (a
+    setting within 1.41× of the least that holds)."""
+    if knob == "efSearch":
+        return lambda depth: [v for v in (depth << i for i in range(16)) if v <= MAX_EF_SEARCH] or [MAX_EF_SEARCH]
+    steps = sorted({min(round(2 ** (i / 2)), nlist) for i in range(2 * nlist.bit_length() + 1)})
+    return lambda depth: steps
+
+
+_said: set[tuple[str, SearchTuning | None, float | None]] = set()
+
+
+def recorded_tuning(
+    description: dict[str, Any], recall: float | None, approximate: bool, directory: Any, fixed: str
+) -> SearchTuning | None:
+    """The settings a bank's manifest recorded for its index (`description`), with a warning where they were
+    tuned to another recall than `recall` (bank.recall), or where an `approximate` index has none while a
+    recall is stated: it then searches with the `fixed` settings at every depth."""
+    tuned = SearchTuning.from_dict(description.get("search"))
+    said = (str(directory), tuned, recall)
+    if said in _said:  # once per bank and state in a process (`bank tune` opens the index twice)
+        return tuned
+    _said.add(said)
+    if tuned is not None and recall is not None and abs(tuned.recall - recall) > 1e-9:
+        log.warning("bank %s searches with settings tuned to recall %.2f, not bank.recall %.2f: "
+                    "`dualpath bank tune %s` measures them again", directory, tuned.recall, recall, directory)
+    if tuned is None and approximate and recall is not None:
+        log.warning("bank %s has no search settings tuned to a recall (an earlier dualpath built it, or "
+                    "bank.recall was null): it searches with %s at every depth, which can miss many of a deep "
+                    "shortlist's neighbours; `dualpath bank tune %s` measures them", directory, fixed, directory)
+    return tuned
 
 
 def exact_neighbours(vectors: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
