@@ -56,17 +56,6 @@ def latencies_ms(search: Callable[[np.ndarray], object], queries: np.ndarray, wa
     return out
 
 
-def wait_for_milvus_index(backend: MilvusBackend, timeout_s: float = 1800.0) -> None:
-    """Milvus builds indexes in the background after a flush; measure the finished index."""
-    deadline = time.perf_counter() + timeout_s
-    while time.perf_counter() < deadline:
-        info = backend.connection.client.describe_index(backend.collection, "vector")
-        if int(info.get("pending_index_rows", 0)) == 0 and int(info.get("indexed_rows", 0)) >= backend.rows:
-            return
-        time.sleep(0.5)
-    raise TimeoutError("Milvus index build did not finish")
-
-
 def start_server(base_dir: Path) -> str:
     """Start the Milvus standalone server of the `milvus` package; its http://127.0.0.1:PORT URI."""
     from milvus import default_server
@@ -172,7 +161,8 @@ def main() -> None:
                             backend = MilvusBackend.create(args.dim, cfg)
                             backend.add(ids, vectors, domains)
                             backend.save(Path(tmp))
-                            wait_for_milvus_index(backend)
+                            if not backend.wait_until_indexed(1800.0):  # measure the finished, served index
+                                raise TimeoutError("Milvus index build did not finish")
                             return backend
 
                     results[f"{backend_name}_{kind}"] = measure(

@@ -355,7 +355,7 @@ class MilvusBackend:
         # Rows not yet flushed and indexed are searched exhaustively, whatever the setting: measured there, every
         # setting would reach recall 1. So the rows are flushed, and the server's index build waited for.
         self._flush()
-        if not self._indexed(INDEX_WAIT_S):
+        if not self.wait_until_indexed():
             log.warning("Milvus has not finished indexing %s after %.0f s: its search settings are not tuned; "
                         "`dualpath bank tune` measures them once it has", self.collection, INDEX_WAIT_S)
             return
@@ -394,7 +394,7 @@ class MilvusBackend:
             self.connection.client.flush(self.collection)
         self._unflushed = False
 
-    def _indexed(self, timeout_s: float) -> bool:
+    def wait_until_indexed(self, timeout_s: float = INDEX_WAIT_S) -> bool:
         """Wait up to `timeout_s` until searches read the vector index wherever the server will build one: a
         server builds it after the flush, in the background, and its query nodes then swap the indexed
         segments in for the raw ones (Milvus Lite builds it at the flush). False if they still do not."""
