@@ -311,8 +311,9 @@ class MilvusBackend:
 
     def _knob(self) -> str | None:
         """The setting an approximate index trades recall for (`nprobe`, `efSearch`); None for the other types."""
-        return "efSearch" if self.index_type.startswith("HNSW") else "nprobe" if self.index_type.startswith(
-            "IVF") else None
+        if self.index_type.startswith("HNSW"):
+            return "efSearch"
+        return "nprobe" if self.index_type.startswith("IVF") else None
 
     def delete(self, ids: np.ndarray) -> None:
         ids = np.unique(np.asarray(ids, dtype=np.int64))
