@@ -34,7 +34,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
@@ -388,7 +388,8 @@ class MilvusBackend:
         """Flush: the vectors are in the collection (the bank's directory gets no index file)."""
         if self.collection is None:
             raise BankError("cannot save an empty index")
-        self._flush()
+        if self._unflushed:  # tuning flushed already, where it ran (a server's flush takes seconds)
+            self._flush()
 
     def _flush(self) -> None:
         with self.connection.errors(f"flushing {self.collection}"):
@@ -408,7 +409,10 @@ class MilvusBackend:
                 client.release_collection(self.collection)
                 client.load_collection(self.collection)
             return True
+        from pymilvus.exceptions import MilvusException
+
         deadline = time.monotonic() + timeout_s
+        refreshed = False
         while True:
             with self.connection.errors(f"reading the index state of {self.collection}"):
                 pending = int(client.describe_index(self.collection, VECTOR_FIELD).get("pending_index_rows", 0))
@@ -417,6 +421,12 @@ class MilvusBackend:
                 x.index_id or x.num_rows < MIN_INDEXED_SEGMENT_ROWS for x in loaded)
             if pending == 0 and served:
                 return True
+            if pending == 0 and not refreshed:
+                # Built: ask the query nodes to load the new segments now, without unloading anything (the
+                # hand-off took 11.5 s on its own schedule, 1.6 s asked; a server without the call waits).
+                refreshed = True
+                with suppress(MilvusException):
+                    client.refresh_load(self.collection)
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.5)
