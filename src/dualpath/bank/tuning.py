@@ -22,6 +22,7 @@ import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,7 @@ _said: set[tuple[str, SearchTuning | None, float | None]] = set()
 
 
 def recorded_tuning(
-    description: dict[str, Any], recall: float | None, approximate: bool, directory: Any, fixed: str
+    description: dict[str, Any], recall: float | None, approximate: bool, directory: str | Path, fixed: str
 ) -> SearchTuning | None:
     """The settings a bank's manifest recorded for its index (`description`), with a warning where they were
     tuned to another recall than `recall` (bank.recall), or where an `approximate` index has none while a
