@@ -135,10 +135,10 @@ def test_bank_tune_measures_the_settings_an_untuned_bank_lacks(tmp_path, caplog)
 
 @pytest.mark.parametrize("where", ["lite", "server"])
 def test_a_milvus_bank_is_tuned_on_the_index_its_searches_read(tmp_path, request, monkeypatch, where) -> None:
-    """Milvus is tuned as FAISS is, on the index a search reads: Milvus Lite builds it at the flush; a server
-    builds it afterwards in the background and then swaps the indexed segments in, and until then searches
-    every row (measured there, any nprobe would look perfect). The settings are recorded in the manifest,
-    every search uses them, and the same bank searched with its fixed nprobe 2 misses deep neighbours."""
+    """Milvus is tuned as FAISS is, on the index a search reads: Milvus Lite and a server both build it after
+    the flush in the background (a server then swaps the indexed segments in), and until then search every
+    row, where any nprobe would look perfect. The settings are recorded in the manifest, every search uses
+    them, and the same bank searched with its fixed nprobe 2 misses deep neighbours."""
     pytest.importorskip("milvus_lite")
     from dualpath.bank import milvus_backend
 
