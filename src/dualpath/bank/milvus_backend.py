@@ -420,6 +420,12 @@ class MilvusBackend:
             served = sum(int(x.num_rows) for x in loaded) >= self.rows and all(
                 x.index_id or x.num_rows < MIN_INDEXED_SEGMENT_ROWS for x in loaded)
             if pending == 0 and served:
+                whole = sum(int(x.num_rows) for x in loaded if not x.index_id)
+                if whole:
+                    log.info("%d of the %d rows of %s lie in segments the server searches whole (under %d rows): "
+                             "settings measured now may miss more once it merges them into indexed segments; "
+                             "`dualpath bank tune` measures them again", whole, self.rows, self.collection,
+                             MIN_INDEXED_SEGMENT_ROWS)
                 return True
             if pending == 0 and not refreshed:
                 # Built: ask the query nodes to load the new segments now, without unloading anything (the
