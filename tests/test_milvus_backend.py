@@ -270,6 +270,16 @@ def test_hnsw_on_milvus_lite_finds_nearly_all_true_neighbours(milvus_uri):
     backend.close()
 
 
+def test_a_server_serves_an_exact_bank_without_an_index_to_wait_for(request):
+    """A server's loaded FLAT segments carry no index id (the index is the rows): waiting for one would last
+    until the timeout. 1,200 rows in one partition: one segment the server would otherwise index."""
+    uri = request.getfixturevalue("milvus_server_uri")
+    backend, described = built(uri, clustered_unit_vectors(1200, DIM, seed=11), [None] * 1200)
+    assert described["index_type"] == "FLAT"
+    assert backend.wait_until_indexed(timeout_s=20.0)
+    backend.close()
+
+
 def test_index_kinds_map_to_milvus_indexes():
     assert milvus_index("auto", AUTO_FLAT_MAX - 1) == ("FLAT", {})
     assert milvus_index("auto", AUTO_FLAT_MAX)[0] == "HNSW"

@@ -413,14 +413,17 @@ class MilvusBackend:
 
         deadline = time.monotonic() + timeout_s
         refreshed = False
+        # A FLAT index is the rows themselves: its loaded segments carry no index id (seen on Milvus 2.3.5), and
+        # a raw segment is searched as it would be.
+        exact = self.index_type == "FLAT"
         while True:
             with self.connection.errors(f"reading the index state of {self.collection}"):
                 pending = int(client.describe_index(self.collection, VECTOR_FIELD).get("pending_index_rows", 0))
                 loaded = client.list_loaded_segments(self.collection)
             served = sum(int(x.num_rows) for x in loaded) >= self.rows and all(
-                x.index_id or x.num_rows < MIN_INDEXED_SEGMENT_ROWS for x in loaded)
+                exact or x.index_id or x.num_rows < MIN_INDEXED_SEGMENT_ROWS for x in loaded)
             if pending == 0 and served:
-                whole = sum(int(x.num_rows) for x in loaded if not x.index_id)
+                whole = 0 if exact else sum(int(x.num_rows) for x in loaded if not x.index_id)
                 if whole:
                     log.info("%d of the %d rows of %s lie in segments the server searches whole (under %d rows): "
                              "settings measured now may miss more once it merges them into indexed segments; "
