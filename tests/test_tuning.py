@@ -27,8 +27,11 @@ def test_exact_neighbours_are_the_best_other_rows_whatever_the_block(seed, n, q,
     k = min(k, n - 1)
     original = tuning_module.EXACT_BLOCK
     tuning_module.EXACT_BLOCK = block
+    members = np.flatnonzero(rng.random(n) < 0.6)  # a domain's rows; the queries may lie outside it
+    members = members if len(members) >= 2 else np.arange(n)
     try:
         found = exact_neighbours(vectors, query_ids, k)
+        within = exact_neighbours(vectors, query_ids, min(k, len(members) - 1), members)
     finally:
         tuning_module.EXACT_BLOCK = original
     scores = vectors[query_ids] @ vectors.T
@@ -37,6 +40,10 @@ def test_exact_neighbours_are_the_best_other_rows_whatever_the_block(seed, n, q,
         assert own not in found_row.tolist()
         # The k best scores (ties may be broken either way).
         np.testing.assert_allclose(np.sort(row[found_row])[::-1], np.sort(row)[::-1][:k], rtol=1e-6)
+    for row, within_row, own in zip(scores, within, query_ids, strict=True):
+        assert set(within_row.tolist()) <= set(members.tolist()) - {own}
+        best = np.sort(row[members])[::-1][: within_row.size]  # the k best of the domain's (own: -inf)
+        np.testing.assert_allclose(np.sort(row[within_row])[::-1], best, rtol=1e-6)
 
 
 def test_a_setting_is_the_tuned_one_at_a_tuned_depth_and_grows_with_depth_between() -> None:
@@ -48,6 +55,13 @@ def test_a_setting_is_the_tuned_one_at_a_tuned_depth_and_grows_with_depth_betwee
     assert SearchTuning.from_dict(tuned.to_dict()) == tuned
     assert SearchTuning.from_dict({"knob": "nprobe"}) is None
     assert SearchTuning.from_dict({**tuned.to_dict(), "settings": [0, 1, 2, 3]}) is None
+    # Settings measured within domains holding 8 % of the rows: a search in a 2 % domain widens them 4×.
+    within = SearchTuning("nprobe", 0.95, (10, 100), (20, 60), (0.96, 0.95), 200, "a, b", 0.08)
+    assert within.setting_for(10, 0.5) == 20 and within.setting_for(10, 0.02) == 80
+    both = dataclasses.replace(tuned, filtered=within)
+    assert SearchTuning.from_dict(both.to_dict()) == both
+    # A filtered part in another form is dropped: domain searches then widen the unfiltered settings.
+    assert SearchTuning.from_dict({**both.to_dict(), "filtered": {"knob": "nprobe"}}) == tuned
 
 
 def _bank(tmp_path, name: str, bank_cfg: dict) -> tuple[ConceptBank, np.ndarray]:
@@ -63,6 +77,13 @@ def _recall(bank: ConceptBank, queries: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact, strict=True)]))
 
 
+def _domain_recall(bank: ConceptBank, queries: np.ndarray, k: int, domain: str) -> float:
+    members = np.flatnonzero(np.asarray([c.domain for c in bank.concepts(np.arange(len(bank)))]) == domain)
+    exact = members[np.argsort(-(queries @ bank.vectors(members).T), axis=1)[:, :k]]
+    ids, _ = bank.search(queries, k, domain=domain)
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, exact, strict=True)]))
+
+
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_an_approximate_bank_is_tuned_to_its_stated_recall_at_each_depth(tmp_path, kind) -> None:
     bank, queries = _bank(tmp_path, kind, {"index": kind, "recall": 0.95})
@@ -71,6 +92,10 @@ def test_an_approximate_bank_is_tuned_to_its_stated_recall_at_each_depth(tmp_pat
     assert list(tuned.settings) == sorted(tuned.settings) and min(tuned.measured) >= 0.95
     for k in (10, 100, 500):  # held-out queries of the same clusters: the stated share, within sampling
         assert _recall(bank, queries, k) >= 0.92, k
+    # Searches confined to a domain are tuned too (domains a, b and c each hold a quarter of the rows).
+    assert tuned.filtered is not None and tuned.filtered.domain == "a, b, c" and min(tuned.filtered.measured) >= 0.95
+    for k in (10, 100):
+        assert _domain_recall(bank, queries, k, "b") >= 0.92, k
     bank.close()
     with ConceptBank.open(tmp_path / kind) as reopened:  # the manifest carries the settings
         assert _recall(reopened, queries, 100) >= 0.92
@@ -140,11 +165,10 @@ def test_a_milvus_bank_is_tuned_on_the_index_its_searches_read(tmp_path, request
     row, where any nprobe would look perfect. The settings are recorded in the manifest, every search uses
     them, and the same bank searched with its fixed nprobe 2 misses deep neighbours."""
     pytest.importorskip("milvus_lite")
-    from dualpath.bank import milvus_backend
 
     # Depths to 500 and 100 queries, not a build's 1,000 and 200: the same measurement, a fifth of the results
     # Milvus returns (their transfer is most of its time).
-    monkeypatch.setattr(milvus_backend, "tune_search",
+    monkeypatch.setattr(tuning_module, "tune_search",
                         functools.partial(tuning_module.tune_search, depths=(10, 100, 500), queries=100))
     uri = request.getfixturevalue("milvus_server_uri") if where == "server" else str(tmp_path / "bank.db")
     points = clustered_unit_vectors(1600, 32, 60)
@@ -160,3 +184,24 @@ def test_a_milvus_bank_is_tuned_on_the_index_its_searches_read(tmp_path, request
     fixed = DualPathConfig.from_dict({"bank": {**cfg.bank.model_dump(), "recall": None}})
     with ConceptBank.open(tmp_path / "bank", fixed) as untuned:
         assert _recall(untuned, queries, 500) < 0.9
+
+
+def test_searches_within_a_domain_are_tuned_to_the_stated_recall_on_milvus_lite(tmp_path) -> None:
+    """Twelve random domains of ~8 % each. Tuned for unfiltered searches only (a bank tuned before domains
+    were), a Milvus Lite HNSW bank returned 80-95 % of a domain's top 10; tuned within its four narrowest
+    domains, the other eight domains' searches reach the stated recall from held-out queries."""
+    pytest.importorskip("milvus_lite")
+    points = clustered_unit_vectors(6200, 32, 200, seed=5)
+    domains = [f"d{j:02d}" for j in np.random.default_rng(1).integers(0, 12, 6000)]
+    concepts = [dataclasses.replace(c, domain=d) for c, d in zip(synthetic_concepts(6000), domains, strict=True)]
+    cfg = DualPathConfig.from_dict({"bank": {"backend": "milvus", "milvus_uri": str(tmp_path / "bank.db"),
+                                             "index": "hnsw", "recall": 0.95}})
+    queries = points[6000:]
+    with ConceptBank.from_vectors(tmp_path / "bank", points[:6000], concepts, "synthetic", cfg) as bank:
+        tuned = SearchTuning.from_dict(bank.manifest["index"]["search"])
+        assert tuned is not None and tuned.filtered is not None and min(tuned.filtered.measured) >= 0.95
+        others = sorted(set(domains) - set(tuned.filtered.domain.split(", ")))
+        assert len(others) == 8
+        assert np.mean([_domain_recall(bank, queries, 10, d) for d in others]) >= 0.93
+        bank._backend.tuning = dataclasses.replace(tuned, filtered=None)  # as a bank tuned unfiltered only
+        assert np.mean([_domain_recall(bank, queries, 10, d) for d in others]) < 0.92

@@ -35,9 +35,10 @@ class IndexBackend(Protocol):
         """Top-k by inner product: ids (n, k) int64 (-1 where fewer hits), scores (n, k) float32."""
         ...
 
-    def tune(self, vectors: np.ndarray) -> None:
+    def tune(self, vectors: np.ndarray, domains: Sequence[str | None] | None = None) -> None:
         """Choose the search settings per depth for the bank's stated recall (`bank.recall`), measured on
-        `vectors`, every row the index holds (bank/tuning.py); a backend without such settings does nothing."""
+        `vectors`, every row the index holds, and within a domain of `domains` (each row's) for searches
+        confined to one (bank/tuning.py); a backend without such settings does nothing."""
         ...
 
     def delete(self, ids: np.ndarray) -> None: ...

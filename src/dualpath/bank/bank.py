@@ -344,7 +344,7 @@ class ConceptBank:
                         taken=set(self.documents()), batch=self.cfg.bank.build_batch or BUILD_BATCH,
                     )
                 metadata.commit()
-                domains = metadata.domains_from(first_id)
+                domains = metadata.domains_from(0)
             finally:
                 metadata.close()
                 written.close()
@@ -387,7 +387,7 @@ class ConceptBank:
                 self._reload()
             backend = open_backend(self.manifest["backend"], self.path, self.dim, self.cfg.bank, self.manifest["index"])
             with closing(backend):
-                backend.tune(self._vectors)
+                backend.tune(self._vectors, self._metadata.domains_from(0))
                 index = backend.describe()
             # The index's files are untouched (their checksums stand): only the manifest's record changes.
             updated = datetime.now(UTC).isoformat(timespec="seconds")
@@ -706,7 +706,8 @@ def _write_vectors_and_index(
     existing: np.ndarray | None = None,
 ) -> None:
     """vectors.npy = existing rows + new rows (at `dtype`, default new's), copied a block at a time; the backend
-    indexes the new rows as stored on disk. `new` may be memory-mapped: nothing here holds all of it."""
+    indexes the new rows as stored on disk and tunes its searches on all of them (`domains`: every row's).
+    `new` may be memory-mapped: nothing here holds all of it."""
     total = first_id + len(new)
     dtype = np.dtype(dtype or new.dtype)
     # Plain writes, not a writable memmap: a memmap's dirty pages count in the writer's resident set until
@@ -722,8 +723,8 @@ def _write_vectors_and_index(
         fh.flush()
         os.fsync(fh.fileno())
     stored = np.load(directory / VECTORS_FILE, mmap_mode="r")
-    backend.add(np.arange(first_id, total, dtype=np.int64), stored[first_id:], domains)
-    backend.tune(stored)
+    backend.add(np.arange(first_id, total, dtype=np.int64), stored[first_id:], domains[first_id:])
+    backend.tune(stored, domains)
     _release(stored)
     backend.save(directory)
 

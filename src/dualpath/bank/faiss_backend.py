@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from dualpath.bank.ids import checked_ids
 from dualpath.bank.index_policy import AUTO_FLAT_MAX, HNSW_EF_CONSTRUCTION, HNSW_M, KINDS, index_kind, ivf_nlist
-from dualpath.bank.tuning import MAX_EF_SEARCH, SearchTuning, recorded_tuning, setting_ladder, tune_search
+from dualpath.bank.tuning import MAX_EF_SEARCH, SearchTuning, recorded_tuning, setting_ladder, tune_with_domains
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.fileio import atomic_path
@@ -174,20 +174,27 @@ class FaissBackend:
             self.domain_ids[domain] = np.union1d(old, np.asarray(new, dtype=np.int64))
         self._selectors.clear()
 
-    def tune(self, vectors: np.ndarray) -> None:
+    def tune(self, vectors: np.ndarray, domains: Sequence[str | None] | None = None) -> None:
         """nprobe (IVF) or efSearch (HNSW) per depth for `bank.recall`, measured on `vectors` (the bank's
-        rows, ids 0..n-1); none for an exact index, or with `bank.recall` null."""
+        rows, ids 0..n-1), and again within a domain (`domains`, each row's) for searches confined to one;
+        none for an exact index, or with `bank.recall` null."""
         self.tuning = None
         knob = self._knob()
         if knob is None or self.cfg.recall is None:
             return
         nlist = 0 if knob == "efSearch" else faiss.try_extract_index_ivf(self._searched_index(self.index.index)).nlist
 
-        def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
-            params = self._search_params(self.index.index, None, k, 1.0, value)
-            return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)[1]
+        def search_in(domain: str | None) -> Callable[[int, np.ndarray, int], np.ndarray]:
+            selector = None if domain is None else self._selector(domain)
 
-        self.tuning = tune_search(search_at, vectors, setting_ladder(knob, nlist), knob, self.cfg.recall)
+            def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
+                # The setting as it is, not widened for the domain's share: it is measured at that share.
+                params = self._search_params(self.index.index, selector, k, 1.0, value)
+                return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)[1]
+            return search_at
+
+        self.tuning = tune_with_domains(search_in(None), search_in, vectors, domains, setting_ladder(knob, nlist),
+                                        knob, self.cfg.recall)
 
     def _knob(self) -> str | None:
         """The search setting an approximate index trades recall for (`nprobe`, `efSearch`); None when exact."""
@@ -244,13 +251,20 @@ class FaissBackend:
         if isinstance(index, faiss.IndexPreTransform):
             inner = self._search_params(index.index, selector, k, share, setting)
             return faiss.SearchParametersPreTransform(index_params=inner)
+        widen = selector is not None
         if setting is None and self.tuning is not None and self.cfg.recall is not None:
-            setting = self.tuning.setting(k)
+            filtered = self.tuning.filtered if selector is not None else None
+            if filtered is not None:  # measured within a domain: widened only for a narrower one
+                setting, widen = filtered.setting_for(k, share), False
+            else:
+                setting = self.tuning.setting(k)
         if isinstance(index, faiss.IndexHNSW):
             # The beam must hold the k results; a filter hides part of the graph, so it widens in proportion.
             ef = max(self.cfg.ef_search if setting is None else setting, k)
+            if widen:
+                ef = max(ef, int(ef / max(share, 1e-3)))
             if selector is not None:
-                ef = min(max(ef, int(ef / max(share, 1e-3))), MAX_EF_SEARCH)
+                ef = max(min(ef, MAX_EF_SEARCH), k)
             return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
         if faiss.try_extract_index_ivf(index) is not None:
             nlist = faiss.try_extract_index_ivf(index).nlist

@@ -33,7 +33,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, ClassVar
@@ -43,7 +43,7 @@ import numpy as np
 
 from dualpath.bank.ids import checked_ids
 from dualpath.bank.index_policy import HNSW_EF_CONSTRUCTION, HNSW_M, index_kind, ivf_nlist
-from dualpath.bank.tuning import SearchTuning, recorded_tuning, setting_ladder, tune_search
+from dualpath.bank.tuning import MAX_EF_SEARCH, SearchTuning, recorded_tuning, setting_ladder, tune_with_domains
 from dualpath.config import BankConfig
 from dualpath.errors import BankError
 from dualpath.logs import progress_enabled
@@ -98,6 +98,7 @@ class MilvusBackend:
         self.id_limit = id_limit  # the bank's ids are all below this
         self._foreign_rows = False  # rows at or above id_limit exist: filter them out of searches
         self._unflushed = False
+        self._domain_rows: dict[str, int] = {}  # rows per domain searched (`_share`), until the rows change
         self.tuning: SearchTuning | None = None  # nprobe / ef per depth (tune)
 
     # -- construction ----------------------------------------------------------------------------
@@ -183,6 +184,7 @@ class MilvusBackend:
                 raise BankError(f"ids must be new: this bank's ids are below {self.id_limit}, got {int(ids.min())}")
             resuming, upsert = False, True
         self._unflushed = True
+        self._domain_rows.clear()
         self._write(ids, vectors, stored, skip_present=resuming, upsert=upsert)
         self.rows += len(ids)
         self.id_limit = max(self.id_limit, int(ids.max()) + 1)
@@ -255,7 +257,17 @@ class MilvusBackend:
         return np.asarray([row[ID_FIELD] for row in found], dtype=np.int64)
 
     def search(self, queries: np.ndarray, k: int, domain: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        return self._search(queries, k, self._search_params(k), domain)
+        return self._search(queries, k, self._search_params(k, domain=domain), domain)
+
+    def _share(self, domain: str) -> float:
+        """The domain's share of the bank's rows (counted once per domain until the rows change)."""
+        if domain not in self._domain_rows:
+            condition = f"{DOMAIN_FIELD} == {_quote(_stored_domain(domain))}"
+            if self._foreign_rows:
+                condition += f" and {ID_FIELD} < {self.id_limit}"
+            with self.connection.errors(f"counting {self.collection}"):
+                self._domain_rows[domain] = self._count(condition)
+        return self._domain_rows[domain] / max(self.rows, 1)
 
     def _search(
         self, queries: np.ndarray, k: int, settings: dict[str, Any], domain: str | None = None,
@@ -295,14 +307,16 @@ class MilvusBackend:
                     scores[row, :m] = [hit["distance"] for hit in found]
         return ids, scores
 
-    def _search_params(self, k: int, setting: int | None = None) -> dict[str, Any]:
-        """The index's search parameters for a search k deep: the setting tuned for k (`tune`) where the bank
-        states a recall, else `bank.nprobe` / `bank.ef_search`; `setting` given (while tuning) overrides both."""
+    def _search_params(self, k: int, setting: int | None = None, domain: str | None = None) -> dict[str, Any]:
+        """The index's search parameters for a search k deep: the setting tuned for k (`tune`; within a
+        `domain`, the one tuned for searches confined to one) where the bank states a recall, else
+        `bank.nprobe` / `bank.ef_search`; `setting` given (while tuning) overrides both."""
         if setting is None and self.tuning is not None and self.cfg.recall is not None:
-            setting = self.tuning.setting(k)
+            filtered = self.tuning.filtered if domain is not None else None
+            setting = self.tuning.setting(k) if filtered is None else filtered.setting_for(k, self._share(domain))
         kind = self.index_type
-        if kind.startswith("HNSW"):
-            return {"ef": max(self.cfg.ef_search if setting is None else setting, k)}  # the beam holds the k results
+        if kind.startswith("HNSW"):  # the beam holds the k results
+            return {"ef": max(min(self.cfg.ef_search if setting is None else setting, MAX_EF_SEARCH), k)}
         if kind.startswith("IVF"):
             return {"nprobe": min(self.cfg.nprobe if setting is None else setting, MAX_NPROBE)}
         if kind == "DISKANN":
@@ -325,6 +339,7 @@ class MilvusBackend:
             if len(present):
                 self.connection.client.delete(self.collection, ids=present.tolist())
         self.rows -= len(present)
+        self._domain_rows.clear()
         self._unflushed = True
 
     def count(self) -> int:
@@ -339,10 +354,11 @@ class MilvusBackend:
         )
         return int(result[0]["count(*)"])
 
-    def tune(self, vectors: np.ndarray) -> None:
+    def tune(self, vectors: np.ndarray, domains: Sequence[str | None] | None = None) -> None:
         """nprobe (IVF types) or ef (HNSW types) per depth for `bank.recall`, measured on `vectors` (the bank's
-        rows, ids 0..n-1) as the FAISS backend measures its own (bank/tuning.py); none for an exact index, or
-        with `bank.recall` null. Other approximate types (DISKANN, SCANN, ...) search with their defaults."""
+        rows, ids 0..n-1) and within a domain (`domains`, each row's) as the FAISS backend measures its own
+        (bank/tuning.py); none for an exact index, or with `bank.recall` null. Other approximate types
+        (DISKANN, SCANN, ...) search with their defaults."""
         self.tuning = None
         knob = self._knob()
         if self.cfg.recall is None:
@@ -361,10 +377,13 @@ class MilvusBackend:
                         "`dualpath bank tune` measures them once it has", self.collection, INDEX_WAIT_S)
             return
 
-        def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
-            return self._search(queries, k, self._search_params(k, value), consistency="Strong")[0]
+        def search_in(domain: str | None) -> Callable[[int, np.ndarray, int], np.ndarray]:
+            def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
+                return self._search(queries, k, self._search_params(k, value), domain, consistency="Strong")[0]
+            return search_at
 
-        self.tuning = tune_search(search_at, vectors, setting_ladder(knob, MAX_NPROBE), knob, self.cfg.recall)
+        self.tuning = tune_with_domains(search_in(None), search_in, vectors, domains,
+                                        setting_ladder(knob, MAX_NPROBE), knob, self.cfg.recall)
 
     def describe(self) -> dict[str, Any]:
         if self._unflushed:

@@ -143,12 +143,24 @@ def tune_command(
         print_json({"path": str(bank_dir), "index": index, "search": tuned})
         return
     if tuned is None:
-        console.print(f"{bank_dir}: index {index} has no search settings to tune (exact, or not FAISS)",
-                      highlight=False)
+        console.print(f"{bank_dir}: index {index} has no search settings to tune (an exact index, or a Milvus "
+                      "type without an nprobe or ef)", highlight=False)
         return
-    rows = "; ".join(f"k ≤ {d}: {tuned['knob']} {s} (recall {r:.3f})"
-                     for d, s, r in zip(tuned["depths"], tuned["settings"], tuned["measured"], strict=True))
-    console.print(f"{bank_dir} ({index}) tuned to recall {tuned['recall']:.2f}: {rows}", highlight=False)
+    console.print(f"{bank_dir} ({index}) tuned to recall {tuned['recall']:.2f}: {_tuned_settings(tuned)}",
+                  highlight=False)
+
+
+def _tuned_settings(tuned: dict[str, Any]) -> str:
+    """A manifest's tuned search settings in a line: per depth, and within a domain where it has them."""
+    def per_depth(t: dict[str, Any]) -> str:
+        return "; ".join(f"k ≤ {d}: {t['knob']} {s} (recall {r:.3f})"
+                         for d, s, r in zip(t["depths"], t["settings"], t["measured"], strict=True))
+    line = per_depth(tuned)
+    filtered = tuned.get("filtered")
+    if filtered:
+        line += (f"; within domains {filtered['domain']} (the narrowest {filtered['share']:.1%} of the rows; narrower "
+                 f"domains widen these): {per_depth(filtered)}")
+    return line
 
 
 @bank_app.command("info")
@@ -177,10 +189,7 @@ def info_command(
         table.add_row(key, str(summary[key]))
     tuned = manifest["index"].get("search")
     if tuned:  # the search settings tuned per depth to the stated recall (bank/tuning.py)
-        table.add_row("search", "; ".join(
-            f"k ≤ {d}: {tuned['knob']} {s} (recall {r:.3f})"
-            for d, s, r in zip(tuned["depths"], tuned["settings"], tuned["measured"], strict=True)
-        ) + f" (stated {tuned['recall']:.2f}, {tuned['queries']} queries)")
+        table.add_row("search", _tuned_settings(tuned) + f" (stated {tuned['recall']:.2f}, {tuned['queries']} queries)")
     table.add_row("created / updated", f"{manifest.get('created')} / {manifest.get('updated')}")
     table.add_row("domains", ", ".join(f"{d} {n}" for d, n in summary["domains"].items()))
     console.print(table)
