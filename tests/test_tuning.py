@@ -64,6 +64,21 @@ def test_a_setting_is_the_tuned_one_at_a_tuned_depth_and_grows_with_depth_betwee
     assert SearchTuning.from_dict({**both.to_dict(), "filtered": {"knob": "nprobe"}}) == tuned
 
 
+def test_filtered_searches_are_tuned_on_the_narrowest_domains_of_a_useful_size() -> None:
+    # 10,000 rows: domains of 5,000 / 2,000 / 1,000 / 500 / 300 / 150 / 50 rows and 2,000 without one.
+    sizes = {"e": 5000, "a": 2000, "b": 1000, "c": 500, "d": 300, "f": 150, "tiny": 50}
+    rows = [d for d, n in sizes.items() for _ in range(n)] + [None] * 2000
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    chosen = tuning_module.tuned_domains(rows)
+    assert [d for d, _ in chosen] == ["f", "d", "c", "b"]  # under 1 % (tiny) is left out
+    for domain, members in chosen:
+        assert members.tolist() == [i for i, d in enumerate(rows) if d == domain]
+    # No domain holds 1 %: the widest that can be measured at all (the narrower widen their settings).
+    few = ["x"] * 30 + ["y"] * 20 + ["z"] * 5 + [None] * 9945
+    assert [d for d, _ in tuning_module.tuned_domains(few)] == ["x", "y"]
+    assert tuning_module.tuned_domains([None] * 100) == [] and tuning_module.tuned_domains(None) == []
+
+
 def _bank(tmp_path, name: str, bank_cfg: dict) -> tuple[ConceptBank, np.ndarray]:
     points = clustered_unit_vectors(4200, 32, 60)
     cfg = DualPathConfig.from_dict({"bank": bank_cfg})

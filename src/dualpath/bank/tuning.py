@@ -229,7 +229,8 @@ def tune_search(
 def tuned_domains(domains: Sequence[str | None] | None) -> list[tuple[str, np.ndarray]]:
     """The domains filtered searches are tuned on, and their rows (sorted ids), from each row's domain (None:
     none): the TUNED_DOMAINS narrowest that hold at least MIN_DOMAIN_SHARE of the rows and more than the
-    shallowest tuned depth + 1 (by name among equals)."""
+    shallowest tuned depth + 1 (by name among equals); where none holds that share, the widest that hold
+    more than that depth + 1 (narrower domains widen their settings)."""
     if not domains:
         return []
     labels = np.asarray([d if d is not None else "" for d in domains], dtype=object)
@@ -237,11 +238,13 @@ def tuned_domains(domains: Sequence[str | None] | None) -> list[tuple[str, np.nd
     if not named.any():
         return []
     names, inverse, counts = np.unique(labels[named], return_inverse=True, return_counts=True)
-    least = max(MIN_DOMAIN_SHARE * len(labels), TUNED_DEPTHS[0] + 2)
-    fit = np.flatnonzero(counts >= least)
+    fit = np.flatnonzero(counts >= max(MIN_DOMAIN_SHARE * len(labels), TUNED_DEPTHS[0] + 2))
+    order = fit[np.argsort(counts[fit], kind="stable")]
+    if not fit.size:
+        fit = np.flatnonzero(counts >= TUNED_DEPTHS[0] + 2)
+        order = fit[np.argsort(-counts[fit], kind="stable")]
     rows = np.flatnonzero(named)
-    return [(str(names[j]), rows[inverse == j].astype(np.int64))
-            for j in fit[np.argsort(counts[fit], kind="stable")][:TUNED_DOMAINS]]
+    return [(str(names[j]), rows[inverse == j].astype(np.int64)) for j in order[:TUNED_DOMAINS]]
 
 
 def tune_with_domains(
