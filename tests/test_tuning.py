@@ -220,3 +220,22 @@ def test_searches_within_a_domain_are_tuned_to_the_stated_recall_on_milvus_lite(
         assert np.mean([_domain_recall(bank, queries, 10, d) for d in others]) >= 0.93
         bank._backend.tuning = dataclasses.replace(tuned, filtered=None)  # as a bank tuned unfiltered only
         assert np.mean([_domain_recall(bank, queries, 10, d) for d in others]) < 0.92
+
+
+def test_a_narrow_domain_of_an_hnsw_bank_is_searched_exactly(tmp_path) -> None:
+    """A beam wide enough to find a narrow domain's neighbours from a query outside it scores more rows than
+    the domain holds: the FAISS backend scans the domain's rows instead, so its top-k are exact, to the
+    whole domain."""
+    points = clustered_unit_vectors(4050, 32, 60, seed=3)
+    narrow = np.flatnonzero(np.random.default_rng(2).random(4000) < 0.015)  # ~60 rows, scattered
+    concepts = [dataclasses.replace(c, domain="narrow" if i in set(narrow.tolist()) else c.domain)
+                for i, c in enumerate(synthetic_concepts(4000))]
+    cfg = DualPathConfig.from_dict({"bank": {"index": "hnsw", "recall": 0.95, "dtype": "float32"}})
+    with ConceptBank.from_vectors(tmp_path / "bank", points[:4000], concepts, "synthetic", cfg) as bank:
+        queries = points[4000:]
+        for k in (10, len(narrow)):
+            ids, scores = bank.search(queries, k, domain="narrow")
+            exact = queries @ points[narrow].T
+            for row, found, got in zip(exact, ids, scores, strict=True):
+                assert set(found.tolist()) <= set(narrow.tolist())
+                np.testing.assert_allclose(got, np.sort(row)[::-1][:k], atol=1e-5)

@@ -69,6 +69,7 @@ class FaissBackend:
         # domain → sorted concept ids; concepts without a domain are in no filter.
         self.domain_ids: dict[str, np.ndarray] = domains or {}
         self._selectors: dict[str, tuple[faiss.IDSelector, np.ndarray]] = {}
+        self._storage: faiss.Index | bool | None = None  # `_scan_of`'s storage (False: none), until rows change
         self.tuning: SearchTuning | None = None  # nprobe / efSearch per depth (tune)
 
     # -- construction ----------------------------------------------------------------------------
@@ -173,6 +174,7 @@ class FaissBackend:
             old = self.domain_ids.get(domain, np.zeros(0, dtype=np.int64))
             self.domain_ids[domain] = np.union1d(old, np.asarray(new, dtype=np.int64))
         self._selectors.clear()
+        self._storage = None
 
     def tune(self, vectors: np.ndarray, domains: Sequence[str | None] | None = None) -> None:
         """nprobe (IVF) or efSearch (HNSW) per depth for `bank.recall`, measured on `vectors` (the bank's
@@ -188,7 +190,9 @@ class FaissBackend:
             selector = None if domain is None else self._selector(domain)
 
             def search_at(value: int, queries: np.ndarray, k: int) -> np.ndarray:
-                # The setting as it is, not widened for the domain's share: it is measured at that share.
+                # The setting as it is (a share of 1 widens nothing): it is measured at the domain's share, on
+                # the graph. (A search scans a domain instead only where that is exact and cheaper: measured
+                # through the scan, the narrowest domains would say nothing of the wider ones' beams.)
                 params = self._search_params(self.index.index, selector, k, 1.0, value)
                 return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k, params=params)[1]
             return search_at
@@ -221,15 +225,38 @@ class FaissBackend:
                 return np.full((n, k), -1, dtype=np.int64), np.full((n, k), -np.inf, dtype=np.float32)
             selector = self._selector(domain)
             share = len(self.domain_ids[domain]) / max(1, self.index.ntotal)
-        params = self._search_params(self.index.index, selector, k, share)
-        if n == 1:
-            with one_search_thread():
-                scores, ids = self.index.search(queries, k, params=params)
-        else:
-            scores, ids = self.index.search(queries, k, params=params)
+        scores, ids = self._search(queries, k, self._search_params(self.index.index, selector, k, share), domain)
         scores = scores.astype(np.float32, copy=False)
         scores[ids < 0] = -np.inf
         return ids.astype(np.int64, copy=False), scores
+
+    def _search(
+        self, queries: np.ndarray, k: int, params: faiss.SearchParameters, domain: str | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The index's (scores, ids) for `params`; a domain's rows scanned instead where `_scan_of` says."""
+        searched = self.index
+        if domain is not None and (storage := self._scan_of(domain, params)) is not None:
+            searched, params = storage, faiss.SearchParameters(sel=self._selector(domain))
+        if len(queries) == 1:
+            with one_search_thread():
+                return searched.search(queries, k, params=params)
+        return searched.search(queries, k, params=params)
+
+    def _scan_of(self, domain: str, params: faiss.SearchParameters) -> faiss.Index | None:
+        """The HNSW graph's own vector storage, to scan a domain's rows exactly, where that computes fewer
+        distances than the graph search would (about efSearch × M; a beam wide enough to find a narrow
+        domain's neighbours from a query outside it scores more rows than the domain holds). None: search
+        the graph. Only where the bank's ids are the storage's row numbers (as a bank adds them)."""
+        if not isinstance(params, faiss.SearchParametersHNSW):
+            return None
+        if len(self.domain_ids[domain]) > params.efSearch * HNSW_M:
+            return None
+        if self._storage is None:
+            inner = faiss.downcast_index(self.index.index)
+            ids = faiss.vector_to_array(self.index.id_map)
+            in_order = isinstance(inner, faiss.IndexHNSW) and bool((ids == np.arange(len(ids))).all())
+            self._storage = faiss.downcast_index(inner.storage) if in_order else False
+        return self._storage or None
 
     def _selector(self, domain: str) -> faiss.IDSelector:
         if domain not in self._selectors:
@@ -245,31 +272,29 @@ class FaissBackend:
     def _search_params(
         self, index: faiss.Index, selector: faiss.IDSelector | None, k: int, share: float, setting: int | None = None
     ) -> faiss.SearchParameters:
-        """The search's parameters at depth k: the tuned setting for k (`tune`), else the configured one;
-        `setting` given (while tuning) overrides both."""
+        """The search's parameters at depth k: the tuned setting for k (`tune`), else the configured one, and
+        within a domain (`selector`, `share` of the rows) the wider of it (an HNSW beam widened by the share)
+        and the setting measured within domains; `setting` given (while tuning) overrides them all."""
         index = faiss.downcast_index(index)
         if isinstance(index, faiss.IndexPreTransform):
             inner = self._search_params(index.index, selector, k, share, setting)
             return faiss.SearchParametersPreTransform(index_params=inner)
-        widen = selector is not None
+        within = 0  # the setting measured for searches within a domain, where the bank has one
         if setting is None and self.tuning is not None and self.cfg.recall is not None:
-            filtered = self.tuning.filtered if selector is not None else None
-            if filtered is not None:  # measured within a domain: widened only for a narrower one
-                setting, widen = filtered.setting_for(k, share), False
-            else:
-                setting = self.tuning.setting(k)
+            setting = self.tuning.setting(k)
+            if selector is not None and self.tuning.filtered is not None:
+                within = self.tuning.filtered.setting_for(k, share)
         if isinstance(index, faiss.IndexHNSW):
-            # The beam must hold the k results; a filter hides part of the graph, so it widens in proportion.
+            # The beam must hold the k results; a filter hides part of the graph, so it widens in proportion,
+            # and at least to the beam measured within domains (bank/tuning.py).
             ef = max(self.cfg.ef_search if setting is None else setting, k)
-            if widen:
-                ef = max(ef, int(ef / max(share, 1e-3)))
             if selector is not None:
-                ef = max(min(ef, MAX_EF_SEARCH), k)
+                ef = max(min(max(ef, int(ef / max(share, 1e-3)), within), MAX_EF_SEARCH), k)
             return faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
         if faiss.try_extract_index_ivf(index) is not None:
             nlist = faiss.try_extract_index_ivf(index).nlist
-            return faiss.SearchParametersIVF(sel=selector, nprobe=min(self.cfg.nprobe if setting is None else setting,
-                                                                      nlist))
+            nprobe = max(self.cfg.nprobe if setting is None else setting, within)
+            return faiss.SearchParametersIVF(sel=selector, nprobe=min(nprobe, nlist))
         return faiss.SearchParameters(sel=selector)
 
     def delete(self, ids: np.ndarray) -> None:
@@ -283,6 +308,7 @@ class FaissBackend:
         for domain, members in list(self.domain_ids.items()):
             self.domain_ids[domain] = np.setdiff1d(members, ids)
         self._selectors.clear()
+        self._storage = None
 
     def count(self) -> int:
         return 0 if self.index is None else int(self.index.ntotal)
@@ -310,6 +336,7 @@ class FaissBackend:
 
     def close(self) -> None:
         self._selectors.clear()
+        self._storage = None
         self.index = None
 
 

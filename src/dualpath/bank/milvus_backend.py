@@ -312,8 +312,9 @@ class MilvusBackend:
         `domain`, the one tuned for searches confined to one) where the bank states a recall, else
         `bank.nprobe` / `bank.ef_search`; `setting` given (while tuning) overrides both."""
         if setting is None and self.tuning is not None and self.cfg.recall is not None:
-            filtered = self.tuning.filtered if domain is not None else None
-            setting = self.tuning.setting(k) if filtered is None else filtered.setting_for(k, self._share(domain))
+            setting = self.tuning.setting(k)
+            if domain is not None and self.tuning.filtered is not None:  # never narrower than unfiltered
+                setting = max(setting, self.tuning.filtered.setting_for(k, self._share(domain)))
         kind = self.index_type
         if kind.startswith("HNSW"):  # the beam holds the k results
             return {"ef": max(min(self.cfg.ef_search if setting is None else setting, MAX_EF_SEARCH), k)}
