@@ -269,17 +269,18 @@ def tune_with_domains(
     chosen = tuned_domains(domains)
     if tuning is None or not chosen:
         return tuning
-    each = [t for domain, members in chosen if (t := tune_search(
-        search_in(domain), vectors, ladder, knob, target, queries=max(TUNING_QUERIES // len(chosen), 20),
-        members=members)) is not None]
+    queries = max(TUNING_QUERIES // len(chosen), 20)
+    # (domain, its rows, its tuning): tuned_domains chose domains deep enough for the shallowest depth.
+    each = [(domain, len(members), t) for domain, members in chosen if (t := tune_search(
+        search_in(domain), vectors, ladder, knob, target, queries=queries, members=members)) is not None]
     if not each:
         return tuning
-    depths = min((t.depths for t in each), key=len)
+    depths = min((t.depths for _, _, t in each), key=len)
     filtered = SearchTuning(
         knob, float(target), depths,
-        tuple(max(t.settings[i] for t in each) for i in range(len(depths))),
-        tuple(min(t.measured[i] for t in each) for i in range(len(depths))),
-        sum(t.queries for t in each), ", ".join(domain for domain, _ in chosen[: len(each)]),
-        min(len(members) for _, members in chosen) / len(vectors),
+        tuple(max(t.settings[i] for _, _, t in each) for i in range(len(depths))),
+        tuple(min(t.measured[i] for _, _, t in each) for i in range(len(depths))),
+        sum(t.queries for _, _, t in each), ", ".join(domain for domain, _, _ in each),
+        min(rows for _, rows, _ in each) / len(vectors),
     )
     return dataclasses.replace(tuning, filtered=filtered)
