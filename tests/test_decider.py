@@ -29,6 +29,7 @@ from dualpath.decider import (
     make_lane,
     nearest_unsaid,
     reference_alpha,
+    shortlist_scores,
 )
 from dualpath.errors import ConfigError, DeciderError, DualPathError
 
@@ -323,6 +324,20 @@ def test_batched_equals_single_step_bit_for_bit(seed: int, b: int, k: int, d: in
         assert np.array_equal(out[i], single)
         assert record.neighbour_id is None or record.neighbour_id not in used[i]
         assert {**records[i].to_dict(), "latency_ms": 0} == {**record.to_dict(), "latency_ms": 0}
+
+
+@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 6), k=st.integers(0, 40), d=st.integers(1, 64),
+       units=st.integers(1, 3))
+def test_shortlist_scores_are_the_stacked_products_bit_for_bit(seed: int, b: int, k: int, d: int, units: int) -> None:
+    """Scoring stream by stream (every unit while its shortlist is in cache) gives the stacked product's values."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(b, k, d)).astype(np.float32)
+    against = [rng.normal(size=(b, d)).astype(np.float32) for _ in range(units)]
+    scores = shortlist_scores(vectors, against)
+    assert len(scores) == units
+    for u, got in zip(against, scores, strict=True):
+        assert got.shape == (b, k) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, np.matmul(vectors, u[:, :, None])[:, :, 0])
 
 
 def test_sampling_draws_among_the_top_candidates_and_repeats_with_its_seed() -> None:

@@ -409,12 +409,26 @@ def test_rendering_from_the_shortlist_is_what_the_index_returns(generator):
     noise = 0.05 / np.sqrt(bank.dim) * rng.normal(size=(64, bank.dim))
     avoided = avoid_rows([(said[i] + noise[i])[None].astype(np.float32) for i in range(64)],
                          [np.array([0.9])] * 64, 64, bank.dim)
-    for earlier in (None, scored):
+    # Scores of other vectors for every third row: those rows are scored anew, the rest take theirs.
+    other = np.where(np.arange(64)[:, None] % 3 == 0, far, unit_outputs)
+    mixed = (other, np.matmul(batch.vectors, other[:, :, None])[:, :, 0])
+    answers = []
+    for earlier in (None, scored, mixed):
         together = shortlist_nearest(outputs, batch, floors, queries, skips, range(64), avoided, earlier)
         assert 0 < len(together) < 64
+        answers.append(together)
         for i in range(64):
             alone = shortlist_nearest(outputs, batch, floors, queries, skips, [i], avoided, earlier)
             assert alone == ({i: together[i]} if i in together else {})
+    assert answers[0] == answers[1] == answers[2]
+    # A row whose output is the scored vector reads the given scores, not its shortlist: scores that put
+    # its best candidate last move its answer; rows that are scored anew keep theirs.
+    row = next(i for i in answers[0] if i % 3)
+    anew = next(i for i in answers[0] if i % 3 == 0)
+    lowered = mixed[1].copy()
+    lowered[[row, anew], :] = -1.0
+    moved = shortlist_nearest(outputs, batch, floors, queries, skips, range(64), avoided, (mixed[0], lowered))
+    assert moved.get(row) != answers[0][row] and moved[anew] == answers[0][anew]
 
 
 def test_a_long_prompt_is_read_only_as_far_as_generation_uses_it(trained_bank_path):

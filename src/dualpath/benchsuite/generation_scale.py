@@ -127,7 +127,7 @@ def bench_generation_per_index(
                          for row in measured]
                 if with_floors:
                     floors = stage_floors(generator, k_lane, prompt_ids, measured, max(batches),
-                                          counts["render_searched"])
+                                          counts["render"])
                     facts["floors"] += [{"index": bank.index_spec, "k": k, **row} for row in floors]
         finally:
             generator.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,10 +23,10 @@ from torch import nn
 from dualpath.benchsuite.timing import stats, timings_ms, with_ratio
 from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
-from dualpath.decider import Lane
-from dualpath.decider.decision import FALLBACK_EMPTY
+from dualpath.decider import Lane, shortlist_scores
+from dualpath.decider.decision import FALLBACK_EMPTY, Decision
 from dualpath.encoding import Encoder
-from dualpath.models.heuristics import last_vector, mean_vector
+from dualpath.models.heuristics import last_vector, mean_vector, normalize_rows
 from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import RecurrentBackbone
 from dualpath.models.towers import RecurrentEncoder
@@ -124,16 +125,38 @@ def _count_fallbacks(counts: dict[str, Any], steps: Sequence[Any]) -> None:
     counts["empty"] += sum(r == FALLBACK_EMPTY for r in reasons)
 
 
+@dataclass(frozen=True)
+class RenderWork:
+    """What rendering did at one batch size, as shares of its stream-steps (the render floor counts both)."""
+
+    scored: float  # scored the shortlist against the step's output: not a SNAP, no grounding's scores to reuse
+    searched: float  # took a rendering search: the nearest concept to the output not provably in the shortlist
+
+
+def _scored_share(steps: Sequence[Any], grounded: bool) -> float:
+    """The share of `steps` whose rendering scored its shortlist anew. A SNAP shows its n*; in a lane that
+    grounds on evidence, an output equal to the unit v̂ the grounding scored takes those scores
+    (`shortlist_nearest`); a step whose retrieval failed has no shortlist to score."""
+    rendered = [s for s in steps if s.record.decision is not Decision.SNAP
+                and (s.record.fallback_reason is None or s.record.fallback_reason == FALLBACK_EMPTY)]
+    if grounded and rendered:
+        outputs = normalize_rows(np.stack([s.vector for s in rendered]))
+        v_hat = normalize_rows(np.stack([s.lvm_vector for s in rendered]))
+        return int((outputs != v_hat).any(axis=1).sum()) / max(len(steps), 1)
+    return len(rendered) / max(len(steps), 1)
+
+
 def bench_generation(
     generator: Generator, lane: Lane, prompts: Sequence[np.ndarray], steps: int, batches: Sequence[int]
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(rows, counts): the single step and its parts from Generator.generate (baseline), the same steps
     with the models re-reading the whole window (the reference path), and Generator.generate_batch
     at each batch size with its parts (time per stream-step; per s is stream-steps per second).
-    counts["render_searched"][b]: the share of stream-steps at b streams rendered by a rendering search
-    (the rest from their shortlist or their SNAP), which the stage table's render floor counts."""
+    counts["render"][b]: what rendering did at b streams (`RenderWork`), which the stage table's render
+    floor counts."""
     bank = generator.bank
-    counts: dict[str, Any] = {"fallbacks": 0, "empty": 0, "render_searched": {}}
+    grounded = lane.rule == "confidence"
+    counts: dict[str, Any] = {"fallbacks": 0, "empty": 0, "render": {}}
     renderer = generator.renderer
     searched = [0]
     original = renderer.render
@@ -145,9 +168,12 @@ def bench_generation(
     renderer.render = counted  # type: ignore[method-assign]  # an instance attribute: the type still reads as is
     try:
 
+        single: list[Any] = []
+
         def run(prompt_ids: np.ndarray) -> list[dict[str, float]]:
             steps_ = list(generator.generate(bank.vectors(prompt_ids), steps, lane, prompt_ids))
             _count_fallbacks(counts, steps_)
+            single.extend(steps_)
             return [s.latency_ms for s in steps_]
 
         def parts(latencies: list[dict[str, float]], name: str, per_call: float = 1) -> dict[str, dict[str, float]]:
@@ -159,8 +185,9 @@ def bench_generation(
         run(prompts[0])  # warm-up: first calls allocate
         counts["fallbacks"] = counts["empty"] = 0
         searched[0] = 0
+        single.clear()
         latencies = [lat for p in prompts for lat in run(p)]
-        counts["render_searched"][1] = searched[0] / max(len(latencies), 1)
+        counts["render"][1] = RenderWork(_scored_share(single, grounded), searched[0] / max(len(latencies), 1))
         rows: dict[str, dict[str, float]] = parts(latencies, "whole step (baseline)")
         cfg = generator.cfg
         generator.cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"incremental": False})})
@@ -177,7 +204,8 @@ def bench_generation(
             generator.generate_batch(vectors[:2], 1, lane, chosen[:2])  # warm-up
             searched[0] = 0
             runs = generator.generate_batch(vectors, steps, lane, chosen)
-            counts["render_searched"][size] = searched[0] / (size * steps)
+            counts["render"][size] = RenderWork(_scored_share([s for r in runs for s in r], grounded),
+                                                searched[0] / (size * steps))
             per_step = [stream[t].latency_ms for t in range(steps) for stream in runs[:1]]  # the batch's, per stream
             _count_fallbacks(counts, [s for r in runs for s in r])
             batch_rows = parts(per_step, f"batched step, {size} streams")
@@ -260,12 +288,23 @@ def model_floors(generator: Generator, b: int) -> dict[str, tuple[Callable[[int]
     return floors
 
 
+def _share_schedule(share: float, b: int) -> tuple[int, int]:
+    """(rows, every) for floor work that `share` of b streams' stream-steps do: `rows` of them in one call, made
+    every `every`-th call (a single stream whose share is about a half: every other call), so that the timed
+    median carries the share, not all or nothing. (0, 0): none do it."""
+    n = share * b
+    if n <= 0:
+        return 0, 0
+    rows = max(1, round(n))
+    return rows, max(1, round(rows / n))
+
+
 def _io_floors(
-    generator: Generator, lane: Lane, chosen: Sequence[np.ndarray], render_share: float
+    generator: Generator, lane: Lane, chosen: Sequence[np.ndarray], render: RenderWork
 ) -> dict[str, tuple[Callable[[int], None], str]]:
     """Floors of the search, decide and render stages for the streams of `chosen` prompts, on their own
-    queries and shortlists. `render_share` of the stream-steps took a rendering search (their nearest
-    concept was not provably in their shortlist): the render floor counts that search too, alone."""
+    queries and shortlists. Rendering scored `render.scored` of the stream-steps' shortlists anew and took
+    a rendering search for `render.searched` of them: the render floor counts that work alone."""
     bank = generator.bank
     b = len(chosen)
     windows = [bank.vectors(p) for p in chosen]
@@ -278,40 +317,38 @@ def _io_floors(
     vectors = np.ascontiguousarray(shortlists.vectors)
     ids = np.where(shortlists.ids >= 0, shortlists.ids, 0).ravel()
     grounded = lane.rule == "confidence"
-    two = np.ascontiguousarray(np.stack([queries, queries], axis=2))  # q and v̂: the same cost
-    one_vector = np.ascontiguousarray(queries[:, :, None])
+    scores = shortlist_scores(vectors, (queries,))[0]
 
     def search(i: int) -> None:
         bank.search(queries, depth)
         reader(ids)
 
-    def scan(against: np.ndarray) -> Callable[[int], None]:
-        def run(i: int) -> None:
-            np.matmul(vectors, against).argmax(axis=1)
-        return run
+    def decide(i: int) -> None:
+        for scored in shortlist_scores(vectors, (queries, queries) if grounded else (queries,)):
+            scored.argmax(axis=1)
 
-    # The rows a rendering search takes: round(share × b) of them in one call, every other call for a single
-    # stream whose share is about a half (so the timed median carries the share, not all or nothing).
-    searched = render_share * b
+    scored_rows, scored_every = _share_schedule(render.scored, b)
+    searched_rows, searched_every = _share_schedule(render.searched, b)
     render_depth = excluded_depth(RENDER_DEPTH, excludes)
-    render_rows = max(1, round(searched))
-    every = max(1, round(render_rows / searched)) if searched > 0 else 0
 
-    def render(i: int) -> None:
-        np.matmul(vectors, one_vector).argmax(axis=1)
-        if every and i % every == 0:
-            bank.search(queries[:render_rows], render_depth)
+    def render_work(i: int) -> None:
+        scores.argmax(axis=1)
+        if scored_every and i % scored_every == 0:
+            for j in range(scored_rows):
+                np.matmul(vectors[j], queries[j]).argmax()
+        if searched_every and i % searched_every == 0:
+            bank.search(queries[:searched_rows], render_depth)
 
     return {
         "search": (search, f"index search alone ({bank.index_spec}, depth {depth}) + the shortlist read"),
         # The search floor's two parts, shown under it: which of them stops a batch.
         "search/index": (lambda i: bank.search(queries, depth), "of which the index call"),
         "search/read": (lambda i: reader(ids), f"of which reading the {ids.size:,} shortlist rows as float32"),
-        "decide": (scan(two if grounded else one_vector),
-                   "one pass over the shortlist: K×d scores against q and v̂, argmax" if grounded
+        "decide": (decide, "one pass over the shortlist: K×d scores against q and v̂, argmax" if grounded
                    else "one pass over the shortlist: K×d cosines to v̂, argmax"),
-        "render": (render, "one pass over the shortlist: K×d scores against the output, argmax; + the index "
-                   f"search alone (depth {render_depth}) for the {render_share:.0%} of stream-steps rendered by one"),
+        "render": (render_work, "an argmax over the step's K scores; one pass over the shortlist (K×d scores "
+                   f"against the output) for the {render.scored:.0%} of stream-steps that score it anew; the index "
+                   f"search alone (depth {render_depth}) for the {render.searched:.0%} rendered by one"),
     }
 
 
@@ -339,7 +376,7 @@ def stage_floors(
     prompts: Sequence[np.ndarray],
     rows: Sequence[dict[str, Any]],
     batch: int,
-    render_share: Mapping[int, float],
+    render: Mapping[int, RenderWork],
 ) -> list[dict[str, Any]]:
     """Each stage of the single step and of the `batch`-stream step (medians from `bench_generation`'s
     `rows`, measured just before in the same run) beside its floor: the same work with nothing around it,
@@ -350,7 +387,8 @@ def stage_floors(
         chosen = [prompts[i % len(prompts)] for i in range(b)]
         with torch_threads(1), one_blas_thread():
             floors: dict[str, tuple[Callable[[int], None], str] | None] = {
-                **model_floors(generator, b), **_io_floors(generator, lane, chosen, render_share.get(b, 0.0)),
+                **model_floors(generator, b),
+                **_io_floors(generator, lane, chosen, render.get(b, RenderWork(0.0, 0.0))),
             }
             calls = FLOOR_CALLS if b == 1 else 10
             timed = {name: None if f is None else float(np.median(timings_ms(f[0], calls))) / b

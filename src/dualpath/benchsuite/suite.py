@@ -290,14 +290,16 @@ class _Sections:
         sections = {"generation": Section("Generation step", note, stages.TIMING_COLUMNS, rows)}
         batch = max(s.generation_batches)
         floor_rows = stages.stage_floors(self.generator, self.lane, prompts, rows, batch,
-                                          counts["render_searched"])
+                                          counts["render"])
         floor_note = (f"The single step and the {batch}-stream step of the table above (per stream), each stage "
                       "beside its floor: the same work with nothing around it, timed right after on the same shapes, "
                       "weights and shortlists, on one thread. The model floors are the BLAS products alone (no "
                       "activations, no framework); the search floor is the index call alone plus reading the "
-                      "shortlist's rows; the decide and render floors are one pass over each shortlist (its K×d "
-                      "scores and an argmax), and for render the index search alone for the share of stream-steps "
-                      "whose text no shortlist proves (they take a rendering search). A stage far above its floor "
+                      "shortlist's rows; the decide floor is one pass over each shortlist (its K×d scores and an "
+                      "argmax); the render floor an argmax over the step's scores, one pass over the shortlist for "
+                      "the share of stream-steps that score it anew (not a SNAP, and no scores of the same output "
+                      "from the grounding to reuse), and the index search alone for the share whose text no "
+                      "shortlist proves (they take a rendering search). A stage far above its floor "
                       "spends its time around the work; one near it is held by the work itself.")
         sections["generation_floors"] = Section("Generation step, each stage beside its floor", floor_note,
                                                 stages.FLOOR_COLUMNS, floor_rows)

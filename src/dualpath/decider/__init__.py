@@ -21,6 +21,7 @@ from dualpath.decider.decision import (
     id_rows,
     is_paraphrase,
     nearest_unsaid,
+    shortlist_scores,
 )
 from dualpath.decider.decoder import DualPathDecoder, ground_streams, step_streams
 from dualpath.decider.grounding import FEATURES, Grounding, SnapConfidence
@@ -91,6 +92,7 @@ __all__ = [
     "nearest_unsaid",
     "read_records",
     "reference_alpha",
+    "shortlist_scores",
     "step_streams",
     "summarize",
     "thresholds_from_shares",

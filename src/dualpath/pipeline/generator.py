@@ -344,16 +344,15 @@ def shortlist_nearest(
     return; rows without such a candidate are left to it.
 
     `scored` = (u (b, d), s (b, K)): scores of the same shortlists against unit vectors u, made earlier in
-    the step (the grounding's pass over them). Where every row scored here has an output equal to its u,
-    those scores are the ones this pass would compute (the same product on the same arrays), and the
-    shortlists are not read again.
+    the step (the grounding's pass over them). A row whose output equals its u takes those scores, the
+    ones this pass would compute (the same product on the same arrays), and its shortlist is not read again.
     """
     rows = [i for i in rows if np.isfinite(floors[i]) and shortlists.fallbacks[i] is None]
     if not rows or not shortlists.ids.shape[1]:
         return {}
     if len(rows) == 1:
         return _nearest_in_one_shortlist(outputs, shortlists, floors, queries, skips, rows[0], avoided, scored)
-    # Scored over the whole batch and masked to `rows`: selecting rows would copy every (K, d) shortlist.
+    # Masked to `rows` over the whole batch: selecting rows would copy every (K, d) shortlist.
     chosen = np.zeros(len(shortlists), bool)
     chosen[rows] = True
     o = normalize_rows(outputs)
@@ -362,10 +361,16 @@ def shortlist_nearest(
     skipped = id_rows(list(skips), len(shortlists), "skip list")
     if skipped.shape[1]:
         allowed &= ~id_member(ids, skipped)
-    if scored is not None and np.array_equal(o[rows], scored[0][rows]):
-        raw = scored[1]
+    # A row whose output is the unit vector the grounding scored reuses its scores; the rest are scored here,
+    # one mat-vec each (the stacked product's own call, so the same values): SNAP rows are never read.
+    if scored is None:
+        raw, fresh = np.zeros(ids.shape, np.float32), rows
     else:
-        raw = np.matmul(shortlists.vectors, o[:, :, None])[:, :, 0]
+        same = (o[rows] == scored[0][rows]).all(axis=1)
+        fresh = [i for i, reused in zip(rows, same.tolist(), strict=True) if not reused]
+        raw = scored[1].copy() if fresh else scored[1]
+    for i in fresh:
+        np.matmul(shortlists.vectors[i], o[i], out=raw[i])
     scores = np.where(allowed, raw, -np.inf)
     best, _ = nearest_unsaid(scores, shortlists.vectors, avoided)
     best = best[rows]

@@ -25,7 +25,7 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.corpus.restate import restate
-from dualpath.decider import ShortlistBatch, id_member, id_rows, nearest_unsaid
+from dualpath.decider import ShortlistBatch, id_member, id_rows, nearest_unsaid, shortlist_scores
 from dualpath.decider.grounding import (
     ANCHORS,
     Candidates,
@@ -192,11 +192,11 @@ def ground_step(
     if used_rows.shape[1] and ids.shape[1]:
         allowed &= ~id_member(ids, used_rows)
     vectors = np.asarray(batch.vectors, dtype=np.float32)
-    # Two mat-vecs, not one product against (b, d, 2): BLAS copies a matrix product's operand into panels
-    # first, and that copy of every shortlist made the 256-stream decide stage a third slower.
+    # Two mat-vecs per stream, not one product against (b, d, 2): BLAS copies a matrix product's operand
+    # into panels first, and that copy of every shortlist made the 256-stream decide stage a third slower.
     with np.errstate(all="ignore"):  # padding rows may hold anything: they are masked
-        tower = np.where(allowed, np.matmul(vectors, q[:, :, None])[:, :, 0], -np.inf)
-        lvm_raw = np.matmul(vectors, v[:, :, None])[:, :, 0]
+        tower_raw, lvm_raw = shortlist_scores(vectors, (q, v))
+        tower = np.where(allowed, tower_raw, -np.inf)
         lvm = np.where(allowed, lvm_raw, -np.inf)
     if scores_out is not None:
         scores_out.update(v=v, lvm=lvm_raw)
