@@ -445,9 +445,11 @@ def test_a_long_prompt_is_read_only_as_far_as_generation_uses_it(trained_bank_pa
         generator.close()
 
 
-def test_rendering_reuses_the_grounding_scores_and_steps_are_bit_for_bit_the_same(generator, monkeypatch):
-    """A step whose streams all ground on evidence renders from the grounding's scores of its shortlists
-    (one pass over each): every step, single and batched, equals a run that scores them again."""
+@pytest.mark.parametrize("lane", ["neutral", "quota-neutral"])
+def test_rendering_reuses_the_decision_scores_and_steps_are_bit_for_bit_the_same(generator, monkeypatch, lane):
+    """A step renders from the decision's scores of its shortlists (one pass over each), in a lane that
+    grounds on evidence and in one that decides on c_max: every step, single and batched, equals a run
+    that scores them again."""
     import dualpath.pipeline.generator as module
 
     bank = generator.bank
@@ -456,7 +458,9 @@ def test_rendering_reuses_the_grounding_scores_and_steps_are_bit_for_bit_the_sam
     original = module.shortlist_nearest
 
     def counting(*args, **kwargs):
-        reused["count"] += args[-1] is not None
+        outputs, rows, scored = args[0], args[5], args[-1]
+        if scored is not None:  # rows whose output is the vector the decision scored: their scores are reused
+            reused["count"] += sum(np.array_equal(normalize_rows(outputs[i : i + 1])[0], scored[0][i]) for i in rows)
         return original(*args, **kwargs)
 
     def rescoring(*args, **kwargs):
@@ -465,8 +469,8 @@ def test_rendering_reuses_the_grounding_scores_and_steps_are_bit_for_bit_the_sam
     runs = {}
     for name, fn in (("reused", counting), ("rescored", rescoring)):
         monkeypatch.setattr(module, "shortlist_nearest", fn)
-        single = [list(generator.generate(bank.vectors(p), 4, "neutral", p, seed=3)) for p in prompts[:3]]
-        batched = generator.generate_batch([bank.vectors(p) for p in prompts], 4, "neutral", prompts, seed=3)
+        single = [list(generator.generate(bank.vectors(p), 4, lane, p, seed=3)) for p in prompts[:3]]
+        batched = generator.generate_batch([bank.vectors(p) for p in prompts], 4, lane, prompts, seed=3)
         runs[name] = [step for stream in single + batched for step in stream]
     assert reused["count"] > 0
     for a, b in zip(runs["reused"], runs["rescored"], strict=True):

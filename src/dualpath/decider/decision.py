@@ -472,6 +472,7 @@ def choose_next_vectors(
     avoid: Sequence[np.ndarray] | np.ndarray | None = None,
     avoid_limits: Sequence[np.ndarray] | np.ndarray | None = None,
     decide_by: np.ndarray | None = None,
+    scores_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """Decide b streams at once: v̂ (b, d), their shortlists, per-stream memories of picked ids.
 
@@ -485,6 +486,11 @@ def choose_next_vectors(
     drop (the random-mix baseline). Returns the outputs (b, d) float32, unit-norm, and one record per
     stream (step 0; latency is the call's time divided by b). Each stream's result equals
     `choose_next_vector` on it alone.
+
+    `scores_out`, when given and the shortlists are unit-norm, receives the step's pass over them: "v"
+    (b, d), the unit v̂ scored, and "lvm" (b, K), each candidate's cosine to it, -inf where the stream may
+    not pick it (padding, a failed search, an id it showed, a paraphrase passed over). Rendering reads
+    them instead of scoring the shortlists again (`shortlist_nearest`).
     """
     start = time.perf_counter()
     if lane.rule != "c_max":
@@ -547,6 +553,8 @@ def choose_next_vectors(
         if avoided is not None:
             passed_over = _pass_over_paraphrases(cos, vectors, best, avoided, choose)
             empty = ~np.isfinite(cos).any(axis=1)
+        if scores_out is not None and batch.unit:
+            scores_out.update(v=queries, lvm=cos)
         c_best = cos.max(axis=1).astype(np.float64)
         c_max = cos[rows, best].astype(np.float64)
         neighbour_ids = ids[rows, best]
@@ -685,10 +693,12 @@ def choose_next_vector(
     avoid: np.ndarray | None = None,
     avoid_limits: np.ndarray | None = None,
     decide_by: float | None = None,
+    scores_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, DecisionRecord]:
     """Decide one step: v̂ (d,), its shortlist, the memory of picked ids (one entry per past step),
     the concepts the stream may not show again, (when sampling) one uniform draw in [0, 1), the
-    vectors whose paraphrases it may not pick (m, d) with their limits (m,), and a baseline's c."""
+    vectors whose paraphrases it may not pick (m, d) with their limits (m,), and a baseline's c.
+    `scores_out`: as `choose_next_vectors`', for a batch of one."""
     start = time.perf_counter()
     if lane.rule != "c_max":
         raise DeciderError(
@@ -700,7 +710,8 @@ def choose_next_vector(
         raise DeciderError(f"v̂ must be a 1-d vector, got shape {v.shape}")
     avoided = None if avoid is None else avoid_rows([avoid], [avoid_limits], 1, v.shape[0])
     if shortlist.fallback is None and sampling.greedy and len(shortlist) and decide_by is None:
-        decided = _choose_one(v, shortlist, lane, recent_ids, schedule, dup_threshold, used_ids, avoided, start)
+        decided = _choose_one(v, shortlist, lane, recent_ids, schedule, dup_threshold, used_ids, avoided, start,
+                              scores_out)
         if decided is not None:
             return decided
     batch = ShortlistBatch.stack([shortlist], dim=v.shape[0])
@@ -708,7 +719,7 @@ def choose_next_vector(
     out, records = choose_next_vectors(
         v[None, :], batch, lane, [recent_ids], schedule, dup_threshold, [used_ids], sampling, draws,
         None if avoided is None else [avoid], None if avoided is None else [avoid_limits],
-        None if decide_by is None else np.array([decide_by], dtype=np.float64),
+        None if decide_by is None else np.array([decide_by], dtype=np.float64), scores_out,
     )
     return out[0], records[0]
 
@@ -723,6 +734,7 @@ def _choose_one(
     used_ids: Sequence[int],
     avoided: tuple[np.ndarray, np.ndarray] | None,
     start: float,
+    scores_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, DecisionRecord] | None:
     """The greedy single step with the batched form's numbers and scalar bookkeeping (None: take the batched form).
 
@@ -758,6 +770,8 @@ def _choose_one(
         best = int(cos.argmax())
         if not np.isfinite(cos[best]):
             return None  # nothing left: the batched form records the empty step
+    if scores_out is not None and shortlist.unit:
+        scores_out.update(v=queries, lvm=cos[None])
     c = float(cos[best])
     n_id = int(ids[best])
     decision, near_dup = _rules_one(c, c, n_id, list(recent_ids), lane, dup_threshold, guard=True)

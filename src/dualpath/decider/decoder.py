@@ -115,15 +115,16 @@ class DualPathDecoder:
         shortlist: Shortlist,
         avoid: np.ndarray | None = None,
         avoid_limits: np.ndarray | None = None,
+        scores_out: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, DecisionRecord]:
         """Decide the next step; candidates at `avoid_limits` cosine or closer to a row of `avoid`
         (what the stream said, see `choose_next_vector`) are passed over. Until `shown()` says
-        otherwise, the step shows its picked id."""
+        otherwise, the step shows its picked id. `scores_out`: see `choose_next_vectors`."""
         start = time.perf_counter()
         draw = None if self.sampling.greedy else float(self._rng.random())
         v_out, record = choose_next_vector(
             v_hat, shortlist, self.lane, self._recent, self.schedule, self.dup_threshold,
-            self.used_ids, self.sampling, draw, avoid, avoid_limits, self.decision_c(),
+            self.used_ids, self.sampling, draw, avoid, avoid_limits, self.decision_c(), scores_out,
         )
         return v_out, self.remember(record, (time.perf_counter() - start) * 1000.0)
 
@@ -202,6 +203,7 @@ def step_streams(
     v_hat: np.ndarray,
     batch: ShortlistBatch,
     avoided: tuple[np.ndarray, np.ndarray] | None = None,
+    scores_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """One step of b streams, each with its own decoder: `choose_next_vectors` once per group of
     decoders that decide alike (lane, schedule, dup threshold, sampling), not once per stream.
@@ -209,7 +211,8 @@ def step_streams(
     `avoided`: what each stream said, stacked as `avoid_rows` returns it ((b, m, d) vectors, (b, m)
     limits). Each stream's output and record equal `decoders[i].step(v_hat[i], its shortlist,
     avoided[0][i], avoided[1][i])`: the batched decision is bit-for-bit the single one, and every
-    decoder keeps its own memory and draws.
+    decoder keeps its own memory and draws. `scores_out`: as `choose_next_vectors`', filled when one
+    group decides the whole batch (the usual step).
     """
 
     def decide(rows: list[int], members: list[DualPathDecoder], whole: bool) -> tuple[np.ndarray, list]:
@@ -223,7 +226,7 @@ def step_streams(
             first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
             None if avoided is None else avoided[0] if whole else avoided[0][rows],
             None if avoided is None else avoided[1] if whole else avoided[1][rows],
-            _decision_values(members),
+            _decision_values(members), scores_out if whole else None,
         )
 
     return _decide_in_groups(

@@ -344,8 +344,10 @@ def shortlist_nearest(
     return; rows without such a candidate are left to it.
 
     `scored` = (u (b, d), s (b, K)): scores of the same shortlists against unit vectors u, made earlier in
-    the step (the grounding's pass over them). A row whose output equals its u takes those scores, the
-    ones this pass would compute (the same product on the same arrays), and its shortlist is not read again.
+    the step (the decision's pass over them), -inf where the row could not take that candidate anyway (a
+    padding row, an id it showed, a paraphrase of what it said). A row whose output equals its u takes
+    those scores, the ones this pass would compute (the same product on the same arrays), and its
+    shortlist is not read again.
     """
     rows = [i for i in rows if np.isfinite(floors[i]) and shortlists.fallbacks[i] is None]
     if not rows or not shortlists.ids.shape[1]:
@@ -765,16 +767,16 @@ class Generator:
             )
             lat["search"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
-            scored: dict[str, np.ndarray] = {}  # the grounding's pass over the shortlists, for rendering
+            scored: dict[str, np.ndarray] = {}  # the decision's pass over the shortlists, for rendering
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
             avoided = unsayable.stacked()
             if b == 1 and not grounded:
                 one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
                 own = (None, None) if avoided is None else (avoided[0][0], avoided[1][0])
-                output, record = decoders[0].step(v_hat[0], one, *own)
+                output, record = decoders[0].step(v_hat[0], one, *own, scores_out=scored)
                 outputs, records = output[None], [record]
             elif not grounded:
-                outputs, records = step_streams(decoders, v_hat, shortlists, avoided)
+                outputs, records = step_streams(decoders, v_hat, shortlists, avoided, scored)
             else:
                 outputs, records = self._decide_mixed(
                     decoders, grounded, plain, v_hat, queries, shortlists, avoided, used, excludes, anchors, scored
