@@ -129,21 +129,21 @@ def _count_fallbacks(counts: dict[str, Any], steps: Sequence[Any]) -> None:
 class RenderWork:
     """What rendering did at one batch size, as shares of its stream-steps (the render floor counts both)."""
 
-    scored: float  # scored the shortlist against the step's output: not a SNAP, no grounding's scores to reuse
+    scored: float  # scored the shortlist against the step's output: not a SNAP, no decision's scores to reuse
     searched: float  # took a rendering search: the nearest concept to the output not provably in the shortlist
 
 
-def _scored_share(steps: Sequence[Any], grounded: bool) -> float:
-    """The share of `steps` whose rendering scored its shortlist anew. A SNAP shows its n*; in a lane that
-    grounds on evidence, an output equal to the unit v̂ the grounding scored takes those scores
-    (`shortlist_nearest`); a step whose retrieval failed has no shortlist to score."""
+def _scored_share(steps: Sequence[Any]) -> float:
+    """The share of `steps` whose rendering scored its shortlist anew. A SNAP shows its n*; an output equal
+    to the unit v̂ the decision scored takes those scores (`shortlist_nearest`); a step whose retrieval
+    failed has no shortlist to score."""
     rendered = [s for s in steps if s.record.decision is not Decision.SNAP
                 and (s.record.fallback_reason is None or s.record.fallback_reason == FALLBACK_EMPTY)]
-    if grounded and rendered:
-        outputs = normalize_rows(np.stack([s.vector for s in rendered]))
-        v_hat = normalize_rows(np.stack([s.lvm_vector for s in rendered]))
-        return int((outputs != v_hat).any(axis=1).sum()) / max(len(steps), 1)
-    return len(rendered) / max(len(steps), 1)
+    if not rendered:
+        return 0.0
+    outputs = normalize_rows(np.stack([s.vector for s in rendered]))
+    v_hat = normalize_rows(np.stack([s.lvm_vector for s in rendered]))
+    return int((outputs != v_hat).any(axis=1).sum()) / len(steps)
 
 
 def bench_generation(
@@ -155,7 +155,6 @@ def bench_generation(
     counts["render"][b]: what rendering did at b streams (`RenderWork`), which the stage table's render
     floor counts."""
     bank = generator.bank
-    grounded = lane.rule == "confidence"
     counts: dict[str, Any] = {"fallbacks": 0, "empty": 0, "render": {}}
     renderer = generator.renderer
     searched = [0]
@@ -187,7 +186,7 @@ def bench_generation(
         searched[0] = 0
         single.clear()
         latencies = [lat for p in prompts for lat in run(p)]
-        counts["render"][1] = RenderWork(_scored_share(single, grounded), searched[0] / max(len(latencies), 1))
+        counts["render"][1] = RenderWork(_scored_share(single), searched[0] / max(len(latencies), 1))
         rows: dict[str, dict[str, float]] = parts(latencies, "whole step (baseline)")
         cfg = generator.cfg
         generator.cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"incremental": False})})
@@ -204,7 +203,7 @@ def bench_generation(
             generator.generate_batch(vectors[:2], 1, lane, chosen[:2])  # warm-up
             searched[0] = 0
             runs = generator.generate_batch(vectors, steps, lane, chosen)
-            counts["render"][size] = RenderWork(_scored_share([s for r in runs for s in r], grounded),
+            counts["render"][size] = RenderWork(_scored_share([s for r in runs for s in r]),
                                                 searched[0] / (size * steps))
             per_step = [stream[t].latency_ms for t in range(steps) for stream in runs[:1]]  # the batch's, per stream
             _count_fallbacks(counts, [s for r in runs for s in r])

@@ -298,7 +298,7 @@ class _Sections:
                       "shortlist's rows; the decide floor is one pass over each shortlist (its K×d scores and an "
                       "argmax); the render floor an argmax over the step's scores, one pass over the shortlist for "
                       "the share of stream-steps that score it anew (not a SNAP, and no scores of the same output "
-                      "from the grounding to reuse), and the index search alone for the share whose text no "
+                      "from the decision to reuse), and the index search alone for the share whose text no "
                       "shortlist proves (they take a rendering search). A stage far above its floor "
                       "spends its time around the work; one near it is held by the work itself.")
         sections["generation_floors"] = Section("Generation step, each stage beside its floor", floor_note,
