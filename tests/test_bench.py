@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from dualpath.bank.tuning import recall_at_k
 from dualpath.benchsuite.search import add_marginal_memory
+from dualpath.benchsuite.stages import _share_schedule
 from dualpath.benchsuite.suite import QUICK, run_suite
 from dualpath.benchsuite.synthetic import exact_top_k, synthetic_set
 from dualpath.benchsuite.tables import finite_or_none, format_value
@@ -250,3 +251,16 @@ def test_finite_or_none_makes_strict_json() -> None:
     clean = finite_or_none(data)
     assert clean == {"a": [1.0, None], "b": {"c": None, "d": "x"}, "e": [None]}
     json.dumps(clean, allow_nan=False)
+
+
+@given(share=st.floats(0.0, 1.0), b=st.integers(1, 512))
+def test_a_floor_share_schedule_carries_the_share(share: float, b: int) -> None:
+    """Floor work that a share of the stream-steps do is timed as `rows` streams every `every`-th call: on
+    average the share of the b streams, to within half a stream; none at all for a share of 0 (or one too
+    small to reach a call in a billion)."""
+    rows, every = _share_schedule(share, b)
+    if share * b < 1e-9:
+        assert (rows, every) == (0, 0)
+        return
+    assert 1 <= rows <= b and every >= 1
+    assert abs(rows / every - share * b) <= 0.5

@@ -290,9 +290,10 @@ def model_floors(generator: Generator, b: int) -> dict[str, tuple[Callable[[int]
 def _share_schedule(share: float, b: int) -> tuple[int, int]:
     """(rows, every) for floor work that `share` of b streams' stream-steps do: `rows` of them in one call, made
     every `every`-th call (a single stream whose share is about a half: every other call), so that the timed
-    median carries the share, not all or nothing. (0, 0): none do it."""
+    median carries the share, not all or nothing. (0, 0): none do it, or fewer than one call in a billion
+    would."""
     n = share * b
-    if n <= 0:
+    if n < 1e-9:
         return 0, 0
     rows = max(1, round(n))
     return rows, max(1, round(rows / n))
