@@ -363,7 +363,7 @@ def shortlist_nearest(
     skipped = id_rows(list(skips), len(shortlists), "skip list")
     if skipped.shape[1]:
         allowed &= ~id_member(ids, skipped)
-    # A row whose output is the unit vector the grounding scored reuses its scores; the rest are scored here,
+    # A row whose output is the unit vector the decision scored reuses its scores; the rest are scored here,
     # one mat-vec each (the stacked product's own call, so the same values): SNAP rows are never read.
     if scored is None:
         raw, fresh = np.zeros(ids.shape, np.float32), rows
