@@ -25,6 +25,7 @@ from dualpath.decider import (
     choose_next_vectors,
     continuous_alpha,
     get_schedule,
+    id_member,
     load_lanes,
     make_lane,
     nearest_unsaid,
@@ -338,6 +339,19 @@ def test_shortlist_scores_are_the_stacked_products_bit_for_bit(seed: int, b: int
     for u, got in zip(against, scores, strict=True):
         assert got.shape == (b, k) and got.dtype == np.float32
         np.testing.assert_array_equal(got, np.matmul(vectors, u[:, :, None])[:, :, 0])
+
+
+@given(seed=st.integers(0, 2**32 - 1), b=st.sampled_from([1, 2, 9, 64]), k=st.sampled_from([3, 40, 500]),
+       m=st.sampled_from([0, 1, 5, 8, 9, 30, 64, 65, 200]))
+@settings(max_examples=60, deadline=None)
+def test_id_member_is_per_row_membership_whatever_the_method(seed: int, b: int, k: int, m: int) -> None:
+    """Every size takes one of three methods (a broadcast comparison, one per column, a sort and search):
+    each answers "is ids[i, j] one of used[i]", with -1 on either side matching nothing."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(-1, 60, size=(b, k)).astype(np.int64)
+    used = rng.integers(-1, 60, size=(b, m)).astype(np.int64)
+    expected = np.array([np.isin(ids[i], used[i][used[i] >= 0]) & (ids[i] >= 0) for i in range(b)])
+    np.testing.assert_array_equal(id_member(ids, used), expected.reshape(b, k))
 
 
 def test_sampling_draws_among_the_top_candidates_and_repeats_with_its_seed() -> None:
