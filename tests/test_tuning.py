@@ -81,6 +81,35 @@ def test_filtered_searches_are_tuned_on_the_narrowest_domains_of_a_useful_size()
     assert tuning_module.tuned_domains([None] * 100) == [] and tuning_module.tuned_domains(None) == []
 
 
+@pytest.mark.parametrize(("short", "chosen"), [(0.45, 2), (0.2, 1)])
+def test_a_setting_holds_only_where_its_recall_surely_reaches_the_target(short, chosen) -> None:
+    # Setting 1 misses the 10th neighbour of a share `short` of the queries: a mean recall of 0.955 (above the
+    # target, but within sampling of it over 100 queries) or 0.98 (surely above); setting 2 misses nothing.
+    vectors = clustered_unit_vectors(400, 16, 20)
+
+    def search(setting: int, queries: np.ndarray, k: int) -> np.ndarray:
+        found = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]  # its own match first, as a bank's search
+        if setting == 1:
+            found[: round(short * len(found)), k - 1] = -1
+        return found
+
+    tuned = tuning_module.tune_search(search, vectors, lambda depth: [1, 2], "nprobe", 0.95, depths=(10,),
+                                      queries=100)
+    assert tuned is not None and tuned.settings == (chosen,)
+    assert tuned.measured == (pytest.approx(1 - short / 10) if chosen == 1 else 1.0,)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, 10), min_size=1, max_size=50), st.floats(0.1, 3))
+def test_the_recall_bound_lies_below_the_mean_by_the_spread(tenths, z) -> None:
+    hits = np.asarray(tenths, dtype=np.float64) / 10
+    bound = tuning_module.recall_lower_bound(hits, z)
+    assert bound <= hits.mean() + 1e-12
+    assert (bound == pytest.approx(hits.mean())) == (len(set(tenths)) == 1)
+    assert tuning_module.recall_lower_bound(hits, 0.0) == pytest.approx(hits.mean())
+    assert tuning_module.recall_lower_bound(hits, z + 1) <= bound + 1e-12
+
+
 def _bank(tmp_path, name: str, bank_cfg: dict) -> tuple[ConceptBank, np.ndarray]:
     points = clustered_unit_vectors(4200, 32, 60)
     cfg = DualPathConfig.from_dict({"bank": bank_cfg})
