@@ -39,7 +39,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.special import erf
+from scipy.special import erfc
 from torch import nn
 
 from dualpath.models.context import context_mean, heuristic_query
@@ -275,11 +275,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
-    """nn.GELU in numpy: x Φ(x), Φ by erf (scipy's ufunc) or, for approximate="tanh", its tanh form."""
+    """nn.GELU in numpy: x Φ(x), Φ by erfc (scipy's ufunc) or, for approximate="tanh", its tanh form.
+
+    Φ(x) = erfc(-x / √2) / 2, not (1 + erf(x / √2)) / 2: for x below about -3, 1 + erf cancels to a few
+    float32 digits (4.5e-7 absolute, 7 % of values near -1e-6); erfc keeps ~1e-6 relative everywhere, as x Φ(x) in
+    float64 says. (Torch's float32 kernel is off by up to 1.1e-6 there.)"""
     if approximate == "tanh":
         inner = np.float32(math.sqrt(2.0 / math.pi)) * (x + np.float32(0.044715) * x * x * x)
         return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(inner))
-    return np.float32(0.5) * x * (np.float32(1.0) + erf(x * np.float32(1.0 / math.sqrt(2.0))))
+    return np.float32(0.5) * x * erfc(x * np.float32(-1.0 / math.sqrt(2.0)))
 
 
 class _NumpyModules:
