@@ -342,6 +342,48 @@ def test_cli_generate_writes_one_telemetry_record_per_step(trained_bank_path, tm
     assert all(r.decision.value in DECISIONS for r in records)
 
 
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_shortlists_read_once_are_the_stacked_shortlists_of_each_row(generator, data):
+    from dualpath.decider import Shortlist, ShortlistBatch
+    from dualpath.pipeline.evaluate import _shortlists_at
+
+    bank = generator.bank
+    rows, width = data.draw(st.integers(1, 6)), data.draw(st.integers(0, 12))
+    # Ids anywhere in the bank, -1 anywhere in a row (a hole, a short row, a row with none).
+    block = np.array(data.draw(st.lists(st.lists(st.integers(-1, len(bank) - 1), min_size=width, max_size=width),
+                                        min_size=rows, max_size=rows)), np.int64).reshape(rows, width)
+    ks = data.draw(st.lists(st.integers(1, max(width, 1)), min_size=1, max_size=3))
+    batches = _shortlists_at(bank, block, ks)
+    assert set(batches) == set(ks)
+    for k in ks:
+        stacked = ShortlistBatch.stack([
+            Shortlist(row[row >= 0], bank.vectors(row[row >= 0])) if (row >= 0).any()
+            else Shortlist.failed("empty", bank.dim) for row in block[:, :k]
+        ], bank.dim)
+        np.testing.assert_array_equal(batches[k].ids, stacked.ids)
+        np.testing.assert_array_equal(batches[k].vectors, stacked.vectors)
+        assert batches[k].fallbacks == stacked.fallbacks and batches[k].unit == stacked.unit
+
+
+def test_lanes_decided_together_are_each_lane_decided_alone(generator):
+    from dualpath.decider import extreme_lanes
+    from dualpath.pipeline.evaluate import decide_lanes
+
+    rows = teacher_forced(generator.bank, generator.lvm, generator.tower, _heldout(generator), depth=100)
+    quota = make_lane("quota", {"tau_snap": 0.7, "tau_novel": 0.4, "k": 60})
+    mixed = np.random.default_rng(0).permutation(rows.c_max(60))
+    runs = [(quota, None), (quota, mixed), *((lane, None) for lane in extreme_lanes(100).values())]
+    together = decide_lanes(generator.bank, rows, runs, "continuous")
+    assert len(rows.pairs) > 128, "more than one chunk of rows"
+    for (lane, decide_by), (outputs, decisions, neighbours) in zip(runs, together, strict=True):
+        alone = decide_lane(generator.bank, rows, lane, "continuous", decide_by)
+        np.testing.assert_array_equal(outputs, alone[0])
+        assert decisions == alone[1]
+        np.testing.assert_array_equal(neighbours, alone[2])
+    assert len({tuple(d) for _, d, _ in together}) > 1, "the runs decide differently"
+
+
 def test_quality_thresholds_closed_form_matches_the_decider(generator):
     """The calibration's closed-form score equals what the decider actually outputs at those thresholds."""
     from dualpath.pipeline.evaluate import quality_thresholds, summarize_lane

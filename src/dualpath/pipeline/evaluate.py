@@ -33,7 +33,7 @@ from dualpath.decider import (
     id_member,
     id_rows,
 )
-from dualpath.decider.decision import Shortlist
+from dualpath.decider.decision import FALLBACK_EMPTY, NO_ID
 from dualpath.decider.grounding import (
     ANCHORS,
     Candidates,
@@ -174,33 +174,62 @@ def teacher_forced(
     )
 
 
+def _shortlists_at(bank: ConceptBank, block: np.ndarray, ks: Sequence[int]) -> dict[int, ShortlistBatch]:
+    """For each k of `ks`: the rows' first k shortlist entries as `ShortlistBatch.stack` pads them (each row's
+    ids in order, then -1; a row with none is an `empty` fallback), all read from the bank in one call. A
+    read and a copy per row, for every lane again, made the stacking most of the c_max lanes' evaluation."""
+    valid = block >= 0
+    order = np.argsort(~valid, axis=1, kind="stable")  # each row's ids first, in their order
+    width = int(valid.sum(axis=1).max(initial=0))
+    ids = np.where(np.take_along_axis(valid, order, axis=1), np.take_along_axis(block, order, axis=1), NO_ID)
+    ids = ids[:, :width]
+    vectors = bank.vectors(np.maximum(ids, 0))
+    vectors[ids < 0] = 0.0
+    out: dict[int, ShortlistBatch] = {}
+    for k in sorted(set(ks)):
+        counts = valid[:, :k].sum(axis=1)  # a row's first k entries: its first `count` ids in `ids`
+        cut = int(counts.max(initial=0))
+        ids_k = np.where(np.arange(cut)[None, :] < counts[:, None], ids[:, :cut], NO_ID)
+        vectors_k = vectors[:, :cut]
+        if (ids_k != ids[:, :cut]).any():  # entries beyond a row's k: padding, as stacked
+            vectors_k = np.where((ids_k >= 0)[:, :, None], vectors_k, np.float32(0.0))
+        out[k] = ShortlistBatch(ids_k, vectors_k, tuple(None if c else FALLBACK_EMPTY for c in counts.tolist()))
+    return out
+
+
+Decided = tuple[np.ndarray, list[str], np.ndarray]  # outputs (n, d), decisions, n* ids (-1: none)
+
+
+def decide_lanes(
+    bank: ConceptBank, rows: TeacherForced, runs: Sequence[tuple[Lane, np.ndarray | None]], schedule: str
+) -> list[Decided]:
+    """`decide_lane` for each (lane, decide_by) of `runs` on the same rows, every chunk of shortlists read
+    from the bank once for all of them."""
+    if not runs:
+        return []
+    n, d = rows.v_hat.shape
+    ks = [min(lane.k, rows.shortlist_ids.shape[1]) for lane, _ in runs]
+    results: list[Decided] = [(np.empty((n, d), np.float32), [], np.full(n, NO_ID, np.int64)) for _ in runs]
+    for start in range(0, n, _CHUNK):
+        end = min(start + _CHUNK, n)
+        batches = _shortlists_at(bank, rows.shortlist_ids[start:end, : max(ks)], ks)
+        for (lane, decide_by), k, (outputs, decisions, neighbours) in zip(runs, ks, results, strict=True):
+            out, records = choose_next_vectors(
+                rows.v_hat[start:end], batches[k], lane, [()] * (end - start), schedule,
+                decide_by=None if decide_by is None else decide_by[start:end],
+            )
+            outputs[start:end] = out
+            decisions.extend(r.decision.value for r in records)
+            neighbours[start:end] = [NO_ID if r.neighbour_id is None else r.neighbour_id for r in records]
+    return results
+
+
 def decide_lane(
     bank: ConceptBank, rows: TeacherForced, lane: Lane, schedule: str, decide_by: np.ndarray | None = None
-) -> tuple[np.ndarray, list[str], np.ndarray]:
+) -> Decided:
     """Outputs (n, d), decisions and n* ids (-1: none) for every teacher-forced row in one `rule: c_max`
     lane (no stream memory). `decide_by` (n,): a c per row that the rules read instead (the random mix)."""
-    n, d = rows.v_hat.shape
-    k = min(lane.k, rows.shortlist_ids.shape[1])
-    outputs = np.empty((n, d), dtype=np.float32)
-    decisions: list[str] = []
-    neighbours = np.full(n, -1, np.int64)
-    for start in range(0, n, _CHUNK):
-        block = rows.shortlist_ids[start : start + _CHUNK, :k]
-        shortlists = []
-        for row in block:
-            present = row[row >= 0]
-            shortlists.append(
-                Shortlist(present, bank.vectors(present)) if present.size else Shortlist.failed("empty", d)
-            )
-        batch = ShortlistBatch.stack(shortlists, d)
-        out, records = choose_next_vectors(
-            rows.v_hat[start : start + _CHUNK], batch, lane, [()] * len(shortlists), schedule,
-            decide_by=None if decide_by is None else decide_by[start : start + _CHUNK],
-        )
-        outputs[start : start + len(shortlists)] = out
-        decisions.extend(r.decision.value for r in records)
-        neighbours[start : start + len(records)] = [-1 if r.neighbour_id is None else r.neighbour_id for r in records]
-    return outputs, decisions, neighbours
+    return decide_lanes(bank, rows, [(lane, decide_by)], schedule)[0]
 
 
 def decide_grounded(
@@ -336,21 +365,27 @@ def evaluate_case(
     rng = np.random.default_rng(seed)
     results: dict[str, Any] = {}
 
-    def run(lane: Lane, decide_by: np.ndarray | None = None) -> tuple[np.ndarray, list[str], np.ndarray]:
-        if lane.rule == "confidence":
-            return decide_grounded(rows, grounding, lane, schedule, decide_by)
-        return decide_lane(bank, rows, lane, schedule, decide_by)
-
-    for name, lane in {**lanes, **extreme_lanes(depth)}.items():
-        outputs, decisions, neighbours = run(lane)
-        results[name] = summarize_lane(bank, rows, lane, outputs, decisions, neighbours)
+    every = {**lanes, **extreme_lanes(depth)}
+    # Each lane's random mix: its own decisions dealt out at random over the pairs, the same shares chosen by
+    # chance (its c or p shuffled; drawn in the lanes' order).
+    mixed: dict[str, np.ndarray] = {}
+    for name, lane in every.items():
         if name in lanes:
-            # The lane's own decisions dealt out at random over the pairs: the same shares, chosen by chance.
             own = grounding.confidence if lane.rule == "confidence" else rows.c_max(min(lane.k, depth))
-            shuffled = rng.permutation(np.where(np.isfinite(own), own, -1.0).astype(np.float64))
-            outputs, decisions, neighbours = run(lane, shuffled)
+            mixed[name] = rng.permutation(np.where(np.isfinite(own), own, -1.0).astype(np.float64))
+    runs = [(name, lane, None) for name, lane in every.items()]
+    runs += [(f"random-{name}", every[name], by) for name, by in mixed.items()]
+    # The c_max lanes' runs share each chunk's read of the shortlists.
+    by_c_max = iter(decide_lanes(bank, rows, [(lane, by) for _, lane, by in runs if lane.rule != "confidence"],
+                                 schedule))
+    decided = {name: decide_grounded(rows, grounding, lane, schedule, by) if lane.rule == "confidence"
+               else next(by_c_max) for name, lane, by in runs}
+
+    for name, lane in every.items():
+        results[name] = summarize_lane(bank, rows, lane, *decided[name])
+        if name in lanes:
             twin = lane.model_copy(update={"name": f"random-{name}"})
-            results[f"random-{name}"] = summarize_lane(bank, rows, twin, outputs, decisions, neighbours)
+            results[f"random-{name}"] = summarize_lane(bank, rows, twin, *decided[f"random-{name}"])
             results[name]["versus_random"] = paired_difference(
                 results[name]["per_pair_cos"], results[f"random-{name}"]["per_pair_cos"], seed
             )
