@@ -384,6 +384,35 @@ def test_lanes_decided_together_are_each_lane_decided_alone(generator):
     assert len({tuple(d) for _, d, _ in together}) > 1, "the runs decide differently"
 
 
+def test_lanes_that_output_the_same_vectors_are_searched_once(generator, monkeypatch):
+    import dualpath.pipeline.evaluate as evaluate
+    from dualpath.decider import extreme_lanes
+
+    rows = teacher_forced(generator.bank, generator.lvm, generator.tower, _heldout(generator), depth=100)
+    lanes = extreme_lanes(100)
+    novel = decide_lane(generator.bank, rows, lanes["lvm-only"], "continuous")
+    snapped = decide_lane(generator.bank, rows, lanes["bank-only"], "continuous")
+    alone = [evaluate.summarize_lane(generator.bank, rows, lanes[n], *d) for n, d in
+             (("lvm-only", novel), ("bank-only", snapped))]
+    searched = []
+    monkeypatch.setattr(evaluate, "hit_at", lambda *args: searched.append(args[1]) or evaluate.HIT_K)
+    hits: dict[bytes, float] = {}
+    evaluate.summarize_lane(generator.bank, rows, lanes["lvm-only"], *novel, hits=hits)
+    again = (novel[0].copy(), list(novel[1]), novel[2].copy())  # equal values, another array
+    evaluate.summarize_lane(generator.bank, rows, lanes["lvm-only"], *again, hits=hits)
+    assert len(searched) == 1 and len(hits) == 1
+    evaluate.summarize_lane(generator.bank, rows, lanes["bank-only"], *snapped, hits=hits)
+    nudged = novel[0].copy()
+    nudged[-1, -1] = np.nextafter(nudged[-1, -1], np.float32(2))  # one value, one ulp
+    evaluate.summarize_lane(generator.bank, rows, lanes["lvm-only"], nudged, novel[1], novel[2], hits=hits)
+    assert len(searched) == 3 and len(hits) == 3, "other outputs are searched"
+    monkeypatch.undo()
+    shared: dict[bytes, float] = {}
+    for result, (name, decided) in zip(alone, (("lvm-only", novel), ("bank-only", snapped)), strict=True):
+        with_memo = evaluate.summarize_lane(generator.bank, rows, lanes[name], *decided, hits=shared)
+        assert with_memo[f"hit@{evaluate.HIT_K}"] == result[f"hit@{evaluate.HIT_K}"]
+
+
 def test_quality_thresholds_closed_form_matches_the_decider(generator):
     """The calibration's closed-form score equals what the decider actually outputs at those thresholds."""
     from dualpath.pipeline.evaluate import quality_thresholds, summarize_lane
