@@ -332,6 +332,45 @@ def test_a_baseline_decoder_decides_its_own_way_inside_a_batch(generator):
     assert [s.decisions for s in both] == [s.decisions for s in lane_streams + never]
 
 
+def test_a_random_mix_decides_its_streams_together_and_as_each_alone(generator, monkeypatch):
+    """The evaluation's random mixes: every decoder of one mix holds the one twin lane, so a batch decides
+    them in one call per step, each stream with its own c draw, as a call per stream decides it."""
+    import dualpath.decider.decoder as decoder_module
+    import dualpath.pipeline.free_running as free_running
+
+    lane = grounding_lane(generator)
+    prompts = heldout_prompts(generator.bank, generator.lvm.training_split(generator.cfg.split), 6, steps=4)
+    schedule = generator.cfg.decider.schedule
+    c_sample = np.linspace(0.0, 1.0, 11)
+    calls = []
+    original = decoder_module.choose_grounded
+    monkeypatch.setattr(decoder_module, "choose_grounded", lambda *a, **k: calls.append(1) or original(*a, **k))
+    # A twin per decoder: each its own group, one call per stream and step.
+    apart = generator_streams(generator, prompts, lambda i: RandomMixDecoder(
+        free_running.random_twin(lane), c_sample, schedule, i), steps=4)
+    assert len(calls) == 6 * 4
+    calls.clear()
+    twin = free_running.random_twin(lane)
+    together = generator_streams(generator, prompts, lambda i: RandomMixDecoder(twin, c_sample, schedule, i), steps=4)
+    assert len(calls) == 4, "one decision call per step for the whole mix"
+    assert [s.decisions for s in together] == [s.decisions for s in apart]
+    assert len({d for s in together for d in s.decisions}) > 1, "the draws decide differently"
+    for a, b in zip(together, apart, strict=True):
+        np.testing.assert_array_equal(np.array(a.outputs), np.array(b.outputs))
+
+    # evaluate_free_running builds each mix's decoders on one twin of its lane.
+    twins: dict[str, set[int]] = {}
+    made = free_running.RandomMixDecoder.__init__
+
+    def spy(self, mixed, *args):
+        twins.setdefault(mixed.name, set()).add(id(mixed))
+        made(self, mixed, *args)
+
+    monkeypatch.setattr(free_running.RandomMixDecoder, "__init__", spy)
+    evaluate_free_running(generator, {"conservative": lane}, docs=4, steps=3)
+    assert list(twins) == ["random-conservative"] and len(twins["random-conservative"]) == 1
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     st.integers(min_value=0, max_value=2**31 - 1),

@@ -50,7 +50,7 @@ from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import read_confidence
-from dualpath.pipeline.free_running import evaluate_free_running, interval, paired_difference
+from dualpath.pipeline.free_running import evaluate_free_running, interval, paired_difference, random_twin
 from dualpath.pipeline.grounding import CASES, bank_successors, find_anchors, restated_vectors, truth_labels
 from dualpath.search import search_excluding
 
@@ -400,8 +400,8 @@ def evaluate_case(
     for name, lane in every.items():
         results[name] = summarize_lane(bank, rows, lane, *decided[name], hits=hits)
         if name in lanes:
-            twin = lane.model_copy(update={"name": f"random-{name}"})
-            results[f"random-{name}"] = summarize_lane(bank, rows, twin, *decided[f"random-{name}"], hits=hits)
+            results[f"random-{name}"] = summarize_lane(bank, rows, random_twin(lane), *decided[f"random-{name}"],
+                                                       hits=hits)
             results[name]["versus_random"] = paired_difference(
                 results[name]["per_pair_cos"], results[f"random-{name}"]["per_pair_cos"], seed
             )

@@ -214,14 +214,22 @@ class RandomMixDecoder(DualPathDecoder):
     n* is the best unused candidate, as in the lane; only *which* decision (and α) a step gets is
     decided by a random c' from `c_sample` (the c values the lane itself saw in the same run), so
     the SNAP / BLEND / NOVEL shares match the lane's while the choice ignores the step's real c.
+
+    `lane` decides as the lane mixed and names the mix (`random_twin`); the decoders of one mix share it, so
+    that a batch decides them in one call (decoders group by their lane object).
     """
 
     def __init__(self, lane: Lane, c_sample: np.ndarray, schedule: str, seed: int) -> None:
-        super().__init__(lane.model_copy(update={"name": f"random-{lane.name}"}), schedule=schedule, seed=seed)
+        super().__init__(lane, schedule=schedule, seed=seed)
         self.c_sample = np.asarray(c_sample, dtype=np.float64)
 
     def decision_c(self) -> float | None:
         return float(self._rng.choice(self.c_sample)) if self.c_sample.size else -1.0
+
+
+def random_twin(lane: Lane) -> Lane:
+    """The lane as its random mix: the same rule and levels, named random-<lane>."""
+    return lane.model_copy(update={"name": f"random-{lane.name}"})
 
 
 def successive_cosines(generator: Generator, prompts: Sequence[Prompt], prompt_len: int = PROMPT_CONCEPTS) -> dict:
@@ -479,9 +487,10 @@ def evaluate_free_running(
         shown[name] = np.array([s.shown_ids for s in streams])
         if name in lanes:
             c_sample = np.asarray([c for s in streams for c in s.c_pick])
+            twin = random_twin(lane)
             random = generator_streams(
                 generator, prompts,
-                lambda i, lane=lane, c_sample=c_sample: RandomMixDecoder(lane, c_sample, schedule, seed + i),
+                lambda i, twin=twin, c_sample=c_sample: RandomMixDecoder(twin, c_sample, schedule, seed + i),
                 prompt_len, steps, unseen, said_as=said_as,
             )
             record(f"random-{name}", random)
