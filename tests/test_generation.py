@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -236,6 +237,34 @@ def test_calibration_gives_a_real_mix_and_generation_uses_it(trained_bank_path, 
     assert float(np.mean(fitted == "NOVEL")) == pytest.approx(0.35, abs=0.02)
     assert report["lanes"]["bank-only"]["by_decision"]["SNAP"]["share"] == 1.0
     assert report["lanes"]["lvm-only"]["by_decision"]["NOVEL"]["share"] == 1.0
+
+
+def test_the_evaluation_tables_fit_a_terminal_without_cutting_a_value(generator):
+    from rich.console import Console
+
+    from dualpath.cli.generate import TERMINAL_FREE_RUNNING, cases_table, free_running_table
+    from dualpath.pipeline.free_running import interval
+
+    lanes = {name: generator.lane(name) for name in ("neutral", "quota-neutral")}
+    result = evaluate_generation(generator.bank, generator.lvm, generator.tower, lanes, generator.cfg, max_pairs=200,
+                                 free_docs=3, generator=generator, cases=("added", "unknown"))
+    free = result["free_running_cases"]["added"]
+    for width in (80, 120):
+        console = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+        console.print(cases_table(result))
+        console.print(free_running_table(free, "added"))
+        text = console.export_text()
+        assert "…" not in text, f"a value cut short at {width} columns"
+        body = [line for line in text.splitlines() if line.startswith(("┃", "│"))]
+        assert all(line.rstrip().endswith(("┃", "│")) for line in body), f"a table wider than {width} columns"
+        names = {line.split("│")[1].strip() for line in body if line.startswith("│")}
+        assert {"neutral", "random-neutral", "random-quota-neutral", "lvm-only"} <= names, names
+    # At 120 columns every value reads on its lines: an interval's three numbers, each whole.
+    assert len(TERMINAL_FREE_RUNNING) < 12
+    folded = " ".join(text.split())
+    for name in ("neutral", "quota-neutral"):
+        shown = interval(free["lanes"][name]["versus"]["random"])
+        assert shown is not None and all(part in folded for part in shown.split()), shown
 
 
 def test_a_calibration_of_other_models_is_not_used(trained_bank_path, tmp_path, caplog):

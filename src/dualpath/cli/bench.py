@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from dualpath.cli.common import CONFIG_OPTION, DEVICE_OPTION, load_config, make_console, print_json
+from dualpath.cli.common import CONFIG_OPTION, DEVICE_OPTION, column_style, load_config, make_console, print_json
 
 console = make_console()
 progress = make_console(stderr=True)
@@ -64,8 +64,9 @@ def _table(section: dict[str, Any]) -> Table:
 
     table = Table(title=section["title"], caption=section["note"], title_justify="left", caption_justify="left")
     keys = [key for key, _ in section["columns"]]
-    for key, header in section["columns"]:
-        table.add_column(header, justify="left" if key in ("name", "vectors", "index", "model") else "right")
-    for row in section["rows"]:
-        table.add_row(*(format_value(key, row.get(key)) for key in keys))
+    cells = [[format_value(key, row.get(key)) for key in keys] for row in section["rows"]]
+    for i, (key, header) in enumerate(section["columns"]):
+        table.add_column(header, **column_style(key in ("name", "vectors", "index", "model"), [r[i] for r in cells]))
+    for row in cells:
+        table.add_row(*row)
     return table

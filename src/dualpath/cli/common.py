@@ -42,6 +42,14 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else 160)
 
 
+def column_style(left: bool, values: list) -> dict[str, Any]:
+    """A table column's justification and overflow: names (`left`) whole, and a value too wide for a narrow
+    terminal folded onto the next line rather than cut short."""
+    if left:
+        return {"justify": "left", "no_wrap": True, "min_width": max((len(str(v)) for v in values), default=0)}
+    return {"justify": "right", "overflow": "fold"}
+
+
 def load_config(config: Path | None, device: str | None = None, **sections: dict[str, Any]) -> DualPathConfig:
     """The config file with command-line values (None = not given) laid over the named sections.
 

@@ -14,6 +14,7 @@ from dualpath.cli.common import (
     MILVUS_URI_OPTION,
     TELEMETRY_OPTION,
     check_text,
+    column_style,
     load_config,
     make_console,
     open_bank,
@@ -276,9 +277,10 @@ def cases_table(result: dict) -> Table:
         "restated: added, the prompt in other words · unknown: not in the bank",
         title_justify="left",
     )
+    rows = case_summary(result)
     for key, column in SUMMARY_COLUMNS.items():
-        table.add_column(column, justify="left" if key in ("case", "lane") else "right")
-    for row in case_summary(result):
+        table.add_column(column, **column_style(key in ("case", "lane"), [row[key] for row in rows]))
+    for row in rows:
         table.add_row(*[
             "-" if row[key] is None else row[key] if isinstance(row[key], str)
             else f"{row[key]:.1%}" if key in SUMMARY_PERCENT else f"{row[key]:.4f}"
@@ -311,6 +313,13 @@ def generation_table(result: dict) -> Table:
     return table
 
 
+# The free-running columns a terminal shows, to fit 120 columns (the report and --json have them all): whether
+# the text repeats, how close it stays to the truth, how each lane decided, and each lane against its random
+# mix and LVM-only.
+TERMINAL_FREE_RUNNING = ("name", "repeat_rate", "near_repeat_rate", "cos_true", "in_order", "snap", "blend", "novel",
+                         "vs_random", "vs_lvm_only")
+
+
 def free_running_table(result: dict, case: str = "added") -> Table:
     from dualpath.pipeline.free_running import FREE_RUNNING_COLUMNS, PERCENT_KEYS, free_running_note, free_running_rows
 
@@ -319,16 +328,18 @@ def free_running_table(result: dict, case: str = "added") -> Table:
         f"{result['docs']} documents, "
         f"{result['steps']} steps each, as a reader sees them",
         title_justify="left",
-        caption=free_running_note(result).replace("`", ""),
+        caption=free_running_note(result, successive_column=False).replace("`", "")
+        + " Every column: --json, or the report (dualpath report).",
         caption_justify="left",
     )
-    for key, column in FREE_RUNNING_COLUMNS.items():
-        table.add_column(column, justify="left" if key == "name" else "right")
-    for row in free_running_rows(result):
+    rows = free_running_rows(result)
+    for key in TERMINAL_FREE_RUNNING:
+        table.add_column(FREE_RUNNING_COLUMNS[key], **column_style(key == "name", [r[key] for r in rows]))
+    for row in rows:
         cells = [row["name"]] + [
             "-" if row[key] is None else row[key] if isinstance(row[key], str)
             else f"{row[key]:.1%}" if key in PERCENT_KEYS else f"{row[key]:.4f}"
-            for key in list(FREE_RUNNING_COLUMNS)[1:]
+            for key in TERMINAL_FREE_RUNNING[1:]
         ]
         baseline = row["name"] in ("lvm-only", "bank-only", "knn") or row["name"].startswith("random-")
         table.add_row(*cells, style="dim" if baseline else None)

@@ -570,14 +570,16 @@ def free_running_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def free_running_note(result: dict[str, Any]) -> str:
-    """What a near repeat is in `result` (with the documents' own rate), and how far consecutive vectors move."""
+def free_running_note(result: dict[str, Any], successive_column: bool = True) -> str:
+    """What a near repeat is in `result` (with the documents' own rate), and how far consecutive vectors move
+    (`successive_column`: the table beside the note has the streams' own, and the note points to it)."""
     truth = result.get("truth_near_repeat_rate")
     own = f"; the documents' own continuations do so at {truth:.1%} of their sentences" if truth is not None else ""
     moved = result.get("successive_cos") or {}
     successive = (
         f" Successive cosine of the documents' own concepts {moved['truth']:.3f}, of the LVM's teacher-forced "
-        f"predictions {moved['teacher_forced_lvm']:.3f} (free-running: the `LVM successive cos` column)."
+        f"predictions {moved['teacher_forced_lvm']:.3f}"
+        + (" (free-running: the `LVM successive cos` column)." if successive_column else ".")
         if moved.get("truth") is not None and moved.get("teacher_forced_lvm") is not None else ""
     )
     return (
