@@ -673,3 +673,73 @@ def test_what_a_stream_may_not_say_is_its_prompt_and_its_last_window_of_shown_co
         got = sorted((tuple(v), float(limit)) for v, limit in zip(vectors[i], limits[i], strict=True)
                      if np.isfinite(limit))
         assert got == want
+
+
+def _with_generation(generator: Generator, **update) -> Generator:
+    generation = generator.cfg.generation.model_copy(update=update)
+    cfg = generator.cfg.model_copy(update={"generation": generation})
+    return Generator(generator.bank, generator.lvm, generator.tower, generator.lanes, cfg)
+
+
+def test_a_prompt_said_in_other_words_never_shows_its_original_again(generator):
+    """A prompt that restates bank sentences: the nearest bank concept of each prompt sentence, at
+    generation.prompt_anchor_cosine or closer, counts as said in every lane and baseline (never shown,
+    never snapped to). With the rule off the same streams do show some of those originals, so the run
+    below can see one."""
+    from dualpath.decider import extreme_lanes
+    from dualpath.pipeline.grounding import find_anchors, restated_vectors
+
+    bank = generator.bank
+    documents = [ids for ids in bank.documents().values() if len(ids) >= 4][:60]
+    said = [restated_vectors(bank, ids[:2]) for ids in documents]
+    k = max(lane.k for lane in generator.lanes.values())
+    decoders = {**{name: generator.lanes[name] for name in MAIN_LANES}, **extreme_lanes(k)}
+    shown_originals = {}
+    for threshold in (0.7, 1.0):
+        # A paraphrase rule that passes nothing below 0.99 leaves the anchor rule alone to keep originals out.
+        gen = _with_generation(generator, prompt_anchor_cosine=threshold, paraphrase_cosine=0.99)
+        originals = []
+        for vectors in said:
+            ids, cos, _ = find_anchors(bank, vectors)
+            originals.append(set(ids[cos >= 0.7].tolist()))
+        assert sum(map(len, originals)) >= 20  # enough restated sentences find their anchor that close
+        count = 0
+        for name, lane in decoders.items():
+            runs = gen.generate_batch(said, steps=4, decoders=[gen.decoder(lane, seed=i) for i in range(len(said))])
+            for run, anchors in zip(runs, originals, strict=True):
+                for step in run:
+                    count += step.text_concept_id in anchors
+                    if threshold < 1.0:
+                        assert step.record.neighbour_id not in anchors, name
+        shown_originals[threshold] = count
+    assert shown_originals[0.7] == 0
+    assert shown_originals[1.0] > 0
+
+
+def test_prompt_anchors_match_each_stream_as_one_search_per_stream_would(generator):
+    """prompt_anchors matches every prompt concept of every stream (its hidden ids absent) in one search;
+    it equals find_anchors stream by stream, and StreamAnchors reads the newest ANCHORS of it, newest first."""
+    from dualpath.decider.grounding import ANCHORS
+    from dualpath.pipeline.grounding import StreamAnchors, find_anchors, prompt_anchors
+
+    bank = generator.bank
+    rng = np.random.default_rng(3)
+    documents = [ids for ids in bank.documents().values() if len(ids) >= 3]
+    contexts = [bank.vectors(documents[0][:3]), np.zeros((0, bank.dim), np.float32),
+                normalize_rows(rng.normal(size=(1, bank.dim)).astype(np.float32)), bank.vectors(documents[1][:2])]
+    hidden = [np.asarray(documents[0][:1]), np.zeros(0, np.int64), np.zeros(0, np.int64), np.asarray(documents[1])]
+    found = prompt_anchors(bank, contexts, hidden)
+    assert [len(ids) for ids, _, _ in found] == [3, 0, 1, 2]
+    for (ids, cos, margin), context, h in zip(found, contexts, hidden, strict=True):
+        if len(context):
+            want = find_anchors(bank, context, [h] * len(context))
+            np.testing.assert_array_equal(ids, want[0])
+            np.testing.assert_allclose(cos, want[1], atol=1e-6)
+            np.testing.assert_allclose(margin, want[2], atol=1e-6)
+    assert found[0][0][0] != documents[0][0] and found[0][0][1] == documents[0][1]  # hidden: not found as itself
+    assert not set(found[3][0].tolist()) & set(documents[1].tolist())
+    anchors = StreamAnchors(found)
+    np.testing.assert_array_equal(anchors.ids[0], found[0][0][::-1][:ANCHORS])
+    np.testing.assert_array_equal(anchors.ids[1], [-1] * ANCHORS)
+    assert anchors.ids[2, 0] == found[2][0][0] and (anchors.ids[2, 1:] == -1).all()
+    np.testing.assert_array_equal(anchors.cos[3], found[3][1][::-1][:ANCHORS])

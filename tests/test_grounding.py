@@ -425,7 +425,7 @@ def test_a_snap_along_an_anchor_walks_past_the_anchor_and_what_lies_between() ->
 
     table = successor_table({"d": np.array([10, 11, 12, 13, 14]), "e": np.array([20, 21])}, 30)
     # Three streams with no prompt concepts (no bank needed), then each stream's two newest anchors pushed.
-    anchors = StreamAnchors(None, [np.zeros((0, 4))] * 3, [np.zeros(0, np.int64)] * 3)  # type: ignore[arg-type]
+    anchors = StreamAnchors([(np.zeros(0, np.int64), np.zeros(0), np.zeros(0))] * 3)
     anchors.push(np.array([10, -1, 12]), np.ones(3))
     anchors.push(np.array([11, 21, -1]), np.ones(3))
     assert anchors.walked_past(0, 12, table) == [11]  # the newest anchor's next concept

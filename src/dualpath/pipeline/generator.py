@@ -68,7 +68,13 @@ from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.sampler import LVMSampler, load_lvm_sampler
 from dualpath.models.towers import QueryTower
 from dualpath.pipeline.calibrated_lanes import bank_lanes, read_calibration, read_confidence, stale_models
-from dualpath.pipeline.grounding import EVEN_ODDS, StreamAnchors, bank_successors, ground_step
+from dualpath.pipeline.grounding import (
+    EVEN_ODDS,
+    StreamAnchors,
+    bank_successors,
+    ground_step,
+    prompt_anchors,
+)
 from dualpath.runtime import one_blas_thread, resolve_device, torch_threads
 from dualpath.search import excluded_depth, search_excluding
 
@@ -728,15 +734,16 @@ class Generator:
         unsayable = Unsayable(contexts, [d.lane.repeat_window for d in decoders],
                               self.cfg.generation.paraphrase_cosine, self.bank.dim)
         reader = ShortlistReader(self.bank)
+        found = prompt_anchors(self.bank, contexts, hidden or [np.zeros(0, np.int64)] * b)
+        # A prompt concept's nearest bank concept, this close, is the bank's version of what the prompt said (for
+        # a prompt that restates a bank text, its original): showing it would say the prompt again.
+        said_at = self.cfg.generation.prompt_anchor_cosine
+        excludes = [np.union1d(e, ids[(ids >= 0) & (cos >= said_at)])
+                    for e, (ids, cos, _) in zip(excludes, found, strict=True)]
         # Streams whose lanes ground on evidence: their anchors, the bank's successors, the confidence.
         grounded = [i for i, d in enumerate(decoders) if d.lane.rule == "confidence"]
         plain = [i for i in range(b) if i not in set(grounded)]
-        anchors = None
-        if grounded:
-            anchors = StreamAnchors(
-                self.bank, [contexts[i] for i in grounded],
-                [(hidden or [np.zeros(0, np.int64)] * b)[i] for i in grounded],
-            )
+        anchors = StreamAnchors([found[i] for i in grounded]) if grounded else None
         with torch_threads(1):
             lvm_state = lvm_stream(self.lvm, contexts, incremental)
             tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None

@@ -108,26 +108,38 @@ def fit_confidence(
     return model, report
 
 
+def prompt_anchors(
+    bank: ConceptBank, contexts: Sequence[np.ndarray], hidden: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every prompt concept of every stream matched in the bank (`find_anchors`, stream i's `hidden[i]`
+    treated as absent), in one search: per stream, (t,) ids, cosines and margins in the prompt's order."""
+    sizes = [len(context) for context in contexts]
+    if not sum(sizes):
+        return [(np.zeros(0, np.int64), np.zeros(0), np.zeros(0)) for _ in contexts]
+    vectors = np.concatenate([np.asarray(c, np.float32).reshape(-1, bank.dim) for c in contexts if len(c)])
+    owners = [hidden[i] for i, size in enumerate(sizes) for _ in range(size)]
+    found = find_anchors(bank, vectors, owners)
+    cuts = np.cumsum(sizes)[:-1]
+    return list(zip(*(np.split(part, cuts) for part in found), strict=True))
+
+
 class StreamAnchors:
     """Each stream's anchors: the bank concepts its newest ANCHORS context concepts match, newest first.
 
-    A prompt's concepts are matched by one search (its `hidden` ids treated as absent); each generated
-    step then anchors where it was shown: a SNAP at its bank concept (cosine 1), other steps at the
-    concept they were rendered as, with the rendering's cosine."""
+    A prompt's concepts come matched (`prompt_anchors`); each generated step then anchors where it was
+    shown: a SNAP at its bank concept (cosine 1), other steps at the concept they were rendered as, with
+    the rendering's cosine."""
 
-    def __init__(self, bank: ConceptBank, contexts: Sequence[np.ndarray], hidden: Sequence[np.ndarray]) -> None:
-        b = len(contexts)
+    def __init__(self, found: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        b = len(found)
         self.ids = np.full((b, ANCHORS), -1, np.int64)
         self.cos = np.zeros((b, ANCHORS))
         self.margin = np.zeros((b, ANCHORS))
-        where = [(i, j) for i, context in enumerate(contexts) for j in range(min(ANCHORS, len(context)))]
-        if where:
-            vectors = np.stack([contexts[i][-1 - j] for i, j in where])
-            ids, cos, margin = find_anchors(bank, vectors, [hidden[i] for i, _ in where])
-            rows, cols = (np.array(x) for x in zip(*where, strict=True))
-            self.ids[rows, cols] = ids
-            self.cos[rows, cols] = cos
-            self.margin[rows, cols] = margin
+        for i, (ids, cos, margin) in enumerate(found):
+            n = min(ANCHORS, len(ids))
+            self.ids[i, :n] = ids[::-1][:n]
+            self.cos[i, :n] = cos[::-1][:n]
+            self.margin[i, :n] = margin[::-1][:n]
 
     def walked_past(self, row: int, snapped: int, table: np.ndarray) -> list[int]:
         """The concepts of its document that stream `row` walks past to reach `snapped`, the successor of
