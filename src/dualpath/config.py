@@ -218,8 +218,8 @@ class GenerationConfig(_Section):
     paraphrase_cosine: float = Field(0.80, gt=0.0, le=1.0)
     # A prompt sentence's nearest bank concept at this cosine or closer is the bank's own version of it
     # (typed in other words, a bank sentence finds its original there), so it counts as said: it is never
-    # shown or snapped to. From 0.70 up the nearest concept is the original for 62-100 % of restated
-    # sentences on both benchmark corpora, and a chance lookalike below (docs/generation.md). 1.0: off.
+    # shown or snapped to. From 0.70 up the nearest concept of a restated sentence is its original in most
+    # cases on both benchmark corpora; below, on python-docs, mostly a lookalike (docs/generation.md). 1.0: off.
     prompt_anchor_cosine: float = Field(0.70, gt=0.0, le=1.0)
     # Per-stream model state: the LVM and the tower read one new concept per step (models/incremental.py);
     # False re-reads every stream's whole window each step (the reference path; the same outputs).
