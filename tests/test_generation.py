@@ -694,15 +694,15 @@ def test_a_prompt_said_in_other_words_never_shows_its_original_again(generator):
     said = [restated_vectors(bank, ids[:2]) for ids in documents]
     k = max(lane.k for lane in generator.lanes.values())
     decoders = {**{name: generator.lanes[name] for name in MAIN_LANES}, **extreme_lanes(k)}
+    originals = []
+    for vectors in said:
+        ids, cos, _ = find_anchors(bank, vectors)
+        originals.append(set(ids[cos >= 0.7].tolist()))
+    assert sum(map(len, originals)) >= 20  # enough restated sentences find their anchor that close
     shown_originals = {}
     for threshold in (0.7, 1.0):
         # A paraphrase rule that passes nothing below 0.99 leaves the anchor rule alone to keep originals out.
         gen = _with_generation(generator, prompt_anchor_cosine=threshold, paraphrase_cosine=0.99)
-        originals = []
-        for vectors in said:
-            ids, cos, _ = find_anchors(bank, vectors)
-            originals.append(set(ids[cos >= 0.7].tolist()))
-        assert sum(map(len, originals)) >= 20  # enough restated sentences find their anchor that close
         count = 0
         for name, lane in decoders.items():
             runs = gen.generate_batch(said, steps=4, decoders=[gen.decoder(lane, seed=i) for i in range(len(said))])
