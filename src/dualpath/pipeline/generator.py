@@ -612,12 +612,13 @@ class Generator:
 
         `context_ids` are bank ids of the prompt's concepts: they are removed from shortlists and
         renderings (the context must not find itself). Bank concepts that are the prompt's verbatim,
-        or paraphrase it, are passed over too, by their vectors. Concepts the stream shows (and
-        their paraphrases) are passed over for the lane's repeat window. `sampling`, `seed` and
-        `lvm_temperature` (how widely the sampler draws v̂ around the LVM's mean; 0 = the mean) default
-        to `cfg.generation`'s; `decoder` (one made by `self.decoder`, or a baseline's) replaces the
-        lane's own. `hidden_ids`: bank ids the stream treats as absent from the bank (never shown, never
-        matched: a document kept out, as evaluation's *unknown* case does).
+        or paraphrase it, are passed over too, by their vectors, and so is the bank concept nearest each
+        prompt concept at `generation.prompt_anchor_cosine` or closer (a restated sentence's original).
+        Concepts the stream shows (and their paraphrases) are passed over for the lane's repeat window.
+        `sampling`, `seed` and `lvm_temperature` (how widely the sampler draws v̂ around the LVM's mean;
+        0 = the mean) default to `cfg.generation`'s; `decoder` (one made by `self.decoder`, or a
+        baseline's) replaces the lane's own. `hidden_ids`: bank ids the stream treats as absent from the
+        bank (never shown, never matched: a document kept out, as evaluation's *unknown* case does).
         """
         steps = self._check_steps(steps)
         decoder = decoder if decoder is not None else self.decoder(lane, sampling, seed)
