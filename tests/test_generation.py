@@ -242,16 +242,35 @@ def test_calibration_gives_a_real_mix_and_generation_uses_it(trained_bank_path, 
 def test_the_evaluation_tables_fit_a_terminal_without_cutting_a_value(generator):
     from rich.console import Console
 
-    from dualpath.cli.generate import TERMINAL_FREE_RUNNING, cases_table, free_running_table
+    from dualpath.cli.generate import TERMINAL_FREE_RUNNING, cases_tables, free_running_table
+    from dualpath.pipeline.evaluate import case_summary
     from dualpath.pipeline.free_running import interval
 
     lanes = {name: generator.lane(name) for name in ("neutral", "quota-neutral")}
     result = evaluate_generation(generator.bank, generator.lvm, generator.tower, lanes, generator.cfg, max_pairs=200,
                                  free_docs=3, generator=generator, cases=("added", "unknown"))
     free = result["free_running_cases"]["added"]
+    # The three-case summary: teacher-forced beside free-running where the terminal is wide enough, else its
+    # two halves one above the other, where at 120 columns every row reads on one line, intervals whole.
+    wide = Console(width=300, record=True, file=io.StringIO())
+    assert len(cases_tables(result, wide)) == 1
+    for table in cases_tables(result, wide):
+        wide.print(table)
+    whole = wide.export_text()
+    assert "cos (teacher-forced)" in whole and "cos (free-running text)" in whole
+    halves = Console(width=120, record=True, file=io.StringIO())
+    assert len(cases_tables(result, halves)) == 2
+    for table in cases_tables(result, halves):
+        halves.print(table)
+    lines = halves.export_text().splitlines()
+    for row in case_summary(result):
+        for key in ("vs_random", "free_vs_lvm", "free_vs_random"):
+            if row[key] is not None:
+                assert any(row["lane"] in line and row[key] in line for line in lines), (row["lane"], row[key])
     for width in (80, 120):
         console = Console(width=width, record=True, file=io.StringIO())
-        console.print(cases_table(result))
+        for table in cases_tables(result, console):
+            console.print(table)
         console.print(free_running_table(free, "added"))
         text = console.export_text()
         assert "…" not in text, f"a value cut short at {width} columns"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from dualpath.cli.common import (
@@ -262,31 +264,49 @@ def eval_generation_command(
     if as_json:
         print_json(result)
         return
-    console.print(cases_table(result))
+    for table in cases_tables(result, console):
+        console.print(table)
     console.print(generation_table(result))
     for case, free in result.get("free_running_cases", {}).items():
         console.print(free_running_table(free, case))
 
 
-def cases_table(result: dict) -> Table:
-    """Every lane in the three cases, teacher-forced beside free-running (pipeline.evaluate.case_summary)."""
+CASES_TITLE = ("known: documents the models trained on · added: in the bank, never seen by the models · "
+               "restated: added, the prompt in other words · unknown: not in the bank")
+# A terminal too narrow for the summary whole gets it as two tables, each row on one line: what the
+# teacher-forced pairs measured, then the free-running streams, named by the title instead of each column.
+TEACHER_FORCED_HALF = {"case": "case", "lane": "lane", "snap": "SNAP", "cos": "cos", "x_lvm": "× LVM-only",
+                       "exact": "exact next", "false_grounding": "false grounding",
+                       "vs_random": "− random mix (95 % CI)"}
+FREE_RUNNING_HALF = {"case": "case", "lane": "lane", "free_cos": "cos", "free_vs_lvm": "− LVM-only (95 % CI)",
+                     "free_vs_random": "− random mix (95 % CI)", "in_order": "in order"}
+
+
+def cases_tables(result: dict, terminal: Console) -> list[Table]:
+    """Every lane in the three cases (pipeline.evaluate.case_summary): one table, teacher-forced beside
+    free-running, where `terminal` is wide enough to show each row on one line; else its teacher-forced
+    and its free-running half, one above the other."""
     from dualpath.pipeline.evaluate import SUMMARY_COLUMNS, SUMMARY_PERCENT, case_summary
 
-    table = Table(
-        title="known: documents the models trained on · added: in the bank, never seen by the models · "
-        "restated: added, the prompt in other words · unknown: not in the bank",
-        title_justify="left",
-    )
     rows = case_summary(result)
-    for key, column in SUMMARY_COLUMNS.items():
-        table.add_column(column, **column_style(key in ("case", "lane"), [row[key] for row in rows]))
-    for row in rows:
-        table.add_row(*[
-            "-" if row[key] is None else row[key] if isinstance(row[key], str)
-            else f"{row[key]:.1%}" if key in SUMMARY_PERCENT else f"{row[key]:.4f}"
-            for key in SUMMARY_COLUMNS
-        ], style="dim" if row["lane"] in ("lvm-only", "knn") else None)
-    return table
+
+    def summary(columns: dict[str, str], title: str) -> Table:
+        table = Table(title=title, title_justify="left")
+        cells = [[_cell(row[key], key in SUMMARY_PERCENT) for key in columns] for row in rows]
+        for i, (key, column) in enumerate(columns.items()):
+            table.add_column(column, **column_style(key in ("case", "lane"), [line[i] for line in cells]))
+        for row, line in zip(rows, cells, strict=True):
+            table.add_row(*line, style="dim" if row["lane"] in ("lvm-only", "knn") else None)
+        return table
+
+    whole = summary(SUMMARY_COLUMNS, CASES_TITLE)
+    probe = Console(width=terminal.width, file=io.StringIO(), record=True)
+    probe.print(whole)
+    if sum(line.startswith("│") for line in probe.export_text().splitlines()) == len(rows):  # a line a row
+        return [whole]
+    return [summary(TEACHER_FORCED_HALF, f"{CASES_TITLE}\nteacher-forced: the true context at every step"),
+            summary(FREE_RUNNING_HALF, "free-running: each stream fed its own outputs; cos of the text it shows to "
+                    "the document's own next concepts, and the share of those it shows in order")]
 
 
 def generation_table(result: dict) -> Table:
@@ -333,14 +353,19 @@ def free_running_table(result: dict, case: str = "added") -> Table:
         caption_justify="left",
     )
     rows = free_running_rows(result)
-    for key in TERMINAL_FREE_RUNNING:
-        table.add_column(FREE_RUNNING_COLUMNS[key], **column_style(key == "name", [r[key] for r in rows]))
-    for row in rows:
-        cells = [row["name"]] + [
-            "-" if row[key] is None else row[key] if isinstance(row[key], str)
-            else f"{row[key]:.1%}" if key in PERCENT_KEYS else f"{row[key]:.4f}"
-            for key in TERMINAL_FREE_RUNNING[1:]
-        ]
+    cells = [[_cell(row[key], key in PERCENT_KEYS) for key in TERMINAL_FREE_RUNNING] for row in rows]
+    for i, key in enumerate(TERMINAL_FREE_RUNNING):
+        table.add_column(FREE_RUNNING_COLUMNS[key], **column_style(key == "name", [line[i] for line in cells]))
+    for row, line in zip(rows, cells, strict=True):
         baseline = row["name"] in ("lvm-only", "bank-only", "knn") or row["name"].startswith("random-")
-        table.add_row(*cells, style="dim" if baseline else None)
+        table.add_row(*line, style="dim" if baseline else None)
     return table
+
+
+def _cell(value: object, percent: bool) -> str:
+    """An evaluation table's cell: a name or interval as it is, a share as a percentage, a number to 4 places."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return value
+    return f"{value:.1%}" if percent else f"{value:.4f}"
