@@ -371,6 +371,9 @@ def test_cli_generate_json_and_errors(trained_bank_path):
     assert table.returncode == 0 and "lane neutral" in table.stdout
     # The ms column is each step's own time; the prompt's encoding, before step 0, is stated apart.
     assert "each step's own time. Before step 0 the prompt was encoded in" in " ".join(table.stdout.split())
+    # What the bank holds of the prompt: each sentence beside its nearest concept.
+    said = " ".join(table.stdout.split())
+    assert "The prompt in the bank" in said and '"The Moon is Earth\'s only natural satellite." → "' in said
 
     bad_lane = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--lane", "nope")
     assert bad_lane.returncode == 2
@@ -762,3 +765,32 @@ def test_prompt_anchors_match_each_stream_as_one_search_per_stream_would(generat
     np.testing.assert_array_equal(anchors.ids[1], [-1] * ANCHORS)
     assert anchors.ids[2, 0] == found[2][0][0] and (anchors.ids[2, 1:] == -1).all()
     np.testing.assert_array_equal(anchors.cos[3], found[3][1][::-1][:ANCHORS])
+
+
+def test_the_prompt_in_the_bank_is_what_generation_counts_as_said(generator):
+    """match_prompt names each prompt sentence's nearest bank concept; those marked said (at
+    generation.prompt_anchor_cosine or closer) never come back in a generation from that prompt, and a
+    hidden document is never matched."""
+    from dualpath.corpus.restate import restate
+    from dualpath.decider import extreme_lanes
+
+    bank = generator.bank
+    documents = [ids for ids in bank.documents().values() if len(ids) >= 4]
+    typed = " ".join(bank.texts(documents[0][:2]))  # bank sentences typed verbatim: each finds itself
+    matches = generator.match_prompt(typed)
+    assert [m.concept_id for m in matches] == documents[0][:2].tolist()
+    assert all(m.said and m.cosine > 0.99 and m.text == m.sentence for m in matches)
+    hidden = generator.match_prompt(typed, hidden_ids=documents[0])
+    assert all(m.concept_id not in set(documents[0].tolist()) and m.cosine < 0.99 for m in hidden)
+    assert [m.sentence for m in generator.match_prompt(PROMPT)] == generator.segment_prompt(PROMPT)
+    # Bank sentences said in other words: what is marked said is never shown, whatever the lane.
+    said = 0
+    lanes = [generator.lane("neutral"), generator.lane("creative"), extreme_lanes(100)["lvm-only"]]
+    for ids in documents[:20]:
+        restated = " ".join(restate(text) for text in bank.texts(ids[:2]))
+        marked = {m.concept_id for m in generator.match_prompt(restated) if m.said}
+        said += len(marked)
+        for lane in lanes:
+            shown = {s.text_concept_id for s in generator.generate(restated, steps=4, lane=lane)}
+            assert not shown & marked, (lane.name, restated)
+    assert said >= 5  # enough restatements land that close for the check to mean something

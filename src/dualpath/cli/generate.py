@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from dualpath.cli.common import (
@@ -26,6 +28,9 @@ from dualpath.cli.common import (
 )
 from dualpath.cli.groups import eval_app
 from dualpath.config import DeciderConfig, GenerationConfig
+
+if TYPE_CHECKING:
+    from dualpath.pipeline.generator import PromptMatch
 
 # Options whose default lives in the config (a --config file may change it) default to None here, so
 # typer shows no default of its own: the help states the config's, which tests/test_docs.py checks.
@@ -167,8 +172,25 @@ def generate_command(
         if encode_ms is not None:
             console.print(f"[dim]ms: each step's own time. Before step 0 the prompt was encoded in {encode_ms:,.0f} ms "
                           "(a process's first prompt also loads the encoder).[/]")
+        console.print(prompt_matches_text(generator.match_prompt(prompt), cfg.generation.prompt_anchor_cosine))
     finally:
         generator.close()
+
+
+MATCHES_SHOWN = 4  # a long prompt's last sentences: the ones its grounding starts from
+
+
+def prompt_matches_text(matches: list[PromptMatch], said_at: float) -> str:
+    """What the bank holds of the prompt, as console markup: each of its last sentences and the nearest bank
+    concept, marked where it counts as said."""
+    shown = f" (the last {MATCHES_SHOWN} of {len(matches)} sentences)" if len(matches) > MATCHES_SHOWN else ""
+    lines = [f"[dim]The prompt in the bank{shown}: each sentence's nearest concept; at cos ≥ {said_at:.2f} it "
+             "counts as said and is never shown.[/]"]
+    for match in matches[-MATCHES_SHOWN:]:
+        found = f'"{escape(match.text)}" (cos {match.cosine:.2f}{", said" if match.said else ""})' \
+            if match.concept_id >= 0 else "nothing"
+        lines.append(f'  "{escape(match.sentence)}" → {found}')
+    return "\n".join(lines)
 
 
 def calibrate_command(

@@ -139,6 +139,18 @@ class NearestConceptRenderer:
         ]
 
 
+@dataclass(frozen=True)
+class PromptMatch:
+    """A prompt sentence and its nearest bank concept (-1: none): `said` where the concept is close enough
+    to count as the prompt's own (`generation.prompt_anchor_cosine`), and is never shown."""
+
+    sentence: str
+    concept_id: int
+    text: str
+    cosine: float
+    said: bool
+
+
 @dataclass
 class GenerationStep:
     """Everything one step produced: the decision record, the vector, the text and stage latencies."""
@@ -594,6 +606,20 @@ class Generator:
         """Segment a prompt into concepts and encode the ones a generation reads: (texts, (t, d) vectors)."""
         concepts = self.segment_prompt(prompt)
         return concepts, self.bank.encoder().encode(concepts)
+
+    def match_prompt(self, prompt: str, hidden_ids: Sequence[int] = ()) -> list[PromptMatch]:
+        """The sentences of `prompt` a generation reads, each with its nearest bank concept (`hidden_ids`
+        treated as absent): the anchors its grounding starts from, and the concepts it counts as said."""
+        concepts, vectors = self.encode_prompt(prompt)
+        hidden = np.unique(np.asarray(hidden_ids, dtype=np.int64))
+        ids, cos, _ = prompt_anchors(self.bank, [normalize_rows(vectors)], [hidden])[0]
+        found = [int(i) for i in ids if i >= 0]
+        texts = dict(zip(found, self.bank.texts(found), strict=True))
+        said_at = self.cfg.generation.prompt_anchor_cosine
+        return [
+            PromptMatch(sentence, int(i), texts.get(int(i), ""), float(c), bool(i >= 0 and c >= said_at))
+            for sentence, i, c in zip(concepts, ids.tolist(), cos.tolist(), strict=True)
+        ]
 
     def generate(
         self,
