@@ -11,6 +11,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,13 @@ SRC = Path(dualpath.__file__).resolve().parents[1]
 def run_dualpath(*args: str | bytes) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([str(DUALPATH), *args], capture_output=True, env=env, timeout=120)
+
+
+def run_side_by_side(*calls: Sequence[str | bytes]) -> list[subprocess.CompletedProcess]:
+    """`run_dualpath` for each argument list, the processes at once: one spends most of its seconds
+    importing and loading models, on one core."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return list(pool.map(lambda args: run_dualpath(*args), calls))
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *expected: str) -> str:

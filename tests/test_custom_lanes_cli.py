@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_errors import run_dualpath
+from test_cli_errors import run_dualpath, run_side_by_side
 
 LANES = """\
 lanes:
@@ -50,14 +50,15 @@ def test_a_lane_calibrated_once_is_known_to_every_command(bank: Path, tmp_path: 
     assert "uncalibrated" not in proc.stderr.decode(), "calibration warned about itself"
     lanes.unlink()  # later commands must not need the file
 
-    proc = run_dualpath("generate", "--bank", str(bank), "--lane", "archivist", "-n", "2", "--json",
-                        "The Moon orbits the Earth. It has no atmosphere.")
-    records = [json.loads(line) for line in ok(proc).splitlines() if line.strip()]
+    generated, evaluated = run_side_by_side(
+        ("generate", "--bank", str(bank), "--lane", "archivist", "-n", "2", "--json",
+         "The Moon orbits the Earth. It has no atmosphere."),
+        ("eval", "generation", "--bank", str(bank), "--lanes", "archivist", "--free-docs", "0", "--max-pairs", "100",
+         "--json"),
+    )
+    records = [json.loads(line) for line in ok(generated).splitlines() if line.strip()]
     assert len(records) == 2 and {r["lane"] for r in records} == {"archivist"}, records
-
-    proc = run_dualpath("eval", "generation", "--bank", str(bank), "--lanes", "archivist", "--free-docs", "0",
-                        "--max-pairs", "100", "--json")
-    assert "archivist" in json.loads(ok(proc))["lanes"]
+    assert "archivist" in json.loads(ok(evaluated))["lanes"]
 
     from dualpath.config import DualPathConfig
     from dualpath.service import DualPathService

@@ -361,13 +361,18 @@ def test_a_step_without_a_candidate_says_whether_retrieval_failed_or_refused_the
 
 
 def test_cli_generate_json_and_errors(trained_bank_path):
-    done = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "3", "--lane", "legal", "--json")
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = [("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "3", "--lane", "legal", "--json"),
+             ("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "2"),
+             ("generate", "--bank", str(trained_bank_path), PROMPT, "--lane", "nope")]
+    with ThreadPoolExecutor(len(calls)) as pool:  # three processes at once: each mostly imports and loads
+        done, table, bad_lane = pool.map(lambda args: _cli(*args), calls)
     assert done.returncode == 0, done.stderr
     records = [json.loads(line) for line in done.stdout.splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2]
     assert all(r["lane"] == "legal" and r["decision"] in DECISIONS and r["text"] for r in records)
 
-    table = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--steps", "2")
     assert table.returncode == 0 and "lane neutral" in table.stdout
     # The ms column is each step's own time; the prompt's encoding, before step 0, is stated apart.
     assert "each step's own time. Before step 0 the prompt was encoded in" in " ".join(table.stdout.split())
@@ -375,7 +380,6 @@ def test_cli_generate_json_and_errors(trained_bank_path):
     said = " ".join(table.stdout.split())
     assert "The prompt in the bank" in said and '"The Moon is Earth\'s only natural satellite." → "' in said
 
-    bad_lane = _cli("generate", "--bank", str(trained_bank_path), PROMPT, "--lane", "nope")
     assert bad_lane.returncode == 2
     assert "unknown lane" in bad_lane.stderr and "Traceback" not in bad_lane.stderr
 

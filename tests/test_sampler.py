@@ -21,7 +21,7 @@ from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import LatentVectorModel
 from dualpath.models.sampler import LVMSampler, load_lvm_sampler, sampler_dir, weights_digest
 from dualpath.training.sampler import train_sampler
-from test_cli_errors import assert_one_line_error, run_dualpath
+from test_cli_errors import assert_one_line_error, run_dualpath, run_side_by_side
 
 DIM = 16
 SMALL = SamplerConfig(hidden=32, layers=2, ode_steps=8, epochs=1)
@@ -232,13 +232,13 @@ def test_a_batch_draws_what_each_stream_draws_alone(generator) -> None:
 
 
 def test_cli_lvm_temperature_and_its_bounds(trained_bank_path) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return run_dualpath(
-            "generate", "--bank", str(trained_bank_path), "--steps", "3", "--json", *args, PROMPT
-        )
+    def args(*given: str) -> tuple[str, ...]:
+        return ("generate", "--bank", str(trained_bank_path), "--steps", "3", "--json", *given, PROMPT)
 
-    mean = run("--lvm-temperature", "0")
-    drawn = run("--lvm-temperature", "1", "--seed", "5")
+    mean, drawn, again, too_wide = run_side_by_side(
+        args("--lvm-temperature", "0"), args("--lvm-temperature", "1", "--seed", "5"),
+        args("--lvm-temperature", "1", "--seed", "5"), args("--lvm-temperature", "5"),
+    )
     assert mean.returncode == 0 and drawn.returncode == 0, mean.stderr + drawn.stderr
 
     def steps(proc: subprocess.CompletedProcess) -> list[dict]:
@@ -246,8 +246,8 @@ def test_cli_lvm_temperature_and_its_bounds(trained_bank_path) -> None:
         return [{k: v for k, v in r.items() if "latency" not in k} for r in records]
 
     assert len(steps(drawn)) == 3
-    assert steps(drawn) == steps(run("--lvm-temperature", "1", "--seed", "5"))
-    assert_one_line_error(run("--lvm-temperature", "5"), "--lvm-temperature")
+    assert steps(drawn) == steps(again)
+    assert_one_line_error(too_wide, "--lvm-temperature")
 
 
 def test_integration_equals_euler_steps_of_the_velocity_field() -> None:
