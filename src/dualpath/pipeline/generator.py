@@ -74,6 +74,7 @@ from dualpath.pipeline.grounding import (
     bank_successors,
     ground_step,
     prompt_anchors,
+    said_in_prompt,
 )
 from dualpath.runtime import one_blas_thread, resolve_device, torch_threads
 from dualpath.search import excluded_depth, search_excluding
@@ -615,10 +616,10 @@ class Generator:
         ids, cos, _ = prompt_anchors(self.bank, [normalize_rows(vectors)], [hidden])[0]
         found = [int(i) for i in ids if i >= 0]
         texts = dict(zip(found, self.bank.texts(found), strict=True))
-        said_at = self.cfg.generation.prompt_anchor_cosine
+        said = said_in_prompt(ids, cos, self.cfg.generation.prompt_anchor_cosine).tolist()
         return [
-            PromptMatch(sentence, int(i), texts.get(int(i), ""), float(c), bool(i >= 0 and c >= said_at))
-            for sentence, i, c in zip(concepts, ids.tolist(), cos.tolist(), strict=True)
+            PromptMatch(sentence, int(i), texts.get(int(i), ""), float(c), bool(s))
+            for sentence, i, c, s in zip(concepts, ids.tolist(), cos.tolist(), said, strict=True)
         ]
 
     def generate(
@@ -765,7 +766,7 @@ class Generator:
         # A prompt concept's nearest bank concept, this close, is the bank's version of what the prompt said (for
         # a prompt that restates a bank text, its original): showing it would say the prompt again.
         said_at = self.cfg.generation.prompt_anchor_cosine
-        excludes = [np.union1d(e, ids[(ids >= 0) & (cos >= said_at)])
+        excludes = [np.union1d(e, ids[said_in_prompt(ids, cos, said_at)])
                     for e, (ids, cos, _) in zip(excludes, found, strict=True)]
         # Streams whose lanes ground on evidence: their anchors, the bank's successors, the confidence.
         grounded = [i for i, d in enumerate(decoders) if d.lane.rule == "confidence"]

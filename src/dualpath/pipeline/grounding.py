@@ -123,6 +123,12 @@ def prompt_anchors(
     return list(zip(*(np.split(part, cuts) for part in found), strict=True))
 
 
+def said_in_prompt(ids: np.ndarray, cos: np.ndarray, level: float) -> np.ndarray:
+    """Which of a prompt's matches (`prompt_anchors`) count as the prompt's own, said already: a bank concept
+    at `level` (generation.prompt_anchor_cosine) or closer."""
+    return (np.asarray(ids) >= 0) & (np.asarray(cos) >= level)
+
+
 class StreamAnchors:
     """Each stream's anchors: the bank concepts its newest ANCHORS context concepts match, newest first.
 
