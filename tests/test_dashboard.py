@@ -157,6 +157,12 @@ def test_dashboard_streams_a_generation_and_shows_live_telemetry(service, browse
             assert page.evaluate("(l) => stepMs(l)", latency) == step_ms(latency)
         assert page.text_content("#stream-text").strip()
         assert page.is_hidden("#run-error")
+        # What the bank holds of the prompt: each sentence beside its nearest concept, as match_prompt says.
+        shown = [[c.text_content() for c in r.query_selector_all("td")]
+                 for r in page.query_selector_all("#prompt-matches tbody tr")]
+        assert shown == [[m.sentence, m.text, f"{m.cosine:.2f}", "said" if m.said else ""]
+                         for m in service.generator.match_prompt(PROMPT)]
+        assert page.is_visible("#prompt-matches")
         # A step without a candidate says why in the page's words and the CLI's alike.
         for reason, used, said in (("empty", 1, 2), ("empty", 0, 1), ("empty", 0, 0), ("timeout", 0, 0)):
             record = {"fallback_reason": reason, "skipped_used": used, "skipped_paraphrases": said}

@@ -792,9 +792,18 @@ def test_the_prompt_in_the_bank_is_what_generation_counts_as_said(generator):
     lanes = [generator.lane("neutral"), generator.lane("creative"), extreme_lanes(100)["lvm-only"]]
     for ids in documents[:20]:
         restated = " ".join(restate(text) for text in bank.texts(ids[:2]))
-        marked = {m.concept_id for m in generator.match_prompt(restated) if m.said}
+        matches = generator.match_prompt(restated)
+        marked = {m.concept_id for m in matches if m.said}
         said += len(marked)
         for lane in lanes:
-            shown = {s.text_concept_id for s in generator.generate(restated, steps=4, lane=lane)}
+            run: list = []
+            shown = {s.text_concept_id for s in generator.generate(restated, steps=4, lane=lane, prompt_out=run)}
             assert not shown & marked, (lane.name, restated)
+            assert run == matches  # a generation's own search of its prompt is match_prompt's
     assert said >= 5  # enough restatements land that close for the check to mean something
+    # A batch gives each text prompt its list, its hidden ids absent, and an encoded prompt none.
+    restated = [" ".join(restate(text) for text in bank.texts(ids[:2])) for ids in documents[:2]]
+    lists: list = []
+    generator.generate_batch([*restated, bank.vectors(documents[2][:2])], steps=1, prompts_out=lists,
+                             hidden_ids=[documents[0], (), ()])
+    assert lists == [generator.match_prompt(restated[0], documents[0]), generator.match_prompt(restated[1]), []]

@@ -295,7 +295,7 @@ def read_events(client, body: dict) -> list[tuple[str, dict]]:
     return events
 
 
-def test_stream_sends_start_each_step_then_done_and_matches_generate(client):
+def test_stream_sends_start_each_step_then_done_and_matches_generate(client, service):
     request = {"prompt": PROMPT, "steps": 5, "lane": "creative"}
     events = read_events(client, request)
     kinds = [kind for kind, _ in events]
@@ -304,9 +304,17 @@ def test_stream_sends_start_each_step_then_done_and_matches_generate(client):
     streamed = [data for kind, data in events if kind == "step"]
     assert events[-1][1] == {"steps": 5, "text": " ".join(s["text"] for s in streamed if s["text"])}
     # No state carries over between requests: the same request gives the same steps, streamed or not.
-    whole = client.post("/generate", json=request).json()["steps"]
+    answer = client.post("/generate", json=request).json()
+    whole = answer["steps"]
     fields = ("step", "decision", "c_max", "alpha", "neighbour_id", "text")
     assert [[s[f] for f in fields] for s in streamed] == [[s[f] for f in fields] for s in whole]
+    # Both say what the bank holds of the prompt: match_prompt's list, as JSON.
+    assert events[0][1]["prompt"] == answer["prompt"]
+    assert answer["prompt"] == [
+        {"sentence": m.sentence, "concept_id": m.concept_id, "text": m.text, "cosine": m.cosine, "said": m.said}
+        for m in service.generator.match_prompt(PROMPT)
+    ] and len(answer["prompt"]) == 2
+    assert client.get("/info").json()["prompt_anchor_cosine"] == service.generator.cfg.generation.prompt_anchor_cosine
 
 
 def test_concurrent_generations_match_sequential_ones(client):

@@ -148,7 +148,8 @@ def generate_command(
         for column, justify in columns:
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
         encode_ms = None
-        for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane):
+        matches: list[PromptMatch] = []
+        for step in generator.generate(prompt, steps=cfg.generation.steps, lane=lane, prompt_out=matches):
             encode_ms = step.latency_ms.get("encode", encode_ms)
             r = step.record
             decision = r.decision.value
@@ -172,7 +173,7 @@ def generate_command(
         if encode_ms is not None:
             console.print(f"[dim]ms: each step's own time. Before step 0 the prompt was encoded in {encode_ms:,.0f} ms "
                           "(a process's first prompt also loads the encoder).[/]")
-        console.print(prompt_matches_text(generator.match_prompt(prompt), cfg.generation.prompt_anchor_cosine))
+        console.print(prompt_matches_text(matches, cfg.generation.prompt_anchor_cosine))
     finally:
         generator.close()
 

@@ -610,16 +610,22 @@ class Generator:
 
     def match_prompt(self, prompt: str, hidden_ids: Sequence[int] = ()) -> list[PromptMatch]:
         """The sentences of `prompt` a generation reads, each with its nearest bank concept (`hidden_ids`
-        treated as absent): the anchors its grounding starts from, and the concepts it counts as said."""
+        treated as absent): the anchors its grounding starts from, and the concepts it counts as said.
+        A generation gives the same list for its prompt without encoding it twice (`generate`'s `prompt_out`)."""
         concepts, vectors = self.encode_prompt(prompt)
         hidden = np.unique(np.asarray(hidden_ids, dtype=np.int64))
-        ids, cos, _ = prompt_anchors(self.bank, [normalize_rows(vectors)], [hidden])[0]
-        found = [int(i) for i in ids if i >= 0]
-        texts = dict(zip(found, self.bank.texts(found), strict=True))
+        return self._prompt_matches(concepts, prompt_anchors(self.bank, [normalize_rows(vectors)], [hidden])[0])
+
+    def _prompt_matches(self, sentences: Sequence[str], found: tuple[np.ndarray, np.ndarray, np.ndarray]
+                        ) -> list[PromptMatch]:
+        """`sentences` beside their `prompt_anchors` matches, with the concepts' texts (one metadata read)."""
+        ids, cos, _ = found
+        known = [int(i) for i in ids if i >= 0]
+        texts = dict(zip(known, self.bank.texts(known), strict=True))
         said = said_in_prompt(ids, cos, self.cfg.generation.prompt_anchor_cosine).tolist()
         return [
             PromptMatch(sentence, int(i), texts.get(int(i), ""), float(c), bool(s))
-            for sentence, i, c, s in zip(concepts, ids.tolist(), cos.tolist(), said, strict=True)
+            for sentence, i, c, s in zip(sentences, ids.tolist(), cos.tolist(), said, strict=True)
         ]
 
     def generate(
@@ -634,6 +640,7 @@ class Generator:
         decoder: DualPathDecoder | None = None,
         lvm_temperature: float | None = None,
         hidden_ids: Sequence[int] = (),
+        prompt_out: list[PromptMatch] | None = None,
     ) -> Iterator[GenerationStep]:
         """Yield one GenerationStep per step. `prompt` is text or an already encoded (t, d) context.
 
@@ -646,13 +653,17 @@ class Generator:
         0 = the mean) default to `cfg.generation`'s; `decoder` (one made by `self.decoder`, or a
         baseline's) replaces the lane's own. `hidden_ids`: bank ids the stream treats as absent from the
         bank (never shown, never matched: a document kept out, as evaluation's *unknown* case does).
+        `prompt_out`, when given, receives `match_prompt`'s list for a text prompt before the first step is
+        yielded: the run's own search, not a second one.
         """
         steps = self._check_steps(steps)
         decoder = decoder if decoder is not None else self.decoder(lane, sampling, seed)
-        contexts, excludes, encode_ms = self._prepare([prompt], [context_ids])
-        hidden = [np.unique(np.asarray(hidden_ids, dtype=np.int64))]
-        runs = self._run(contexts, [np.union1d(excludes[0], hidden[0])], [decoder], steps, render,
-                         lvm_temperature, hidden)
+        contexts, excludes, encode_ms, sentences = self._prepare([prompt], [context_ids])
+        hidden = np.unique(np.asarray(hidden_ids, dtype=np.int64))
+        found = prompt_anchors(self.bank, contexts, [hidden])
+        if prompt_out is not None and sentences[0] is not None:
+            prompt_out.extend(self._prompt_matches(sentences[0], found[0]))
+        runs = self._run(contexts, [np.union1d(excludes[0], hidden)], [decoder], steps, render, lvm_temperature, found)
         for number, batch in enumerate(runs):
             step = batch[0]
             if number == 0 and encode_ms:
@@ -672,12 +683,14 @@ class Generator:
         decoders: Sequence[DualPathDecoder] | None = None,
         lvm_temperature: float | None = None,
         hidden_ids: Sequence[Sequence[int]] | None = None,
+        prompts_out: list[list[PromptMatch]] | None = None,
     ) -> list[list[GenerationStep]]:
         """Many streams at once: one LVM call, one tower call, one search and one rendering search per step.
 
         Stream i runs as `generate(prompts[i], ..., seed=seed + i)` would (its own decoder and
         memory; `decoders` replaces them). Returns each stream's steps; stage latencies are the
-        batch's, divided by the number of streams.
+        batch's, divided by the number of streams. `prompts_out`, when given, receives one `match_prompt`
+        list per prompt (empty for an encoded one).
         """
         steps = self._check_steps(steps)
         if not prompts:
@@ -690,13 +703,17 @@ class Generator:
         ids = context_ids if context_ids is not None else [()] * len(prompts)
         if len(ids) != len(prompts):
             raise DualPathError(f"{len(prompts)} prompts but {len(ids)} context id lists")
-        contexts, excludes, _ = self._prepare(prompts, ids)
+        contexts, excludes, _, sentences = self._prepare(prompts, ids)
         hidden = [np.unique(np.asarray(h, dtype=np.int64)) for h in (hidden_ids or [()] * len(prompts))]
         if len(hidden) != len(prompts):
             raise DualPathError(f"{len(prompts)} prompts but {len(hidden)} hidden id lists")
         excludes = [np.union1d(e, h) for e, h in zip(excludes, hidden, strict=True)]
+        found = prompt_anchors(self.bank, contexts, hidden)
+        if prompts_out is not None:
+            prompts_out.extend([] if text is None else self._prompt_matches(text, match)
+                               for text, match in zip(sentences, found, strict=True))
         streams: list[list[GenerationStep]] = [[] for _ in prompts]
-        for batch in self._run(contexts, excludes, list(decoders), steps, render, lvm_temperature, hidden):
+        for batch in self._run(contexts, excludes, list(decoders), steps, render, lvm_temperature, found):
             for stream, step in zip(streams, batch, strict=True):
                 stream.append(step)
         return streams
@@ -709,8 +726,9 @@ class Generator:
 
     def _prepare(
         self, prompts: Sequence[str | np.ndarray], context_ids: Sequence[Sequence[int]]
-    ) -> tuple[list[np.ndarray], list[np.ndarray], float]:
-        """(context vectors (t, d), ids to exclude) per text or vector prompt, and the encoding ms.
+    ) -> tuple[list[np.ndarray], list[np.ndarray], float, list[list[str] | None]]:
+        """(context vectors (t, d), ids to exclude) per text or vector prompt, the encoding ms, and each text
+        prompt's sentences that were encoded (None for a vector prompt).
 
         Each text prompt is encoded on its own: one encoder call for many prompts was no faster per
         sentence on this CPU (docs/service.md), and this way a prompt's vectors are the same alone
@@ -730,7 +748,8 @@ class Generator:
             if context.shape[1] != self.bank.dim:
                 raise DualPathError(f"context vectors have dimension {context.shape[1]}, the bank {self.bank.dim}")
             contexts.append(context)
-        return contexts, [np.unique(np.asarray(ids, dtype=np.int64)) for ids in context_ids], encode_ms
+        excluded = [np.unique(np.asarray(ids, dtype=np.int64)) for ids in context_ids]
+        return contexts, excluded, encode_ms, [texts.get(i) for i in range(len(prompts))]
 
     def _run(
         self,
@@ -739,8 +758,8 @@ class Generator:
         decoders: list[DualPathDecoder],
         steps: int,
         render: bool,
-        lvm_temperature: float | None = None,
-        hidden: list[np.ndarray] | None = None,
+        lvm_temperature: float | None,
+        found: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
     ) -> Iterator[list[GenerationStep]]:
         """The step loop over b streams: every model, index and rendering call is made once per step.
 
@@ -748,6 +767,7 @@ class Generator:
         concept each step appends; shortlists come as one batch read at the bank's dtype; the
         decisions are made once per group of streams that decide alike. With a sampler, each stream's
         v̂ is drawn around the LVM's mean from noise of its own generator (seeded by its decoder's seed).
+        `found`: each stream's `prompt_anchors` (its hidden ids absent).
         """
         b = len(contexts)
         temperature = self._lvm_temperature(lvm_temperature)
@@ -762,7 +782,6 @@ class Generator:
         unsayable = Unsayable(contexts, [d.lane.repeat_window for d in decoders],
                               self.cfg.generation.paraphrase_cosine, self.bank.dim)
         reader = ShortlistReader(self.bank)
-        found = prompt_anchors(self.bank, contexts, hidden or [np.zeros(0, np.int64)] * b)
         # A prompt concept's nearest bank concept, this close, is the bank's version of what the prompt said (for
         # a prompt that restates a bank text, its original): showing it would say the prompt again.
         said_at = self.cfg.generation.prompt_anchor_cosine

@@ -176,18 +176,19 @@ def create_app(service: DualPathService) -> FastAPI:
 
     @app.post("/generate/stream", tags=["api"])
     async def generate_stream(body: GenerateRequest) -> StreamingResponse:
-        """Server-sent events: `start` (the lane), one `step` per step as it is decided, then `done`.
+        """Server-sent events: `start` (the lane, the prompt's matches in the bank), one `step` per step as it
+        is decided, then `done`.
 
         The request is checked and its first step computed before the response starts, so bad
         input gets a 4xx answer; an error after that arrives as an `error` event.
         """
-        lane, steps = service.start_generation(body)
+        lane, prompt, steps = service.start_generation(body)
         first = await in_worker("generate", _next_or_none, steps)
 
         async def events() -> AsyncIterator[str]:
             step, count, texts = first, 0, []
             try:
-                yield sse_event("start", {"lane": lane_info(lane)})
+                yield sse_event("start", {"lane": lane_info(lane), "prompt": prompt})
                 while step is not None:
                     count += 1
                     if step["text"]:

@@ -13,6 +13,7 @@ import math
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from dualpath.config import DualPathConfig
 from dualpath.decider import GREEDY, Decision, Lane, RecentRecords, Sampling, summarize
 from dualpath.encoding import Encoder
 from dualpath.errors import DualPathError
-from dualpath.pipeline.generator import GenerationStep, Generator
+from dualpath.pipeline.generator import GenerationStep, Generator, PromptMatch
 from dualpath.runtime import limit_search_threads
 from dualpath.service.metrics import ServiceMetrics
 from dualpath.service.schemas import GenerateRequest, SearchRequest
@@ -140,6 +141,8 @@ class DualPathService:
             },
             "lanes": {name: lane_info(lane) for name, lane in g.lanes.items()},
             "default_lane": self.cfg.decider.default_lane,
+            # A prompt sentence's nearest bank concept at this cosine or closer counts as said (never shown).
+            "prompt_anchor_cosine": g.cfg.generation.prompt_anchor_cosine,
             "limits": {
                 "max_prompt_chars": s.max_prompt_chars,
                 "max_k": s.max_k,
@@ -218,15 +221,19 @@ class DualPathService:
             raise InputError(str(err)) from None
         return lane, steps
 
-    def start_generation(self, request: GenerateRequest) -> tuple[Lane, Iterator[dict[str, Any]]]:
-        """Check the request, then return its lane and an iterator of JSON-safe step dicts.
+    def start_generation(
+        self, request: GenerateRequest
+    ) -> tuple[Lane, list[dict[str, Any]], Iterator[dict[str, Any]]]:
+        """Check the request, then return its lane, the prompt's matches in the bank (`prompt_matches`; filled
+        when the first step is taken) and an iterator of JSON-safe step dicts.
 
         The checks run here, not at the first `next`, so a bad request fails before any work is
         done. Every step is recorded in telemetry and metrics as it is produced.
         """
         lane, steps = self.check_generation(request)
         self.metrics.generations.labels(lane.name).inc()
-        return lane, self._run(request, lane, steps)
+        prompt: list[dict[str, Any]] = []
+        return lane, prompt, self._run(request, lane, steps, prompt)
 
     def _sampling(self, request: GenerateRequest) -> Sampling:
         defaults = self.generator.cfg.generation
@@ -245,19 +252,25 @@ class DualPathService:
         self.metrics.observe_step(step)
         return json_safe(step.to_dict(with_vector=with_vectors))
 
-    def _run(self, request: GenerateRequest, lane: Lane, steps: int) -> Iterator[dict[str, Any]]:
+    def _run(
+        self, request: GenerateRequest, lane: Lane, steps: int, prompt: list[dict[str, Any]]
+    ) -> Iterator[dict[str, Any]]:
+        matches: list[PromptMatch] = []
         run = self.generator.generate(
             request.prompt, steps=steps, lane=lane, sampling=self._sampling(request), seed=request.seed,
-            lvm_temperature=request.lvm_temperature,
+            lvm_temperature=request.lvm_temperature, prompt_out=matches,
         )
-        for step in run:
+        for number, step in enumerate(run):
+            if number == 0:  # the run searched the prompt before its first step
+                prompt.extend(prompt_matches(matches))
             yield self._record(step, request.with_vectors)
 
     def generate(self, request: GenerateRequest) -> dict[str, Any]:
         """The whole generation at once: every step, the generated text and the lane it ran under."""
         start = time.perf_counter()
-        lane, iterator = self.start_generation(request)
-        return _generation(lane, list(iterator), start)
+        lane, prompt, iterator = self.start_generation(request)
+        steps = list(iterator)
+        return _generation(lane, steps, prompt, start)
 
     def generate_many(self, requests: Sequence[GenerateRequest]) -> list[dict[str, Any] | Exception]:
         """`generate` for each request, computed together: one `Generator.generate_batch` call per step count.
@@ -284,13 +297,15 @@ class DualPathService:
         for (steps, lvm_temperature), members in groups.items():
             start = time.perf_counter()
             try:
+                matches: list[list[PromptMatch]] = []
                 runs = self.generator.generate_batch(
                     [requests[i].prompt for i, _, _ in members], steps=steps, decoders=[d for _, _, d in members],
-                    lvm_temperature=lvm_temperature,
+                    lvm_temperature=lvm_temperature, prompts_out=matches,
                 )
                 answers = []
-                for (i, lane, _), run in zip(members, runs, strict=True):
-                    answers.append((i, lane, [self._record(step, requests[i].with_vectors) for step in run]))
+                for (i, lane, _), run, match in zip(members, runs, matches, strict=True):
+                    answers.append((i, lane, [self._record(step, requests[i].with_vectors) for step in run],
+                                    prompt_matches(match)))
             except Exception as err:
                 if len(members) == 1:
                     results[members[0][0]] = _own_error(err)
@@ -298,9 +313,9 @@ class DualPathService:
                 for i, _, _ in members:  # find the request at fault: each alone
                     results[i] = self._generate_or_error(requests[i])
                 continue
-            for i, lane, steps_ in answers:
+            for i, lane, steps_, prompt in answers:
                 self.metrics.generations.labels(lane.name).inc()
-                results[i] = _generation(lane, steps_, start)
+                results[i] = _generation(lane, steps_, prompt, start)
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
@@ -342,10 +357,20 @@ def _own_error(err: Exception) -> Exception:
     return err
 
 
-def _generation(lane: Lane, steps: list[dict[str, Any]], start: float) -> dict[str, Any]:
-    """The answer to one POST /generate: the lane, every step, the text, and the time since `start`."""
+def prompt_matches(matches: Sequence[PromptMatch]) -> list[dict[str, Any]]:
+    """`Generator.match_prompt`'s list as JSON: each prompt sentence, its nearest bank concept (id and text;
+    null where the bank holds none), their cosine, and whether the generation counts it as said."""
+    return [json_safe({**asdict(m), "concept_id": m.concept_id if m.concept_id >= 0 else None,
+                       "text": m.text if m.concept_id >= 0 else None}) for m in matches]
+
+
+def _generation(lane: Lane, steps: list[dict[str, Any]], prompt: list[dict[str, Any]], start: float
+                ) -> dict[str, Any]:
+    """The answer to one POST /generate: the lane, the prompt's matches in the bank, every step, the text, and
+    the time since `start`."""
     return {
         "lane": lane_info(lane),
+        "prompt": prompt,
         "steps": steps,
         "text": " ".join(s["text"] for s in steps if s["text"]),
         "latency_ms": (time.perf_counter() - start) * 1000.0,

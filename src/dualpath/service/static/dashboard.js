@@ -289,6 +289,24 @@ function parseEvents(buffer, onEvent) {
   return rest;
 }
 
+function showPromptMatches(matches) {
+  // Each prompt sentence beside its nearest bank concept: those marked said are the prompt's own, never shown.
+  const box = $("prompt-matches");
+  const body = box.querySelector("tbody");
+  body.replaceChildren();
+  for (const m of matches) {
+    const row = el("tr");
+    cell(row, m.sentence);
+    cell(row, m.text === null ? "nothing" : m.text);
+    cell(row, fmt(m.cosine, 2), "num");
+    cell(row, m.said ? "said" : "");
+    body.appendChild(row);
+  }
+  $("prompt-matches-note").textContent =
+    `each sentence's nearest concept; at cos ≥ ${fmt(info.prompt_anchor_cosine, 2)} it counts as said and is never shown`;
+  box.hidden = matches.length === 0;
+}
+
 async function generate() {
   const button = $("run");
   const error = $("run-error");
@@ -297,9 +315,12 @@ async function generate() {
   error.hidden = true;
   body.replaceChildren();
   $("stream-text").textContent = "";
+  $("prompt-matches").hidden = true;
   const texts = [];
   const onEvent = (event, data) => {
-    if (event === "step") {
+    if (event === "start") {
+      showPromptMatches(data.prompt || []);
+    } else if (event === "step") {
       const row = el("tr", { class: "fresh" });
       cell(row, String(data.step), "num");
       cell(row, pill(data.decision));
