@@ -277,20 +277,24 @@ def test_decision_is_monotone_in_c(seed: int, c1: float, c2: float, taus: tuple[
 def test_batched_equals_single_step_bit_for_bit(seed: int, b: int, k: int, d: int, schedule: str) -> None:
     rng = np.random.default_rng(seed)
     v_hat = rng.normal(size=(b, d)).astype(np.float32) * rng.uniform(0.1, 10, size=(b, 1)).astype(np.float32)
+    # A bank's shortlists (unit-norm rows, mostly full, as a generation step reads them), or any rows.
+    bank_rows = rng.random() < 0.4
     shortlists, memories = [], []
     for i in range(b):
         k_i = int(rng.integers(0, k + 1))
         ids = rng.choice(50, size=k_i, replace=False).astype(np.int64)
-        ids[rng.random(k_i) < 0.2] = -1
+        ids[rng.random(k_i) < (0.05 if bank_rows else 0.2)] = -1
         vectors = rng.normal(size=(k_i, d)).astype(np.float32)
         if k_i and rng.random() < 0.5:  # a near-exact match, to reach SNAP and the dup guard
             vectors[0] = v_hat[i] + 1e-3 * rng.normal(size=d).astype(np.float32)
+        if bank_rows:
+            vectors = unit(vectors).astype(np.float32)
         fallback = "timeout" if rng.random() < 0.1 else None
-        shortlists.append(Shortlist(ids, vectors, fallback))
+        shortlists.append(Shortlist(ids, vectors, fallback, unit=bank_rows))
         memories.append(list(rng.choice(np.append(ids[ids >= 0], -1), size=int(rng.integers(0, 12)))))
     window = int(rng.integers(0, 10))
     test_lane = lane(float(rng.uniform(0.1, 0.9)), float(rng.uniform(-0.5, 0.05)), dup_window=window)
-    used = [list(rng.choice(60, size=int(rng.integers(0, 6)))) for _ in range(b)]
+    used = [list(rng.choice(60, size=int(rng.integers(0, 6) if rng.random() < 0.6 else 0))) for _ in range(b)]
     sampling = Sampling(float(rng.choice([0.0, 0.05, 1.0])), int(rng.integers(0, 4)), float(rng.uniform(0.3, 1)))
     draws = rng.random(b)
     # What each stream said (some of it close to its candidates) and a baseline's c for some streams.

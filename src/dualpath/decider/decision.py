@@ -755,23 +755,29 @@ def _choose_one(
     """
     queries = _as_queries(v[None, :])
     ids, vectors = _check_shortlist(shortlist, queries.shape[1])
-    if ids.min() < NO_ID:
+    lowest = int(ids.min())
+    if lowest < NO_ID:
         raise DeciderError("shortlist ids must be ≥ 0, or -1 for no result")
     q_norms = _row_norms(queries)
     if not 0 < float(q_norms[0]) < np.inf:
         return None  # the batched form names the problem
     queries = queries / q_norms[:, None]
-    valid = ids >= 0
-    skipped = 0
-    if len(used_ids):
-        seen = valid & id_member(ids[None, :], np.asarray(used_ids, dtype=np.int64)[None, :])[0]
-        skipped = int(seen.sum())
-        valid &= ~seen
-    if not valid.any():
-        return None  # empty: the batched form records it
     if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    cos = _similarities(queries, vectors[None], valid[None], shortlist.unit)[0]
+    skipped = 0
+    if lowest >= 0 and not len(used_ids) and shortlist.unit:
+        # Every row valid and unit-norm (a full shortlist, the usual step): `_similarities`' own product and
+        # nothing else, without building the mask it would read only to find it all true.
+        cos = np.matmul(vectors[None], queries[:, :, None])[0, :, 0]
+    else:
+        valid = ids >= 0
+        if len(used_ids):
+            seen = valid & id_member(ids[None, :], np.asarray(used_ids, dtype=np.int64)[None, :])[0]
+            skipped = int(seen.sum())
+            valid &= ~seen
+        if not valid.any():
+            return None  # empty: the batched form records it
+        cos = _similarities(queries, vectors[None], valid[None], shortlist.unit)[0]
     best = int(cos.argmax())
     passed_over = 0
     while avoided is not None and _paraphrases(vectors[[best]], avoided[0], avoided[1])[0]:
@@ -787,7 +793,7 @@ def _choose_one(
     decision, near_dup = _rules_one(c, c, n_id, list(recent_ids), lane, dup_threshold, guard=True)
     neighbours = queries
     if decision is Decision.SNAP or decision is Decision.BLEND:
-        picked = vectors[[best]]
+        picked = vectors[best : best + 1]  # a view: the batched form's row, not a copy of it
         neighbours = picked / _row_norms(picked)[:, None]
     alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
     out, alpha = _output_one(decision, queries, neighbours, c, lane, alpha_of)
