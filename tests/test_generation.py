@@ -771,6 +771,40 @@ def test_prompt_anchors_match_each_stream_as_one_search_per_stream_would(generat
     np.testing.assert_array_equal(anchors.cos[3], found[3][1][::-1][:ANCHORS])
 
 
+def test_the_demo_shows_each_prompt_in_the_bank_above_its_lanes(generator, tmp_path):
+    """`dualpath demo`'s output, prompt by prompt: the prompt's sentences beside their bank matches (as
+    `generate` prints them), then every lane's steps."""
+    import io
+
+    from rich.console import Console
+
+    from dualpath.cli.report import print_generations
+    from dualpath.pipeline.demo import DemoResult
+
+    bank = generator.bank
+    typed = " ".join(bank.texts(next(iter(bank.documents().values()))[:2]))  # bank sentences: both said
+    result = DemoResult(tmp_path, tmp_path / "bank", tmp_path / "report.md")
+    for prompt, case in ((typed, "known"), (PROMPT, "unknown")):
+        result.cases[prompt] = case
+        result.prompt_matches[prompt] = generator.match_prompt(prompt)
+        result.generations[prompt] = {lane: list(generator.generate(prompt, steps=2, lane=lane))
+                                      for lane in ("neutral", "creative")}
+    result.lanes = {lane: generator.lane(lane) for lane in ("neutral", "creative")}
+    console = Console(width=400, record=True, file=io.StringIO())
+    print_generations(result, generator.cfg.generation.prompt_anchor_cosine, console)
+    out = console.export_text()
+    for prompt in result.generations:
+        section = out[out.index(prompt[:40]):]
+        section = section[: section.index("The lanes show")]
+        matches = result.prompt_matches[prompt]
+        for match in matches:  # each sentence, its match and cosine, above the first lane
+            line = next(x for x in section.splitlines() if f'"{match.sentence}" →' in x)
+            assert f"(cos {match.cosine:.2f}{', said' if match.said else ''})" in line
+            assert section.index(line) < section.index("neutral\n")
+    assert all(m.said for m in result.prompt_matches[typed])
+    assert "said" not in "".join(line for line in out.splitlines() if "Moon" in line)
+
+
 def test_the_prompt_in_the_bank_is_what_generation_counts_as_said(generator):
     """match_prompt names each prompt sentence's nearest bank concept; those marked said (at
     generation.prompt_anchor_cosine or closer) never come back in a generation from that prompt, and a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -16,8 +17,13 @@ from dualpath.cli.common import (
     make_console,
     open_bank,
 )
-from dualpath.cli.generate import DECISION_STYLE
+from dualpath.cli.generate import DECISION_STYLE, prompt_matches_text
 from dualpath.fileio import check_output_directory
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from dualpath.pipeline.demo import DemoResult
 
 console = make_console()
 
@@ -77,9 +83,26 @@ def demo_command(
         console.print(f"[bold]{name:<10}[/] {status}")
 
     result = run_demo(out, full=full, fresh=fresh, cfg=cfg, steps=steps, on_stage=on_stage)
+    print_generations(result, cfg.generation.prompt_anchor_cosine, console)
+    console.print(
+        "[dim]p: the probability that a step's candidate is the true next concept, from the evidence in brackets "
+        "(successor: the bank concept that follows the one the text so far matches). quota-neutral is the "
+        "reference's rule on c, kept as a baseline.[/]"
+    )
+    console.rule()
+    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    console.print(f"bank:   [bold]{result.bank}[/]")
+    console.print(f"report: [bold]{result.report}[/]")
+
+
+def print_generations(result: DemoResult, said_at: float, console: Console) -> None:
+    """The demo's generations, prompt by prompt: what the bank holds of the prompt, each lane's steps, and a
+    line on how the lanes differ."""
     for prompt, lanes in result.generations.items():
         case = result.cases.get(prompt)
         console.rule(f"[bold]{prompt}" + (f" [dim]({CASE_NOTES.get(case, case)})[/]" if case else ""))
+        if result.prompt_matches.get(prompt):
+            console.print(prompt_matches_text(result.prompt_matches[prompt], said_at), highlight=False)
         for lane, steps_done in lanes.items():
             console.print(f"[bold]{lane}[/]")
             for step in steps_done:
@@ -127,12 +150,3 @@ def demo_command(
                 "as the bank sentence nearest its vector (≈), which here is the same in every lane; what differs "
                 "is how much each step leans on the bank (α) and which steps are the bank's own text.[/]"
             )
-    console.print(
-        "[dim]p: the probability that a step's candidate is the true next concept, from the evidence in brackets "
-        "(successor: the bank concept that follows the one the text so far matches). quota-neutral is the "
-        "reference's rule on c, kept as a baseline.[/]"
-    )
-    console.rule()
-    console.print(f"demo finished in {time.perf_counter() - started:.0f} s")
-    console.print(f"bank:   [bold]{result.bank}[/]")
-    console.print(f"report: [bold]{result.report}[/]")

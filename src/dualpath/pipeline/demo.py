@@ -35,7 +35,7 @@ from dualpath.models.checkpoint import BEST
 from dualpath.models.sampler import sampler_dir
 from dualpath.pipeline.calibrate import CALIBRATION_VERSION, calibrate_bank
 from dualpath.pipeline.calibrated_lanes import read_calibration
-from dualpath.pipeline.generator import GenerationStep, Generator
+from dualpath.pipeline.generator import GenerationStep, Generator, PromptMatch
 from dualpath.pipeline.report import measure, write_report
 from dualpath.training.lvm import train_lvm, train_lvm_sampler
 from dualpath.training.retriever import train_retriever
@@ -72,6 +72,7 @@ class DemoResult:
     generations: dict[str, dict[str, list[GenerationStep]]] = field(default_factory=dict)  # prompt → lane → steps
     cases: dict[str, str] = field(default_factory=dict)  # prompt → the case it stands for (known, added, ...)
     lanes: dict[str, Lane] = field(default_factory=dict)  # the lanes generated in, as calibrated on the bank
+    prompt_matches: dict[str, list[PromptMatch]] = field(default_factory=dict)  # prompt → its sentences in the bank
 
 
 def demo_config(cfg: DualPathConfig | None = None) -> DualPathConfig:
@@ -163,6 +164,7 @@ def run_demo(
             chosen = {prompt: "" for prompt in prompts} if prompts else {p: c for c, p in DEMO_PROMPTS.items()}
             for prompt, case in chosen.items():
                 result.cases[prompt] = case
+                result.prompt_matches[prompt] = generator.match_prompt(prompt)  # every lane reads the prompt alike
                 result.generations[prompt] = {
                     lane: list(generator.generate(prompt, steps=steps, lane=lane))
                     for lane in DEMO_LANES
