@@ -165,7 +165,8 @@ def create_app(service: DualPathService) -> FastAPI:
 
     @app.post("/generate", tags=["api"])
     async def generate(body: GenerateRequest) -> JSONResponse:
-        """Continue a prompt for `steps` concepts; every step says what it decided and why.
+        """Continue a prompt for `steps` concepts; every step says what it decided and why, and `prompt` what
+        the bank holds of the prompt (each sentence's nearest bank concept, and whether it counts as said).
 
         Requests that arrive together are computed as one batch (`service.max_batch`,
         `service.batch_wait_ms`); each gets the answer it would get alone.

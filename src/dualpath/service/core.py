@@ -266,7 +266,8 @@ class DualPathService:
             yield self._record(step, request.with_vectors)
 
     def generate(self, request: GenerateRequest) -> dict[str, Any]:
-        """The whole generation at once: every step, the generated text and the lane it ran under."""
+        """The whole generation at once: every step, the generated text, the lane it ran under and what the bank
+        holds of the prompt."""
         start = time.perf_counter()
         lane, prompt, iterator = self.start_generation(request)
         steps = list(iterator)
