@@ -295,6 +295,9 @@ def test_batched_equals_single_step_bit_for_bit(seed: int, b: int, k: int, d: in
     window = int(rng.integers(0, 10))
     test_lane = lane(float(rng.uniform(0.1, 0.9)), float(rng.uniform(-0.5, 0.05)), dup_window=window)
     used = [list(rng.choice(60, size=int(rng.integers(0, 6) if rng.random() < 0.6 else 0))) for _ in range(b)]
+    for shown, s in zip(used, shortlists, strict=True):
+        if bank_rows and len(s) > 1 and rng.random() < 0.5:  # a stream that showed one of its candidates
+            shown.append(int(s.ids[int(rng.integers(len(s) - 1))]))
     sampling = Sampling(float(rng.choice([0.0, 0.05, 1.0])), int(rng.integers(0, 4)), float(rng.uniform(0.3, 1)))
     draws = rng.random(b)
     # What each stream said (some of it close to its candidates) and a baseline's c for some streams.

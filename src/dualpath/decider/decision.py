@@ -765,14 +765,18 @@ def _choose_one(
     if vectors.dtype != np.float32 or not vectors.flags.c_contiguous:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     skipped = 0
-    if lowest >= 0 and not len(used_ids) and shortlist.unit:
-        # Every row valid and unit-norm (a full shortlist, the usual step): `_similarities`' own product and
-        # nothing else, without building the mask it would read only to find it all true.
+    seen = None if not len(used_ids) else id_member(ids[None, :], np.asarray(used_ids, dtype=np.int64)[None, :])[0]
+    if lowest >= 0 and shortlist.unit and (seen is None or not seen[-1]):
+        # Every row a concept, unit-norm, the last one allowed (a full shortlist, the usual step):
+        # `_similarities`' own product, and -inf where the stream showed the concept, without the mask of valid
+        # rows and the masked copy it would make.
         cos = np.matmul(vectors[None], queries[:, :, None])[0, :, 0]
+        if seen is not None and seen.any():
+            cos[seen] = -np.inf
+            skipped = int(seen.sum())
     else:
         valid = ids >= 0
-        if len(used_ids):
-            seen = valid & id_member(ids[None, :], np.asarray(used_ids, dtype=np.int64)[None, :])[0]
+        if seen is not None:
             skipped = int(seen.sum())
             valid &= ~seen
         if not valid.any():
