@@ -18,6 +18,7 @@ from dualpath.decider import (
     choose_grounded,
     choose_next_vector,
     ground_streams,
+    is_paraphrase,
     load_lanes,
     make_lane,
     nearest_unsaid,
@@ -114,7 +115,7 @@ def test_candidates_carry_the_tower_and_lvm_favourites_and_flag_successors() -> 
 def test_one_streams_grounding_is_the_batched_one(
     seed: int, b: int, k: int, with_avoid: bool, held: bool
 ) -> None:
-    """ground_one (a step of one stream, its candidates on Python scalars) against gather_candidates and
+    """ground_one (a step of one stream, its candidates by compiled loops) against gather_candidates and
     choose_grounding on the whole batch: the same candidate, source and features bit for bit and p within
     float rounding, with the shortlists' rows given (`held`, as a generation step has them) or read through
     `vectors_of`."""
@@ -151,12 +152,12 @@ def test_one_streams_grounding_is_the_batched_one(
     batch = choose_grounding(gather_candidates(ids, tower, lvm, succ, anchor_cos, anchor_margin, succ >= 0,
                                                vectors_of, q, v, rows), model, pick=pick)
     for i in range(b):
+        refuse = None if avoided is None else lambda x, i=i: is_paraphrase(x, avoided[0][i], avoided[1][i])
         one = ground_one(ids[[i]], tower[[i]], lvm[[i]], succ[[i]], anchor_cos[[i]], anchor_margin[[i]], vectors_of,
-                         q[[i]], v[[i]], model, lambda s, vv, i=i: pick(s, vv, slice(i, i + 1)),
-                         None if rows is None else rows[[i]])
+                         q[[i]], v[[i]], model, refuse, None if rows is None else rows[[i]])
         for name in ("ids", "vectors", "sources", "features", "passed"):
             assert np.array_equal(getattr(one, name)[0], getattr(batch, name)[i]), (name, i)
-        # p on Python floats (`predict_row`) sums the same terms in another order
+        # p in one stream's form (`SnapConfidence.linear`) sums the same terms in another order
         np.testing.assert_allclose(one.confidence[0], batch.confidence[i], rtol=1e-12, atol=1e-15)
         assert one.evidence(0) == batch.evidence(i)
 

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from dualpath.decider.grounding import SOURCES, Grounding
+from dualpath.decider.kernels import paraphrase_rows
 from dualpath.decider.lanes import Lane
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
 from dualpath.errors import DeciderError
@@ -325,21 +326,33 @@ def avoid_rows(
 
 
 def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> np.ndarray:
-    """(n,) bool: each picked row (n, d) is at its limit's cosine or closer to one of its avoid vectors.
+    """(n,) bool: each picked row (n, d) is at its limit's cosine or closer to one of its avoid vectors
+    (n, m, d), limits (n, m).
 
-    Products summed over d in float64, row by row, so a stream's answer never depends on the batch
-    around it or on how far its avoid rows are padded.
+    Products summed over d in float64, row by row (`paraphrase_rows`), so a stream's answer never depends on
+    the batch around it or on how far its avoid rows are padded.
     """
-    unit = (picked / _row_norms(picked)[:, None]).astype(np.float64)
-    scores = np.einsum("nmd,nd->nm", np.asarray(avoid, dtype=np.float64), unit)
-    return (scores >= limits).any(axis=1)
+    picked, avoid, limits = np.asarray(picked), np.asarray(avoid), np.asarray(limits, dtype=np.float64)
+    _check_avoid_shapes(picked.shape, avoid.shape, limits.shape)
+    out = np.empty(len(picked), np.bool_)
+    paraphrase_rows(picked, avoid, limits, out)
+    return out
 
 
 def is_paraphrase(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> bool:
     """`_paraphrases` of one picked row (d,) against its stream's avoid rows (m, d) and their limits (m,), as
-    `avoid_rows` stacks them for one stream: the same products."""
-    unit = (picked / np.sqrt(np.square(picked).sum())).astype(np.float64)
-    return bool((np.einsum("md,d->m", np.asarray(avoid, dtype=np.float64), unit) >= limits).any())
+    `avoid_rows` stacks them for one stream: the same sums."""
+    picked, avoid, limits = picked[None], avoid[None], np.asarray(limits, dtype=np.float64)[None]
+    _check_avoid_shapes(picked.shape, avoid.shape, limits.shape)
+    out = np.empty(1, np.bool_)
+    paraphrase_rows(picked, avoid, limits, out)
+    return bool(out[0])
+
+
+def _check_avoid_shapes(picked: tuple[int, ...], avoid: tuple[int, ...], limits: tuple[int, ...]) -> None:
+    """The compiled loop reads what the shapes say: (n, d) picked rows, (n, m, d) avoid rows, (n, m) limits."""
+    if len(picked) != 2 or len(avoid) != 3 or avoid[0] != picked[0] or avoid[2] != picked[1] or limits != avoid[:2]:
+        raise DeciderError(f"avoid rows {avoid} and limits {limits} do not fit picked rows {picked}")
 
 
 def _pass_over_paraphrases(

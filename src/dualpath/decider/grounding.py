@@ -33,8 +33,6 @@ Plain numpy in and out; no index, model or bank here.
 
 from __future__ import annotations
 
-import math
-import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -42,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from dualpath.decider.kernels import candidate_confidence, one_stream_candidates
 from dualpath.errors import ConfigError
 
 FEATURES = (
@@ -252,106 +251,60 @@ def ground_one(
     queries: np.ndarray,
     v_hat: np.ndarray,
     model: SnapConfidence,
-    pick: Pick | None = None,
+    refuse: Callable[[np.ndarray], bool] | None = None,
     shortlist_vectors: np.ndarray | None = None,
 ) -> Grounding:
     """`choose_grounding(gather_candidates(...), model, pick)` for a batch of one (the same arguments, each
-    with its one row; `successors` already -1 where not allowed).
+    with its one row; `successors` already -1 where not allowed), with `refuse(vector)` saying which
+    candidates `pick` passes over (a paraphrase of what the stream said; None: none).
 
-    Every array computation is theirs on a batch of one (the successors' product, `pick`), so the candidate,
-    its features and source are bit-for-bit the batched ones; the few candidates' places and features are
-    found on Python scalars instead of (1, m)-arrays, which is most of a single stream's decide stage
-    otherwise, and p by `SnapConfidence.predict_row` (equal within float rounding). The hypothesis test
-    holds the two forms equal.
+    The candidates, their features and p are found by compiled loops (decider/kernels.py) and the products
+    are the batched form's on a batch of one (a successor outside the shortlist, `refuse`), so the candidate,
+    its features and source are bit-for-bit the batched ones and p equal within float rounding (its sum is
+    in another order). The hypothesis test holds the two forms equal.
     """
-    k = ids.shape[1]
-    row_ids, t_row, l_row = ids[0], tower_scores[0], lvm_cos[0]
-    t_at = int(t_row.argmax()) if k else 0
-    t_top = float(t_row[t_at]) if k else -np.inf
-    t_second = -np.inf
-    if k > 1 and math.isfinite(t_top):  # _top_two's runner-up: the best of the rest
-        t_second = float(max(t_row[:t_at].max(initial=-np.inf), t_row[t_at + 1 :].max(initial=-np.inf)))
-    l_at = int(l_row.argmax()) if k else 0
-    l_top = float(l_row[l_at]) if k else -np.inf
-    tower_id = int(row_ids[t_at]) if math.isfinite(t_top) else -1
-    lvm_id = int(row_ids[l_at]) if math.isfinite(l_top) else -1
-    succ = [int(x) if x >= 0 else -1 for x in successors[0].tolist()]
-    cand = [tower_id, lvm_id, *succ]
-    at_row = [t_at if tower_id >= 0 else -1, l_at if lvm_id >= 0 else -1]
-    wanted = [s for s in succ if s >= 0] if k else []
-    # Each successor's places in the shortlist, in one comparison: read from it when it is a row there, allowed.
-    places = np.nonzero(row_ids == np.array(wanted)[:, None]) if wanted else ((), ())
-    first: dict[int, int] = {}
-    for w, x in zip(places[0].tolist() if wanted else [], places[1].tolist() if wanted else [], strict=True):
-        if wanted[w] not in first and math.isfinite(l_row[x]):
-            first[wanted[w]] = x
-    at_row += [first.get(s, -1) if s >= 0 else -1 for s in succ]
-    listed = [max(x, 0) for x in at_row]
-    tower_score = t_row[listed].tolist() if k else [0.0] * len(cand)  # Python floats: float64, exactly
-    cos = l_row[listed].tolist() if k else [0.0] * len(cand)
-    for j, c in enumerate(cand):
-        if c < 0:
-            tower_score[j] = cos[j] = 0.0
-    outside = [x < 0 and c >= 0 for x, c in zip(at_row, cand, strict=True)]
+    row = ids[0]
+    k, m = len(row), 2 + successors.shape[1]
+    cand, at_row = np.empty(m, np.int64), np.empty(m, np.int64)
+    tower_score, cos = np.empty(m), np.empty(m)
+    t_top, t_second, l_top, tower_id, lvm_id = one_stream_candidates(
+        row, tower_scores[0], lvm_cos[0], successors[0], cand, at_row, tower_score, cos
+    )
+    outside = [j for j, (c, x) in enumerate(zip(cand.tolist(), at_row.tolist(), strict=True)) if x < 0 <= c]
     if shortlist_vectors is None or not k:
-        vectors = fresh = np.asarray(vectors_of(np.maximum(np.array([cand], np.int64), 0)), dtype=np.float32)
+        vectors = fresh = np.asarray(vectors_of(np.maximum(cand, 0)[None]), dtype=np.float32)
     else:
-        vectors = np.asarray(shortlist_vectors[0][listed], dtype=np.float32)[None]
+        vectors = np.asarray(shortlist_vectors[0][np.maximum(at_row, 0)], dtype=np.float32)[None]
         fresh = vectors
-        if any(outside):
-            fresh = np.asarray(vectors_of(np.array([[c if o else 0 for c, o in zip(cand, outside, strict=True)]],
-                                                   np.int64)), dtype=np.float32)
-    if any(outside):
-        scores = np.matmul(fresh, _score_pair(queries, v_hat))[0].tolist()  # float32 values, exactly
-        for j, o in enumerate(outside):
-            if o:
-                tower_score[j], cos[j] = scores[j]
-                if fresh is not vectors:  # `vectors` is this call's own copy of the shortlist rows
-                    vectors[0, j] = fresh[0, j]
-    # With no shortlist favourite, gaps are to the best candidate (a successor).
-    real = [c >= 0 for c in cand]
-    t_ref = t_top if math.isfinite(t_top) else max((x for x, r in zip(tower_score, real, strict=True) if r),
-                                                   default=0.0)
-    l_ref = l_top if math.isfinite(l_top) else max((x for x, r in zip(cos, real, strict=True) if r), default=0.0)
-    margin = t_top - t_second if math.isfinite(t_second) and math.isfinite(t_top) else 1.0
-    a_cos, a_margin = anchor_cos[0].tolist(), anchor_margin[0].tolist()
-    rows: list[list[float]] = []
-    p: list[float] = []
-    for j, c in enumerate(cand):
-        if c < 0:
-            rows.append([0.0] * len(FEATURES))
-            p.append(-math.inf)
-            continue
-        same = [a for a, x in enumerate(succ) if x == c]  # the anchors it continues (c ≥ 0: real successors)
-        best_anchor = lead = 0.0
-        if same:  # the best anchor it continues, the first of equal ones, as `gather_candidates` takes it
-            anchor = [a_cos[a] if a in same else 0.0 for a in range(len(succ))]
-            which = anchor.index(max(anchor))
-            best_anchor = max(anchor[which], 0.0)
-            if which in same and a_cos[which] < EXACT_ANCHOR:
-                lead = a_margin[which]
-        row = [  # FEATURES, in order
-            tower_score[j], tower_score[j] - t_ref, margin, cos[j], cos[j] - l_ref, float(c == tower_id),
-            float(c == lvm_id), float(bool(same)), best_anchor, float(best_anchor >= EXACT_ANCHOR),
-            float(same[0]) if same else 0.0, lead, float(len(same)),
-        ]
-        rows.append(row)
-        p.append(model.predict_row(row))
-    passed = 0
-    if pick is None:
-        best = _argmax_valid(np.array([p]))
-    else:
-        chosen, over = pick(np.array([p]), vectors)
-        best, passed = int(chosen[0]), int(over[0])
+        if outside:
+            wanted = np.zeros((1, m), np.int64)
+            wanted[0, outside] = cand[outside]
+            fresh = np.asarray(vectors_of(wanted), dtype=np.float32)
+    if outside:  # successors outside the shortlist: scored here (both scores in one product)
+        scores = np.matmul(fresh, _score_pair(queries, v_hat))[0]
+        tower_score[outside], cos[outside] = scores[outside, 0], scores[outside, 1]
+        if fresh is not vectors:  # `vectors` is this call's own copy of the shortlist rows
+            vectors[0, outside] = fresh[0, outside]
+    features, p, order = np.empty((m, len(FEATURES))), np.empty(m), np.empty(m, np.int64)
+    coefficients, offset = model.linear
+    ranked = candidate_confidence(cand, successors[0], tower_score, cos, t_top, t_second, l_top, tower_id, lvm_id,
+                                  anchor_cos[0], anchor_margin[0], coefficients, offset, EXACT_ANCHOR, features, p,
+                                  order)
+    best, passed = -1, 0
+    for j in order[:ranked].tolist():  # the most probable first, passing over what `refuse` refuses
+        if refuse is None or not refuse(vectors[0, j]):
+            best = j
+            break
+        passed += 1
     at = max(best, 0)
     found_one = best >= 0
-    kinds = [SOURCES.index("tower"), SOURCES.index("lvm")] + [SOURCES.index("successor")] * len(succ)
     return Grounding(
         ids=np.array([cand[at] if found_one else -1], np.int64),
         vectors=vectors[:, at],
         confidence=np.array([p[at] if found_one else 0.0]),
-        sources=np.array([kinds[at] if found_one else 0], np.int8),
-        features=np.array([rows[at] if found_one else [0.0] * len(FEATURES)]),
+        sources=np.array([SOURCES.index("tower" if at == 0 else "lvm" if at == 1 else "successor") if found_one
+                          else 0], np.int8),
+        features=features[at][None] if found_one else np.zeros((1, len(FEATURES))),
         passed=np.array([passed]),
     )
 
@@ -377,18 +330,12 @@ class SnapConfidence:
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.scale @ self.weights + self.bias
         return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
 
-    def predict_row(self, x: list[float]) -> float:
-        """`predict` of one candidate's features on Python floats, as w / scale · x + (bias - w / scale · mean)
-        (equal within float rounding): a stream's step asks it of a few candidates, where numpy's per-call
-        cost is most of the work."""
-        coefficients, offset = self._linear
-        z = sum(map(operator.mul, x, coefficients)) + offset
-        return 1.0 / (1.0 + math.exp(-min(max(z, -40.0), 40.0)))
-
     @cached_property
-    def _linear(self) -> tuple[list[float], float]:
-        coefficients = self.weights / self.scale
-        return coefficients.tolist(), self.bias - float(coefficients @ self.mean)
+    def linear(self) -> tuple[np.ndarray, float]:
+        """`predict` as w / scale · x + (bias - w / scale · mean) (equal within float rounding): the form one
+        stream's step computes p in (decider/kernels.py), a few candidates at a time."""
+        coefficients = np.ascontiguousarray(self.weights / self.scale, dtype=np.float64)
+        return coefficients, float(self.bias - float(coefficients @ self.mean))
 
     @classmethod
     def fit(

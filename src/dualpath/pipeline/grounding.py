@@ -25,12 +25,11 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.corpus.restate import restate
-from dualpath.decider import ShortlistBatch, id_member, id_rows, nearest_unsaid, shortlist_scores
+from dualpath.decider import ShortlistBatch, id_member, id_rows, is_paraphrase, nearest_unsaid, shortlist_scores
 from dualpath.decider.grounding import (
     ANCHORS,
     Candidates,
     Grounding,
-    Pick,
     SnapConfidence,
     brier_score,
     choose_grounding,
@@ -40,6 +39,7 @@ from dualpath.decider.grounding import (
     successor_ids,
     successor_table,
 )
+from dualpath.decider.kernels import allowed_scores
 from dualpath.decider.lanes import HELPS, NONE, Risk
 from dualpath.models.heuristics import normalize_rows
 from dualpath.search import search_excluding
@@ -198,7 +198,7 @@ def ground_step(
 
     if b == 1:  # q and v̂ at unit length in one call (each row's values are its own: the same as two calls)
         unit = normalize_rows(np.concatenate([queries, v_hat]))
-        return _ground_one_stream(model, table, anchors, unit[:1], unit[1:], batch, used[0], blocked[0], pick,
+        return _ground_one_stream(model, table, anchors, unit[:1], unit[1:], batch, used[0], blocked[0], avoided,
                                   vectors_of, scores_out)
     q = normalize_rows(queries)
     v = normalize_rows(v_hat)
@@ -242,45 +242,37 @@ def _ground_one_stream(
     batch: ShortlistBatch,
     used: np.ndarray,
     blocked: np.ndarray,
-    pick: Pick,
+    avoided: tuple[np.ndarray, np.ndarray] | None,
     vectors_of: Callable[[np.ndarray], np.ndarray],
     scores_out: dict[str, np.ndarray] | None,
 ) -> tuple[Grounding, np.ndarray]:
-    """`ground_step` for one stream (unit `q` and `v` (1, d)): the same scores and candidates, its masks and
-    successors on Python scalars and its candidates by `ground_one`. A step of one stream makes a few dozen
-    small calls, each cold after the index search; the batched form's whole-array calls cost it most of its
-    decide stage. The tests hold the two forms equal."""
-    ids = batch.ids
-    row = ids[0]
+    """`ground_step` for one stream (unit `q` and `v` (1, d)): the same two products over the shortlist, its
+    masks and successors by `allowed_scores` and its candidates by `ground_one` (compiled loops, where the
+    batched form's whole-array calls would cost a stream most of its decide stage). The tests hold the two
+    forms equal."""
+    row = batch.ids[0]
     k = len(row)
     vectors = np.asarray(batch.vectors, dtype=np.float32)
-    refused_used = {int(x) for x in np.asarray(used, np.int64).tolist() if x >= 0}
-    allowed = row >= 0
-    padded = not bool(allowed.all())
-    if batch.fallbacks[0] is not None:
-        allowed[:] = False
-    for u in refused_used:  # a handful of ids: one comparison each beats a sort and search
-        allowed &= row != u
+    padded = k > 0 and int(row.min()) < 0
     with np.errstate(all="ignore") if padded else nullcontext():  # padding rows may hold anything
         lvm_raw = vectors[0] @ v[0]
         tower_raw = vectors[0] @ q[0]
-    if bool(allowed.all()):
-        tower, lvm = tower_raw, lvm_raw
-    else:
-        tower, lvm = np.where(allowed, tower_raw, -np.inf), np.where(allowed, lvm_raw, -np.inf)
     if scores_out is not None:
         scores_out.update(v=v, lvm=lvm_raw[None])
-    c_max = np.array([float(lvm.max()) if k else -np.inf])
-    refused = refused_used | {int(x) for x in np.asarray(blocked, np.int64).tolist()}
-    reach = min(len(anchors.ids[0]), table.shape[0]) if table.shape[1] else 0
-    succ = [-1] * anchors.ids.shape[1]
-    for j, anchor in enumerate(anchors.ids[0, :reach].tolist()):
-        s = int(table[j, anchor]) if 0 <= anchor < table.shape[1] else -1
-        succ[j] = s if s >= 0 and s not in refused else -1
+    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
+    succ = np.empty((1, anchors.ids.shape[1]), np.int64)
+    c_max = allowed_scores(row, tower_raw, lvm_raw, np.asarray(used, np.int64), np.asarray(blocked, np.int64),
+                           batch.fallbacks[0] is not None, table, anchors.ids[0], tower, lvm, succ[0])
+    refuse = None
+    if avoided is not None:
+        said, limits = avoided[0][0], avoided[1][0]
 
-    one = ground_one(ids, tower[None], lvm[None], np.array([succ], np.int64), anchors.cos, anchors.margin,
-                     vectors_of, q, v, model, pick, vectors)
-    return one, c_max
+        def refuse(vector: np.ndarray) -> bool:
+            return is_paraphrase(vector, said, limits)
+
+    one = ground_one(batch.ids, tower[None], lvm[None], succ, anchors.cos, anchors.margin, vectors_of, q, v, model,
+                     refuse, vectors)
+    return one, np.array([c_max])
 
 
 MODES = ("added", "restated", "unknown")  # the cases calibration fits the confidence on (module docstring)

@@ -1,0 +1,265 @@
+"""Compiled loops of one stream's grounded decision (numba).
+
+A generation step of one stream decides on one shortlist, a few candidates and a dozen features each: a
+few hundred operations, which as numpy calls cost a few microseconds apiece in the cold caches an index
+search leaves (the decide stage was 3-4x the floor of its one pass over the shortlist). These kernels do
+that scalar work in one call each. Each is the array form's arithmetic (`gather_candidates`,
+`SnapConfidence.predict_row`, `best_first`) in the same order on the same float types, so a stream alone
+decides bit for bit as it does in a batch; tests/test_grounding.py holds the two forms equal.
+
+The products over the shortlist stay numpy's (BLAS): the batched form makes them too, and a loop here would
+round them differently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# cache: compiled once per installed copy (in its __pycache__), then loaded in ~10 ms by each process.
+# error_model "numpy": a division by zero gives inf or NaN, as numpy's does, instead of raising.
+_compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_compiled
+def _argmax(x: np.ndarray) -> int:
+    """np.argmax of a 1-d array: the first maximum, or the first NaN where there is one."""
+    best = 0
+    for i in range(1, len(x)):
+        if math.isnan(x[best]):
+            break
+        if math.isnan(x[i]) or x[i] > x[best]:
+            best = i
+    return best
+
+
+@_compiled
+def paraphrase_rows(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, out: np.ndarray) -> None:
+    """`out[i]`: picked row i (d,) at unit length is at `limits[i, j]`'s cosine or closer to one of its avoid
+    rows `avoid[i, j]` (m, d) (an inf limit: an empty row). Summed in float64, four running sums a row, so a
+    row's answer is the same in any batch, however its avoid rows are padded."""
+    n, d = picked.shape
+    unit = np.empty(d)
+    for i in range(n):
+        s0 = s1 = s2 = s3 = 0.0
+        top = d - d % 4
+        for x in range(0, top, 4):
+            s0 += float(picked[i, x]) * float(picked[i, x])
+            s1 += float(picked[i, x + 1]) * float(picked[i, x + 1])
+            s2 += float(picked[i, x + 2]) * float(picked[i, x + 2])
+            s3 += float(picked[i, x + 3]) * float(picked[i, x + 3])
+        for x in range(top, d):
+            s0 += float(picked[i, x]) * float(picked[i, x])
+        norm = math.sqrt((s0 + s1) + (s2 + s3))
+        for x in range(d):
+            unit[x] = float(picked[i, x]) / norm
+        out[i] = False
+        for j in range(avoid.shape[1]):
+            if limits[i, j] == np.inf:
+                continue
+            s0 = s1 = s2 = s3 = 0.0
+            for x in range(0, top, 4):
+                s0 += float(avoid[i, j, x]) * unit[x]
+                s1 += float(avoid[i, j, x + 1]) * unit[x + 1]
+                s2 += float(avoid[i, j, x + 2]) * unit[x + 2]
+                s3 += float(avoid[i, j, x + 3]) * unit[x + 3]
+            for x in range(top, d):
+                s0 += float(avoid[i, j, x]) * unit[x]
+            if (s0 + s1) + (s2 + s3) >= limits[i, j]:
+                out[i] = True
+                break
+
+
+@_compiled
+def allowed_scores(
+    row: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: bool,
+    table: np.ndarray,
+    anchors: np.ndarray,
+    tower: np.ndarray,
+    lvm: np.ndarray,
+    successors: np.ndarray,
+) -> float:
+    """One stream's shortlist masked for grounding: `tower` and `lvm` (K,) receive the raw scores where a
+    candidate is allowed (a real id, not `used`, retrieval not `failed`) and -inf elsewhere; `successors` (A,)
+    each anchor's successor in `table` (A', N), -1 where there is none or it is used or `blocked`. Returns
+    c_max, the best allowed lvm score (NaN where one is NaN, as np.max gives; -inf for none)."""
+    k = len(row)
+    c_max = -np.inf
+    for x in range(k):
+        ok = row[x] >= 0 and not failed
+        if ok:
+            for u in used:
+                if u >= 0 and row[x] == u:
+                    ok = False
+                    break
+        tower[x] = tower_raw[x] if ok else -np.inf
+        lvm[x] = lvm_raw[x] if ok else -np.inf
+        if not math.isnan(c_max) and (math.isnan(lvm[x]) or lvm[x] > c_max):
+            c_max = float(lvm[x])
+    reach = min(len(anchors), table.shape[0]) if table.shape[1] else 0
+    for j in range(len(successors)):
+        s = -1
+        if j < reach and 0 <= anchors[j] < table.shape[1]:
+            s = table[j, anchors[j]]
+        if s >= 0:
+            for u in used:
+                if u >= 0 and u == s:
+                    s = -1
+                    break
+        if s >= 0:
+            for u in blocked:
+                if u == s:
+                    s = -1
+                    break
+        successors[j] = s
+    return c_max
+
+
+@_compiled
+def one_stream_candidates(
+    row: np.ndarray,
+    tower: np.ndarray,
+    lvm: np.ndarray,
+    successors: np.ndarray,
+    cand: np.ndarray,
+    at_row: np.ndarray,
+    tower_score: np.ndarray,
+    cos: np.ndarray,
+) -> tuple[float, float, float, int, int]:
+    """`gather_candidates`' candidates for one stream: the tower's and the LVM's favourites among the allowed
+    (-inf: not) scores `tower` and `lvm` (K,), then the `successors` (A,; -1: none). Fills `cand` (2 + A) with
+    their ids (-1: none), `at_row` with each one's place in the shortlist (-1: none, or a successor outside
+    it) and `tower_score` / `cos` with its scores read there (0 for no candidate; a successor outside the
+    shortlist is left at 0 for its caller to score). Returns the best tower score, the runner-up, the best
+    lvm score (-inf where missing), and the two favourites' ids."""
+    k = len(row)
+    t_at = _argmax(tower) if k else 0
+    t_top = float(tower[t_at]) if k else -np.inf
+    t_second = -np.inf
+    if k > 1 and math.isfinite(t_top):  # no NaN in the row: argmax would have stopped at it
+        for x in range(k):
+            if x != t_at and tower[x] > t_second:
+                t_second = float(tower[x])
+    l_at = _argmax(lvm) if k else 0
+    l_top = float(lvm[l_at]) if k else -np.inf
+    tower_id = row[t_at] if math.isfinite(t_top) else -1
+    lvm_id = row[l_at] if math.isfinite(l_top) else -1
+    cand[0], cand[1] = tower_id, lvm_id
+    at_row[0] = t_at if tower_id >= 0 else -1
+    at_row[1] = l_at if lvm_id >= 0 else -1
+    for j in range(len(successors)):
+        s = successors[j]
+        cand[2 + j] = s if s >= 0 else -1
+        at_row[2 + j] = -1
+        if s >= 0:
+            for x in range(k):
+                if row[x] == s and math.isfinite(lvm[x]):
+                    at_row[2 + j] = x
+                    break
+    for j in range(len(cand)):
+        listed = max(at_row[j], 0)
+        tower_score[j] = float(tower[listed]) if k and cand[j] >= 0 else 0.0
+        cos[j] = float(lvm[listed]) if k and cand[j] >= 0 else 0.0
+        if at_row[j] < 0:
+            tower_score[j] = cos[j] = 0.0
+    return t_top, t_second, l_top, tower_id, lvm_id
+
+
+@_compiled
+def candidate_confidence(
+    cand: np.ndarray,
+    successors: np.ndarray,
+    tower_score: np.ndarray,
+    cos: np.ndarray,
+    t_top: float,
+    t_second: float,
+    l_top: float,
+    tower_id: int,
+    lvm_id: int,
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    coefficients: np.ndarray,
+    offset: float,
+    exact_anchor: float,
+    features: np.ndarray,
+    p: np.ndarray,
+    order: np.ndarray,
+) -> int:
+    """Each candidate's FEATURES (`features` (m, F), zeros for none) and p (`p` (m,), -inf for none), as
+    `gather_candidates` and `SnapConfidence.predict_row` give them; `order` receives the candidates with a
+    finite p, most probable first (p rounded to float32, the first of equal ones first: `best_first`'s
+    order). Returns how many it holds."""
+    m = len(cand)
+    t_ref, l_ref = t_top, l_top
+    if not math.isfinite(t_top):  # with no shortlist favourite, gaps are to the best candidate
+        t_ref = -np.inf
+        for j in range(m):
+            if cand[j] >= 0 and tower_score[j] > t_ref:
+                t_ref = tower_score[j]
+        if t_ref == -np.inf:
+            t_ref = 0.0
+    if not math.isfinite(l_top):
+        l_ref = -np.inf
+        for j in range(m):
+            if cand[j] >= 0 and cos[j] > l_ref:
+                l_ref = cos[j]
+        if l_ref == -np.inf:
+            l_ref = 0.0
+    margin = t_top - t_second if math.isfinite(t_second) and math.isfinite(t_top) else 1.0
+    a = len(successors)
+    for j in range(m):
+        c = cand[j]
+        features[j, :] = 0.0
+        if c < 0:
+            p[j] = -np.inf
+            continue
+        votes, first, which, best = 0, -1, 0, -np.inf
+        for i in range(a):  # the anchors it continues; the best of them (the first of equal ones)
+            value = 0.0
+            if successors[i] == c:
+                votes += 1
+                if first < 0:
+                    first = i
+                value = anchor_cos[i]
+            if value > best:
+                which, best = i, value
+        best_anchor = lead = 0.0
+        if votes:
+            best_anchor = max(best, 0.0)
+            if successors[which] == c and anchor_cos[which] < exact_anchor:
+                lead = anchor_margin[which]
+        row = features[j]
+        row[0], row[1], row[2] = tower_score[j], tower_score[j] - t_ref, margin
+        row[3], row[4] = cos[j], cos[j] - l_ref
+        row[5], row[6] = 1.0 if c == tower_id else 0.0, 1.0 if c == lvm_id else 0.0
+        row[7], row[8] = 1.0 if votes else 0.0, best_anchor
+        row[9] = 1.0 if best_anchor >= exact_anchor else 0.0
+        row[10] = float(first) if votes else 0.0
+        row[11], row[12] = lead, float(votes)
+        z = 0.0
+        for f in range(len(coefficients)):  # predict_row's sum, in its order
+            z += row[f] * coefficients[f]
+        z += offset
+        z = -40.0 if z < -40.0 else z
+        z = 40.0 if z > 40.0 else z
+        p[j] = 1.0 / (1.0 + math.exp(-z))
+    n = 0
+    taken = np.zeros(m, np.bool_)
+    while True:
+        at, top = -1, np.float32(-np.inf)
+        for j in range(m):
+            value = np.float32(p[j])
+            if not taken[j] and math.isfinite(value) and (at < 0 or value > top):
+                at, top = j, value
+        if at < 0:
+            return n
+        taken[at] = True
+        order[n] = at
+        n += 1
