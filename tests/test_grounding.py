@@ -18,7 +18,6 @@ from dualpath.decider import (
     choose_grounded,
     choose_next_vector,
     ground_streams,
-    is_paraphrase,
     load_lanes,
     make_lane,
     nearest_unsaid,
@@ -152,9 +151,9 @@ def test_one_streams_grounding_is_the_batched_one(
     batch = choose_grounding(gather_candidates(ids, tower, lvm, succ, anchor_cos, anchor_margin, succ >= 0,
                                                vectors_of, q, v, rows), model, pick=pick)
     for i in range(b):
-        refuse = None if avoided is None else lambda x, i=i: is_paraphrase(x, avoided[0][i], avoided[1][i])
+        own = None if avoided is None else (avoided[0][i], avoided[1][i])
         one = ground_one(ids[[i]], tower[[i]], lvm[[i]], succ[[i]], anchor_cos[[i]], anchor_margin[[i]], vectors_of,
-                         q[[i]], v[[i]], model, refuse, None if rows is None else rows[[i]])
+                         q[[i]], v[[i]], model, own, None if rows is None else rows[[i]])
         for name in ("ids", "vectors", "sources", "features", "passed"):
             assert np.array_equal(getattr(one, name)[0], getattr(batch, name)[i]), (name, i)
         # p in one stream's form (`SnapConfidence.linear`) sums the same terms in another order

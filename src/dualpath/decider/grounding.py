@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dualpath.decider.kernels import candidate_confidence, one_stream_candidates
+from dualpath.decider.kernels import choose_candidate, one_stream_candidates
 from dualpath.errors import ConfigError
 
 FEATURES = (
@@ -251,17 +251,17 @@ def ground_one(
     queries: np.ndarray,
     v_hat: np.ndarray,
     model: SnapConfidence,
-    refuse: Callable[[np.ndarray], bool] | None = None,
+    avoided: tuple[np.ndarray, np.ndarray] | None = None,
     shortlist_vectors: np.ndarray | None = None,
 ) -> Grounding:
-    """`choose_grounding(gather_candidates(...), model, pick)` for a batch of one (the same arguments, each
-    with its one row; `successors` already -1 where not allowed), with `refuse(vector)` saying which
-    candidates `pick` passes over (a paraphrase of what the stream said; None: none).
+    """`choose_grounding(gather_candidates(...), model, pick=nearest_unsaid(..., avoided))` for a batch of one
+    (the same arguments, each with its one row; `successors` already -1 where not allowed; `avoided` the
+    stream's own (m, d) said vectors and (m,) limits, None for none).
 
-    The candidates, their features and p are found by compiled loops (decider/kernels.py) and the products
-    are the batched form's on a batch of one (a successor outside the shortlist, `refuse`), so the candidate,
-    its features and source are bit-for-bit the batched ones and p equal within float rounding (its sum is
-    in another order). The hypothesis test holds the two forms equal.
+    The candidates, their features, p and the pick are found by compiled loops (decider/kernels.py), and a
+    successor outside the shortlist is scored by the batched form's product on a batch of one, so the
+    candidate, its features and source are bit-for-bit the batched ones and p equal within float rounding
+    (its sum is in another order). The hypothesis test holds the two forms equal.
     """
     row = ids[0]
     k, m = len(row), 2 + successors.shape[1]
@@ -271,42 +271,42 @@ def ground_one(
         row, tower_scores[0], lvm_cos[0], successors[0], cand, at_row, tower_score, cos
     )
     outside = [j for j, (c, x) in enumerate(zip(cand.tolist(), at_row.tolist(), strict=True)) if x < 0 <= c]
-    if shortlist_vectors is None or not k:
-        vectors = fresh = np.asarray(vectors_of(np.maximum(cand, 0)[None]), dtype=np.float32)
+    from_fresh = np.zeros(m, np.bool_)
+    if shortlist_vectors is None or not k:  # every candidate read once, from the bank
+        fresh = np.asarray(vectors_of(np.maximum(cand, 0)[None]), dtype=np.float32)[0]
+        rows, from_fresh[:] = fresh, True
     else:
-        vectors = np.asarray(shortlist_vectors[0][np.maximum(at_row, 0)], dtype=np.float32)[None]
-        fresh = vectors
+        rows = np.asarray(shortlist_vectors[0], dtype=np.float32)
+        fresh = rows[:m]  # a stand-in that no candidate reads
         if outside:
+            from_fresh[outside] = True
             wanted = np.zeros((1, m), np.int64)
             wanted[0, outside] = cand[outside]
-            fresh = np.asarray(vectors_of(wanted), dtype=np.float32)
+            fresh = np.asarray(vectors_of(wanted), dtype=np.float32)[0]
     if outside:  # successors outside the shortlist: scored here (both scores in one product)
-        scores = np.matmul(fresh, _score_pair(queries, v_hat))[0]
+        scores = np.matmul(fresh[None], _score_pair(queries, v_hat))[0]
         tower_score[outside], cos[outside] = scores[outside, 0], scores[outside, 1]
-        if fresh is not vectors:  # `vectors` is this call's own copy of the shortlist rows
-            vectors[0, outside] = fresh[0, outside]
-    features, p, order = np.empty((m, len(FEATURES))), np.empty(m), np.empty(m, np.int64)
+    features, p, vector = np.empty((m, len(FEATURES))), np.empty(m), np.empty((1, queries.shape[1]), np.float32)
     coefficients, offset = model.linear
-    ranked = candidate_confidence(cand, successors[0], tower_score, cos, t_top, t_second, l_top, tower_id, lvm_id,
-                                  anchor_cos[0], anchor_margin[0], coefficients, offset, EXACT_ANCHOR, features, p,
-                                  order)
-    best, passed = -1, 0
-    for j in order[:ranked].tolist():  # the most probable first, passing over what `refuse` refuses
-        if refuse is None or not refuse(vectors[0, j]):
-            best = j
-            break
-        passed += 1
-    at = max(best, 0)
-    found_one = best >= 0
+    said, limits = avoided if avoided is not None else (_NOTHING_SAID, _NO_LIMITS)
+    best, passed = choose_candidate(cand, successors[0], tower_score, cos, t_top, t_second, l_top, tower_id, lvm_id,
+                                    anchor_cos[0], anchor_margin[0], coefficients, offset, EXACT_ANCHOR,
+                                    rows, at_row, fresh, from_fresh, said, np.asarray(limits, np.float64), features, p,
+                                    vector[0])
+    if best < 0:
+        return Grounding(ids=np.array([-1]), vectors=vector, confidence=np.zeros(1), sources=np.zeros(1, np.int8),
+                         features=np.zeros((1, len(FEATURES))), passed=np.array([passed]))
     return Grounding(
-        ids=np.array([cand[at] if found_one else -1], np.int64),
-        vectors=vectors[:, at],
-        confidence=np.array([p[at] if found_one else 0.0]),
-        sources=np.array([SOURCES.index("tower" if at == 0 else "lvm" if at == 1 else "successor") if found_one
-                          else 0], np.int8),
-        features=features[at][None] if found_one else np.zeros((1, len(FEATURES))),
+        ids=cand[best : best + 1],
+        vectors=vector,
+        confidence=p[best : best + 1],
+        sources=np.array([SOURCES.index("tower" if best == 0 else "lvm" if best == 1 else "successor")], np.int8),
+        features=features[best : best + 1],
         passed=np.array([passed]),
     )
+
+
+_NOTHING_SAID, _NO_LIMITS = np.zeros((0, 1), np.float32), np.zeros(0)
 
 
 def _argmax_valid(scores: np.ndarray) -> int:

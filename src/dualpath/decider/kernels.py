@@ -36,40 +36,45 @@ def _argmax(x: np.ndarray) -> int:
 
 
 @_compiled
-def paraphrase_rows(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, out: np.ndarray) -> None:
-    """`out[i]`: picked row i (d,) at unit length is at `limits[i, j]`'s cosine or closer to one of its avoid
-    rows `avoid[i, j]` (m, d) (an inf limit: an empty row). Summed in float64, four running sums a row, so a
-    row's answer is the same in any batch, however its avoid rows are padded."""
-    n, d = picked.shape
-    unit = np.empty(d)
-    for i in range(n):
+def _is_said(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, unit: np.ndarray) -> bool:
+    """`picked` (d,) at unit length is at `limits[j]`'s cosine or closer to avoid row j (m, d) (an inf limit:
+    an empty row). Summed in float64, four running sums a row; `unit` (d,) float64 scratch."""
+    d = len(picked)
+    top = d - d % 4
+    s0 = s1 = s2 = s3 = 0.0
+    for x in range(0, top, 4):
+        s0 += float(picked[x]) * float(picked[x])
+        s1 += float(picked[x + 1]) * float(picked[x + 1])
+        s2 += float(picked[x + 2]) * float(picked[x + 2])
+        s3 += float(picked[x + 3]) * float(picked[x + 3])
+    for x in range(top, d):
+        s0 += float(picked[x]) * float(picked[x])
+    norm = math.sqrt((s0 + s1) + (s2 + s3))
+    for x in range(d):
+        unit[x] = float(picked[x]) / norm
+    for j in range(avoid.shape[0]):
+        if limits[j] == np.inf:
+            continue
         s0 = s1 = s2 = s3 = 0.0
-        top = d - d % 4
         for x in range(0, top, 4):
-            s0 += float(picked[i, x]) * float(picked[i, x])
-            s1 += float(picked[i, x + 1]) * float(picked[i, x + 1])
-            s2 += float(picked[i, x + 2]) * float(picked[i, x + 2])
-            s3 += float(picked[i, x + 3]) * float(picked[i, x + 3])
+            s0 += float(avoid[j, x]) * unit[x]
+            s1 += float(avoid[j, x + 1]) * unit[x + 1]
+            s2 += float(avoid[j, x + 2]) * unit[x + 2]
+            s3 += float(avoid[j, x + 3]) * unit[x + 3]
         for x in range(top, d):
-            s0 += float(picked[i, x]) * float(picked[i, x])
-        norm = math.sqrt((s0 + s1) + (s2 + s3))
-        for x in range(d):
-            unit[x] = float(picked[i, x]) / norm
-        out[i] = False
-        for j in range(avoid.shape[1]):
-            if limits[i, j] == np.inf:
-                continue
-            s0 = s1 = s2 = s3 = 0.0
-            for x in range(0, top, 4):
-                s0 += float(avoid[i, j, x]) * unit[x]
-                s1 += float(avoid[i, j, x + 1]) * unit[x + 1]
-                s2 += float(avoid[i, j, x + 2]) * unit[x + 2]
-                s3 += float(avoid[i, j, x + 3]) * unit[x + 3]
-            for x in range(top, d):
-                s0 += float(avoid[i, j, x]) * unit[x]
-            if (s0 + s1) + (s2 + s3) >= limits[i, j]:
-                out[i] = True
-                break
+            s0 += float(avoid[j, x]) * unit[x]
+        if (s0 + s1) + (s2 + s3) >= limits[j]:
+            return True
+    return False
+
+
+@_compiled
+def paraphrase_rows(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, out: np.ndarray) -> None:
+    """`out[i]`: picked row i (n, d) is a paraphrase of one of its avoid rows `avoid[i]` (n, m, d) at its
+    limits `limits[i]` (n, m) (`_is_said`): a row's answer is the same in any batch, however it is padded."""
+    unit = np.empty(picked.shape[1])
+    for i in range(picked.shape[0]):
+        out[i] = _is_said(picked[i], avoid[i], limits[i], unit)
 
 
 @_compiled
@@ -173,7 +178,7 @@ def one_stream_candidates(
 
 
 @_compiled
-def candidate_confidence(
+def choose_candidate(
     cand: np.ndarray,
     successors: np.ndarray,
     tower_score: np.ndarray,
@@ -188,14 +193,24 @@ def candidate_confidence(
     coefficients: np.ndarray,
     offset: float,
     exact_anchor: float,
+    rows: np.ndarray,
+    at_row: np.ndarray,
+    fresh: np.ndarray,
+    from_fresh: np.ndarray,
+    avoid: np.ndarray,
+    limits: np.ndarray,
     features: np.ndarray,
     p: np.ndarray,
-    order: np.ndarray,
-) -> int:
-    """Each candidate's FEATURES (`features` (m, F), zeros for none) and p (`p` (m,), -inf for none), as
-    `gather_candidates` and `SnapConfidence.predict_row` give them; `order` receives the candidates with a
-    finite p, most probable first (p rounded to float32, the first of equal ones first: `best_first`'s
-    order). Returns how many it holds."""
+    vector: np.ndarray,
+) -> tuple[int, int]:
+    """`choose_grounding` for one stream: each candidate's FEATURES (`features` (m, F), zeros for none) and p
+    (`p` (m,), -inf for none), as `gather_candidates` and `SnapConfidence.linear` give them, and the most
+    probable one (p rounded to float32, the first of equal ones first: `best_first`'s order) that is no
+    paraphrase of the stream's `avoid` rows at their `limits` (`_is_said`; none: an empty `avoid`).
+
+    A candidate's vector is shortlist row `rows[at_row[j]]` (its place there, 0 for none), or `fresh[j]`
+    where `from_fresh[j]`. Returns (the chosen candidate, -1 for none; how many more probable ones it passed
+    over) and writes its vector, or candidate 0's where none, to `vector` (d,)."""
     m = len(cand)
     t_ref, l_ref = t_top, l_top
     if not math.isfinite(t_top):  # with no shortlist favourite, gaps are to the best candidate
@@ -250,8 +265,9 @@ def candidate_confidence(
         z = -40.0 if z < -40.0 else z
         z = 40.0 if z > 40.0 else z
         p[j] = 1.0 / (1.0 + math.exp(-z))
-    n = 0
+    passed = 0
     taken = np.zeros(m, np.bool_)
+    unit = np.empty(vector.shape[0])
     while True:
         at, top = -1, np.float32(-np.inf)
         for j in range(m):
@@ -259,7 +275,12 @@ def candidate_confidence(
             if not taken[j] and math.isfinite(value) and (at < 0 or value > top):
                 at, top = j, value
         if at < 0:
-            return n
+            break
         taken[at] = True
-        order[n] = at
-        n += 1
+        picked = fresh[at] if from_fresh[at] else rows[max(at_row[at], 0)]
+        if not _is_said(picked, avoid, limits, unit):
+            vector[:] = picked
+            return at, passed
+        passed += 1
+    vector[:] = fresh[0] if from_fresh[0] else rows[max(at_row[0], 0)]
+    return -1, passed

@@ -25,7 +25,7 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.corpus.restate import restate
-from dualpath.decider import ShortlistBatch, id_member, id_rows, is_paraphrase, nearest_unsaid, shortlist_scores
+from dualpath.decider import ShortlistBatch, id_member, id_rows, nearest_unsaid, shortlist_scores
 from dualpath.decider.grounding import (
     ANCHORS,
     Candidates,
@@ -263,15 +263,8 @@ def _ground_one_stream(
     succ = np.empty((1, anchors.ids.shape[1]), np.int64)
     c_max = allowed_scores(row, tower_raw, lvm_raw, np.asarray(used, np.int64), np.asarray(blocked, np.int64),
                            batch.fallbacks[0] is not None, table, anchors.ids[0], tower, lvm, succ[0])
-    refuse = None
-    if avoided is not None:
-        said, limits = avoided[0][0], avoided[1][0]
-
-        def refuse(vector: np.ndarray) -> bool:
-            return is_paraphrase(vector, said, limits)
-
     one = ground_one(batch.ids, tower[None], lvm[None], succ, anchors.cos, anchors.margin, vectors_of, q, v, model,
-                     refuse, vectors)
+                     None if avoided is None else (avoided[0][0], avoided[1][0]), vectors)
     return one, np.array([c_max])
 
 
