@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from dualpath.decider.grounding import SOURCES, Grounding
-from dualpath.decider.kernels import paraphrase_rows
+from dualpath.decider.kernels import paraphrase_rows, unit_rows
 from dualpath.decider.lanes import Lane
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
 from dualpath.errors import DeciderError
@@ -847,11 +847,15 @@ def choose_grounded(
     alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
     queries = _as_queries(v_hat)
     b, d = queries.shape
-    q_norms = _row_norms(queries)
+    if b == 1:  # numpy's norm and division, bit for bit, in one call
+        queries, q_norms = unit_rows(queries)
+    else:
+        q_norms = _row_norms(queries)
     if not (0 < float(q_norms[0]) < np.inf if b == 1 else q_norms.min() > 0 and q_norms.max() < np.inf):
         good = np.isfinite(q_norms) & (q_norms > 0)
         raise DeciderError(f"v̂ of stream {int(np.argmin(good))} is zero, NaN/inf or overflows float32")
-    queries = queries / q_norms[:, None]
+    if b > 1:
+        queries = queries / q_norms[:, None]
     ids = np.asarray(grounding.ids, dtype=np.int64)
     if ids.shape != (b,) or grounding.vectors.shape != (b, d):
         raise DeciderError(f"grounding must hold one candidate per stream ({b}, d={d})")
@@ -929,8 +933,7 @@ def _grounded_one(
     near = guard and n_id in memory
     neighbours = queries  # n* at unit length where it counts: the near-duplicate drop, a SNAP's or BLEND's output
     if not empty and (near or not (c_rule < lane.tau_snap and c_rule <= lane.tau_novel)):  # NaN: as BLEND
-        picked = np.asarray(grounding.vectors, dtype=np.float32)
-        neighbours = picked / _row_norms(picked)[:, None]
+        neighbours = unit_rows(grounding.vectors)[0]  # numpy's `picked / _row_norms(picked)`, bit for bit
     # cos(v̂, n*) matters only to the drop of an n* the stream picked before; for any other, -inf drops nothing
     c_pick = float(np.einsum("bd,bd->b", queries, neighbours)[0]) if near else -math.inf
     decision, near_dup = _rules_one(c_rule, c_pick, n_id, memory, lane, dup_threshold, guard)
@@ -985,4 +988,4 @@ def _output_one(
     alpha = float(np.asarray(alpha_of(np.array([c_rule]), lane.tau_snap, lane.tau_novel), dtype=np.float64)[0])
     a32 = np.array([alpha]).astype(np.float32)[:, None]
     mixed = (1.0 - a32) * queries + a32 * neighbours
-    return (mixed / _row_norms(mixed)[:, None])[0], alpha
+    return unit_rows(mixed)[0][0], alpha

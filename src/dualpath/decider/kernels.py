@@ -24,6 +24,87 @@ _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 @_compiled
+def _block_sum(a: np.ndarray, lo: int, n: int) -> np.float32:
+    """numpy's float32 pairwise sum of a block of at most 128 (its loops_utils.h): eight running sums."""
+    if n < 8:
+        res = np.float32(0.0)
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    while i < n - n % 8:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@_compiled
+def _pairwise_sum(a: np.ndarray) -> np.float32:
+    """numpy's float32 pairwise sum of a (n,), bit for bit: blocks of up to 128 summed by `_block_sum`, longer
+    runs split in two halves (the first a multiple of 8) and their sums added, as numpy recurses. Walked with
+    an explicit stack: numba's cache cannot load a recursive function."""
+    starts, sizes = np.empty(64, np.int64), np.empty(64, np.int64)
+    stage, left = np.zeros(64, np.int64), np.empty(64, np.float32)
+    starts[0], sizes[0], stage[0] = 0, len(a), 0
+    top, value = 1, np.float32(0.0)
+    while top:
+        f = top - 1
+        half = sizes[f] // 2
+        half -= half % 8
+        if sizes[f] <= 128:
+            value = _block_sum(a, starts[f], sizes[f])
+            top -= 1
+        elif stage[f] == 0:  # the first half
+            stage[f] = 1
+            starts[top], sizes[top], stage[top] = starts[f], half, 0
+            top += 1
+        elif stage[f] == 1:  # the first half's sum is in: the second half
+            left[f], stage[f] = value, 2
+            starts[top], sizes[top], stage[top] = starts[f] + half, sizes[f] - half, 0
+            top += 1
+        else:
+            value = left[f] + value
+            top -= 1
+    return value
+
+
+@_compiled
+def _unit_rows(x: np.ndarray, eps: np.float32, unit: np.ndarray, norms: np.ndarray) -> None:
+    squares = np.empty(x.shape[1], np.float32)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            squares[j] = x[i, j] * x[i, j]
+        norm = np.sqrt(np.float32(0.0) + _pairwise_sum(squares))
+        norms[i] = norm
+        scale = eps if norm < eps else norm  # np.maximum's: a NaN length stays NaN
+        for j in range(x.shape[1]):
+            unit[i, j] = x[i, j] / scale
+
+
+def unit_rows(x: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of x (n, d) at unit length (float32) and their lengths (n,): bit for bit numpy's
+    `x / np.maximum(np.sqrt(np.square(x).sum(axis=-1)), eps)[:, None]` (`normalize_rows` with its eps,
+    `_row_norms` with none), in one call instead of six."""
+    x = np.asarray(x, dtype=np.float32)
+    unit, norms = np.empty_like(x), np.empty(len(x), np.float32)
+    _unit_rows(x, np.float32(eps), unit, norms)
+    return unit, norms
+
+
+@_compiled
 def _argmax(x: np.ndarray) -> int:
     """np.argmax of a 1-d array: the first maximum, or the first NaN where there is one."""
     best = 0

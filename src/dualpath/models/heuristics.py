@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+NORM_EPS = 1e-12  # the least length a row is divided by: a zero row stays zero
 
-def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+
+def normalize_rows(x: np.ndarray, eps: float = NORM_EPS) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     # np.linalg.norm's own arithmetic (the same sum of squares), without its argument handling: a
     # generation step normalises a few single rows, where that handling was most of the call.

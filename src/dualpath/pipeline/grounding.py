@@ -39,9 +39,9 @@ from dualpath.decider.grounding import (
     successor_ids,
     successor_table,
 )
-from dualpath.decider.kernels import allowed_scores
+from dualpath.decider.kernels import allowed_scores, unit_rows
 from dualpath.decider.lanes import HELPS, NONE, Risk
-from dualpath.models.heuristics import normalize_rows
+from dualpath.models.heuristics import NORM_EPS, normalize_rows
 from dualpath.search import search_excluding
 
 log = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ def ground_step(
         return nearest_unsaid(scores, candidate_vectors, avoided)
 
     if b == 1:  # q and v̂ at unit length in one call (each row's values are its own: the same as two calls)
-        unit = normalize_rows(np.concatenate([queries, v_hat]))
+        unit, _ = unit_rows(np.concatenate([queries, v_hat]), NORM_EPS)
         return _ground_one_stream(model, table, anchors, unit[:1], unit[1:], batch, used[0], blocked[0], avoided,
                                   vectors_of, scores_out)
     q = normalize_rows(queries)
