@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dualpath.decider.kernels import choose_candidate, one_stream_candidates
+from dualpath.decider.kernels import allowed_scores, choose_candidate, ground_stream, one_stream_candidates
 from dualpath.errors import ConfigError
 
 FEATURES = (
@@ -241,10 +241,15 @@ def gather_candidates(
 
 
 def ground_one(
-    ids: np.ndarray,
-    tower_scores: np.ndarray,
-    lvm_cos: np.ndarray,
-    successors: np.ndarray,
+    row: np.ndarray,
+    vectors: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: bool,
+    table: np.ndarray,
+    anchor_ids: np.ndarray,
     anchor_cos: np.ndarray,
     anchor_margin: np.ndarray,
     vectors_of: Callable[[np.ndarray], np.ndarray],
@@ -252,60 +257,96 @@ def ground_one(
     v_hat: np.ndarray,
     model: SnapConfidence,
     avoided: tuple[np.ndarray, np.ndarray] | None = None,
-    shortlist_vectors: np.ndarray | None = None,
-) -> Grounding:
-    """`choose_grounding(gather_candidates(...), model, pick=nearest_unsaid(..., avoided))` for a batch of one
-    (the same arguments, each with its one row; `successors` already -1 where not allowed; `avoided` the
-    stream's own (m, d) said vectors and (m,) limits, None for none).
+) -> tuple[Grounding, float]:
+    """One stream's grounding and c_max, as the batched form (pipeline.grounding.ground_step) finds them.
 
-    The candidates, their features, p and the pick are found by compiled loops (decider/kernels.py), and a
-    successor outside the shortlist is scored by the batched form's product on a batch of one, so the
-    candidate, its features and source are bit-for-bit the batched ones and p equal within float rounding
-    (its sum is in another order). The hypothesis test holds the two forms equal.
+    `row` (K,) shortlist ids and `vectors` (K, d) their float32 rows; `tower_raw` / `lvm_raw` (K,) every row's
+    score against the unit q and v̂ (`queries`, `v_hat` (1, d)), before masking; `used` the ids the stream may
+    not show, `blocked` those it may not ground on (its context, hidden ids), `failed` its retrieval failed;
+    `table` the successor table (`successor_table`) and the anchors' ids, match cosines and margins (A,);
+    `avoided` the stream's own (m, d) said vectors and (m,) limits (None: nothing said).
+
+    The masks, candidates, features, p and the pick are compiled loops (decider/kernels.py, one call where
+    every candidate is a shortlist row), and a successor outside the shortlist is read with `vectors_of` and
+    scored by the batched form's product on a batch of one: the candidate, its features and source are the
+    batched ones bit for bit and p equal within float rounding (its sum is in another order). The tests hold
+    the two forms equal.
     """
-    row = ids[0]
-    k, m = len(row), 2 + successors.shape[1]
-    cand, at_row = np.empty(m, np.int64), np.empty(m, np.int64)
-    tower_score, cos = np.empty(m), np.empty(m)
-    t_top, t_second, l_top, tower_id, lvm_id = one_stream_candidates(
-        row, tower_scores[0], lvm_cos[0], successors[0], cand, at_row, tower_score, cos
-    )
-    outside = [j for j, (c, x) in enumerate(zip(cand.tolist(), at_row.tolist(), strict=True)) if x < 0 <= c]
-    from_fresh = np.zeros(m, np.bool_)
-    if shortlist_vectors is None or not k:  # every candidate read once, from the bank
-        fresh = np.asarray(vectors_of(np.maximum(cand, 0)[None]), dtype=np.float32)[0]
-        rows, from_fresh[:] = fresh, True
-    else:
-        rows = np.asarray(shortlist_vectors[0], dtype=np.float32)
-        fresh = rows[:m]  # a stand-in that no candidate reads
-        if outside:
-            from_fresh[outside] = True
-            wanted = np.zeros((1, m), np.int64)
-            wanted[0, outside] = cand[outside]
-            fresh = np.asarray(vectors_of(wanted), dtype=np.float32)[0]
-    if outside:  # successors outside the shortlist: scored here (both scores in one product)
-        scores = np.matmul(fresh[None], _score_pair(queries, v_hat))[0]
-        tower_score[outside], cos[outside] = scores[outside, 0], scores[outside, 1]
-    features, p, vector = np.empty((m, len(FEATURES))), np.empty(m), np.empty((1, queries.shape[1]), np.float32)
     coefficients, offset = model.linear
     said, limits = avoided if avoided is not None else (_NOTHING_SAID, _NO_LIMITS)
-    best, passed = choose_candidate(cand, successors[0], tower_score, cos, t_top, t_second, l_top, tower_id, lvm_id,
-                                    anchor_cos[0], anchor_margin[0], coefficients, offset, EXACT_ANCHOR,
-                                    rows, at_row, fresh, from_fresh, said, np.asarray(limits, np.float64), features, p,
-                                    vector[0])
-    if best < 0:
-        return Grounding(ids=np.array([-1]), vectors=vector, confidence=np.zeros(1), sources=np.zeros(1, np.int8),
-                         features=np.zeros((1, len(FEATURES))), passed=np.array([passed]))
-    return Grounding(
-        ids=cand[best : best + 1],
-        vectors=vector,
-        confidence=p[best : best + 1],
-        sources=np.array([SOURCES.index("tower" if best == 0 else "lvm" if best == 1 else "successor")], np.int8),
-        features=features[best : best + 1],
-        passed=np.array([passed]),
+    limits = np.asarray(limits, np.float64)
+    features, vector = np.empty((1, len(FEATURES))), np.empty((1, queries.shape[1]), np.float32)
+    c_max, best, chosen, passed, p = ground_stream(
+        row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin, coefficients,
+        offset, EXACT_ANCHOR, vectors, said, limits, features[0], vector[0],
     )
+    if best == -2:  # a successor outside the shortlist (or no shortlist): the parts one by one
+        best, chosen, passed, p = _ground_with_bank_reads(
+            row, vectors, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin,
+            vectors_of, queries, v_hat, coefficients, offset, said, limits, features[0], vector[0],
+        )
+    return Grounding(ids=np.array([chosen]), vectors=vector, confidence=np.array([p]),
+                     sources=np.array([_SOURCE_OF[min(best, 2)] if best >= 0 else 0], np.int8), features=features,
+                     passed=np.array([passed])), c_max
 
 
+def _ground_with_bank_reads(
+    row: np.ndarray,
+    vectors: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: bool,
+    table: np.ndarray,
+    anchor_ids: np.ndarray,
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    queries: np.ndarray,
+    v_hat: np.ndarray,
+    coefficients: np.ndarray,
+    offset: float,
+    said: np.ndarray,
+    limits: np.ndarray,
+    features: np.ndarray,
+    vector: np.ndarray,
+) -> tuple[int, int, int, float]:
+    """`ground_stream`'s parts one by one, for a stream with candidates outside its shortlist (successors, or
+    every candidate when the shortlist is empty): those are read with `vectors_of` and scored by the batched
+    form's product on a batch of one. Returns (the chosen candidate's place, its id, how many it passed over,
+    its p) and writes its features and vector, as `ground_stream`."""
+    k, a = len(row), len(anchor_ids)
+    m = 2 + a
+    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
+    successors = np.empty(a, np.int64)
+    allowed_scores(row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, tower, lvm, successors)
+    cand, at_row = np.empty(m, np.int64), np.empty(m, np.int64)
+    tower_score, cos = np.empty(m), np.empty(m)
+    tops = one_stream_candidates(row, tower, lvm, successors, cand, at_row, tower_score, cos)
+    outside = [j for j, (c, x) in enumerate(zip(cand.tolist(), at_row.tolist(), strict=True)) if x < 0 <= c]
+    from_fresh = np.zeros(m, np.bool_)
+    wanted = np.zeros((1, m), np.int64)
+    if k:
+        wanted[0, outside], from_fresh[outside] = cand[outside], True
+    else:
+        wanted[0], from_fresh[:] = np.maximum(cand, 0), True
+    fresh = np.asarray(vectors_of(wanted), dtype=np.float32)[0]
+    if outside:  # both scores in one product
+        scores = np.matmul(fresh[None], _score_pair(queries, v_hat))[0]
+        tower_score[outside], cos[outside] = scores[outside, 0], scores[outside, 1]
+    every, p = np.zeros((m, len(FEATURES))), np.empty(m)
+    best, passed = choose_candidate(cand, successors, tower_score, cos, *tops, anchor_cos, anchor_margin, coefficients,
+                                    offset, EXACT_ANCHOR, vectors if k else fresh, at_row, fresh, from_fresh, said,
+                                    limits, every, p, vector)
+    if best < 0:
+        features[:] = 0.0
+        return best, -1, passed, 0.0
+    features[:] = every[best]
+    return best, int(cand[best]), passed, float(p[best])
+
+
+_SOURCE_OF = (SOURCES.index("tower"), SOURCES.index("lvm"), SOURCES.index("successor"))  # by candidate (2+: successors)
 _NOTHING_SAID, _NO_LIMITS = np.zeros((0, 1), np.float32), np.zeros(0)
 
 

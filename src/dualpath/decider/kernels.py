@@ -365,3 +365,53 @@ def choose_candidate(
         passed += 1
     vector[:] = fresh[0] if from_fresh[0] else rows[max(at_row[0], 0)]
     return -1, passed
+
+
+@_compiled
+def ground_stream(
+    row: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: bool,
+    table: np.ndarray,
+    anchor_ids: np.ndarray,
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    coefficients: np.ndarray,
+    offset: float,
+    exact_anchor: float,
+    rows: np.ndarray,
+    avoid: np.ndarray,
+    limits: np.ndarray,
+    features: np.ndarray,
+    vector: np.ndarray,
+) -> tuple[float, int, int, int, float]:
+    """One stream's grounding in one call where every candidate is a shortlist row (`rows` (K, d)):
+    `allowed_scores`, `one_stream_candidates` and `choose_candidate`. Returns (c_max, the chosen candidate's
+    place among the candidates (-1: none), its id, how many it passed over, its p) and writes its features to
+    `features` (F,) and its vector to `vector` (d,). The place is -2 where a successor lies outside the
+    shortlist or the shortlist is empty: the caller reads those from the bank and takes the parts one by one."""
+    k, a = len(row), len(anchor_ids)
+    m = 2 + a
+    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
+    successors = np.empty(a, np.int64)
+    c_max = allowed_scores(row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, tower, lvm, successors)
+    cand, at_row = np.empty(m, np.int64), np.empty(m, np.int64)
+    tower_score, cos = np.empty(m), np.empty(m)
+    tops = one_stream_candidates(row, tower, lvm, successors, cand, at_row, tower_score, cos)
+    inside = k > 0  # every candidate a shortlist row
+    for j in range(m):
+        inside = inside and not at_row[j] < 0 <= cand[j]
+    if not inside:
+        return c_max, -2, -1, 0, 0.0
+    every, p = np.zeros((m, len(coefficients))), np.empty(m)
+    chosen, passed = choose_candidate(cand, successors, tower_score, cos, tops[0], tops[1], tops[2], tops[3], tops[4],
+                                      anchor_cos, anchor_margin, coefficients, offset, exact_anchor, rows, at_row,
+                                      rows, np.zeros(m, np.bool_), avoid, limits, every, p, vector)
+    if chosen < 0:
+        features[:] = 0.0
+        return c_max, chosen, -1, passed, 0.0
+    features[:] = every[chosen]
+    return c_max, chosen, cand[chosen], passed, p[chosen]

@@ -39,7 +39,7 @@ from dualpath.decider.grounding import (
     successor_ids,
     successor_table,
 )
-from dualpath.decider.kernels import allowed_scores, unit_rows
+from dualpath.decider.kernels import unit_rows
 from dualpath.decider.lanes import HELPS, NONE, Risk
 from dualpath.models.heuristics import NORM_EPS, normalize_rows
 from dualpath.search import search_excluding
@@ -247,24 +247,19 @@ def _ground_one_stream(
     scores_out: dict[str, np.ndarray] | None,
 ) -> tuple[Grounding, np.ndarray]:
     """`ground_step` for one stream (unit `q` and `v` (1, d)): the same two products over the shortlist, its
-    masks and successors by `allowed_scores` and its candidates by `ground_one` (compiled loops, where the
-    batched form's whole-array calls would cost a stream most of its decide stage). The tests hold the two
-    forms equal."""
+    masks, successors and candidates by `ground_one` (compiled loops, where the batched form's whole-array
+    calls would cost a stream most of its decide stage). The tests hold the two forms equal."""
     row = batch.ids[0]
-    k = len(row)
-    vectors = np.asarray(batch.vectors, dtype=np.float32)
-    padded = k > 0 and int(row.min()) < 0
+    vectors = np.asarray(batch.vectors[0], dtype=np.float32)
+    padded = len(row) > 0 and int(row.min()) < 0
     with np.errstate(all="ignore") if padded else nullcontext():  # padding rows may hold anything
-        lvm_raw = vectors[0] @ v[0]
-        tower_raw = vectors[0] @ q[0]
+        lvm_raw = vectors @ v[0]
+        tower_raw = vectors @ q[0]
     if scores_out is not None:
         scores_out.update(v=v, lvm=lvm_raw[None])
-    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
-    succ = np.empty((1, anchors.ids.shape[1]), np.int64)
-    c_max = allowed_scores(row, tower_raw, lvm_raw, np.asarray(used, np.int64), np.asarray(blocked, np.int64),
-                           batch.fallbacks[0] is not None, table, anchors.ids[0], tower, lvm, succ[0])
-    one = ground_one(batch.ids, tower[None], lvm[None], succ, anchors.cos, anchors.margin, vectors_of, q, v, model,
-                     None if avoided is None else (avoided[0][0], avoided[1][0]), vectors)
+    one, c_max = ground_one(row, vectors, tower_raw, lvm_raw, np.asarray(used, np.int64), np.asarray(blocked, np.int64),
+                            batch.fallbacks[0] is not None, table, anchors.ids[0], anchors.cos[0], anchors.margin[0],
+                            vectors_of, q, v, model, None if avoided is None else (avoided[0][0], avoided[1][0]))
     return one, np.array([c_max])
 
 
