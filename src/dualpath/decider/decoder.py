@@ -247,6 +247,11 @@ def ground_streams(
     for d in decoders:
         if d.lane.rule != "confidence":
             raise DeciderError(f"lane '{d.lane.name}' decides by c_max; ground_streams is for confidence lanes")
+    if len(decoders) == 1:  # one stream (a generation of one): no groups to form, as `_decide_in_groups` does it
+        d, start = decoders[0], time.perf_counter()
+        out, (record,) = choose_grounded(v_hat, grounding, d.lane, [d._recent], d.schedule, d.dup_threshold, c_max,
+                                         fallbacks, _decision_values(decoders))
+        return out, [d.remember(record, (time.perf_counter() - start) * 1000.0)]
 
     def decide(rows: list[int], members: list[DualPathDecoder], whole: bool) -> tuple[np.ndarray, list]:
         first = members[0]

@@ -82,7 +82,8 @@ def _pairwise_sum(a: np.ndarray) -> np.float32:
 
 
 @_compiled
-def _unit_rows(x: np.ndarray, eps: np.float32, unit: np.ndarray, norms: np.ndarray) -> None:
+def _unit_rows(x: np.ndarray, eps: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    unit, norms = np.empty(x.shape, np.float32), np.empty(x.shape[0], np.float32)
     squares = np.empty(x.shape[1], np.float32)
     for i in range(x.shape[0]):
         for j in range(x.shape[1]):
@@ -92,16 +93,14 @@ def _unit_rows(x: np.ndarray, eps: np.float32, unit: np.ndarray, norms: np.ndarr
         scale = eps if norm < eps else norm  # np.maximum's: a NaN length stays NaN
         for j in range(x.shape[1]):
             unit[i, j] = x[i, j] / scale
+    return unit, norms
 
 
 def unit_rows(x: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Rows of x (n, d) at unit length (float32) and their lengths (n,): bit for bit numpy's
     `x / np.maximum(np.sqrt(np.square(x).sum(axis=-1)), eps)[:, None]` (`normalize_rows` with its eps,
     `_row_norms` with none), in one call instead of six."""
-    x = np.asarray(x, dtype=np.float32)
-    unit, norms = np.empty_like(x), np.empty(len(x), np.float32)
-    _unit_rows(x, np.float32(eps), unit, norms)
-    return unit, norms
+    return _unit_rows(np.asarray(x, dtype=np.float32), np.float32(eps))
 
 
 @_compiled
