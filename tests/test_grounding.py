@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from dualpath.decider import (
     FEATURES,
     Decision,
+    DecisionRecord,
     DualPathDecoder,
     Grounding,
     SnapConfidence,
@@ -110,12 +111,14 @@ def test_candidates_carry_the_tower_and_lvm_favourites_and_flag_successors() -> 
 @settings(max_examples=100, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 6), k=st.integers(0, 9), with_avoid=st.booleans(),
        padded=st.booleans())
-def test_one_streams_grounding_is_the_batched_one(seed: int, b: int, k: int, with_avoid: bool, padded: bool) -> None:
-    """ground_step for one stream (its masks, candidates, features and pick by compiled loops, `ground_one`)
-    against the batched form on the whole batch (gather_candidates and choose_grounding): the same candidate,
-    vector, source, features and passed-over count bit for bit, the same c_max and scores handed to rendering,
-    and p within float rounding; with shown and blocked ids, failed retrievals, padded shortlists whose padding
-    holds anything, anchors whose successors are shortlist rows or not, and paraphrases to pass over."""
+def test_one_stream_grounds_and_decides_as_it_does_in_a_batch(
+    seed: int, b: int, k: int, with_avoid: bool, padded: bool
+) -> None:
+    """DualPathDecoder.ground (a stream alone: its masks, candidates, features and pick by compiled loops)
+    against ground_step and ground_streams on the whole batch: the same output vector, decision record and
+    scores handed to rendering bit for bit, but p (and a blend's α and vector) within float rounding; with memories of picked and shown
+    ids, blocked ids, failed retrievals, padded shortlists whose padding holds anything, anchors whose
+    successors are shortlist rows or not, and paraphrases to pass over."""
     rng = np.random.default_rng(seed)
     d, n = 8, 30
     bank = unit(rng.normal(size=(n, d)))
@@ -128,7 +131,6 @@ def test_one_streams_grounding_is_the_batched_one(seed: int, b: int, k: int, wit
     vectors = np.where((ids >= 0)[..., None], bank[np.maximum(ids, 0)],
                        rng.normal(scale=1e3, size=(b, k, d))).astype(np.float32)
     fallbacks = tuple("timeout" if rng.random() < 0.1 else None for _ in range(b))
-    batch = ShortlistBatch(ids, vectors, fallbacks, unit=True)
     q, v = (rng.normal(size=(b, d)) * 3).astype(np.float32), (rng.normal(size=(b, d)) * 3).astype(np.float32)
     found = []
     for i in range(b):  # each stream's prompt matches: shortlist rows (their successors may be listed) or any
@@ -138,39 +140,58 @@ def test_one_streams_grounding_is_the_batched_one(seed: int, b: int, k: int, wit
                       rng.uniform(0, 0.3, size=t)))
     anchors = StreamAnchors(found)
     successors = successor_ids(table, anchors.ids)
-    used = [rng.choice(n, size=int(rng.integers(0, 4))).astype(np.int64) for _ in range(b)]
+    lane = make_lane("x", {"rule": "confidence", "tau_snap": 0.7, "tau_novel": 0.3, "dup_window": 2,
+                           "repeat_window": 3, "risk": {"snap": 0.7, "blend": 0.3}})
+    decoders = [DualPathDecoder(lane) for _ in range(b)]
+    for i, decoder in enumerate(decoders):  # a history: picked ids (the near-duplicate drop) and shown ones
+        for _ in range(int(rng.integers(0, 4))):
+            picked = int(rng.choice(ids[i][ids[i] >= 0])) if k and (ids[i] >= 0).any() else int(rng.integers(n))
+            decoder.remember(DecisionRecord(step=0, c_max=None, decision=Decision.SNAP, neighbour_id=picked,
+                                            alpha=1.0, lane="x", near_dup=False, fallback_reason=None,
+                                            latency_ms=0.0))
+            decoder.shown(picked if rng.random() < 0.7 else int(rng.integers(n)))
     blocked = [np.unique(np.concatenate([rng.choice(n, size=int(rng.integers(0, 3))),
                                          successors[i][rng.random(2) < 0.2]])).astype(np.int64) for i in range(b)]
     avoided = None
     if with_avoid:  # what each stream said, some of it its own candidates (paraphrases to pass over)
-        said = unit(rng.normal(size=(b, 3, d)))
+        said = unit(rng.normal(size=(b, 3, d))).astype(np.float64)
         said[:, 0] = bank[np.maximum(successors[:, 0], 0)]
         if k:
             said[:, 1] = bank[np.maximum(ids[:, 0], 0)]
-        limits = np.where(rng.random((b, 3)) < 0.2, np.inf, 0.9)
-        avoided = (said, limits)
+        avoided = (said, np.where(rng.random((b, 3)) < 0.2, np.inf, 0.9))
     model = SnapConfidence(FEATURES, rng.normal(size=len(FEATURES)), rng.uniform(0.5, 2, len(FEATURES)),
                            rng.normal(size=len(FEATURES)), float(rng.normal()))
 
     def vectors_of(x: np.ndarray) -> np.ndarray:
         return bank[x]
 
+    alone = [DualPathDecoder(lane) for _ in range(b)]
+    for one, decoder in zip(alone, decoders, strict=True):  # the same history
+        one._recent.extend(decoder._recent)
+        one._shown.extend(decoder._shown)
+        one._step = decoder._step
     scored: dict[str, np.ndarray] = {}
-    batched, c_max = ground_step(model, table, anchors, v, q, batch, used, blocked, avoided, vectors_of, scored)
+    used = [np.asarray(decoder.used_ids, np.int64) for decoder in decoders]
+    grounding, c_max = ground_step(model, table, anchors, v, q, ShortlistBatch(ids, vectors, fallbacks, unit=True),
+                                   used, blocked, avoided, vectors_of, scored)
+    batch_out, batch_records = ground_streams(decoders, v, grounding, c_max, fallbacks)
     for i in range(b):
-        alone: dict[str, np.ndarray] = {}
-        one, c_one = ground_step(model, table, StreamAnchors([found[i]]), v[[i]], q[[i]],
-                                 ShortlistBatch(ids[[i]], vectors[[i]], (fallbacks[i],), unit=True), [used[i]],
-                                 [blocked[i]], None if avoided is None else (avoided[0][[i]], avoided[1][[i]]),
-                                 vectors_of, alone)
-        for name in ("ids", "vectors", "sources", "features", "passed"):
-            assert np.array_equal(getattr(one, name)[0], getattr(batched, name)[i]), (name, i)
-        # p in one stream's form (`SnapConfidence.linear`) sums the same terms in another order
-        np.testing.assert_allclose(one.confidence[0], batched.confidence[i], rtol=1e-12, atol=1e-15)
-        assert one.evidence(0) == batched.evidence(i)
-        assert np.array_equal(c_one, c_max[[i]])
-        assert np.array_equal(alone["v"][0], scored["v"][i]) and np.array_equal(alone["lvm"][0], scored["lvm"][i],
-                                                                                  equal_nan=True)
+        own: dict[str, np.ndarray] = {}
+        out, record = alone[i].ground(v[i], q[i], Shortlist(ids[i], vectors[i], fallbacks[i], unit=True), blocked[i],
+                                      table, (anchors.ids[i], anchors.cos[i], anchors.margin[i]), model, vectors_of,
+                                      None if avoided is None else (avoided[0][i], avoided[1][i]), own)
+        if record.decision is Decision.BLEND:  # α is read off p (below): the blend's weights may round apart
+            np.testing.assert_allclose(out, batch_out[i], atol=1e-6)
+        else:
+            assert np.array_equal(out, batch_out[i]), i
+        mine, theirs = record.to_dict(), batch_records[i].to_dict()
+        mine.pop("latency_ms"), theirs.pop("latency_ms")
+        for field in ("confidence", "c_pick", "alpha"):  # p sums the same terms in another order
+            np.testing.assert_allclose(mine.pop(field) or 0.0, theirs.pop(field) or 0.0, rtol=1e-12, atol=1e-15)
+        assert mine == theirs, i
+        assert np.array_equal(own["v"][0], scored["v"][i]) and np.array_equal(own["lvm"][0], scored["lvm"][i],
+                                                                                equal_nan=True)
+        assert alone[i].recent_ids == decoders[i].recent_ids
 
 
 @settings(max_examples=60, deadline=None)

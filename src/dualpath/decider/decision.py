@@ -861,7 +861,7 @@ def choose_grounded(
         raise DeciderError(f"grounding must hold one candidate per stream ({b}, d={d})")
     reasons = list(fallbacks) if fallbacks is not None else [None] * b
     if b == 1:
-        return _grounded_one(queries, grounding, lane, recent_ids, alpha_of, dup_threshold, c_max, reasons[0],
+        return grounded_one(queries, grounding, lane, recent_ids, alpha_of, dup_threshold, c_max, reasons[0],
                              decide_by, start)
     empty = (ids < 0) | np.array([r is not None for r in reasons], dtype=bool)
     picked = np.where(empty[:, None], queries, grounding.vectors)
@@ -902,7 +902,7 @@ def choose_grounded(
     return out, records
 
 
-def _grounded_one(
+def grounded_one(
     queries: np.ndarray,
     grounding: Grounding,
     lane: Lane,

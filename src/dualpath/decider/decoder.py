@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -20,8 +21,10 @@ from dualpath.decider.decision import (
     choose_grounded,
     choose_next_vector,
     choose_next_vectors,
+    grounded_one,
 )
-from dualpath.decider.grounding import Grounding
+from dualpath.decider.grounding import Grounding, SnapConfidence, ground_one
+from dualpath.decider.kernels import NORM_EPS, unit_pair, unit_rows
 from dualpath.decider.lanes import Lane, get_lane, load_lanes
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
 from dualpath.errors import ConfigError, DeciderError
@@ -127,6 +130,55 @@ class DualPathDecoder:
             self.used_ids, self.sampling, draw, avoid, avoid_limits, self.decision_c(), scores_out,
         )
         return v_out, self.remember(record, (time.perf_counter() - start) * 1000.0)
+
+    def ground(
+        self,
+        v_hat: np.ndarray,
+        query: np.ndarray,
+        shortlist: Shortlist,
+        blocked: np.ndarray,
+        table: np.ndarray,
+        anchors: tuple[np.ndarray, np.ndarray, np.ndarray],
+        model: SnapConfidence,
+        vectors_of: Callable[[np.ndarray], np.ndarray],
+        avoided: tuple[np.ndarray, np.ndarray] | None = None,
+        scores_out: dict[str, np.ndarray] | None = None,
+    ) -> tuple[np.ndarray, DecisionRecord]:
+        """Decide the next step of a lane that grounds on evidence (`rule: confidence`): a stream alone, as
+        pipeline.grounding.ground_step and `ground_streams` decide it in a batch (the tests hold the two equal).
+
+        `v_hat` (d,) the LVM's vector, `query` (d,) the retriever's; `shortlist` the step's candidates;
+        `blocked` ids it may not ground on (its context, hidden ids; the ids it showed are its own `used_ids`);
+        `table` the bank's successor table and `anchors` the stream's anchors' ids, match cosines and margins
+        (A,) (pipeline.grounding.StreamAnchors); `model` the SNAP confidence; `vectors_of(ids)` bank rows for
+        successors outside the shortlist; `avoided` what the stream said, (m, d) vectors and (m,) limits.
+        `scores_out` receives "v" (1, d), v̂ at unit length, and "lvm" (1, K), the shortlist's scores against
+        it, for rendering. q and v̂ are normalised once and the grounding is compiled loops (`ground_one`): a
+        step of one stream pays for a few calls, not for the batched form's few dozen."""
+        if self.lane.rule != "confidence":
+            raise DeciderError(f"lane '{self.lane.name}' decides by c_max; ground is for confidence lanes")
+        start = time.perf_counter()
+        unit, norms = unit_pair(query, v_hat, NORM_EPS)
+        if not 0 < float(norms[1]) < np.inf:
+            raise DeciderError("v̂ of stream 0 is zero, NaN/inf or overflows float32")
+        vectors = np.asarray(shortlist.vectors, dtype=np.float32)
+        with np.errstate(all="ignore") if len(shortlist.ids) and int(shortlist.ids.min()) < 0 else nullcontext():
+            lvm_raw = vectors @ unit[1]  # padding rows may hold anything
+            tower_raw = vectors @ unit[0]
+        if scores_out is not None:
+            scores_out.update(v=unit[1:], lvm=lvm_raw[None])
+        grounding, c_max = ground_one(
+            shortlist.ids, vectors, tower_raw, lvm_raw, np.asarray(self.used_ids, np.int64),
+            np.asarray(blocked, np.int64), shortlist.fallback is not None, table, *anchors, vectors_of, unit[:1],
+            unit[1:], model, avoided,
+        )
+        # the rules read v̂ at unit length as choose_grounded makes it: the same bits, but for a v̂ shorter than eps
+        rule_v = unit[1:] if norms[1] >= NORM_EPS else unit_rows(np.asarray(v_hat)[None])[0]
+        own = self.decision_c()
+        out, (record,) = grounded_one(rule_v, grounding, self.lane, [self._recent], self.schedule,
+                                      self.dup_threshold, np.array([c_max]), shortlist.fallback,
+                                      None if own is None else np.array([own]), start)
+        return out[0], self.remember(record, (time.perf_counter() - start) * 1000.0)
 
     def remember(self, record: DecisionRecord, latency_ms: float | None = None) -> DecisionRecord:
         """Count a decided step into this stream's memories; returns the record numbered as this step
@@ -247,11 +299,6 @@ def ground_streams(
     for d in decoders:
         if d.lane.rule != "confidence":
             raise DeciderError(f"lane '{d.lane.name}' decides by c_max; ground_streams is for confidence lanes")
-    if len(decoders) == 1:  # one stream (a generation of one): no groups to form, as `_decide_in_groups` does it
-        d, start = decoders[0], time.perf_counter()
-        out, (record,) = choose_grounded(v_hat, grounding, d.lane, [d._recent], d.schedule, d.dup_threshold, c_max,
-                                         fallbacks, _decision_values(decoders))
-        return out, [d.remember(record, (time.perf_counter() - start) * 1000.0)]
 
     def decide(rows: list[int], members: list[DualPathDecoder], whole: bool) -> tuple[np.ndarray, list]:
         first = members[0]

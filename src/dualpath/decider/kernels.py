@@ -82,18 +82,37 @@ def _pairwise_sum(a: np.ndarray) -> np.float32:
 
 
 @_compiled
+def _unit_row(x: np.ndarray, eps: np.float32, unit: np.ndarray, squares: np.ndarray) -> np.float32:
+    """Row x (d,) at unit length into `unit`, as numpy's `x / np.maximum(np.sqrt(np.square(x).sum()), eps)`;
+    returns its length. `squares` (d,) float32 scratch."""
+    for j in range(len(x)):
+        squares[j] = x[j] * x[j]
+    norm = np.sqrt(np.float32(0.0) + _pairwise_sum(squares))
+    scale = eps if norm < eps else norm  # np.maximum's: a NaN length stays NaN
+    for j in range(len(x)):
+        unit[j] = x[j] / scale
+    return norm
+
+
+@_compiled
 def _unit_rows(x: np.ndarray, eps: np.float32) -> tuple[np.ndarray, np.ndarray]:
     unit, norms = np.empty(x.shape, np.float32), np.empty(x.shape[0], np.float32)
     squares = np.empty(x.shape[1], np.float32)
     for i in range(x.shape[0]):
-        for j in range(x.shape[1]):
-            squares[j] = x[i, j] * x[i, j]
-        norm = np.sqrt(np.float32(0.0) + _pairwise_sum(squares))
-        norms[i] = norm
-        scale = eps if norm < eps else norm  # np.maximum's: a NaN length stays NaN
-        for j in range(x.shape[1]):
-            unit[i, j] = x[i, j] / scale
+        norms[i] = _unit_row(x[i], eps, unit[i], squares)
     return unit, norms
+
+
+@_compiled
+def _unit_pair(a: np.ndarray, b: np.ndarray, eps: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    unit, norms = np.empty((2, len(a)), np.float32), np.empty(2, np.float32)
+    squares = np.empty(len(a), np.float32)
+    norms[0] = _unit_row(a, eps, unit[0], squares)
+    norms[1] = _unit_row(b, eps, unit[1], squares)
+    return unit, norms
+
+
+NORM_EPS = 1e-12  # the least length a row is divided by (`normalize_rows`): a zero row stays zero
 
 
 def unit_rows(x: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +120,13 @@ def unit_rows(x: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     `x / np.maximum(np.sqrt(np.square(x).sum(axis=-1)), eps)[:, None]` (`normalize_rows` with its eps,
     `_row_norms` with none), in one call instead of six."""
     return _unit_rows(np.asarray(x, dtype=np.float32), np.float32(eps))
+
+
+def unit_pair(a: np.ndarray, b: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """`unit_rows` of the two rows a and b (d,) each, without stacking them first: (2, d) and (2,)."""
+    if np.shape(a) != np.shape(b) or np.ndim(a) != 1:
+        raise ValueError(f"unit_pair takes two rows of one length, got {np.shape(a)} and {np.shape(b)}")
+    return _unit_pair(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32), np.float32(eps))
 
 
 @_compiled

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-NORM_EPS = 1e-12  # the least length a row is divided by: a zero row stays zero
+from dualpath.decider.kernels import NORM_EPS
 
 
 def normalize_rows(x: np.ndarray, eps: float = NORM_EPS) -> np.ndarray:

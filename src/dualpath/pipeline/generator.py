@@ -824,10 +824,18 @@ class Generator:
             scored: dict[str, np.ndarray] = {}  # the decision's pass over the shortlists, for rendering
             used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
             avoided = unsayable.stacked()
-            if b == 1 and not grounded:
+            if b == 1:  # one stream: the decoder's own single-stream forms
                 one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
                 own = (None, None) if avoided is None else (avoided[0][0], avoided[1][0])
-                output, record = decoders[0].step(v_hat[0], one, *own, scores_out=scored)
+                if grounded:
+                    assert anchors is not None
+                    output, record = decoders[0].ground(
+                        v_hat[0], queries[0], one, excludes[0], self.successors(),
+                        (anchors.ids[0], anchors.cos[0], anchors.margin[0]), self.confidence, self._bank_rows,
+                        None if avoided is None else own, scored,
+                    )
+                else:
+                    output, record = decoders[0].step(v_hat[0], one, *own, scores_out=scored)
                 outputs, records = output[None], [record]
             elif not grounded:
                 outputs, records = step_streams(decoders, v_hat, shortlists, avoided, scored)
@@ -916,6 +924,10 @@ class Generator:
                 batch = one_step(number)
             yield batch
 
+    def _bank_rows(self, ids: np.ndarray) -> np.ndarray:
+        """Unit float32 rows of bank ids of any shape (a step's successors outside its shortlists)."""
+        return gather_vectors(self.bank, ids.reshape(-1)).reshape(*ids.shape, self.bank.dim)
+
     def _decide_mixed(
         self,
         decoders: list[DualPathDecoder],
@@ -953,8 +965,7 @@ class Generator:
             self.confidence, self.successors(), anchors, v_sub, queries if whole else queries[grounded], sub,
             used if whole else [used[i] for i in grounded], excludes if whole else [excludes[i] for i in grounded],
             avoided if whole else avoided_of(grounded),
-            lambda ids: gather_vectors(self.bank, ids.reshape(-1)).reshape(*ids.shape, self.bank.dim),
-            scored if whole else None,
+            self._bank_rows, scored if whole else None,
         )
         out, decided = ground_streams(decoders if whole else [decoders[i] for i in grounded], v_sub, grounding,
                                       c_max, sub.fallbacks)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
@@ -34,14 +33,12 @@ from dualpath.decider.grounding import (
     brier_score,
     choose_grounding,
     gather_candidates,
-    ground_one,
     reliability,
     successor_ids,
     successor_table,
 )
-from dualpath.decider.kernels import unit_rows
 from dualpath.decider.lanes import HELPS, NONE, Risk
-from dualpath.models.heuristics import NORM_EPS, normalize_rows
+from dualpath.models.heuristics import normalize_rows
 from dualpath.search import search_excluding
 
 log = logging.getLogger(__name__)
@@ -182,7 +179,8 @@ def ground_step(
     scores_out: dict[str, np.ndarray] | None = None,
 ) -> tuple[Grounding, np.ndarray]:
     """One generation step's grounding for b streams: their candidates (the shortlist's tower and LVM
-    favourites, the anchors' successors), each stream's most probable allowed one, and c_max.
+    favourites, the anchors' successors), each stream's most probable allowed one, and c_max. A stream alone
+    is grounded and decided by `DualPathDecoder.ground` (the same values, by compiled loops).
 
     `scores_out`, when given, receives the pass over the shortlists it made: "v" (b, d), the unit v̂ it
     scored against, and "lvm" (b, K), every candidate's v̂·n before masking, so that rendering a step
@@ -196,10 +194,6 @@ def ground_step(
     def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return nearest_unsaid(scores, candidate_vectors, avoided)
 
-    if b == 1:  # q and v̂ at unit length in one call (each row's values are its own: the same as two calls)
-        unit, _ = unit_rows(np.concatenate([queries, v_hat]), NORM_EPS)
-        return _ground_one_stream(model, table, anchors, unit[:1], unit[1:], batch, used[0], blocked[0], avoided,
-                                  vectors_of, scores_out)
     q = normalize_rows(queries)
     v = normalize_rows(v_hat)
     allowed = ids >= 0
@@ -231,36 +225,6 @@ def ground_step(
     )
     grounding = choose_grounding(candidates, model, pick=pick)
     return grounding, c_max
-
-
-def _ground_one_stream(
-    model: SnapConfidence,
-    table: np.ndarray,
-    anchors: StreamAnchors,
-    q: np.ndarray,
-    v: np.ndarray,
-    batch: ShortlistBatch,
-    used: np.ndarray,
-    blocked: np.ndarray,
-    avoided: tuple[np.ndarray, np.ndarray] | None,
-    vectors_of: Callable[[np.ndarray], np.ndarray],
-    scores_out: dict[str, np.ndarray] | None,
-) -> tuple[Grounding, np.ndarray]:
-    """`ground_step` for one stream (unit `q` and `v` (1, d)): the same two products over the shortlist, its
-    masks, successors and candidates by `ground_one` (compiled loops, where the batched form's whole-array
-    calls would cost a stream most of its decide stage). The tests hold the two forms equal."""
-    row = batch.ids[0]
-    vectors = np.asarray(batch.vectors[0], dtype=np.float32)
-    padded = len(row) > 0 and int(row.min()) < 0
-    with np.errstate(all="ignore") if padded else nullcontext():  # padding rows may hold anything
-        lvm_raw = vectors @ v[0]
-        tower_raw = vectors @ q[0]
-    if scores_out is not None:
-        scores_out.update(v=v, lvm=lvm_raw[None])
-    one, c_max = ground_one(row, vectors, tower_raw, lvm_raw, np.asarray(used, np.int64), np.asarray(blocked, np.int64),
-                            batch.fallbacks[0] is not None, table, anchors.ids[0], anchors.cos[0], anchors.margin[0],
-                            vectors_of, q, v, model, None if avoided is None else (avoided[0][0], avoided[1][0]))
-    return one, np.array([c_max])
 
 
 MODES = ("added", "restated", "unknown")  # the cases calibration fits the confidence on (module docstring)
