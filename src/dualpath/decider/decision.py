@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from dualpath.decider.grounding import SOURCES, Grounding
+from dualpath.decider.grounding import SOURCES, Grounding, StreamGrounding
 from dualpath.decider.kernels import paraphrase_rows, unit_rows
 from dualpath.decider.lanes import Lane
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
@@ -861,8 +861,9 @@ def choose_grounded(
         raise DeciderError(f"grounding must hold one candidate per stream ({b}, d={d})")
     reasons = list(fallbacks) if fallbacks is not None else [None] * b
     if b == 1:
-        return grounded_one(queries, grounding, lane, recent_ids, alpha_of, dup_threshold, c_max, reasons[0],
-                             decide_by, start)
+        return grounded_one(queries, StreamGrounding.of(grounding, 0), lane, recent_ids, alpha_of, dup_threshold,
+                            math.nan if c_max is None else float(c_max[0]), reasons[0],
+                            math.nan if decide_by is None else float(decide_by[0]), start)
     empty = (ids < 0) | np.array([r is not None for r in reasons], dtype=bool)
     picked = np.where(empty[:, None], queries, grounding.vectors)
     neighbours = picked / _row_norms(picked)[:, None]
@@ -904,25 +905,25 @@ def choose_grounded(
 
 def grounded_one(
     queries: np.ndarray,
-    grounding: Grounding,
+    one: StreamGrounding,
     lane: Lane,
     recent_ids: Sequence[Sequence[int]] | np.ndarray | None,
     alpha_of: AlphaSchedule,
     dup_threshold: float,
-    c_max: np.ndarray | None,
+    c_max: float,
     reason: str | None,
-    decide_by: np.ndarray | None,
+    decide_by: float,
     start: float,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
-    """`choose_grounded` for one stream (unit `queries` (1, d)), as `_choose_one` is to `choose_next_vectors`:
-    every vector computation is the batched form's own on a batch of one, and `_apply_rules` runs on Python
-    scalars. The tests hold the two forms equal."""
-    n_id = int(grounding.ids[0])
+    """`choose_grounded` for one stream (unit `queries` (1, d), its grounding `one`, c_max and `decide_by` as
+    floats, NaN for none), as `_choose_one` is to `choose_next_vectors`: every vector computation is the
+    batched form's own on a batch of one, and `_apply_rules` runs on Python scalars. The tests hold the two
+    forms equal."""
+    n_id = one.id
     empty = n_id < 0 or reason is not None
-    p = float(grounding.confidence[0])
-    given = math.nan if decide_by is None else float(decide_by[0])
-    overridden = not math.isnan(given)
-    c_rule = given if overridden else p
+    p = one.confidence
+    overridden = not math.isnan(decide_by)
+    c_rule = decide_by if overridden else p
     if recent_ids is None or isinstance(recent_ids, np.ndarray):
         memory = id_rows(recent_ids, 1, "memory of picked ids")[0].tolist()
     elif len(recent_ids) != 1:
@@ -933,7 +934,7 @@ def grounded_one(
     near = guard and n_id in memory
     neighbours = queries  # n* at unit length where it counts: the near-duplicate drop, a SNAP's or BLEND's output
     if not empty and (near or not (c_rule < lane.tau_snap and c_rule <= lane.tau_novel)):  # NaN: as BLEND
-        neighbours = unit_rows(grounding.vectors)[0]  # numpy's `picked / _row_norms(picked)`, bit for bit
+        neighbours = unit_rows(one.vector[None])[0]  # numpy's `picked / _row_norms(picked)`, bit for bit
     # cos(v̂, n*) matters only to the drop of an n* the stream picked before; for any other, -inf drops nothing
     c_pick = float(np.einsum("bd,bd->b", queries, neighbours)[0]) if near else -math.inf
     decision, near_dup = _rules_one(c_rule, c_pick, n_id, memory, lane, dup_threshold, guard)
@@ -941,10 +942,9 @@ def grounded_one(
         decision = Decision.NOVEL
     row, alpha = _output_one(decision, queries, neighbours, c_rule, lane, alpha_of)
     out = row[None].astype(np.float32)
-    c_best = math.nan if c_max is None else float(c_max[0])
     record = DecisionRecord.from_fields(
         step=0,
-        c_max=c_best if math.isfinite(c_best) else None,
+        c_max=c_max if math.isfinite(c_max) else None,
         decision=decision,
         neighbour_id=None if empty else n_id,
         alpha=alpha,
@@ -954,9 +954,9 @@ def grounded_one(
         latency_ms=(time.perf_counter() - start) * 1000.0,
         c_pick=c_rule,
         confidence=p,
-        candidate_source=None if empty else SOURCES[int(grounding.sources[0])],
-        evidence=None if empty else grounding.evidence(0),
-        skipped_paraphrases=0 if grounding.passed is None else int(grounding.passed[0]),
+        candidate_source=None if empty else SOURCES[one.source],
+        evidence=None if empty else one.evidence(),
+        skipped_paraphrases=one.passed,
     )
     return out, [record]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -176,8 +177,8 @@ class DualPathDecoder:
         rule_v = unit[1:] if norms[1] >= NORM_EPS else unit_rows(np.asarray(v_hat)[None])[0]
         own = self.decision_c()
         out, (record,) = grounded_one(rule_v, grounding, self.lane, [self._recent], self.schedule,
-                                      self.dup_threshold, np.array([c_max]), shortlist.fallback,
-                                      None if own is None else np.array([own]), start)
+                                      self.dup_threshold, c_max, shortlist.fallback, math.nan if own is None else own,
+                                      start)
         return out[0], self.remember(record, (time.perf_counter() - start) * 1000.0)
 
     def remember(self, record: DecisionRecord, latency_ms: float | None = None) -> DecisionRecord:

@@ -91,6 +91,32 @@ class Grounding:
         return dict(zip(FEATURES, self.features[i].tolist(), strict=True))
 
 
+@dataclass(slots=True)
+class StreamGrounding:
+    """One stream's grounding, as `Grounding` holds each row of a batch's: the candidate's id (-1: none), its
+    float32 vector (d,), p, source code, features (F,) and how many more probable ones it passed over."""
+
+    id: int
+    vector: np.ndarray
+    confidence: float
+    source: int
+    features: np.ndarray
+    passed: int
+
+    @classmethod
+    def of(cls, grounding: Grounding, i: int) -> StreamGrounding:
+        """Stream i's row of a batch's grounding."""
+        return cls(int(grounding.ids[i]), grounding.vectors[i], float(grounding.confidence[i]),
+                   int(grounding.sources[i]), grounding.features[i],
+                   0 if grounding.passed is None else int(grounding.passed[i]))
+
+    def evidence(self) -> dict[str, float] | None:
+        """The features by name, as `Grounding.evidence` gives a batch's row (None when there is no candidate)."""
+        if self.id < 0:
+            return None
+        return dict(zip(FEATURES, self.features.tolist(), strict=True))
+
+
 def successor_table(documents: Mapping[str, np.ndarray], size: int, reach: int = ANCHORS) -> np.ndarray:
     """(reach, size) int64: row j holds, for every concept id, the concept j + 1 places after it in its
     document (-1 past the document's end or for ids no document holds)."""
@@ -257,7 +283,7 @@ def ground_one(
     v_hat: np.ndarray,
     model: SnapConfidence,
     avoided: tuple[np.ndarray, np.ndarray] | None = None,
-) -> tuple[Grounding, float]:
+) -> tuple[StreamGrounding, float]:
     """One stream's grounding and c_max, as the batched form (pipeline.grounding.ground_step) finds them.
 
     `row` (K,) shortlist ids and `vectors` (K, d) their float32 rows; `tower_raw` / `lvm_raw` (K,) every row's
@@ -275,19 +301,17 @@ def ground_one(
     coefficients, offset = model.linear
     said, limits = avoided if avoided is not None else (_NOTHING_SAID, _NO_LIMITS)
     limits = np.asarray(limits, np.float64)
-    features, vector = np.empty((1, len(FEATURES))), np.empty((1, queries.shape[1]), np.float32)
+    features, vector = np.empty(len(FEATURES)), np.empty(queries.shape[1], np.float32)
     c_max, best, chosen, passed, p = ground_stream(
         row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin, coefficients,
-        offset, EXACT_ANCHOR, vectors, said, limits, features[0], vector[0],
+        offset, EXACT_ANCHOR, vectors, said, limits, features, vector,
     )
     if best == -2:  # a successor outside the shortlist (or no shortlist): the parts one by one
         best, chosen, passed, p = _ground_with_bank_reads(
             row, vectors, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin,
-            vectors_of, queries, v_hat, coefficients, offset, said, limits, features[0], vector[0],
+            vectors_of, queries, v_hat, coefficients, offset, said, limits, features, vector,
         )
-    return Grounding(ids=np.array([chosen]), vectors=vector, confidence=np.array([p]),
-                     sources=np.array([_SOURCE_OF[min(best, 2)] if best >= 0 else 0], np.int8), features=features,
-                     passed=np.array([passed])), c_max
+    return StreamGrounding(chosen, vector, p, _SOURCE_OF[min(best, 2)] if best >= 0 else 0, features, passed), c_max
 
 
 def _ground_with_bank_reads(
