@@ -914,11 +914,12 @@ def grounded_one(
     reason: str | None,
     decide_by: float,
     start: float,
+    step: int = 0,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """`choose_grounded` for one stream (unit `queries` (1, d), its grounding `one`, c_max and `decide_by` as
-    floats, NaN for none), as `_choose_one` is to `choose_next_vectors`: every vector computation is the
-    batched form's own on a batch of one, and `_apply_rules` runs on Python scalars. The tests hold the two
-    forms equal."""
+    floats, NaN for none; the record numbered `step`), as `_choose_one` is to `choose_next_vectors`: every
+    vector computation is the batched form's own on a batch of one, and `_apply_rules` runs on Python scalars.
+    The tests hold the two forms equal."""
     n_id = one.id
     empty = n_id < 0 or reason is not None
     p = one.confidence
@@ -943,7 +944,7 @@ def grounded_one(
     row, alpha = _output_one(decision, queries, neighbours, c_rule, lane, alpha_of)
     out = row[None].astype(np.float32)
     record = DecisionRecord.from_fields(
-        step=0,
+        step=step,
         c_max=c_max if math.isfinite(c_max) else None,
         decision=decision,
         neighbour_id=None if empty else n_id,

@@ -178,8 +178,9 @@ class DualPathDecoder:
         own = self.decision_c()
         out, (record,) = grounded_one(rule_v, grounding, self.lane, [self._recent], self.schedule,
                                       self.dup_threshold, c_max, shortlist.fallback, math.nan if own is None else own,
-                                      start)
-        return out[0], self.remember(record, (time.perf_counter() - start) * 1000.0)
+                                      start, self._step)
+        self._count(record)  # numbered and timed as it was made: no copy to renumber
+        return out[0], record
 
     def remember(self, record: DecisionRecord, latency_ms: float | None = None) -> DecisionRecord:
         """Count a decided step into this stream's memories; returns the record numbered as this step
@@ -187,11 +188,15 @@ class DualPathDecoder:
 
         `step` calls it; a decoder that decides differently (a baseline) calls it with its own record.
         """
+        record = record.renumbered(self._step, latency_ms)
+        self._count(record)
+        return record
+
+    def _count(self, record: DecisionRecord) -> None:
+        """Count a record numbered as this step into the memories."""
         self._recent.append(record.picked_id)
         self._shown.append((record.picked_id,))
-        record = record.renumbered(self._step, latency_ms)
         self._step += 1
-        return record
 
     def shown(self, concept_id: int, paraphrases: Sequence[int] = ()) -> None:
         """The concept the last step was rendered as (-1: none) and ids known to say the same (optional;

@@ -52,28 +52,28 @@ def _block_sum(a: np.ndarray, lo: int, n: int) -> np.float32:
 
 
 @_compiled
-def _pairwise_sum(a: np.ndarray) -> np.float32:
+def _pairwise_sum(a: np.ndarray, frames: np.ndarray, left: np.ndarray) -> np.float32:
     """numpy's float32 pairwise sum of a (n,), bit for bit: blocks of up to 128 summed by `_block_sum`, longer
     runs split in two halves (the first a multiple of 8) and their sums added, as numpy recurses. Walked with
-    an explicit stack: numba's cache cannot load a recursive function."""
-    starts, sizes = np.empty(64, np.int64), np.empty(64, np.int64)
-    stage, left = np.zeros(64, np.int64), np.empty(64, np.float32)
-    starts[0], sizes[0], stage[0] = 0, len(a), 0
+    an explicit stack (`frames` (64, 3) int64 and `left` (64,) float32 scratch): numba's cache cannot load a
+    recursive function."""
+    frames[0, 0], frames[0, 1], frames[0, 2] = 0, len(a), 0  # start, size, stage
     top, value = 1, np.float32(0.0)
     while top:
         f = top - 1
-        half = sizes[f] // 2
+        start, size, stage = frames[f, 0], frames[f, 1], frames[f, 2]
+        half = size // 2
         half -= half % 8
-        if sizes[f] <= 128:
-            value = _block_sum(a, starts[f], sizes[f])
+        if size <= 128:
+            value = _block_sum(a, start, size)
             top -= 1
-        elif stage[f] == 0:  # the first half
-            stage[f] = 1
-            starts[top], sizes[top], stage[top] = starts[f], half, 0
+        elif stage == 0:  # the first half
+            frames[f, 2] = 1
+            frames[top, 0], frames[top, 1], frames[top, 2] = start, half, 0
             top += 1
-        elif stage[f] == 1:  # the first half's sum is in: the second half
-            left[f], stage[f] = value, 2
-            starts[top], sizes[top], stage[top] = starts[f] + half, sizes[f] - half, 0
+        elif stage == 1:  # the first half's sum is in: the second half
+            left[f], frames[f, 2] = value, 2
+            frames[top, 0], frames[top, 1], frames[top, 2] = start + half, size - half, 0
             top += 1
         else:
             value = left[f] + value
@@ -82,33 +82,35 @@ def _pairwise_sum(a: np.ndarray) -> np.float32:
 
 
 @_compiled
-def _unit_row(x: np.ndarray, eps: np.float32, unit: np.ndarray, squares: np.ndarray) -> np.float32:
+def _unit_row(x: np.ndarray, eps: float, unit: np.ndarray, squares: np.ndarray, frames: np.ndarray,
+              left: np.ndarray) -> np.float32:
     """Row x (d,) at unit length into `unit`, as numpy's `x / np.maximum(np.sqrt(np.square(x).sum()), eps)`;
-    returns its length. `squares` (d,) float32 scratch."""
+    returns its length. `squares` (d,) float32 scratch, `frames` and `left` `_pairwise_sum`'s."""
     for j in range(len(x)):
         squares[j] = x[j] * x[j]
-    norm = np.sqrt(np.float32(0.0) + _pairwise_sum(squares))
-    scale = eps if norm < eps else norm  # np.maximum's: a NaN length stays NaN
+    norm = np.sqrt(np.float32(0.0) + _pairwise_sum(squares, frames, left))
+    floor = np.float32(eps)
+    scale = floor if norm < floor else norm  # np.maximum's: a NaN length stays NaN
     for j in range(len(x)):
         unit[j] = x[j] / scale
     return norm
 
 
 @_compiled
-def _unit_rows(x: np.ndarray, eps: np.float32) -> tuple[np.ndarray, np.ndarray]:
+def _unit_rows(x: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     unit, norms = np.empty(x.shape, np.float32), np.empty(x.shape[0], np.float32)
-    squares = np.empty(x.shape[1], np.float32)
+    squares, frames, left = np.empty(x.shape[1], np.float32), np.empty((64, 3), np.int64), np.empty(64, np.float32)
     for i in range(x.shape[0]):
-        norms[i] = _unit_row(x[i], eps, unit[i], squares)
+        norms[i] = _unit_row(x[i], eps, unit[i], squares, frames, left)
     return unit, norms
 
 
 @_compiled
-def _unit_pair(a: np.ndarray, b: np.ndarray, eps: np.float32) -> tuple[np.ndarray, np.ndarray]:
+def _unit_pair(a: np.ndarray, b: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
     unit, norms = np.empty((2, len(a)), np.float32), np.empty(2, np.float32)
-    squares = np.empty(len(a), np.float32)
-    norms[0] = _unit_row(a, eps, unit[0], squares)
-    norms[1] = _unit_row(b, eps, unit[1], squares)
+    squares, frames, left = np.empty(len(a), np.float32), np.empty((64, 3), np.int64), np.empty(64, np.float32)
+    norms[0] = _unit_row(a, eps, unit[0], squares, frames, left)
+    norms[1] = _unit_row(b, eps, unit[1], squares, frames, left)
     return unit, norms
 
 
@@ -119,14 +121,15 @@ def unit_rows(x: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Rows of x (n, d) at unit length (float32) and their lengths (n,): bit for bit numpy's
     `x / np.maximum(np.sqrt(np.square(x).sum(axis=-1)), eps)[:, None]` (`normalize_rows` with its eps,
     `_row_norms` with none), in one call instead of six."""
-    return _unit_rows(np.asarray(x, dtype=np.float32), np.float32(eps))
+    return _unit_rows(np.asarray(x, dtype=np.float32), float(eps))
 
 
 def unit_pair(a: np.ndarray, b: np.ndarray, eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """`unit_rows` of the two rows a and b (d,) each, without stacking them first: (2, d) and (2,)."""
-    if np.shape(a) != np.shape(b) or np.ndim(a) != 1:
-        raise ValueError(f"unit_pair takes two rows of one length, got {np.shape(a)} and {np.shape(b)}")
-    return _unit_pair(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32), np.float32(eps))
+    a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"unit_pair takes two rows of one length, got {a.shape} and {b.shape}")
+    return _unit_pair(a, b, float(eps))
 
 
 @_compiled
