@@ -70,6 +70,7 @@ class DualPathDecoder:
         self._rng = np.random.default_rng(seed)
         self._recent: deque[int] = deque(maxlen=memory_cap)
         self._shown: deque[tuple[int, ...]] = deque(maxlen=memory_cap)
+        self._used: np.ndarray | None = None  # used_array's, until the memory changes
         self._step = 0
 
     @classmethod
@@ -99,10 +100,15 @@ class DualPathDecoder:
     def used_ids(self) -> tuple[int, ...]:
         """The concepts this stream may not show at its next step: its last `repeat_window` steps' shown
         ids (each step's concept and its paraphrases)."""
-        if self.lane.repeat_window == 0:
-            return ()
-        window = list(self._shown)[-self.lane.repeat_window :]
-        return tuple(dict.fromkeys(i for ids in window for i in ids if i != NO_ID))
+        return tuple(self.used_array().tolist())
+
+    def used_array(self) -> np.ndarray:
+        """`used_ids` as a read-only int64 array, made once a step (the step and its rendering both read it)."""
+        if self._used is None:
+            window = list(self._shown)[-self.lane.repeat_window :] if self.lane.repeat_window else []
+            self._used = np.array(list(dict.fromkeys(i for ids in window for i in ids if i != NO_ID)), np.int64)
+            self._used.flags.writeable = False
+        return self._used
 
     @property
     def steps(self) -> int:
@@ -169,7 +175,7 @@ class DualPathDecoder:
         if scores_out is not None:
             scores_out.update(v=unit[1:], lvm=lvm_raw[None])
         grounding, c_max = ground_one(
-            shortlist.ids, vectors, tower_raw, lvm_raw, np.asarray(self.used_ids, np.int64),
+            shortlist.ids, vectors, tower_raw, lvm_raw, self.used_array(),
             np.asarray(blocked, np.int64), shortlist.fallback is not None, table, *anchors, vectors_of, unit[:1],
             unit[1:], model, avoided,
         )
@@ -196,6 +202,7 @@ class DualPathDecoder:
         """Count a record numbered as this step into the memories."""
         self._recent.append(record.picked_id)
         self._shown.append((record.picked_id,))
+        self._used = None
         self._step += 1
 
     def shown(self, concept_id: int, paraphrases: Sequence[int] = ()) -> None:
@@ -205,11 +212,13 @@ class DualPathDecoder:
         if not self._shown:
             raise DeciderError("shown() comes after a step")
         self._shown[-1] = (int(concept_id), *map(int, paraphrases))
+        self._used = None
 
     def reset(self) -> None:
         """Forget the stream: a new generation starts at step 0 with an empty memory and a fresh seed."""
         self._recent.clear()
         self._shown.clear()
+        self._used = None
         self._rng = np.random.default_rng(self.seed)
         self._step = 0
 

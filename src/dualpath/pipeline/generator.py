@@ -822,7 +822,7 @@ class Generator:
             lat["search"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             scored: dict[str, np.ndarray] = {}  # the decision's pass over the shortlists, for rendering
-            used = [np.asarray(d.used_ids, dtype=np.int64) for d in decoders]
+            used = [d.used_array() for d in decoders]
             avoided = unsayable.stacked()
             if b == 1:  # one stream: the decoder's own single-stream forms
                 one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
