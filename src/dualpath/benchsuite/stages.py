@@ -25,13 +25,14 @@ from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.decider import Lane, shortlist_scores
 from dualpath.decider.decision import FALLBACK_EMPTY, Decision
+from dualpath.decider.kernels import NORM_EPS, paraphrase_rows, unit_pair, unit_rows
 from dualpath.encoding import Encoder
 from dualpath.models.heuristics import last_vector, mean_vector, normalize_rows
 from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import RecurrentBackbone
 from dualpath.models.towers import RecurrentEncoder
 from dualpath.pipeline.evaluate import heldout_pairs
-from dualpath.pipeline.generator import RENDER_DEPTH, Generator, ShortlistReader, search_shortlist_batch
+from dualpath.pipeline.generator import RENDER_DEPTH, Generator, ShortlistReader, Unsayable, search_shortlist_batch
 from dualpath.runtime import one_blas_thread, torch_threads
 from dualpath.search import excluded_depth
 
@@ -318,14 +319,25 @@ def _io_floors(
     ids = np.where(shortlists.ids >= 0, shortlists.ids, 0).ravel()
     grounded = lane.rule == "confidence"
     scores = shortlist_scores(vectors, (queries,))[0]
+    # What each stream said at its first step (its prompt): the decision checks its pick against it.
+    said = Unsayable(windows, [lane.repeat_window] * b, generator.cfg.generation.paraphrase_cosine, bank.dim).stacked()
+    said = said if said is not None else (np.zeros((b, 0, bank.dim)), np.zeros((b, 0)))
+    picked = np.empty(b, np.bool_)
 
     def search(i: int) -> None:
         bank.search(queries, depth)
         reader(ids)
 
     def decide(i: int) -> None:
-        for scored in shortlist_scores(vectors, (queries, queries) if grounded else (queries,)):
-            scored.argmax(axis=1)
+        # q and v̂ at unit length as the step makes them (one stream: one compiled call), then one pass
+        if b == 1:
+            unit = unit_pair(queries[0], queries[0], NORM_EPS)[0] if grounded else unit_rows(queries, NORM_EPS)[0]
+            units = (unit[:1], unit[1:]) if grounded else (unit,)
+        else:
+            units = (normalize_rows(queries), normalize_rows(queries)) if grounded else (normalize_rows(queries),)
+        for scored in shortlist_scores(vectors, units):
+            best = scored.argmax(axis=1)
+        paraphrase_rows(vectors[np.arange(b), best], said[0], said[1], picked)
 
     scored_rows, scored_every = _share_schedule(render.scored, b)
     searched_rows, searched_every = _share_schedule(render.searched, b)
@@ -344,8 +356,9 @@ def _io_floors(
         # The search floor's two parts, shown under it: which of them stops a batch.
         "search/index": (lambda i: bank.search(queries, depth), "of which the index call"),
         "search/read": (lambda i: reader(ids), f"of which reading the {ids.size:,} shortlist rows as float32"),
-        "decide": (decide, "one pass over the shortlist: K×d scores against q and v̂, argmax" if grounded
-                   else "one pass over the shortlist: K×d cosines to v̂, argmax"),
+        "decide": (decide, ("q and v̂ at unit length; one pass over the shortlist: K×d scores against both, argmax"
+                            if grounded else "v̂ at unit length; one pass over the shortlist: K×d cosines to it, argmax")
+                   + f"; the pick checked against what the stream said ({said[0].shape[1]}×d)"),
         "render": (render_work, "an argmax over the step's K scores; one pass over the shortlist (K×d scores "
                    f"against the output) for the {render.scored:.0%} of stream-steps that score it anew; the index "
                    f"search alone (depth {render_depth}) for the {render.searched:.0%} rendered by one"),
