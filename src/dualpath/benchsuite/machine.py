@@ -15,7 +15,7 @@ from typing import Any
 
 import psutil
 
-LIBRARIES = ("numpy", "faiss-cpu", "torch", "sentence-transformers", "transformers", "pymilvus", "dualpath")
+LIBRARIES = ("numpy", "numba", "faiss-cpu", "torch", "sentence-transformers", "transformers", "pymilvus", "dualpath")
 
 
 def describe_machine() -> dict[str, Any]:

@@ -1,14 +1,20 @@
-"""Compiled loops of one stream's grounded decision (numba).
+"""Compiled loops (numba) of one stream's decision, and of the checks both forms share.
 
 A generation step of one stream decides on one shortlist, a few candidates and a dozen features each: a
-few hundred operations, which as numpy calls cost a few microseconds apiece in the cold caches an index
-search leaves (the decide stage was 3-4x the floor of its one pass over the shortlist). These kernels do
-that scalar work in one call each. Each is the array form's arithmetic (`gather_candidates`,
-`SnapConfidence.predict_row`, `best_first`) in the same order on the same float types, so a stream alone
-decides bit for bit as it does in a batch; tests/test_grounding.py holds the two forms equal.
+few hundred operations, which as numpy calls cost several microseconds apiece in the cold caches an index
+search leaves, and made its decide stage 3-4x the floor of its one pass over the shortlist. Here that work
+is a few calls: q and v̂ at unit length (`unit_pair`), the masks, candidates, features, p and the pick
+(`ground_stream`), and the paraphrase check (`paraphrase_rows`, which the batched form calls too).
 
-The products over the shortlist stay numpy's (BLAS): the batched form makes them too, and a loop here would
-round them differently.
+Each loop is the array form's arithmetic in the same order on the same float types (numpy's pairwise sum
+for a row's length, `gather_candidates`' features, `SnapConfidence.linear` for p, `best_first`'s order), so
+a stream alone decides as it does in a batch: tests/test_grounding.py holds the two forms equal, and
+`unit_rows` equal to numpy's normalisation bit for bit. The products over the shortlist stay numpy's BLAS
+calls, the batched form's own.
+
+The loops compile on first use after an install (about 6 s on 2 cores) into the package's __pycache__
+(numba's cache; a user cache directory where that is read-only) and load from there in a fraction of a
+second in later processes.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import math
 import numba
 import numpy as np
 
-# cache: compiled once per installed copy (in its __pycache__), then loaded in ~10 ms by each process.
+# cache: compiled once per installed copy, then loaded by each process (module docstring).
 # error_model "numpy": a division by zero gives inf or NaN, as numpy's does, instead of raising.
 _compiled = numba.njit(cache=True, nogil=True, error_model="numpy")
 
