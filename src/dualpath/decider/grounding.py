@@ -374,12 +374,6 @@ _SOURCE_OF = (SOURCES.index("tower"), SOURCES.index("lvm"), SOURCES.index("succe
 _NOTHING_SAID, _NO_LIMITS = np.zeros((0, 1), np.float32), np.zeros(0)
 
 
-def _argmax_valid(scores: np.ndarray) -> int:
-    """The first best of one row of scores, -1 when none is finite."""
-    best = int(np.argmax(scores[0])) if scores.shape[1] else -1
-    return best if best >= 0 and np.isfinite(scores[0, best]) else -1
-
-
 @dataclass(frozen=True)
 class SnapConfidence:
     """p = σ(w · (x - mean) / scale + bias): the probability that a candidate is the true next concept."""
