@@ -116,9 +116,9 @@ def test_one_stream_grounds_and_decides_as_it_does_in_a_batch(
 ) -> None:
     """DualPathDecoder.ground (a stream alone: its masks, candidates, features and pick by compiled loops)
     against ground_step and ground_streams on the whole batch: the same output vector, decision record and
-    scores handed to rendering bit for bit, but p (and a blend's α and vector) within float rounding; with memories of picked and shown
-    ids, blocked ids, failed retrievals, padded shortlists whose padding holds anything, anchors whose
-    successors are shortlist rows or not, and paraphrases to pass over."""
+    scores handed to rendering bit for bit, but p (and a blend's α and vector) within float rounding; with
+    memories of picked and shown ids, blocked ids, failed retrievals, padded shortlists whose padding holds
+    anything, anchors whose successors are shortlist rows or not, and paraphrases to pass over."""
     rng = np.random.default_rng(seed)
     d, n = 8, 30
     bank = unit(rng.normal(size=(n, d)))

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from dualpath.decider.kernels import allowed_scores, choose_candidate, ground_stream, one_stream_candidates
+from dualpath.decider.kernels import ground_stream, pick_candidate, stream_candidates
 from dualpath.errors import ConfigError
 
 FEATURES = (
@@ -293,7 +293,7 @@ def ground_one(
     `avoided` the stream's own (m, d) said vectors and (m,) limits (None: nothing said).
 
     The masks, candidates, features, p and the pick are compiled loops (decider/kernels.py, one call where
-    every candidate is a shortlist row), and a successor outside the shortlist is read with `vectors_of` and
+    every candidate is a shortlist row), and a candidate outside the shortlist is read with `vectors_of` and
     scored by the batched form's product on a batch of one: the candidate, its features and source are the
     batched ones bit for bit and p equal within float rounding (its sum is in another order). The tests hold
     the two forms equal.
@@ -306,68 +306,26 @@ def ground_one(
         row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin, coefficients,
         offset, EXACT_ANCHOR, vectors, said, limits, features, vector,
     )
-    if best == -2:  # a successor outside the shortlist (or no shortlist): the parts one by one
-        best, chosen, passed, p = _ground_with_bank_reads(
-            row, vectors, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin,
-            vectors_of, queries, v_hat, coefficients, offset, said, limits, features, vector,
+    if best == -2:  # a candidate outside the shortlist (a successor; every one when it is empty): read it
+        _, successors, cand, at_row, tower_score, cos, tops = stream_candidates(
+            row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids
+        )
+        m = len(cand)
+        outside = [j for j, (c, x) in enumerate(zip(cand.tolist(), at_row.tolist(), strict=True)) if x < 0 <= c]
+        from_fresh, wanted = np.zeros(m, np.bool_), np.zeros((1, m), np.int64)
+        if len(row):
+            wanted[0, outside], from_fresh[outside] = cand[outside], True
+        else:
+            wanted[0], from_fresh[:] = np.maximum(cand, 0), True
+        fresh = np.asarray(vectors_of(wanted), dtype=np.float32)[0]
+        if outside:  # scored by the batched form's product, both scores at once
+            scores = np.matmul(fresh[None], _score_pair(queries, v_hat))[0]
+            tower_score[outside], cos[outside] = scores[outside, 0], scores[outside, 1]
+        best, chosen, passed, p = pick_candidate(
+            cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, offset, EXACT_ANCHOR,
+            vectors if len(row) else fresh, at_row, fresh, from_fresh, said, limits, features, vector,
         )
     return StreamGrounding(chosen, vector, p, _SOURCE_OF[min(best, 2)] if best >= 0 else 0, features, passed), c_max
-
-
-def _ground_with_bank_reads(
-    row: np.ndarray,
-    vectors: np.ndarray,
-    tower_raw: np.ndarray,
-    lvm_raw: np.ndarray,
-    used: np.ndarray,
-    blocked: np.ndarray,
-    failed: bool,
-    table: np.ndarray,
-    anchor_ids: np.ndarray,
-    anchor_cos: np.ndarray,
-    anchor_margin: np.ndarray,
-    vectors_of: Callable[[np.ndarray], np.ndarray],
-    queries: np.ndarray,
-    v_hat: np.ndarray,
-    coefficients: np.ndarray,
-    offset: float,
-    said: np.ndarray,
-    limits: np.ndarray,
-    features: np.ndarray,
-    vector: np.ndarray,
-) -> tuple[int, int, int, float]:
-    """`ground_stream`'s parts one by one, for a stream with candidates outside its shortlist (successors, or
-    every candidate when the shortlist is empty): those are read with `vectors_of` and scored by the batched
-    form's product on a batch of one. Returns (the chosen candidate's place, its id, how many it passed over,
-    its p) and writes its features and vector, as `ground_stream`."""
-    k, a = len(row), len(anchor_ids)
-    m = 2 + a
-    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
-    successors = np.empty(a, np.int64)
-    allowed_scores(row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, tower, lvm, successors)
-    cand, at_row = np.empty(m, np.int64), np.empty(m, np.int64)
-    tower_score, cos = np.empty(m), np.empty(m)
-    tops = one_stream_candidates(row, tower, lvm, successors, cand, at_row, tower_score, cos)
-    outside = [j for j, (c, x) in enumerate(zip(cand.tolist(), at_row.tolist(), strict=True)) if x < 0 <= c]
-    from_fresh = np.zeros(m, np.bool_)
-    wanted = np.zeros((1, m), np.int64)
-    if k:
-        wanted[0, outside], from_fresh[outside] = cand[outside], True
-    else:
-        wanted[0], from_fresh[:] = np.maximum(cand, 0), True
-    fresh = np.asarray(vectors_of(wanted), dtype=np.float32)[0]
-    if outside:  # both scores in one product
-        scores = np.matmul(fresh[None], _score_pair(queries, v_hat))[0]
-        tower_score[outside], cos[outside] = scores[outside, 0], scores[outside, 1]
-    every, p = np.zeros((m, len(FEATURES))), np.empty(m)
-    best, passed = choose_candidate(cand, successors, tower_score, cos, *tops, anchor_cos, anchor_margin, coefficients,
-                                    offset, EXACT_ANCHOR, vectors if k else fresh, at_row, fresh, from_fresh, said,
-                                    limits, every, p, vector)
-    if best < 0:
-        features[:] = 0.0
-        return best, -1, passed, 0.0
-    features[:] = every[best]
-    return best, int(cand[best]), passed, float(p[best])
 
 
 _SOURCE_OF = (SOURCES.index("tower"), SOURCES.index("lvm"), SOURCES.index("successor"))  # by candidate (2+: successors)

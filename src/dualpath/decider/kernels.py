@@ -402,6 +402,64 @@ def choose_candidate(
 
 
 @_compiled
+def stream_candidates(
+    row: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: bool,
+    table: np.ndarray,
+    anchor_ids: np.ndarray,
+):  # a tuple of seven: see the docstring
+    """`allowed_scores` then `one_stream_candidates` on their own arrays: (c_max, successors (A,), candidate ids
+    (2 + A,), their places in the shortlist, their tower scores and cosines, and the favourites'
+    (t_top, t_second, l_top, tower_id, lvm_id))."""
+    k, a = len(row), len(anchor_ids)
+    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
+    successors = np.empty(a, np.int64)
+    c_max = allowed_scores(row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, tower, lvm, successors)
+    cand, at_row = np.empty(2 + a, np.int64), np.empty(2 + a, np.int64)
+    tower_score, cos = np.empty(2 + a), np.empty(2 + a)
+    tops = one_stream_candidates(row, tower, lvm, successors, cand, at_row, tower_score, cos)
+    return c_max, successors, cand, at_row, tower_score, cos, tops
+
+
+@_compiled
+def pick_candidate(
+    cand: np.ndarray,
+    successors: np.ndarray,
+    tower_score: np.ndarray,
+    cos: np.ndarray,
+    tops: tuple[float, float, float, int, int],
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    coefficients: np.ndarray,
+    offset: float,
+    exact_anchor: float,
+    rows: np.ndarray,
+    at_row: np.ndarray,
+    fresh: np.ndarray,
+    from_fresh: np.ndarray,
+    avoid: np.ndarray,
+    limits: np.ndarray,
+    features: np.ndarray,
+    vector: np.ndarray,
+) -> tuple[int, int, int, float]:
+    """`choose_candidate` keeping only the chosen one: returns (its place among the candidates, -1 for none;
+    its id; how many it passed over; its p) and writes its features to `features` (F,), zeros for none."""
+    every, p = np.zeros((len(cand), len(coefficients))), np.empty(len(cand))
+    chosen, passed = choose_candidate(cand, successors, tower_score, cos, tops[0], tops[1], tops[2], tops[3], tops[4],
+                                      anchor_cos, anchor_margin, coefficients, offset, exact_anchor, rows, at_row,
+                                      fresh, from_fresh, avoid, limits, every, p, vector)
+    if chosen < 0:
+        features[:] = 0.0
+        return chosen, -1, passed, 0.0
+    features[:] = every[chosen]
+    return chosen, cand[chosen], passed, p[chosen]
+
+
+@_compiled
 def ground_stream(
     row: np.ndarray,
     tower_raw: np.ndarray,
@@ -423,29 +481,19 @@ def ground_stream(
     vector: np.ndarray,
 ) -> tuple[float, int, int, int, float]:
     """One stream's grounding in one call where every candidate is a shortlist row (`rows` (K, d)):
-    `allowed_scores`, `one_stream_candidates` and `choose_candidate`. Returns (c_max, the chosen candidate's
-    place among the candidates (-1: none), its id, how many it passed over, its p) and writes its features to
-    `features` (F,) and its vector to `vector` (d,). The place is -2 where a successor lies outside the
-    shortlist or the shortlist is empty: the caller reads those from the bank and takes the parts one by one."""
-    k, a = len(row), len(anchor_ids)
-    m = 2 + a
-    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
-    successors = np.empty(a, np.int64)
-    c_max = allowed_scores(row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, tower, lvm, successors)
-    cand, at_row = np.empty(m, np.int64), np.empty(m, np.int64)
-    tower_score, cos = np.empty(m), np.empty(m)
-    tops = one_stream_candidates(row, tower, lvm, successors, cand, at_row, tower_score, cos)
-    inside = k > 0  # every candidate a shortlist row
-    for j in range(m):
+    `stream_candidates` and `pick_candidate`. Returns (c_max, the chosen candidate's place among the candidates
+    (-1: none), its id, how many it passed over, its p) and writes its features to `features` (F,) and its
+    vector to `vector` (d,). The place is -2 where a candidate lies outside the shortlist (a successor, or every
+    one when the shortlist is empty): the caller reads those from the bank and picks with `pick_candidate`."""
+    c_max, successors, cand, at_row, tower_score, cos, tops = stream_candidates(
+        row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids
+    )
+    inside = len(row) > 0
+    for j in range(len(cand)):
         inside = inside and not at_row[j] < 0 <= cand[j]
     if not inside:
         return c_max, -2, -1, 0, 0.0
-    every, p = np.zeros((m, len(coefficients))), np.empty(m)
-    chosen, passed = choose_candidate(cand, successors, tower_score, cos, tops[0], tops[1], tops[2], tops[3], tops[4],
-                                      anchor_cos, anchor_margin, coefficients, offset, exact_anchor, rows, at_row,
-                                      rows, np.zeros(m, np.bool_), avoid, limits, every, p, vector)
-    if chosen < 0:
-        features[:] = 0.0
-        return c_max, chosen, -1, passed, 0.0
-    features[:] = every[chosen]
-    return c_max, chosen, cand[chosen], passed, p[chosen]
+    chosen, chosen_id, passed, p = pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin,
+                                                  coefficients, offset, exact_anchor, rows, at_row, rows,
+                                                  np.zeros(len(cand), np.bool_), avoid, limits, features, vector)
+    return c_max, chosen, chosen_id, passed, p
