@@ -841,3 +841,48 @@ def test_the_prompt_in_the_bank_is_what_generation_counts_as_said(generator):
     generator.generate_batch([*restated, bank.vectors(documents[2][:2])], steps=1, prompts_out=lists,
                              hidden_ids=[documents[0], (), ()])
     assert lists == [generator.match_prompt(restated[0], documents[0]), generator.match_prompt(restated[1]), []]
+
+
+def test_a_generation_after_warming_the_compiled_loops_compiles_nothing_more(trained_bank_path):
+    """`decider.kernels.warm()` (what `make setup` runs) builds the compiled loops for exactly the types a
+    generation passes them: in a fresh process, single streams in a lane that grounds on evidence (with
+    candidates inside and outside their shortlists) and in a c_max lane, and a batch of streams, add no
+    build to any entry point."""
+    code = """
+import json, sys
+sys.path.insert(0, sys.argv[2])
+import dualpath.decider.grounding as grounding
+from dualpath.decider import kernels
+from dualpath.pipeline.generator import Generator
+from trained_models import tiny_config
+
+kernels.warm()
+def builds():
+    return {f.py_func.__name__: sorted(map(str, f.signatures)) for f in kernels.ENTRY_POINTS}
+before = builds()
+outside = [0]
+original = grounding.stream_candidates
+def counted(*args):
+    outside[0] += 1
+    return original(*args)
+grounding.stream_candidates = counted
+gen = Generator.from_bank(sys.argv[1], tiny_config())
+documents = list(gen.bank.documents().values())[:12]
+# a short shortlist (K = 5) leaves the anchors' successors outside it: the grounding reads them from the bank
+short = gen.lane("neutral").model_copy(update={"name": "short", "k": 5})
+for lane in ("neutral", "quota-neutral", short):
+    for ids in documents:
+        ids = ids[:2]
+        list(gen.generate(gen.bank.vectors(ids), 4, lane, ids))
+    list(gen.generate("The budgerigar is a small parrot. It is often kept as a pet.", 4, lane))
+gen.generate_batch([gen.bank.vectors(ids[:2]) for ids in documents], 3, "neutral", [ids[:2] for ids in documents])
+after = builds()
+print(json.dumps({"new": {name: sorted(set(after[name]) - set(before[name])) for name in after},
+                  "outside": outside[0]}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(trained_bank_path), str(Path(__file__).parent)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["outside"] > 0  # the slow path (a successor outside the shortlist) ran
+    assert all(not new for new in result["new"].values()), result["new"]

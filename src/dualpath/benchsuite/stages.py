@@ -320,8 +320,9 @@ def _io_floors(
     grounded = lane.rule == "confidence"
     scores = shortlist_scores(vectors, (queries,))[0]
     # What each stream said at its first step (its prompt): the decision checks its pick against it.
-    said = Unsayable(windows, [lane.repeat_window] * b, generator.cfg.generation.paraphrase_cosine, bank.dim).stacked()
-    said = said if said is not None else (np.zeros((b, 0, bank.dim)), np.zeros((b, 0)))
+    stacked = Unsayable(windows, [lane.repeat_window] * b, generator.cfg.generation.paraphrase_cosine, bank.dim)
+    said = stacked.stacked() or (np.zeros((b, 0, bank.dim)), np.zeros((b, 0)))
+    said = (np.ascontiguousarray(said[0]), np.ascontiguousarray(said[1]))  # C order, as a step's checks read them
     picked = np.empty(b, np.bool_)
 
     def search(i: int) -> None:

@@ -332,7 +332,9 @@ def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> n
     Products summed over d in float64, row by row (`paraphrase_rows`), so a stream's answer never depends on
     the batch around it or on how far its avoid rows are padded.
     """
-    picked, avoid, limits = np.asarray(picked), np.asarray(avoid), np.asarray(limits, dtype=np.float64)
+    # float64 avoid rows (a generation's are), so the compiled loop is one build for every caller
+    picked, avoid = np.asarray(picked), np.ascontiguousarray(avoid, dtype=np.float64)
+    limits = np.ascontiguousarray(limits, dtype=np.float64)
     _check_avoid_shapes(picked.shape, avoid.shape, limits.shape)
     out = np.empty(len(picked), np.bool_)
     paraphrase_rows(picked, avoid, limits, out)
@@ -342,7 +344,8 @@ def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> n
 def is_paraphrase(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> bool:
     """`_paraphrases` of one picked row (d,) against its stream's avoid rows (m, d) and their limits (m,), as
     `avoid_rows` stacks them for one stream: the same sums."""
-    picked, avoid, limits = picked[None], avoid[None], np.asarray(limits, dtype=np.float64)[None]
+    picked, avoid = picked[None], np.ascontiguousarray(avoid, dtype=np.float64)[None]
+    limits = np.ascontiguousarray(limits, dtype=np.float64)[None]
     _check_avoid_shapes(picked.shape, avoid.shape, limits.shape)
     out = np.empty(1, np.bool_)
     paraphrase_rows(picked, avoid, limits, out)

@@ -103,11 +103,11 @@ class DualPathDecoder:
         return tuple(self.used_array().tolist())
 
     def used_array(self) -> np.ndarray:
-        """`used_ids` as a read-only int64 array, made once a step (the step and its rendering both read it)."""
+        """`used_ids` as an int64 array, made once a step (the step and its rendering both read it; the
+        decoder's own copy until its memory changes: read it, do not write it)."""
         if self._used is None:
             window = list(self._shown)[-self.lane.repeat_window :] if self.lane.repeat_window else []
             self._used = np.array(list(dict.fromkeys(i for ids in window for i in ids if i != NO_ID)), np.int64)
-            self._used.flags.writeable = False
         return self._used
 
     @property

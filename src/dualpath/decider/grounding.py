@@ -329,7 +329,7 @@ def ground_one(
 
 
 _SOURCE_OF = (SOURCES.index("tower"), SOURCES.index("lvm"), SOURCES.index("successor"))  # by candidate (2+: successors)
-_NOTHING_SAID, _NO_LIMITS = np.zeros((0, 1), np.float32), np.zeros(0)
+_NOTHING_SAID, _NO_LIMITS = np.zeros((0, 1)), np.zeros(0)  # float64, as a generation's said rows are
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,15 @@ a stream alone decides as it does in a batch: tests/test_grounding.py holds the 
 `unit_rows` equal to numpy's normalisation bit for bit. The products over the shortlist stay numpy's BLAS
 calls, the batched form's own.
 
-The loops compile on first use after an install (about 6 s on 2 cores) into the package's __pycache__
-(numba's cache; a user cache directory where that is read-only) and load from there in a fraction of a
-second in later processes.
+The loops compile once (about 7 s on 2 cores: `warm`, which `make setup` runs, or else the first
+generation) into the package's __pycache__ (numba's cache; a user cache directory where that is
+read-only) and load from there in a fraction of a second in later processes.
 """
 
 from __future__ import annotations
 
 import math
+import time
 
 import numba
 import numpy as np
@@ -497,3 +498,32 @@ def ground_stream(
                                                   coefficients, offset, exact_anchor, rows, at_row, rows,
                                                   np.zeros(len(cand), np.bool_), avoid, limits, features, vector)
     return c_max, chosen, chosen_id, passed, p
+
+
+# The loops Python calls (the rest are compiled into them).
+ENTRY_POINTS = (_unit_pair, _unit_rows, ground_stream, stream_candidates, pick_candidate, paraphrase_rows)
+
+
+def warm() -> float:
+    """Compile the loops, or load them from numba's cache, for the types a generation step passes them
+    (float32 vectors and scores, float64 said rows and limits, int64 ids, C order); returns the seconds it
+    took. `make setup` runs it once after installing, so that no generation pays the first compile."""
+    start = time.perf_counter()
+    d, k = 8, 4
+    rows = np.eye(k, d, dtype=np.float32)
+    ids, scores, nothing = np.arange(k, dtype=np.int64), np.ones(k, np.float32), np.zeros(0, np.int64)
+    table = np.full((2, k), -1, np.int64)
+    anchor_ids, anchor_cos, anchor_margin = np.array([0, -1], np.int64), np.ones(2), np.zeros(2)
+    coefficients, said, limits = np.zeros(13), np.zeros((1, d)), np.full(1, 0.9)
+    features, vector = np.empty(13), np.empty(d, np.float32)
+    unit_pair(rows[0], rows[1], NORM_EPS)
+    unit_rows(rows[:1], NORM_EPS)
+    ground_stream(ids, scores, scores, nothing, nothing, False, table, anchor_ids, anchor_cos, anchor_margin,
+                  coefficients, 0.0, 0.995, rows, said, limits, features, vector)
+    _, successors, cand, at_row, tower_score, cos, tops = stream_candidates(
+        ids, scores, scores, nothing, nothing, False, table, anchor_ids
+    )
+    pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, 0.0, 0.995,
+                   rows, at_row, rows, np.zeros(len(cand), np.bool_), said, limits, features, vector)
+    paraphrase_rows(rows[:1], said[None], limits[None], np.empty(1, np.bool_))
+    return time.perf_counter() - start
