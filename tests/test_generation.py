@@ -867,14 +867,14 @@ def counted(*args):
     return original(*args)
 grounding.stream_candidates = counted
 gen = Generator.from_bank(sys.argv[1], tiny_config())
-documents = list(gen.bank.documents().values())[:12]
+documents = list(gen.bank.documents().values())[:6]
 # a short shortlist (K = 5) leaves the anchors' successors outside it: the grounding reads them from the bank
 short = gen.lane("neutral").model_copy(update={"name": "short", "k": 5})
 for lane in ("neutral", "quota-neutral", short):
     for ids in documents:
         ids = ids[:2]
-        list(gen.generate(gen.bank.vectors(ids), 4, lane, ids))
-    list(gen.generate("The budgerigar is a small parrot. It is often kept as a pet.", 4, lane))
+        list(gen.generate(gen.bank.vectors(ids), 3, lane, ids))
+    list(gen.generate("The budgerigar is a small parrot. It is often kept as a pet.", 3, lane))
 gen.generate_batch([gen.bank.vectors(ids[:2]) for ids in documents], 3, "neutral", [ids[:2] for ids in documents])
 after = builds()
 print(json.dumps({"new": {name: sorted(set(after[name]) - set(before[name])) for name in after},
