@@ -375,7 +375,7 @@ def choose_candidate(
         row[10] = float(first) if votes else 0.0
         row[11], row[12] = lead, float(votes)
         z = 0.0
-        for f in range(len(coefficients)):  # predict_row's sum, in its order
+        for f in range(len(coefficients)):  # w / scale · x in feature order, then the offset (SnapConfidence.linear)
             z += row[f] * coefficients[f]
         z += offset
         z = -40.0 if z < -40.0 else z
