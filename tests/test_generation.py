@@ -874,7 +874,6 @@ for lane in ("neutral", "quota-neutral", short):
     for ids in documents:
         ids = ids[:2]
         list(gen.generate(gen.bank.vectors(ids), 3, lane, ids))
-    list(gen.generate("The budgerigar is a small parrot. It is often kept as a pet.", 3, lane))
 gen.generate_batch([gen.bank.vectors(ids[:2]) for ids in documents], 3, "neutral", [ids[:2] for ids in documents])
 after = builds()
 print(json.dumps({"new": {name: sorted(set(after[name]) - set(before[name])) for name in after},
