@@ -294,16 +294,12 @@ def one_stream_candidates(
 
 
 @_compiled
-def choose_candidate(
+def pick_candidate(
     cand: np.ndarray,
     successors: np.ndarray,
     tower_score: np.ndarray,
     cos: np.ndarray,
-    t_top: float,
-    t_second: float,
-    l_top: float,
-    tower_id: int,
-    lvm_id: int,
+    tops: tuple[float, float, float, int, int],
     anchor_cos: np.ndarray,
     anchor_margin: np.ndarray,
     coefficients: np.ndarray,
@@ -315,18 +311,20 @@ def choose_candidate(
     from_fresh: np.ndarray,
     avoid: np.ndarray,
     limits: np.ndarray,
-    features: np.ndarray,
-    p: np.ndarray,
+    chosen_features: np.ndarray,
     vector: np.ndarray,
-) -> tuple[int, int]:
-    """`choose_grounding` for one stream: each candidate's FEATURES (`features` (m, F), zeros for none) and p
-    (`p` (m,), -inf for none), as `gather_candidates` and `SnapConfidence.linear` give them, and the most
-    probable one (p rounded to float32, the first of equal ones first: `best_first`'s order) that is no
-    paraphrase of the stream's `avoid` rows at their `limits` (`_is_said`; none: an empty `avoid`).
+) -> tuple[int, int, int, float]:
+    """`choose_grounding` for one stream: each candidate's FEATURES and p, as `gather_candidates` and
+    `SnapConfidence.linear` give them (`tops`: `one_stream_candidates`' favourites), and the most probable
+    one (p rounded to float32, the first of equal ones first: `best_first`'s order) that is no paraphrase of
+    the stream's `avoid` rows at their `limits` (`_is_said`; none: an empty `avoid`).
 
     A candidate's vector is shortlist row `rows[at_row[j]]` (its place there, 0 for none), or `fresh[j]`
-    where `from_fresh[j]`. Returns (the chosen candidate, -1 for none; how many more probable ones it passed
-    over) and writes its vector, or candidate 0's where none, to `vector` (d,)."""
+    where `from_fresh[j]`. Returns (the chosen candidate's place, -1 for none; its id; how many more probable
+    ones it passed over; its p) and writes its features to `chosen_features` (F,), zeros for none, and its
+    vector, or candidate 0's where none, to `vector` (d,)."""
+    t_top, t_second, l_top, tower_id, lvm_id = tops
+    features, p = np.zeros((len(cand), len(coefficients))), np.empty(len(cand))
     m = len(cand)
     t_ref, l_ref = t_top, l_top
     if not math.isfinite(t_top):  # with no shortlist favourite, gaps are to the best candidate
@@ -396,10 +394,12 @@ def choose_candidate(
         picked = fresh[at] if from_fresh[at] else rows[max(at_row[at], 0)]
         if not _is_said(picked, avoid, limits, unit):
             vector[:] = picked
-            return at, passed
+            chosen_features[:] = features[at]
+            return at, cand[at], passed, p[at]
         passed += 1
     vector[:] = fresh[0] if from_fresh[0] else rows[max(at_row[0], 0)]
-    return -1, passed
+    chosen_features[:] = 0.0
+    return -1, -1, passed, 0.0
 
 
 @_compiled
@@ -424,40 +424,6 @@ def stream_candidates(
     tower_score, cos = np.empty(2 + a), np.empty(2 + a)
     tops = one_stream_candidates(row, tower, lvm, successors, cand, at_row, tower_score, cos)
     return c_max, successors, cand, at_row, tower_score, cos, tops
-
-
-@_compiled
-def pick_candidate(
-    cand: np.ndarray,
-    successors: np.ndarray,
-    tower_score: np.ndarray,
-    cos: np.ndarray,
-    tops: tuple[float, float, float, int, int],
-    anchor_cos: np.ndarray,
-    anchor_margin: np.ndarray,
-    coefficients: np.ndarray,
-    offset: float,
-    exact_anchor: float,
-    rows: np.ndarray,
-    at_row: np.ndarray,
-    fresh: np.ndarray,
-    from_fresh: np.ndarray,
-    avoid: np.ndarray,
-    limits: np.ndarray,
-    features: np.ndarray,
-    vector: np.ndarray,
-) -> tuple[int, int, int, float]:
-    """`choose_candidate` keeping only the chosen one: returns (its place among the candidates, -1 for none;
-    its id; how many it passed over; its p) and writes its features to `features` (F,), zeros for none."""
-    every, p = np.zeros((len(cand), len(coefficients))), np.empty(len(cand))
-    chosen, passed = choose_candidate(cand, successors, tower_score, cos, tops[0], tops[1], tops[2], tops[3], tops[4],
-                                      anchor_cos, anchor_margin, coefficients, offset, exact_anchor, rows, at_row,
-                                      fresh, from_fresh, avoid, limits, every, p, vector)
-    if chosen < 0:
-        features[:] = 0.0
-        return chosen, -1, passed, 0.0
-    features[:] = every[chosen]
-    return chosen, cand[chosen], passed, p[chosen]
 
 
 @_compiled
