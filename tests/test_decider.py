@@ -710,3 +710,25 @@ def test_a_record_built_from_its_fields_is_the_dataclasss(step, c, decision, n_i
     assert fast == DecisionRecord(**values)
     assert vars(fast) == vars(DecisionRecord(**values))
     assert DecisionRecord.from_dict(fast.to_dict()) == fast
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.integers(1, 4), d=st.integers(1, 1100), scale=st.floats(1e-6, 1e6), zero=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_compiled_row_normalisation_is_numpys_bit_for_bit(rows, d, scale, zero, seed) -> None:
+    """`unit_rows` / `unit_pair` (one stream's step) against numpy's `normalize_rows` and `v / _row_norms(v)`
+    (the batched forms'): the same float32 bits, so a stream alone scores and decides on the vectors a batch
+    would, and rendering can reuse the decision's scores (a numpy whose sum changed order would fail here)."""
+    from dualpath.decider.decision import _row_norms
+    from dualpath.decider.kernels import NORM_EPS, unit_pair, unit_rows
+    from dualpath.models.heuristics import normalize_rows
+
+    x = (np.random.default_rng(seed).normal(size=(rows, d)) * scale).astype(np.float32)
+    if zero:
+        x[0] = 0.0
+    unit, norms = unit_rows(x, NORM_EPS)
+    assert np.array_equal(unit, normalize_rows(x))
+    assert np.array_equal(norms, _row_norms(x))
+    assert np.array_equal(unit_pair(x[0], x[-1], NORM_EPS)[0], normalize_rows(x[[0, -1]]))
+    with np.errstate(all="ignore"):
+        assert np.array_equal(unit_rows(x)[0], x / _row_norms(x)[:, None], equal_nan=True)
