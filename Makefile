@@ -18,8 +18,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of PyTorch first, so nothing below can pull a multi-GB accelerator build.
 	$(BIN)/python -m pip install -q "torch==2.13.0" || $(BIN)/python -m pip install -q torch --index-url https://download.pytorch.org/whl/cpu
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# The decision's compiled loops (numba), built once here rather than by the first generation.
-	$(BIN)/python -c "from dualpath.decider.kernels import warm; print(f'compiled the decision loops in {warm():.0f} s')"
+	# The compiled loops (numba) of the decision and the recurrent cells, built once here rather than by the first generation.
+	$(BIN)/python -c "from dualpath.decider import kernels; from dualpath.models import cells; print(f'compiled the decision and cell loops in {kernels.warm() + cells.warm():.0f} s')"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 setup: $(STAMP)

@@ -844,21 +844,23 @@ def test_the_prompt_in_the_bank_is_what_generation_counts_as_said(generator):
 
 
 def test_a_generation_after_warming_the_compiled_loops_compiles_nothing_more(trained_bank_path):
-    """`decider.kernels.warm()` (what `make setup` runs) builds the compiled loops for exactly the types a
-    generation passes them: in a fresh process, single streams in a lane that grounds on evidence (with
-    candidates inside and outside their shortlists) and in a c_max lane, and a batch of streams, add no
-    build to any entry point."""
+    """`decider.kernels.warm()` and `models.cells.warm()` (what `make setup` runs) build the compiled loops
+    for exactly the types a generation passes them: in a fresh process, single streams in a lane that grounds
+    on evidence (with candidates inside and outside their shortlists) and in a c_max lane, and a batch of
+    streams, add no build to any entry point."""
     code = """
 import json, sys
 sys.path.insert(0, sys.argv[2])
 import dualpath.decider.grounding as grounding
 from dualpath.decider import kernels
+from dualpath.models import cells
 from dualpath.pipeline.generator import Generator
 from trained_models import tiny_config
 
 kernels.warm()
+cells.warm()
 def builds():
-    return {f.py_func.__name__: sorted(map(str, f.signatures)) for f in kernels.ENTRY_POINTS}
+    return {f.py_func.__name__: sorted(map(str, f.signatures)) for f in kernels.ENTRY_POINTS + cells.ENTRY_POINTS}
 before = builds()
 outside = [0]
 original = grounding.stream_candidates

@@ -171,3 +171,71 @@ def test_the_numpy_gelu_is_torchs(seed: int, approximate: str) -> None:
         truth = 0.5 * wide * scipy.special.erfc(-wide / math.sqrt(2.0))
         np.testing.assert_allclose(got, truth, rtol=1e-5, atol=1e-12)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=2e-6)
+
+
+def _gates_as_ufuncs(cell: str, x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, weights: list[np.ndarray]):
+    """One layer of every state as plain numpy ufuncs on full products (the zero state's included): the float32
+    arithmetic the compiled loops reproduce, σ in its tanh form."""
+    w_ih, b_ih, w_hh, b_hh = weights
+    hidden = h_prev.shape[-1]
+    gi = x @ w_ih.T + b_ih
+    gh = h_prev @ w_hh.T + b_hh
+
+    def sigmoid(v: np.ndarray) -> np.ndarray:
+        return np.tanh(v * np.float32(0.5)) * np.float32(0.5) + np.float32(0.5)
+
+    if cell == "gru":
+        rz = sigmoid(gi[..., : 2 * hidden] + gh[..., : 2 * hidden])
+        r, z = rz[..., :hidden], rz[..., hidden:]
+        n = np.tanh(gi[..., 2 * hidden :] + r * gh[..., 2 * hidden :])
+        return (1.0 - z) * n + z * h_prev, None
+    gates = gh + gi
+    i, f = sigmoid(gates[..., :hidden]), sigmoid(gates[..., hidden : 2 * hidden])
+    g, o = np.tanh(gates[..., 2 * hidden : 3 * hidden]), sigmoid(gates[..., 3 * hidden :])
+    c = f * c_prev + i * g
+    return o * np.tanh(c), c
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    cell=st.sampled_from(["gru", "lstm"]),
+    ages=st.integers(1, 6),
+    streams=st.integers(1, 4),
+    hidden=st.integers(1, 9),
+    shared=st.booleans(),
+    biased=st.booleans(),
+    scale=st.sampled_from([0.01, 1.0, 30.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_the_compiled_gates_are_the_ufuncs_bit_for_bit(
+    cell: str, ages: int, streams: int, hidden: int, shared: bool, biased: bool, scale: float, seed: int
+) -> None:
+    """models/cells.py's loops give every state of a ring step exactly what numpy's ufuncs give on the full
+    products: with the input product shared by a stream's states or one per state, with biases or zeros, at
+    saturating scales, and with the zero state's hidden product left out (age 0)."""
+    from dualpath.models.cells import gru_step, lstm_step
+
+    rng = np.random.default_rng(seed)
+    width, dim = (3 if cell == "gru" else 4) * hidden, 5
+
+    def f32(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    weights = [f32(width, dim), f32(width) if biased else np.zeros(width, np.float32), f32(width, hidden),
+               f32(width) if biased else np.zeros(width, np.float32)]
+    x = f32(1 if shared else ages, streams, dim)
+    h_old, c_old = np.tanh(f32(ages, streams, hidden)), f32(ages, streams, hidden)
+    zero = np.zeros((1, streams, hidden), np.float32)
+    h_prev, c_prev = np.concatenate([zero, h_old[:-1]]), np.concatenate([zero, c_old[:-1]])
+    expected_h, expected_c = _gates_as_ufuncs(cell, x, h_prev, c_prev, weights)
+
+    gi = x @ weights[0].T
+    gh = h_old[:-1] @ weights[2].T
+    h, c = np.full_like(h_old, np.nan), np.full_like(c_old, np.nan)
+    scratch = np.full(ages * streams * 5 * hidden, np.nan, np.float32)
+    if cell == "gru":
+        gru_step(gi, weights[1], gh, weights[3], h_old, h, scratch)
+    else:
+        lstm_step(gi, weights[1], gh, weights[3], h_old, c_old, h, c, scratch)
+        np.testing.assert_array_equal(c, expected_c)
+    np.testing.assert_array_equal(h, expected_h)

@@ -236,14 +236,16 @@ def _weights(module: nn.Module, name: str) -> np.ndarray:
 
 def _recurrent_products(rnn: nn.GRU | nn.LSTM, b: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(input, weight) of each BLAS product one ring step makes (models/incremental.py): the first layer's
-    input product once per stream, every other product over the stream's `size` states."""
+    input product once per stream, the other input products over the stream's `size` states, the hidden
+    products over its `size` - 1 states that do not start from zero."""
     rng = np.random.default_rng(0)
     out = []
     for layer in range(rnn.num_layers):
         w_ih, w_hh = _weights(rnn, f"weight_ih_l{layer}"), _weights(rnn, f"weight_hh_l{layer}")
         rows = b if layer == 0 else b * size
         out.append((rng.standard_normal((rows, w_ih.shape[1]), np.float32), w_ih))
-        out.append((rng.standard_normal((b * size, w_hh.shape[1]), np.float32), w_hh))
+        if size > 1:
+            out.append((rng.standard_normal((b * (size - 1), w_hh.shape[1]), np.float32), w_hh))
     return out
 
 

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from scipy.special import erfc
 from torch import nn
 
+from dualpath.models.cells import gru_step, lstm_step
 from dualpath.models.context import context_mean, heuristic_query
 from dualpath.models.heuristics import normalize_rows
 from dualpath.models.lvm import CausalBlock, LatentVectorModel, RecurrentBackbone, TransformerBackbone
@@ -265,13 +266,7 @@ def _array(tensor: torch.Tensor | None) -> np.ndarray | None:
     return None if tensor is None else tensor.detach().numpy()
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """σ(x) in place, in its tanh form: no overflow for large |x|, where 1 / (1 + exp(-x)) warns."""
-    x *= 0.5
-    np.tanh(x, out=x)
-    x *= 0.5
-    x += 0.5
-    return x
+GELU_TORCH_FROM = 2048  # values (8 rows of 256): where torch's GELU call starts to cost less than numpy's
 
 
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
@@ -313,9 +308,18 @@ def _numpy_step(module: nn.Module) -> Callable[[np.ndarray], np.ndarray] | None:
             return x
 
         return linear
-    if isinstance(module, nn.GELU):  # the LVM's head: torch's call cost more than the activation
+    if isinstance(module, nn.GELU):
         approximate = module.approximate
-        return lambda x: _gelu(x, approximate)
+
+        def gelu(x: np.ndarray) -> np.ndarray:
+            # torch's ~10 µs call costs more than numpy's erfc on a few rows (one stream: 3.5 µs), and far less
+            # than it on many (256 streams: 0.05 against 0.86 ms): scipy's erfc is a scalar loop
+            if x.size < GELU_TORCH_FROM:
+                return _gelu(x, approximate)
+            with torch.no_grad():
+                return F.gelu(torch.from_numpy(x), approximate=approximate).numpy()
+
+        return gelu
     if isinstance(module, (nn.Dropout, nn.Identity)):
         return None
 
@@ -358,75 +362,74 @@ class _NumpyWindow:
 
 
 class _NumpyRing:
-    """`_Ring` in numpy: the same states and ages, each layer's cell as two BLAS products and a few ufuncs.
+    """`_Ring` in numpy: the same states, each layer's cell as two BLAS products and compiled gate loops
+    (models/cells.py).
 
-    The newest concept enters all C states of a stream, so the first layer's input product is made once
-    per stream (b rows, not b × C) and broadcast over its states.
+    States are kept age-major, (layers, C, b, hidden), so that the states a push advances from a non-zero
+    state (ages 0..C-2, which become 1..C-1) are one contiguous block of rows for the hidden product; the
+    new state of age 0 starts from zero, whose product is zero and is not made. The newest concept enters
+    all C states of a stream, so the first layer's input product is made once per stream (b rows, not
+    b × C) and shared by its states. Products and gates write into buffers kept between pushes: at 256
+    streams each is megabytes, and fresh ones cost page faults every step.
     """
 
     def __init__(self, rnn: nn.GRU | nn.LSTM, b: int, size: int, pooled: bool = False) -> None:
         self.lstm = isinstance(rnn, nn.LSTM)
         self.layers = rnn.num_layers
         self.size = size
+        hidden = rnn.hidden_size
+        gates = (4 if self.lstm else 3) * hidden
+
+        def parameter(name: str, layer: int) -> np.ndarray:
+            value = _array(getattr(rnn, f"{name}_l{layer}", None))
+            return np.zeros(gates, np.float32) if value is None else value  # a cell without biases adds zeros
+
         self.weights = [
-            tuple(_array(getattr(rnn, f"{name}_l{layer}", None)) for name in ("weight_ih", "weight_hh", "bias_ih",
-                                                                               "bias_hh"))
+            (parameter("weight_ih", layer).T, parameter("bias_ih", layer),
+             parameter("weight_hh", layer).T, parameter("bias_hh", layer))
             for layer in range(self.layers)
         ]
-        shape = (self.layers, b, size, rnn.hidden_size)
-        self.h = np.zeros(shape, np.float32)
+        shape = (self.layers, size, b, hidden)
+        self.h, self._h_next = np.zeros(shape, np.float32), np.empty(shape, np.float32)
         self.c = np.zeros(shape, np.float32) if self.lstm else None
-        self.sum = np.zeros((b, size, rnn.hidden_size), np.float32) if pooled else None
-
-    @staticmethod
-    def _aged(state: np.ndarray) -> np.ndarray:
-        out = np.empty_like(state)
-        out[..., 0, :] = 0.0
-        out[..., 1:, :] = state[..., :-1, :]
-        return out
+        self._c_next = np.empty(shape, np.float32) if self.lstm else None
+        self.sum = np.zeros((size, b, hidden), np.float32) if pooled else None
+        self._sum_next = np.empty((size, b, hidden), np.float32) if pooled else None
+        self._gi = np.empty((size, b, gates), np.float32)
+        self._gh = np.empty((max(size - 1, 0), b, gates), np.float32)
+        self._scratch = np.empty(size * b * (5 if self.lstm else 3) * hidden, np.float32)
 
     def push(self, x: np.ndarray, real: np.ndarray | None = None) -> None:
         """Advance every state by x (b, d); rows where `real` is False keep their state (padding)."""
         b, size = x.shape[0], self.size
-        h_prev = self._aged(self.h)
-        c_prev = self._aged(self.c) if self.c is not None else None
-        new_h = np.empty_like(self.h)
-        new_c = np.empty_like(self.h) if self.lstm else None
+        h, c, new_h, new_c = self.h, self.c, self._h_next, self._c_next
         inp: np.ndarray = x
-        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(self.weights):
-            gi = inp @ w_ih.T
-            if b_ih is not None:
-                gi += b_ih
-            gi = gi.reshape(b, 1 if layer == 0 else size, -1)  # layer 0: one row per stream, broadcast
-            h = h_prev[layer]
-            gh = h.reshape(b * size, -1) @ w_hh.T
-            if b_hh is not None:
-                gh += b_hh
-            gh = gh.reshape(b, size, -1)
-            hidden = h.shape[-1]
+        for layer, (w_ih_t, b_ih, w_hh_t, b_hh) in enumerate(self.weights):
+            rows = 1 if layer == 0 else size  # layer 0: one input product per stream, shared by its states
+            gi = self._gi[:rows]
+            np.matmul(inp, w_ih_t, out=gi.reshape(rows * b, -1))
+            gh = self._gh
+            np.matmul(h[layer, :-1].reshape((size - 1) * b, -1), w_hh_t, out=gh.reshape((size - 1) * b, -1))
             if self.lstm:
-                assert c_prev is not None and new_c is not None
-                gates = gh + gi
-                i, f = _sigmoid(gates[..., :hidden]), _sigmoid(gates[..., hidden : 2 * hidden])
-                g, o = np.tanh(gates[..., 2 * hidden : 3 * hidden]), _sigmoid(gates[..., 3 * hidden :])
-                c = f * c_prev[layer] + i * g
-                new_c[layer] = c
-                new_h[layer] = o * np.tanh(c)
+                assert c is not None and new_c is not None
+                lstm_step(gi, b_ih, gh, b_hh, h[layer], c[layer], new_h[layer], new_c[layer], self._scratch)
             else:
-                rz = _sigmoid(gi[..., : 2 * hidden] + gh[..., : 2 * hidden])
-                r, z = rz[..., :hidden], rz[..., hidden:]
-                n = np.tanh(gi[..., 2 * hidden :] + r * gh[..., 2 * hidden :])
-                new_h[layer] = (1.0 - z) * n + z * h
-            inp = new_h[layer].reshape(b * size, -1)
-        new_sum = self._aged(self.sum) + new_h[-1] if self.sum is not None else None
+                gru_step(gi, b_ih, gh, b_hh, h[layer], new_h[layer], self._scratch)
+            inp = new_h[layer].reshape(size * b, -1)
+        new_sum = self._sum_next
+        if new_sum is not None and self.sum is not None:
+            np.add(self.sum[:-1], new_h[-1, 1:], out=new_sum[1:])
+            new_sum[0] = new_h[-1, 0]
         if real is not None and not real.all():
             keep = ~real
-            new_h[:, keep] = self.h[:, keep]
-            if new_c is not None and self.c is not None:
-                new_c[:, keep] = self.c[:, keep]
+            new_h[:, :, keep] = h[:, :, keep]
+            if new_c is not None and c is not None:
+                new_c[:, :, keep] = c[:, :, keep]
             if new_sum is not None and self.sum is not None:
-                new_sum[keep] = self.sum[keep]
-        self.h, self.c, self.sum = new_h, new_c, new_sum
+                new_sum[:, keep] = self.sum[:, keep]
+        self.h, self._h_next = new_h, h
+        self.c, self._c_next = new_c, c
+        self.sum, self._sum_next = new_sum, self.sum
 
     def prime(self, window: _NumpyWindow) -> None:
         for column in range(window.ctx.shape[1]):
@@ -437,7 +440,7 @@ class _NumpyRing:
     def covering(self, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         age = np.maximum(np.minimum(lengths, self.size), 1) - 1  # np.clip's wrapper costs more than the work
         rows = np.arange(len(age))
-        return self.h[-1, rows, age], self.sum[rows, age] if self.sum is not None else None
+        return self.h[-1, age, rows], self.sum[age, rows] if self.sum is not None else None
 
 
 class _NumpyLVMStream:
