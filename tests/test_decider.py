@@ -732,3 +732,26 @@ def test_the_compiled_row_normalisation_is_numpys_bit_for_bit(rows, d, scale, ze
     assert np.array_equal(unit_pair(x[0], x[-1], NORM_EPS)[0], normalize_rows(x[[0, -1]]))
     with np.errstate(all="ignore"):
         assert np.array_equal(unit_rows(x)[0], x / _row_norms(x)[:, None], equal_nan=True)
+
+
+@settings(max_examples=80, deadline=None)
+@given(streams=st.integers(1, 6), m=st.integers(1, 5), read=st.integers(1, 5), d=st.integers(1, 40),
+       seed=st.integers(0, 2**32 - 1))
+def test_the_paraphrase_check_reads_its_streams_in_place(streams, m, read, d, seed) -> None:
+    """`_paraphrases` on streams `rows` of a batch's avoid rows, read where they lie (also a slice of them, as
+    a step reads them before its rings fill), answers as it does on those streams' rows gathered; rows
+    outside the batch are a clear error, not a read past it."""
+    from dualpath.decider.decision import _paraphrases
+
+    rng = np.random.default_rng(seed)
+    kept = rng.normal(size=(streams, m + 2, d))
+    limits = np.where(rng.random((streams, m + 2)) < 0.2, np.inf, rng.uniform(-0.5, 0.9, (streams, m + 2)))
+    avoid, bounds = kept[:, : min(read, m + 2)], limits[:, : min(read, m + 2)]  # as `Unsayable.stacked` reads
+    rows = rng.integers(0, streams, size=rng.integers(1, 2 * streams + 1))
+    # some picks are an avoid row itself (a paraphrase at any limit below 1), others random
+    picked = np.where(rng.random((len(rows), 1)) < 0.5, avoid[rows, 0], rng.normal(size=(len(rows), d)))
+    picked = picked.astype(np.float32)
+    expected = _paraphrases(picked, np.ascontiguousarray(avoid[rows]), np.ascontiguousarray(bounds[rows]))
+    assert (_paraphrases(picked, avoid, bounds, rows) == expected).all()
+    with pytest.raises(DeciderError):
+        _paraphrases(picked, avoid, bounds, np.full(len(rows), streams))

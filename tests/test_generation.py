@@ -886,4 +886,4 @@ print(json.dumps({"new": {name: sorted(set(after[name]) - set(before[name])) for
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["outside"] > 0  # the slow path (a successor outside the shortlist) ran
-    assert all(not new for new in result["new"].values()), result["new"]
+    assert all(not new for new in result["new"].values()), {k: v for k, v in result["new"].items() if v}

@@ -340,7 +340,7 @@ def _io_floors(
             units = (normalize_rows(queries), normalize_rows(queries)) if grounded else (normalize_rows(queries),)
         for scored in shortlist_scores(vectors, units):
             best = scored.argmax(axis=1)
-        paraphrase_rows(vectors[np.arange(b), best], said[0], said[1], picked)
+        paraphrase_rows(vectors[np.arange(b), best], said[0], said[1], np.arange(b), picked)
 
     scored_rows, scored_every = _share_schedule(render.scored, b)
     searched_rows, searched_every = _share_schedule(render.searched, b)

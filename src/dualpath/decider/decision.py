@@ -298,6 +298,7 @@ def avoid_rows(
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Per-stream avoid vectors (m_i, d) and their cosine limits (m_i,) as one (b, m, d) array and
     (b, m) limits, padded with zero vectors whose limit (inf) nothing reaches; None when there are none.
+    float64, as the paraphrase check reads them.
 
     Already stacked arrays ((b, m, d) and (b, m), as this returns them) are taken as they are.
     """
@@ -309,15 +310,15 @@ def avoid_rows(
         bounds = np.asarray(limits, dtype=np.float64)
         if avoid.shape[2] != d or bounds.shape != avoid.shape[:2]:
             raise DeciderError(f"stacked avoid vectors must be ({b}, m, {d}) with ({b}, m) limits")
-        return (avoid.astype(np.float32, copy=False), bounds) if avoid.shape[1] else None
+        return (avoid.astype(np.float64, copy=False), bounds) if avoid.shape[1] else None
     width = max((len(a) for a in avoid), default=0)
     if width == 0:
         return None
-    vectors = np.zeros((b, width, d), np.float32)
+    vectors = np.zeros((b, width, d), np.float64)
     bounds = np.full((b, width), np.inf)
     for i, (rows, limit) in enumerate(zip(avoid, limits, strict=True)):
         if len(rows):
-            rows = np.asarray(rows, dtype=np.float32)
+            rows = np.asarray(rows, dtype=np.float64)
             if rows.ndim != 2 or rows.shape[1] != d or np.shape(limit) != (len(rows),):
                 raise DeciderError(f"stream {i}: avoid vectors must be (m, {d}) with one limit each")
             vectors[i, : len(rows)] = rows
@@ -325,36 +326,47 @@ def avoid_rows(
     return vectors, bounds
 
 
-def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> np.ndarray:
-    """(n,) bool: each picked row (n, d) is at its limit's cosine or closer to one of its avoid vectors
-    (n, m, d), limits (n, m).
+def _paraphrases(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, rows: np.ndarray | None = None
+                 ) -> np.ndarray:
+    """(n,) bool: each picked row (n, d) is at its limit's cosine or closer to one of its stream's avoid
+    vectors: streams `rows` (n,) of avoid (b, m, d) and limits (b, m) (None: row i is stream i).
 
     Products summed over d in float64, row by row (`paraphrase_rows`), so a stream's answer never depends on
     the batch around it or on how far its avoid rows are padded.
     """
-    # float64 avoid rows (a generation's are), so the compiled loop is one build for every caller
-    picked, avoid = np.asarray(picked), np.ascontiguousarray(avoid, dtype=np.float64)
-    limits = np.ascontiguousarray(limits, dtype=np.float64)
+    # float64 avoid rows (a generation's are, and `avoid_rows` makes them), read in place, as they are laid out
+    picked, avoid, limits = np.asarray(picked), np.asarray(avoid, dtype=np.float64), np.asarray(limits, np.float64)
+    if rows is None:
+        rows = np.arange(len(picked), dtype=np.int64)
+        if len(avoid) != len(picked):
+            raise DeciderError(f"{len(picked)} picked rows for the avoid rows of {len(avoid)} streams")
+    else:
+        rows = np.asarray(rows, np.int64)
+        if rows.shape != picked.shape[:1] or (len(rows) and not 0 <= rows.min() <= rows.max() < len(avoid)):
+            raise DeciderError(f"streams {rows} of picked rows {picked.shape} are not among {len(avoid)} streams")
     _check_avoid_shapes(picked.shape, avoid.shape, limits.shape)
     out = np.empty(len(picked), np.bool_)
-    paraphrase_rows(picked, avoid, limits, out)
+    paraphrase_rows(picked, avoid, limits, rows, out)
     return out
+
+
+_FIRST = np.zeros(1, np.int64)  # the one stream of `is_paraphrase`
 
 
 def is_paraphrase(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray) -> bool:
     """`_paraphrases` of one picked row (d,) against its stream's avoid rows (m, d) and their limits (m,), as
     `avoid_rows` stacks them for one stream: the same sums."""
-    picked, avoid = picked[None], np.ascontiguousarray(avoid, dtype=np.float64)[None]
-    limits = np.ascontiguousarray(limits, dtype=np.float64)[None]
+    picked, avoid = picked[None], np.asarray(avoid, dtype=np.float64)[None]
+    limits = np.asarray(limits, dtype=np.float64)[None]
     _check_avoid_shapes(picked.shape, avoid.shape, limits.shape)
     out = np.empty(1, np.bool_)
-    paraphrase_rows(picked, avoid, limits, out)
+    paraphrase_rows(picked, avoid, limits, _FIRST, out)
     return bool(out[0])
 
 
 def _check_avoid_shapes(picked: tuple[int, ...], avoid: tuple[int, ...], limits: tuple[int, ...]) -> None:
-    """The compiled loop reads what the shapes say: (n, d) picked rows, (n, m, d) avoid rows, (n, m) limits."""
-    if len(picked) != 2 or len(avoid) != 3 or avoid[0] != picked[0] or avoid[2] != picked[1] or limits != avoid[:2]:
+    """The compiled loop reads what the shapes say: (n, d) picked rows, (b, m, d) avoid rows, (b, m) limits."""
+    if len(picked) != 2 or len(avoid) != 3 or avoid[2] != picked[1] or limits != avoid[:2]:
         raise DeciderError(f"avoid rows {avoid} and limits {limits} do not fit picked rows {picked}")
 
 
@@ -374,7 +386,7 @@ def _pass_over_paraphrases(
     skipped = np.zeros(len(best), np.int64)
     todo = np.flatnonzero(np.isfinite(cos[np.arange(len(best)), best]))
     while todo.size:
-        bad = _paraphrases(vectors[todo, best[todo]], avoid[0][todo], avoid[1][todo])
+        bad = _paraphrases(vectors[todo, best[todo]], avoid[0], avoid[1], todo)
         todo = todo[bad]
         if not todo.size:
             break

@@ -185,12 +185,15 @@ def _is_said(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, unit: np
 
 
 @_compiled
-def paraphrase_rows(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, out: np.ndarray) -> None:
-    """`out[i]`: picked row i (n, d) is a paraphrase of one of its avoid rows `avoid[i]` (n, m, d) at its
-    limits `limits[i]` (n, m) (`_is_said`): a row's answer is the same in any batch, however it is padded."""
+def paraphrase_rows(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, rows: np.ndarray,
+                    out: np.ndarray) -> None:
+    """`out[i]`: picked row i (n, d) is a paraphrase of one of its stream's avoid rows `avoid[rows[i]]`
+    (b, m, d) at its limits `limits[rows[i]]` (b, m) (`_is_said`): a row's answer is the same in any batch,
+    however it is padded. The streams are indexed here, not gathered by the caller: a batch's avoid rows
+    are megabytes, and copying them for the few streams still to check cost more than the check."""
     unit = np.empty(picked.shape[1])
     for i in range(picked.shape[0]):
-        out[i] = _is_said(picked[i], avoid[i], limits[i], unit)
+        out[i] = _is_said(picked[i], avoid[rows[i]], limits[rows[i]], unit)
 
 
 @_compiled
@@ -491,5 +494,8 @@ def warm() -> float:
     )
     pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, 0.0, 0.995,
                    rows, at_row, rows, np.zeros(len(cand), np.bool_), said, limits, features, vector)
-    paraphrase_rows(rows[:1], said[None], limits[None], np.empty(1, np.bool_))
+    for avoid, bounds in ((said[None], limits[None]), (np.zeros((2, 3, d))[:, :2], np.ones((2, 3))[:, :2])):
+        # a batch's avoid rows as they are kept (C order) and as a step reads them before its rings fill (a
+        # slice of them, in no single order)
+        paraphrase_rows(rows[:1], avoid, bounds, np.zeros(1, np.int64), np.empty(1, np.bool_))
     return time.perf_counter() - start
