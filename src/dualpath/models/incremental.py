@@ -331,7 +331,16 @@ def _numpy_step(module: nn.Module) -> Callable[[np.ndarray], np.ndarray] | None:
 
 
 class _NumpyWindow:
-    """`_Window` as numpy arrays: (b, C, d) float32 context, left-padded, and its (b, C) mask."""
+    """What the numpy streams read of each stream's last C concepts: the newest (b, d), the count (b,) and,
+    for a model that reads the window's mean, its sum (b, d).
+
+    The concepts sit in C slots per stream that a push overwrites in turn (the streams of a batch push
+    together, so they share the turn): a push writes one concept and subtracts the one it replaces from
+    the sum, where sliding a (b, C, d) window and summing it anew read and wrote it all (1.5 MB a step per
+    model at 256 streams). The sum is float64, so that adding and later subtracting a concept leaves it
+    where it was to ~1e-16. `ctx` and `mask`, left-padded in order, are the windows as given (the ring
+    primes from them) until the first push.
+    """
 
     def __init__(self, windows: Sequence[np.ndarray], size: int, dim: int, summed: bool = False) -> None:
         self.ctx = np.zeros((len(windows), size, dim), np.float32)
@@ -343,31 +352,27 @@ class _NumpyWindow:
                 self.mask[i, size - len(w) :] = True
         # Kept as the window fills, not summed from the mask at every step: the models read it each step.
         self.lengths = self.mask.sum(axis=1)
-        # The window slides into the other buffer and the two swap: at 256 streams a fresh one each step was
-        # 2 MB of page faults.
-        self._spare = np.empty_like(self.ctx)
-        # `summed`: the model reads the window's mean; its sum is made as the window slides, while the new
-        # window is still in cache (at 256 streams a later read found it evicted, and took 3x as long)
-        self.summed = summed
-        self.sum = np.add.reduce(self.ctx, axis=1) if summed else None
+        self.newest = self.ctx[:, -1].copy()
+        self.sum = np.add.reduce(self.ctx, axis=1, dtype=np.float64) if summed else None  # padding is zeros
+        self.slot = 0  # the slot the next concept replaces: the oldest (column 0 of the left-padded windows)
 
     def push(self, x: np.ndarray) -> None:
-        ctx = self._spare
-        ctx[:, :-1], ctx[:, -1] = self.ctx[:, 1:], x
-        mask = np.empty_like(self.mask)
-        mask[:, :-1], mask[:, -1] = self.mask[:, 1:], True
-        self._spare, self.ctx, self.mask = self.ctx, ctx, mask
-        self.lengths = np.minimum(self.lengths + 1, self.mask.shape[1])
-        if self.summed:
-            self.sum = np.add.reduce(ctx, axis=1)
+        leaving = self.ctx[:, self.slot]  # zeros while a stream's window fills
+        if self.sum is not None:
+            self.sum += x
+            self.sum -= leaving
+        leaving[:] = x
+        self.newest = leaving
+        self.slot = (self.slot + 1) % self.ctx.shape[1]
+        self.lengths = np.minimum(self.lengths + 1, self.ctx.shape[1])
 
     def mean(self) -> np.ndarray:
-        """context_mean: the unit-norm mean of the real concepts (the padding is zeros: a plain sum)."""
+        """context_mean: the unit-norm mean of the real concepts."""
         return normalize_rows(self.sum if self.sum is not None else np.add.reduce(self.ctx, axis=1))
 
     def heuristic(self, kind: str) -> np.ndarray:
         """heuristic_query by name: the last concept or the mean, unit-norm."""
-        return normalize_rows(self.ctx[:, -1]) if kind == "last" else self.mean()
+        return normalize_rows(self.newest) if kind == "last" else self.mean()
 
 
 class _NumpyRing:
@@ -468,7 +473,7 @@ class _NumpyLVMStream:
         summary, _ = self.ring.covering(self.window.lengths)
         out = self.head(summary)
         if self.net.residual == "last":
-            out = out + self.window.ctx[:, -1]
+            out = out + self.window.newest
         elif self.net.residual == "mean":
             out = out + self.window.mean()
         return normalize_rows(out)
