@@ -7,9 +7,9 @@ calls of a microsecond each. Here it is three compiled passes, with numpy's tanh
 these wheels has no vector math library, so a compiled tanh would be a scalar libm call per value, several
 times slower than numpy's SIMD loop.
 
-Each pass is the numpy form's float32 arithmetic in the same order (PyTorch's gate order; σ(x) as
-tanh(x/2)/2 + 1/2, which cannot overflow), and the products are the same BLAS calls, so a step's states are
-the numpy form's to the bit: tests/test_incremental.py holds them. The state started at the newest concept
+Each pass is numpy's float32 ufunc arithmetic in the same order (PyTorch's gate order; σ(x) as
+tanh(x/2)/2 + 1/2, which cannot overflow), so a step's states are what the ufuncs give on the same products,
+to the bit: tests/test_incremental.py holds them. The state started at the newest concept
 (age 0) starts from zero, so its hidden product is zero and is not made: the caller passes the products
 of the other ages.
 

@@ -18,7 +18,8 @@ window is full (tests/test_incremental.py checks it for every architecture).
 
 On the CPU the recurrent streams run as numpy/BLAS kernels (`_NumpyRing`, the heads in numpy): a
 single stream's step is ~30 small calls, and torch's per-call cost (~5-10 µs each) was most of it;
-numpy's is ~1 µs, and each product is one BLAS call as before. On a GPU the torch path runs.
+numpy's is ~1 µs, and each product is one BLAS call as before. The gates' elementwise work is three
+compiled passes (models/cells.py). On a GPU the torch path runs.
 
     LVM gru / lstm        the ring of states above, every layer; head and residual on the window
     LVM transformer       no KV cache is exact: positions count back from the newest concept, so
