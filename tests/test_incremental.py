@@ -239,3 +239,12 @@ def test_the_compiled_gates_are_the_ufuncs_bit_for_bit(
         lstm_step(gi, weights[1], gh, weights[3], h_old, c_old, h, c, scratch)
         np.testing.assert_array_equal(c, expected_c)
     np.testing.assert_array_equal(h, expected_h)
+
+
+def test_a_long_generation_keeps_the_window_mean_of_the_full_path() -> None:
+    """The CPU streams keep a window's sum as a running float64 sum over hundreds of slides: it stays the
+    full path's mean (no drift), for the LVM's residual and the tower's."""
+    model, query = lvm("gru", "mean", 1), tower("gru", "mean")
+    worst = run_both(model.predict, lambda c: lvm_stream(model, c), [1, 3, 6], steps=400, seed=3)
+    worst = max(worst, run_both(query.encode_queries, lambda c: tower_stream(query, c, CONTEXT), [2, 5], 400, 4))
+    assert worst < TOLERANCE
