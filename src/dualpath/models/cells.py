@@ -163,16 +163,15 @@ def warm() -> float:
     start = time.perf_counter()
     ages, streams, hidden = 2, 1, 2
     rng = np.random.default_rng(0)
-    for gates, step in ((3, "gru"), (4, "lstm")):
+    for gates in (3, 4):  # GRU, LSTM
         b_ih, b_hh = np.zeros(gates * hidden, np.float32), np.zeros(gates * hidden, np.float32)
-        for shared in (1, ages):
-            gi = rng.standard_normal((shared, streams, gates * hidden)).astype(np.float32)
-            gh = rng.standard_normal((ages - 1, streams, gates * hidden)).astype(np.float32)
-            h_old, c_old = np.zeros((ages, streams, hidden), np.float32), np.zeros((ages, streams, hidden), np.float32)
-            h, c = np.empty_like(h_old), np.empty_like(c_old)
-            scratch = np.empty(ages * streams * 5 * hidden, np.float32)
-            if step == "gru":
-                gru_step(gi, b_ih, gh, b_hh, h_old, h, scratch)
-            else:
-                lstm_step(gi, b_ih, gh, b_hh, h_old, c_old, h, c, scratch)
+        gi = rng.standard_normal((ages, streams, gates * hidden)).astype(np.float32)
+        gh = rng.standard_normal((ages - 1, streams, gates * hidden)).astype(np.float32)
+        h_old, c_old = np.zeros((ages, streams, hidden), np.float32), np.zeros((ages, streams, hidden), np.float32)
+        h, c = np.empty_like(h_old), np.empty_like(c_old)
+        scratch = np.empty(ages * streams * 5 * hidden, np.float32)
+        if gates == 3:
+            gru_step(gi, b_ih, gh, b_hh, h_old, h, scratch)
+        else:
+            lstm_step(gi, b_ih, gh, b_hh, h_old, c_old, h, c, scratch)
     return time.perf_counter() - start
