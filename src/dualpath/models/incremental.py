@@ -332,8 +332,8 @@ def _numpy_step(module: nn.Module) -> Callable[[np.ndarray], np.ndarray] | None:
 
 
 class _NumpyWindow:
-    """What the numpy streams read of each stream's last C concepts: the newest (b, d), the count (b,) and,
-    for a model that reads the window's mean, its sum (b, d).
+    """What the numpy streams read of each stream's last C concepts: the newest (b, d), the count (b,) and the
+    window's sum (b, d), for its mean.
 
     The concepts sit in C slots per stream that a push overwrites in turn (the streams of a batch push
     together, so they share the turn): a push writes one concept and subtracts the one it replaces from
@@ -343,7 +343,7 @@ class _NumpyWindow:
     primes from them) until the first push.
     """
 
-    def __init__(self, windows: Sequence[np.ndarray], size: int, dim: int, summed: bool = False) -> None:
+    def __init__(self, windows: Sequence[np.ndarray], size: int, dim: int) -> None:
         self.ctx = np.zeros((len(windows), size, dim), np.float32)
         self.mask = np.zeros((len(windows), size), bool)
         for i, w in enumerate(windows):
@@ -354,14 +354,13 @@ class _NumpyWindow:
         # Kept as the window fills, not summed from the mask at every step: the models read it each step.
         self.lengths = self.mask.sum(axis=1)
         self.newest = self.ctx[:, -1].copy()
-        self.sum = np.add.reduce(self.ctx, axis=1, dtype=np.float64) if summed else None  # padding is zeros
+        self.sum = np.add.reduce(self.ctx, axis=1, dtype=np.float64)  # the padding is zeros
         self.slot = 0  # the slot the next concept replaces: the oldest (column 0 of the left-padded windows)
 
     def push(self, x: np.ndarray) -> None:
         leaving = self.ctx[:, self.slot]  # zeros while a stream's window fills
-        if self.sum is not None:
-            self.sum += x
-            self.sum -= leaving
+        self.sum += x
+        self.sum -= leaving
         leaving[:] = x
         self.newest = leaving
         self.slot = (self.slot + 1) % self.ctx.shape[1]
@@ -369,7 +368,7 @@ class _NumpyWindow:
 
     def mean(self) -> np.ndarray:
         """context_mean: the unit-norm mean of the real concepts."""
-        return normalize_rows(self.sum if self.sum is not None else np.add.reduce(self.ctx, axis=1))
+        return normalize_rows(self.sum)
 
     def heuristic(self, kind: str) -> np.ndarray:
         """heuristic_query by name: the last concept or the mean, unit-norm."""
@@ -463,7 +462,7 @@ class _NumpyLVMStream:
 
     def __init__(self, lvm: LatentVectorModel, windows: Sequence[np.ndarray]) -> None:
         self.net = lvm.net
-        self.window = _NumpyWindow(windows, lvm.context, lvm.dim, summed=lvm.net.residual == "mean")
+        self.window = _NumpyWindow(windows, lvm.context, lvm.dim)
         backbone = lvm.net.backbone
         assert isinstance(backbone, RecurrentBackbone)
         self.ring = _NumpyRing(backbone.rnn, len(windows), lvm.context)
@@ -493,7 +492,7 @@ class _NumpyTowerStream:
         encoder = tower.net.encoder
         assert isinstance(encoder, RecurrentEncoder)
         self.norm = encoder.norm
-        self.window = _NumpyWindow(windows, size, tower.dim, summed=tower.net.residual == "mean")
+        self.window = _NumpyWindow(windows, size, tower.dim)
         self.ring = _NumpyRing(encoder.rnn, len(windows), size, pooled=True)
         self.ring.prime(self.window)
         self.eps = np.float32(self.norm.eps)
