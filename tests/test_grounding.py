@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from dualpath.decider import (
     load_lanes,
     make_lane,
 )
-from dualpath.decider.decision import Shortlist, ShortlistBatch
+from dualpath.decider.decision import Shortlist, ShortlistBatch, id_member, id_rows, nearest_unsaid, shortlist_scores
 from dualpath.decider.grounding import (
     SOURCES,
     brier_score,
@@ -34,6 +35,7 @@ from dualpath.decider.grounding import (
     successor_table,
 )
 from dualpath.errors import ConfigError, DeciderError
+from dualpath.models.heuristics import normalize_rows
 from dualpath.pipeline.grounding import StreamAnchors, ground_step, lane_cosines, risk_thresholds
 
 LANES = load_lanes()
@@ -108,17 +110,10 @@ def test_candidates_carry_the_tower_and_lvm_favourites_and_flag_successors() -> 
     assert (cand.sources[1:, 2] == SOURCES.index("successor")).all()
 
 
-@settings(max_examples=100, deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 6), k=st.integers(0, 9), with_avoid=st.booleans(),
-       padded=st.booleans())
-def test_one_stream_grounds_and_decides_as_it_does_in_a_batch(
-    seed: int, b: int, k: int, with_avoid: bool, padded: bool
-) -> None:
-    """DualPathDecoder.ground (a stream alone: its masks, candidates, features and pick by compiled loops)
-    against ground_step and ground_streams on the whole batch: the same output vector, decision record and
-    scores handed to rendering bit for bit, but p (and a blend's α and vector) within float rounding; with
-    memories of picked and shown ids, blocked ids, failed retrievals, padded shortlists whose padding holds
-    anything, anchors whose successors are shortlist rows or not, and paraphrases to pass over."""
+def grounding_case(seed: int, b: int, k: int, with_avoid: bool, padded: bool) -> SimpleNamespace:
+    """A step of b streams to ground: a bank of 30 concepts in 6 documents, shortlists of k (padded with -1 rows
+    that hold anything), failed retrievals, anchors whose successors are shortlist rows or not, decoders with
+    memories of picked and shown ids, blocked ids, paraphrases to pass over, and a random confidence model."""
     rng = np.random.default_rng(seed)
     d, n = 8, 30
     bank = unit(rng.normal(size=(n, d)))
@@ -161,19 +156,39 @@ def test_one_stream_grounds_and_decides_as_it_does_in_a_batch(
         avoided = (said, np.where(rng.random((b, 3)) < 0.2, np.inf, 0.9))
     model = SnapConfidence(FEATURES, rng.normal(size=len(FEATURES)), rng.uniform(0.5, 2, len(FEATURES)),
                            rng.normal(size=len(FEATURES)), float(rng.normal()))
+    return SimpleNamespace(bank=bank, table=table, ids=ids, vectors=vectors, fallbacks=fallbacks, q=q, v=v,
+                           anchors=anchors, lane=lane, decoders=decoders, blocked=blocked, avoided=avoided, model=model,
+                           used=[np.asarray(decoder.used_ids, np.int64) for decoder in decoders],
+                           vectors_of=lambda x: bank[x])
 
-    def vectors_of(x: np.ndarray) -> np.ndarray:
-        return bank[x]
 
+CASES = dict(seed=st.integers(0, 2**32 - 1), b=st.integers(1, 6), k=st.integers(0, 9), with_avoid=st.booleans(),
+             padded=st.booleans())
+
+
+@settings(max_examples=100, deadline=None)
+@given(**CASES)
+def test_one_stream_grounds_and_decides_as_it_does_in_a_batch(
+    seed: int, b: int, k: int, with_avoid: bool, padded: bool
+) -> None:
+    """DualPathDecoder.ground (a stream alone: its masks, candidates, features and pick by compiled loops)
+    against ground_step and ground_streams on the whole batch: the same output vector, decision record and
+    scores handed to rendering bit for bit, but p (and a blend's α and vector) within float rounding; with
+    memories of picked and shown ids, blocked ids, failed retrievals, padded shortlists whose padding holds
+    anything, anchors whose successors are shortlist rows or not, and paraphrases to pass over."""
+    case = grounding_case(seed, b, k, with_avoid, padded)
+    lane, decoders, ids, vectors, fallbacks, q, v = (case.lane, case.decoders, case.ids, case.vectors,
+                                                     case.fallbacks, case.q, case.v)
+    model, table, anchors, blocked, avoided, vectors_of = (case.model, case.table, case.anchors, case.blocked,
+                                                           case.avoided, case.vectors_of)
     alone = [DualPathDecoder(lane) for _ in range(b)]
     for one, decoder in zip(alone, decoders, strict=True):  # the same history
         one._recent.extend(decoder._recent)
         one._shown.extend(decoder._shown)
         one._step = decoder._step
     scored: dict[str, np.ndarray] = {}
-    used = [np.asarray(decoder.used_ids, np.int64) for decoder in decoders]
     grounding, c_max = ground_step(model, table, anchors, v, q, ShortlistBatch(ids, vectors, fallbacks, unit=True),
-                                   used, blocked, avoided, vectors_of, scored)
+                                   case.used, blocked, avoided, vectors_of, scored)
     batch_out, batch_records = ground_streams(decoders, v, grounding, c_max, fallbacks)
     for i in range(b):
         own: dict[str, np.ndarray] = {}
@@ -192,6 +207,54 @@ def test_one_stream_grounds_and_decides_as_it_does_in_a_batch(
         assert np.array_equal(own["v"][0], scored["v"][i]) and np.array_equal(own["lvm"][0], scored["lvm"][i],
                                                                                 equal_nan=True)
         assert alone[i].recent_ids == decoders[i].recent_ids
+
+
+def array_form(case: SimpleNamespace) -> tuple[Grounding, np.ndarray]:
+    """A step's grounding as whole-array calls over the batch (calibration's and evaluation's form:
+    `gather_candidates`, `choose_grounding`, `nearest_unsaid`), with the masks that `ground_step` applies."""
+    b = len(case.ids)
+    q, v = normalize_rows(case.q), normalize_rows(case.v)
+    allowed = case.ids >= 0
+    allowed[[i for i, reason in enumerate(case.fallbacks) if reason is not None]] = False
+    used = id_rows(case.used, b, "used ids")
+    if used.shape[1] and case.ids.shape[1]:
+        allowed &= ~id_member(case.ids, used)
+    with np.errstate(all="ignore"):
+        tower_raw, lvm_raw = shortlist_scores(case.vectors, (q, v))
+        tower, lvm = np.where(allowed, tower_raw, -np.inf), np.where(allowed, lvm_raw, -np.inf)
+    successors = successor_ids(case.table, case.anchors.ids)
+    refused = id_rows([np.concatenate([x, u]) for x, u in zip(case.blocked, case.used, strict=True)], b, "ids")
+    allowed_successors = successors >= 0
+    if refused.shape[1]:
+        allowed_successors &= ~id_member(successors, refused)
+    candidates = gather_candidates(case.ids, tower, lvm, successors, case.anchors.cos, case.anchors.margin,
+                                   allowed_successors, case.vectors_of, q, v, case.vectors)
+    grounding = choose_grounding(candidates, case.model, pick=lambda p, rows: nearest_unsaid(p, rows, case.avoided))
+    return grounding, lvm.max(axis=1, initial=-np.inf).astype(np.float64)
+
+
+@settings(max_examples=100, deadline=None)
+@given(**CASES)
+def test_the_compiled_batch_grounds_as_the_array_form_does(
+    seed: int, b: int, k: int, with_avoid: bool, padded: bool
+) -> None:
+    """ground_step grounds a batch by compiled loops over its streams (and reads the candidates outside their
+    shortlists in one call); calibration and evaluation ground by whole-array calls. On the same step the two
+    choose the same candidate, with the same vector, source, features, c_max and paraphrases passed over, and p
+    within float rounding (its sum is in another order)."""
+    case = grounding_case(seed, b, k, with_avoid, padded)
+    compiled, c_max = ground_step(case.model, case.table, case.anchors, case.v, case.q,
+                                  ShortlistBatch(case.ids, case.vectors, case.fallbacks, unit=True), case.used,
+                                  case.blocked, case.avoided, case.vectors_of)
+    arrays, c_max_arrays = array_form(case)
+    np.testing.assert_array_equal(compiled.ids, arrays.ids)
+    np.testing.assert_array_equal(compiled.sources, arrays.sources)
+    np.testing.assert_array_equal(compiled.passed, arrays.passed)
+    np.testing.assert_array_equal(compiled.features, arrays.features)
+    np.testing.assert_array_equal(c_max, c_max_arrays)
+    found = compiled.ids >= 0
+    np.testing.assert_array_equal(compiled.vectors[found], arrays.vectors[found])
+    np.testing.assert_allclose(compiled.confidence, arrays.confidence, rtol=1e-12, atol=1e-15)
 
 
 @settings(max_examples=60, deadline=None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -106,8 +107,11 @@ class DualPathDecoder:
         """`used_ids` as an int64 array, made once a step (the step and its rendering both read it; the
         decoder's own copy until its memory changes: read it, do not write it)."""
         if self._used is None:
-            window = list(self._shown)[-self.lane.repeat_window :] if self.lane.repeat_window else []
-            self._used = np.array(list(dict.fromkeys(i for ids in window for i in ids if i != NO_ID)), np.int64)
+            window = self.lane.repeat_window
+            start = max(len(self._shown) - window, 0) if window else len(self._shown)
+            ids = dict.fromkeys(itertools.chain.from_iterable(itertools.islice(self._shown, start, None)))
+            ids.pop(NO_ID, None)
+            self._used = np.fromiter(ids, np.int64, len(ids))
         return self._used
 
     @property
@@ -198,6 +202,13 @@ class DualPathDecoder:
         self._count(record)
         return record
 
+    def _keep(self, record: DecisionRecord, latency_ms: float) -> DecisionRecord:
+        """`remember` for a record a decision call just made for this stream, which nothing else holds: numbered
+        and timed in place (as `DecisionRecord.from_fields` fills it), not copied; a batch keeps one a stream."""
+        record.__dict__.update(step=self._step, latency_ms=latency_ms)
+        self._count(record)
+        return record
+
     def _count(self, record: DecisionRecord) -> None:
         """Count a record numbered as this step into the memories."""
         self._recent.append(record.picked_id)
@@ -243,9 +254,13 @@ def _decide_in_groups(
     start = time.perf_counter()
     b = len(decoders)
     records: list[DecisionRecord | None] = [None] * b
-    groups: dict[tuple, list[int]] = {(): [0]} if b == 1 else {}
-    for i, d in enumerate(decoders if b > 1 else ()):
-        groups.setdefault(key(d), []).append(i)
+    keys = [key(d) for d in decoders] if b > 1 else [()]
+    groups: dict[tuple, list[int]] = {}
+    if keys.count(keys[0]) == b:  # one group (the usual step): no dictionary of rows built a stream at a time
+        groups[keys[0]] = list(range(b))
+    else:
+        for i, k in enumerate(keys):
+            groups.setdefault(k, []).append(i)
     # One group (the usual step): its outputs are the step's, not copied into a fresh array.
     out = np.empty((b, d_out), np.float32) if len(groups) != 1 else None
     decided_groups = []
@@ -260,7 +275,7 @@ def _decide_in_groups(
     latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
     for rows, members, group_records in decided_groups:
         for i, d, record in zip(rows, members, group_records, strict=True):
-            records[i] = d.remember(record, latency_ms)
+            records[i] = d._keep(record, latency_ms)
     assert out is not None
     return out, [r for r in records if r is not None]
 

@@ -40,7 +40,13 @@ from typing import Any
 
 import numpy as np
 
-from dualpath.decider.kernels import ground_stream, pick_candidate, stream_candidates
+from dualpath.decider.kernels import (
+    ground_stream,
+    ground_streams_in_turn,
+    pick_candidate,
+    pick_outside,
+    stream_candidates,
+)
 from dualpath.errors import ConfigError
 
 FEATURES = (
@@ -330,6 +336,73 @@ def ground_one(
 
 _SOURCE_OF = (SOURCES.index("tower"), SOURCES.index("lvm"), SOURCES.index("successor"))  # by candidate (2+: successors)
 _NOTHING_SAID, _NO_LIMITS = np.zeros((0, 1)), np.zeros(0)  # float64, as a generation's said rows are
+
+
+def ground_batch(
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: np.ndarray,
+    table: np.ndarray,
+    anchor_ids: np.ndarray,
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    vectors_of: Callable[[np.ndarray], np.ndarray],
+    queries: np.ndarray,
+    v_hat: np.ndarray,
+    model: SnapConfidence,
+    avoided: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[Grounding, np.ndarray]:
+    """The grounding and c_max (b,) of b streams, each stream's as `ground_one` finds it alone.
+
+    Row i of each argument is stream i's `ground_one` argument: `ids` (b, K) and `vectors` (b, K, d);
+    `tower_raw` / `lvm_raw` (b, K); `used` and `blocked` (b, m) right-aligned and padded with -1 (`id_rows`);
+    `failed` (b,) bool; the anchors' ids, cosines and margins (b, A); `queries` and `v_hat` (b, d) unit rows;
+    `avoided` (b, m, d) said rows and (b, m) limits, padded with inf (`avoid_rows`; None: nothing said).
+
+    The streams are grounded in turn by one compiled loop. Those with a candidate outside their shortlist
+    are then read from the bank in one `vectors_of` call, scored in one product and picked by a second loop;
+    this is `ground_one`'s order of work, so a stream's grounding is the same in any batch.
+    """
+    coefficients, offset = model.linear
+    b, k = ids.shape
+    d, a = queries.shape[1], anchor_ids.shape[1]
+    said, limits = avoided if avoided is not None else (np.zeros((b, 0, 1)), np.zeros((b, 0)))
+    ids, failed = np.ascontiguousarray(ids, np.int64), np.asarray(failed, np.bool_)
+    tower_raw, lvm_raw = np.ascontiguousarray(tower_raw), np.ascontiguousarray(lvm_raw)
+    vectors, limits = np.ascontiguousarray(vectors, np.float32), np.asarray(limits, np.float64)
+    m = 2 + a
+    c_max, p = np.empty(b), np.empty(b)
+    place, chosen, passed = np.empty(b, np.int64), np.empty(b, np.int64), np.empty(b, np.int64)
+    features, chosen_vectors = np.empty((b, len(FEATURES))), np.empty((b, d), np.float32)
+    outputs = (place, chosen, passed, p, features, chosen_vectors)
+    successors, cand, at_row = np.empty((b, a), np.int64), np.empty((b, m), np.int64), np.empty((b, m), np.int64)
+    tower_score, cos, tops, top_ids = np.empty((b, m)), np.empty((b, m)), np.empty((b, 3)), np.empty((b, 2), np.int64)
+    ground_streams_in_turn(ids, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos,
+                           anchor_margin, coefficients, offset, EXACT_ANCHOR, vectors, said, limits, c_max, *outputs,
+                           successors, cand, at_row, tower_score, cos, tops, top_ids)
+    streams = np.flatnonzero(place == -2)
+    if len(streams):  # candidates outside the shortlist (successors; every one where it is empty): read them
+        ids_of = cand[streams]
+        outside = (at_row[streams] < 0) & (ids_of >= 0)
+        # Only the rows a pick may read, as `ground_one` reads them: the candidates outside the shortlist (all of
+        # them where it is empty, an id of -1 as bank row 0).
+        from_fresh = outside if k else np.ones(outside.shape, np.bool_)
+        fresh = np.zeros((*outside.shape, d), np.float32)
+        if from_fresh.any():
+            fresh[from_fresh] = np.asarray(vectors_of(np.maximum(ids_of[from_fresh], 0)), dtype=np.float32)
+        scored_tower, scored_cos = tower_score[streams], cos[streams]
+        if outside.any():  # scored by the product `ground_one` makes for one stream, both scores at once
+            scores = np.matmul(fresh, _score_pair(queries[streams], v_hat[streams]))
+            scored_tower = np.where(outside, scores[:, :, 0], scored_tower)
+            scored_cos = np.where(outside, scores[:, :, 1], scored_cos)
+        pick_outside(streams, cand, successors, scored_tower, scored_cos, tops, top_ids, anchor_cos, anchor_margin,
+                     coefficients, offset, EXACT_ANCHOR, vectors, at_row, fresh, from_fresh, said, limits, *outputs)
+    sources = np.array((0, 0, *_SOURCE_OF) + _SOURCE_OF[-1:] * (a - 1), np.int8)[place + 2]  # place -2 or -1: none
+    return Grounding(chosen, chosen_vectors, p, sources, features, passed), c_max
 
 
 @dataclass(frozen=True)

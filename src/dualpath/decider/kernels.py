@@ -297,7 +297,7 @@ def one_stream_candidates(
 
 
 @_compiled
-def pick_candidate(
+def _pick_into(
     cand: np.ndarray,
     successors: np.ndarray,
     tower_score: np.ndarray,
@@ -316,6 +316,10 @@ def pick_candidate(
     limits: np.ndarray,
     chosen_features: np.ndarray,
     vector: np.ndarray,
+    features: np.ndarray,
+    p: np.ndarray,
+    taken: np.ndarray,
+    unit: np.ndarray,
 ) -> tuple[int, int, int, float]:
     """`choose_grounding` for one stream: each candidate's FEATURES and p, as `gather_candidates` and
     `SnapConfidence.linear` give them (`tops`: `one_stream_candidates`' favourites), and the most probable
@@ -325,9 +329,9 @@ def pick_candidate(
     A candidate's vector is shortlist row `rows[at_row[j]]` (its place there, 0 for none), or `fresh[j]`
     where `from_fresh[j]`. Returns (the chosen candidate's place, -1 for none; its id; how many more probable
     ones it passed over; its p) and writes its features to `chosen_features` (F,), zeros for none, and its
-    vector, or candidate 0's where none, to `vector` (d,)."""
+    vector, or candidate 0's where none, to `vector` (d,). `features` (m, F), `p` (m,), `taken` (m,) bool and `unit`
+    (d,) float64 are scratch (a batch's loop allocates them once)."""
     t_top, t_second, l_top, tower_id, lvm_id = tops
-    features, p = np.zeros((len(cand), len(coefficients))), np.empty(len(cand))
     m = len(cand)
     t_ref, l_ref = t_top, l_top
     if not math.isfinite(t_top):  # with no shortlist favourite, gaps are to the best candidate
@@ -383,8 +387,7 @@ def pick_candidate(
         z = 40.0 if z > 40.0 else z
         p[j] = 1.0 / (1.0 + math.exp(-z))
     passed = 0
-    taken = np.zeros(m, np.bool_)
-    unit = np.empty(vector.shape[0])
+    taken[:m] = False
     while True:
         at, top = -1, np.float32(-np.inf)
         for j in range(m):
@@ -406,6 +409,58 @@ def pick_candidate(
 
 
 @_compiled
+def pick_candidate(
+    cand: np.ndarray,
+    successors: np.ndarray,
+    tower_score: np.ndarray,
+    cos: np.ndarray,
+    tops: tuple[float, float, float, int, int],
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    coefficients: np.ndarray,
+    offset: float,
+    exact_anchor: float,
+    rows: np.ndarray,
+    at_row: np.ndarray,
+    fresh: np.ndarray,
+    from_fresh: np.ndarray,
+    avoid: np.ndarray,
+    limits: np.ndarray,
+    chosen_features: np.ndarray,
+    vector: np.ndarray,
+) -> tuple[int, int, int, float]:
+    """`_pick_into` with scratch of its own: `choose_grounding` for one stream (see there)."""
+    m = len(cand)
+    return _pick_into(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, offset,
+                      exact_anchor, rows, at_row, fresh, from_fresh, avoid, limits, chosen_features, vector,
+                      np.empty((m, len(coefficients))), np.empty(m), np.empty(m, np.bool_), np.empty(vector.shape[0]))
+
+
+@_compiled
+def _candidates_into(
+    row: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: bool,
+    table: np.ndarray,
+    anchor_ids: np.ndarray,
+    tower: np.ndarray,
+    lvm: np.ndarray,
+    successors: np.ndarray,
+    cand: np.ndarray,
+    at_row: np.ndarray,
+    tower_score: np.ndarray,
+    cos: np.ndarray,
+) -> tuple[float, tuple[float, float, float, int, int]]:
+    """`allowed_scores` then `one_stream_candidates`, into the arrays given (`tower` / `lvm` (K,) float32
+    scratch): (c_max, the favourites' (t_top, t_second, l_top, tower_id, lvm_id))."""
+    c_max = allowed_scores(row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, tower, lvm, successors)
+    return c_max, one_stream_candidates(row, tower, lvm, successors, cand, at_row, tower_score, cos)
+
+
+@_compiled
 def stream_candidates(
     row: np.ndarray,
     tower_raw: np.ndarray,
@@ -420,13 +475,21 @@ def stream_candidates(
     (2 + A,), their places in the shortlist, their tower scores and cosines, and the favourites'
     (t_top, t_second, l_top, tower_id, lvm_id))."""
     k, a = len(row), len(anchor_ids)
-    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
-    successors = np.empty(a, np.int64)
-    c_max = allowed_scores(row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, tower, lvm, successors)
-    cand, at_row = np.empty(2 + a, np.int64), np.empty(2 + a, np.int64)
+    successors, cand, at_row = np.empty(a, np.int64), np.empty(2 + a, np.int64), np.empty(2 + a, np.int64)
     tower_score, cos = np.empty(2 + a), np.empty(2 + a)
-    tops = one_stream_candidates(row, tower, lvm, successors, cand, at_row, tower_score, cos)
+    c_max, tops = _candidates_into(row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids,
+                                   np.empty(k, np.float32), np.empty(k, np.float32), successors, cand, at_row,
+                                   tower_score, cos)
     return c_max, successors, cand, at_row, tower_score, cos, tops
+
+
+@_compiled
+def _all_listed(row: np.ndarray, cand: np.ndarray, at_row: np.ndarray) -> bool:
+    """Every candidate is a row of the (non-empty) shortlist `row`: none need be read from the bank."""
+    inside = len(row) > 0
+    for j in range(len(cand)):
+        inside = inside and not at_row[j] < 0 <= cand[j]
+    return inside
 
 
 @_compiled
@@ -458,10 +521,7 @@ def ground_stream(
     c_max, successors, cand, at_row, tower_score, cos, tops = stream_candidates(
         row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids
     )
-    inside = len(row) > 0
-    for j in range(len(cand)):
-        inside = inside and not at_row[j] < 0 <= cand[j]
-    if not inside:
+    if not _all_listed(row, cand, at_row):
         return c_max, -2, -1, 0, 0.0
     chosen, chosen_id, passed, p = pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin,
                                                   coefficients, offset, exact_anchor, rows, at_row, rows,
@@ -469,8 +529,116 @@ def ground_stream(
     return c_max, chosen, chosen_id, passed, p
 
 
+@_compiled
+def ground_streams_in_turn(
+    ids: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: np.ndarray,
+    table: np.ndarray,
+    anchor_ids: np.ndarray,
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    coefficients: np.ndarray,
+    offset: float,
+    exact_anchor: float,
+    vectors: np.ndarray,
+    avoid: np.ndarray,
+    limits: np.ndarray,
+    c_max: np.ndarray,
+    place: np.ndarray,
+    chosen: np.ndarray,
+    passed: np.ndarray,
+    p: np.ndarray,
+    features: np.ndarray,
+    chosen_vectors: np.ndarray,
+    successors: np.ndarray,
+    cand: np.ndarray,
+    at_row: np.ndarray,
+    tower_score: np.ndarray,
+    cos: np.ndarray,
+    tops: np.ndarray,
+    top_ids: np.ndarray,
+) -> None:
+    """`ground_stream` on each of b streams, row i of every argument (ids (b, K), used / blocked (b, m)
+    padded with -1, anchors (b, A), vectors (b, K, d), avoid (b, m, d) and limits (b, m) padded with inf);
+    its results go to row i of the outputs (b,) and `features` (b, F), `chosen_vectors` (b, d). A stream with
+    a candidate outside its shortlist gets place -2, and its candidates stay in row i of `successors` (b, A),
+    `cand`, `at_row`, `tower_score`, `cos` (b, 2 + A) and its favourites in `tops` (b, 3) and `top_ids` (b, 2),
+    for `pick_outside` once they are read. A batch grounds as its streams do alone, at a few microseconds
+    a stream instead of the array form's few dozen whole-batch calls and their temporaries; scratch is
+    allocated once for the batch."""
+    b, k = ids.shape
+    m = cand.shape[1]
+    tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
+    scratch = (np.empty((m, len(coefficients))), np.empty(m), np.empty(m, np.bool_), np.empty(vectors.shape[2]))
+    listed = np.zeros(m, np.bool_)
+    for i in range(b):
+        c, t = _candidates_into(ids[i], tower_raw[i], lvm_raw[i], used[i], blocked[i], failed[i], table,
+                                anchor_ids[i], tower, lvm, successors[i], cand[i], at_row[i], tower_score[i], cos[i])
+        c_max[i] = c
+        tops[i, 0], tops[i, 1], tops[i, 2], top_ids[i, 0], top_ids[i, 1] = t
+        if not _all_listed(ids[i], cand[i], at_row[i]):
+            place[i], chosen[i], passed[i], p[i] = -2, -1, 0, 0.0
+            continue
+        at, chosen_id, over, prob = _pick_into(
+            cand[i], successors[i], tower_score[i], cos[i], t, anchor_cos[i], anchor_margin[i], coefficients, offset,
+            exact_anchor, vectors[i], at_row[i], vectors[i], listed, avoid[i], limits[i], features[i],
+            chosen_vectors[i], *scratch,
+        )
+        place[i], chosen[i], passed[i], p[i] = at, chosen_id, over, prob
+
+
+@_compiled
+def pick_outside(
+    streams: np.ndarray,
+    cand: np.ndarray,
+    successors: np.ndarray,
+    tower_score: np.ndarray,
+    cos: np.ndarray,
+    tops: np.ndarray,
+    top_ids: np.ndarray,
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    coefficients: np.ndarray,
+    offset: float,
+    exact_anchor: float,
+    vectors: np.ndarray,
+    at_row: np.ndarray,
+    fresh: np.ndarray,
+    from_fresh: np.ndarray,
+    avoid: np.ndarray,
+    limits: np.ndarray,
+    place: np.ndarray,
+    chosen: np.ndarray,
+    passed: np.ndarray,
+    p: np.ndarray,
+    features: np.ndarray,
+    chosen_vectors: np.ndarray,
+) -> None:
+    """`pick_candidate` for the batch's streams `streams` (n,) that `ground_streams_in_turn` left at place -2,
+    once their candidates outside the shortlist are read and scored: row j of `tower_score` and `cos` (n, 2 + A)
+    and of `fresh` (n, 2 + A, d) (the rows read, where `from_fresh`) is stream `streams[j]`; every other
+    argument is the batch's, as `ground_streams_in_turn` left it."""
+    m = cand.shape[1]
+    scratch = (np.empty((m, len(coefficients))), np.empty(m), np.empty(m, np.bool_), np.empty(fresh.shape[2]))
+    for j in range(len(streams)):
+        i = streams[j]
+        rows = vectors[i] if vectors.shape[1] else fresh[j]
+        at, chosen_id, over, prob = _pick_into(
+            cand[i], successors[i], tower_score[j], cos[j],
+            (tops[i, 0], tops[i, 1], tops[i, 2], top_ids[i, 0], top_ids[i, 1]), anchor_cos[i], anchor_margin[i],
+            coefficients, offset, exact_anchor, rows, at_row[i], fresh[j], from_fresh[j], avoid[i], limits[i],
+            features[i], chosen_vectors[i], *scratch,
+        )
+        place[i], chosen[i], passed[i], p[i] = at, chosen_id, over, prob
+
+
 # The loops Python calls (the rest are compiled into them).
-ENTRY_POINTS = (_unit_pair, _unit_rows, ground_stream, stream_candidates, pick_candidate, paraphrase_rows)
+ENTRY_POINTS = (_unit_pair, _unit_rows, ground_stream, stream_candidates, pick_candidate, paraphrase_rows,
+                ground_streams_in_turn, pick_outside)
 
 
 def warm() -> float:
@@ -494,8 +662,21 @@ def warm() -> float:
     )
     pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, 0.0, 0.995,
                    rows, at_row, rows, np.zeros(len(cand), np.bool_), said, limits, features, vector)
+    batch_ids, batch_scores, batch_rows = ids[None], scores[None], rows[None]
+    padded, failed, streams = np.full((1, 1), -1, np.int64), np.zeros(1, np.bool_), np.zeros(1, np.int64)
+    batch_anchors = (anchor_ids[None], anchor_cos[None], anchor_margin[None])
+    m = 2 + len(anchor_ids)
+    outputs = (np.empty(1, np.int64), np.empty(1, np.int64), np.empty(1, np.int64), np.empty(1), features[None],
+               vector[None])
+    kept = (successors[None], cand[None], at_row[None], tower_score[None], cos[None], np.zeros((1, 3)),
+            np.zeros((1, 2), np.int64))
     for avoid, bounds in ((said[None], limits[None]), (np.zeros((2, 3, d))[:, :2], np.ones((2, 3))[:, :2])):
         # a batch's avoid rows as they are kept (C order) and as a step reads them before its rings fill (a
         # slice of them, in no single order)
         paraphrase_rows(rows[:1], avoid, bounds, np.zeros(1, np.int64), np.empty(1, np.bool_))
+        ground_streams_in_turn(batch_ids, batch_scores, batch_scores, padded, padded, failed, table, *batch_anchors,
+                               coefficients, 0.0, 0.995, batch_rows, avoid, bounds, np.empty(1), *outputs, *kept)
+        pick_outside(streams, cand[None], successors[None], tower_score[None], cos[None], *kept[5:], anchor_cos[None],
+                     anchor_margin[None], coefficients, 0.0, 0.995, batch_rows, at_row[None], batch_rows[:, :m],
+                     np.zeros((1, m), np.bool_), avoid, bounds, *outputs)
     return time.perf_counter() - start

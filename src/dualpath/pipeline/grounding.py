@@ -24,19 +24,18 @@ import numpy as np
 
 from dualpath.bank import ConceptBank
 from dualpath.corpus.restate import restate
-from dualpath.decider import ShortlistBatch, id_member, id_rows, nearest_unsaid, shortlist_scores
+from dualpath.decider import ShortlistBatch, id_rows, shortlist_scores
 from dualpath.decider.grounding import (
     ANCHORS,
     Candidates,
     Grounding,
     SnapConfidence,
     brier_score,
-    choose_grounding,
-    gather_candidates,
+    ground_batch,
     reliability,
-    successor_ids,
     successor_table,
 )
+from dualpath.decider.kernels import NORM_EPS, unit_rows
 from dualpath.decider.lanes import HELPS, NONE, Risk
 from dualpath.models.heuristics import normalize_rows
 from dualpath.search import search_excluding
@@ -188,43 +187,21 @@ def ground_step(
 
     Allowed: a real candidate the stream has not shown (`used`), not in `blocked` (its context and hidden
     ids), and no paraphrase of what it said (`avoided`, as `avoid_rows` stacks it)."""
-    ids = batch.ids
+    ids = np.asarray(batch.ids)
     b = len(ids)
-
-    def pick(scores: np.ndarray, candidate_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return nearest_unsaid(scores, candidate_vectors, avoided)
-
-    q = normalize_rows(queries)
-    v = normalize_rows(v_hat)
-    allowed = ids >= 0
-    for i, reason in enumerate(batch.fallbacks):
-        if reason is not None:
-            allowed[i] = False
-    used_rows = id_rows(list(used), b, "used ids")
-    if used_rows.shape[1] and ids.shape[1]:
-        allowed &= ~id_member(ids, used_rows)
+    q, v = unit_rows(queries, NORM_EPS)[0], unit_rows(v_hat, NORM_EPS)[0]  # normalize_rows', bit for bit
     vectors = np.asarray(batch.vectors, dtype=np.float32)
     # Two mat-vecs per stream, not one product against (b, d, 2): BLAS copies a matrix product's operand
     # into panels first, and that copy of every shortlist made the 256-stream decide stage a third slower.
     with np.errstate(all="ignore"):  # padding rows may hold anything: they are masked
         tower_raw, lvm_raw = shortlist_scores(vectors, (q, v))
-        tower = np.where(allowed, tower_raw, -np.inf)
-        lvm = np.where(allowed, lvm_raw, -np.inf)
     if scores_out is not None:
         scores_out.update(v=v, lvm=lvm_raw)
-    c_max = lvm.max(axis=1, initial=-np.inf).astype(np.float64)
-
-    succ = successor_ids(table, anchors.ids)
-    refused = id_rows([np.concatenate([np.asarray(x, np.int64), np.asarray(u, np.int64)])
-                       for x, u in zip(blocked, used, strict=True)], b, "blocked ids")
-    succ_allowed = succ >= 0
-    if refused.shape[1]:
-        succ_allowed &= ~id_member(succ, refused)
-    candidates = gather_candidates(
-        ids, tower, lvm, succ, anchors.cos, anchors.margin, succ_allowed, vectors_of, q, v, vectors
+    failed = np.array([reason is not None for reason in batch.fallbacks], np.bool_)
+    return ground_batch(
+        ids, vectors, tower_raw, lvm_raw, id_rows(list(used), b, "used ids"), id_rows(list(blocked), b, "blocked ids"),
+        failed, table, anchors.ids, anchors.cos, anchors.margin, vectors_of, q, v, model, avoided,
     )
-    grounding = choose_grounding(candidates, model, pick=pick)
-    return grounding, c_max
 
 
 MODES = ("added", "restated", "unknown")  # the cases calibration fits the confidence on (module docstring)
