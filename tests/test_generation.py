@@ -863,14 +863,14 @@ def builds():
     return {f.py_func.__name__: sorted(map(str, f.signatures)) for f in kernels.ENTRY_POINTS + cells.ENTRY_POINTS}
 before = builds()
 outside = [0, 0]
-original, original_batch = grounding.stream_candidates, grounding.pick_outside
+original, original_batch = grounding.ground_stream_read, grounding.pick_outside
 def counted(*args):
     outside[0] += 1
     return original(*args)
 def counted_batch(*args):
     outside[1] += 1
     return original_batch(*args)
-grounding.stream_candidates, grounding.pick_outside = counted, counted_batch
+grounding.ground_stream_read, grounding.pick_outside = counted, counted_batch
 gen = Generator.from_bank(sys.argv[1], tiny_config())
 documents = list(gen.bank.documents().values())[:6]
 # a short shortlist (K = 5) leaves the anchors' successors outside it: the grounding reads them from the bank

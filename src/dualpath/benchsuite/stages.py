@@ -25,14 +25,23 @@ from dualpath.config import DualPathConfig
 from dualpath.corpus.pairs import ContextPairs, gather_context, split_from_config
 from dualpath.decider import Lane, shortlist_scores
 from dualpath.decider.decision import FALLBACK_EMPTY, Decision
-from dualpath.decider.kernels import NORM_EPS, paraphrase_rows, unit_pair, unit_rows
+from dualpath.decider.grounding import successor_ids
+from dualpath.decider.kernels import NORM_EPS, paraphrase_rows, score_outside, unit_pair, unit_rows
 from dualpath.encoding import Encoder
 from dualpath.models.heuristics import last_vector, mean_vector, normalize_rows
 from dualpath.models.incremental import lvm_stream, tower_stream
 from dualpath.models.lvm import RecurrentBackbone
 from dualpath.models.towers import RecurrentEncoder
 from dualpath.pipeline.evaluate import heldout_pairs
-from dualpath.pipeline.generator import RENDER_DEPTH, Generator, ShortlistReader, Unsayable, search_shortlist_batch
+from dualpath.pipeline.generator import (
+    RENDER_DEPTH,
+    Generator,
+    ShortlistReader,
+    Unsayable,
+    gather_vectors,
+    search_shortlist_batch,
+)
+from dualpath.pipeline.grounding import StreamAnchors, prompt_anchors
 from dualpath.runtime import one_blas_thread, torch_threads
 from dualpath.search import excluded_depth
 
@@ -228,6 +237,7 @@ FLOOR_COLUMNS = {
 }
 FLUSH_BYTES = 64 << 20  # read before each cold floor call: more than this VM's caches hold
 FLOOR_CALLS = 200  # single-stream floor calls; a batch's floor is timed over fewer, longer calls
+BATCH_FLOOR_CALLS = 10
 
 
 def _weights(module: nn.Module, name: str) -> np.ndarray:
@@ -326,6 +336,17 @@ def _io_floors(
     said = stacked.stacked() or (np.zeros((b, 0, bank.dim)), np.zeros((b, 0)))
     said = (np.ascontiguousarray(said[0]), np.ascontiguousarray(said[1]))  # C order, as a step's checks read them
     picked = np.empty(b, np.bool_)
+    # A lane that grounds on evidence also reads its anchors' successors from the bank where the shortlist
+    # lacks them, and scores them: on the synthetic 1M set every stream's are outside it.
+    successors = np.full((b, 0), -1, np.int64)
+    if grounded:
+        found = prompt_anchors(bank, windows, [np.zeros(0, np.int64)] * b)  # as a step finds them, nothing hidden
+        successors = successor_ids(generator.successors(), StreamAnchors(found).ids)
+        listed = (successors[:, :, None] == shortlists.ids[:, None, :]).any(axis=2)
+        successors = np.where(listed, -1, successors)
+    read = successors >= 0
+    fresh = np.zeros((*successors.shape, bank.dim), np.float32)
+    successor_scores = (np.zeros(successors.shape), np.zeros(successors.shape))
 
     def search(i: int) -> None:
         bank.search(queries, depth)
@@ -340,6 +361,9 @@ def _io_floors(
             units = (normalize_rows(queries), normalize_rows(queries)) if grounded else (normalize_rows(queries),)
         for scored in shortlist_scores(vectors, units):
             best = scored.argmax(axis=1)
+        if read.any():
+            fresh[read] = gather_vectors(bank, successors[read])
+            score_outside(fresh, units[0], units[1], read, *successor_scores)
         paraphrase_rows(vectors[np.arange(b), best], said[0], said[1], np.arange(b), picked)
 
     scored_rows, scored_every = _share_schedule(render.scored, b)
@@ -361,6 +385,8 @@ def _io_floors(
         "search/read": (lambda i: reader(ids), f"of which reading the {ids.size:,} shortlist rows as float32"),
         "decide": (decide, ("q and v̂ at unit length; one pass over the shortlist: K×d scores against both, argmax"
                             if grounded else "v̂ at unit length; one pass over the shortlist: K×d cosines to it, argmax")
+                   + (f"; the {read.sum() / b:.2g} anchors' successors a stream lacks in its shortlist read from the "
+                      "bank and scored" if grounded else "")
                    + f"; the pick checked against what the stream said ({said[0].shape[1]}×d)"),
         "render": (render_work, "an argmax over the step's K scores; one pass over the shortlist (K×d scores "
                    f"against the output) for the {render.scored:.0%} of stream-steps that score it anew; the index "
@@ -406,10 +432,12 @@ def stage_floors(
                 **model_floors(generator, b),
                 **_io_floors(generator, lane, chosen, render.get(b, RenderWork(0.0, 0.0))),
             }
-            calls = FLOOR_CALLS if b == 1 else 10
+            calls = FLOOR_CALLS if b == 1 else BATCH_FLOOR_CALLS
             timed = {name: None if f is None else float(np.median(timings_ms(f[0], calls))) / b
                      for name, f in floors.items()}
-            cold = {name: None if f is None else float(np.median(_cold_timings_ms(f[0], calls // 4))) / b
+            # At least BATCH_FLOOR_CALLS cold calls: a median of 2 moved a batch's floor by a third from run to run.
+            cold = {name: None if f is None else float(np.median(_cold_timings_ms(f[0], max(calls // 4,
+                                                                                          BATCH_FLOOR_CALLS)))) / b
                     for name, f in floors.items()}
         suffix = "" if b == 1 else f" ({b})"
         whole = measured["whole step (baseline)" if b == 1 else f"batched step, {b} streams"]

@@ -32,14 +32,14 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
 
-from dualpath.decider.grounding import FEATURES, SOURCES, Grounding, StreamGrounding
+from dualpath.decider.grounding import SOURCES, Evidence, Grounding, StreamGrounding
 from dualpath.decider.kernels import paraphrase_rows, unit_rows
 from dualpath.decider.lanes import Lane
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
@@ -175,7 +175,7 @@ class DecisionRecord:
     # came from (tower / lvm / successor) and the features p was computed from (decider/grounding.py).
     confidence: float | None = None
     candidate_source: str | None = None
-    evidence: dict[str, float] | None = None
+    evidence: Mapping[str, float] | None = None
 
     @property
     def picked_id(self) -> int:
@@ -190,6 +190,14 @@ class DecisionRecord:
         step makes one record per stream; the fields are the decider's own, already checked)."""
         record = object.__new__(cls)
         record.__dict__.update(_RECORD_DEFAULTS, **values)
+        return record
+
+    @classmethod
+    def of_all(cls, values: dict[str, Any]) -> DecisionRecord:
+        """A record of `values`, which names every field (`from_fields` without its keyword arguments and
+        defaults to merge: a batched step makes one record a stream, and that merge was half of each)."""
+        record = object.__new__(cls)
+        record.__dict__.update(values)
         return record
 
     def renumbered(self, step: int, latency_ms: float | None = None) -> DecisionRecord:
@@ -905,23 +913,25 @@ def choose_grounded(
     latency_ms = (time.perf_counter() - start) * 1000.0 / max(b, 1)
     passed = [0] * b if grounding.passed is None else np.asarray(grounding.passed).tolist()
     # Each array read off as Python values in one call, not element by element: a step makes a record a stream.
+    name = lane.name
     records = [
-        DecisionRecord.from_fields(
-            step=0,
-            c_max=cb if math.isfinite(cb) else None,
-            decision=_DECISIONS[c],
-            neighbour_id=None if none else n,
-            alpha=a,
-            lane=lane.name,
-            near_dup=nd,
-            fallback_reason=reason if reason is not None else FALLBACK_EMPTY if none else None,
-            latency_ms=latency_ms,
-            c_pick=cr,
-            confidence=pr,
-            candidate_source=None if none else SOURCES[source],
-            evidence=None if none else dict(zip(FEATURES, evidence, strict=True)),
-            skipped_paraphrases=over,
-        )
+        DecisionRecord.of_all({
+            "step": 0,
+            "c_max": cb if math.isfinite(cb) else None,
+            "decision": _DECISIONS[c],
+            "neighbour_id": None if none else n,
+            "alpha": a,
+            "lane": name,
+            "near_dup": nd,
+            "fallback_reason": reason if reason is not None else FALLBACK_EMPTY if none else None,
+            "latency_ms": latency_ms,
+            "c_pick": cr,
+            "skipped_used": 0,
+            "skipped_paraphrases": over,
+            "confidence": pr,
+            "candidate_source": None if none else SOURCES[source],
+            "evidence": None if none else Evidence(evidence),
+        })
         for none, cb, c, n, a, nd, reason, cr, pr, source, evidence, over in zip(
             empty.tolist(), c_best.tolist(), code.tolist(), ids.tolist(), alpha.tolist(), near_dup.tolist(), reasons,
             np.asarray(c_rule, np.float64).tolist(), p.tolist(), np.asarray(grounding.sources).tolist(),

@@ -205,14 +205,16 @@ class DualPathDecoder:
     def _keep(self, record: DecisionRecord, latency_ms: float) -> DecisionRecord:
         """`remember` for a record a decision call just made for this stream, which nothing else holds: numbered
         and timed in place (as `DecisionRecord.from_fields` fills it), not copied; a batch keeps one a stream."""
-        record.__dict__.update(step=self._step, latency_ms=latency_ms)
+        fields = record.__dict__
+        fields["step"], fields["latency_ms"] = self._step, latency_ms
         self._count(record)
         return record
 
     def _count(self, record: DecisionRecord) -> None:
         """Count a record numbered as this step into the memories."""
-        self._recent.append(record.picked_id)
-        self._shown.append((record.picked_id,))
+        picked = record.picked_id
+        self._recent.append(picked)
+        self._shown.append((picked,))
         self._used = None
         self._step += 1
 

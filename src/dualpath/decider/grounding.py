@@ -33,7 +33,7 @@ Plain numpy in and out; no index, model or bank here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -42,10 +42,10 @@ import numpy as np
 
 from dualpath.decider.kernels import (
     ground_stream,
+    ground_stream_read,
     ground_streams_in_turn,
-    pick_candidate,
     pick_outside,
-    stream_candidates,
+    score_outside,
 )
 from dualpath.errors import ConfigError
 
@@ -57,6 +57,31 @@ SOURCES = ("none", "tower", "lvm", "successor")  # candidate_source codes (0: no
 ANCHORS = 2  # context concepts (newest first) whose bank matches propose their successors
 EXACT_ANCHOR = 0.995  # a context concept this close to a bank concept is that concept
 L2 = 1e-4  # ridge on the standardised weights (times n): keeps rare flags from running off to ±inf
+
+
+class Evidence(Mapping[str, float]):
+    """A candidate's FEATURES by name, over its row of values (a list of F floats, which it keeps): what a
+    grounded step's record carries, read as a dict is (`DecisionRecord.to_dict` writes one, to 4 places). A
+    batch makes one a stream, and a dict each cost the 256-stream step more than the rest of its records."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: list[float]) -> None:
+        if len(values) != len(FEATURES):
+            raise ValueError(f"evidence needs {len(FEATURES)} values, one per feature, got {len(values)}")
+        self._values = values
+
+    def __getitem__(self, name: str) -> float:
+        return self._values[_COLUMN[name]]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FEATURES)
+
+    def __len__(self) -> int:
+        return len(FEATURES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 @dataclass(frozen=True)
@@ -89,12 +114,12 @@ class Grounding:
                                                          self.features)),
                          passed=None if self.passed is None else np.asarray(self.passed)[rows])
 
-    def evidence(self, i: int) -> dict[str, float] | None:
+    def evidence(self, i: int) -> Evidence | None:
         """Stream i's features by name (None when it has no candidate): what its record carries (telemetry
         and the service show them to 4 places, `DecisionRecord.to_dict`)."""
         if self.ids[i] < 0:
             return None
-        return dict(zip(FEATURES, self.features[i].tolist(), strict=True))
+        return Evidence(self.features[i].tolist())
 
 
 @dataclass(slots=True)
@@ -116,11 +141,11 @@ class StreamGrounding:
                    int(grounding.sources[i]), grounding.features[i],
                    0 if grounding.passed is None else int(grounding.passed[i]))
 
-    def evidence(self) -> dict[str, float] | None:
+    def evidence(self) -> Evidence | None:
         """The features by name, as `Grounding.evidence` gives a batch's row (None when there is no candidate)."""
         if self.id < 0:
             return None
-        return dict(zip(FEATURES, self.features.tolist(), strict=True))
+        return Evidence(self.features.tolist())
 
 
 def successor_table(documents: Mapping[str, np.ndarray], size: int, reach: int = ANCHORS) -> np.ndarray:
@@ -163,14 +188,6 @@ def _top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rest = scores.copy()
     rest[np.arange(b), best] = -np.inf
     return best, top, rest.max(axis=1).astype(np.float64)
-
-
-def _score_pair(queries: np.ndarray, v_hat: np.ndarray) -> np.ndarray:
-    """(b, d, 2) float32: q and v̂ side by side, both scores of a candidate in one product (np.stack's
-    argument handling cost a stream's step more than the copy)."""
-    pair = np.empty((*queries.shape, 2), np.float32)
-    pair[..., 0], pair[..., 1] = queries, v_hat
-    return pair
 
 
 def gather_candidates(
@@ -232,11 +249,11 @@ def gather_candidates(
     else:
         vectors = np.asarray(shortlist_vectors[rows[:, None], listed], dtype=np.float32)
         fresh = np.asarray(vectors_of(np.where(outside, cand, 0)), dtype=np.float32) if outside.any() else vectors
-    if outside.any():  # successors outside the shortlist: scored here (both scores in one product)
-        scores = np.matmul(fresh, _score_pair(queries, v_hat))
+    if outside.any():  # successors outside the shortlist: scored here, as the compiled forms score them
         vectors = np.where(outside[:, :, None], fresh, vectors)
-        tower_score = np.where(outside, scores[:, :, 0], tower_score)
-        cos = np.where(outside, scores[:, :, 1], cos)
+        tower_score, cos = np.ascontiguousarray(tower_score), np.ascontiguousarray(cos)
+        score_outside(np.ascontiguousarray(fresh, np.float32), np.ascontiguousarray(queries, np.float32),
+                      np.ascontiguousarray(v_hat, np.float32), outside, tower_score, cos)
     real = cand >= 0
     tower_score, cos = np.where(real, tower_score, 0.0), np.where(real, cos, 0.0)
     # With no shortlist favourite, gaps are to the best candidate (a successor).
@@ -298,38 +315,26 @@ def ground_one(
     `table` the successor table (`successor_table`) and the anchors' ids, match cosines and margins (A,);
     `avoided` the stream's own (m, d) said vectors and (m,) limits (None: nothing said).
 
-    The masks, candidates, features, p and the pick are compiled loops (decider/kernels.py, one call where
-    every candidate is a shortlist row), and a candidate outside the shortlist is read with `vectors_of` and
-    scored by the batched form's product on a batch of one: the candidate, its features and source are the
-    batched ones bit for bit and p equal within float rounding (its sum is in another order). The tests hold
-    the two forms equal.
+    The masks, candidates, features, p and the pick are compiled loops (decider/kernels.py): one call where
+    every candidate is a shortlist row; else the rows it asks for are read with `vectors_of` (one call) and a
+    second loop scores them as every form does (`_dot32`) and picks. The candidate, its features and source
+    are the batched ones bit for bit and p equal within float rounding (its sum is in another order). The
+    tests hold the forms equal.
     """
     coefficients, offset = model.linear
     said, limits = avoided if avoided is not None else (_NOTHING_SAID, _NO_LIMITS)
     limits = np.asarray(limits, np.float64)
     features, vector = np.empty(len(FEATURES)), np.empty(queries.shape[1], np.float32)
+    wanted = np.empty(2 + len(anchor_ids), np.int64)
     c_max, best, chosen, passed, p = ground_stream(
         row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin, coefficients,
-        offset, EXACT_ANCHOR, vectors, said, limits, features, vector,
+        offset, EXACT_ANCHOR, vectors, said, limits, features, vector, wanted,
     )
     if best == -2:  # a candidate outside the shortlist (a successor; every one when it is empty): read it
-        _, successors, cand, at_row, tower_score, cos, tops = stream_candidates(
-            row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids
-        )
-        m = len(cand)
-        outside = [j for j, (c, x) in enumerate(zip(cand.tolist(), at_row.tolist(), strict=True)) if x < 0 <= c]
-        from_fresh, wanted = np.zeros(m, np.bool_), np.zeros((1, m), np.int64)
-        if len(row):
-            wanted[0, outside], from_fresh[outside] = cand[outside], True
-        else:
-            wanted[0], from_fresh[:] = np.maximum(cand, 0), True
-        fresh = np.asarray(vectors_of(wanted), dtype=np.float32)[0]
-        if outside:  # scored by the batched form's product, both scores at once
-            scores = np.matmul(fresh[None], _score_pair(queries, v_hat))[0]
-            tower_score[outside], cos[outside] = scores[outside, 0], scores[outside, 1]
-        best, chosen, passed, p = pick_candidate(
-            cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, offset, EXACT_ANCHOR,
-            vectors if len(row) else fresh, at_row, fresh, from_fresh, said, limits, features, vector,
+        fresh = np.ascontiguousarray(vectors_of(np.maximum(wanted, 0)), dtype=np.float32)
+        best, chosen, passed, p = ground_stream_read(
+            row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin, coefficients,
+            offset, EXACT_ANCHOR, vectors, fresh, queries[0], v_hat[0], said, limits, features, vector,
         )
     return StreamGrounding(chosen, vector, p, _SOURCE_OF[min(best, 2)] if best >= 0 else 0, features, passed), c_max
 
@@ -363,12 +368,12 @@ def ground_batch(
     `failed` (b,) bool; the anchors' ids, cosines and margins (b, A); `queries` and `v_hat` (b, d) unit rows;
     `avoided` (b, m, d) said rows and (b, m) limits, padded with inf (`avoid_rows`; None: nothing said).
 
-    The streams are grounded in turn by one compiled loop. Those with a candidate outside their shortlist
-    are then read from the bank in one `vectors_of` call, scored in one product and picked by a second loop;
-    this is `ground_one`'s order of work, so a stream's grounding is the same in any batch.
+    The streams are grounded in turn by one compiled loop. The rows that those with a candidate outside their
+    shortlist ask for are then read from the bank in one `vectors_of` call, and a second loop scores and picks
+    them: `ground_one`'s work in its order, so a stream's grounding is the same in any batch.
     """
     coefficients, offset = model.linear
-    b, k = ids.shape
+    b = len(ids)
     d, a = queries.shape[1], anchor_ids.shape[1]
     said, limits = avoided if avoided is not None else (np.zeros((b, 0, 1)), np.zeros((b, 0)))
     ids, failed = np.ascontiguousarray(ids, np.int64), np.asarray(failed, np.bool_)
@@ -381,26 +386,19 @@ def ground_batch(
     outputs = (place, chosen, passed, p, features, chosen_vectors)
     successors, cand, at_row = np.empty((b, a), np.int64), np.empty((b, m), np.int64), np.empty((b, m), np.int64)
     tower_score, cos, tops, top_ids = np.empty((b, m)), np.empty((b, m)), np.empty((b, 3)), np.empty((b, 2), np.int64)
+    wanted = np.empty((b, m), np.int64)
+    kept = (successors, cand, at_row, tower_score, cos, tops, top_ids)
     ground_streams_in_turn(ids, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos,
                            anchor_margin, coefficients, offset, EXACT_ANCHOR, vectors, said, limits, c_max, *outputs,
-                           successors, cand, at_row, tower_score, cos, tops, top_ids)
+                           *kept, wanted)
     streams = np.flatnonzero(place == -2)
     if len(streams):  # candidates outside the shortlist (successors; every one where it is empty): read them
-        ids_of = cand[streams]
-        outside = (at_row[streams] < 0) & (ids_of >= 0)
-        # Only the rows a pick may read, as `ground_one` reads them: the candidates outside the shortlist (all of
-        # them where it is empty, an id of -1 as bank row 0).
-        from_fresh = outside if k else np.ones(outside.shape, np.bool_)
-        fresh = np.zeros((*outside.shape, d), np.float32)
-        if from_fresh.any():
-            fresh[from_fresh] = np.asarray(vectors_of(np.maximum(ids_of[from_fresh], 0)), dtype=np.float32)
-        scored_tower, scored_cos = tower_score[streams], cos[streams]
-        if outside.any():  # scored by the product `ground_one` makes for one stream, both scores at once
-            scores = np.matmul(fresh, _score_pair(queries[streams], v_hat[streams]))
-            scored_tower = np.where(outside, scores[:, :, 0], scored_tower)
-            scored_cos = np.where(outside, scores[:, :, 1], scored_cos)
-        pick_outside(streams, cand, successors, scored_tower, scored_cos, tops, top_ids, anchor_cos, anchor_margin,
-                     coefficients, offset, EXACT_ANCHOR, vectors, at_row, fresh, from_fresh, said, limits, *outputs)
+        wanted = wanted[streams]
+        read = wanted >= 0
+        fresh = np.zeros((*wanted.shape, d), np.float32)
+        fresh[read] = vectors_of(wanted[read])
+        pick_outside(streams, fresh, queries, v_hat, cand, successors, tower_score, cos, tops, top_ids, anchor_cos,
+                     anchor_margin, coefficients, offset, EXACT_ANCHOR, vectors, at_row, said, limits, *outputs)
     sources = np.array((0, 0, *_SOURCE_OF) + _SOURCE_OF[-1:] * (a - 1), np.int8)[place + 2]  # place -2 or -1: none
     return Grounding(chosen, chosen_vectors, p, sources, features, passed), c_max
 

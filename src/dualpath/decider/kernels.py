@@ -1,18 +1,22 @@
-"""Compiled loops (numba) of one stream's decision, and of the checks both forms share.
+"""Compiled loops (numba) of a stream's decision, alone or in a batch, and of the checks both share.
 
 A generation step of one stream decides on one shortlist, a few candidates and a dozen features each: a
 few hundred operations, which as numpy calls cost several microseconds apiece in the cold caches an index
 search leaves, and made its decide stage 3-4x the floor of its one pass over the shortlist. Here that work
 is a few calls: q and v̂ at unit length (`unit_pair`), the masks, candidates, features, p and the pick
-(`ground_stream`), and the paraphrase check (`paraphrase_rows`, which the batched form calls too).
+(`ground_stream`), and the paraphrase check (`paraphrase_rows`, which the c_max lanes' batches call too).
+A batch of streams that ground on evidence runs the same loop over its streams in one call
+(`ground_streams_in_turn`, then `pick_outside` for those with candidates outside their shortlists), where
+the whole-array form (`gather_candidates`, `choose_grounding`) paid a few dozen calls and their
+temporaries: calibration and evaluation still use that form, and the tests hold the two equal.
 
 Each loop is the array form's arithmetic in the same order on the same float types (numpy's pairwise sum
 for a row's length, `gather_candidates`' features, `SnapConfidence.linear` for p, `best_first`'s order), so
-a stream alone decides as it does in a batch: tests/test_grounding.py holds the two forms equal, and
-`unit_rows` equal to numpy's normalisation bit for bit. The products over the shortlist stay numpy's BLAS
-calls, the batched form's own.
+a stream decides alike alone, in a batch, and in the array form: tests/test_grounding.py holds the forms
+equal, and `unit_rows` equal to numpy's normalisation bit for bit. The products over the shortlist stay
+numpy's BLAS calls.
 
-The loops compile once (about 7 s on 2 cores: `warm`, which `make setup` runs, or else the first
+The loops compile once (about 12 s on 2 cores: `warm`, which `make setup` runs, or else the first
 generation) into the package's __pycache__ (numba's cache; a user cache directory where that is
 read-only) and load from there in a fraction of a second in later processes.
 """
@@ -484,12 +488,64 @@ def stream_candidates(
 
 
 @_compiled
-def _all_listed(row: np.ndarray, cand: np.ndarray, at_row: np.ndarray) -> bool:
-    """Every candidate is a row of the (non-empty) shortlist `row`: none need be read from the bank."""
-    inside = len(row) > 0
+def _dot32(x: np.ndarray, y: np.ndarray) -> np.float32:
+    """x · y of two float32 rows, summed in float32 by eight running sums (as `_block_sum` sums): one fixed
+    order wherever a candidate read from the bank is scored, alone, in a batch or in the array form."""
+    n = len(x)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = np.float32(0.0)
+    i = 0
+    while i + 8 <= n:
+        s0 += x[i] * y[i]
+        s1 += x[i + 1] * y[i + 1]
+        s2 += x[i + 2] * y[i + 2]
+        s3 += x[i + 3] * y[i + 3]
+        s4 += x[i + 4] * y[i + 4]
+        s5 += x[i + 5] * y[i + 5]
+        s6 += x[i + 6] * y[i + 6]
+        s7 += x[i + 7] * y[i + 7]
+        i += 8
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    while i < n:
+        total += x[i] * y[i]
+        i += 1
+    return total
+
+
+@_compiled
+def _score_read(fresh: np.ndarray, q: np.ndarray, v: np.ndarray, outside: np.ndarray, tower_score: np.ndarray,
+                cos: np.ndarray) -> None:
+    """Candidates `outside` their shortlist scored from their bank rows `fresh` (m, d) against the unit q and v̂
+    (d,): `tower_score` and `cos` (m,) receive q·n and v̂·n there (`_dot32`)."""
+    for j in range(len(outside)):
+        if outside[j]:
+            tower_score[j] = float(_dot32(fresh[j], q))
+            cos[j] = float(_dot32(fresh[j], v))
+
+
+@_compiled
+def score_outside(fresh: np.ndarray, queries: np.ndarray, v_hat: np.ndarray, outside: np.ndarray,
+                  tower_score: np.ndarray, cos: np.ndarray) -> None:
+    """`_score_read` on each of b streams: bank rows `fresh` (b, m, d), unit `queries` and `v_hat` (b, d), the
+    mask `outside` and the scores `tower_score` / `cos` (b, m) written where it is set (`gather_candidates`)."""
+    for i in range(fresh.shape[0]):
+        _score_read(fresh[i], queries[i], v_hat[i], outside[i], tower_score[i], cos[i])
+
+
+@_compiled
+def _to_read(k: int, cand: np.ndarray, at_row: np.ndarray, wanted: np.ndarray, outside: np.ndarray,
+             from_fresh: np.ndarray) -> bool:
+    """Which candidates a stream reads from the bank: `outside` (m,) marks a real candidate that is no shortlist
+    row, `from_fresh` a candidate whose vector is its bank row (every one where the shortlist is empty, K = 0),
+    and `wanted` (m,) the bank id each of those is read at (the candidate's; 0 for no candidate, a row never
+    picked) and -1 for the rest, which need no read. Returns whether any candidate is outside (a successor, or
+    every real one where K = 0)."""
+    any_outside = False
     for j in range(len(cand)):
-        inside = inside and not at_row[j] < 0 <= cand[j]
-    return inside
+        outside[j] = at_row[j] < 0 <= cand[j]
+        from_fresh[j] = outside[j] or k == 0
+        wanted[j] = max(cand[j], 0) if from_fresh[j] else -1
+        any_outside = any_outside or outside[j]
+    return any_outside
 
 
 @_compiled
@@ -512,21 +568,65 @@ def ground_stream(
     limits: np.ndarray,
     features: np.ndarray,
     vector: np.ndarray,
+    wanted: np.ndarray,
 ) -> tuple[float, int, int, int, float]:
     """One stream's grounding in one call where every candidate is a shortlist row (`rows` (K, d)):
     `stream_candidates` and `pick_candidate`. Returns (c_max, the chosen candidate's place among the candidates
     (-1: none), its id, how many it passed over, its p) and writes its features to `features` (F,) and its
     vector to `vector` (d,). The place is -2 where a candidate lies outside the shortlist (a successor, or every
-    one when the shortlist is empty): the caller reads those from the bank and picks with `pick_candidate`."""
+    one when the shortlist is empty): `wanted` (2 + A,) then holds the bank ids to read (`_to_read`), and
+    `ground_stream_read` picks once they are read."""
     c_max, successors, cand, at_row, tower_score, cos, tops = stream_candidates(
         row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids
     )
-    if not _all_listed(row, cand, at_row):
+    m = len(cand)
+    outside, from_fresh = np.empty(m, np.bool_), np.empty(m, np.bool_)
+    if _to_read(len(row), cand, at_row, wanted, outside, from_fresh) or len(row) == 0:
         return c_max, -2, -1, 0, 0.0
     chosen, chosen_id, passed, p = pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin,
                                                   coefficients, offset, exact_anchor, rows, at_row, rows,
-                                                  np.zeros(len(cand), np.bool_), avoid, limits, features, vector)
+                                                  from_fresh, avoid, limits, features, vector)
     return c_max, chosen, chosen_id, passed, p
+
+
+@_compiled
+def ground_stream_read(
+    row: np.ndarray,
+    tower_raw: np.ndarray,
+    lvm_raw: np.ndarray,
+    used: np.ndarray,
+    blocked: np.ndarray,
+    failed: bool,
+    table: np.ndarray,
+    anchor_ids: np.ndarray,
+    anchor_cos: np.ndarray,
+    anchor_margin: np.ndarray,
+    coefficients: np.ndarray,
+    offset: float,
+    exact_anchor: float,
+    rows: np.ndarray,
+    fresh: np.ndarray,
+    q: np.ndarray,
+    v: np.ndarray,
+    avoid: np.ndarray,
+    limits: np.ndarray,
+    features: np.ndarray,
+    vector: np.ndarray,
+) -> tuple[int, int, int, float]:
+    """`ground_stream`'s pick for a stream it left at place -2, once the rows it asked for are read: `fresh`
+    (2 + A, d), bank row `wanted[j]` at j (any values where it is -1). The candidates outside the shortlist are
+    scored against the unit q and v̂ (d,) (`_score_read`); returns (place, id, passed, p) as `ground_stream`
+    does."""
+    _, successors, cand, at_row, tower_score, cos, tops = stream_candidates(
+        row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids
+    )
+    m = len(cand)
+    wanted, outside, from_fresh = np.empty(m, np.int64), np.empty(m, np.bool_), np.empty(m, np.bool_)
+    _to_read(len(row), cand, at_row, wanted, outside, from_fresh)
+    _score_read(fresh, q, v, outside, tower_score, cos)
+    return pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, offset,
+                          exact_anchor, rows if len(row) else fresh, at_row, fresh, from_fresh, avoid, limits,
+                          features, vector)
 
 
 @_compiled
@@ -561,31 +661,32 @@ def ground_streams_in_turn(
     cos: np.ndarray,
     tops: np.ndarray,
     top_ids: np.ndarray,
+    wanted: np.ndarray,
 ) -> None:
     """`ground_stream` on each of b streams, row i of every argument (ids (b, K), used / blocked (b, m)
     padded with -1, anchors (b, A), vectors (b, K, d), avoid (b, m, d) and limits (b, m) padded with inf);
     its results go to row i of the outputs (b,) and `features` (b, F), `chosen_vectors` (b, d). A stream with
-    a candidate outside its shortlist gets place -2, and its candidates stay in row i of `successors` (b, A),
-    `cand`, `at_row`, `tower_score`, `cos` (b, 2 + A) and its favourites in `tops` (b, 3) and `top_ids` (b, 2),
-    for `pick_outside` once they are read. A batch grounds as its streams do alone, at a few microseconds
-    a stream instead of the array form's few dozen whole-batch calls and their temporaries; scratch is
-    allocated once for the batch."""
+    a candidate outside its shortlist gets place -2 and the bank ids to read in row i of `wanted` (b, 2 + A),
+    and its candidates stay in row i of `successors` (b, A), `cand`, `at_row`, `tower_score`, `cos` (b, 2 + A)
+    and its favourites in `tops` (b, 3) and `top_ids` (b, 2), for `pick_outside` once the rows are read.
+    A batch grounds as its streams do alone, at a few microseconds a stream instead of the array form's few
+    dozen whole-batch calls and their temporaries; scratch is allocated once for the batch."""
     b, k = ids.shape
     m = cand.shape[1]
     tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
     scratch = (np.empty((m, len(coefficients))), np.empty(m), np.empty(m, np.bool_), np.empty(vectors.shape[2]))
-    listed = np.zeros(m, np.bool_)
+    outside, from_fresh = np.empty(m, np.bool_), np.empty(m, np.bool_)
     for i in range(b):
         c, t = _candidates_into(ids[i], tower_raw[i], lvm_raw[i], used[i], blocked[i], failed[i], table,
                                 anchor_ids[i], tower, lvm, successors[i], cand[i], at_row[i], tower_score[i], cos[i])
         c_max[i] = c
         tops[i, 0], tops[i, 1], tops[i, 2], top_ids[i, 0], top_ids[i, 1] = t
-        if not _all_listed(ids[i], cand[i], at_row[i]):
+        if _to_read(k, cand[i], at_row[i], wanted[i], outside, from_fresh) or k == 0:
             place[i], chosen[i], passed[i], p[i] = -2, -1, 0, 0.0
             continue
         at, chosen_id, over, prob = _pick_into(
             cand[i], successors[i], tower_score[i], cos[i], t, anchor_cos[i], anchor_margin[i], coefficients, offset,
-            exact_anchor, vectors[i], at_row[i], vectors[i], listed, avoid[i], limits[i], features[i],
+            exact_anchor, vectors[i], at_row[i], vectors[i], from_fresh, avoid[i], limits[i], features[i],
             chosen_vectors[i], *scratch,
         )
         place[i], chosen[i], passed[i], p[i] = at, chosen_id, over, prob
@@ -594,6 +695,9 @@ def ground_streams_in_turn(
 @_compiled
 def pick_outside(
     streams: np.ndarray,
+    fresh: np.ndarray,
+    queries: np.ndarray,
+    v_hat: np.ndarray,
     cand: np.ndarray,
     successors: np.ndarray,
     tower_score: np.ndarray,
@@ -607,8 +711,6 @@ def pick_outside(
     exact_anchor: float,
     vectors: np.ndarray,
     at_row: np.ndarray,
-    fresh: np.ndarray,
-    from_fresh: np.ndarray,
     avoid: np.ndarray,
     limits: np.ndarray,
     place: np.ndarray,
@@ -618,27 +720,29 @@ def pick_outside(
     features: np.ndarray,
     chosen_vectors: np.ndarray,
 ) -> None:
-    """`pick_candidate` for the batch's streams `streams` (n,) that `ground_streams_in_turn` left at place -2,
-    once their candidates outside the shortlist are read and scored: row j of `tower_score` and `cos` (n, 2 + A)
-    and of `fresh` (n, 2 + A, d) (the rows read, where `from_fresh`) is stream `streams[j]`; every other
-    argument is the batch's, as `ground_streams_in_turn` left it."""
-    m = cand.shape[1]
+    """`ground_stream_read` for the batch's streams `streams` (n,) that `ground_streams_in_turn` left at place
+    -2: row j of `fresh` (n, 2 + A, d) holds the rows it asked for of stream `streams[j]` (any values elsewhere),
+    whose candidates are scored against its unit q and v̂ (rows of `queries`, `v_hat` (b, d)) and picked. Every
+    other argument is the batch's, as `ground_streams_in_turn` left it; the results go to the stream's rows."""
+    k, m = vectors.shape[1], cand.shape[1]
     scratch = (np.empty((m, len(coefficients))), np.empty(m), np.empty(m, np.bool_), np.empty(fresh.shape[2]))
+    wanted, outside, from_fresh = np.empty(m, np.int64), np.empty(m, np.bool_), np.empty(m, np.bool_)
     for j in range(len(streams)):
         i = streams[j]
-        rows = vectors[i] if vectors.shape[1] else fresh[j]
+        _to_read(k, cand[i], at_row[i], wanted, outside, from_fresh)
+        _score_read(fresh[j], queries[i], v_hat[i], outside, tower_score[i], cos[i])
         at, chosen_id, over, prob = _pick_into(
-            cand[i], successors[i], tower_score[j], cos[j],
+            cand[i], successors[i], tower_score[i], cos[i],
             (tops[i, 0], tops[i, 1], tops[i, 2], top_ids[i, 0], top_ids[i, 1]), anchor_cos[i], anchor_margin[i],
-            coefficients, offset, exact_anchor, rows, at_row[i], fresh[j], from_fresh[j], avoid[i], limits[i],
-            features[i], chosen_vectors[i], *scratch,
+            coefficients, offset, exact_anchor, vectors[i] if k else fresh[j], at_row[i], fresh[j], from_fresh,
+            avoid[i], limits[i], features[i], chosen_vectors[i], *scratch,
         )
         place[i], chosen[i], passed[i], p[i] = at, chosen_id, over, prob
 
 
 # The loops Python calls (the rest are compiled into them).
-ENTRY_POINTS = (_unit_pair, _unit_rows, ground_stream, stream_candidates, pick_candidate, paraphrase_rows,
-                ground_streams_in_turn, pick_outside)
+ENTRY_POINTS = (_unit_pair, _unit_rows, ground_stream, ground_stream_read, paraphrase_rows, ground_streams_in_turn,
+                pick_outside, score_outside)
 
 
 def warm() -> float:
@@ -655,28 +759,28 @@ def warm() -> float:
     features, vector = np.empty(13), np.empty(d, np.float32)
     unit_pair(rows[0], rows[1], NORM_EPS)
     unit_rows(rows[:1], NORM_EPS)
+    m = 2 + len(anchor_ids)
+    wanted, fresh = np.empty(m, np.int64), rows[:m]
     ground_stream(ids, scores, scores, nothing, nothing, False, table, anchor_ids, anchor_cos, anchor_margin,
-                  coefficients, 0.0, 0.995, rows, said, limits, features, vector)
-    _, successors, cand, at_row, tower_score, cos, tops = stream_candidates(
-        ids, scores, scores, nothing, nothing, False, table, anchor_ids
-    )
-    pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, 0.0, 0.995,
-                   rows, at_row, rows, np.zeros(len(cand), np.bool_), said, limits, features, vector)
+                  coefficients, 0.0, 0.995, rows, said, limits, features, vector, wanted)
+    ground_stream_read(ids, scores, scores, nothing, nothing, False, table, anchor_ids, anchor_cos, anchor_margin,
+                       coefficients, 0.0, 0.995, rows, fresh, rows[0], rows[1], said, limits, features, vector)
     batch_ids, batch_scores, batch_rows = ids[None], scores[None], rows[None]
     padded, failed, streams = np.full((1, 1), -1, np.int64), np.zeros(1, np.bool_), np.zeros(1, np.int64)
     batch_anchors = (anchor_ids[None], anchor_cos[None], anchor_margin[None])
-    m = 2 + len(anchor_ids)
     outputs = (np.empty(1, np.int64), np.empty(1, np.int64), np.empty(1, np.int64), np.empty(1), features[None],
                vector[None])
-    kept = (successors[None], cand[None], at_row[None], tower_score[None], cos[None], np.zeros((1, 3)),
+    cand, at_row, scored = np.full((1, m), -1, np.int64), np.full((1, m), -1, np.int64), np.zeros((1, m))
+    kept = (np.full((1, 2), -1, np.int64), cand, at_row, scored, scored.copy(), np.zeros((1, 3)),
             np.zeros((1, 2), np.int64))
     for avoid, bounds in ((said[None], limits[None]), (np.zeros((2, 3, d))[:, :2], np.ones((2, 3))[:, :2])):
         # a batch's avoid rows as they are kept (C order) and as a step reads them before its rings fill (a
         # slice of them, in no single order)
         paraphrase_rows(rows[:1], avoid, bounds, np.zeros(1, np.int64), np.empty(1, np.bool_))
         ground_streams_in_turn(batch_ids, batch_scores, batch_scores, padded, padded, failed, table, *batch_anchors,
-                               coefficients, 0.0, 0.995, batch_rows, avoid, bounds, np.empty(1), *outputs, *kept)
-        pick_outside(streams, cand[None], successors[None], tower_score[None], cos[None], *kept[5:], anchor_cos[None],
-                     anchor_margin[None], coefficients, 0.0, 0.995, batch_rows, at_row[None], batch_rows[:, :m],
-                     np.zeros((1, m), np.bool_), avoid, bounds, *outputs)
+                               coefficients, 0.0, 0.995, batch_rows, avoid, bounds, np.empty(1), *outputs, *kept,
+                               wanted[None])
+        pick_outside(streams, fresh[None], rows[:1], rows[1:2], cand, kept[0], *kept[3:], anchor_cos[None],
+                     anchor_margin[None], coefficients, 0.0, 0.995, batch_rows, at_row, avoid, bounds, *outputs)
+    score_outside(fresh[None], rows[:1], rows[1:2], np.zeros((1, m), np.bool_), scored, scored.copy())
     return time.perf_counter() - start
