@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from types import SimpleNamespace
 
 import numpy as np
@@ -26,6 +27,7 @@ from dualpath.decider import (
 from dualpath.decider.decision import Shortlist, ShortlistBatch, id_member, id_rows, nearest_unsaid, shortlist_scores
 from dualpath.decider.grounding import (
     SOURCES,
+    Evidence,
     brier_score,
     choose_grounding,
     gather_candidates,
@@ -347,6 +349,30 @@ def test_the_most_probable_allowed_candidate_is_chosen() -> None:
     assert refuse_first.ids[0] == -1 and refuse_first.confidence[0] == 0 and refuse_first.evidence(0) is None
     assert refuse_first.passed.tolist() == [2] + [0] * (len(refuse_first.ids) - 1)  # what the pick passed over
     assert set(refuse_first.evidence(1)) == set(FEATURES)
+
+
+@settings(max_examples=50, deadline=None)
+@given(values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=len(FEATURES),
+                       max_size=len(FEATURES)))
+def test_a_records_evidence_reads_as_the_dict_of_its_features(values: list[float]) -> None:
+    """A grounded record's evidence (`Evidence`, a mapping over its features row) is the dict of the features by
+    name wherever a record is read: by key, in order, equal to that dict either way round, in `to_dict` (to
+    4 places, JSON-ready), through a pickle, and it refuses a row of the wrong length."""
+    evidence = Evidence(list(values))
+    as_dict = dict(zip(FEATURES, values, strict=True))
+    assert list(evidence) == list(FEATURES) and len(evidence) == len(FEATURES)
+    assert evidence == as_dict and as_dict == evidence and evidence["anchor_votes"] == values[-1]
+    assert evidence != {**as_dict, "tower_score": values[0] + 1.0}
+    with pytest.raises(KeyError):
+        evidence["no such feature"]
+    record = DecisionRecord.from_fields(step=0, c_max=0.5, decision=Decision.SNAP, neighbour_id=3, alpha=1.0,
+                                        lane="x", near_dup=False, fallback_reason=None, latency_ms=0.0,
+                                        evidence=evidence)
+    written = json.loads(json.dumps(record.to_dict()))
+    assert written["evidence"] == {name: round(value, 4) for name, value in as_dict.items()}
+    assert pickle.loads(pickle.dumps(record)) == record
+    with pytest.raises(ValueError, match="one per feature"):
+        Evidence(list(values)[:-1])
 
 
 # ---- the decision on a confidence lane ---------------------------------------------------------------

@@ -385,7 +385,7 @@ def _io_floors(
         "search/read": (lambda i: reader(ids), f"of which reading the {ids.size:,} shortlist rows as float32"),
         "decide": (decide, ("q and v̂ at unit length; one pass over the shortlist: K×d scores against both, argmax"
                             if grounded else "v̂ at unit length; one pass over the shortlist: K×d cosines to it, argmax")
-                   + (f"; the {read.sum() / b:.2g} anchors' successors a stream lacks in its shortlist read from the "
+                   + (f"; the anchors' successors its shortlist lacks ({read.sum() / b:.2g} a stream) read from the "
                       "bank and scored" if grounded else "")
                    + f"; the pick checked against what the stream said ({said[0].shape[1]}×d)"),
         "render": (render_work, "an argmax over the step's K scores; one pass over the shortlist (K×d scores "
