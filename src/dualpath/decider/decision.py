@@ -877,15 +877,10 @@ def choose_grounded(
     alpha_of = get_schedule(schedule) if isinstance(schedule, str) else schedule
     queries = _as_queries(v_hat)
     b, d = queries.shape
-    if b == 1:  # numpy's norm and division, bit for bit, in one call
-        queries, q_norms = unit_rows(queries)
-    else:
-        q_norms = _row_norms(queries)
+    queries, q_norms = unit_rows(queries)  # numpy's norm and division, bit for bit, in one call
     if not (0 < float(q_norms[0]) < np.inf if b == 1 else q_norms.min() > 0 and q_norms.max() < np.inf):
         good = np.isfinite(q_norms) & (q_norms > 0)
         raise DeciderError(f"v̂ of stream {int(np.argmin(good))} is zero, NaN/inf or overflows float32")
-    if b > 1:
-        queries = queries / q_norms[:, None]
     ids = np.asarray(grounding.ids, dtype=np.int64)
     if ids.shape != (b,) or grounding.vectors.shape != (b, d):
         raise DeciderError(f"grounding must hold one candidate per stream ({b}, d={d})")
@@ -895,8 +890,7 @@ def choose_grounded(
                             math.nan if c_max is None else float(c_max[0]), reasons[0],
                             math.nan if decide_by is None else float(decide_by[0]), start)
     empty = (ids < 0) | np.array([r is not None for r in reasons], dtype=bool)
-    picked = np.where(empty[:, None], queries, grounding.vectors)
-    neighbours = picked / _row_norms(picked)[:, None]
+    neighbours = unit_rows(np.where(empty[:, None], queries, grounding.vectors))[0]
     c_pick = np.einsum("bd,bd->b", queries, neighbours).astype(np.float64)
     p = np.asarray(grounding.confidence, dtype=np.float64)
     overridden = np.zeros(b, bool)
