@@ -413,31 +413,9 @@ def _pick_into(
 
 
 @_compiled
-def pick_candidate(
-    cand: np.ndarray,
-    successors: np.ndarray,
-    tower_score: np.ndarray,
-    cos: np.ndarray,
-    tops: tuple[float, float, float, int, int],
-    anchor_cos: np.ndarray,
-    anchor_margin: np.ndarray,
-    coefficients: np.ndarray,
-    offset: float,
-    exact_anchor: float,
-    rows: np.ndarray,
-    at_row: np.ndarray,
-    fresh: np.ndarray,
-    from_fresh: np.ndarray,
-    avoid: np.ndarray,
-    limits: np.ndarray,
-    chosen_features: np.ndarray,
-    vector: np.ndarray,
-) -> tuple[int, int, int, float]:
-    """`_pick_into` with scratch of its own: `choose_grounding` for one stream (see there)."""
-    m = len(cand)
-    return _pick_into(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, offset,
-                      exact_anchor, rows, at_row, fresh, from_fresh, avoid, limits, chosen_features, vector,
-                      np.empty((m, len(coefficients))), np.empty(m), np.empty(m, np.bool_), np.empty(vector.shape[0]))
+def _pick_scratch(m: int, f: int, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_pick_into`'s scratch for m candidates of f features in d dimensions (a batch's loop makes it once)."""
+    return np.empty((m, f)), np.empty(m), np.empty(m, np.bool_), np.empty(d)
 
 
 @_compiled
@@ -571,7 +549,7 @@ def ground_stream(
     wanted: np.ndarray,
 ) -> tuple[float, int, int, int, float]:
     """One stream's grounding in one call where every candidate is a shortlist row (`rows` (K, d)):
-    `stream_candidates` and `pick_candidate`. Returns (c_max, the chosen candidate's place among the candidates
+    `stream_candidates` and `_pick_into`. Returns (c_max, the chosen candidate's place among the candidates
     (-1: none), its id, how many it passed over, its p) and writes its features to `features` (F,) and its
     vector to `vector` (d,). The place is -2 where a candidate lies outside the shortlist (a successor, or every
     one when the shortlist is empty): `wanted` (2 + A,) then holds the bank ids to read (`_to_read`), and
@@ -583,9 +561,10 @@ def ground_stream(
     outside, from_fresh = np.empty(m, np.bool_), np.empty(m, np.bool_)
     if _to_read(len(row), cand, at_row, wanted, outside, from_fresh) or len(row) == 0:
         return c_max, -2, -1, 0, 0.0
-    chosen, chosen_id, passed, p = pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin,
-                                                  coefficients, offset, exact_anchor, rows, at_row, rows,
-                                                  from_fresh, avoid, limits, features, vector)
+    scratch = _pick_scratch(m, len(coefficients), len(vector))
+    chosen, chosen_id, passed, p = _pick_into(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin,
+                                              coefficients, offset, exact_anchor, rows, at_row, rows, from_fresh, avoid,
+                                              limits, features, vector, *scratch)
     return c_max, chosen, chosen_id, passed, p
 
 
@@ -624,9 +603,9 @@ def ground_stream_read(
     wanted, outside, from_fresh = np.empty(m, np.int64), np.empty(m, np.bool_), np.empty(m, np.bool_)
     _to_read(len(row), cand, at_row, wanted, outside, from_fresh)
     _score_read(fresh, q, v, outside, tower_score, cos)
-    return pick_candidate(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, offset,
-                          exact_anchor, rows if len(row) else fresh, at_row, fresh, from_fresh, avoid, limits,
-                          features, vector)
+    return _pick_into(cand, successors, tower_score, cos, tops, anchor_cos, anchor_margin, coefficients, offset,
+                      exact_anchor, rows if len(row) else fresh, at_row, fresh, from_fresh, avoid, limits, features,
+                      vector, *_pick_scratch(m, len(coefficients), len(vector)))
 
 
 @_compiled
@@ -674,7 +653,7 @@ def ground_streams_in_turn(
     b, k = ids.shape
     m = cand.shape[1]
     tower, lvm = np.empty(k, np.float32), np.empty(k, np.float32)
-    scratch = (np.empty((m, len(coefficients))), np.empty(m), np.empty(m, np.bool_), np.empty(vectors.shape[2]))
+    scratch = _pick_scratch(m, len(coefficients), vectors.shape[2])
     outside, from_fresh = np.empty(m, np.bool_), np.empty(m, np.bool_)
     for i in range(b):
         c, t = _candidates_into(ids[i], tower_raw[i], lvm_raw[i], used[i], blocked[i], failed[i], table,
@@ -725,7 +704,7 @@ def pick_outside(
     whose candidates are scored against its unit q and v̂ (rows of `queries`, `v_hat` (b, d)) and picked. Every
     other argument is the batch's, as `ground_streams_in_turn` left it; the results go to the stream's rows."""
     k, m = vectors.shape[1], cand.shape[1]
-    scratch = (np.empty((m, len(coefficients))), np.empty(m), np.empty(m, np.bool_), np.empty(fresh.shape[2]))
+    scratch = _pick_scratch(m, len(coefficients), fresh.shape[2])
     wanted, outside, from_fresh = np.empty(m, np.int64), np.empty(m, np.bool_), np.empty(m, np.bool_)
     for j in range(len(streams)):
         i = streams[j]
