@@ -326,16 +326,13 @@ def ground_one(
     limits = np.asarray(limits, np.float64)
     features, vector = np.empty(len(FEATURES)), np.empty(queries.shape[1], np.float32)
     wanted = np.empty(2 + len(anchor_ids), np.int64)
-    c_max, best, chosen, passed, p = ground_stream(
-        row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin, coefficients,
-        offset, EXACT_ANCHOR, vectors, said, limits, features, vector, wanted,
-    )
+    stream = (row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin,
+              coefficients, offset, EXACT_ANCHOR, vectors)  # what both loops read of the stream
+    c_max, best, chosen, passed, p = ground_stream(*stream, said, limits, features, vector, wanted)
     if best == -2:  # a candidate outside the shortlist (a successor; every one when it is empty): read it
         fresh = np.ascontiguousarray(vectors_of(np.maximum(wanted, 0)), dtype=np.float32)
-        best, chosen, passed, p = ground_stream_read(
-            row, tower_raw, lvm_raw, used, blocked, failed, table, anchor_ids, anchor_cos, anchor_margin, coefficients,
-            offset, EXACT_ANCHOR, vectors, fresh, queries[0], v_hat[0], said, limits, features, vector,
-        )
+        best, chosen, passed, p = ground_stream_read(*stream, fresh, queries[0], v_hat[0], said, limits, features,
+                                                     vector)
     return StreamGrounding(chosen, vector, p, _SOURCE_OF[min(best, 2)] if best >= 0 else 0, features, passed), c_max
 
 
