@@ -26,11 +26,13 @@ from dualpath.decider import (
     continuous_alpha,
     get_schedule,
     id_member,
+    id_rows,
     load_lanes,
     make_lane,
     nearest_unsaid,
     reference_alpha,
     shortlist_scores,
+    used_rows,
 )
 from dualpath.errors import ConfigError, DeciderError, DualPathError
 
@@ -614,6 +616,25 @@ def test_paraphrases_of_a_shown_concept_leave_the_shortlist_for_the_window() -> 
     decoder.shown(-1)
     _, record = decoder.step(v, candidates)  # 7's step has left the window: 7 and 8 are free again
     assert record.neighbour_id == 7
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), windows=st.lists(st.integers(0, 5), min_size=1, max_size=6),
+       steps=st.integers(0, 9))
+def test_a_batch_reads_each_decoders_used_ids_as_the_decoder_does(seed: int, windows: list[int], steps: int) -> None:
+    """`used_rows` is each decoder's `used_array`, as one batch's rows and as each stream's ids, whatever the
+    streams' windows and memories: repeats, paraphrases and steps that showed nothing (-1) included."""
+    rng = np.random.default_rng(seed)
+    decoders = [DualPathDecoder(NEUTRAL.model_copy(update={"repeat_window": w, "dup_window": 0}), memory_cap=6)
+                for w in windows]
+    for decoder in decoders:
+        for _ in range(steps):
+            decoder._shown.append(tuple(int(x) for x in rng.integers(-1, 6, size=int(rng.integers(1, 4)))))
+    rows, own = used_rows(decoders)
+    expected = [decoder.used_array() for decoder in decoders]
+    assert [ids.tolist() for ids in own] == [ids.tolist() for ids in expected]
+    assert np.array_equal(rows, id_rows(expected, len(decoders), "used ids"))
+    assert all(-1 not in ids for ids in own)
 
 
 @settings(max_examples=100, deadline=None)

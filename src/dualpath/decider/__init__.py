@@ -23,7 +23,7 @@ from dualpath.decider.decision import (
     nearest_unsaid,
     shortlist_scores,
 )
-from dualpath.decider.decoder import DualPathDecoder, ground_streams, step_streams
+from dualpath.decider.decoder import DualPathDecoder, ground_streams, step_streams, used_rows
 from dualpath.decider.grounding import FEATURES, Grounding, SnapConfidence
 from dualpath.decider.lanes import (
     Lane,
@@ -98,4 +98,5 @@ __all__ = [
     "thresholds_from_shares",
     "to_shortlist_batch",
     "to_shortlists",
+    "used_rows",
 ]

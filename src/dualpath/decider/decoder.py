@@ -24,6 +24,7 @@ from dualpath.decider.decision import (
     choose_next_vector,
     choose_next_vectors,
     grounded_one,
+    padded_rows,
 )
 from dualpath.decider.grounding import Grounding, SnapConfidence, ground_one
 from dualpath.decider.kernels import NORM_EPS, unit_pair, unit_rows
@@ -107,10 +108,7 @@ class DualPathDecoder:
         """`used_ids` as an int64 array, made once a step (the step and its rendering both read it; the
         decoder's own copy until its memory changes: read it, do not write it)."""
         if self._used is None:
-            window = self.lane.repeat_window
-            start = max(len(self._shown) - window, 0) if window else len(self._shown)
-            ids = dict.fromkeys(itertools.chain.from_iterable(itertools.islice(self._shown, start, None)))
-            ids.pop(NO_ID, None)
+            ids = _window_ids(self._shown, self.lane.repeat_window)
             self._used = np.fromiter(ids, np.int64, len(ids))
         return self._used
 
@@ -244,6 +242,33 @@ def _decision_values(decoders: Sequence[DualPathDecoder]) -> np.ndarray | None:
     return np.array([np.nan if c is None else c for c in own], dtype=np.float64)
 
 
+def _window_ids(shown: deque[tuple[int, ...]], window: int) -> dict[int, None]:
+    """The ids of the last `window` entries of a decoder's `shown` memory, each once, first seen first,
+    without NO_ID: the concepts it may not show next (`used_array`)."""
+    n = len(shown)
+    if not window or not n:
+        return {}
+    ids = dict.fromkeys(itertools.chain.from_iterable(itertools.islice(shown, n - window, None) if n > window
+                                                      else shown))
+    ids.pop(NO_ID, None)
+    return ids
+
+
+def used_rows(decoders: Sequence[DualPathDecoder]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Every decoder's `used_array`, read off their memories in one pass: the (b, m) rows `id_rows` pads them
+    into (what a batched decision reads) and each stream's own ids (views of one array), as a batch of 256
+    streams needs them every step; no decoder's own copy is made."""
+    flat: list[int] = []
+    lengths: list[int] = []
+    for d in decoders:
+        ids = _window_ids(d._shown, d.lane.repeat_window)
+        flat.extend(ids)
+        lengths.append(len(ids))
+    ids, counts = np.fromiter(flat, np.int64, len(flat)), np.array(lengths, np.int64)
+    ends = np.cumsum(counts).tolist()
+    return padded_rows(ids, counts), [ids[end - n:end] for end, n in zip(ends, lengths, strict=True)]
+
+
 GroupDecision = Callable[[list[int], list[DualPathDecoder], bool], tuple[np.ndarray, list[DecisionRecord]]]
 
 
@@ -288,6 +313,7 @@ def step_streams(
     batch: ShortlistBatch,
     avoided: tuple[np.ndarray, np.ndarray] | None = None,
     scores_out: dict[str, np.ndarray] | None = None,
+    used: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[DecisionRecord]]:
     """One step of b streams, each with its own decoder: `choose_next_vectors` once per group of
     decoders that decide alike (lane, schedule, dup threshold, sampling), not once per stream.
@@ -296,7 +322,7 @@ def step_streams(
     limits). Each stream's output and record equal `decoders[i].step(v_hat[i], its shortlist,
     avoided[0][i], avoided[1][i])`: the batched decision is bit-for-bit the single one, and every
     decoder keeps its own memory and draws. `scores_out`: as `choose_next_vectors`', filled when one
-    group decides the whole batch (the usual step).
+    group decides the whole batch (the usual step). `used`: the decoders' `used_rows`, where the caller has them.
     """
 
     def decide(rows: list[int], members: list[DualPathDecoder], whole: bool) -> tuple[np.ndarray, list]:
@@ -307,7 +333,8 @@ def step_streams(
         draws = None if first.sampling.greedy else np.array([float(d._rng.random()) for d in members])
         return choose_next_vectors(
             v_hat if whole else v_hat[rows], sub, first.lane, [d._recent for d in members], first.schedule,
-            first.dup_threshold, [d.used_ids for d in members], first.sampling, draws,
+            first.dup_threshold, [d.used_ids for d in members] if used is None else used if whole else used[rows],
+            first.sampling, draws,
             None if avoided is None else avoided[0] if whole else avoided[0][rows],
             None if avoided is None else avoided[1] if whole else avoided[1][rows],
             _decision_values(members), scores_out if whole else None,

@@ -60,6 +60,7 @@ from dualpath.decider import (
     step_streams,
     to_shortlist_batch,
     to_shortlists,
+    used_rows,
 )
 from dualpath.errors import CheckpointError, DualPathError
 from dualpath.models.heuristics import normalize_rows
@@ -791,6 +792,8 @@ class Generator:
         grounded = [i for i, d in enumerate(decoders) if d.lane.rule == "confidence"]
         plain = [i for i in range(b) if i not in set(grounded)]
         anchors = StreamAnchors([found[i] for i in grounded]) if grounded else None
+        # What the grounded streams may not ground on is fixed for the generation: padded into rows once.
+        blocked = id_rows([excludes[i] for i in grounded], len(grounded), "blocked ids") if grounded else None
         with torch_threads(1):
             lvm_state = lvm_stream(self.lvm, contexts, incremental)
             tower_state = tower_stream(self.tower, contexts, self.context_size, incremental) if self.tower else None
@@ -822,7 +825,8 @@ class Generator:
             lat["search"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
             scored: dict[str, np.ndarray] = {}  # the decision's pass over the shortlists, for rendering
-            used = [d.used_array() for d in decoders]
+            # What each stream showed in its repeat window: rows for the batched decision, a list for rendering.
+            used_ids, used = (None, [decoders[0].used_array()]) if b == 1 else used_rows(decoders)
             avoided = unsayable.stacked()
             if b == 1:  # one stream: the decoder's own single-stream forms
                 one = Shortlist(shortlists.ids[0], shortlists.vectors[0], shortlists.fallbacks[0], shortlists.unit)
@@ -838,10 +842,10 @@ class Generator:
                     output, record = decoders[0].step(v_hat[0], one, *own, scores_out=scored)
                 outputs, records = output[None], [record]
             elif not grounded:
-                outputs, records = step_streams(decoders, v_hat, shortlists, avoided, scored)
+                outputs, records = step_streams(decoders, v_hat, shortlists, avoided, scored, used_ids)
             else:
                 outputs, records = self._decide_mixed(
-                    decoders, grounded, plain, v_hat, queries, shortlists, avoided, used, excludes, anchors, scored
+                    decoders, grounded, plain, v_hat, queries, shortlists, avoided, used_ids, blocked, anchors, scored
                 )
             lat["decide"] = (time.perf_counter() - t0) * 1000
             t0 = time.perf_counter()
@@ -937,8 +941,8 @@ class Generator:
         queries: np.ndarray,
         shortlists: ShortlistBatch,
         avoided: tuple[np.ndarray, np.ndarray] | None,
-        used: list[np.ndarray],
-        excludes: list[np.ndarray],
+        used: np.ndarray | None,
+        blocked: np.ndarray | None,
         anchors: StreamAnchors | None,
         scored: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, list[DecisionRecord]]:
@@ -946,7 +950,7 @@ class Generator:
         grounding (`ground_step`, `ground_streams`), the rest by `step_streams`, each on its own rows.
         `scored` receives the grounding's scores of the shortlists when it scored all of them (every
         stream grounds): rendering reuses them (`shortlist_nearest`)."""
-        assert anchors is not None
+        assert anchors is not None and blocked is not None and used is not None
         b = len(decoders)
 
         def rows_of(batch: ShortlistBatch, rows: list[int]) -> ShortlistBatch:
@@ -963,7 +967,7 @@ class Generator:
         v_sub = v_hat if whole else v_hat[grounded]
         grounding, c_max = ground_step(
             self.confidence, self.successors(), anchors, v_sub, queries if whole else queries[grounded], sub,
-            used if whole else [used[i] for i in grounded], excludes if whole else [excludes[i] for i in grounded],
+            used if whole else used[grounded], blocked,
             avoided if whole else avoided_of(grounded),
             self._bank_rows, scored if whole else None,
         )
@@ -978,7 +982,7 @@ class Generator:
             records[i] = record
         if plain:
             out, decided = step_streams([decoders[i] for i in plain], v_hat[plain], rows_of(shortlists, plain),
-                                        avoided_of(plain))
+                                        avoided_of(plain), used=used[plain])
             outputs[plain] = out
             for i, record in zip(plain, decided, strict=True):
                 records[i] = record

@@ -171,8 +171,8 @@ def ground_step(
     v_hat: np.ndarray,
     queries: np.ndarray,
     batch: ShortlistBatch,
-    used: Sequence[np.ndarray],
-    blocked: Sequence[np.ndarray],
+    used: Sequence[np.ndarray] | np.ndarray,
+    blocked: Sequence[np.ndarray] | np.ndarray,
     avoided: tuple[np.ndarray, np.ndarray] | None,
     vectors_of: Callable[[np.ndarray], np.ndarray],
     scores_out: dict[str, np.ndarray] | None = None,
@@ -186,7 +186,9 @@ def ground_step(
     whose output is that v̂ reads no shortlist a second time.
 
     Allowed: a real candidate the stream has not shown (`used`), not in `blocked` (its context and hidden
-    ids), and no paraphrase of what it said (`avoided`, as `avoid_rows` stacks it)."""
+    ids), and no paraphrase of what it said (`avoided`, as `avoid_rows` stacks it). `used` and `blocked` are
+    lists of ids a stream, or the (b, m) rows `id_rows` pads them into (a generation makes them once a step,
+    `used_rows`, and once, as its context is fixed)."""
     ids = np.asarray(batch.ids)
     b = len(ids)
     q, v = unit_rows(queries, NORM_EPS)[0], unit_rows(v_hat, NORM_EPS)[0]  # normalize_rows', bit for bit
@@ -199,7 +201,7 @@ def ground_step(
         scores_out.update(v=v, lvm=lvm_raw)
     failed = np.array([reason is not None for reason in batch.fallbacks], np.bool_)
     return ground_batch(
-        ids, vectors, tower_raw, lvm_raw, id_rows(list(used), b, "used ids"), id_rows(list(blocked), b, "blocked ids"),
+        ids, vectors, tower_raw, lvm_raw, id_rows(used, b, "used ids"), id_rows(blocked, b, "blocked ids"),
         failed, table, anchors.ids, anchors.cos, anchors.margin, vectors_of, q, v, model, avoided,
     )
 
