@@ -138,15 +138,17 @@ def grounding_case(seed: int, b: int, k: int, with_avoid: bool, padded: bool) ->
     anchors = StreamAnchors(found)
     successors = successor_ids(table, anchors.ids)
     lane = make_lane("x", {"rule": "confidence", "tau_snap": 0.7, "tau_novel": 0.3, "dup_window": 2,
-                           "repeat_window": 3, "risk": {"snap": 0.7, "blend": 0.3}})
+                           "repeat_window": 12, "risk": {"snap": 0.7, "blend": 0.3}})
     decoders = [DualPathDecoder(lane) for _ in range(b)]
     for i, decoder in enumerate(decoders):  # a history: picked ids (the near-duplicate drop) and shown ones
-        for _ in range(int(rng.integers(0, 4))):
+        # short, or long enough that the stream's used ids are many (the kernels look those up sorted)
+        for _ in range(int(rng.integers(0, 4) if rng.random() < 0.5 else rng.integers(8, 16))):
             picked = int(rng.choice(ids[i][ids[i] >= 0])) if k and (ids[i] >= 0).any() else int(rng.integers(n))
             decoder.remember(DecisionRecord(step=0, c_max=None, decision=Decision.SNAP, neighbour_id=picked,
                                             alpha=1.0, lane="x", near_dup=False, fallback_reason=None,
                                             latency_ms=0.0))
-            decoder.shown(picked if rng.random() < 0.7 else int(rng.integers(n)))
+            decoder.shown(picked if rng.random() < 0.7 else int(rng.integers(n)),
+                          rng.choice(n, size=int(rng.integers(0, 3))).tolist())
     blocked = [np.unique(np.concatenate([rng.choice(n, size=int(rng.integers(0, 3))),
                                          successors[i][rng.random(2) < 0.2]])).astype(np.int64) for i in range(b)]
     avoided = None

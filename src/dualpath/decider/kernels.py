@@ -200,6 +200,9 @@ def paraphrase_rows(picked: np.ndarray, avoid: np.ndarray, limits: np.ndarray, r
         out[i] = _is_said(picked[i], avoid[rows[i]], limits[rows[i]], unit)
 
 
+FEW_USED_SCANNED = 8  # used ids a candidate is compared with one by one; more are sorted and searched
+
+
 @_compiled
 def allowed_scores(
     row: np.ndarray,
@@ -218,11 +221,17 @@ def allowed_scores(
     candidate is allowed (a real id, not `used`, retrieval not `failed`) and -inf elsewhere; `successors` (A,)
     each anchor's successor in `table` (A', N), -1 where there is none or it is used or `blocked`. Returns
     c_max, the best allowed lvm score (NaN where one is NaN, as np.max gives; -inf for none)."""
-    k = len(row)
+    k, m = len(row), len(used)
+    # A stream's used ids grow with its generation (its repeat window: 64 steps and their paraphrases): past a
+    # few, each of K candidates is looked up in one sorted copy instead of compared with every one of them.
+    look = np.sort(used) if m > FEW_USED_SCANNED else used
     c_max = -np.inf
     for x in range(k):
         ok = row[x] >= 0 and not failed
-        if ok:
+        if ok and m > FEW_USED_SCANNED:
+            at = np.searchsorted(look, row[x])
+            ok = not (at < m and look[at] == row[x])
+        elif ok:
             for u in used:
                 if u >= 0 and row[x] == u:
                     ok = False
