@@ -29,7 +29,6 @@ recomputed per step; only the picked row is normalised for the output.
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,9 +43,9 @@ from dualpath.decider.kernels import paraphrase_rows, unit_rows
 from dualpath.decider.lanes import Lane
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
 from dualpath.errors import DeciderError
+from dualpath.search import NO_ID, id_member, id_rows
 
 NEAR_DUP_COSINE = 0.98
-NO_ID = -1
 
 
 class Decision(StrEnum):
@@ -247,71 +246,6 @@ def _as_queries(v_hat: np.ndarray) -> np.ndarray:
 
 def _row_norms(x: np.ndarray) -> np.ndarray:
     return np.sqrt(np.square(x).sum(axis=-1))
-
-
-def id_rows(rows: Sequence[Sequence[int]] | np.ndarray | None, b: int, what: str) -> np.ndarray:
-    """Per-stream id lists as one (b, m) int64 array, right-aligned (most recent last), padded with -1.
-
-    An array is taken as it is (the batched decoder builds one); -1 never matches a candidate.
-    """
-    if rows is None or (b == 1 and not isinstance(rows, np.ndarray) and not len(rows[0])):
-        return np.full((b, 0), NO_ID, np.int64)
-    if isinstance(rows, np.ndarray):
-        if rows.ndim != 2 or rows.shape[0] != b:
-            raise DeciderError(f"need one row of {what} per stream ({b}), got shape {rows.shape}")
-        return rows.astype(np.int64, copy=False)
-    rows = list(rows)
-    if len(rows) != b:
-        raise DeciderError(f"need one {what} per stream ({b}), got {len(rows)}")
-    lengths = np.fromiter(map(len, rows), np.int64, b)
-    if not lengths.any():
-        return np.full((b, 0), NO_ID, np.int64)
-    if all(isinstance(row, np.ndarray) and row.ndim == 1 for row in rows):
-        flat = np.concatenate(rows).astype(np.int64, copy=False)
-    else:
-        flat = np.fromiter(itertools.chain.from_iterable(rows), np.int64, int(lengths.sum()))
-    return padded_rows(flat, lengths)
-
-
-def padded_rows(flat: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """`id_rows` of rows given end to end: `flat` ids, `lengths` (b,) of each row in turn. Written through one
-    mask of the places they go: a copy per row cost a batch of 256 streams 0.1-0.2 ms a call."""
-    width = int(lengths.max(initial=0))
-    out = np.full((len(lengths), width), NO_ID, np.int64)
-    if width:
-        out[np.arange(width) >= (width - lengths)[:, None]] = flat
-    return out
-
-
-SMALL_MEMBER = 512  # ids × used pairs below which one broadcast comparison beats the sort and search
-FEW_USED = 8  # used ids per row up to which one comparison per column beats the sort and search, any batch
-FEW_USED_BATCH = 64  # the same for a batch of at least BATCH_IDS ids
-BATCH_IDS = 4096
-
-
-def id_member(ids: np.ndarray, used: np.ndarray) -> np.ndarray:
-    """(b, k) bool: ids[i, j] is in used[i] (rows of -1 padding match nothing real).
-
-    For a few used ids per row, one whole-array comparison per column of `used`: a pass over the ids each
-    (a step's shown ids against 256 shortlists of 500: 0.2-0.7 ms for 4-16 columns, where the sort and
-    search took 2.2-3.4 ms). Otherwise one sort and one binary search for the whole batch (rows offset
-    into disjoint key ranges), instead of a (b, k, m) comparison or `np.isin`'s per-call sort and set-up
-    (~60 µs for one stream); the (b, k, m) comparison only for a few pairs (a step's candidates).
-    """
-    b, m = ids.shape[0], used.shape[1]
-    if ids.size * m <= SMALL_MEMBER:
-        return (ids[:, :, None] == used[:, None, :]).any(axis=2) & (ids >= 0)
-    if m <= FEW_USED or (m <= FEW_USED_BATCH and ids.size >= BATCH_IDS):
-        hit = ids == used[:, :1]
-        for column in range(1, m):
-            hit |= ids == used[:, column : column + 1]
-        return hit & (ids >= 0)
-    span = int(max(ids.max(initial=0), used.max(initial=0))) + 2
-    offsets = (np.arange(b, dtype=np.int64) * span)[:, None]
-    keys = (np.sort(used, axis=1) + 1 + offsets).ravel()
-    query = ids + 1 + offsets
-    pos = np.minimum(np.searchsorted(keys, query.ravel()), keys.size - 1).reshape(query.shape)
-    return (keys[pos] == query) & (ids >= 0)
 
 
 def avoid_rows(

@@ -24,13 +24,13 @@ from dualpath.decider.decision import (
     choose_next_vector,
     choose_next_vectors,
     grounded_one,
-    padded_rows,
 )
 from dualpath.decider.grounding import Grounding, SnapConfidence, ground_one
 from dualpath.decider.kernels import NORM_EPS, unit_pair, unit_rows
 from dualpath.decider.lanes import Lane, get_lane, load_lanes
 from dualpath.decider.schedules import AlphaSchedule, get_schedule
 from dualpath.errors import ConfigError, DeciderError
+from dualpath.search import padded_rows
 
 DEFAULT_MEMORY_CAP = 64
 

@@ -38,7 +38,7 @@ from dualpath.decider.decision import (
     id_rows,
 )
 from dualpath.runtime import limit_search_threads
-from dualpath.search import surviving
+from dualpath.search import first_survivors, surviving
 
 log = logging.getLogger(__name__)
 
@@ -304,19 +304,16 @@ def to_shortlist_batch(
         empty = ShortlistBatch(np.zeros((n, 0), np.int64), np.zeros((n, 0, dim), np.float32), (reason,) * n)
         return empty, np.full(n, -np.inf, np.float32)
     ids = result.ids
-    keep = ids >= 0
-    if exclude is not None:
-        excluded = id_rows(exclude, n, "exclude list")
-        if excluded.shape[1]:
-            keep &= ~id_member(ids, excluded)
+    excluded = id_rows(exclude, n, "exclude list")
     limit = ids.shape[1] if k is None else k
     if n == 1:
-        return _one_shortlist(result, keep[0], limit, gather, dim, unit)
-    keep &= np.cumsum(keep, axis=1) <= limit
-    counts = keep.sum(axis=1)
-    width = int(counts.max()) if n else 0
-    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]  # each row's survivors first, in order
-    kept = np.take_along_axis(keep, order, axis=1)
+        keep = ids[0] >= 0
+        if excluded.shape[1]:
+            keep &= ~id_member(ids, excluded)[0]
+        return _one_shortlist(result, keep, limit, gather, dim, unit)
+    order, kept = first_survivors(ids, excluded, limit)  # each row's survivors first, in order
+    counts = kept.sum(axis=1)
+    width = order.shape[1]
     out_ids = np.where(kept, np.take_along_axis(ids, order, axis=1), NO_ID)
     vectors = np.asarray(gather(np.where(kept, out_ids, 0).reshape(-1)), dtype=np.float32).reshape(n, width, dim)
     scores = np.take_along_axis(result.scores, order, axis=1)
