@@ -261,9 +261,9 @@ def used_rows(decoders: Sequence[DualPathDecoder]) -> tuple[np.ndarray, list[np.
     flat: list[int] = []
     lengths: list[int] = []
     for d in decoders:
-        ids = _window_ids(d._shown, d.lane.repeat_window)
-        flat.extend(ids)
-        lengths.append(len(ids))
+        window = _window_ids(d._shown, d.lane.repeat_window)
+        flat.extend(window)
+        lengths.append(len(window))
     ids, counts = np.fromiter(flat, np.int64, len(flat)), np.array(lengths, np.int64)
     ends = np.cumsum(counts).tolist()
     return padded_rows(ids, counts), [ids[end - n:end] for end, n in zip(ends, lengths, strict=True)]

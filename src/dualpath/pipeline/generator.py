@@ -790,7 +790,8 @@ class Generator:
                     for e, (ids, cos, _) in zip(excludes, found, strict=True)]
         # Streams whose lanes ground on evidence: their anchors, the bank's successors, the confidence.
         grounded = [i for i, d in enumerate(decoders) if d.lane.rule == "confidence"]
-        plain = [i for i in range(b) if i not in set(grounded)]
+        grounds = set(grounded)
+        plain = [i for i in range(b) if i not in grounds]
         anchors = StreamAnchors([found[i] for i in grounded]) if grounded else None
         # What the grounded streams may not ground on is fixed for the generation: padded into rows once.
         blocked = id_rows([excludes[i] for i in grounded], len(grounded), "blocked ids") if grounded else None
@@ -1042,7 +1043,8 @@ class Generator:
                 skip = np.append(skip, record.neighbour_id)
             skips.append(skip)
         snaps = [i for i, r in enumerate(records) if r.decision is Decision.SNAP and r.neighbour_id is not None]
-        rest = [i for i in range(b) if i not in set(snaps)]
+        snapped = set(snaps)
+        rest = [i for i in range(b) if i not in snapped]
         found: dict[int, tuple[int, float]] = {}
         default = type(self.renderer) is NearestConceptRenderer  # a subclass may render otherwise
         if rest and default:
