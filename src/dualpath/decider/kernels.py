@@ -16,7 +16,7 @@ a stream decides alike alone, in a batch, and in the array form: tests/test_grou
 equal, and `unit_rows` equal to numpy's normalisation bit for bit. The products over the shortlist stay
 numpy's BLAS calls.
 
-The loops compile once (about 13 s on 2 cores: `warm`, which `make setup` runs, or else the first
+The loops compile once (about 15 s on 2 cores: `warm`, which `make setup` runs, or else the first
 generation) into the package's __pycache__ (numba's cache; a user cache directory where that is
 read-only) and load from there in a fraction of a second in later processes.
 """
